@@ -1,0 +1,1 @@
+"""Asterisk Gateway Interface: the wire protocol (sans-I/O) and its adapters."""

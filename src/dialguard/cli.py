@@ -1,0 +1,364 @@
+"""The `dialguard` command. Exit codes: 0 success (a DENY is a successful answer),
+1 usage or input error, 2 a dependency (Redis, journal) unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, date, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, NoReturn, ParamSpec, TypeVar, cast
+from zoneinfo import ZoneInfo
+
+import click
+import structlog
+from rich.console import Console
+from rich.table import Table
+
+from dialguard import imports
+from dialguard.audit import AuditUnavailable, Journal
+from dialguard.config import Config, ConfigError, load_config
+from dialguard.model import CallRequest, Campaign, Decision, Reason
+from dialguard.numbers import InvalidNumber, Number, normalise
+from dialguard.service import OutcomeKind, Service
+from dialguard.store import ConsentRow, ContractRow, OptoutRow, Store, StoreUnavailable
+
+EXIT_INPUT = 1
+EXIT_DEPENDENCY = 2
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Failure(Exception):
+    def __init__(self, message: str, code: int = EXIT_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _errors_are_one_line(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn every expected failure into one line on stderr and its exit code."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except Failure as exc:
+            _fail(str(exc), exc.code)
+        except (ConfigError, InvalidNumber, imports.BadImportFile) as exc:
+            _fail(str(exc), EXIT_INPUT)
+        except (StoreUnavailable, AuditUnavailable) as exc:
+            _fail(str(exc), EXIT_DEPENDENCY)
+
+    return wrapper
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"dialguard: {message}", err=True)
+    sys.exit(code)
+
+
+def _configure_logging(level: int) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _at(value: str | None, config: Config) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Failure(f"--at {value!r} is not an ISO 8601 date-time (2026-11-30T10:30)") from None
+    return (
+        moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(config.policy.default_timezone))
+    )
+
+
+def _run(config: Config, body: Callable[[Store], Awaitable[R]]) -> R:
+    async def main() -> R:
+        store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _campaign(config: Config, name: str) -> Campaign:
+    campaign = config.campaigns.get(name)
+    if campaign is None:
+        known = ", ".join(sorted(config.campaigns))
+        raise Failure(f"unknown campaign {name!r} (configured: {known})")
+    return campaign
+
+
+def _number(raw: str) -> Number:
+    number = normalise(raw)
+    if number.never_blocked:
+        raise Failure(f"{raw!r} is an emergency or short number; it is never blocked")
+    return number
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Configuration file (default: $DIALGUARD_CONFIG or config/dialguard.toml).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """dialguard: a dial-time compliance gate for outbound calls on Asterisk."""
+    _configure_logging(logging.ERROR)
+
+
+@main.command()
+@click.argument("number")
+@click.option("--campaign", required=True, help="Campaign name from the configuration.")
+@click.option("--at", "at", default=None, help="Instant of the call, ISO 8601 (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--record", is_flag=True, help="Count the attempt and write the audit record, as a call would."
+)
+@config_option
+@_errors_are_one_line
+def check(
+    number: str,
+    campaign: str,
+    at: str | None,
+    as_json: bool,
+    record: bool,
+    config_path: Path | None,
+) -> None:
+    """The decision the service would take for NUMBER. No side effects unless --record."""
+    config = load_config(config_path)
+    now = _at(at, config)
+    journal = Journal(config.audit_dir) if record else None
+    request = CallRequest(number_raw=number, campaign=campaign, adapter="cli")
+    verdict = _run(
+        config,
+        lambda store: Service(config, store, journal).decide(request, now=now, record=record),
+    )
+    decision = verdict.decision
+    if as_json:
+        click.echo(
+            json.dumps(_decision_json(verdict.id, request, decision, record), ensure_ascii=False)
+        )
+    else:
+        _print_decision(verdict.id, decision)
+    if decision.reason in (Reason.INVALID_NUMBER, Reason.UNKNOWN_CAMPAIGN):
+        _fail(decision.rules[-1].detail, EXIT_INPUT)
+    if decision.degraded:
+        _fail(decision.degraded, EXIT_DEPENDENCY)
+
+
+def _decision_json(
+    decision_id: str, request: CallRequest, decision: Decision, recorded: bool
+) -> dict[str, Any]:
+    return {
+        "id": decision_id,
+        "result": decision.result.value,
+        "reason": decision.reason.value,
+        "number": decision.number.e164 if decision.number else None,
+        "number_raw": request.number_raw,
+        "kind": decision.number.kind.value if decision.number else None,
+        "territory": decision.number.territory if decision.number else None,
+        "campaign": request.campaign,
+        "local_time": decision.local_time,
+        "attempts_30d": decision.attempts_30d,
+        "rules": [r.as_json() for r in decision.rules],
+        "evidence": dict(decision.evidence),
+        "policy": {"name": decision.policy.name, "hash": decision.policy.hash},
+        "degraded": decision.degraded,
+        "recorded": recorded,
+    }
+
+
+def _print_decision(decision_id: str, decision: Decision) -> None:
+    console = Console()
+    colour = "green" if decision.allowed else "red"
+    number = decision.number.e164 if decision.number else "-"
+    console.print(
+        f"[bold {colour}]{decision.result.value}[/] {decision.reason.value}  {number}  "
+        f"local {decision.local_time or '-'}  id {decision_id}",
+        highlight=False,
+    )
+    table = Table("rule", "outcome", "reason", "detail", box=None, pad_edge=False)
+    for rule in decision.rules:
+        table.add_row(rule.rule, rule.outcome.value, rule.reason or "", rule.detail)
+    console.print(table)
+    console.print(f"policy {decision.policy.name} {decision.policy.hash}", style="dim")
+
+
+@main.group()
+def dnc() -> None:
+    """The company's do-not-call list (live changes)."""
+
+
+@dnc.command("add")
+@click.argument("number")
+@click.option("--reason", default="added by operator", help="Why, kept as evidence.")
+@config_option
+@_errors_are_one_line
+def dnc_add(number: str, reason: str, config_path: Path | None) -> None:
+    """Add NUMBER to the do-not-call list; effective for the very next call."""
+    config = load_config(config_path)
+    target = _number(number)
+    if not imports.is_valid_ref(reason):
+        raise Failure("--reason must be at most 200 characters, without '|' or control characters")
+    _run(config, lambda store: store.dnc_add(target, reason, datetime.now(UTC)))
+    click.echo(f"{target.e164} added to the do-not-call list")
+
+
+@dnc.command("remove")
+@click.argument("number")
+@config_option
+@_errors_are_one_line
+def dnc_remove(number: str, config_path: Path | None) -> None:
+    """Remove NUMBER from the do-not-call list."""
+    config = load_config(config_path)
+    target = _number(number)
+    removed = _run(config, lambda store: store.dnc_remove(target))
+    click.echo(f"{target.e164} {'removed from' if removed else 'was not on'} the do-not-call list")
+
+
+@main.group()
+def consent() -> None:
+    """Consents (live changes)."""
+
+
+@consent.command("withdraw")
+@click.argument("number")
+@click.option("--principal", required=True, help="The professional the consent was given to.")
+@click.option("--at", "at", default=None, help="When it was withdrawn, ISO 8601 (default: now).")
+@config_option
+@_errors_are_one_line
+def consent_withdraw(number: str, principal: str, at: str | None, config_path: Path | None) -> None:
+    """Record that the consumer withdrew consent given to PRINCIPAL."""
+    config = load_config(config_path)
+    target = _number(number)
+    if not imports.is_valid_principal(principal):
+        raise Failure(f"--principal {principal!r} must be 1-64 letters, digits, '_', '.', '-'")
+    now = _at(at, config)
+    _run(config, lambda store: store.withdraw_consent(target, principal, now))
+    click.echo(f"consent of {target.e164} to {principal} withdrawn at {now.isoformat()}")
+
+
+@main.command()
+@click.argument("number")
+@click.argument("kind", type=click.Choice([k.value for k in OutcomeKind]))
+@click.option("--campaign", required=True, help="Campaign the call belonged to.")
+@click.option("--at", "at", default=None, help="When, ISO 8601 (default: now).")
+@config_option
+@_errors_are_one_line
+def outcome(
+    number: str, kind: str, campaign: str, at: str | None, config_path: Path | None
+) -> None:
+    """Record what the consumer said: `refused` (60-day block, consent withdrawn) or
+    `do-not-call` (added to the company's list)."""
+    config = load_config(config_path)
+    target = _number(number)
+    camp = _campaign(config, campaign)
+    now = _at(at, config)
+    journal = Journal(config.audit_dir)
+    record_id = _run(
+        config,
+        lambda store: Service(config, store, journal).record_outcome(
+            target, camp, OutcomeKind(kind), now
+        ),
+    )
+    click.echo(f"{kind} recorded for {target.e164} ({camp.principal}), audit id {record_id}")
+
+
+@main.command("import")
+@click.argument("kind", type=click.Choice(imports.KINDS))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Swap the whole list for this file, atomically.")
+@click.option(
+    "--checked-at",
+    "checked_at",
+    default=None,
+    help="bloctel only: the date the registry checked these numbers (YYYY-MM-DD).",
+)
+@config_option
+@_errors_are_one_line
+def import_(
+    kind: str, file: Path, replace: bool, checked_at: str | None, config_path: Path | None
+) -> None:
+    """Load a CSV file (header row, `,` or `;`) of KIND: dnc, consent, contract, bloctel."""
+    config = load_config(config_path)
+    checked_on = _checked_on(kind, checked_at)
+    zone = ZoneInfo(config.policy.default_timezone)
+    try:
+        with file.open(encoding="utf-8-sig", newline="") as handle:
+            parsed = imports.parse(kind, _lines(handle, file), zone)
+    except FileNotFoundError:
+        raise Failure(f"{file}: file not found") from None
+    except OSError as exc:
+        raise Failure(f"{file}: cannot read: {exc.strerror}") from None
+    if parsed.error_count:
+        for error in parsed.errors:
+            click.echo(f"{file}: {error}", err=True)
+        more = parsed.error_count - len(parsed.errors)
+        if more:
+            click.echo(f"{file}: ... and {more} more bad lines", err=True)
+        raise Failure(f"{file}: {parsed.error_count} bad lines; nothing loaded")
+    if replace and not parsed.rows:
+        raise Failure(f"{file}: no data rows; refusing to replace the {kind} list with nothing")
+
+    async def load(store: Store) -> None:
+        now = datetime.now(UTC)
+        rows: list[Any] = parsed.rows
+        if kind == "dnc":
+            fields = store.dnc_fields(cast(list[tuple[Number, str]], rows), now)
+            await store.load("dnc", fields, replace)
+        elif kind == "bloctel":
+            assert checked_on is not None
+            await store.load(
+                "optout", store.optout_fields(cast(list[OptoutRow], rows), checked_on), replace
+            )
+        elif kind == "consent":
+            await store.load("consent", store.consent_fields(cast(list[ConsentRow], rows)), replace)
+        else:
+            await store.load(
+                "contract", store.contract_fields(cast(list[ContractRow], rows)), replace
+            )
+
+    _run(config, load)
+    mode = "replaced the list" if replace else "merged"
+    click.echo(f"{file}: {len(parsed.rows)} {kind} rows loaded ({mode})")
+
+
+def _checked_on(kind: str, checked_at: str | None) -> date | None:
+    if kind != "bloctel":
+        if checked_at is not None:
+            raise Failure("--checked-at applies to bloctel imports only")
+        return None
+    if checked_at is None:
+        raise Failure("bloctel imports need --checked-at YYYY-MM-DD (the registry's check date)")
+    try:
+        return date.fromisoformat(checked_at)
+    except ValueError:
+        raise Failure(f"--checked-at {checked_at!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _lines(handle: Any, file: Path) -> Iterator[str]:
+    try:
+        yield from handle
+    except UnicodeDecodeError:
+        raise imports.BadImportFile(f"{file}: not UTF-8 text (export the file as UTF-8)") from None

@@ -1,0 +1,299 @@
+"""Read `dialguard.toml` and the policy file it names; every error names file, key and fix."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dialguard.model import Campaign, FailMode, Purpose, Sector
+from dialguard.numbers import Kind
+from dialguard.policy import Policy
+
+__all__ = ["DEFAULT_CONFIG", "Config", "ConfigError", "load_config", "load_policy"]
+
+DEFAULT_CONFIG = Path("config/dialguard.toml")
+
+# Names that end up in Redis keys, channel variables and audit records: keep them plain.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+_LOCAL_DAY = re.compile(r"^(good_friday|(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]))$")
+
+
+class ConfigError(Exception):
+    """One line: file: key: what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str
+    prefix: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str
+    port: int
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    node: str
+    redis: RedisSettings
+    server: ServerSettings
+    audit_dir: Path
+    policy: Policy
+    campaigns: Mapping[str, Campaign]
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that say where."""
+
+    def __init__(self, path: Path, data: Mapping[str, Any], prefix: str = "") -> None:
+        self.path = path
+        self.data = data
+        self.prefix = prefix
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.prefix}{key}: {message}")
+
+    def table(self, key: str, required: bool = False) -> _Reader:
+        value = self.data.get(key, None)
+        if value is None:
+            if required:
+                raise self.fail(key, "missing table")
+            value = {}
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        return _Reader(self.path, value, f"{self.prefix}{key}.")
+
+    def get(self, key: str, kind: type[Any], default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self.fail(key, "missing")
+            return default
+        value = self.data[key]
+        if kind is int and isinstance(value, bool):
+            raise self.fail(key, f"{value!r} is not an integer")
+        if not isinstance(value, kind):
+            raise self.fail(key, f"{value!r} is not a {kind.__name__}")
+        return value
+
+    def positive(self, key: str, default: Any = ...) -> int:
+        value: int = self.get(key, int, default)
+        if value <= 0:
+            raise self.fail(key, f"{value} must be positive")
+        return value
+
+    def choice(self, key: str, enum: type[Any], default: Any = ...) -> Any:
+        value = self.get(key, str, default)
+        try:
+            return enum(value)
+        except ValueError:
+            allowed = ", ".join(member.value for member in enum)
+            raise self.fail(key, f"{value!r} is not one of {allowed}") from None
+
+    def name(self, key: str) -> str:
+        value: str = self.get(key, str)
+        if not _NAME.match(value):
+            raise self.fail(key, f"{value!r} must be 1-64 letters, digits, '_', '.', '-'")
+        return value
+
+    def unknown_keys(self, known: set[str]) -> None:
+        for key in self.data:
+            if key not in known:
+                raise self.fail(key, f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], bytes]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (set DIALGUARD_CONFIG or --config)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8")), raw
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the service configuration; `DIALGUARD_CONFIG` / `DIALGUARD_REDIS_URL` override."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = Path(env.get("DIALGUARD_CONFIG") or DEFAULT_CONFIG)
+    data, _ = _read_toml(path)
+    top = _Reader(path, data)
+    top.unknown_keys({"node", "redis", "server", "audit", "policy", "campaigns"})
+
+    redis_table = top.table("redis")
+    redis_table.unknown_keys({"url", "prefix", "timeout_ms"})
+    url = env.get("DIALGUARD_REDIS_URL") or redis_table.get("url", str, "redis://127.0.0.1:6379/0")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise redis_table.fail("url", f"{url!r} must start with redis://, rediss:// or unix://")
+    prefix = redis_table.get("prefix", str, "dialguard:")
+    if not re.match(r"^[A-Za-z0-9_.:-]{0,32}$", prefix):
+        raise redis_table.fail("prefix", f"{prefix!r} must be up to 32 of A-Z a-z 0-9 _ . : -")
+    redis = RedisSettings(url, prefix, redis_table.positive("timeout_ms", 250))
+
+    server_table = top.table("server")
+    server_table.unknown_keys({"host", "port", "deadline_ms"})
+    port = server_table.positive("port", 4573)
+    if port > 65535:
+        raise server_table.fail("port", f"{port} is not a TCP port")
+    server = ServerSettings(
+        server_table.get("host", str, "127.0.0.1"), port, server_table.positive("deadline_ms", 300)
+    )
+
+    audit_table = top.table("audit")
+    audit_table.unknown_keys({"dir"})
+    audit_dir = path.parent / audit_table.get("dir", str, "../var/audit")
+
+    policy_table = top.table("policy")
+    policy_table.unknown_keys({"file"})
+    policy = load_policy(path.parent / policy_table.get("file", str, "policy/france.toml"))
+
+    campaigns_table = top.table("campaigns", required=True)
+    campaigns = {name: _campaign(campaigns_table, name) for name in campaigns_table.data}
+    if not campaigns:
+        raise campaigns_table.fail("", "no campaign configured")
+    node = top.get("node", str, "") or socket.gethostname()
+    return Config(path, node, redis, server, audit_dir, policy, campaigns)
+
+
+def _campaign(campaigns: _Reader, name: str) -> Campaign:
+    if not _NAME.match(name):
+        raise campaigns.fail(name, "campaign names must be 1-64 letters, digits, '_', '.', '-'")
+    table = campaigns.table(name)
+    table.unknown_keys(
+        {"principal", "purpose", "sector", "fail_mode", "outside_line_prefix", "honour_dnc"}
+    )
+    prefix = table.get("outside_line_prefix", str, "")
+    if not re.match(r"^\d{0,4}$", prefix):
+        raise table.fail("outside_line_prefix", f"{prefix!r} must be up to 4 digits")
+    return Campaign(
+        name=name,
+        principal=table.name("principal"),
+        purpose=table.choice("purpose", Purpose),
+        sector=table.choice("sector", Sector, "general"),
+        fail_mode=table.choice("fail_mode", FailMode, "closed"),
+        outside_prefix=prefix,
+        honour_dnc=table.get("honour_dnc", bool, True),
+    )
+
+
+def load_policy(path: Path) -> Policy:
+    data, raw = _read_toml(path)
+    top = _Reader(path, data)
+    top.unknown_keys(
+        {
+            "name",
+            "consent_regime_from",
+            "default_timezone",
+            "out_of_scope_kinds",
+            "optout",
+            "consent",
+            "refusal",
+            "hours",
+            "holidays",
+            "frequency",
+            "sectors",
+        }
+    )
+    zone = top.get("default_timezone", str, "Europe/Paris")
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise top.fail("default_timezone", f"{zone!r} is not an IANA time zone") from None
+    kinds = top.get("out_of_scope_kinds", list, [])
+    out_of_scope = set()
+    for kind in kinds:
+        try:
+            out_of_scope.add(Kind(kind))
+        except ValueError:
+            allowed = ", ".join(k.value for k in Kind)
+            raise top.fail("out_of_scope_kinds", f"{kind!r} is not one of {allowed}") from None
+
+    optout = top.table("optout", required=True)
+    consent = top.table("consent", required=True)
+    refusal = top.table("refusal", required=True)
+    hours = top.table("hours", required=True)
+    holiday_table = top.table("holidays", required=True)
+    frequency = top.table("frequency", required=True)
+
+    days = frozenset(_day(hours, d) for d in hours.get("days", list))
+    windows = tuple(_window(hours, w) for w in hours.get("windows", list))
+    if not windows:
+        raise hours.fail("windows", "at least one [start, end] window is needed")
+
+    local_table = holiday_table.table("local_days")
+    local_days: dict[str, tuple[str, ...]] = {}
+    for territory in local_table.data:
+        specs = tuple(local_table.get(territory, list))
+        for spec in specs:
+            if not isinstance(spec, str) or not _LOCAL_DAY.match(spec):
+                raise local_table.fail(territory, f'{spec!r} is not "MM-DD" or "good_friday"')
+        local_days[territory] = specs
+
+    sectors = top.table("sectors")
+    bans: dict[Sector, date] = {}
+    for sector_name in sectors.data:
+        try:
+            sector = Sector(sector_name)
+        except ValueError:
+            allowed = ", ".join(s.value for s in Sector)
+            raise sectors.fail(sector_name, f"not one of {allowed}") from None
+        bans[sector] = sectors.table(sector_name).get("banned_from", date)
+
+    return Policy(
+        name=top.name("name"),
+        hash=hashlib.sha256(raw).hexdigest()[:16],
+        consent_regime_from=top.get("consent_regime_from", date),
+        default_timezone=zone,
+        out_of_scope_kinds=frozenset(out_of_scope),
+        optout_freshness_days=optout.positive("freshness_days"),
+        optout_suppress_in_consent_regime=optout.get("suppress_in_consent_regime", bool, True),
+        consent_max_validity_days=consent.positive("max_validity_days"),
+        refusal_enabled=refusal.get("enabled", bool, True),
+        refusal_block_days=refusal.positive("block_days"),
+        days=days,
+        windows=windows,
+        holidays_national=holiday_table.get("national", bool, True),
+        holidays_local=holiday_table.get("local", bool, True),
+        local_days=local_days,
+        max_attempts=frequency.positive("max_attempts"),
+        window_days=frequency.positive("window_days"),
+        sector_bans=bans,
+    )
+
+
+def _day(hours: _Reader, value: object) -> int:
+    if not isinstance(value, str) or value not in _DAYS:
+        raise hours.fail("days", f"{value!r} is not one of {', '.join(_DAYS)}")
+    return _DAYS[value]
+
+
+def _window(hours: _Reader, value: object) -> tuple[time, time]:
+    if not (isinstance(value, list) and len(value) == 2):
+        raise hours.fail("windows", f'{value!r} must be ["HH:MM", "HH:MM"]')
+    try:
+        start, end = (time.fromisoformat(part) for part in value)
+    except (TypeError, ValueError):
+        raise hours.fail("windows", f'{value!r} must be ["HH:MM", "HH:MM"]') from None
+    if start >= end:
+        raise hours.fail("windows", f"{value!r}: the start must come before the end")
+    return start, end

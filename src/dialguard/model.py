@@ -1,0 +1,186 @@
+"""The data every layer shares: requests, campaigns, facts, decisions. No behaviour."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from dialguard.numbers import Number
+
+
+class Result(enum.StrEnum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+class Reason(enum.StrEnum):
+    """Stable identifiers written to Asterisk and the audit journal (docs/rules.md)."""
+
+    # allow bases
+    CONSENT = "CONSENT"
+    CONTRACT = "CONTRACT"
+    PRESS = "PRESS"
+    NON_COMMERCIAL = "NON_COMMERCIAL"
+    SERVICE = "SERVICE"
+    OUT_OF_SCOPE = "OUT_OF_SCOPE"
+    EMERGENCY = "EMERGENCY"
+    OPTOUT_CLEAR = "OPTOUT_CLEAR"
+    # deny reasons
+    INVALID_NUMBER = "INVALID_NUMBER"
+    UNKNOWN_CAMPAIGN = "UNKNOWN_CAMPAIGN"
+    INTERNAL_DNC = "INTERNAL_DNC"
+    OPTOUT_LISTED = "OPTOUT_LISTED"
+    OPTOUT_UNVERIFIED = "OPTOUT_UNVERIFIED"
+    NO_CONSENT = "NO_CONSENT"
+    CONSENT_EXPIRED = "CONSENT_EXPIRED"
+    CONSENT_WITHDRAWN = "CONSENT_WITHDRAWN"
+    SECTOR_BAN = "SECTOR_BAN"
+    RECENT_REFUSAL = "RECENT_REFUSAL"
+    OUTSIDE_HOURS = "OUTSIDE_HOURS"
+    HOLIDAY = "HOLIDAY"
+    FREQUENCY_CAP = "FREQUENCY_CAP"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    DEADLINE = "DEADLINE"
+
+
+class Purpose(enum.StrEnum):
+    PROSPECTING = "prospecting"
+    PRESS = "press"
+    NON_COMMERCIAL = "non_commercial"
+    SERVICE = "service"
+
+
+class Sector(enum.StrEnum):
+    GENERAL = "general"
+    ENERGY_RENOVATION = "energy_renovation"
+    HOME_ADAPTATION = "home_adaptation"
+    CPF = "cpf"
+
+
+class FailMode(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    name: str
+    principal: str  # the professional who commissions the calls; the cap and consents are its
+    purpose: Purpose
+    sector: Sector
+    fail_mode: FailMode = FailMode.CLOSED
+    outside_prefix: str = ""
+    honour_dnc: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    number_raw: str
+    campaign: str
+    channel: str = ""
+    uniqueid: str = ""
+    callerid: str = ""
+    adapter: str = "cli"
+
+
+@dataclass(frozen=True, slots=True)
+class DncEntry:
+    reason: str
+    added_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OptoutResult:
+    """One opt-out registry answer (Bloctel) for a number."""
+
+    listed: bool
+    checked_on: date
+    ref: str  # the registry's request identifier, kept as evidence
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    given_at: datetime
+    expires_at: datetime | None
+    proof_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    contract_id: str
+    sector: Sector
+    start: date
+    end: date | None  # None: ongoing
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the store knows about one number for one principal."""
+
+    dnc: DncEntry | None = None
+    optout: OptoutResult | None = None
+    consent: Consent | None = None
+    withdrawn_at: datetime | None = None
+    contracts: tuple[Contract, ...] = ()
+    refused_at: datetime | None = None
+    attempts_30d: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """The facts could not be read: the campaign's fail mode decides."""
+
+    reason: Reason  # STORE_UNAVAILABLE or DEADLINE
+    detail: str
+
+
+class Outcome(enum.StrEnum):
+    PASS = "pass"  # nothing against the call here
+    BASIS = "basis"  # establishes the legal basis; later rules still apply
+    ALLOW = "allow"  # settles the call: later rules do not apply
+    DENY = "deny"
+    SKIPPED = "skipped"  # facts unavailable and the campaign fails open
+
+
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    rule: str
+    outcome: Outcome
+    reason: Reason | None
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "outcome": self.outcome.value,
+            "reason": self.reason.value if self.reason else None,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRef:
+    name: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    result: Result
+    reason: Reason
+    rules: tuple[RuleResult, ...]
+    evidence: Mapping[str, Any]
+    number: Number | None
+    local_time: str  # callee-local ISO 8601, "" when the number could not be placed
+    policy: PolicyRef
+    degraded: str = ""  # why, when the fail mode decided instead of the facts
+    counts_attempt: bool = False  # a real call would count against the 30-day cap
+    attempts_30d: int | None = None
+    detail: str = field(default="")
+
+    @property
+    def allowed(self) -> bool:
+        return self.result is Result.ALLOW

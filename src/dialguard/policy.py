@@ -1,0 +1,464 @@
+"""The French rules as a pure function: (call, facts, time, policy) -> Decision.
+
+No I/O, no clock: the instant of the call is an argument. Each rule is a plain function
+over one `Context`, listed in order in `RULES` with its legal source; docs/rules.md
+mirrors that table. The first rule that denies (or settles the call) decides; a rule that
+establishes the legal basis lets the later rules (days, hours, frequency) still apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import holidays
+from dateutil.easter import easter
+
+from dialguard.model import (
+    Campaign,
+    Decision,
+    Facts,
+    FailMode,
+    Outcome,
+    PolicyRef,
+    Purpose,
+    Reason,
+    Result,
+    RuleResult,
+    Sector,
+    Unavailable,
+)
+from dialguard.numbers import Kind, Number
+
+__all__ = ["RULES", "Policy", "Rule", "apply_count", "decide"]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    hash: str
+    consent_regime_from: date
+    default_timezone: str
+    out_of_scope_kinds: frozenset[Kind]
+    optout_freshness_days: int
+    optout_suppress_in_consent_regime: bool
+    consent_max_validity_days: int
+    refusal_enabled: bool
+    refusal_block_days: int
+    days: frozenset[int]  # 0 = Monday
+    windows: tuple[tuple[time, time], ...]
+    holidays_national: bool
+    holidays_local: bool
+    local_days: Mapping[str, tuple[str, ...]]
+    max_attempts: int
+    window_days: int
+    sector_bans: Mapping[Sector, date]
+
+    @property
+    def ref(self) -> PolicyRef:
+        return PolicyRef(self.name, self.hash)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    campaign: Campaign | None
+    number: Number | None
+    number_error: str
+    facts: Facts | Unavailable
+    now: datetime  # aware, the instant of the call
+    policy: Policy
+    local: tuple[datetime, ...] = field(default=())  # the call's instant in each callee zone
+
+    @property
+    def local_date(self) -> date:
+        return self.local[0].date()
+
+    @property
+    def consent_regime(self) -> bool:
+        return self.local_date >= self.policy.consent_regime_from
+
+
+RuleCheck = Callable[[Context], RuleResult]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    source: str
+    check: RuleCheck
+    needs_facts: bool = False
+
+
+def _pass(rule: str, detail: str = "") -> RuleResult:
+    return RuleResult(rule, Outcome.PASS, None, detail)
+
+
+def _deny(rule: str, reason: Reason, detail: str) -> RuleResult:
+    return RuleResult(rule, Outcome.DENY, reason, detail)
+
+
+def _allow(rule: str, reason: Reason, detail: str) -> RuleResult:
+    return RuleResult(rule, Outcome.ALLOW, reason, detail)
+
+
+def _basis(rule: str, reason: Reason, detail: str) -> RuleResult:
+    return RuleResult(rule, Outcome.BASIS, reason, detail)
+
+
+def _facts(ctx: Context) -> Facts:
+    assert isinstance(ctx.facts, Facts), "rule needing facts ran without them"
+    return ctx.facts
+
+
+def _campaign(ctx: Context) -> Campaign:
+    assert ctx.campaign is not None
+    return ctx.campaign
+
+
+# --- the rules, in order ----------------------------------------------------------------
+
+
+def check_emergency(ctx: Context) -> RuleResult:
+    if ctx.number is not None and ctx.number.never_blocked:
+        return _allow("emergency", Reason.EMERGENCY, f"{ctx.number.kind} number, never blocked")
+    return _pass("emergency")
+
+
+def check_campaign(ctx: Context) -> RuleResult:
+    if ctx.campaign is None:
+        return _deny("campaign", Reason.UNKNOWN_CAMPAIGN, "campaign not in the configuration")
+    return _pass("campaign", ctx.campaign.name)
+
+
+def check_number(ctx: Context) -> RuleResult:
+    if ctx.number is None:
+        return _deny("number", Reason.INVALID_NUMBER, ctx.number_error)
+    return _pass("number", f"{ctx.number.e164} {ctx.number.kind} {ctx.number.territory}")
+
+
+def check_internal_dnc(ctx: Context) -> RuleResult:
+    dnc = _facts(ctx).dnc
+    if dnc is None:
+        return _pass("internal_dnc", "not on the company's list")
+    if not _campaign(ctx).honour_dnc:
+        return _pass("internal_dnc", "listed, but this campaign does not honour the list")
+    return _deny("internal_dnc", Reason.INTERNAL_DNC, f"on the company's list ({dnc.reason})")
+
+
+def check_scope(ctx: Context) -> RuleResult:
+    assert ctx.number is not None
+    if ctx.number.kind in ctx.policy.out_of_scope_kinds:
+        return _allow("scope", Reason.OUT_OF_SCOPE, f"{ctx.number.kind} numbers are not consumers")
+    return _pass("scope", str(ctx.number.kind))
+
+
+def check_purpose(ctx: Context) -> RuleResult:
+    purpose = _campaign(ctx).purpose
+    if purpose is Purpose.NON_COMMERCIAL:
+        return _allow("purpose", Reason.NON_COMMERCIAL, "nothing is sold: not a sales call")
+    if purpose is Purpose.SERVICE:
+        return _allow("purpose", Reason.SERVICE, "about an existing relationship: not prospecting")
+    return _pass("purpose", str(purpose))
+
+
+def _ongoing_contract(ctx: Context) -> str | None:
+    """The id of a contract being performed today whose object relates to the campaign."""
+    today = ctx.local_date
+    sector = _campaign(ctx).sector
+    for contract in _facts(ctx).contracts:
+        ongoing = contract.start <= today and (contract.end is None or today <= contract.end)
+        if ongoing and contract.sector is sector:
+            return contract.contract_id
+    return None
+
+
+def check_sector_ban(ctx: Context) -> RuleResult:
+    sector = _campaign(ctx).sector
+    banned_from = ctx.policy.sector_bans.get(sector)
+    if banned_from is None or ctx.local_date < banned_from:
+        return _pass("sector_ban", f"{sector} not banned")
+    contract_id = _ongoing_contract(ctx)
+    if contract_id is not None:
+        return _pass("sector_ban", f"{sector} banned, but contract {contract_id} is ongoing")
+    return _deny(
+        "sector_ban", Reason.SECTOR_BAN, f"prospecting for {sector} banned since {banned_from}"
+    )
+
+
+def check_recent_refusal(ctx: Context) -> RuleResult:
+    refused_at = _facts(ctx).refused_at
+    if not ctx.policy.refusal_enabled or refused_at is None:
+        return _pass("recent_refusal", "no refusal on record" if refused_at is None else "rule off")
+    refusal_day = refused_at.astimezone(ctx.local[0].tzinfo).date()
+    last_blocked = refusal_day + timedelta(days=ctx.policy.refusal_block_days)
+    if ctx.local_date <= last_blocked:
+        return _deny(
+            "recent_refusal",
+            Reason.RECENT_REFUSAL,
+            f"refused on {refusal_day}; no contact until {last_blocked} included",
+        )
+    return _pass("recent_refusal", f"refusal on {refusal_day} is over")
+
+
+def check_legal_basis(ctx: Context) -> RuleResult:
+    contract_id = _ongoing_contract(ctx)
+    if contract_id is not None:
+        return _basis("legal_basis", Reason.CONTRACT, f"ongoing contract {contract_id}")
+    if _campaign(ctx).purpose is Purpose.PRESS:
+        return _basis("legal_basis", Reason.PRESS, "press offer, exempt from the list/consent test")
+    if ctx.consent_regime:
+        return _consent_basis(ctx)
+    return _optout_basis(ctx)
+
+
+def _optout_basis(ctx: Context) -> RuleResult:
+    optout = _facts(ctx).optout
+    if optout is None:
+        return _deny("legal_basis", Reason.OPTOUT_UNVERIFIED, "never checked against the registry")
+    if optout.listed:
+        return _deny("legal_basis", Reason.OPTOUT_LISTED, f"listed (check {optout.ref})")
+    age = (ctx.local_date - optout.checked_on).days
+    if not 0 <= age < ctx.policy.optout_freshness_days:
+        return _deny(
+            "legal_basis",
+            Reason.OPTOUT_UNVERIFIED,
+            f"registry check of {optout.checked_on} is {age} days old",
+        )
+    return _basis("legal_basis", Reason.OPTOUT_CLEAR, f"not listed, checked {optout.checked_on}")
+
+
+def _consent_basis(ctx: Context) -> RuleResult:
+    facts = _facts(ctx)
+    consent = facts.consent
+    if consent is None or consent.given_at > ctx.now:
+        return _deny("legal_basis", Reason.NO_CONSENT, "no prior consent for this principal")
+    optout = facts.optout
+    if (
+        ctx.policy.optout_suppress_in_consent_regime
+        and optout is not None
+        and optout.listed
+        and consent.given_at.astimezone(ctx.local[0].tzinfo).date() <= optout.checked_on
+    ):
+        return _deny(
+            "legal_basis",
+            Reason.OPTOUT_LISTED,
+            f"registry listing ({optout.ref}) not superseded by a later consent",
+        )
+    withdrawn_at = facts.withdrawn_at
+    if withdrawn_at is not None and consent.given_at <= withdrawn_at <= ctx.now:
+        return _deny("legal_basis", Reason.CONSENT_WITHDRAWN, f"withdrawn at {_iso(withdrawn_at)}")
+    longest = consent.given_at + timedelta(days=ctx.policy.consent_max_validity_days)
+    expires_at = longest if consent.expires_at is None else min(consent.expires_at, longest)
+    if ctx.now >= expires_at:
+        return _deny("legal_basis", Reason.CONSENT_EXPIRED, f"expired at {_iso(expires_at)}")
+    return _basis("legal_basis", Reason.CONSENT, f"consent {consent.proof_ref}")
+
+
+def check_holiday(ctx: Context) -> RuleResult:
+    assert ctx.number is not None
+    for local in ctx.local:
+        name = holiday_name(ctx.policy, ctx.number.territory, local.date())
+        if name:
+            return _deny("holiday", Reason.HOLIDAY, f"{local.date()} is a public holiday ({name})")
+    return _pass("holiday", "not a public holiday")
+
+
+def check_hours(ctx: Context) -> RuleResult:
+    for local in ctx.local:
+        if local.weekday() not in ctx.policy.days:
+            return _deny("hours", Reason.OUTSIDE_HOURS, f"{local:%A} in {local.tzinfo}")
+        clock = local.time().replace(tzinfo=None)
+        if not any(start <= clock < end for start, end in ctx.policy.windows):
+            return _deny("hours", Reason.OUTSIDE_HOURS, f"{clock:%H:%M} in {local.tzinfo}")
+    return _pass("hours", "within the calling hours")
+
+
+def check_frequency(ctx: Context) -> RuleResult:
+    attempts = _facts(ctx).attempts_30d
+    cap = ctx.policy.max_attempts
+    if attempts >= cap:
+        return _deny(
+            "frequency",
+            Reason.FREQUENCY_CAP,
+            f"{attempts} attempts in {ctx.policy.window_days} days (cap {cap})",
+        )
+    return _pass("frequency", f"{attempts} of {cap} attempts used")
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("emergency", "ARCEP numbering plan; CPCE emergency numbers", check_emergency),
+    Rule("campaign", "dialguard configuration", check_campaign),
+    Rule("number", "ARCEP national numbering plan", check_number),
+    Rule("internal_dnc", "C. consommation L221-16 (right to object)", check_internal_dnc, True),
+    Rule("scope", "C. consommation L223-1 (consumers only)", check_scope),
+    Rule("purpose", "C. consommation L223-1, L223-5", check_purpose),
+    Rule("sector_ban", "C. consommation L223-1; C. travail L6323-8-1", check_sector_ban, True),
+    Rule("recent_refusal", "C. consommation D223-9 (Décret 2022-1313)", check_recent_refusal, True),
+    Rule("legal_basis", "C. consommation L223-1 (Loi 2025-594 art. 13)", check_legal_basis, True),
+    Rule("holiday", "C. consommation D223-9; C. travail L3133-1", check_holiday),
+    Rule("hours", "C. consommation D223-9 (Décret 2022-1313)", check_hours),
+    Rule("frequency", "C. consommation D223-9 (Décret 2022-1313)", check_frequency, True),
+)
+
+
+def decide(
+    campaign: Campaign | None,
+    number: Number | None,
+    facts: Facts | Unavailable,
+    now: datetime,
+    policy: Policy,
+    number_error: str = "",
+) -> Decision:
+    """Evaluate the rules in order; the first that settles the call decides."""
+    if now.tzinfo is None:
+        raise ValueError("the instant of a call must carry its time zone")
+    ctx = Context(
+        campaign, number, number_error, facts, now, policy, _local_times(number, now, policy)
+    )
+    results: list[RuleResult] = []
+    basis: Reason | None = None
+    degraded = ""
+    for rule in RULES:
+        if rule.needs_facts and isinstance(facts, Unavailable):
+            if _campaign(ctx).fail_mode is FailMode.CLOSED:
+                degraded = f"{facts.detail}; failing closed"
+                results.append(_deny(rule.name, facts.reason, degraded))
+                return _decision(ctx, Result.DENY, facts.reason, results, degraded)
+            results.append(RuleResult(rule.name, Outcome.SKIPPED, None, facts.detail))
+            degraded = f"{facts.detail}; failing open"
+            continue
+        result = rule.check(ctx)
+        results.append(result)
+        if result.outcome is Outcome.DENY:
+            assert result.reason is not None
+            return _decision(ctx, Result.DENY, result.reason, results, degraded)
+        if result.outcome is Outcome.ALLOW:
+            assert result.reason is not None
+            return _decision(ctx, Result.ALLOW, result.reason, results, degraded)
+        if result.outcome is Outcome.BASIS:
+            basis = result.reason
+    if basis is None:
+        # Only a fail-open campaign reaches the end without a basis: say why it passed.
+        assert isinstance(facts, Unavailable)
+        basis = facts.reason
+    decision = _decision(ctx, Result.ALLOW, basis, results, degraded)
+    return replace(decision, counts_attempt=True)
+
+
+def apply_count(decision: Decision, counted: bool, attempts: int, policy: Policy) -> Decision:
+    """Fold the store's atomic check-and-count into an ALLOW that counts an attempt.
+
+    The policy saw the count read with the other facts; a concurrent call to the same
+    number may have taken the last slot since. The store's answer is the one that holds.
+    """
+    if not decision.counts_attempt or counted:
+        return replace(decision, attempts_30d=attempts)
+    result = _deny(
+        "frequency",
+        Reason.FREQUENCY_CAP,
+        f"{attempts} attempts in {policy.window_days} days (cap {policy.max_attempts}), "
+        "taken by a concurrent call",
+    )
+    rules = (*(r for r in decision.rules if r.rule != "frequency"), result)
+    return replace(
+        decision,
+        result=Result.DENY,
+        reason=Reason.FREQUENCY_CAP,
+        rules=rules,
+        counts_attempt=False,
+        attempts_30d=attempts,
+    )
+
+
+def _decision(
+    ctx: Context, result: Result, reason: Reason, rules: list[RuleResult], degraded: str
+) -> Decision:
+    facts = ctx.facts if isinstance(ctx.facts, Facts) else None
+    return Decision(
+        result=result,
+        reason=reason,
+        rules=tuple(rules),
+        evidence=_evidence(facts) if facts is not None else {},
+        number=ctx.number,
+        local_time=ctx.local[0].isoformat(timespec="seconds") if ctx.number else "",
+        policy=ctx.policy.ref,
+        degraded=degraded,
+        attempts_30d=facts.attempts_30d if facts is not None else None,
+    )
+
+
+def _evidence(facts: Facts) -> dict[str, Any]:
+    evidence: dict[str, Any] = {"attempts_30d": facts.attempts_30d}
+    if facts.dnc is not None:
+        evidence["dnc"] = {"reason": facts.dnc.reason, "added_at": _iso(facts.dnc.added_at)}
+    if facts.optout is not None:
+        evidence["optout"] = {
+            "listed": facts.optout.listed,
+            "checked_on": facts.optout.checked_on.isoformat(),
+            "ref": facts.optout.ref,
+        }
+    if facts.consent is not None:
+        evidence["consent"] = {
+            "proof_ref": facts.consent.proof_ref,
+            "given_at": _iso(facts.consent.given_at),
+            "expires_at": _iso(facts.consent.expires_at),
+        }
+    if facts.withdrawn_at is not None:
+        evidence["withdrawn_at"] = _iso(facts.withdrawn_at)
+    if facts.contracts:
+        evidence["contracts"] = [
+            {
+                "id": c.contract_id,
+                "sector": c.sector.value,
+                "start": c.start.isoformat(),
+                "end": c.end.isoformat() if c.end else None,
+            }
+            for c in facts.contracts
+        ]
+    if facts.refused_at is not None:
+        evidence["refused_at"] = _iso(facts.refused_at)
+    return evidence
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat(timespec="seconds") if moment else None
+
+
+def _local_times(number: Number | None, now: datetime, policy: Policy) -> tuple[datetime, ...]:
+    zones = number.timezones if number is not None and number.timezones else ()
+    if not zones:
+        zones = (policy.default_timezone,)
+    return tuple(now.astimezone(_zone(z)) for z in zones)
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def holiday_name(policy: Policy, territory: str, day: date) -> str:
+    """The public holiday on `day` for a callee in `territory`, or ""."""
+    local_days = policy.local_days.get(territory, ())
+    calendar = _holidays_for(policy.holidays_national, policy.holidays_local, local_days, day.year)
+    return calendar.get(day, "")
+
+
+@lru_cache(maxsize=256)
+def _holidays_for(
+    national: bool, local: bool, local_days: tuple[str, ...], year: int
+) -> dict[date, str]:
+    days: dict[date, str] = {}
+    if national:
+        days.update(holidays.country_holidays("FR", years=year))
+    if local:
+        for spec in local_days:
+            if spec == "good_friday":
+                days.setdefault(easter(year) - timedelta(days=2), "Good Friday (local)")
+            else:
+                month, day = (int(part) for part in spec.split("-"))
+                days.setdefault(date(year, month, day), f"local holiday {spec}")
+    return days

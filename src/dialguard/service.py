@@ -1,0 +1,158 @@
+"""`decide()`: the one path every adapter (CLI, FastAGI, ARI, classic AGI) goes through.
+
+normalise -> facts (one round trip) -> policy (pure) -> count the attempt (atomic)
+-> audit (durable) -> answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from dialguard import policy
+from dialguard.audit import Journal, decision_record
+from dialguard.config import Config
+from dialguard.model import CallRequest, Campaign, Decision, Facts, Reason, Unavailable
+from dialguard.numbers import InvalidNumber, Number, normalise
+from dialguard.store import Store, StoreUnavailable
+
+__all__ = ["OutcomeKind", "Service", "Verdict", "new_id"]
+
+log = structlog.get_logger("dialguard.service")
+
+
+class OutcomeKind(enum.StrEnum):
+    REFUSED = "refused"
+    DO_NOT_CALL = "do-not-call"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    id: str
+    decision: Decision
+
+
+def new_id(now: datetime) -> str:
+    """Time-ordered, unique across nodes, and safe as a channel variable value."""
+    return f"{int(now.timestamp() * 1000):012x}{secrets.token_hex(5)}"
+
+
+class Service:
+    def __init__(self, config: Config, store: Store, journal: Journal | None) -> None:
+        self.config = config
+        self.store = store
+        self.journal = journal
+
+    def campaign(self, name: str) -> Campaign | None:
+        return self.config.campaigns.get(name)
+
+    async def decide(
+        self,
+        request: CallRequest,
+        *,
+        now: datetime | None = None,
+        record: bool = False,
+        deadline_s: float | None = None,
+    ) -> Verdict:
+        """Decide one call. With `record`, count the attempt and write the audit record."""
+        started = time.perf_counter_ns()
+        now = now or datetime.now(UTC)
+        decision_id = new_id(now)
+        rules = self.config.policy
+        campaign = self.campaign(request.campaign)
+        number, number_error = _normalise(request.number_raw, campaign)
+
+        facts: Facts | Unavailable
+        if campaign is None or number is None or number.never_blocked:
+            facts = Facts()  # the policy decides without reading anything
+            decision = policy.decide(campaign, number, facts, now, rules, number_error)
+        else:
+            try:
+                async with asyncio.timeout(deadline_s):
+                    facts = await self.store.facts(
+                        number, campaign.principal, now, rules.window_days
+                    )
+                    decision = policy.decide(campaign, number, facts, now, rules, number_error)
+                    if record and decision.counts_attempt:
+                        counted, attempts = await self.store.count_attempt(
+                            number,
+                            campaign.principal,
+                            now,
+                            rules.max_attempts,
+                            rules.window_days,
+                            decision_id,
+                        )
+                        decision = policy.apply_count(decision, counted, attempts, rules)
+            except StoreUnavailable as exc:
+                decision = self._degraded(campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc))
+            except TimeoutError:
+                detail = f"no decision within {deadline_s * 1000 if deadline_s else 0:.0f} ms"
+                decision = self._degraded(campaign, number, now, Reason.DEADLINE, detail)
+
+        if record and self.journal is not None:
+            latency_us = (time.perf_counter_ns() - started) // 1000
+            self.journal.append(
+                decision_record(
+                    decision_id=decision_id,
+                    ts=now,
+                    node=self.config.node,
+                    request=request,
+                    campaign=campaign,
+                    decision=decision,
+                    latency_us=latency_us,
+                )
+            )
+        return Verdict(decision_id, decision)
+
+    def _degraded(
+        self, campaign: Campaign, number: Number, now: datetime, reason: Reason, detail: str
+    ) -> Decision:
+        log.warning("degraded_decision", reason=reason.value, detail=detail, campaign=campaign.name)
+        unavailable = Unavailable(reason, detail)
+        # Counting is skipped: with the store out of reach, nothing can be counted.
+        return policy.decide(campaign, number, unavailable, now, self.config.policy)
+
+    async def record_outcome(
+        self,
+        number: Number,
+        campaign: Campaign,
+        kind: OutcomeKind,
+        now: datetime,
+        *,
+        uniqueid: str = "",
+    ) -> str:
+        """Record what the consumer said during a call; return the audit record's id."""
+        if kind is OutcomeKind.REFUSED:
+            await self.store.record_refusal(number, campaign.principal, now)
+        else:
+            await self.store.dnc_add(number, f"do-not-call during campaign {campaign.name}", now)
+        record_id = new_id(now)
+        if self.journal is not None:
+            self.journal.append(
+                {
+                    "id": record_id,
+                    "ts": int(now.timestamp() * 1000),
+                    "node": self.config.node,
+                    "kind": "outcome",
+                    "outcome": kind.value,
+                    "number": number.e164,
+                    "number_raw": number.raw,
+                    "campaign": campaign.name,
+                    "principal": campaign.principal,
+                    "uniqueid": uniqueid,
+                }
+            )
+        return record_id
+
+
+def _normalise(raw: str, campaign: Campaign | None) -> tuple[Number | None, str]:
+    try:
+        return normalise(raw, campaign.outside_prefix if campaign else ""), ""
+    except InvalidNumber as exc:
+        return None, str(exc)

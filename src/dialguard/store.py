@@ -1,0 +1,339 @@
+"""Every Redis key and script dialguard uses, and nothing else.
+
+Layout (all keys start with the configured prefix, shown here as ``P``; a number's key is
+its E.164 digits, a principal is a validated name, so no key is built from raw input):
+
+- ``P dnc`` hash: number -> ``added_ms|reason``
+- ``P optout`` hash: number -> ``L|checked_on|ref`` (listed) or ``C|...`` (checked, clear)
+- ``P consent`` hash: ``number|principal`` -> ``given_ms|expires_ms|proof_ref``
+- ``P withdrawal`` hash: ``number|principal`` -> withdrawn_ms
+- ``P contract`` hash: ``number|principal`` -> JSON list of [id, sector, start, end]
+- ``P refusal`` hash: ``number|principal`` -> refused_ms
+- ``P att:principal:number`` sorted set: one member per counted attempt, score = its ms
+
+Withdrawals live apart from consents so that a nightly ``import consent --replace`` from a
+CRM can never resurrect a consent the consumer took back.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from dialguard.model import Consent, Contract, DncEntry, Facts, OptoutResult, Sector
+from dialguard.numbers import Number
+
+__all__ = ["ImportKind", "Store", "StoreUnavailable"]
+
+# All facts for one decision: one script call, one round trip, one reply to parse.
+_FACTS = """
+local n, np = ARGV[1], ARGV[2]
+return {
+  redis.call('HGET', KEYS[1], n),
+  redis.call('HGET', KEYS[2], n),
+  redis.call('HGET', KEYS[3], np),
+  redis.call('HGET', KEYS[4], np),
+  redis.call('HGET', KEYS[5], np),
+  redis.call('HGET', KEYS[6], np),
+  redis.call('ZCOUNT', KEYS[7], '(' .. ARGV[3], '+inf'),
+}
+"""
+
+# The 30-day cap as one atomic check-and-count: two concurrent calls to one number run
+# one after the other inside Redis, so they can never both take the last slot.
+_COUNT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[3]) then return {0, n} end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {1, n + 1}
+"""
+
+# Chunk size for bulk writes: large enough to amortise round trips, small enough that no
+# single command holds Redis for long.
+_CHUNK = 2000
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached or answered with an error; one line."""
+
+
+class ImportKind:
+    DNC = "dnc"
+    OPTOUT = "optout"
+    CONSENT = "consent"
+    CONTRACT = "contract"
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _from_ms(value: bytes | str | int) -> datetime:
+    return datetime.fromtimestamp(int(value) / 1000, UTC)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRow:
+    number: Number
+    principal: str
+    given_at: datetime
+    expires_at: datetime | None
+    proof_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContractRow:
+    number: Number
+    principal: str
+    contract: Contract
+
+
+@dataclass(frozen=True, slots=True)
+class OptoutRow:
+    number: Number
+    listed: bool
+    ref: str
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._facts = client.register_script(_FACTS)
+        self._count = client.register_script(_COUNT)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, timeout_ms: int) -> Store:
+        timeout = timeout_ms / 1000
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # redis-py's default pool caps at 100 connections and then raises; a busy
+            # FastAGI node runs hundreds of sessions at once.
+            max_connections=2048,
+        )
+        return cls(client, prefix)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    def _key(self, *parts: str) -> str:
+        return self._prefix + ":".join(parts)
+
+    @staticmethod
+    def _pair(number: Number, principal: str) -> str:
+        return f"{number.key}|{principal}"
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+
+    # --- the hot path ---------------------------------------------------------------------
+
+    async def facts(self, number: Number, principal: str, now: datetime, window_days: int) -> Facts:
+        window_start = _ms(now - timedelta(days=window_days))
+        keys = [
+            self._key("dnc"),
+            self._key("optout"),
+            self._key("consent"),
+            self._key("withdrawal"),
+            self._key("contract"),
+            self._key("refusal"),
+            self._key("att", principal, number.key),
+        ]
+        args: list[str | int] = [number.key, self._pair(number, principal), window_start]
+        try:
+            reply = await self._facts(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        dnc, optout, consent, withdrawal, contracts, refusal, attempts = reply
+        return Facts(
+            dnc=_decode_dnc(dnc) if dnc else None,
+            optout=_decode_optout(optout) if optout else None,
+            consent=_decode_consent(consent) if consent else None,
+            withdrawn_at=_from_ms(withdrawal) if withdrawal else None,
+            contracts=_decode_contracts(contracts) if contracts else (),
+            refused_at=_from_ms(refusal) if refusal else None,
+            attempts_30d=int(attempts),
+        )
+
+    async def count_attempt(
+        self,
+        number: Number,
+        principal: str,
+        now: datetime,
+        cap: int,
+        window_days: int,
+        attempt_id: str,
+    ) -> tuple[bool, int]:
+        """Count one attempt unless the cap is reached; return (counted, attempts now)."""
+        window = timedelta(days=window_days)
+        args: list[str | int] = [
+            _ms(now),
+            _ms(now - window),
+            cap,
+            attempt_id,
+            int(window.total_seconds() * 1000),
+        ]
+        try:
+            counted, attempts = await self._count(
+                keys=[self._key("att", principal, number.key)], args=args
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        return bool(counted), int(attempts)
+
+    # --- live events ----------------------------------------------------------------------
+
+    async def dnc_add(self, number: Number, reason: str, now: datetime) -> None:
+        await self._write(lambda p: p.hset(self._key("dnc"), number.key, _encode_dnc(reason, now)))
+
+    async def dnc_remove(self, number: Number) -> bool:
+        try:
+            removed = await self._redis.hdel(self._key("dnc"), number.key)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        return bool(removed)
+
+    async def withdraw_consent(self, number: Number, principal: str, now: datetime) -> None:
+        pair = self._pair(number, principal)
+        await self._write(lambda p: p.hset(self._key("withdrawal"), pair, _ms(now)))
+
+    async def record_refusal(self, number: Number, principal: str, now: datetime) -> None:
+        """A refusal starts the block and withdraws consent, both or neither."""
+        pair = self._pair(number, principal)
+
+        def both(pipe: Any) -> None:
+            pipe.hset(self._key("refusal"), pair, _ms(now))
+            pipe.hset(self._key("withdrawal"), pair, _ms(now))
+
+        await self._write(both)
+
+    async def _write(self, build: Any) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                build(pipe)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+
+    # --- bulk loads -----------------------------------------------------------------------
+
+    async def load(self, kind: str, fields: Mapping[str, str], replace: bool) -> None:
+        """Load one import atomically: every field becomes visible at once, or none does.
+
+        With `replace`, the new hash is built under a temporary key and renamed over the
+        live one (RENAME is atomic); otherwise the fields are merged in one MULTI/EXEC.
+        """
+        live = self._key(kind)
+        items = list(fields.items())
+        try:
+            if replace:
+                staging = self._key(kind, "staging", uuid.uuid4().hex)
+                try:
+                    for chunk in _chunks(items):
+                        await self._redis.hset(staging, mapping=dict(chunk))
+                    if items:
+                        await self._redis.rename(staging, live)
+                    else:
+                        await self._redis.delete(live)
+                finally:
+                    await self._redis.delete(staging)
+            else:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    for chunk in _chunks(items):
+                        pipe.hset(live, mapping=dict(chunk))
+                    await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+
+    def dnc_fields(self, entries: Iterable[tuple[Number, str]], now: datetime) -> dict[str, str]:
+        return {number.key: _encode_dnc(reason, now) for number, reason in entries}
+
+    def optout_fields(self, rows: Iterable[OptoutRow], checked_on: date) -> dict[str, str]:
+        return {
+            row.number.key: f"{'L' if row.listed else 'C'}|{checked_on.isoformat()}|{row.ref}"
+            for row in rows
+        }
+
+    def consent_fields(self, rows: Iterable[ConsentRow]) -> dict[str, str]:
+        latest: dict[str, ConsentRow] = {}
+        for row in rows:
+            pair = self._pair(row.number, row.principal)
+            if pair not in latest or latest[pair].given_at <= row.given_at:
+                latest[pair] = row
+        return {
+            pair: f"{_ms(row.given_at)}|{_ms(row.expires_at) if row.expires_at else ''}|"
+            f"{row.proof_ref}"
+            for pair, row in latest.items()
+        }
+
+    def contract_fields(self, rows: Iterable[ContractRow]) -> dict[str, str]:
+        grouped: dict[str, list[list[str | None]]] = {}
+        for row in rows:
+            c = row.contract
+            grouped.setdefault(self._pair(row.number, row.principal), []).append(
+                [
+                    c.contract_id,
+                    c.sector.value,
+                    c.start.isoformat(),
+                    c.end.isoformat() if c.end else None,
+                ]
+            )
+        return {pair: json.dumps(items, separators=(",", ":")) for pair, items in grouped.items()}
+
+
+def _chunks(items: Sequence[tuple[str, str]]) -> Iterable[Sequence[tuple[str, str]]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _encode_dnc(reason: str, now: datetime) -> str:
+    return f"{_ms(now)}|{reason}"
+
+
+def _decode_dnc(raw: bytes) -> DncEntry:
+    added, _, reason = _text(raw).partition("|")
+    return DncEntry(reason=reason, added_at=_from_ms(added) if added else None)
+
+
+def _decode_optout(raw: bytes) -> OptoutResult:
+    status, checked_on, ref = _text(raw).split("|", 2)
+    return OptoutResult(listed=status == "L", checked_on=date.fromisoformat(checked_on), ref=ref)
+
+
+def _decode_consent(raw: bytes) -> Consent:
+    given, expires, proof = _text(raw).split("|", 2)
+    return Consent(
+        given_at=_from_ms(given),
+        expires_at=_from_ms(expires) if expires else None,
+        proof_ref=proof,
+    )
+
+
+def _decode_contracts(raw: bytes) -> tuple[Contract, ...]:
+    return tuple(
+        Contract(
+            contract_id=item[0],
+            sector=Sector(item[1]),
+            start=date.fromisoformat(item[2]),
+            end=date.fromisoformat(item[3]) if item[3] else None,
+        )
+        for item in json.loads(raw)
+    )
