@@ -69,10 +69,12 @@ class Number:
 # prefix a real dial string stays far below this. Anything longer is not a number.
 MAX_INPUT = 40
 
-_SEPARATORS = re.compile(r"[\s.\-/()]")
-_ALLOWED = re.compile(r"^\+?[0-9\s.\-/()]+$")
+# Spaces include the no-break spaces that French typography and spreadsheets put between
+# digit pairs. Line breaks and tabs are not separators: they mean a corrupted field.
+_SEPARATORS = re.compile("[ \u00a0\u202f.\\-/()]")
+_ALLOWED = re.compile("^\\+?[0-9 \u00a0\u202f.\\-/()]+$")
 # "+33 (0)6 12 34 56 78": the "(0)" is the national trunk prefix written for readers.
-_TRUNK_ZERO = re.compile(r"^(\+|00)(\d{1,3})\s*\(0\)")
+_TRUNK_ZERO = re.compile(r"^(\+|00)(\d{1,3}) ?\(0\)")
 
 # Emergency services (Code des postes et des communications électroniques, ARCEP decision
 # 2007-0213): never blocked, whatever the campaign.

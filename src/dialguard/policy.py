@@ -90,7 +90,10 @@ class Rule:
     name: str
     source: str
     check: RuleCheck
-    needs_facts: bool = False
+
+
+class _FactsUnavailable(Exception):
+    """Raised by `_facts` when a rule needs what the store could not give."""
 
 
 def _pass(rule: str, detail: str = "") -> RuleResult:
@@ -110,7 +113,10 @@ def _basis(rule: str, reason: Reason, detail: str) -> RuleResult:
 
 
 def _facts(ctx: Context) -> Facts:
-    assert isinstance(ctx.facts, Facts), "rule needing facts ran without them"
+    # Rules read facts only when they need them, so a rule that can decide without them
+    # (a sector not banned, the refusal rule switched off) still decides when Redis is down.
+    if isinstance(ctx.facts, Unavailable):
+        raise _FactsUnavailable
     return ctx.facts
 
 
@@ -181,6 +187,14 @@ def check_sector_ban(ctx: Context) -> RuleResult:
     banned_from = ctx.policy.sector_bans.get(sector)
     if banned_from is None or ctx.local_date < banned_from:
         return _pass("sector_ban", f"{sector} not banned")
+    if isinstance(ctx.facts, Unavailable):
+        # Whatever the fail mode: without a contract such a call is unlawful, and the only
+        # exception cannot be checked.
+        return _deny(
+            "sector_ban",
+            Reason.SECTOR_BAN,
+            f"{sector} banned since {banned_from}; contract unknown ({ctx.facts.detail})",
+        )
     contract_id = _ongoing_contract(ctx)
     if contract_id is not None:
         return _pass("sector_ban", f"{sector} banned, but contract {contract_id} is ongoing")
@@ -190,9 +204,11 @@ def check_sector_ban(ctx: Context) -> RuleResult:
 
 
 def check_recent_refusal(ctx: Context) -> RuleResult:
+    if not ctx.policy.refusal_enabled:
+        return _pass("recent_refusal", "rule switched off in the policy")
     refused_at = _facts(ctx).refused_at
-    if not ctx.policy.refusal_enabled or refused_at is None:
-        return _pass("recent_refusal", "no refusal on record" if refused_at is None else "rule off")
+    if refused_at is None:
+        return _pass("recent_refusal", "no refusal on record")
     refusal_day = refused_at.astimezone(ctx.local[0].tzinfo).date()
     last_blocked = refusal_day + timedelta(days=ctx.policy.refusal_block_days)
     if ctx.local_date <= last_blocked:
@@ -293,15 +309,15 @@ RULES: tuple[Rule, ...] = (
     Rule("emergency", "ARCEP numbering plan; CPCE emergency numbers", check_emergency),
     Rule("campaign", "dialguard configuration", check_campaign),
     Rule("number", "ARCEP national numbering plan", check_number),
-    Rule("internal_dnc", "C. consommation L221-16 (right to object)", check_internal_dnc, True),
+    Rule("internal_dnc", "C. consommation L221-16 (right to object)", check_internal_dnc),
     Rule("scope", "C. consommation L223-1 (consumers only)", check_scope),
     Rule("purpose", "C. consommation L223-1, L223-5", check_purpose),
-    Rule("sector_ban", "C. consommation L223-1; C. travail L6323-8-1", check_sector_ban, True),
-    Rule("recent_refusal", "C. consommation D223-9 (Décret 2022-1313)", check_recent_refusal, True),
-    Rule("legal_basis", "C. consommation L223-1 (Loi 2025-594 art. 13)", check_legal_basis, True),
+    Rule("sector_ban", "C. consommation L223-1; C. travail L6323-8-1", check_sector_ban),
+    Rule("recent_refusal", "C. consommation D223-9 (Décret 2022-1313)", check_recent_refusal),
+    Rule("legal_basis", "C. consommation L223-1 (Loi 2025-594 art. 13)", check_legal_basis),
     Rule("holiday", "C. consommation D223-9; C. travail L3133-1", check_holiday),
     Rule("hours", "C. consommation D223-9 (Décret 2022-1313)", check_hours),
-    Rule("frequency", "C. consommation D223-9 (Décret 2022-1313)", check_frequency, True),
+    Rule("frequency", "C. consommation D223-9 (Décret 2022-1313)", check_frequency),
 )
 
 
@@ -323,7 +339,10 @@ def decide(
     basis: Reason | None = None
     degraded = ""
     for rule in RULES:
-        if rule.needs_facts and isinstance(facts, Unavailable):
+        try:
+            result = rule.check(ctx)
+        except _FactsUnavailable:
+            assert isinstance(facts, Unavailable)
             if _campaign(ctx).fail_mode is FailMode.CLOSED:
                 degraded = f"{facts.detail}; failing closed"
                 results.append(_deny(rule.name, facts.reason, degraded))
@@ -331,7 +350,6 @@ def decide(
             results.append(RuleResult(rule.name, Outcome.SKIPPED, None, facts.detail))
             degraded = f"{facts.detail}; failing open"
             continue
-        result = rule.check(ctx)
         results.append(result)
         if result.outcome is Outcome.DENY:
             assert result.reason is not None

@@ -1,0 +1,252 @@
+"""The decision path against a real Redis: facts, atomic count, fail modes, audit records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis.asyncio as aioredis
+
+from dialguard.audit import Journal
+from dialguard.config import Config, load_config
+from dialguard.model import CallRequest, Contract, FailMode, Reason, Result, Sector
+from dialguard.numbers import normalise
+from dialguard.service import OutcomeKind, Service
+from dialguard.store import ConsentRow, ContractRow, OptoutRow, Store
+from tests.redis_server import RedisServer, running_redis
+
+ROOT = Path(__file__).parent.parent
+PARIS = ZoneInfo("Europe/Paris")
+MONDAY = datetime(2026, 11, 30, 11, 0, tzinfo=PARIS)
+NUMBER = normalise("0612345678")
+
+
+def make_config(url: str, audit_dir: Path) -> Config:
+    config = load_config(ROOT / "config" / "dialguard.toml", env={"DIALGUARD_REDIS_URL": url})
+    return replace(config, audit_dir=audit_dir, node="test-node")
+
+
+@pytest.fixture
+async def service(
+    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+) -> AsyncIterator[Service]:
+    config = make_config(redis_server.url, tmp_path / "audit")
+    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    yield Service(config, store, Journal(config.audit_dir))
+    await store.close()
+
+
+def audit_lines(service: Service) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    for path in sorted(service.config.audit_dir.glob("*.jsonl")):
+        lines += [json.loads(line) for line in path.read_text().splitlines()]
+    return lines
+
+
+async def test_fifty_concurrent_calls_to_one_number_exactly_four_pass(service: Service) -> None:
+    request = CallRequest("06 12 34 56 78", "demo-press", adapter="test")
+    verdicts = await asyncio.gather(
+        *(service.decide(request, now=MONDAY, record=True) for _ in range(50))
+    )
+    allowed = [v for v in verdicts if v.decision.allowed]
+    assert len(allowed) == 4
+    assert {v.decision.reason for v in verdicts if not v.decision.allowed} == {Reason.FREQUENCY_CAP}
+    assert len({v.id for v in verdicts}) == 50
+    records = audit_lines(service)
+    assert sorted(r["id"] for r in records) == sorted(v.id for v in verdicts)
+    assert sum(r["result"] == "ALLOW" for r in records) == 4
+    # The next call, even a day later, meets the cap through the facts read alone.
+    later = await service.decide(request, now=MONDAY + timedelta(days=1), record=True)
+    assert later.decision.reason is Reason.FREQUENCY_CAP
+
+
+async def test_the_rolling_window_ends_after_thirty_days(service: Service) -> None:
+    store = service.store
+    for i in range(4):
+        await store.count_attempt(NUMBER, "ACME", MONDAY, 4, 30, f"a{i}")
+    last_inside = MONDAY + timedelta(days=30) - timedelta(milliseconds=1)
+    assert (await store.facts(NUMBER, "ACME", last_inside, 30)).attempts_30d == 4
+    assert (await store.facts(NUMBER, "ACME", MONDAY + timedelta(days=30), 30)).attempts_30d == 0
+    counted, attempts = await store.count_attempt(NUMBER, "ACME", last_inside, 4, 30, "b")
+    assert (counted, attempts) == (False, 4)
+    counted, attempts = await store.count_attempt(
+        NUMBER, "ACME", MONDAY + timedelta(days=30), 4, 30, "c"
+    )
+    assert (counted, attempts) == (True, 1)
+    # The cap is per principal: another professional has its own four.
+    assert (await store.facts(NUMBER, "OTHER", last_inside, 30)).attempts_30d == 0
+
+
+async def test_check_without_record_has_no_side_effect(service: Service) -> None:
+    request = CallRequest("0612345678", "demo-press")
+    for _ in range(6):
+        verdict = await service.decide(request, now=MONDAY)
+        assert verdict.decision.allowed
+    assert audit_lines(service) == []
+
+
+async def test_every_fact_round_trips_through_redis(service: Service) -> None:
+    store = service.store
+    row = ConsentRow(NUMBER, "ACME", datetime(2026, 10, 1, tzinfo=PARIS), None, "crm:42")
+    await store.load("consent", store.consent_fields([row]), replace=False)
+    contract = Contract("K-7", Sector.ENERGY_RENOVATION, date(2026, 1, 1), None)
+    await store.load(
+        "contract", store.contract_fields([ContractRow(NUMBER, "ACME", contract)]), replace=False
+    )
+    optout = OptoutRow(normalise("+33612345678"), listed=False, ref="req-1")
+    await store.load("optout", store.optout_fields([optout], date(2026, 11, 1)), replace=False)
+
+    facts = await store.facts(NUMBER, "ACME", MONDAY, 30)
+    assert facts.consent is not None and facts.consent.proof_ref == "crm:42"
+    assert facts.contracts == (contract,)
+    assert facts.optout is not None and facts.optout.checked_on == date(2026, 11, 1)
+    assert facts.dnc is None and facts.refused_at is None and facts.withdrawn_at is None
+    # Facts belong to one principal.
+    other = await store.facts(NUMBER, "OTHER", MONDAY, 30)
+    assert other.consent is None and other.contracts == ()
+
+    energy = await service.decide(CallRequest("0612345678", "demo-energy"), now=MONDAY)
+    assert energy.decision.reason is Reason.CONTRACT
+    consent = await service.decide(CallRequest("+33 6 12 34 56 78", "demo-prospecting"), now=MONDAY)
+    assert consent.decision.reason is Reason.CONSENT
+    assert consent.decision.evidence["consent"]["proof_ref"] == "crm:42"
+
+
+async def test_refusal_blocks_and_withdraws_and_a_crm_reload_cannot_undo_it(
+    service: Service,
+) -> None:
+    store = service.store
+    row = ConsentRow(NUMBER, "ACME", datetime(2026, 10, 1, tzinfo=PARIS), None, "crm:42")
+    await store.load("consent", store.consent_fields([row]), replace=False)
+    campaign = service.config.campaigns["demo-prospecting"]
+    await service.record_outcome(NUMBER, campaign, OutcomeKind.REFUSED, MONDAY)
+    request = CallRequest("0612345678", "demo-prospecting")
+    blocked = await service.decide(request, now=MONDAY + timedelta(days=1))
+    assert blocked.decision.reason is Reason.RECENT_REFUSAL
+    # 61 days later the block is over, but the consent stays withdrawn...
+    after = MONDAY + timedelta(days=61)
+    assert (await service.decide(request, now=after)).decision.reason is Reason.CONSENT_WITHDRAWN
+    # ... even after the nightly CRM export replaces the consents with the same old row.
+    await store.load("consent", store.consent_fields([row]), replace=True)
+    assert (await service.decide(request, now=after)).decision.reason is Reason.CONSENT_WITHDRAWN
+    assert [r["outcome"] for r in audit_lines(service)] == ["refused"]
+
+
+async def test_do_not_call_outcome_takes_effect_for_the_next_call(service: Service) -> None:
+    campaign = service.config.campaigns["demo-press"]
+    request = CallRequest("+262 262 12 34 56", "demo-press")
+    assert (await service.decide(request, now=MONDAY)).decision.allowed
+    await service.record_outcome(normalise("0262123456"), campaign, OutcomeKind.DO_NOT_CALL, MONDAY)
+    decision = (await service.decide(request, now=MONDAY)).decision
+    assert decision.reason is Reason.INTERNAL_DNC
+
+
+async def test_replace_swaps_the_whole_list_and_merge_keeps_it(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    store = service.store
+    old, new = normalise("0611111111"), normalise("0622222222")
+    await store.load("dnc", store.dnc_fields([(old, "old")], MONDAY), replace=False)
+    await store.load("dnc", store.dnc_fields([(new, "new")], MONDAY), replace=False)
+    assert await redis_client.hlen("dialguard:dnc") == 2
+    await store.load("dnc", store.dnc_fields([(new, "newer")], MONDAY), replace=True)
+    assert await redis_client.hkeys("dialguard:dnc") == [new.key.encode()]
+    # No staging key is left behind, and every key carries the configured prefix.
+    keys: list[bytes] = await redis_client.keys("*")
+    assert all(k.startswith(b"dialguard:") for k in keys)
+    assert await redis_client.keys("dialguard:dnc:staging:*") == []
+
+
+async def test_concurrent_readers_never_see_a_half_replaced_list(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    store = service.store
+    first = [normalise(f"06{i:08d}") for i in range(1, 6001)]
+    second = [normalise(f"07{i:08d}") for i in range(1, 6001)]
+    await store.load("dnc", store.dnc_fields([(n, "a") for n in first], MONDAY), replace=True)
+    seen: set[int] = set()
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        while not done.is_set():
+            seen.add(await redis_client.hlen("dialguard:dnc"))
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(reader())
+    await store.load("dnc", store.dnc_fields([(n, "b") for n in second], MONDAY), replace=True)
+    done.set()
+    await task
+    assert seen <= {6000}
+    assert await redis_client.hexists("dialguard:dnc", second[-1].key)
+    assert not await redis_client.hexists("dialguard:dnc", first[0].key)
+
+
+async def test_redis_down_fails_closed_or_open_as_configured(tmp_path: Path) -> None:
+    config = make_config("redis://127.0.0.1:1/0", tmp_path)
+    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    service = Service(config, store, Journal(tmp_path))
+    request = CallRequest("0612345678", "demo-prospecting")
+    closed = await service.decide(request, now=MONDAY, record=True)
+    assert (closed.decision.result, closed.decision.reason) == (
+        Result.DENY,
+        Reason.STORE_UNAVAILABLE,
+    )
+    open_campaign = replace(config.campaigns["demo-prospecting"], fail_mode=FailMode.OPEN)
+    service.config = replace(config, campaigns={"demo-prospecting": open_campaign})
+    opened = await service.decide(request, now=MONDAY, record=True)
+    assert (opened.decision.result, opened.decision.reason) == (
+        Result.ALLOW,
+        Reason.STORE_UNAVAILABLE,
+    )
+    records = audit_lines(service)
+    assert [r["degraded"] != "" for r in records] == [True, True]
+    assert [r["result"] for r in records] == ["DENY", "ALLOW"]
+    await store.close()
+
+
+async def test_a_frozen_redis_meets_the_deadline(tmp_path: Path) -> None:
+    with running_redis() as server:
+        config = make_config(server.url, tmp_path)
+        store = Store.from_url(config.redis.url, config.redis.prefix, timeout_ms=5000)
+        service = Service(config, store, Journal(tmp_path))
+        request = CallRequest("0612345678", "demo-press")
+        assert (await service.decide(request, now=MONDAY, deadline_s=0.3)).decision.allowed
+        server.pause()
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            verdict = await service.decide(request, now=MONDAY, deadline_s=0.1, record=True)
+            elapsed = loop.time() - started
+        finally:
+            server.resume()
+        assert verdict.decision.reason is Reason.DEADLINE
+        assert not verdict.decision.allowed
+        assert elapsed < 1.0
+        assert audit_lines(service)[-1]["reason"] == "DEADLINE"
+        await store.close()
+
+
+async def test_audit_record_carries_the_design_fields(service: Service) -> None:
+    request = CallRequest(
+        "0612345678", "demo-press", channel="PJSIP/trunk-1", uniqueid="17.1", callerid="0147"
+    )
+    verdict = await service.decide(request, now=MONDAY, record=True)
+    (record,) = audit_lines(service)
+    expected = {
+        "id", "ts", "node", "result", "reason", "rules", "number_raw", "number", "campaign",
+        "principal", "purpose", "sector", "local_time", "attempts_30d", "evidence", "policy",
+        "channel", "uniqueid", "callerid", "adapter", "latency_us", "degraded",
+    }  # fmt: skip
+    assert expected <= set(record)
+    assert record["id"] == verdict.id
+    assert record["number"] == "+33612345678" and record["principal"] == "ACME"
+    assert record["attempts_30d"] == 1 and record["node"] == "test-node"
+    assert record["local_time"] == "2026-11-30T11:00:00+01:00"
+    assert record["ts"] == int(MONDAY.timestamp() * 1000)
