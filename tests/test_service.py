@@ -159,8 +159,9 @@ async def test_replace_swaps_the_whole_list_and_merge_keeps_it(
     await store.load("dnc", store.dnc_fields([(new, "newer")], MONDAY), replace=True)
     assert await redis_client.hkeys("dialguard:dnc") == [new.key.encode()]
     # No staging key is left behind, and every key carries the configured prefix.
-    keys: list[bytes] = await redis_client.keys("*")
-    assert all(k.startswith(b"dialguard:") for k in keys)
+    keys = await redis_client.keys("*")
+    assert all(str(k, "utf-8").startswith("dialguard:") for k in keys if isinstance(k, bytes))
+    assert keys
     assert await redis_client.keys("dialguard:dnc:staging:*") == []
 
 
