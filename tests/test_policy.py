@@ -615,3 +615,9 @@ def test_fail_closed_denies_and_says_why() -> None:
     assert "failing closed" in decision.degraded
     # Nothing needing facts is ever denied for want of them when the call is an emergency.
     assert decide(MONDAY, Unavailable(Reason.DEADLINE, "x"), number="112").allowed
+
+
+def test_docs_list_every_reason_and_rule() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
+    assert {reason.value for reason in Reason if f"`{reason.value}`" not in text} == set()
+    assert {rule.name for rule in policy.RULES if f"`{rule.name}`" not in text} == set()

@@ -251,3 +251,22 @@ async def test_audit_record_carries_the_design_fields(service: Service) -> None:
     assert record["attempts_30d"] == 1 and record["node"] == "test-node"
     assert record["local_time"] == "2026-11-30T11:00:00+01:00"
     assert record["ts"] == int(MONDAY.timestamp() * 1000)
+
+
+async def test_concurrent_sessions_share_a_batch_but_never_each_others_facts(
+    service: Service,
+) -> None:
+    store = service.store
+    numbers = [normalise(f"06{i:08d}") for i in range(1, 41)]
+    listed = numbers[::3]
+    await store.load("dnc", store.dnc_fields([(n, "x") for n in listed], MONDAY), replace=False)
+    for n in numbers[1::3]:
+        await store.count_attempt(n, "ACME", MONDAY, 4, 30, "seed")
+    facts = await asyncio.gather(*(store.facts(n, "ACME", MONDAY, 30) for n in numbers))
+    for number, fact in zip(numbers, facts, strict=True):
+        assert (fact.dnc is not None) == (number in listed)
+        assert fact.attempts_30d == (1 if number in numbers[1::3] else 0)
+    counts = await asyncio.gather(
+        *(store.count_attempt(n, "ACME", MONDAY, 2, 30, "again") for n in numbers)
+    )
+    assert counts == [(True, 2) if n in numbers[1::3] else (True, 1) for n in numbers]

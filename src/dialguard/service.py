@@ -97,7 +97,7 @@ class Service:
 
         if record and self.journal is not None:
             latency_us = (time.perf_counter_ns() - started) // 1000
-            self.journal.append(
+            await self.journal.append(
                 decision_record(
                     decision_id=decision_id,
                     ts=now,
@@ -134,7 +134,7 @@ class Service:
             await self.store.dnc_add(number, f"do-not-call during campaign {campaign.name}", now)
         record_id = new_id(now)
         if self.journal is not None:
-            self.journal.append(
+            await self.journal.append(
                 {
                     "id": record_id,
                     "ts": int(now.timestamp() * 1000),

@@ -28,34 +28,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, TypeAlias
 
-__all__ = [
-    "MAX_ARGS",
-    "MAX_BLOCK_BYTES",
-    "MAX_BLOCK_LINES",
-    "MAX_LINE",
-    "MAX_USAGE_BYTES",
-    "AgiConnection",
-    "AgiRequest",
-    "Closed",
-    "Command",
-    "Event",
-    "Hangup",
-    "ProtocolError",
-    "Reply",
-    "State",
-    "Trying",
-    "UnsafeValue",
-    "command",
-    "hangup",
-    "set_variable",
-    "verbose",
-]
-
 # Asterisk reads a command with fgets() into an 8192-byte buffer (AGI_BUF_LEN). A longer line
 # is cut and each piece runs as its own command, and one byte is kept for C's NUL: a command,
 # LF included, must fit in MAX_LINE - 1 bytes. (8191 bytes + LF would leave a bare LF behind,
 # which runs as an empty command answered "510": that stray reply would then be taken as the
-# answer to our next command.) Lines we receive get the same bound: Asterisk sends none longer.
+# answer to our next command.) Lines we receive get the same bound: no block line, and no reply
+# to a command we send, comes anywhere near it.
 MAX_LINE = 8192
 
 # A real agi_* block is about 600 bytes: 22 fixed keys whose values are channel names, caller
