@@ -205,6 +205,21 @@ def _print_decision(decision_id: str, decision: Decision) -> None:
     console.print(f"policy {decision.policy.name} {decision.policy.hash}", style="dim")
 
 
+@main.command()
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="Processes (default: config)."
+)
+@config_option
+@_errors_are_one_line
+def serve(workers: int | None, config_path: Path | None) -> None:
+    """Run the FastAGI server until SIGTERM (stops accepting, finishes sessions in flight)."""
+    from dialguard.serve import serve as run  # imported here: keeps the other commands light
+
+    config = load_config(config_path)
+    _configure_logging(logging.INFO)
+    sys.exit(run(config, workers or config.server.workers))
+
+
 @main.group()
 def dnc() -> None:
     """The company's do-not-call list (live changes)."""

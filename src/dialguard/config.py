@@ -44,6 +44,9 @@ class ServerSettings:
     host: str
     port: int
     deadline_ms: int
+    session_timeout_ms: int = 5000
+    workers: int = 1
+    campaign_from_accountcode: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +154,29 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     redis = RedisSettings(url, prefix, redis_table.positive("timeout_ms", 250))
 
     server_table = top.table("server")
-    server_table.unknown_keys({"host", "port", "deadline_ms"})
+    server_table.unknown_keys(
+        {
+            "host",
+            "port",
+            "deadline_ms",
+            "session_timeout_ms",
+            "workers",
+            "campaign_from_accountcode",
+        }
+    )
     port = server_table.positive("port", 4573)
     if port > 65535:
         raise server_table.fail("port", f"{port} is not a TCP port")
+    workers = server_table.positive("workers", 1)
+    if workers > 64:
+        raise server_table.fail("workers", f"{workers}: at most 64 worker processes")
     server = ServerSettings(
-        server_table.get("host", str, "127.0.0.1"), port, server_table.positive("deadline_ms", 300)
+        host=server_table.get("host", str, "127.0.0.1"),
+        port=port,
+        deadline_ms=server_table.positive("deadline_ms", 300),
+        session_timeout_ms=server_table.positive("session_timeout_ms", 5000),
+        workers=workers,
+        campaign_from_accountcode=server_table.get("campaign_from_accountcode", bool, False),
     )
 
     audit_table = top.table("audit")

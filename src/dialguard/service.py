@@ -10,6 +10,7 @@ import asyncio
 import enum
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -44,10 +45,17 @@ def new_id(now: datetime) -> str:
 
 
 class Service:
-    def __init__(self, config: Config, store: Store, journal: Journal | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        journal: Journal | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.config = config
         self.store = store
         self.journal = journal
+        self.clock = clock  # the only place the time of a call comes from; tests set it
 
     def campaign(self, name: str) -> Campaign | None:
         return self.config.campaigns.get(name)
@@ -62,7 +70,7 @@ class Service:
     ) -> Verdict:
         """Decide one call. With `record`, count the attempt and write the audit record."""
         started = time.perf_counter_ns()
-        now = now or datetime.now(UTC)
+        now = now or self.clock()
         decision_id = new_id(now)
         rules = self.config.policy
         campaign = self.campaign(request.campaign)
@@ -125,13 +133,24 @@ class Service:
         kind: OutcomeKind,
         now: datetime,
         *,
-        uniqueid: str = "",
+        request: CallRequest | None = None,
     ) -> str:
-        """Record what the consumer said during a call; return the audit record's id."""
-        if kind is OutcomeKind.REFUSED:
-            await self.store.record_refusal(number, campaign.principal, now)
-        else:
-            await self.store.dnc_add(number, f"do-not-call during campaign {campaign.name}", now)
+        """Record what the consumer said during a call; return the audit record's id.
+
+        The audit record is written whether or not Redis took the change, with `applied`
+        saying which: a do-not-call request is never lost, even when Redis is down (then
+        StoreUnavailable is raised after the record is durable, for the caller to report).
+        """
+        failure: StoreUnavailable | None = None
+        try:
+            if kind is OutcomeKind.REFUSED:
+                await self.store.record_refusal(number, campaign.principal, now)
+            else:
+                reason = f"do-not-call during campaign {campaign.name}"
+                await self.store.dnc_add(number, reason, now)
+        except StoreUnavailable as exc:
+            failure = exc
+            log.error("outcome_not_applied", outcome=kind.value, number=number.e164, error=str(exc))
         record_id = new_id(now)
         if self.journal is not None:
             await self.journal.append(
@@ -141,13 +160,18 @@ class Service:
                     "node": self.config.node,
                     "kind": "outcome",
                     "outcome": kind.value,
+                    "applied": failure is None,
                     "number": number.e164,
                     "number_raw": number.raw,
                     "campaign": campaign.name,
                     "principal": campaign.principal,
-                    "uniqueid": uniqueid,
+                    "channel": request.channel if request else "",
+                    "uniqueid": request.uniqueid if request else "",
+                    "adapter": request.adapter if request else "cli",
                 }
             )
+        if failure is not None:
+            raise StoreUnavailable(f"{failure}; outcome kept in the audit journal as {record_id}")
         return record_id
 
 

@@ -1,0 +1,85 @@
+"""Run the FastAGI server: one process, or several sharing the port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+import structlog
+
+from dialguard.agi.server import FastAgiServer
+from dialguard.audit import Journal
+from dialguard.config import Config
+from dialguard.service import Service
+from dialguard.store import Store, StoreUnavailable
+
+__all__ = ["serve"]
+
+log = structlog.get_logger("dialguard.serve")
+
+
+def serve(config: Config, workers: int) -> int:
+    """Serve until SIGTERM or SIGINT; return the exit code."""
+    if workers == 1:
+        return _run_worker(config, reuse_port=False)
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            os._exit(_run_worker(config, reuse_port=True))
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status))
+    return worst
+
+
+def _run_worker(config: Config, *, reuse_port: bool) -> int:
+    # uvloop roughly halves the event loop's CPU per session (docs/benchmarks.md).
+    if sys.platform != "win32":
+        import uvloop
+
+        return uvloop.run(_serve(config, reuse_port=reuse_port))
+    return asyncio.run(_serve(config, reuse_port=reuse_port))  # pragma: no cover
+
+
+async def _serve(config: Config, *, reuse_port: bool) -> int:
+    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    try:
+        await store.ping()
+    except StoreUnavailable as exc:
+        # Not fatal: every call then gets the campaign's fail mode until Redis is back.
+        log.error("redis_unavailable_at_start", error=str(exc))
+    service = Service(config, store, Journal(config.audit_dir))
+    server = FastAgiServer(service, config.server)
+    try:
+        await server.start(reuse_port=reuse_port)
+    except OSError as exc:
+        print(
+            f"dialguard: cannot listen on {config.server.host}:{config.server.port}: "
+            f"{exc.strerror}",
+            file=sys.stderr,
+        )
+        await store.close()
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("started", node=config.node, policy=config.policy.name, pid=os.getpid())
+    await stop.wait()
+    await server.stop()
+    await store.close()
+    return 0
