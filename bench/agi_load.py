@@ -1,0 +1,336 @@
+"""AGI load benchmark: simulated Asterisk sessions against `dialguard serve` and a bare
+FastAGI baseline (same loop, same protocol module, no decision), in one run.
+
+    .venv/bin/python bench/agi_load.py [--duration 10] [--concurrency 200] [--rate 1000]
+
+It starts a private redis-server on a free port (never 6379), loads consents for a pool of
+numbers (so sessions are full decisions: facts, atomic count, durable audit), then for each
+server in turn: a closed loop of N concurrent sessions (saturation) and an open loop at a
+fixed offered rate (latency measured from each session's scheduled start, so a stalled
+server cannot hide its queue). The server is pinned to core 0, the load generator and
+Redis to core 1. Reports sessions/s, connect-to-close p50/p99/p99.9, server CPU per
+session and the load generator's own CPU (to show it is not the bottleneck).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from dialguard.numbers import normalise  # noqa: E402
+from dialguard.store import ConsentRow, Store  # noqa: E402
+
+SERVER_CORE = 0
+LOADGEN_CORE = 1
+POOL = 50_000  # distinct numbers; each may be called 4 times in 30 days
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def block(number: str, campaign: str, port: int, uniqueid: int) -> bytes:
+    """The agi_* block as Asterisk 22.10.1 sends it (shared/reference/asterisk.md)."""
+    lines = [
+        ("agi_network", "yes"),
+        ("agi_network_script", "check"),
+        ("agi_request", f"agi://127.0.0.1:{port}/check"),
+        ("agi_channel", f"Local/{number}@outbound-{uniqueid:08x};2"),
+        ("agi_language", "en"),
+        ("agi_type", "Local"),
+        ("agi_uniqueid", f"1795955366.{uniqueid}"),
+        ("agi_version", "22.10.1"),
+        ("agi_callerid", "0147000000"),
+        ("agi_calleridname", "unknown"),
+        ("agi_callingpres", "0"),
+        ("agi_callingani2", "0"),
+        ("agi_callington", "0"),
+        ("agi_callingtns", "0"),
+        ("agi_dnid", "unknown"),
+        ("agi_rdnis", "unknown"),
+        ("agi_context", "outbound"),
+        ("agi_extension", number),
+        ("agi_priority", "3"),
+        ("agi_enhanced", "0.0"),
+        ("agi_accountcode", ""),
+        ("agi_threadid", "140051474122432"),
+        ("agi_arg_1", number),
+        ("agi_arg_2", campaign),
+    ]
+    return "".join(f"{k}: {v}\n" for k, v in lines).encode() + b"\n"
+
+
+class AgiClient(asyncio.Protocol):
+    """One Asterisk channel: send the block, answer every command as Asterisk does."""
+
+    def __init__(self, payload: bytes, done: asyncio.Future[tuple[int, str]]) -> None:
+        self.payload = payload
+        self.done = done
+        self.buffer = b""
+        self.commands = 0
+        self.result = ""
+        self.transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.transport.write(self.payload)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            self.commands += 1
+            if line.startswith(b'SET VARIABLE "DIALGUARD_RESULT"'):
+                self.result = line.rsplit(b" ", 1)[1].strip(b'"').decode()
+            assert self.transport is not None
+            self.transport.write(b"200 result=1\n")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result((self.commands, self.result))
+
+
+@dataclass
+class Phase:
+    server: str
+    mode: str
+    sessions: int = 0
+    failed: int = 0
+    allowed: int = 0
+    denied: int = 0
+    seconds: float = 0.0
+    rate: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    p999_ms: float = 0.0
+    server_cpu_us: float = 0.0
+    loadgen_cpu_pct: float = 0.0
+
+
+class Load:
+    def __init__(self, port: int, blocks: list[bytes]) -> None:
+        self.port = port
+        self.blocks = blocks
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.allowed = 0
+        self.denied = 0
+
+    async def session(self, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[int, str]] = loop.create_future()
+        payload = random.choice(self.blocks)
+        try:
+            await loop.create_connection(
+                lambda: AgiClient(payload, done), "127.0.0.1", self.port
+            )
+            commands, result = await asyncio.wait_for(done, 10)
+        except (OSError, TimeoutError) as exc:
+            if not self.failed:
+                print(f"session failed: {exc!r}", file=sys.stderr)
+            self.failed += 1
+            return
+        self.latencies.append(time.perf_counter() - started)
+        if commands != 4:
+            self.failed += 1
+        elif result == "ALLOW":
+            self.allowed += 1
+        else:
+            self.denied += 1
+
+    async def closed_loop(self, concurrency: int, seconds: float) -> float:
+        end = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            while time.perf_counter() < end:
+                await self.session(time.perf_counter())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return time.perf_counter() - started
+
+    async def open_loop(self, rate: float, seconds: float) -> float:
+        started = time.perf_counter()
+        tasks: set[asyncio.Task[None]] = set()
+        total = int(rate * seconds)
+        for i in range(total):
+            scheduled = started + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(self.session(scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        while tasks:
+            await asyncio.gather(*tasks)
+        return time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_phase(
+    name: str, mode: str, pid: int, port: int, blocks: list[bytes], args: argparse.Namespace
+) -> Phase:
+    warmup = Load(port, blocks)
+    await warmup.closed_loop(min(args.concurrency, 50), 1.0)
+    load = Load(port, blocks)
+    cpu_before = cpu_seconds(pid)
+    own_before = time.process_time()
+    if mode == "closed":
+        seconds = await load.closed_loop(args.concurrency, args.duration)
+    else:
+        seconds = await load.open_loop(args.rate, args.duration)
+    server_cpu = cpu_seconds(pid) - cpu_before
+    own_cpu = time.process_time() - own_before
+    done = len(load.latencies)
+    return Phase(
+        server=name,
+        mode=f"closed {args.concurrency}" if mode == "closed" else f"open {args.rate:.0f}/s",
+        sessions=done,
+        failed=load.failed,
+        allowed=load.allowed,
+        denied=load.denied,
+        seconds=round(seconds, 2),
+        rate=round(done / seconds, 1),
+        p50_ms=round(quantile(load.latencies, 0.50) * 1000, 2),
+        p99_ms=round(quantile(load.latencies, 0.99) * 1000, 2),
+        p999_ms=round(quantile(load.latencies, 0.999) * 1000, 2),
+        server_cpu_us=round(server_cpu / max(done, 1) * 1e6, 1),
+        loadgen_cpu_pct=round(own_cpu / seconds * 100, 1),
+    )
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server not found")
+    process = subprocess.Popen(
+        ["taskset", "-c", str(LOADGEN_CORE), binary, "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", port), 0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait()
+
+
+@contextmanager
+def bench_server(mode: str, redis_url: str, workdir: Path) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    process = subprocess.Popen(
+        ["taskset", "-c", str(SERVER_CORE), sys.executable, str(ROOT / "bench" / "bench_server.py"),
+         "--mode", mode, "--port", str(port), "--config", str(ROOT / "config" / "dialguard.toml"),
+         "--redis", redis_url, "--audit", str(workdir / f"audit-{mode}")],
+        stdout=subprocess.PIPE,
+        stderr=open(workdir / f"{mode}.log", "w"),  # noqa: SIM115
+    )  # fmt: skip
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != b"ready":
+        sys.exit(f"{mode} server did not start; see {workdir / f'{mode}.log'}")
+    try:
+        yield process.pid, port
+    finally:
+        process.terminate()
+        process.wait()
+
+
+async def load_consents(redis_url: str, numbers: list[str]) -> None:
+    store = Store.from_url(redis_url, "dialguard:", 5000)
+    given = datetime.fromisoformat("2026-10-01T10:00:00+02:00")
+    rows = [
+        ConsentRow(normalise(n), "ACME", given, given + timedelta(days=365), f"bench-{i}")
+        for i, n in enumerate(numbers)
+    ]
+    await store.load("consent", store.consent_fields(rows), replace=True)
+    dnc = [(normalise(n), "bench") for n in numbers[:: 100]]
+    await store.load("dnc", store.dnc_fields(dnc, given), replace=True)
+    await store.close()
+
+
+async def main(args: argparse.Namespace) -> list[Phase]:
+    os.sched_setaffinity(0, {LOADGEN_CORE})
+    random.seed(7)
+    numbers = [f"06{n:08d}" for n in random.sample(range(10**8), POOL)]
+    phases: list[Phase] = []
+    with tempfile.TemporaryDirectory(prefix="dialguard-bench-") as tmp:
+        workdir = Path(tmp)
+        with redis_server(workdir) as redis_url:
+            await load_consents(redis_url, numbers)
+            for name in args.servers:
+                with bench_server(name, redis_url, workdir) as (pid, port):
+                    blocks = [block(n, "demo-prospecting", port, i) for i, n in enumerate(numbers)]
+                    for mode in args.modes:
+                        phase = await run_phase(name, mode, pid, port, blocks, args)
+                        print(json.dumps(asdict(phase)), flush=True)
+                        phases.append(phase)
+    return phases
+
+
+def report(phases: list[Phase]) -> None:
+    print()
+    print("| server | load | sessions/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/session "
+          "| loadgen CPU | failed | allow/deny |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for p in phases:
+        print(f"| {p.server} | {p.mode} | {p.rate:,.0f} | {p.p50_ms} | {p.p99_ms} | {p.p999_ms} "
+              f"| {p.server_cpu_us} | {p.loadgen_cpu_pct} % | {p.failed} | {p.allowed}/{p.denied} |")
+    closed = {p.server: p for p in phases if p.mode.startswith("closed")}
+    if "bare" in closed and "dialguard" in closed:
+        ratio = closed["dialguard"].rate / closed["bare"].rate
+        print(f"\nsaturation ratio dialguard / bare: {ratio:.1%}")
+    print(f"median of the p50s: {statistics.median(p.p50_ms for p in phases)} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=1000.0, help="open-loop offered rate")
+    parser.add_argument("--servers", nargs="+", default=["bare", "dialguard"])
+    parser.add_argument("--modes", nargs="+", default=["closed", "open"])
+    report(uvloop.run(main(parser.parse_args())))
