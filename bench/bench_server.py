@@ -51,7 +51,8 @@ async def main(args: argparse.Namespace) -> None:
         server=replace(config.server, port=args.port, deadline_ms=args.deadline_ms),
     )
     store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
-    service = Service(config, store, Journal(config.audit_dir), clock=lambda: FIXED_NOW)
+    journal = None if args.no_audit else Journal(config.audit_dir)
+    service = Service(config, store, journal, clock=lambda: FIXED_NOW)
     server_class = BareServer if args.mode == "bare" else FastAgiServer
     server = server_class(service, config.server)
     await server.start()
@@ -73,4 +74,5 @@ if __name__ == "__main__":
     parser.add_argument("--redis", required=True)
     parser.add_argument("--audit", required=True)
     parser.add_argument("--deadline-ms", type=int, default=300)
+    parser.add_argument("--no-audit", action="store_true", help="to measure the journal's cost")
     uvloop.run(main(parser.parse_args()))

@@ -62,7 +62,7 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _configure_logging(level: int) -> None:
+def configure_logging(level: int) -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -124,7 +124,7 @@ config_option = click.option(
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """dialguard: a dial-time compliance gate for outbound calls on Asterisk."""
-    _configure_logging(logging.ERROR)
+    configure_logging(logging.ERROR)
 
 
 @main.command()
@@ -216,7 +216,7 @@ def serve(workers: int | None, config_path: Path | None) -> None:
     from dialguard.serve import serve as run  # imported here: keeps the other commands light
 
     config = load_config(config_path)
-    _configure_logging(logging.INFO)
+    configure_logging(logging.INFO)
     sys.exit(run(config, workers or config.server.workers))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import secrets
 import time
 from collections.abc import Callable
@@ -39,9 +40,17 @@ class Verdict:
     decision: Decision
 
 
+_PROCESS_TAG = secrets.token_hex(4)  # tells apart the processes of every node
+_SEQUENCE = itertools.count()
+
+
 def new_id(now: datetime) -> str:
-    """Time-ordered, unique across nodes, and safe as a channel variable value."""
-    return f"{int(now.timestamp() * 1000):012x}{secrets.token_hex(5)}"
+    """Time-ordered, unique across nodes and processes, safe as a channel variable value.
+
+    Milliseconds, a random tag drawn once per process, and a per-process counter: no
+    system call per id (os.urandom per call showed in the server's profile).
+    """
+    return f"{int(now.timestamp() * 1000):012x}{_PROCESS_TAG}{next(_SEQUENCE) & 0xFFFFFF:06x}"
 
 
 class Service:

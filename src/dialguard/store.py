@@ -81,6 +81,9 @@ return out
 # A batch larger than this waits for the next turn: it keeps one script call short
 # (each request costs Redis a few microseconds) and the argument list bounded.
 MAX_BATCH = 256
+# Batches in flight at once per kind: a second can leave while the first is answered,
+# so one slow reply does not hold every session behind it.
+MAX_IN_FLIGHT = 2
 
 # Chunk size for bulk writes: large enough to amortise round trips, small enough that no
 # single command holds Redis for long.
@@ -101,32 +104,40 @@ Res = TypeVar("Res")
 
 
 class Batcher(Generic[Req, Res]):
-    """Send the requests made during one event-loop turn as one call.
+    """Send the requests of concurrent sessions together, few calls in flight at a time.
 
     A busy FastAGI node has hundreds of sessions in flight; one script call per session
-    costs ~120 µs of client CPU each, one call per turn costs that once for all of them.
-    A lone request (the CLI, a quiet node) waits for nothing: it goes out on the next turn.
+    costs ~120 µs of client CPU each. Here a request goes out at once (on the next loop
+    turn, with whatever else arrived in the same turn) unless MAX_IN_FLIGHT calls are
+    already out; the requests that arrive meanwhile go out together when one returns.
+    Under load the batch grows with the load; a lone request (the CLI, a quiet node)
+    waits for nothing.
     """
 
     def __init__(self, send: Callable[[list[Req]], Awaitable[list[Res]]]) -> None:
         self._send = send
         self._waiting: list[tuple[Req, asyncio.Future[Res]]] = []
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._scheduled = False
 
     async def submit(self, request: Req) -> Res:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Res] = loop.create_future()
-        if not self._waiting:
-            loop.call_soon(self._flush)
         self._waiting.append((request, future))
+        if self._in_flight < MAX_IN_FLIGHT and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
-        while self._waiting:
+        self._scheduled = False
+        if self._waiting and self._in_flight < MAX_IN_FLIGHT:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-            task = asyncio.create_task(self._run(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)  # a reference, or the loop may collect a running task
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
         try:
@@ -135,10 +146,13 @@ class Batcher(Generic[Req, Res]):
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():  # its session may have given up at its deadline
-                future.set_result(result)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():  # its session may have given up at its deadline
+                    future.set_result(result)
+        finally:
+            self._in_flight -= 1
+            self._flush()
 
 
 class ImportKind:

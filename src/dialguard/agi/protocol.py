@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar, TypeAlias
 
@@ -155,6 +155,7 @@ class Command:
 
     verb: str  # e.g. "SET VARIABLE"
     args: tuple[str, ...] = ()
+    line: bytes = field(init=False, repr=False, compare=False)  # encoded once, when checked
 
     def __post_init__(self) -> None:
         if not _VERB.fullmatch(self.verb):
@@ -164,15 +165,17 @@ class Command:
                 raise UnsafeValue(f"{self.verb}: an argument contains CR, LF or NUL")
         if len(self.verb.split()) + len(self.args) > MAX_ARGS - 1:
             raise UnsafeValue(f"{self.verb}: more than {MAX_ARGS - 1} words")
-        if len(self.encode()) > MAX_LINE - 1:
-            raise UnsafeValue(f"{self.verb}: command longer than {MAX_LINE - 1} bytes")
-
-    def encode(self) -> bytes:
-        line = " ".join([self.verb, *map(_quote, self.args)]) + "\n"
+        text = " ".join([self.verb, *map(_quote, self.args)]) + "\n"
         try:
-            return line.encode("utf-8")
+            line = text.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate: no bytes would say what was meant
             raise UnsafeValue(f"{self.verb}: an argument is not valid Unicode") from None
+        if len(line) > MAX_LINE - 1:
+            raise UnsafeValue(f"{self.verb}: command longer than {MAX_LINE - 1} bytes")
+        object.__setattr__(self, "line", line)
+
+    def encode(self) -> bytes:
+        return self.line
 
 
 def command(verb: str, *args: str) -> Command:
@@ -209,9 +212,12 @@ _PAIR = re.compile(r"(?P<key>\w+)=(?P<value>.*)", re.ASCII)
 # may come glued to the last line of text: we look for it at the END of a line.
 _USAGE_END = "520 End of proper usage."
 _NO_EXTRA: Mapping[str, str] = MappingProxyType({})
+_SET_OK = Reply(200, "1", None, _NO_EXTRA, "200 result=1")
 
 
 def _parse_reply(line: str) -> Reply | Trying:
+    if line == "200 result=1":  # what SET VARIABLE always answers: skip the regexes
+        return _SET_OK
     match = _REPLY.fullmatch(line)
     if match is None:
         raise ProtocolError(f"not an AGI reply: {line[:80]!r}")
@@ -238,6 +244,11 @@ def _parse_reply(line: str) -> Reply | Trying:
 
 _KEY = re.compile(r"agi_\w+", re.ASCII)
 _ARG_KEY = re.compile(r"agi_arg_(?P<n>[1-9][0-9]*)", re.ASCII)
+
+
+# One block line, as _split_block_line reads it: \w never matches ":" or " ", so the key
+# ends at the first ": " (or at a final ":" with nothing after it).
+_BLOCK_LINE = re.compile(r"^(agi_\w+):(?: (.*))?$", re.ASCII | re.MULTILINE)
 
 
 def _split_block_line(line: str) -> tuple[str, str]:
@@ -303,6 +314,10 @@ class AgiConnection:
                 raise ProtocolError("data received after EOF")
             self._buffer += data
             events: list[Event] = []
+            if self._state is State.AWAITING_BLOCK and not self._env:
+                request = self._whole_block()
+                if request is not None:
+                    events.append(request)
             while (line := self._next_line()) is not None:
                 event = self._LINE_HANDLERS[self._state](self, *line)
                 if event is not None:
@@ -331,6 +346,31 @@ class AgiConnection:
 
     def command(self, verb: str, *args: str) -> bytes:
         return self.send(command(verb, *args))
+
+    def _whole_block(self) -> AgiRequest | None:
+        """The usual case, parsed in one go: the whole block is in the buffer.
+
+        Same rules as line by line (`_on_block_line`), which handles every case this
+        declines: a block still incomplete, CRLF line ends, NUL bytes, anything near a limit.
+        """
+        end = self._buffer.find(b"\n\n")
+        if end <= 0 or end + 2 >= min(MAX_LINE, MAX_BLOCK_BYTES):
+            return None
+        raw = bytes(self._buffer[: end + 1])
+        if b"\x00" in raw or b"\r" in raw:
+            return None
+        text = raw.decode("utf-8", errors="replace")
+        pairs = _BLOCK_LINE.findall(text)
+        env = dict(pairs)
+        if len(env) != len(pairs) or len(pairs) != text.count("\n"):
+            return None  # a bad or repeated line: let the line-by-line path name it
+        if len(env) > MAX_BLOCK_LINES:
+            return None
+        del self._buffer[: end + 2]
+        self._scanned = 0
+        self.request = _make_request(env)
+        self._state = State.IDLE
+        return self.request
 
     def _next_line(self) -> tuple[str, int] | None:
         end = self._buffer.find(b"\n", self._scanned)
