@@ -10,8 +10,9 @@ fake Asterisk (this process) then, one call at a time:
   PATH, as in production), writes the agi_* block Asterisk writes for classic AGI (one write
   per line), answers each command with ``200 result=1`` and waits for the exit. Wall time is
   spawn to exit; CPU is the child's user + system time (getrusage of children);
-- baselines, spawned the same way: ``python -c pass`` and ``python -c "import
-  dialguard.agi.classic"`` (interpreter start-up, then the imports);
+- baselines, spawned the same way: ``python -c pass`` (interpreter start-up), then the
+  interpreter and the script's imports (``IMPORTS`` below: what the script does before it
+  reads its first byte);
 - FastAGI: connects to `dialguard serve` (started here on a free port, warmed up), sends
   the FastAGI block, answers each command, waits for the close. Wall time is connect to
   close; CPU is the server process's user + system time over all sessions, divided by
@@ -47,6 +48,8 @@ SCRIPT = ROOT / "agi" / "dialguard.agi"
 VENV_BIN = Path(sys.executable).parent
 CAMPAIGN = "demo-press"
 REPLY = b"200 result=1\n"
+# What agi/dialguard.agi runs before its first line of work.
+IMPORTS = "import sys; sys.modules['rich'] = None; import dialguard.agi.classic"
 
 
 @dataclass
@@ -290,6 +293,7 @@ def main() -> int:
     )
     options = parser.parse_args()
     python = str(VENV_BIN / "python")
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="dialguard-bench-") as tmp:
         workdir = Path(tmp)
         fastagi_port = free_port()
@@ -304,13 +308,12 @@ def main() -> int:
             runs = options.runs
             spawn_once([str(SCRIPT)], env, block("0612345678", 0, fastagi_port=None))  # warm
             bare = measure_spawns([python, "-c", "pass"], env, runs, agi=False, offset=0)
-            imports = measure_spawns(
-                [python, "-c", "import dialguard.agi.classic"], env, runs, agi=False, offset=0
-            )
+            imports = measure_spawns([python, "-c", IMPORTS], env, runs, agi=False, offset=0)
             classic = measure_spawns([str(SCRIPT)], env, runs, agi=True, offset=0)
             fastagi = measure_fastagi(env, config, fastagi_port, options.fastagi_sessions)
 
     print(f"machine: {machine()}")
+    print(f"load average (1 min): {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(
         f"command: .venv/bin/python bench/classic_agi.py --runs {runs} "
         f"--fastagi-sessions {options.fastagi_sessions}"
@@ -319,7 +322,7 @@ def main() -> int:
     print("| per call | n | wall median ms | wall p90 ms | CPU median ms | CPU p90 ms |")
     print("|---|---|---|---|---|---|")
     print(row("`python -c pass` (interpreter alone)", bare))
-    print(row("`python -c 'import dialguard.agi.classic'`", imports))
+    print(row("interpreter + the script's imports", imports))
     print(row("classic AGI `dialguard.agi` (full call)", classic))
     print(row("FastAGI session on `dialguard serve`", fastagi))
     print()

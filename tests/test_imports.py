@@ -162,7 +162,9 @@ def test_consent_dates_times_and_zones() -> None:
 
 
 def test_the_zone_argument_is_used_for_dates_without_time() -> None:
-    row = rows_of(parse("consent", [CONSENT_HEADER, "0612345678,A,2026-09-01,,p"], REUNION), ConsentRow)
+    row = rows_of(
+        parse("consent", [CONSENT_HEADER, "0612345678,A,2026-09-01,,p"], REUNION), ConsentRow
+    )
     assert row[0].given_at == datetime(2026, 8, 31, 20, tzinfo=UTC)
 
 
@@ -374,7 +376,9 @@ def test_any_spelling_of_french_numbers_round_trips_to_one_e164_set(
     entries: list[tuple[str, int]], sep: str, with_reason: bool
 ) -> None:
     header = f"number{sep}reason" if with_reason else "number"
-    lines = [header] + [_spell(nsn, style) + (f"{sep}r" if with_reason else "") for nsn, style in entries]
+    lines = [header] + [
+        _spell(nsn, style) + (f"{sep}r" if with_reason else "") for nsn, style in entries
+    ]
     got = {e164 for e164, _ in dnc_rows(parse("dnc", lines, PARIS))}
     expected = {normalise("0" + nsn).e164 for nsn, _ in entries}
     assert got == expected

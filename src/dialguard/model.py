@@ -6,7 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from dialguard.numbers import Number
 
@@ -145,8 +145,9 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"  # facts unavailable and the campaign fails open
 
 
-@dataclass(frozen=True, slots=True)
-class RuleResult:
+class RuleResult(NamedTuple):
+    # A named tuple, not a frozen dataclass: a decision makes a dozen of these, and tuple
+    # construction is several times cheaper on the per-call path.
     rule: str
     outcome: Outcome
     reason: Reason | None

@@ -63,7 +63,7 @@ class Policy:
         return PolicyRef(self.name, self.hash)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per call, and frozen init is slow
 class Context:
     campaign: Campaign | None
     number: Number | None
@@ -363,8 +363,7 @@ def decide(
         # Only a fail-open campaign reaches the end without a basis: say why it passed.
         assert isinstance(facts, Unavailable)
         basis = facts.reason
-    decision = _decision(ctx, Result.ALLOW, basis, results, degraded)
-    return replace(decision, counts_attempt=True)
+    return _decision(ctx, Result.ALLOW, basis, results, degraded, counts_attempt=True)
 
 
 def apply_count(decision: Decision, counted: bool, attempts: int, policy: Policy) -> Decision:
@@ -393,7 +392,12 @@ def apply_count(decision: Decision, counted: bool, attempts: int, policy: Policy
 
 
 def _decision(
-    ctx: Context, result: Result, reason: Reason, rules: list[RuleResult], degraded: str
+    ctx: Context,
+    result: Result,
+    reason: Reason,
+    rules: list[RuleResult],
+    degraded: str,
+    counts_attempt: bool = False,
 ) -> Decision:
     facts = ctx.facts if isinstance(ctx.facts, Facts) else None
     return Decision(
@@ -405,6 +409,7 @@ def _decision(
         local_time=ctx.local[0].isoformat(timespec="seconds") if ctx.number else "",
         policy=ctx.policy.ref,
         degraded=degraded,
+        counts_attempt=counts_attempt,
         attempts_30d=facts.attempts_30d if facts is not None else None,
     )
 

@@ -53,6 +53,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import PurePosixPath
 from types import FrameType
+from typing import NoReturn
 
 import structlog
 
@@ -71,7 +72,7 @@ from dialguard.numbers import InvalidNumber, normalise
 from dialguard.service import OutcomeKind, Service
 from dialguard.store import Store, StoreUnavailable
 
-__all__ = ["ADAPTER", "check_variables", "main", "mode_of", "outcome_variables"]
+__all__ = ["ADAPTER", "check_variables", "main", "mode_of", "outcome_variables", "run"]
 
 ADAPTER = "classic-agi"  # the `adapter` field of the audit records we write
 
@@ -359,5 +360,19 @@ def _write_stderr(line: str) -> None:
         os.write(2, data)
 
 
+def run() -> NoReturn:
+    """The script's entry point: `main()`, then end the process at once.
+
+    Asterisk waits for the script to exit (waitpid) before it goes on with the dialplan, so
+    the interpreter's teardown (freeing every module, ~30 ms) would be paid by the call.
+    Everything we wrote went out through os.write; the std streams are flushed anyway.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
