@@ -16,9 +16,9 @@ variables: ``DIALGUARD_RESULT``, ``_REASON``, ``_ID``, ``_NUMBER`` (check) or
 
 Stdout is the AGI channel: fd 1 is taken over at start and pointed at stderr, so nothing
 but our commands (no print, no log line, no traceback) can ever reach Asterisk. Any failure
-is one line on stderr and a non-zero exit, with no variable set by us after it: Asterisk
-then sets ``AGISTATUS=FAILURE`` (res_agi.c: a non-zero exit status of the script) and the
-dialplan fails closed. Exit codes: 0 every variable set and acknowledged; 1 bad input
+is one line on stderr and a non-zero exit, and no variable is set after it (none at all when
+it comes before the decision): Asterisk then sets ``AGISTATUS=FAILURE`` (res_agi.c: a
+non-zero exit status of the script) and the dialplan fails closed. Exit codes: 0 every variable set and acknowledged; 1 bad input
 (configuration, agi_* block, protocol, Asterisk gone); 2 a dependency unavailable (the
 audit journal); 3 the session bound (``session_timeout_ms``) passed; 4 an internal error.
 
@@ -200,7 +200,7 @@ class _AsteriskPipe:
             while view:
                 view = view[os.write(self.write_fd, view) :]
         except BrokenPipeError:
-            raise ClassicAgiError("Asterisk closed stdout before every variable was set") from None
+            raise ClassicAgiError("Asterisk stopped reading before every variable was set") from None
         except OSError as exc:
             raise ClassicAgiError(f"cannot write to Asterisk: {exc.strerror}") from None
 
@@ -245,14 +245,13 @@ def main(*, clock: Callable[[], datetime] | None = None) -> int:
     """
     entered = time.monotonic()
     started = entered - _process_age_s()
-    agi_out = _take_stdout()
-    _configure_logging()
-    # Asterisk's hangup notice to a classic script; dying on it could leave an attempt
-    # counted without its audit record. The session finishes instead (see above).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     request: AgiRequest | None = None
-    pipe = _AsteriskPipe(0, agi_out)
     try:
+        pipe = _AsteriskPipe(0, _take_stdout())
+        _configure_logging()
+        # Asterisk's hangup notice to a classic script; dying on it could leave an attempt
+        # counted without its audit record. The session finishes instead (see above).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         config = load_config()
         _arm_session_bound(started + config.server.session_timeout_ms / 1000)
         request = pipe.read_request()
@@ -305,7 +304,8 @@ async def _answer(
 
 def _take_stdout() -> int:
     """Keep fd 1 (the pipe to Asterisk) for AGI commands only; point fd 1 at stderr."""
-    sys.stdout.flush()
+    if sys.stdout is not None:
+        sys.stdout.flush()
     agi_out = os.dup(1)  # not inheritable: no child could write to Asterisk either
     os.dup2(2, 1)
     return agi_out
@@ -370,7 +370,7 @@ def run() -> NoReturn:
     code = main()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
-            stream.flush()
+            stream.flush()  # None when the stream was closed: suppressed too
     os._exit(code)
 
 
