@@ -18,9 +18,10 @@ Stdout is the AGI channel: fd 1 is taken over at start and pointed at stderr, so
 but our commands (no print, no log line, no traceback) can ever reach Asterisk. Any failure
 is one line on stderr and a non-zero exit, and no variable is set after it (none at all when
 it comes before the decision): Asterisk then sets ``AGISTATUS=FAILURE`` (res_agi.c: a
-non-zero exit status of the script) and the dialplan fails closed. Exit codes: 0 every variable set and acknowledged; 1 bad input
-(configuration, agi_* block, protocol, Asterisk gone); 2 a dependency unavailable (the
-audit journal); 3 the session bound (``session_timeout_ms``) passed; 4 an internal error.
+non-zero exit status of the script) and the dialplan fails closed. Exit codes: 0 every
+variable set and acknowledged; 1 bad input (configuration, agi_* block, protocol, Asterisk
+gone); 2 a dependency unavailable (the audit journal); 3 the session bound
+(``session_timeout_ms``) passed; 4 an internal error.
 
 Hangup: for a classic script Asterisk does not write ``HANGUP`` on stdin, it sends SIGHUP
 (unless the channel variable ``AGISIGHUP=no``); the default action would kill us between
@@ -45,7 +46,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -57,6 +57,7 @@ from typing import NoReturn
 
 import structlog
 
+from dialguard.agi.answers import SAFE_VALUE, Variables, check_variables, outcome_variables
 from dialguard.agi.protocol import (
     AgiConnection,
     AgiRequest,
@@ -66,13 +67,11 @@ from dialguard.agi.protocol import (
     UnsafeValue,
 )
 from dialguard.audit import AuditUnavailable, Journal
-from dialguard.config import Config, ConfigError, ServerSettings, load_config
-from dialguard.model import CallRequest
-from dialguard.numbers import InvalidNumber, normalise
-from dialguard.service import OutcomeKind, Service
+from dialguard.config import Config, ConfigError, load_config
+from dialguard.service import Service
 from dialguard.store import Store, StoreUnavailable
 
-__all__ = ["ADAPTER", "check_variables", "main", "mode_of", "outcome_variables", "run"]
+__all__ = ["ADAPTER", "main", "mode_of", "run"]
 
 ADAPTER = "classic-agi"  # the `adapter` field of the audit records we write
 
@@ -84,14 +83,9 @@ EXIT_INTERNAL = 4
 
 _PROG = "dialguard.agi"
 
-# What we ever write as a variable value (DESIGN.md): a reason code, an id, an E.164 number.
-# Same rule as the FastAGI server; checked again right before writing.
-_SAFE_VALUE = re.compile(r"[A-Za-z0-9_+.-]{0,64}")
-
 # Bytes per read from the pipe: a block is ~600 bytes, a reply a few dozen.
 _READ_SIZE = 4096
 
-Variables = dict[str, str]
 log = structlog.get_logger("dialguard.classic_agi")
 
 
@@ -101,72 +95,6 @@ class ClassicAgiError(Exception):
     def __init__(self, message: str, code: int = EXIT_INPUT) -> None:
         super().__init__(message)
         self.code = code
-
-
-# --- the decision, turned into channel variables (same as the FastAGI scripts) --------------
-
-
-async def check_variables(
-    service: Service,
-    settings: ServerSettings,
-    request: AgiRequest,
-    deadline_s: float,
-    adapter: str = ADAPTER,
-) -> Variables:
-    """`check,NUMBER,CAMPAIGN`: decide, count, audit; the four DIALGUARD_* variables."""
-    number = request.args[0] if request.args else ""
-    campaign = request.args[1] if len(request.args) > 1 else ""
-    if not campaign and settings.campaign_from_accountcode:
-        campaign = request.accountcode
-    call = CallRequest(
-        number_raw=number,
-        campaign=campaign,
-        channel=request.channel,
-        uniqueid=request.uniqueid,
-        callerid=request.callerid,
-        adapter=adapter,
-    )
-    verdict = await service.decide(call, record=True, deadline_s=max(deadline_s, 0.001))
-    decision = verdict.decision
-    return {
-        "DIALGUARD_RESULT": decision.result.value,
-        "DIALGUARD_REASON": decision.reason.value,
-        "DIALGUARD_ID": verdict.id,
-        "DIALGUARD_NUMBER": decision.number.e164 if decision.number else "",
-    }
-
-
-async def outcome_variables(
-    service: Service, settings: ServerSettings, request: AgiRequest, adapter: str = ADAPTER
-) -> Variables:
-    """`outcome,NUMBER,refused|do-not-call,CAMPAIGN`: DIALGUARD_OUTCOME (+ DIALGUARD_ID).
-
-    RECORDED: applied and audited; PENDING: Redis did not take it, kept in the audit
-    journal; INVALID: a bad number, kind or campaign, nothing recorded.
-    """
-    raw, kind_text, campaign_name = (*request.args, "", "", "")[:3]
-    if not campaign_name and settings.campaign_from_accountcode:
-        campaign_name = request.accountcode
-    campaign = service.campaign(campaign_name)
-    try:
-        kind = OutcomeKind(kind_text)
-        number = normalise(raw, campaign.outside_prefix if campaign else "")
-    except (ValueError, InvalidNumber) as exc:
-        log.warning("outcome_invalid", error=str(exc), channel=request.channel)
-        return {"DIALGUARD_OUTCOME": "INVALID"}
-    if campaign is None or number.never_blocked:
-        log.warning("outcome_invalid", campaign=campaign_name, number=number.e164)
-        return {"DIALGUARD_OUTCOME": "INVALID"}
-    call = CallRequest(
-        raw, campaign_name, request.channel, request.uniqueid, request.callerid, adapter
-    )
-    try:
-        record_id = await service.record_outcome(
-            number, campaign, kind, service.clock(), request=call
-        )
-    except StoreUnavailable:
-        return {"DIALGUARD_OUTCOME": "PENDING"}  # kept in the audit journal, logged
-    return {"DIALGUARD_OUTCOME": "RECORDED", "DIALGUARD_ID": record_id}
 
 
 def mode_of(request: AgiRequest) -> str:
@@ -200,7 +128,7 @@ class _AsteriskPipe:
             while view:
                 view = view[os.write(self.write_fd, view) :]
         except BrokenPipeError:
-            raise ClassicAgiError("Asterisk stopped reading before every variable was set") from None
+            raise ClassicAgiError("Asterisk stopped reading before the last variable") from None
         except OSError as exc:
             raise ClassicAgiError(f"cannot write to Asterisk: {exc.strerror}") from None
 
@@ -227,7 +155,7 @@ class _AsteriskPipe:
 
     def set_variables(self, variables: Mapping[str, str]) -> None:
         for name, value in variables.items():
-            if not _SAFE_VALUE.fullmatch(value):
+            if not SAFE_VALUE.fullmatch(value):
                 raise UnsafeValue(f"refusing to write {name}={value[:80]!r}")
             self._write(self.conn.set_variable(name, value))
             reply = self._read_reply()
@@ -295,9 +223,9 @@ async def _answer(
     )
     try:
         if mode == "outcome":
-            return await outcome_variables(service, config.server, request)
+            return await outcome_variables(service, config.server, request, ADAPTER)
         remaining = deadline - time.monotonic()
-        return await check_variables(service, config.server, request, remaining)
+        return await check_variables(service, config.server, request, remaining, ADAPTER)
     finally:
         await store.close()
 

@@ -20,12 +20,12 @@ Scripts (the path of `agi://host:port/SCRIPT,args`):
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
+from dialguard.agi.answers import SAFE_VALUE, Variables, check_variables, outcome_variables
 from dialguard.agi.protocol import (
     AgiConnection,
     AgiRequest,
@@ -36,20 +36,12 @@ from dialguard.agi.protocol import (
 )
 from dialguard.audit import AuditUnavailable
 from dialguard.config import ServerSettings
-from dialguard.model import CallRequest
-from dialguard.numbers import InvalidNumber, normalise
-from dialguard.service import OutcomeKind, Service
-from dialguard.store import StoreUnavailable
+from dialguard.service import Service
 
-__all__ = ["FastAgiServer"]
+__all__ = ["FastAgiServer", "Variables"]
 
 log = structlog.get_logger("dialguard.fastagi")
 
-# What we ever write as a variable value (DESIGN.md): a reason code, an id, an E.164
-# number. Checked again right before writing, so no input can reach Asterisk's parser.
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_+.-]{0,64}$")
-
-Variables = dict[str, str]
 Handler = Callable[[AgiRequest, float], Awaitable[Variables]]
 
 
@@ -104,53 +96,11 @@ class FastAgiServer:
             self._idle.set()
 
     async def _check(self, request: AgiRequest, deadline: float) -> Variables:
-        number = request.args[0] if request.args else ""
-        campaign = request.args[1] if len(request.args) > 1 else ""
-        if not campaign and self.settings.campaign_from_accountcode:
-            campaign = request.accountcode
-        call = CallRequest(
-            number_raw=number,
-            campaign=campaign,
-            channel=request.channel,
-            uniqueid=request.uniqueid,
-            callerid=request.callerid,
-            adapter="fastagi",
-        )
         remaining = deadline - asyncio.get_running_loop().time()
-        verdict = await self.service.decide(call, record=True, deadline_s=max(remaining, 0.001))
-        decision = verdict.decision
-        return {
-            "DIALGUARD_RESULT": decision.result.value,
-            "DIALGUARD_REASON": decision.reason.value,
-            "DIALGUARD_ID": verdict.id,
-            "DIALGUARD_NUMBER": decision.number.e164 if decision.number else "",
-        }
+        return await check_variables(self.service, self.settings, request, remaining, "fastagi")
 
     async def _outcome(self, request: AgiRequest, deadline: float) -> Variables:
-        args = (*request.args, "", "", "")
-        raw, kind_text, campaign_name = args[0], args[1], args[2]
-        if not campaign_name and self.settings.campaign_from_accountcode:
-            campaign_name = request.accountcode
-        campaign = self.service.campaign(campaign_name)
-        try:
-            kind = OutcomeKind(kind_text)
-            number = normalise(raw, campaign.outside_prefix if campaign else "")
-        except (ValueError, InvalidNumber) as exc:
-            log.warning("outcome_invalid", error=str(exc), channel=request.channel)
-            return {"DIALGUARD_OUTCOME": "INVALID"}
-        if campaign is None or number.never_blocked:
-            log.warning("outcome_invalid", campaign=campaign_name, number=number.e164)
-            return {"DIALGUARD_OUTCOME": "INVALID"}
-        call = CallRequest(
-            raw, campaign_name, request.channel, request.uniqueid, request.callerid, "fastagi"
-        )
-        try:
-            record_id = await self.service.record_outcome(
-                number, campaign, kind, self.service.clock(), request=call
-            )
-        except StoreUnavailable:
-            return {"DIALGUARD_OUTCOME": "PENDING"}  # kept in the audit journal, logged
-        return {"DIALGUARD_OUTCOME": "RECORDED", "DIALGUARD_ID": record_id}
+        return await outcome_variables(self.service, self.settings, request, "fastagi")
 
 
 class _Session(asyncio.Protocol):
@@ -242,7 +192,7 @@ class _Session(asyncio.Protocol):
             self._close()  # closing the socket hands the call back to the dialplan
             return
         name, value = self.to_send.pop()
-        if not _SAFE_VALUE.match(value):
+        if not SAFE_VALUE.fullmatch(value):  # again, right before it reaches Asterisk
             self.abort(f"refusing to write {name}={value!r}")
             return
         try:
