@@ -146,9 +146,7 @@ class Load:
         done: asyncio.Future[tuple[int, str]] = loop.create_future()
         payload = random.choice(self.blocks)
         try:
-            await loop.create_connection(
-                lambda: AgiClient(payload, done), "127.0.0.1", self.port
-            )
+            await loop.create_connection(lambda: AgiClient(payload, done), "127.0.0.1", self.port)
             commands, result = await asyncio.wait_for(done, 10)
         except (OSError, TimeoutError) as exc:
             if not self.failed:
@@ -287,7 +285,7 @@ async def load_consents(redis_url: str, numbers: list[str]) -> None:
         for i, n in enumerate(numbers)
     ]
     await store.load("consent", store.consent_fields(rows), replace=True)
-    dnc = [(normalise(n), "bench") for n in numbers[:: 100]]
+    dnc = [(normalise(n), "bench") for n in numbers[::100]]
     await store.load("dnc", store.dnc_fields(dnc, given), replace=True)
     await store.close()
 
@@ -313,12 +311,17 @@ async def main(args: argparse.Namespace) -> list[Phase]:
 
 def report(phases: list[Phase]) -> None:
     print()
-    print("| server | load | sessions/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/session "
-          "| loadgen CPU | failed | allow/deny |")
+    print(
+        "| server | load | sessions/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/session "
+        "| loadgen CPU | failed | allow/deny |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for p in phases:
-        print(f"| {p.server} | {p.mode} | {p.rate:,.0f} | {p.p50_ms} | {p.p99_ms} | {p.p999_ms} "
-              f"| {p.server_cpu_us} | {p.loadgen_cpu_pct} % | {p.failed} | {p.allowed}/{p.denied} |")
+        print(
+            f"| {p.server} | {p.mode} | {p.rate:,.0f} | {p.p50_ms} | {p.p99_ms} | {p.p999_ms} "
+            f"| {p.server_cpu_us} | {p.loadgen_cpu_pct} % | {p.failed} "
+            f"| {p.allowed}/{p.denied} |"
+        )
     closed = {p.server: p for p in phases if p.mode.startswith("closed")}
     if "bare" in closed and "dialguard" in closed:
         ratio = closed["dialguard"].rate / closed["bare"].rate

@@ -79,12 +79,6 @@ def test_bom_crlf_blank_lines_and_header_case() -> None:
     assert parsed.lines == 4  # data lines seen, blank ones included
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an EMPTY line (\\n or \\r\\n alone, e.g. a trailing empty row of a spreadsheet "
-    "export) is rejected as '0 fields, expected N' and the whole file is refused; only "
-    "whitespace-only lines are skipped",
-)
 @pytest.mark.parametrize("blank", ["", "\n", "\r\n"])
 def test_empty_lines_are_skipped(blank: str) -> None:
     lines = ["number,reason\r\n", "0612345678,a\r\n", blank, "0612345679,b\r\n", blank]
@@ -312,23 +306,12 @@ def test_emergency_numbers_are_refused_in_a_dnc_file() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a field over csv.field_size_limit() (131072 chars) raises _csv.Error out of "
-    "parse() instead of rejecting the line; the CLI shows a traceback",
-)
 def test_an_oversized_field_is_a_bad_line_not_a_crash() -> None:
     parsed = parse("dnc", ["number,reason", "0612345678," + "x" * 140_000, "0612345679,ok"], PARIS)
     assert parsed.error_count == 1
     assert parsed.errors[0].startswith("line 2: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: given_at/expires_at in year 1 or 9999 are accepted; the store then cannot "
-    "decode them (ValueError: year 0/10000 is out of range) and every check of the number "
-    "crashes",
-)
 @pytest.mark.parametrize("value", ["0001-01-01", "9999-12-31T23:59:59-05:00"])
 def test_instants_the_store_cannot_hold_are_bad_lines(value: str) -> None:
     parsed = parse("consent", [CONSENT_HEADER, f"0612345678,ACME,{value},,p"], PARIS)

@@ -270,3 +270,30 @@ async def test_concurrent_sessions_share_a_batch_but_never_each_others_facts(
         *(store.count_attempt(n, "ACME", MONDAY, 2, 30, "again") for n in numbers)
     )
     assert counts == [(True, 2) if n in numbers[1::3] else (True, 1) for n in numbers]
+
+
+async def test_a_live_do_not_call_survives_a_list_replacement(service: Service) -> None:
+    store = service.store
+    live, imported = normalise("0611111111"), normalise("0622222222")
+    await store.dnc_add(live, "asked during a call", MONDAY)
+    await store.load("dnc", store.dnc_fields([(imported, "crm")], MONDAY), replace=True)
+    await store.load("dnc", store.dnc_fields([(imported, "crm")], MONDAY), replace=True)
+    for number in (live, imported):
+        assert (await store.facts(number, "ACME", MONDAY, 30)).dnc is not None
+    assert await store.dnc_remove(live) and await store.dnc_remove(imported)
+    for number in (live, imported):
+        assert (await store.facts(number, "ACME", MONDAY, 30)).dnc is None
+    assert not await store.dnc_remove(live)
+
+
+async def test_an_undecodable_entry_fails_that_decision_closed(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    await redis_client.hset("dialguard:consent", f"{NUMBER.key}|ACME", "garbage")
+    request = CallRequest("0612345678", "demo-prospecting")
+    other = CallRequest("0622222222", "demo-press")
+    broken, fine = await asyncio.gather(
+        service.decide(request, now=MONDAY), service.decide(other, now=MONDAY)
+    )
+    assert broken.decision.reason is Reason.STORE_UNAVAILABLE and not broken.decision.allowed
+    assert fine.decision.allowed  # the same batch, unaffected

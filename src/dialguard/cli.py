@@ -81,6 +81,8 @@ def _at(value: str | None, config: Config) -> datetime:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise Failure(f"--at {value!r} is not an ISO 8601 date-time (2026-11-30T10:30)") from None
+    if not imports.in_supported_years(moment):
+        raise Failure(f"--at {value!r} is outside the years the rules are kept for")
     return (
         moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(config.policy.default_timezone))
     )
@@ -122,12 +124,24 @@ config_option = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+def cli() -> None:
     """dialguard: a dial-time compliance gate for outbound calls on Asterisk."""
-    configure_logging(logging.ERROR)
+    # One-shot commands report failures as one line themselves; `serve` turns logs on.
+    configure_logging(logging.CRITICAL)
 
 
-@main.command()
+def main() -> None:
+    """The console script: click's usage errors become one line and exit code 1."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("aborted", EXIT_INPUT)
+    except click.ClickException as exc:
+        _fail(exc.format_message().replace("\n", " "), EXIT_INPUT)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+@cli.command()
 @click.argument("number")
 @click.option("--campaign", required=True, help="Campaign name from the configuration.")
 @click.option("--at", "at", default=None, help="Instant of the call, ISO 8601 (default: now).")
@@ -161,7 +175,9 @@ def check(
         )
     else:
         _print_decision(verdict.id, decision)
-    if decision.reason in (Reason.INVALID_NUMBER, Reason.UNKNOWN_CAMPAIGN):
+    if decision.reason is Reason.UNKNOWN_CAMPAIGN:
+        _campaign(config, campaign)  # raises the message naming the configured campaigns
+    if decision.reason is Reason.INVALID_NUMBER:
         _fail(decision.rules[-1].detail, EXIT_INPUT)
     if decision.degraded:
         _fail(decision.degraded, EXIT_DEPENDENCY)
@@ -205,7 +221,7 @@ def _print_decision(decision_id: str, decision: Decision) -> None:
     console.print(f"policy {decision.policy.name} {decision.policy.hash}", style="dim")
 
 
-@main.command()
+@cli.command()
 @click.option(
     "--workers", type=click.IntRange(1, 64), default=None, help="Processes (default: config)."
 )
@@ -220,7 +236,7 @@ def serve(workers: int | None, config_path: Path | None) -> None:
     sys.exit(run(config, workers or config.server.workers))
 
 
-@main.group()
+@cli.group()
 def dnc() -> None:
     """The company's do-not-call list (live changes)."""
 
@@ -252,7 +268,7 @@ def dnc_remove(number: str, config_path: Path | None) -> None:
     click.echo(f"{target.e164} {'removed from' if removed else 'was not on'} the do-not-call list")
 
 
-@main.group()
+@cli.group()
 def consent() -> None:
     """Consents (live changes)."""
 
@@ -274,7 +290,7 @@ def consent_withdraw(number: str, principal: str, at: str | None, config_path: P
     click.echo(f"consent of {target.e164} to {principal} withdrawn at {now.isoformat()}")
 
 
-@main.command()
+@cli.command()
 @click.argument("number")
 @click.argument("kind", type=click.Choice([k.value for k in OutcomeKind]))
 @click.option("--campaign", required=True, help="Campaign the call belonged to.")
@@ -300,7 +316,7 @@ def outcome(
     click.echo(f"{kind} recorded for {target.e164} ({camp.principal}), audit id {record_id}")
 
 
-@main.command("import")
+@cli.command("import")
 @click.argument("kind", type=click.Choice(imports.KINDS))
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Swap the whole list for this file, atomically.")
@@ -321,9 +337,13 @@ def import_(
     zone = ZoneInfo(config.policy.default_timezone)
     try:
         with file.open(encoding="utf-8-sig", newline="") as handle:
-            parsed = imports.parse(kind, _lines(handle, file), zone)
+            parsed = imports.parse(kind, _lines(handle), zone)
+    except imports.BadImportFile as exc:
+        raise Failure(f"{file}: {exc}") from None
     except FileNotFoundError:
         raise Failure(f"{file}: file not found") from None
+    except IsADirectoryError:
+        raise Failure(f"{file}: is a directory, not a file") from None
     except OSError as exc:
         raise Failure(f"{file}: cannot read: {exc.strerror}") from None
     if parsed.error_count:
@@ -332,7 +352,8 @@ def import_(
         more = parsed.error_count - len(parsed.errors)
         if more:
             click.echo(f"{file}: ... and {more} more bad lines", err=True)
-        raise Failure(f"{file}: {parsed.error_count} bad lines; nothing loaded")
+        lines = "line" if parsed.error_count == 1 else "lines"
+        raise Failure(f"{file}: {parsed.error_count} bad {lines}; nothing loaded")
     if replace and not parsed.rows:
         raise Failure(f"{file}: no data rows; refusing to replace the {kind} list with nothing")
 
@@ -372,8 +393,8 @@ def _checked_on(kind: str, checked_at: str | None) -> date | None:
         raise Failure(f"--checked-at {checked_at!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _lines(handle: Any, file: Path) -> Iterator[str]:
+def _lines(handle: Any) -> Iterator[str]:
     try:
         yield from handle
     except UnicodeDecodeError:
-        raise imports.BadImportFile(f"{file}: not UTF-8 text (export the file as UTF-8)") from None
+        raise imports.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None

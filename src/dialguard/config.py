@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from redis.connection import parse_url
+
 from dialguard.model import Campaign, FailMode, Purpose, Sector
 from dialguard.numbers import Kind
 from dialguard.policy import Policy
@@ -123,7 +125,7 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], bytes]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found (set DIALGUARD_CONFIG or --config)") from None
+        raise ConfigError(f"{path}: file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
@@ -139,6 +141,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     env = os.environ if env is None else env
     if path is None:
         path = Path(env.get("DIALGUARD_CONFIG") or DEFAULT_CONFIG)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found (set DIALGUARD_CONFIG or --config)")
     data, _ = _read_toml(path)
     top = _Reader(path, data)
     top.unknown_keys({"node", "redis", "server", "audit", "policy", "campaigns"})
@@ -148,6 +152,13 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     url = env.get("DIALGUARD_REDIS_URL") or redis_table.get("url", str, "redis://127.0.0.1:6379/0")
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise redis_table.fail("url", f"{url!r} must start with redis://, rediss:// or unix://")
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        message = f"{url!r} is not a Redis URL: {exc}"
+        if env.get("DIALGUARD_REDIS_URL"):
+            raise ConfigError(f"DIALGUARD_REDIS_URL: {message}") from None
+        raise redis_table.fail("url", message) from None
     prefix = redis_table.get("prefix", str, "dialguard:")
     if not re.match(r"^[A-Za-z0-9_.:-]{0,32}$", prefix):
         raise redis_table.fail("prefix", f"{prefix!r} must be up to 32 of A-Z a-z 0-9 _ . : -")

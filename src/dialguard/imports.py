@@ -18,7 +18,7 @@ from dialguard.model import Contract, Sector
 from dialguard.numbers import InvalidNumber, Number, normalise
 from dialguard.store import ConsentRow, ContractRow, OptoutRow
 
-__all__ = ["KINDS", "BadImportFile", "Parsed", "parse"]
+__all__ = ["KINDS", "BadImportFile", "Parsed", "in_supported_years", "parse"]
 
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Free text we store (reasons, proof and contract references) stays on one line and
@@ -36,6 +36,12 @@ KINDS = tuple(HEADERS)
 
 # How many bad lines a report lists before it just counts them.
 MAX_REPORTED = 20
+# No valid line comes near this (the longest, a consent, is ~150 characters); a longer
+# one is a broken export, refused before the csv module is asked to hold it.
+MAX_LINE_CHARS = 4096
+# Instants outside these years are typos or sentinel values (9999-12-31), and would
+# overflow date arithmetic in the rules.
+_EARLIEST, _LATEST = 1970, 2199
 
 T = TypeVar("T")
 
@@ -59,6 +65,10 @@ class Parsed(Generic[T]):
 
 class _BadLine(ValueError):
     pass
+
+
+def in_supported_years(moment: datetime) -> bool:
+    return _EARLIEST <= moment.year <= _LATEST
 
 
 def is_valid_principal(value: str) -> bool:
@@ -91,7 +101,10 @@ def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:
     parsed: Parsed[object] = Parsed()
     for number, fields in _records(iterator, delimiter):
         parsed.lines += 1
-        if len(fields) == 1 and not fields[0].strip():
+        if fields is None:
+            parsed.reject(number, f"line longer than {MAX_LINE_CHARS} characters, or not CSV")
+            continue
+        if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue  # a blank line
         if len(fields) != len(header):
             parsed.reject(number, f"{len(fields)} fields, expected {len(header)}")
@@ -104,10 +117,17 @@ def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:
     return parsed
 
 
-def _records(lines: Iterator[str], delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    # Line numbers count the header as line 1, as a spreadsheet shows them.
+def _records(lines: Iterator[str], delimiter: str) -> Iterator[tuple[int, list[str] | None]]:
+    # Line numbers count the header as line 1, as a spreadsheet shows them. One reader per
+    # line: a stray quote then spoils one line, not the rest of the file.
     for offset, line in enumerate(lines, start=2):
-        yield offset, next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter), [""])
+        if len(line) > MAX_LINE_CHARS:
+            yield offset, None
+            continue
+        try:
+            yield offset, next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter), [])
+        except csv.Error:
+            yield offset, None
 
 
 def _number(value: str) -> Number:
@@ -134,19 +154,25 @@ def _ref(name: str, value: str) -> str:
 
 def _date(name: str, value: str) -> date:
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise _BadLine(f"{name} {value!r} is not a date (YYYY-MM-DD)") from None
+    if not _EARLIEST <= day.year <= _LATEST:
+        raise _BadLine(f"{name} {value!r} is outside the years {_EARLIEST}-{_LATEST}")
+    return day
 
 
 def _instant(name: str, value: str, zone: ZoneInfo) -> datetime:
     """A date (midnight in `zone`) or an ISO 8601 date-time (in `zone` if it has no offset)."""
     try:
         if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), time(0), zone)
-        moment = datetime.fromisoformat(value)
+            moment = datetime.combine(date.fromisoformat(value), time(0), zone)
+        else:
+            moment = datetime.fromisoformat(value)
     except ValueError:
         raise _BadLine(f"{name} {value!r} is not a date or an ISO 8601 date-time") from None
+    if not _EARLIEST <= moment.year <= _LATEST:
+        raise _BadLine(f"{name} {value!r} is outside the years {_EARLIEST}-{_LATEST}")
     return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
 

@@ -3,7 +3,10 @@
 Layout (all keys start with the configured prefix, shown here as ``P``; a number's key is
 its E.164 digits, a principal is a validated name, so no key is built from raw input):
 
-- ``P dnc`` hash: number -> ``added_ms|reason``
+- ``P dnc`` hash: number -> ``added_ms|reason`` (imported lists)
+- ``P dnc:live`` hash: number -> ``added_ms|reason`` (``dnc add``, a do-not-call outcome):
+  apart from the imported list, so ``import dnc --replace`` can never drop a request
+  made during the day
 - ``P optout`` hash: number -> ``L|checked_on|ref`` (listed) or ``C|...`` (checked, clear)
 - ``P consent`` hash: ``number|principal`` -> ``given_ms|expires_ms|proof_ref``
 - ``P withdrawal`` hash: ``number|principal`` -> withdrawn_ms
@@ -34,15 +37,15 @@ from dialguard.numbers import Number
 __all__ = ["ImportKind", "Store", "StoreUnavailable"]
 
 # The facts for every decision waiting in one event-loop turn: one script call, one round
-# trip, one reply to parse, however many sessions are in flight. KEYS: the six shared
+# trip, one reply to parse, however many sessions are in flight. KEYS: the seven shared
 # hashes, then one attempts key per request. ARGV: per request, the number's key, the
 # number|principal field and the start of its attempt window (exclusive).
 _FACTS = """
 local out = {}
-for i = 7, #KEYS do
-  local a = (i - 7) * 3
+for i = 8, #KEYS do
+  local a = (i - 8) * 3
   local n, np = ARGV[a + 1], ARGV[a + 2]
-  out[#out + 1] = redis.call('HGET', KEYS[1], n)
+  out[#out + 1] = redis.call('HGET', KEYS[7], n) or redis.call('HGET', KEYS[1], n)
   out[#out + 1] = redis.call('HGET', KEYS[2], n)
   out[#out + 1] = redis.call('HGET', KEYS[3], np)
   out[#out + 1] = redis.call('HGET', KEYS[4], np)
@@ -88,6 +91,7 @@ MAX_IN_FLIGHT = 2
 # Chunk size for bulk writes: large enough to amortise round trips, small enough that no
 # single command holds Redis for long.
 _CHUNK = 2000
+_STAGING_TTL_S = 24 * 3600
 
 
 class StoreUnavailable(Exception):
@@ -114,7 +118,7 @@ class Batcher(Generic[Req, Res]):
     waits for nothing.
     """
 
-    def __init__(self, send: Callable[[list[Req]], Awaitable[list[Res]]]) -> None:
+    def __init__(self, send: Callable[[list[Req]], Awaitable[list[Res | Exception]]]) -> None:
         self._send = send
         self._waiting: list[tuple[Req, asyncio.Future[Res]]] = []
         self._in_flight = 0
@@ -148,7 +152,11 @@ class Batcher(Generic[Req, Res]):
                     future.set_exception(exc)
         else:
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():  # its session may have given up at its deadline
+                if future.done():  # its session may have given up at its deadline
+                    continue
+                if isinstance(result, Exception):  # this request alone failed
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
         finally:
             self._in_flight -= 1
@@ -205,7 +213,15 @@ class Store:
         self._count = client.register_script(_COUNT)
         self._shared_keys = [
             self._key(name)
-            for name in ("dnc", "optout", "consent", "withdrawal", "contract", "refusal")
+            for name in (
+                "dnc",
+                "optout",
+                "consent",
+                "withdrawal",
+                "contract",
+                "refusal",
+                "dnc:live",
+            )
         ]
         self._facts_batch: Batcher[_FactsRequest, Facts] = Batcher(self._facts_many)
         self._count_batch: Batcher[_CountRequest, tuple[bool, int]] = Batcher(self._count_many)
@@ -269,7 +285,7 @@ class Store:
         )
         return await self._count_batch.submit(request)
 
-    async def _facts_many(self, requests: list[_FactsRequest]) -> list[Facts]:
+    async def _facts_many(self, requests: list[_FactsRequest]) -> list[Facts | Exception]:
         keys = [*self._shared_keys, *(attempts for _, _, attempts, _ in requests)]
         args: list[str | int] = []
         for number_key, pair, _, window_start in requests:
@@ -283,7 +299,9 @@ class Store:
             for i in range(0, len(reply), _FACTS_PER_REQUEST)
         ]
 
-    async def _count_many(self, requests: list[_CountRequest]) -> list[tuple[bool, int]]:
+    async def _count_many(
+        self, requests: list[_CountRequest]
+    ) -> list[tuple[bool, int] | Exception]:
         args: list[str | int] = []
         for _, now_ms, window_start, cap, attempt_id, window_ms in requests:
             args += (now_ms, window_start, cap, attempt_id, window_ms)
@@ -296,14 +314,19 @@ class Store:
     # --- live events ----------------------------------------------------------------------
 
     async def dnc_add(self, number: Number, reason: str, now: datetime) -> None:
-        await self._write(lambda p: p.hset(self._key("dnc"), number.key, _encode_dnc(reason, now)))
+        entry = _encode_dnc(reason, now)
+        await self._write(lambda p: p.hset(self._key("dnc:live"), number.key, entry))
 
     async def dnc_remove(self, number: Number) -> bool:
+        """Remove from both the live and the imported list."""
         try:
-            removed = await self._redis.hdel(self._key("dnc"), number.key)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._key("dnc:live"), number.key)
+                pipe.hdel(self._key("dnc"), number.key)
+                removed = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
-        return bool(removed)
+        return any(removed)
 
     async def withdraw_consent(self, number: Number, principal: str, now: datetime) -> None:
         pair = self._pair(number, principal)
@@ -343,10 +366,15 @@ class Store:
                 try:
                     for chunk in _chunks(items):
                         await self._redis.hset(staging, mapping=dict(chunk))
-                    if items:
-                        await self._redis.rename(staging, live)
-                    else:
-                        await self._redis.delete(live)
+                        # An import killed half-way leaves nothing behind for long.
+                        await self._redis.expire(staging, _STAGING_TTL_S)
+                    async with self._redis.pipeline(transaction=True) as pipe:
+                        if items:
+                            pipe.rename(staging, live)
+                            pipe.persist(live)  # RENAME carries the staging key's TTL
+                        else:
+                            pipe.delete(live)
+                        await pipe.execute()
                 finally:
                     await self._redis.delete(staging)
             else:
@@ -361,9 +389,15 @@ class Store:
         return {number.key: _encode_dnc(reason, now) for number, reason in entries}
 
     def optout_fields(self, rows: Iterable[OptoutRow], checked_on: date) -> dict[str, str]:
+        # Two rows for one number (two spellings of it): a listing wins, whatever the order.
+        kept: dict[str, OptoutRow] = {}
+        for row in rows:
+            previous = kept.get(row.number.key)
+            if previous is None or row.listed >= previous.listed:
+                kept[row.number.key] = row
         return {
-            row.number.key: f"{'L' if row.listed else 'C'}|{checked_on.isoformat()}|{row.ref}"
-            for row in rows
+            key: f"{'L' if row.listed else 'C'}|{checked_on.isoformat()}|{row.ref}"
+            for key, row in kept.items()
         }
 
     def consent_fields(self, rows: Iterable[ConsentRow]) -> dict[str, str]:
@@ -402,7 +436,16 @@ def _encode_dnc(reason: str, now: datetime) -> str:
     return f"{_ms(now)}|{reason}"
 
 
-def _decode_facts(reply: Sequence[Any]) -> Facts:
+def _decode_facts(reply: Sequence[Any]) -> Facts | Exception:
+    """Facts from the script's reply; an entry that does not decode (written by hand, or
+    by another version) fails this one decision closed instead of crashing the session."""
+    try:
+        return _decode_entries(reply)
+    except (ValueError, OverflowError, KeyError, IndexError, TypeError) as exc:
+        return StoreUnavailable(f"undecodable entry in Redis: {exc}")
+
+
+def _decode_entries(reply: Sequence[Any]) -> Facts:
     dnc, optout, consent, withdrawal, contracts, refusal, attempts = reply
     return Facts(
         dnc=_decode_dnc(dnc) if dnc else None,
