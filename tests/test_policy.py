@@ -365,14 +365,30 @@ def test_frequency_cap_fourth_and_fifth_attempt(attempts: int, reason: Reason) -
     assert decide(facts=Facts(consent=CONSENT, attempts_30d=attempts)).reason is reason
 
 
-def test_atomic_count_overrules_a_stale_read() -> None:
-    decision = decide(facts=Facts(consent=CONSENT, attempts_30d=3))
-    assert decision.allowed and decision.counts_attempt
-    taken = policy.apply_count(decision, counted=False, attempts=4, policy=POLICY)
-    assert (taken.result, taken.reason, taken.attempts_30d) == (D, Reason.FREQUENCY_CAP, 4)
-    assert taken.rules[-1].rule == "frequency" and taken.rules[-1].outcome is Outcome.DENY
-    kept = policy.apply_count(decision, counted=True, attempts=4, policy=POLICY)
-    assert kept.allowed and kept.attempts_30d == 4
+@pytest.mark.parametrize(
+    ("when", "camp", "number", "counts"),
+    [
+        (MONDAY, campaign(), "0612345678", True),
+        (MONDAY, campaign(Purpose.PRESS), "0612345678", True),
+        (MONDAY, campaign(sector=Sector.CPF), "0612345678", True),  # a contract may lift it
+        (MONDAY, campaign(Purpose.SERVICE), "0612345678", False),
+        (MONDAY, campaign(Purpose.NON_COMMERCIAL), "0612345678", False),
+        (MONDAY, campaign(), "0812345678", False),  # out of scope
+        (MONDAY, campaign(), "112", False),
+        ("2026-11-30T20:00", campaign(), "0612345678", False),
+        ("2026-12-25T11:00", campaign(), "0612345678", False),
+    ],
+)
+def test_would_count_matches_what_the_fact_free_rules_say(
+    when: str, camp: Campaign, number: str, counts: bool
+) -> None:
+    assert policy.would_count(camp, normalise(number), paris(when), POLICY) is counts
+    assert policy.would_count(None, normalise(number), paris(when), POLICY) is False
+    assert policy.would_count(camp, None, paris(when), POLICY) is False
+    # Whatever the facts, a call that counts is one would_count let through.
+    for facts in (Facts(consent=CONSENT), Facts(contracts=(ENERGY_CONTRACT,)), Facts()):
+        decision = decide(when, facts, camp, number)
+        assert not decision.counts_attempt or counts
 
 
 @pytest.mark.parametrize(

@@ -297,3 +297,50 @@ async def test_an_undecodable_entry_fails_that_decision_closed(
     )
     assert broken.decision.reason is Reason.STORE_UNAVAILABLE and not broken.decision.allowed
     assert fine.decision.allowed  # the same batch, unaffected
+
+
+async def test_a_call_the_facts_deny_gives_its_reserved_slot_back(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    attempts_key = f"dialguard:att:ACME:{NUMBER.key}"
+    allowed = await service.decide(CallRequest("0612345678", "demo-press"), now=MONDAY, record=True)
+    assert allowed.decision.allowed and allowed.decision.attempts_30d == 1
+    await service.store.dnc_add(NUMBER, "asked", MONDAY)
+    denied = await service.decide(CallRequest("0612345678", "demo-press"), now=MONDAY, record=True)
+    assert denied.decision.reason is Reason.INTERNAL_DNC
+    for _ in range(100):  # the release runs off the answer's path
+        if await redis_client.zcard(attempts_key) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert await redis_client.zrange(attempts_key, 0, -1) == [allowed.id.encode()]
+    # Outside the calling hours nothing is reserved in the first place.
+    night = MONDAY.replace(hour=22)
+    await service.decide(CallRequest("0622222222", "demo-press"), now=night, record=True)
+    assert await redis_client.exists("dialguard:att:ACME:33622222222") == 0
+
+
+async def test_a_slot_reserved_after_the_deadline_is_given_back(tmp_path: Path) -> None:
+    with running_redis() as server:
+        config = make_config(server.url, tmp_path)
+        store = Store.from_url(config.redis.url, config.redis.prefix, timeout_ms=5000)
+        service = Service(config, store, Journal(tmp_path))
+        request = CallRequest("0612345678", "demo-press")
+        server.pause()
+        try:
+            verdict = await service.decide(request, now=MONDAY, deadline_s=0.1, record=True)
+        finally:
+            server.resume()
+        assert verdict.decision.reason is Reason.DEADLINE
+        client = aioredis.Redis.from_url(server.url)
+        key = f"dialguard:att:ACME:{NUMBER.key}"
+        stats: dict[str, Any] = {}
+        for _ in range(300):  # until the late read has landed and its slot was given back
+            stats = await client.info("commandstats")
+            if "cmdstat_zrem" in stats:
+                break
+            await asyncio.sleep(0.01)
+        assert stats["cmdstat_zadd"]["calls"] == 1  # the late read did reserve...
+        assert stats["cmdstat_zrem"]["calls"] == 1  # ... and gave it back
+        assert await client.zcard(key) == 0
+        await client.aclose()
+        await store.close()

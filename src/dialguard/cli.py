@@ -70,7 +70,9 @@ def configure_logging(level: int) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line: worker processes share stderr, and a line written in two
+        # pieces could interleave with another process's.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
     )
 
 

@@ -126,7 +126,8 @@ class Facts:
     withdrawn_at: datetime | None = None
     contracts: tuple[Contract, ...] = ()
     refused_at: datetime | None = None
-    attempts_30d: int = 0
+    attempts_30d: int = 0  # attempts in the window, before this one
+    reserved: bool = False  # this attempt took one of the remaining slots
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ establishes the legal basis lets the later rules (days, hours, frequency) still 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
@@ -34,7 +34,7 @@ from dialguard.model import (
 )
 from dialguard.numbers import Kind, Number
 
-__all__ = ["RULES", "Policy", "Rule", "apply_count", "decide"]
+__all__ = ["RULES", "Policy", "Rule", "decide", "would_count"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,29 +366,19 @@ def decide(
     return _decision(ctx, Result.ALLOW, basis, results, degraded, counts_attempt=True)
 
 
-def apply_count(decision: Decision, counted: bool, attempts: int, policy: Policy) -> Decision:
-    """Fold the store's atomic check-and-count into an ALLOW that counts an attempt.
+# The rules that need no facts and can settle a call on their own.
+_FACT_FREE = (check_emergency, check_campaign, check_number, check_scope, check_purpose)
+_CALENDAR = (check_holiday, check_hours)
 
-    The policy saw the count read with the other facts; a concurrent call to the same
-    number may have taken the last slot since. The store's answer is the one that holds.
-    """
-    if not decision.counts_attempt or counted:
-        return replace(decision, attempts_30d=attempts)
-    result = _deny(
-        "frequency",
-        Reason.FREQUENCY_CAP,
-        f"{attempts} attempts in {policy.window_days} days (cap {policy.max_attempts}), "
-        "taken by a concurrent call",
-    )
-    rules = (*(r for r in decision.rules if r.rule != "frequency"), result)
-    return replace(
-        decision,
-        result=Result.DENY,
-        reason=Reason.FREQUENCY_CAP,
-        rules=rules,
-        counts_attempt=False,
-        attempts_30d=attempts,
-    )
+
+def would_count(
+    campaign: Campaign | None, number: Number | None, now: datetime, policy: Policy
+) -> bool:
+    """Whether an attempt at `now` could be allowed and counted, as far as the rules that
+    need no facts can tell: the store then reserves its slot in the same round trip as
+    the facts. A call the fact rules deny gives the slot back."""
+    ctx = Context(campaign, number, "", Facts(), now, policy, _local_times(number, now, policy))
+    return all(check(ctx).outcome is Outcome.PASS for check in (*_FACT_FREE, *_CALENDAR))
 
 
 def _decision(

@@ -12,7 +12,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
@@ -65,6 +65,7 @@ class Service:
         self.store = store
         self.journal = journal
         self.clock = clock  # the only place the time of a call comes from; tests set it
+        self._background: set[asyncio.Future[None]] = set()
 
     def campaign(self, name: str) -> Campaign | None:
         return self.config.campaigns.get(name)
@@ -85,32 +86,13 @@ class Service:
         campaign = self.campaign(request.campaign)
         number, number_error = _normalise(request.number_raw, campaign)
 
-        facts: Facts | Unavailable
         if campaign is None or number is None or number.never_blocked:
-            facts = Facts()  # the policy decides without reading anything
-            decision = policy.decide(campaign, number, facts, now, rules, number_error)
+            # The policy decides without reading anything.
+            decision = policy.decide(campaign, number, Facts(), now, rules, number_error)
         else:
-            try:
-                async with asyncio.timeout(deadline_s):
-                    facts = await self.store.facts(
-                        number, campaign.principal, now, rules.window_days
-                    )
-                    decision = policy.decide(campaign, number, facts, now, rules, number_error)
-                    if record and decision.counts_attempt:
-                        counted, attempts = await self.store.count_attempt(
-                            number,
-                            campaign.principal,
-                            now,
-                            rules.max_attempts,
-                            rules.window_days,
-                            decision_id,
-                        )
-                        decision = policy.apply_count(decision, counted, attempts, rules)
-            except StoreUnavailable as exc:
-                decision = self._degraded(campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc))
-            except TimeoutError:
-                detail = f"no decision within {deadline_s * 1000 if deadline_s else 0:.0f} ms"
-                decision = self._degraded(campaign, number, now, Reason.DEADLINE, detail)
+            decision = await self._decide_with_facts(
+                campaign, number, now, decision_id, record, deadline_s
+            )
 
         if record and self.journal is not None:
             latency_us = (time.perf_counter_ns() - started) // 1000
@@ -126,6 +108,60 @@ class Service:
                 )
             )
         return Verdict(decision_id, decision)
+
+    async def _decide_with_facts(
+        self,
+        campaign: Campaign,
+        number: Number,
+        now: datetime,
+        decision_id: str,
+        record: bool,
+        deadline_s: float | None,
+    ) -> Decision:
+        rules = self.config.policy
+        reserve = None
+        if record and policy.would_count(campaign, number, now, rules):
+            reserve = (rules.max_attempts, decision_id)
+        # A task, not a plain await: past the deadline the read goes on, so that a slot it
+        # reserved is given back when it lands.
+        read = asyncio.ensure_future(
+            self.store.facts(number, campaign.principal, now, rules.window_days, reserve)
+        )
+        try:
+            facts = await asyncio.wait_for(asyncio.shield(read), deadline_s)
+        except StoreUnavailable as exc:
+            return self._degraded(campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc))
+        except TimeoutError:
+            read.add_done_callback(
+                lambda _: self._release_late(read, campaign, number, decision_id)
+            )
+            detail = f"no decision within {(deadline_s or 0) * 1000:.0f} ms"
+            return self._degraded(campaign, number, now, Reason.DEADLINE, detail)
+        decision = policy.decide(campaign, number, facts, now, rules)
+        if facts.reserved:
+            if decision.counts_attempt:
+                return replace(decision, attempts_30d=facts.attempts_30d + 1)
+            self._release_soon(number, campaign.principal, decision_id)
+        return decision
+
+    def _release_late(
+        self, read: asyncio.Future[Facts], campaign: Campaign, number: Number, decision_id: str
+    ) -> None:
+        if not read.cancelled() and read.exception() is None and read.result().reserved:
+            self._release_soon(number, campaign.principal, decision_id)
+
+    def _release_soon(self, number: Number, principal: str, attempt_id: str) -> None:
+        """Give a reserved slot back, off the answer's path."""
+        task = asyncio.ensure_future(self.store.release(number, principal, attempt_id))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The slot stays taken until the window passes: a later call may be denied
+            # FREQUENCY_CAP early. Never an extra call, so logged rather than retried.
+            log.error("release_failed", error=str(task.exception()))
 
     def _degraded(
         self, campaign: Campaign, number: Number, now: datetime, reason: Reason, detail: str

@@ -25,7 +25,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
@@ -37,48 +37,55 @@ from dialguard.numbers import Number
 __all__ = ["ImportKind", "Store", "StoreUnavailable"]
 
 # The facts for every decision waiting in one event-loop turn: one script call, one round
-# trip, one reply to parse, however many sessions are in flight. KEYS: the seven shared
-# hashes, then one attempts key per request. ARGV: per request, the number's key, the
-# number|principal field and the start of its attempt window (exclusive).
+# trip, one reply to parse, however many sessions are in flight.
+#
+# The 30-day cap is checked and counted in the same script: when a call could count (the
+# rules that need no facts let it through), the script reserves its slot if one is left.
+# Scripts run one at a time inside Redis, so two concurrent calls to one number can never
+# both take the last slot. A call the rules then deny gives its slot back (`release`).
+#
+# KEYS: the seven shared hashes, then one attempts key per request. ARGV, per request: the
+# number's key, the number|principal field, the start of the attempt window (attempts at
+# or before it are dropped), the cap (0: do not reserve), the attempt id, now, the window
+# length (the attempts key's lifetime), all in ms.
 _FACTS = """
 local out = {}
 for i = 8, #KEYS do
-  local a = (i - 8) * 3
-  local n, np = ARGV[a + 1], ARGV[a + 2]
+  local a = (i - 8) * 7
+  local n, np, start, cap = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+  local attempts = KEYS[i]
   out[#out + 1] = redis.call('HGET', KEYS[7], n) or redis.call('HGET', KEYS[1], n)
   out[#out + 1] = redis.call('HGET', KEYS[2], n)
   out[#out + 1] = redis.call('HGET', KEYS[3], np)
   out[#out + 1] = redis.call('HGET', KEYS[4], np)
   out[#out + 1] = redis.call('HGET', KEYS[5], np)
   out[#out + 1] = redis.call('HGET', KEYS[6], np)
-  out[#out + 1] = redis.call('ZCOUNT', KEYS[i], '(' .. ARGV[a + 3], '+inf')
+  if cap > 0 then
+    redis.call('ZREMRANGEBYSCORE', attempts, '-inf', start)
+    local count = redis.call('ZCARD', attempts)
+    out[#out + 1] = count
+    if count < cap then
+      redis.call('ZADD', attempts, ARGV[a + 6], ARGV[a + 5])
+      redis.call('PEXPIRE', attempts, ARGV[a + 7])
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+  else
+    out[#out + 1] = redis.call('ZCOUNT', attempts, '(' .. start, '+inf')
+    out[#out + 1] = 0
+  end
 end
 return out
 """
-_FACTS_PER_REQUEST = 7
+_FACTS_PER_REQUEST = 8
 
-# The 30-day cap as one atomic check-and-count: scripts run one at a time inside Redis,
-# so two concurrent calls to one number can never both take the last slot. One attempts
-# key per request; ARGV per request: now ms, window start ms (inclusive bound of what is
-# dropped), cap, attempt id, key lifetime ms.
-_COUNT = """
-local out = {}
+# Give back reserved slots: KEYS attempts keys, ARGV the attempt ids, pairwise.
+_RELEASE = """
 for i = 1, #KEYS do
-  local a = (i - 1) * 5
-  local key = KEYS[i]
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[a + 2])
-  local n = redis.call('ZCARD', key)
-  if n >= tonumber(ARGV[a + 3]) then
-    out[#out + 1] = 0
-  else
-    redis.call('ZADD', key, ARGV[a + 1], ARGV[a + 4])
-    redis.call('PEXPIRE', key, ARGV[a + 5])
-    n = n + 1
-    out[#out + 1] = 1
-  end
-  out[#out + 1] = n
+  redis.call('ZREM', KEYS[i], ARGV[i])
 end
-return out
+return #KEYS
 """
 
 # A batch larger than this waits for the next turn: it keeps one script call short
@@ -98,10 +105,9 @@ class StoreUnavailable(Exception):
     """Redis could not be reached or answered with an error; one line."""
 
 
-# (number key, number|principal field, attempts key, window start ms)
-_FactsRequest = tuple[str, str, str, int]
-# (attempts key, now ms, window start ms, cap, attempt id, window ms)
-_CountRequest = tuple[str, int, int, int, str, int]
+# (number key, number|principal field, attempts key, window start ms, cap, attempt id,
+#  now ms, window ms)
+_FactsRequest = tuple[str, str, str, int, int, str, int, int]
 
 Req = TypeVar("Req")
 Res = TypeVar("Res")
@@ -210,7 +216,7 @@ class Store:
         self._redis = client
         self._prefix = prefix
         self._facts = client.register_script(_FACTS)
-        self._count = client.register_script(_COUNT)
+        self._release = client.register_script(_RELEASE)
         self._shared_keys = [
             self._key(name)
             for name in (
@@ -224,7 +230,7 @@ class Store:
             )
         ]
         self._facts_batch: Batcher[_FactsRequest, Facts] = Batcher(self._facts_many)
-        self._count_batch: Batcher[_CountRequest, tuple[bool, int]] = Batcher(self._count_many)
+        self._release_batch: Batcher[tuple[str, str], int] = Batcher(self._release_many)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, timeout_ms: int) -> Store:
@@ -257,12 +263,34 @@ class Store:
 
     # --- the hot path ---------------------------------------------------------------------
 
-    async def facts(self, number: Number, principal: str, now: datetime, window_days: int) -> Facts:
-        """What the store knows about `number` for `principal`, read in one round trip."""
-        window_start = _ms(now - timedelta(days=window_days))
-        pair = self._pair(number, principal)
-        attempts = self._key("att", principal, number.key)
-        return await self._facts_batch.submit((number.key, pair, attempts, window_start))
+    async def facts(
+        self,
+        number: Number,
+        principal: str,
+        now: datetime,
+        window_days: int,
+        reserve: tuple[int, str] | None = None,
+    ) -> Facts:
+        """What the store knows about `number` for `principal`, in one round trip.
+
+        With `reserve=(cap, attempt_id)`, also count this attempt if fewer than `cap` were
+        made in the window (Facts.reserved says whether it was); Facts.attempts_30d is the
+        count before this attempt either way.
+        """
+        window_ms = window_days * 86_400_000
+        now_ms = _ms(now)
+        cap, attempt_id = reserve if reserve is not None else (0, "")
+        request = (
+            number.key,
+            self._pair(number, principal),
+            self._key("att", principal, number.key),
+            now_ms - window_ms,
+            cap,
+            attempt_id,
+            now_ms,
+            window_ms,
+        )
+        return await self._facts_batch.submit(request)
 
     async def count_attempt(
         self,
@@ -274,22 +302,18 @@ class Store:
         attempt_id: str,
     ) -> tuple[bool, int]:
         """Count one attempt unless the cap is reached; return (counted, attempts now)."""
-        window_ms = window_days * 86_400_000
-        request = (
-            self._key("att", principal, number.key),
-            _ms(now),
-            _ms(now) - window_ms,
-            cap,
-            attempt_id,
-            window_ms,
-        )
-        return await self._count_batch.submit(request)
+        facts = await self.facts(number, principal, now, window_days, (cap, attempt_id))
+        return facts.reserved, facts.attempts_30d + facts.reserved
+
+    async def release(self, number: Number, principal: str, attempt_id: str) -> None:
+        """Give back a slot reserved by `facts` for a call the rules then denied."""
+        await self._release_batch.submit((self._key("att", principal, number.key), attempt_id))
 
     async def _facts_many(self, requests: list[_FactsRequest]) -> list[Facts | Exception]:
-        keys = [*self._shared_keys, *(attempts for _, _, attempts, _ in requests)]
+        keys = [*self._shared_keys, *(request[2] for request in requests)]
         args: list[str | int] = []
-        for number_key, pair, _, window_start in requests:
-            args += (number_key, pair, window_start)
+        for number_key, pair, _, start, cap, attempt_id, now_ms, window_ms in requests:
+            args += (number_key, pair, start, cap, attempt_id, now_ms, window_ms)
         try:
             reply = await self._facts(keys=keys, args=args)
         except (RedisError, OSError) as exc:
@@ -299,17 +323,14 @@ class Store:
             for i in range(0, len(reply), _FACTS_PER_REQUEST)
         ]
 
-    async def _count_many(
-        self, requests: list[_CountRequest]
-    ) -> list[tuple[bool, int] | Exception]:
-        args: list[str | int] = []
-        for _, now_ms, window_start, cap, attempt_id, window_ms in requests:
-            args += (now_ms, window_start, cap, attempt_id, window_ms)
+    async def _release_many(self, requests: list[tuple[str, str]]) -> list[int | Exception]:
         try:
-            reply = await self._count(keys=[r[0] for r in requests], args=args)
+            await self._release(
+                keys=[key for key, _ in requests], args=[member for _, member in requests]
+            )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
-        return [(bool(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+        return [1] * len(requests)
 
     # --- live events ----------------------------------------------------------------------
 
@@ -446,7 +467,7 @@ def _decode_facts(reply: Sequence[Any]) -> Facts | Exception:
 
 
 def _decode_entries(reply: Sequence[Any]) -> Facts:
-    dnc, optout, consent, withdrawal, contracts, refusal, attempts = reply
+    dnc, optout, consent, withdrawal, contracts, refusal, attempts, reserved = reply
     return Facts(
         dnc=_decode_dnc(dnc) if dnc else None,
         optout=_decode_optout(optout) if optout else None,
@@ -455,6 +476,7 @@ def _decode_entries(reply: Sequence[Any]) -> Facts:
         contracts=_decode_contracts(contracts) if contracts else (),
         refused_at=_from_ms(refusal) if refusal else None,
         attempts_30d=int(attempts),
+        reserved=bool(reserved),
     )
 
 
