@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,58 +29,110 @@ class AuditUnavailable(Exception):
 
 
 class Journal:
+    """Appends records to `audit-YYYY-MM-DD.jsonl` (UTC days) in `directory`.
+
+    `append` encodes the record on the caller's thread, hands the bytes to one writer
+    thread, and returns once they are fsync'd. The writer takes everything that arrived
+    while it was busy as one batch: one write and one fdatasync per batch (group commit).
+    It runs no Python work that matters while holding the GIL: write and fdatasync release
+    it, so the event loop is never held behind the journal.
+    """
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: list[tuple[str, bytes, Callable[[AuditUnavailable | None], None]]] = []
+        self._thread: threading.Thread | None = None
+        self._files: dict[str, int] = {}  # day -> open descriptor
 
     async def append(self, record: dict[str, Any]) -> None:
         """Return once `record` is durable; raise AuditUnavailable if it cannot be."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_batches())
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def done(error: AuditUnavailable | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, error)
+
+        self._submit(record, done)
         await future
 
-    async def _flush_batches(self) -> None:
-        # While one batch is being written and fsync'd in a thread, the next one gathers.
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await asyncio.to_thread(self.write, [record for record, _ in batch])
-            except AuditUnavailable as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+    def _submit(
+        self, record: dict[str, Any], done: Callable[[AuditUnavailable | None], None]
+    ) -> None:
+        entry = (_day(record), _encode(record), done)
+        with self._lock:
+            self._pending.append(entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="dialguard-journal", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
 
-    def write(self, records: Sequence[dict[str, Any]]) -> None:
-        """Append records and fsync; blocking. The CLI calls it directly."""
-        by_day: dict[str, list[str]] = {}
-        for record in records:
-            day = datetime.fromtimestamp(record["ts"] / 1000, UTC).strftime("%Y-%m-%d")
-            line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
-            by_day.setdefault(day, []).append(line + "\n")
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._wake.wait()
+                batch, self._pending = self._pending, []
+            error: AuditUnavailable | None = None
+            try:
+                self._write_batch([(day, line) for day, line, _ in batch])
+            except AuditUnavailable as exc:
+                error = exc
+            for _, _, done in batch:
+                done(error)
+
+    def _write_batch(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        by_day: dict[str, list[bytes]] = {}
+        for day, line in batch:
+            by_day.setdefault(day, []).append(line)
         for day, lines in by_day.items():
             path = self.directory / f"audit-{day}.jsonl"
             try:
-                self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    data = "".join(lines).encode("utf-8")
-                    while data:
-                        written = os.write(fd, data)
-                        data = data[written:]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fd = self._file(day, path)
+                data = b"".join(lines)
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fdatasync(fd)
             except OSError as exc:
+                self._forget(day)
                 raise AuditUnavailable(
                     f"{path}: cannot write the audit record: {exc.strerror}"
                 ) from None
+
+    def _file(self, day: str, path: Path) -> int:
+        fd = self._files.get(day)
+        if fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            for old in list(self._files):  # a new day: yesterday's file is done
+                self._forget(old)
+            self._files[day] = fd
+        return fd
+
+    def _forget(self, day: str) -> None:
+        fd = self._files.pop(day, None)
+        if fd is not None:
+            os.close(fd)
+
+
+def _settle(future: asyncio.Future[None], error: AuditUnavailable | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _day(record: dict[str, Any]) -> str:
+    return datetime.fromtimestamp(record["ts"] / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
 def decision_record(
