@@ -42,7 +42,11 @@ def serve(config: Config, workers: int) -> int:
     worst = 0
     for child in children:
         _, status = os.waitpid(child, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status))
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:  # killed by a signal: a failure, reported the way a shell does
+            log.error("worker_killed", pid=child, signal=-code)
+            code = 128 - code
+        worst = max(worst, code)
     return worst
 
 

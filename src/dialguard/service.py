@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -42,6 +43,16 @@ class Verdict:
 
 _PROCESS_TAG = secrets.token_hex(4)  # tells apart the processes of every node
 _SEQUENCE = itertools.count()
+
+
+def _new_process() -> None:
+    # `serve --workers N` forks after this module is imported: each worker draws its own.
+    global _PROCESS_TAG, _SEQUENCE
+    _PROCESS_TAG = secrets.token_hex(4)
+    _SEQUENCE = itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_process)
 
 
 def new_id(now: datetime) -> str:
@@ -122,19 +133,17 @@ class Service:
         reserve = None
         if record and policy.would_count(campaign, number, now, rules):
             reserve = (rules.max_attempts, decision_id)
-        # A task, not a plain await: past the deadline the read goes on, so that a slot it
-        # reserved is given back when it lands.
-        read = asyncio.ensure_future(
-            self.store.facts(number, campaign.principal, now, rules.window_days, reserve)
-        )
         try:
-            facts = await asyncio.wait_for(asyncio.shield(read), deadline_s)
-        except StoreUnavailable as exc:
-            return self._degraded(campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc))
-        except TimeoutError:
-            read.add_done_callback(
-                lambda _: self._release_late(read, campaign, number, decision_id)
-            )
+            async with asyncio.timeout(deadline_s):
+                facts = await self.store.facts(
+                    number, campaign.principal, now, rules.window_days, reserve
+                )
+        except (StoreUnavailable, TimeoutError) as exc:
+            if reserve is not None:
+                # The script may still run in Redis (sent, unanswered): undo it either way.
+                self.store.cancel_later(number, campaign.principal, decision_id)
+            if isinstance(exc, StoreUnavailable):
+                return self._degraded(campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc))
             detail = f"no decision within {(deadline_s or 0) * 1000:.0f} ms"
             return self._degraded(campaign, number, now, Reason.DEADLINE, detail)
         decision = policy.decide(campaign, number, facts, now, rules)
@@ -143,12 +152,6 @@ class Service:
                 return replace(decision, attempts_30d=facts.attempts_30d + 1)
             self._release_soon(number, campaign.principal, decision_id)
         return decision
-
-    def _release_late(
-        self, read: asyncio.Future[Facts], campaign: Campaign, number: Number, decision_id: str
-    ) -> None:
-        if not read.cancelled() and read.exception() is None and read.result().reserved:
-            self._release_soon(number, campaign.principal, decision_id)
 
     def _release_soon(self, number: Number, principal: str, attempt_id: str) -> None:
         """Give a reserved slot back, off the answer's path."""

@@ -13,6 +13,8 @@ its E.164 digits, a principal is a validated name, so no key is built from raw i
 - ``P contract`` hash: ``number|principal`` -> JSON list of [id, sector, start, end]
 - ``P refusal`` hash: ``number|principal`` -> refused_ms
 - ``P att:principal:number`` sorted set: one member per counted attempt, score = its ms
+- ``P cancelled`` sorted set: ids of attempts cancelled while their read was in doubt
+  (tombstones, kept an hour)
 
 Withdrawals live apart from consents so that a nightly ``import consent --replace`` from a
 CRM can never resurrect a consent the consumer took back.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,12 +32,15 @@ from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
+import structlog
 from redis.exceptions import RedisError
 
 from dialguard.model import Consent, Contract, DncEntry, Facts, OptoutResult, Sector
 from dialguard.numbers import Number
 
 __all__ = ["ImportKind", "Store", "StoreUnavailable"]
+
+log = structlog.get_logger("dialguard.store")
 
 # The facts for every decision waiting in one event-loop turn: one script call, one round
 # trip, one reply to parse, however many sessions are in flight.
@@ -43,15 +49,19 @@ __all__ = ["ImportKind", "Store", "StoreUnavailable"]
 # rules that need no facts let it through), the script reserves its slot if one is left.
 # Scripts run one at a time inside Redis, so two concurrent calls to one number can never
 # both take the last slot. A call the rules then deny gives its slot back (`release`).
+# A read that failed or came too late on our side may still run in Redis later (the
+# command sits in its socket buffer while it is frozen): `cancel_later` removes the slot
+# and leaves a tombstone, and a reservation whose id has a tombstone is never made, so
+# either order of arrival ends with no slot taken.
 #
-# KEYS: the seven shared hashes, then one attempts key per request. ARGV, per request: the
-# number's key, the number|principal field, the start of the attempt window (attempts at
-# or before it are dropped), the cap (0: do not reserve), the attempt id, now, the window
-# length (the attempts key's lifetime), all in ms.
+# KEYS: the seven shared hashes, the tombstones, then one attempts key per request.
+# ARGV, per request: the number's key, the number|principal field, the start of the
+# attempt window (attempts at or before it are dropped), the cap (0: do not reserve), the
+# attempt id, now, the window length (the attempts key's lifetime), all in ms.
 _FACTS = """
 local out = {}
-for i = 8, #KEYS do
-  local a = (i - 8) * 7
+for i = 9, #KEYS do
+  local a = (i - 9) * 7
   local n, np, start, cap = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
   local attempts = KEYS[i]
   out[#out + 1] = redis.call('HGET', KEYS[7], n) or redis.call('HGET', KEYS[1], n)
@@ -60,7 +70,7 @@ for i = 8, #KEYS do
   out[#out + 1] = redis.call('HGET', KEYS[4], np)
   out[#out + 1] = redis.call('HGET', KEYS[5], np)
   out[#out + 1] = redis.call('HGET', KEYS[6], np)
-  if cap > 0 then
+  if cap > 0 and not redis.call('ZSCORE', KEYS[8], ARGV[a + 5]) then
     redis.call('ZREMRANGEBYSCORE', attempts, '-inf', start)
     local count = redis.call('ZCARD', attempts)
     out[#out + 1] = count
@@ -79,6 +89,25 @@ end
 return out
 """
 _FACTS_PER_REQUEST = 8
+
+# Cancel attempts whose reservation may or may not have run: remove each from its
+# attempts key and leave a tombstone. KEYS: attempts keys, then the tombstones; ARGV: the
+# attempt ids, then now and the tombstones' lifetime, in ms.
+_CANCEL = """
+local tombstones = KEYS[#KEYS]
+local now = tonumber(ARGV[#ARGV - 1])
+redis.call('ZREMRANGEBYSCORE', tombstones, '-inf', now - tonumber(ARGV[#ARGV]))
+for i = 1, #KEYS - 1 do
+  redis.call('ZREM', KEYS[i], ARGV[i])
+  redis.call('ZADD', tombstones, now, ARGV[i])
+end
+return #KEYS - 1
+"""
+# No Redis stalls with a command in its buffer for this long; older tombstones go.
+_TOMBSTONE_MS = 3_600_000
+# Cancellations waiting for Redis to come back; past this many, the oldest are dropped
+# (during an outage, reads were mostly refused outright and reserved nothing).
+MAX_PENDING_CANCELS = 100_000
 
 # Give back reserved slots: KEYS attempts keys, ARGV the attempt ids, pairwise.
 _RELEASE = """
@@ -217,6 +246,9 @@ class Store:
         self._prefix = prefix
         self._facts = client.register_script(_FACTS)
         self._release = client.register_script(_RELEASE)
+        self._cancel = client.register_script(_CANCEL)
+        self._to_cancel: dict[tuple[str, str], float] = {}  # (attempts key, id) -> since
+        self._canceller: asyncio.Task[None] | None = None
         self._shared_keys = [
             self._key(name)
             for name in (
@@ -227,6 +259,7 @@ class Store:
                 "contract",
                 "refusal",
                 "dnc:live",
+                "cancelled",
             )
         ]
         self._facts_batch: Batcher[_FactsRequest, Facts] = Batcher(self._facts_many)
@@ -246,6 +279,10 @@ class Store:
         return cls(client, prefix)
 
     async def close(self) -> None:
+        if self._canceller is not None and self._to_cancel:
+            await asyncio.wait({self._canceller}, timeout=1.0)  # one last try
+        if self._canceller is not None:
+            self._canceller.cancel()
         await self._redis.aclose()
 
     def _key(self, *parts: str) -> str:
@@ -308,6 +345,41 @@ class Store:
     async def release(self, number: Number, principal: str, attempt_id: str) -> None:
         """Give back a slot reserved by `facts` for a call the rules then denied."""
         await self._release_batch.submit((self._key("att", principal, number.key), attempt_id))
+
+    def cancel_later(self, number: Number, principal: str, attempt_id: str) -> None:
+        """Make sure a reservation that may still run in Redis is undone, retrying until
+        Redis answers. Never blocks the caller."""
+        if len(self._to_cancel) >= MAX_PENDING_CANCELS:
+            oldest = next(iter(self._to_cancel))
+            del self._to_cancel[oldest]
+            log.error("cancel_dropped", attempt=oldest[1])
+        self._to_cancel[(self._key("att", principal, number.key), attempt_id)] = time.monotonic()
+        if self._canceller is None or self._canceller.done():
+            self._canceller = asyncio.get_running_loop().create_task(self._cancel_pending())
+
+    async def _cancel_pending(self) -> None:
+        delay = 0.0
+        while self._to_cancel:
+            if delay:
+                await asyncio.sleep(delay)
+            horizon = time.monotonic() - _TOMBSTONE_MS / 1000
+            for item in [i for i, since in self._to_cancel.items() if since < horizon]:
+                del self._to_cancel[item]  # its tombstone would be gone by now anyway
+            batch = list(self._to_cancel)[:MAX_BATCH]
+            if not batch:
+                return
+            keys = [*(key for key, _ in batch), self._key("cancelled")]
+            args: list[str | int] = [attempt_id for _, attempt_id in batch]
+            args += (int(time.time() * 1000), _TOMBSTONE_MS)
+            try:
+                await self._cancel(keys=keys, args=args)
+            except (RedisError, OSError) as exc:
+                delay = min(max(delay * 2, 0.05), 30.0)
+                log.warning("cancel_retry", pending=len(self._to_cancel), error=str(exc))
+                continue
+            delay = 0.0
+            for item in batch:
+                self._to_cancel.pop(item, None)
 
     async def _facts_many(self, requests: list[_FactsRequest]) -> list[Facts | Exception]:
         keys = [*self._shared_keys, *(request[2] for request in requests)]

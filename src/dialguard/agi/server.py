@@ -50,6 +50,7 @@ class FastAgiServer:
         self.service = service
         self.settings = settings
         self._server: asyncio.Server | None = None
+        self._port = settings.port
         self._sessions: set[_Session] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -57,19 +58,19 @@ class FastAgiServer:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        """The port listened on (the one bound when the configuration said 0)."""
+        return self._port
 
     async def start(self, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Session(self),
+            self._new_session,
             self.settings.host,
             self.settings.port,
             reuse_port=reuse_port or None,
             backlog=1024,
         )
+        self._port = int(self._server.sockets[0].getsockname()[1])
         log.info("listening", host=self.settings.host, port=self.port, reuse_port=reuse_port)
 
     async def stop(self, grace_s: float = 10.0) -> None:
@@ -86,9 +87,12 @@ class FastAgiServer:
             await self._server.wait_closed()
         log.info("stopped", in_flight=in_flight)
 
-    def _opened(self, session: _Session) -> None:
+    def _new_session(self) -> _Session:
+        # Counted from the accept itself, so that a stop() right after it waits for it.
+        session = _Session(self)
         self._sessions.add(session)
         self._idle.clear()
+        return session
 
     def _closed(self, session: _Session) -> None:
         self._sessions.discard(session)
@@ -130,7 +134,6 @@ class _Session(asyncio.Protocol):
         self.timer = loop.call_at(
             self.started + settings.session_timeout_ms / 1000, self.abort, "session timeout"
         )
-        self.server._opened(self)
 
     def data_received(self, data: bytes) -> None:
         try:
