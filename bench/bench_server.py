@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import replace
@@ -56,6 +57,9 @@ async def main(args: argparse.Namespace) -> None:
     server_class = BareServer if args.mode == "bare" else FastAgiServer
     server = server_class(service, config.server)
     await server.start()
+    gc.collect()  # as `dialguard serve` does (serve.py)
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

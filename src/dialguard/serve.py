@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -78,6 +79,12 @@ async def _serve(config: Config, *, reuse_port: bool) -> int:
         )
         await store.close()
         return 2
+    # Everything loaded so far lives as long as the process: keep it out of the cyclic
+    # collector's scans, and collect young objects less often (each session allocates a
+    # few hundred). Measured: 263 instead of 275 µs of CPU per session (docs/benchmarks.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
