@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import signal
 from dataclasses import replace
@@ -24,6 +23,7 @@ from dialguard.agi.server import FastAgiServer, Variables
 from dialguard.audit import Journal
 from dialguard.cli import configure_logging
 from dialguard.config import load_config
+from dialguard.serve import tune_gc
 from dialguard.service import Service
 from dialguard.store import Store
 
@@ -57,9 +57,7 @@ async def main(args: argparse.Namespace) -> None:
     server_class = BareServer if args.mode == "bare" else FastAgiServer
     server = server_class(service, config.server)
     await server.start()
-    gc.collect()  # as `dialguard serve` does (serve.py)
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
+    tune_gc()  # as `dialguard serve` does
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
