@@ -34,7 +34,7 @@ from dialguard.model import (
 )
 from dialguard.numbers import Kind, Number
 
-__all__ = ["RULES", "Policy", "Rule", "decide", "would_count"]
+__all__ = ["RULES", "Policy", "Prepared", "Rule", "decide", "prepare", "would_count"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +321,59 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The rules that need no facts, evaluated before the facts are read.
+
+    In rule order, up to the first that does not pass: `decide` reuses them, and whether
+    they all pass tells the store to reserve the attempt's slot with the facts read.
+    """
+
+    local: tuple[datetime, ...]
+    results: Mapping[str, RuleResult]
+
+    @property
+    def would_count(self) -> bool:
+        """Whether an attempt could be allowed and counted, as far as these rules tell."""
+        return len(self.results) == len(_FACT_FREE_RULES) and all(
+            result.outcome is Outcome.PASS for result in self.results.values()
+        )
+
+
+# The rules that read no facts, in rule order.
+_FACT_FREE_RULES = tuple(
+    rule
+    for rule in RULES
+    if rule.name in {"emergency", "campaign", "number", "scope", "purpose", "holiday", "hours"}
+)
+
+
+def prepare(
+    campaign: Campaign | None,
+    number: Number | None,
+    now: datetime,
+    policy: Policy,
+    number_error: str = "",
+) -> Prepared:
+    if now.tzinfo is None:
+        raise ValueError("the instant of a call must carry its time zone")
+    local = _local_times(number, now, policy)
+    ctx = Context(campaign, number, number_error, Facts(), now, policy, local)
+    results: dict[str, RuleResult] = {}
+    for rule in _FACT_FREE_RULES:
+        result = results[rule.name] = rule.check(ctx)
+        if result.outcome is not Outcome.PASS:
+            break
+    return Prepared(local, results)
+
+
+def would_count(
+    campaign: Campaign | None, number: Number | None, now: datetime, policy: Policy
+) -> bool:
+    """See `Prepared.would_count`."""
+    return prepare(campaign, number, now, policy).would_count
+
+
 def decide(
     campaign: Campaign | None,
     number: Number | None,
@@ -328,19 +381,18 @@ def decide(
     now: datetime,
     policy: Policy,
     number_error: str = "",
+    prepared: Prepared | None = None,
 ) -> Decision:
     """Evaluate the rules in order; the first that settles the call decides."""
-    if now.tzinfo is None:
-        raise ValueError("the instant of a call must carry its time zone")
-    ctx = Context(
-        campaign, number, number_error, facts, now, policy, _local_times(number, now, policy)
-    )
+    if prepared is None:
+        prepared = prepare(campaign, number, now, policy, number_error)
+    ctx = Context(campaign, number, number_error, facts, now, policy, prepared.local)
     results: list[RuleResult] = []
     basis: Reason | None = None
     degraded = ""
     for rule in RULES:
         try:
-            result = rule.check(ctx)
+            result = prepared.results.get(rule.name) or rule.check(ctx)
         except _FactsUnavailable:
             assert isinstance(facts, Unavailable)
             if _campaign(ctx).fail_mode is FailMode.CLOSED:
@@ -364,21 +416,6 @@ def decide(
         assert isinstance(facts, Unavailable)
         basis = facts.reason
     return _decision(ctx, Result.ALLOW, basis, results, degraded, counts_attempt=True)
-
-
-# The rules that need no facts and can settle a call on their own.
-_FACT_FREE = (check_emergency, check_campaign, check_number, check_scope, check_purpose)
-_CALENDAR = (check_holiday, check_hours)
-
-
-def would_count(
-    campaign: Campaign | None, number: Number | None, now: datetime, policy: Policy
-) -> bool:
-    """Whether an attempt at `now` could be allowed and counted, as far as the rules that
-    need no facts can tell: the store then reserves its slot in the same round trip as
-    the facts. A call the fact rules deny gives the slot back."""
-    ctx = Context(campaign, number, "", Facts(), now, policy, _local_times(number, now, policy))
-    return all(check(ctx).outcome is Outcome.PASS for check in (*_FACT_FREE, *_CALENDAR))
 
 
 def _decision(

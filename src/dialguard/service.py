@@ -130,8 +130,9 @@ class Service:
         deadline_s: float | None,
     ) -> Decision:
         rules = self.config.policy
+        prepared = policy.prepare(campaign, number, now, rules)
         reserve = None
-        if record and policy.would_count(campaign, number, now, rules):
+        if record and prepared.would_count:
             reserve = (rules.max_attempts, decision_id)
         try:
             async with asyncio.timeout(deadline_s):
@@ -146,7 +147,7 @@ class Service:
                 return self._degraded(campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc))
             detail = f"no decision within {(deadline_s or 0) * 1000:.0f} ms"
             return self._degraded(campaign, number, now, Reason.DEADLINE, detail)
-        decision = policy.decide(campaign, number, facts, now, rules)
+        decision = policy.decide(campaign, number, facts, now, rules, prepared=prepared)
         if facts.reserved:
             if decision.counts_attempt:
                 return replace(decision, attempts_30d=facts.attempts_30d + 1)
