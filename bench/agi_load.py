@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -306,7 +307,17 @@ async def main(args: argparse.Namespace) -> list[Phase]:
                         phase = await run_phase(name, mode, pid, port, blocks, args)
                         print(json.dumps(asdict(phase)), flush=True)
                         phases.append(phase)
+                if name == "dialguard":
+                    print("reasons:", dict(audit_reasons(workdir / "audit-dialguard")))
     return phases
+
+
+def audit_reasons(directory: Path) -> Counter[str]:
+    reasons: Counter[str] = Counter()
+    for path in directory.glob("*.jsonl"):
+        with path.open() as handle:
+            reasons.update(json.loads(line)["reason"] for line in handle)
+    return reasons
 
 
 def report(phases: list[Phase]) -> None:
