@@ -11,9 +11,10 @@ same `append`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -44,25 +45,14 @@ class Journal:
         self.directory = directory
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._pending: list[tuple[str, bytes, Callable[[AuditUnavailable | None], None]]] = []
+        self._pending: list[tuple[str, bytes, asyncio.Future[None]]] = []
         self._thread: threading.Thread | None = None
         self._files: dict[str, int] = {}  # day -> open descriptor
 
     async def append(self, record: dict[str, Any]) -> None:
         """Return once `record` is durable; raise AuditUnavailable if it cannot be."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-
-        def done(error: AuditUnavailable | None) -> None:
-            loop.call_soon_threadsafe(_settle, future, error)
-
-        self._submit(record, done)
-        await future
-
-    def _submit(
-        self, record: dict[str, Any], done: Callable[[AuditUnavailable | None], None]
-    ) -> None:
-        entry = (_day(record), _encode(record), done)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (_day(record), _encode(record), future)
         with self._lock:
             self._pending.append(entry)
             if self._thread is None:
@@ -71,6 +61,7 @@ class Journal:
                 )
                 self._thread.start()
             self._wake.notify()
+        await future
 
     def _run(self) -> None:
         while True:
@@ -83,8 +74,13 @@ class Journal:
                 self._write_batch([(day, line) for day, line, _ in batch])
             except AuditUnavailable as exc:
                 error = exc
-            for _, _, done in batch:
-                done(error)
+            # One wake-up of each event loop per batch, not one per record.
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            for _, _, future in batch:
+                by_loop.setdefault(future.get_loop(), []).append(future)
+            for loop, futures in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, futures, error)
 
     def _write_batch(self, batch: Sequence[tuple[str, bytes]]) -> None:
         by_day: dict[str, list[bytes]] = {}
@@ -120,13 +116,14 @@ class Journal:
             os.close(fd)
 
 
-def _settle(future: asyncio.Future[None], error: AuditUnavailable | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle(futures: list[asyncio.Future[None]], error: AuditUnavailable | None) -> None:
+    for future in futures:
+        if future.done():  # its session was cancelled meanwhile
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def _day(record: dict[str, Any]) -> str:
