@@ -1056,3 +1056,31 @@ def test_builders_raise_only_unsafe_value(value: str, name: str) -> None:
         line = built.encode()
         assert len(line) <= MAX_LINE - 1
         assert line.count(b"\n") == 1 and b"\r" not in line and b"\x00" not in line
+
+
+def _idle_connection() -> AgiConnection:
+    conn = AgiConnection()
+    conn.receive_data(b"agi_network: yes\nagi_arg_1: 0612345678\n\n")
+    return conn
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(st.from_regex(r"\A[A-Z][A-Z0-9_]{0,20}\Z"), st.text(max_size=12)),
+    st.one_of(st.from_regex(r"\A[A-Za-z0-9_+.:-]{0,40}\Z"), st.text(max_size=40)),
+)
+def test_the_plain_value_shortcut_writes_what_the_general_path_writes(
+    name: str, value: str
+) -> None:
+    conn = _idle_connection()
+    try:
+        expected = set_variable(name, value).encode()
+    except UnsafeValue:
+        with pytest.raises(UnsafeValue):
+            conn.set_variable(name, value)
+        assert conn.state is State.IDLE  # nothing was sent
+        return
+    assert conn.set_variable(name, value) == expected
+    assert conn.state is State.AWAITING_REPLY
+    with pytest.raises(ProtocolError):  # one command at a time, shortcut or not
+        conn.set_variable(name, value)

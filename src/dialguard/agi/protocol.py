@@ -25,6 +25,7 @@ import enum
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import ClassVar, TypeAlias
 
@@ -182,6 +183,18 @@ def command(verb: str, *args: str) -> Command:
     return Command(verb, args)
 
 
+# A value made of these alone is its own quoted form (no backslash, quote, blank or line
+# break), and short enough that no command built with it nears MAX_LINE.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_+.:-]{0,256}")
+
+
+@lru_cache(maxsize=64)
+def _set_variable_prefix(name: str) -> bytes:
+    if not _VARIABLE_NAME.fullmatch(name):
+        raise UnsafeValue(f"variable name {name[:40]!r} is not [A-Z][A-Z0-9_]{{0,79}}")
+    return f'SET VARIABLE "{name}" "'.encode("ascii")
+
+
 def set_variable(name: str, value: str) -> Command:
     if not _VARIABLE_NAME.fullmatch(name):
         raise UnsafeValue(f"variable name {name[:40]!r} is not [A-Z][A-Z0-9_]{{0,79}}")
@@ -336,6 +349,13 @@ class AgiConnection:
         return data
 
     def set_variable(self, name: str, value: str) -> bytes:
+        # The values dialguard writes (codes, ids, E.164 numbers) need no escaping: those
+        # skip building a Command. The name is checked all the same; anything else takes
+        # the general path.
+        if self._state is State.IDLE and _PLAIN_VALUE.fullmatch(value):
+            line = _set_variable_prefix(name) + value.encode("ascii") + b'"\n'
+            self._state = State.AWAITING_REPLY
+            return line
         return self.send(set_variable(name, value))
 
     def verbose(self, message: str, level: int = 1) -> bytes:
