@@ -251,6 +251,13 @@ async def test_audit_record_carries_the_design_fields(service: Service) -> None:
     assert record["attempts_30d"] == 1 and record["node"] == "test-node"
     assert record["local_time"] == "2026-11-30T11:00:00+01:00"
     assert record["ts"] == int(MONDAY.timestamp() * 1000)
+    assert record["rules"] == [rule.as_json() for rule in verdict.decision.rules]
+    assert record["rules"][-1] == {
+        "rule": "frequency",
+        "outcome": "pass",
+        "reason": None,
+        "detail": "0 of 4 attempts used",
+    }
 
 
 async def test_concurrent_sessions_share_a_batch_but_never_each_others_facts(

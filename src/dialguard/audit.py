@@ -159,7 +159,12 @@ def decision_record(
         "kind": "decision",
         "result": decision.result.value,
         "reason": decision.reason.value,
-        "rules": [r.as_json() for r in decision.rules],
+        # RuleResult.as_json's shape, built inline (on every decision's path); orjson
+        # writes the enums as their values.
+        "rules": [
+            {"rule": rule, "outcome": outcome, "reason": reason, "detail": detail}
+            for rule, outcome, reason, detail in decision.rules
+        ],
         "number_raw": request.number_raw,
         "number": decision.number.e164 if decision.number else None,
         "campaign": request.campaign,

@@ -177,6 +177,8 @@ def normalise(raw: str, outside_prefix: str = "") -> Number:
 
 
 def _clean(raw: str) -> tuple[str, bool]:
+    if raw.isdigit() and raw.isascii() and len(raw) <= MAX_INPUT:
+        return raw, False  # as dialplans pass it: ${FILTER(0-9+,${EXTEN})}
     text = raw.strip()
     if not text:
         raise InvalidNumber("empty number")
