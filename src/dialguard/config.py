@@ -8,7 +8,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from dialguard.model import Campaign, FailMode, Purpose, Sector
 from dialguard.numbers import Kind
 from dialguard.policy import Policy
 
-__all__ = ["DEFAULT_CONFIG", "Config", "ConfigError", "load_config", "load_policy"]
+__all__ = ["DEFAULT_CONFIG", "AriSettings", "Config", "ConfigError", "load_config", "load_policy"]
 
 DEFAULT_CONFIG = Path("config/dialguard.toml")
 
@@ -52,6 +52,17 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AriSettings:
+    """The Stasis application's connection to Asterisk's ARI (`[ari]`)."""
+
+    url: str  # http://127.0.0.1:8088 (the /ari path is added by the client)
+    app: str  # the Stasis application name the dialplan uses
+    user: str
+    password: str = field(repr=False)  # from the environment or a file, never the config
+    on_deny: str = "hangup"  # "hangup": cause 21 from the app; "continue": the dialplan decides
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     node: str
@@ -60,6 +71,8 @@ class Config:
     audit_dir: Path
     policy: Policy
     campaigns: Mapping[str, Campaign]
+    audit_retention_days: int = 3 * 365 + 1  # three years (C. consommation: proof kept 3 years)
+    ari: AriSettings | None = None  # None: the ARI application does not run
 
 
 class _Reader:
@@ -191,8 +204,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     )
 
     audit_table = top.table("audit")
-    audit_table.unknown_keys({"dir"})
+    audit_table.unknown_keys({"dir", "retention_days"})
     audit_dir = path.parent / audit_table.get("dir", str, "../var/audit")
+    retention_days = audit_table.positive("retention_days", 3 * 365 + 1)
 
     policy_table = top.table("policy")
     policy_table.unknown_keys({"file"})
@@ -203,7 +217,33 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     if not campaigns:
         raise campaigns_table.fail("", "no campaign configured")
     node = top.get("node", str, "") or socket.gethostname()
-    return Config(path, node, redis, server, audit_dir, policy, campaigns)
+    ari = _ari(top.table("ari"), env) if "ari" in data else None
+    return Config(path, node, redis, server, audit_dir, policy, campaigns, retention_days, ari)
+
+
+def _ari(table: _Reader, env: Mapping[str, str]) -> AriSettings:
+    table.unknown_keys({"url", "app", "user", "password_env", "password_file", "on_deny"})
+    url = table.get("url", str, "http://127.0.0.1:8088")
+    if not url.startswith(("http://", "https://")):
+        raise table.fail("url", f"{url!r} must start with http:// or https://")
+    password_env = table.get("password_env", str, "DIALGUARD_ARI_PASSWORD")
+    password_file = table.get("password_file", str, "")
+    if password_file:
+        secret = table.path.parent / password_file
+        try:
+            password = secret.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise table.fail("password_file", f"{secret}: cannot read: {exc.strerror}") from None
+    else:
+        password = env.get(password_env, "")
+    if not password:
+        raise table.fail(
+            "password_env", f"no ARI password: set {password_env} or [ari] password_file"
+        )
+    on_deny = table.get("on_deny", str, "hangup")
+    if on_deny not in ("hangup", "continue"):
+        raise table.fail("on_deny", f"{on_deny!r} is not one of hangup, continue")
+    return AriSettings(url.rstrip("/"), table.name("app"), table.name("user"), password, on_deny)
 
 
 def _campaign(campaigns: _Reader, name: str) -> Campaign:
