@@ -37,10 +37,11 @@ from typing import Any
 import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # the Asterisk peer of the tests builds the blocks
 
 from dialguard.numbers import normalise  # noqa: E402
 from dialguard.store import ConsentRow, Store  # noqa: E402
+from tests.agi.asterisk_peer import agi_env, encode_block  # noqa: E402
 
 SERVER_CORE = 0
 LOADGEN_CORE = 1
@@ -57,33 +58,8 @@ def free_port() -> int:
 
 def block(number: str, campaign: str, port: int, uniqueid: int) -> bytes:
     """The agi_* block as Asterisk 22.10.1 sends it (shared/reference/asterisk.md)."""
-    lines = [
-        ("agi_network", "yes"),
-        ("agi_network_script", "check"),
-        ("agi_request", f"agi://127.0.0.1:{port}/check"),
-        ("agi_channel", f"Local/{number}@outbound-{uniqueid:08x};2"),
-        ("agi_language", "en"),
-        ("agi_type", "Local"),
-        ("agi_uniqueid", f"1795955366.{uniqueid}"),
-        ("agi_version", "22.10.1"),
-        ("agi_callerid", "0147000000"),
-        ("agi_calleridname", "unknown"),
-        ("agi_callingpres", "0"),
-        ("agi_callingani2", "0"),
-        ("agi_callington", "0"),
-        ("agi_callingtns", "0"),
-        ("agi_dnid", "unknown"),
-        ("agi_rdnis", "unknown"),
-        ("agi_context", "outbound"),
-        ("agi_extension", number),
-        ("agi_priority", "3"),
-        ("agi_enhanced", "0.0"),
-        ("agi_accountcode", ""),
-        ("agi_threadid", "140051474122432"),
-        ("agi_arg_1", number),
-        ("agi_arg_2", campaign),
-    ]
-    return "".join(f"{k}: {v}\n" for k, v in lines).encode() + b"\n"
+    env = agi_env("127.0.0.1", port, script="check", args=(number, campaign), session=uniqueid)
+    return b"".join(encode_block(env))
 
 
 class AgiClient(asyncio.Protocol):

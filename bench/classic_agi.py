@@ -44,6 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the Asterisk peer of the tests builds the blocks
+
+from tests.agi.asterisk_peer import agi_env, encode_block  # noqa: E402
+
 SCRIPT = ROOT / "agi" / "dialguard.agi"
 VENV_BIN = Path(sys.executable).parent
 CAMPAIGN = "demo-press"
@@ -128,38 +132,15 @@ purpose = "press"
 
 
 def block(number: str, session: int, *, fastagi_port: int | None) -> list[bytes]:
-    """The agi_* block of Asterisk 22.10.1, one bytes object per line as it writes them."""
-    env: dict[str, str] = {}
+    """The agi_* block of Asterisk 22.10.1, one bytes object per line as it writes them;
+    classic AGI gets the same block without the agi_network keys."""
+    args = (number, CAMPAIGN)
     if fastagi_port is not None:
-        env["agi_network"] = "yes"
-        env["agi_network_script"] = "check"
-        env["agi_request"] = f"agi://127.0.0.1:{fastagi_port}/check"
+        env = agi_env("127.0.0.1", fastagi_port, script="check", args=args, session=session)
     else:
-        env["agi_request"] = "dialguard.agi"
-    env |= {
-        "agi_channel": f"Local/{number}@outbound-{session:08x};2",
-        "agi_language": "en",
-        "agi_type": "Local",
-        "agi_uniqueid": f"{int(time.time())}.{session}",
-        "agi_version": "22.10.1",
-        "agi_callerid": "0147000000",
-        "agi_calleridname": "unknown",
-        "agi_callingpres": "0",
-        "agi_callingani2": "0",
-        "agi_callington": "0",
-        "agi_callingtns": "0",
-        "agi_dnid": "unknown",
-        "agi_rdnis": "unknown",
-        "agi_context": "outbound",
-        "agi_extension": number,
-        "agi_priority": "3",
-        "agi_enhanced": "0.0",
-        "agi_accountcode": "",
-        "agi_threadid": str(140051474122432 + session),
-        "agi_arg_1": number,
-        "agi_arg_2": CAMPAIGN,
-    }
-    return [f"{key}: {value}\n".encode() for key, value in env.items()] + [b"\n"]
+        classic = {"agi_network": None, "agi_network_script": None, "agi_request": "dialguard.agi"}
+        env = agi_env("", 0, script="", args=args, env_overrides=classic, session=session)
+    return encode_block(env)
 
 
 def result_of(commands: Sequence[bytes]) -> str:
