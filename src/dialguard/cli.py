@@ -400,3 +400,13 @@ def _lines(handle: Any) -> Iterator[str]:
         yield from handle
     except UnicodeDecodeError:
         raise imports.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None
+
+
+def _add_audit_commands() -> None:
+    # Imported last: audit_cli builds on the helpers above.
+    from dialguard.audit_cli import audit
+
+    cli.add_command(audit)
+
+
+_add_audit_commands()

@@ -341,7 +341,7 @@ async def test_each_decision_reaches_the_dialplan_with_its_audit_record(
         assert record["campaign"] == campaign and record["number_raw"] == number
         # The journal file is the one of the call's UTC day, in the configured directory.
         day = clock.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d")
-        assert [p.name for p in audit_dir.iterdir()] == [f"audit-{day}.jsonl"]
+        assert [p.name for p in audit_dir.glob("audit-*.jsonl")] == [f"audit-{day}.jsonl"]
         await agi.settled()
 
 

@@ -1,0 +1,537 @@
+"""`dialguard audit ...`: the supervisor's tools over the journal (docs/supervisors.md).
+
+Tables for people (rich), `--json` (JSON Lines: the journal's own bytes) or `--csv` for
+machines. Exit codes as everywhere: 0 success, 1 bad input (dates, flags, key), 2 the
+journal cannot be read; `verify` adds 3: read fine, but the chain is broken (tampering, or
+a torn record) — distinct from 1 so that a typo in a cron line never looks like tampering.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import os
+import re
+import sys
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from dialguard.audit.files import AuditUnavailable
+from dialguard.audit.reader import Query, Torn, follow, prune, search, stats, verify
+from dialguard.cli import Failure, _errors_are_one_line, config_option
+from dialguard.config import load_config
+from dialguard.numbers import normalise
+
+__all__ = ["EXIT_BROKEN", "audit"]
+
+EXIT_BROKEN = 3
+MASK_KEY_ENV = "DIALGUARD_AUDIT_MASK_KEY"
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+CSV_FIELDS = [
+    "id", "ts", "kind", "result", "reason", "outcome", "applied", "number", "number_raw",
+    "campaign", "principal", "purpose", "sector", "local_time", "attempts_30d", "evidence",
+    "rules", "policy", "degraded", "adapter", "channel", "uniqueid", "callerid", "node",
+    "latency_us", "prev", "hash",
+]  # fmt: skip
+
+
+class _Where:
+    """The journal directory and the zone dates and hours are read in."""
+
+    def __init__(self, config_path: Path | None, directory: Path | None) -> None:
+        if directory is not None:
+            # An inspector's copy needs no configuration; the zone is France's.
+            self.directory, zone = directory, "Europe/Paris"
+        else:
+            config = load_config(config_path)
+            self.directory, zone = config.audit_dir, config.policy.default_timezone
+            self.retention_days = config.audit_retention_days
+        try:
+            self.zone = ZoneInfo(zone)
+        except ZoneInfoNotFoundError:  # pragma: no cover - the configuration checks it
+            raise Failure(f"unknown time zone {zone!r}") from None
+
+    def moment(self, option: str, value: str | None, *, end: bool) -> int | None:
+        """Milliseconds; a bare date is a whole day in the zone (`--until` includes it)."""
+        if value is None:
+            return None
+        try:
+            if _DAY.match(value):
+                day = date.fromisoformat(value) + timedelta(days=1 if end else 0)
+                moment = datetime.combine(day, time(), self.zone)
+            else:
+                moment = datetime.fromisoformat(value)
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=self.zone)
+        except ValueError:
+            raise Failure(
+                f"{option} {value!r} is not a date (2026-11-30) or date-time (2026-11-30T14:00)"
+            ) from None
+        return int(moment.timestamp() * 1000)
+
+    def local(self, ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, self.zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _range(where: _Where, since: str | None, until: str | None) -> tuple[int | None, int | None]:
+    start = where.moment("--since", since, end=False)
+    stop = where.moment("--until", until, end=True)
+    if start is not None and stop is not None and start >= stop:
+        raise Failure(f"--since {since} is not before --until {until}")
+    return start, stop
+
+
+def _warn(torn: list[Torn]) -> None:
+    for item in torn:
+        click.echo(f"dialguard: warning: {item}", err=True)
+
+
+dir_option = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Journal directory (default: [audit] dir of the configuration).",
+)
+since_option = click.option(
+    "--since", default=None, help="From this date or date-time (local time), inclusive."
+)
+until_option = click.option(
+    "--until", default=None, help="To this date (inclusive) or date-time (exclusive)."
+)
+
+
+@click.group()
+def audit() -> None:
+    """The audit journal: search, stats, export, verify, tail, prune."""
+
+
+@audit.command("search")
+@click.option("--number", default=None, help="Dialled number, any spelling (normalised).")
+@since_option
+@until_option
+@click.option("--campaign", default=None, help="Campaign name.")
+@click.option("--principal", default=None, help="The professional the campaign calls for.")
+@click.option("--result", type=click.Choice(["ALLOW", "DENY"]), default=None)
+@click.option("--reason", default=None, help="Reason code (docs/rules.md), e.g. OPTOUT_LISTED.")
+@click.option("--id", "record_id", default=None, help="Decision id (DIALGUARD_ID).")
+@click.option("--kind", type=click.Choice(["decision", "outcome"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: the records as stored.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@dir_option
+@config_option
+@_errors_are_one_line
+def search_command(
+    number: str | None,
+    since: str | None,
+    until: str | None,
+    campaign: str | None,
+    principal: str | None,
+    result: str | None,
+    reason: str | None,
+    record_id: str | None,
+    kind: str | None,
+    as_json: bool,
+    as_csv: bool,
+    directory: Path | None,
+    config_path: Path | None,
+) -> None:
+    """Find records by number, dates, campaign, principal, result, reason or id."""
+    if as_json and as_csv:
+        raise Failure("choose one of --json and --csv")
+    where = _Where(config_path, directory)
+    start, stop = _range(where, since, until)
+    query = Query(
+        since_ms=start,
+        until_ms=stop,
+        number=normalise(number).e164 if number is not None else None,
+        campaign=campaign,
+        principal=principal,
+        result=result,
+        reason=reason.upper() if reason else None,
+        record_id=record_id,
+        kind=kind,
+    )
+    torn: list[Torn] = []
+    found = search(where.directory, query, torn)
+    if as_json:
+        out = sys.stdout.buffer
+        for line, _ in found:
+            out.write(line + b"\n")
+        out.flush()
+    elif as_csv:
+        _write_csv(sys.stdout, (record for _, record in found), mask=None)
+    else:
+        records = [record for _, record in found]
+        _print_records(where, records)
+    _warn(torn)
+
+
+def _print_records(where: _Where, records: list[dict[str, Any]]) -> None:
+    console = Console()
+    table = Table(
+        "time (local)", "result", "reason", "number", "campaign", "principal", "id", box=None
+    )
+    for record in records:
+        if record.get("kind", "decision") == "outcome":
+            result, reason = "OUTCOME", str(record.get("outcome"))
+        else:
+            result, reason = str(record.get("result")), str(record.get("reason"))
+        colour = {"ALLOW": "green", "DENY": "red"}.get(result, "yellow")
+        table.add_row(
+            where.local(int(record["ts"])),
+            f"[{colour}]{result}[/]",
+            reason,
+            str(record.get("number") or record.get("number_raw") or "-"),
+            str(record.get("campaign") or "-"),
+            str(record.get("principal") or "-"),
+            str(record.get("id")),
+        )
+    console.print(table)
+    plural = "record" if len(records) == 1 else "records"
+    console.print(f"{len(records)} {plural}", style="dim", highlight=False)
+
+
+@audit.command("stats")
+@since_option
+@until_option
+@click.option("--campaign", default=None, help="Only this campaign.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@dir_option
+@config_option
+@_errors_are_one_line
+def stats_command(
+    since: str | None,
+    until: str | None,
+    campaign: str | None,
+    as_json: bool,
+    directory: Path | None,
+    config_path: Path | None,
+) -> None:
+    """Decisions, allowed, denied and deny rate; by reason, campaign and hour of day."""
+    where = _Where(config_path, directory)
+    start, stop = _range(where, since, until)
+    torn: list[Torn] = []
+    query = Query(since_ms=start, until_ms=stop, campaign=campaign)
+    summary = stats((record for _, record in search(where.directory, query, torn)), where.zone)
+    summary["since"], summary["until"] = since, until
+    if as_json:
+        click.echo(orjson.dumps(summary).decode())
+        _warn(torn)
+        return
+    console = Console()
+    console.print(
+        f"[bold]{summary['decisions']:,}[/] decisions: [green]{summary['allowed']:,} allowed[/], "
+        f"[red]{summary['denied']:,} denied[/] (deny rate {summary['deny_rate']:.1%})",
+        highlight=False,
+    )
+    if summary["outcomes"]:
+        told = ", ".join(f"{k} {v:,}" for k, v in summary["outcomes"].items())
+        console.print(f"outcomes recorded: {told}", highlight=False)
+    by_reason = Table("result", "reason", "decisions", "share", title="by reason", box=None)
+    for row in summary["by_reason"]:
+        share = row["decisions"] / summary["decisions"]
+        by_reason.add_row(row["result"], row["reason"], f"{row['decisions']:,}", f"{share:.1%}")
+    by_campaign = Table(
+        "campaign", "decisions", "allowed", "denied", "deny rate", title="by campaign", box=None
+    )
+    for row in summary["by_campaign"]:
+        by_campaign.add_row(
+            row["campaign"],
+            f"{row['decisions']:,}",
+            f"{row['allowed']:,}",
+            f"{row['denied']:,}",
+            f"{row['deny_rate']:.1%}",
+        )
+    by_hour = Table(
+        f"hour ({summary['timezone']})", "decisions", "allowed", "denied", title="by hour",
+        box=None,
+    )  # fmt: skip
+    for row in summary["by_hour"]:
+        by_hour.add_row(
+            f"{row['hour']:02d}h",
+            f"{row['decisions']:,}",
+            f"{row['allowed']:,}",
+            f"{row['denied']:,}",
+        )
+    for table in (by_reason, by_campaign, by_hour):
+        console.print(table)
+    _warn(torn)
+
+
+@audit.command("export")
+@since_option
+@until_option
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output file."
+)
+@click.option("--mask", is_flag=True, help=f"Pseudonymise numbers (key: ${MASK_KEY_ENV}).")
+@click.option(
+    "--mask-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the pseudonymisation key from this file instead.",
+)
+@dir_option
+@config_option
+@_errors_are_one_line
+def export_command(
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    out: Path,
+    mask: bool,
+    mask_key_file: Path | None,
+    directory: Path | None,
+    config_path: Path | None,
+) -> None:
+    """Write a date range to CSV or JSON Lines, and OUT.manifest.json beside it."""
+    where = _Where(config_path, directory)
+    start, stop = _range(where, since, until)
+    key = _mask_key(mask_key_file) if mask else None
+    if mask_key_file is not None and not mask:
+        raise Failure("--mask-key-file goes with --mask")
+    torn: list[Torn] = []
+    found = search(where.directory, Query(since_ms=start, until_ms=stop), torn)
+    tally = _Tally(found)
+    digest = hashlib.sha256()
+    try:
+        # 0600 like the journal: an export holds the same personal data.
+        descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(descriptor, "w", encoding="utf-8", newline="") as handle:
+            if fmt == "csv":
+                _write_csv(handle, tally.records(), mask=key)
+            else:
+                for line, record in tally:
+                    if key is not None:
+                        line = orjson.dumps(_masked(record, key))
+                    handle.write(line.decode() + "\n")
+        digest.update(out.read_bytes())
+    except OSError as exc:
+        raise Failure(f"{out}: cannot write: {exc.strerror}") from None
+    manifest = {
+        "file": out.name,
+        "format": fmt,
+        "sha256": digest.hexdigest(),
+        "records": tally.count,
+        "first_hash": tally.first_hash,
+        "last_hash": tally.last_hash,
+        "first_prev": tally.first_prev,
+        "since": since,
+        "until": until,
+        "timezone": where.zone.key,
+        "masked": key is not None,
+        "journal": str(where.directory),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    manifest_path = out.with_name(out.name + ".manifest.json")
+    try:
+        manifest_path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as exc:
+        raise Failure(f"{manifest_path}: cannot write: {exc.strerror}") from None
+    click.echo(f"{tally.count:,} records written to {out}; manifest {manifest_path}")
+    _warn(torn)
+
+
+class _Tally:
+    """Passes the records through, counting them and noting the chain's ends."""
+
+    def __init__(self, found: Iterator[tuple[bytes, dict[str, Any]]]) -> None:
+        self._found = found
+        self.count = 0
+        self.first_hash = self.last_hash = self.first_prev = ""
+
+    def __iter__(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
+        for line, record in self._found:
+            if not self.count:
+                self.first_hash = str(record.get("hash"))
+                self.first_prev = str(record.get("prev"))
+            self.last_hash = str(record.get("hash"))
+            self.count += 1
+            yield line, record
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        return (record for _, record in self)
+
+
+def _mask_key(path: Path | None) -> bytes:
+    if path is not None:
+        try:
+            key = path.read_bytes().strip()
+        except OSError as exc:
+            raise Failure(f"{path}: cannot read the mask key: {exc.strerror}") from None
+    else:
+        key = os.environ.get(MASK_KEY_ENV, "").encode()
+    if len(key) < 16:
+        raise Failure(
+            f"--mask needs a key of at least 16 bytes in ${MASK_KEY_ENV} or --mask-key-file "
+            "(keep it: the same key gives the same pseudonyms across exports)"
+        )
+    return key
+
+
+def pseudonym(number: str, key: bytes) -> str:
+    """HMAC-SHA-256 of the E.164 number under the key: stable, not reversible without it."""
+    return "p-" + hmac.new(key, number.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def _masked(record: dict[str, Any], key: bytes) -> dict[str, Any]:
+    """The record with its number replaced wherever it appears (a rule's detail names it
+    too), as dialled and as E.164, by the number's pseudonym."""
+    number, raw = record.get("number"), record.get("number_raw")
+    subject = number if isinstance(number, str) and number else raw
+    if not isinstance(subject, str) or not subject:
+        return record
+    alias = pseudonym(subject, key).encode()
+    text = orjson.dumps(record)
+    for spelling in {number, raw}:
+        if isinstance(spelling, str) and spelling:
+            # As JSON encodes it, so that a spelling with quotes or backslashes matches.
+            text = text.replace(orjson.dumps(spelling)[1:-1], alias)
+    masked: dict[str, Any] = orjson.loads(text)
+    return masked
+
+
+def _write_csv(handle: TextIO, records: Iterator[dict[str, Any]], mask: bytes | None) -> None:
+    writer = csv.DictWriter(handle, CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for record in records:
+        row = _masked(record, mask) if mask is not None else record
+        flat = {
+            name: orjson.dumps(value).decode() if isinstance(value, dict | list) else value
+            for name, value in row.items()
+        }
+        flat["ts"] = datetime.fromtimestamp(record["ts"] / 1000, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        writer.writerow(flat)
+
+
+@audit.command("verify")
+@since_option
+@until_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@dir_option
+@config_option
+@_errors_are_one_line
+def verify_command(
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+    directory: Path | None,
+    config_path: Path | None,
+) -> None:
+    """Check the hash chain (every file, or the days of a range). Exit 0 intact, 3 not."""
+    where = _Where(config_path, directory)
+    first = _day("--since", since)
+    last = _day("--until", until)
+    result = verify(where.directory, first, last)
+    if as_json:
+        click.echo(
+            orjson.dumps(
+                {
+                    "intact": result.intact,
+                    "records": result.records,
+                    "files": result.files,
+                    "first_hash": result.first_hash,
+                    "last_hash": result.last_hash,
+                    "problem": result.problem,
+                    "notes": result.notes,
+                }
+            ).decode()
+        )
+    elif result.intact:
+        click.echo(
+            f"intact: {result.records:,} records in {result.files} "
+            f"{'file' if result.files == 1 else 'files'}; "
+            f"first hash {result.first_hash or '-'}, last hash {result.last_hash or '-'}"
+        )
+    else:
+        click.echo(f"NOT INTACT after {result.records:,} good records: {result.problem}")
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if not result.intact:
+        sys.exit(EXIT_BROKEN)
+
+
+def _day(option: str, value: str | None) -> date | None:
+    """verify works on whole files: UTC days."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise Failure(f"{option} {value!r} is not a date (2026-11-30)") from None
+
+
+@audit.command("tail")
+@click.option("-n", "count", type=click.IntRange(0, 100_000), default=10, show_default=True)
+@click.option("-f", "--follow", "keep_following", is_flag=True, help="Wait for new records.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: the records as stored.")
+@dir_option
+@config_option
+@_errors_are_one_line
+def tail_command(
+    count: int,
+    keep_following: bool,
+    as_json: bool,
+    directory: Path | None,
+    config_path: Path | None,
+) -> None:
+    """The last records; with -f, every new one as it is written (Ctrl-C stops)."""
+    where = _Where(config_path, directory)
+    torn: list[Torn] = []
+    try:
+        for line in follow(where.directory, count, keep_following=keep_following, torn=torn):
+            if as_json:
+                sys.stdout.buffer.write(line + b"\n")
+            else:
+                sys.stdout.write(_one_line(where, line) + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    _warn(torn)
+
+
+def _one_line(where: _Where, line: bytes) -> str:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return f"(unreadable line) {line[:80]!r}"
+    when = where.local(int(record.get("ts", 0)))
+    if record.get("kind", "decision") == "outcome":
+        head = f"OUTCOME {record.get('outcome')}"
+    else:
+        head = f"{record.get('result')} {record.get('reason')}"
+    return (
+        f"{when}  {head:<28} {record.get('number') or record.get('number_raw') or '-':<16} "
+        f"{record.get('campaign') or '-':<20} {record.get('id')}"
+    )
+
+
+@audit.command("prune")
+@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+@config_option
+@_errors_are_one_line
+def prune_command(dry_run: bool, config_path: Path | None) -> None:
+    """Remove day files older than [audit] retention_days (run it daily, e.g. from cron)."""
+    where = _Where(config_path, None)
+    try:
+        removed = prune(
+            where.directory, where.retention_days, datetime.now(UTC).date(), dry_run=dry_run
+        )
+    except OSError as exc:
+        raise AuditUnavailable(f"{where.directory}: cannot prune: {exc.strerror}") from None
+    verb = "would remove" if dry_run else "removed"
+    names = ", ".join(path.name for path in removed) or "nothing"
+    click.echo(f"{verb} {len(removed)} files older than {where.retention_days} days: {names}")
