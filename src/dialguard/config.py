@@ -158,7 +158,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         raise ConfigError(f"{path}: file not found (set DIALGUARD_CONFIG or --config)")
     data, _ = _read_toml(path)
     top = _Reader(path, data)
-    top.unknown_keys({"node", "redis", "server", "audit", "policy", "campaigns"})
+    top.unknown_keys({"node", "redis", "server", "audit", "policy", "campaigns", "ari"})
 
     redis_table = top.table("redis")
     redis_table.unknown_keys({"url", "prefix", "timeout_ms"})

@@ -8,10 +8,13 @@ import gc
 import os
 import signal
 import sys
+from dataclasses import replace
 
 import structlog
 
 from dialguard.agi.server import FastAgiServer
+from dialguard.ari.app import AriApp
+from dialguard.ari.client import AriError, AriUnavailable
 from dialguard.audit import Journal
 from dialguard.config import Config
 from dialguard.service import Service
@@ -27,10 +30,13 @@ def serve(config: Config, workers: int) -> int:
     if workers == 1:
         return _run_worker(config, reuse_port=False)
     children: list[int] = []
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
-            os._exit(_run_worker(config, reuse_port=True))
+            # One ARI websocket per application: a second one would take the app over
+            # (ApplicationReplaced) and the two workers would keep stealing it back.
+            worker = config if index == 0 else replace(config, ari=None)
+            os._exit(_run_worker(worker, reuse_port=True))
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:
@@ -88,6 +94,21 @@ async def _serve(config: Config, *, reuse_port: bool) -> int:
         )
         await store.close()
         return 2
+    ari = AriApp(service, config.ari, config.server) if config.ari else None
+    if ari is not None:
+        try:
+            await ari.start()
+        except AriError as exc:
+            # Bad credentials or a wrong URL will not fix themselves: say so and stop. An
+            # Asterisk not up yet is retried, as Redis is (calls fail closed meanwhile).
+            if not isinstance(exc, AriUnavailable):
+                print(f"dialguard: {exc}", file=sys.stderr)
+                await ari.client.close()
+                await server.stop()
+                await store.close()
+                return 1
+            log.error("ari_unavailable_at_start", error=str(exc))
+            await ari.start_retrying()
     tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,6 +116,8 @@ async def _serve(config: Config, *, reuse_port: bool) -> int:
         loop.add_signal_handler(signum, stop.set)
     log.info("started", node=config.node, policy=config.policy.name, pid=os.getpid())
     await stop.wait()
+    if ari is not None:
+        await ari.stop()
     await server.stop()
     await store.close()
     return 0

@@ -1,0 +1,1 @@
+"""ARI mode: the Stasis application (`app`) and its thin aiohttp client (`client`)."""
