@@ -96,8 +96,15 @@ class Agi:
         await wait_until(lambda: not self.server._sessions, timeout)
 
     async def drained(self, timeout: float = 5.0) -> None:
-        """Wait until the service has given back every slot it reserved for a denied call."""
-        await wait_until(lambda: not getattr(self.service, "_background", ()), timeout)
+        """Wait until every slot reserved for a call not placed was given back: releases
+        (a denied call) and cancellations (a read the client gave up on)."""
+        await wait_until(
+            lambda: (
+                not getattr(self.service, "_background", ())
+                and not getattr(self.store, "_to_cancel", ())
+            ),
+            timeout,
+        )
 
     async def attempts(self, raw: str) -> int:
         facts = await self.store.facts(normalise(raw), "ACME", MONDAY, 30)
