@@ -27,12 +27,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvloop
 
@@ -178,12 +179,25 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class LoadRun(Protocol):
+    """What a phase needs of a load generator (this one, or bench/ari_load.py's)."""
+
+    latencies: list[float]
+    failed: int
+    allowed: int
+    denied: int
+
+    async def closed_loop(self, concurrency: int, seconds: float) -> float: ...
+
+    async def open_loop(self, rate: float, seconds: float) -> float: ...
+
+
 async def run_phase(
-    name: str, mode: str, pid: int, port: int, blocks: list[bytes], args: argparse.Namespace
+    name: str, mode: str, pid: int, make_load: Callable[[], LoadRun], args: argparse.Namespace
 ) -> Phase:
-    warmup = Load(port, blocks)
+    warmup = make_load()
     await warmup.closed_loop(min(args.concurrency, 50), 1.0)
-    load = Load(port, blocks)
+    load = make_load()
     cpu_before = cpu_seconds(pid)
     own_before = time.process_time()
     if mode == "closed":
@@ -280,7 +294,7 @@ async def main(args: argparse.Namespace) -> list[Phase]:
                 with bench_server(name, redis_url, workdir) as (pid, port):
                     blocks = [block(n, "demo-prospecting", port, i) for i, n in enumerate(numbers)]
                     for mode in args.modes:
-                        phase = await run_phase(name, mode, pid, port, blocks, args)
+                        phase = await run_phase(name, mode, pid, partial(Load, port, blocks), args)
                         print(json.dumps(asdict(phase)), flush=True)
                         phases.append(phase)
                 if name == "dialguard":

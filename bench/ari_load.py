@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import uvloop
@@ -46,10 +47,9 @@ from agi_load import (  # noqa: E402
     SERVER_CORE,
     Phase,
     audit_reasons,
-    cpu_seconds,
     load_consents,
-    quantile,
     redis_server,
+    run_phase,
 )
 
 from tests.ari.fake_ari import FakeAri, FakeChannel  # noqa: E402
@@ -139,38 +139,6 @@ def start_event(channel: FakeChannel) -> dict[str, object]:
     }
 
 
-async def run_phase(
-    name: str, mode: str, pid: int, fake: FakeAri, numbers: list[str], args: argparse.Namespace
-) -> Phase:
-    warmup = Load(fake, numbers)
-    await warmup.closed_loop(min(args.concurrency, 50), 1.0)
-    load = Load(fake, numbers)
-    cpu_before = cpu_seconds(pid)
-    own_before = time.process_time()
-    if mode == "closed":
-        seconds = await load.closed_loop(args.concurrency, args.duration)
-    else:
-        seconds = await load.open_loop(args.rate, args.duration)
-    server_cpu = cpu_seconds(pid) - cpu_before
-    own_cpu = time.process_time() - own_before
-    done = len(load.latencies)
-    return Phase(
-        server=name,
-        mode=f"closed {args.concurrency}" if mode == "closed" else f"open {args.rate:.0f}/s",
-        sessions=done,
-        failed=load.failed,
-        allowed=load.allowed,
-        denied=load.denied,
-        seconds=round(seconds, 2),
-        rate=round(done / seconds, 1),
-        p50_ms=round(quantile(load.latencies, 0.50) * 1000, 2),
-        p99_ms=round(quantile(load.latencies, 0.99) * 1000, 2),
-        p999_ms=round(quantile(load.latencies, 0.999) * 1000, 2),
-        server_cpu_us=round(server_cpu / max(done, 1) * 1e6, 1),
-        loadgen_cpu_pct=round(own_cpu / seconds * 100, 1),
-    )
-
-
 @contextmanager
 def ari_app(
     mode: str, fake: FakeAri, password: str, redis_url: str, workdir: Path
@@ -214,7 +182,9 @@ async def main(args: argparse.Namespace) -> list[Phase]:
                         if not fake.connected():
                             sys.exit(f"{name} app did not connect; see {workdir / f'{name}.log'}")
                         for mode in args.modes:
-                            phase = await run_phase(name, mode, pid, fake, numbers, args)
+                            phase = await run_phase(
+                                name, mode, pid, partial(Load, fake, numbers), args
+                            )
                             print(json.dumps(asdict(phase)), flush=True)
                             phases.append(phase)
                 finally:
