@@ -41,6 +41,7 @@ from dialguard.service import Service
 from dialguard.store import ConsentRow, Store
 from tests.agi.asterisk_peer import SessionResult, parse_args, run_session
 from tests.redis_server import RedisServer, free_port, running_redis
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -154,14 +155,6 @@ async def agi(
 ) -> AsyncIterator[Agi]:
     async with agi_server(redis_server.url, tmp_path / "audit") as harness:
         yield harness
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 def assert_clean(result: SessionResult, names: Sequence[str] | set[str] = ()) -> None:

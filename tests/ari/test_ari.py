@@ -43,6 +43,7 @@ from dialguard.service import Service
 from dialguard.store import Store
 from tests.ari.fake_ari import FakeAri, FakeChannel
 from tests.redis_server import RedisServer, free_port, running_redis
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PARIS = ZoneInfo("Europe/Paris")
@@ -132,14 +133,6 @@ async def ari(
 ) -> AsyncIterator[Harness]:
     async with ari_harness(redis_server.url, tmp_path / "audit") as harness:
         yield harness
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 def rest(fake: FakeAri, channel: FakeChannel) -> list[tuple[str, str]]:
