@@ -24,7 +24,6 @@ import json
 import os
 import random
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,9 +45,11 @@ from agi_load import (  # noqa: E402
     POOL,
     SERVER_CORE,
     Phase,
+    arguments,
     audit_reasons,
     load_consents,
     redis_server,
+    report,
     run_phase,
 )
 
@@ -198,31 +199,6 @@ async def main(args: argparse.Namespace) -> list[Phase]:
     return phases
 
 
-def report(phases: list[Phase]) -> None:
-    print()
-    print(
-        "| app | load | calls/s | p50 ms | p99 ms | p99.9 ms | app CPU µs/call "
-        "| loadgen CPU | failed | allow/deny |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for p in phases:
-        print(
-            f"| {p.server} | {p.mode} | {p.rate:,.0f} | {p.p50_ms} | {p.p99_ms} | {p.p999_ms} "
-            f"| {p.server_cpu_us} | {p.loadgen_cpu_pct} % | {p.failed} "
-            f"| {p.allowed}/{p.denied} |"
-        )
-    closed = {p.server: p for p in phases if p.mode.startswith("closed")}
-    if "bare" in closed and "dialguard" in closed:
-        ratio = closed["dialguard"].rate / closed["bare"].rate
-        print(f"\nsaturation ratio dialguard / bare: {ratio:.1%}")
-    print(f"median of the p50s: {statistics.median(p.p50_ms for p in phases)} ms")
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
-    parser.add_argument("--concurrency", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=1000.0, help="open-loop offered rate")
-    parser.add_argument("--servers", nargs="+", default=["bare", "dialguard"])
-    parser.add_argument("--modes", nargs="+", default=["closed", "open"])
-    report(uvloop.run(main(parser.parse_args())))
+    phases = uvloop.run(main(arguments(__doc__.splitlines()[0])))
+    report(phases, header="| app | load | calls/s | app CPU µs/call")
