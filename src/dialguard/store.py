@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 from dialguard.model import Consent, Contract, DncEntry, Facts, OptoutResult, Sector
 from dialguard.numbers import Number
 
-__all__ = ["ImportKind", "Store", "StoreUnavailable"]
+__all__ = ["ConsentRow", "ContractRow", "OptoutRow", "Store", "StoreUnavailable"]
 
 log = structlog.get_logger("dialguard.store")
 
@@ -209,13 +209,6 @@ class Batcher(Generic[Req, Res]):
         finally:
             self._in_flight -= 1
             self._flush()
-
-
-class ImportKind:
-    DNC = "dnc"
-    OPTOUT = "optout"
-    CONSENT = "consent"
-    CONTRACT = "contract"
 
 
 def _ms(moment: datetime) -> int:
