@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import uvloop
 
@@ -110,16 +110,54 @@ class Phase:
     loadgen_cpu_pct: float = 0.0
 
 
-class Load:
-    def __init__(self, port: int, blocks: list[bytes]) -> None:
-        self.port = port
-        self.blocks = blocks
+class Pacing:
+    """Closed and open loops over `one(started)`, one call of whatever is measured; counts
+    what a phase reports. This benchmark's Load and bench/ari_load.py's derive from it."""
+
+    def __init__(self) -> None:
         self.latencies: list[float] = []
         self.failed = 0
         self.allowed = 0
         self.denied = 0
 
-    async def session(self, started: float) -> None:
+    async def one(self, started: float) -> None:
+        raise NotImplementedError
+
+    async def closed_loop(self, concurrency: int, seconds: float) -> float:
+        end = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            while time.perf_counter() < end:
+                await self.one(time.perf_counter())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        return time.perf_counter() - started
+
+    async def open_loop(self, rate: float, seconds: float) -> float:
+        started = time.perf_counter()
+        tasks: set[asyncio.Task[None]] = set()
+        total = int(rate * seconds)
+        for i in range(total):
+            scheduled = started + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(self.one(scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        while tasks:
+            await asyncio.gather(*tasks)
+        return time.perf_counter() - started
+
+
+class Load(Pacing):
+    def __init__(self, port: int, blocks: list[bytes]) -> None:
+        super().__init__()
+        self.port = port
+        self.blocks = blocks
+
+    async def one(self, started: float) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[tuple[int, str]] = loop.create_future()
         payload = random.choice(self.blocks)
@@ -139,33 +177,6 @@ class Load:
         else:
             self.denied += 1
 
-    async def closed_loop(self, concurrency: int, seconds: float) -> float:
-        end = time.perf_counter() + seconds
-
-        async def caller() -> None:
-            while time.perf_counter() < end:
-                await self.session(time.perf_counter())
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return time.perf_counter() - started
-
-    async def open_loop(self, rate: float, seconds: float) -> float:
-        started = time.perf_counter()
-        tasks: set[asyncio.Task[None]] = set()
-        total = int(rate * seconds)
-        for i in range(total):
-            scheduled = started + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(self.session(scheduled))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        while tasks:
-            await asyncio.gather(*tasks)
-        return time.perf_counter() - started
-
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -179,21 +190,8 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class LoadRun(Protocol):
-    """What a phase needs of a load generator (this one, or bench/ari_load.py's)."""
-
-    latencies: list[float]
-    failed: int
-    allowed: int
-    denied: int
-
-    async def closed_loop(self, concurrency: int, seconds: float) -> float: ...
-
-    async def open_loop(self, rate: float, seconds: float) -> float: ...
-
-
 async def run_phase(
-    name: str, mode: str, pid: int, make_load: Callable[[], LoadRun], args: argparse.Namespace
+    name: str, mode: str, pid: int, make_load: Callable[[], Pacing], args: argparse.Namespace
 ) -> Phase:
     warmup = make_load()
     await warmup.closed_loop(min(args.concurrency, 50), 1.0)

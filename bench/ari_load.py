@@ -44,6 +44,7 @@ from agi_load import (  # noqa: E402
     LOADGEN_CORE,
     POOL,
     SERVER_CORE,
+    Pacing,
     Phase,
     arguments,
     audit_reasons,
@@ -58,14 +59,11 @@ from tests.ari.fake_ari import FakeAri, FakeChannel  # noqa: E402
 CAMPAIGN = "demo-prospecting"
 
 
-class Load:
+class Load(Pacing):
     def __init__(self, fake: FakeAri, numbers: list[str]) -> None:
+        super().__init__()
         self.fake = fake
         self.numbers = numbers
-        self.latencies: list[float] = []
-        self.failed = 0
-        self.allowed = 0
-        self.denied = 0
         self.waiting: dict[str, asyncio.Future[FakeChannel]] = {}
         fake.on_release = self._released
 
@@ -74,7 +72,7 @@ class Load:
         if future is not None and not future.done():
             future.set_result(channel)
 
-    async def call(self, started: float) -> None:
+    async def one(self, started: float) -> None:
         loop = asyncio.get_running_loop()
         number = random.choice(self.numbers)
         channel_id = await self.fake.start_call(number, CAMPAIGN, deliver=False)
@@ -100,32 +98,6 @@ class Load:
             self.allowed += 1
         else:
             self.denied += 1
-
-    async def closed_loop(self, concurrency: int, seconds: float) -> float:
-        end = time.perf_counter() + seconds
-
-        async def caller() -> None:
-            while time.perf_counter() < end:
-                await self.call(time.perf_counter())
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return time.perf_counter() - started
-
-    async def open_loop(self, rate: float, seconds: float) -> float:
-        started = time.perf_counter()
-        tasks: set[asyncio.Task[None]] = set()
-        for i in range(int(rate * seconds)):
-            scheduled = started + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(self.call(scheduled))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        while tasks:
-            await asyncio.gather(*tasks)
-        return time.perf_counter() - started
 
 
 def start_event(channel: FakeChannel) -> dict[str, object]:
