@@ -7,11 +7,11 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar, cast
+from typing import Any, NoReturn, ParamSpec, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
@@ -25,7 +25,7 @@ from dialguard.config import Config, ConfigError, load_config
 from dialguard.model import CallRequest, Campaign, Decision, Reason
 from dialguard.numbers import InvalidNumber, Number, normalise
 from dialguard.service import OutcomeKind, Service
-from dialguard.store import ConsentRow, ContractRow, OptoutRow, Store, StoreUnavailable
+from dialguard.store import Store, StoreUnavailable
 
 EXIT_INPUT = 1
 EXIT_DEPENDENCY = 2
@@ -322,64 +322,82 @@ def outcome(
 @click.argument("kind", type=click.Choice(imports.KINDS))
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Swap the whole list for this file, atomically.")
+@click.option("--remove", is_flag=True, help="dnc only: take this file's numbers off the list.")
 @click.option(
     "--checked-at",
     "checked_at",
     default=None,
     help="bloctel only: the date the registry checked these numbers (YYYY-MM-DD).",
 )
+@click.option("--ref", default="", help="bloctel only: the registry's reference of this check.")
+@click.option("--dry-run", is_flag=True, help="Check every line and report; load nothing.")
+@click.option(
+    "--rejects",
+    "rejects_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the bad lines (default: FILE.rejects.csv beside FILE).",
+)
+@click.option(
+    "--max-rejects",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Load the good lines when at most this many are bad (they go to the rejects file).",
+)
 @config_option
 @_errors_are_one_line
 def import_(
-    kind: str, file: Path, replace: bool, checked_at: str | None, config_path: Path | None
+    kind: str,
+    file: Path,
+    replace: bool,
+    remove: bool,
+    checked_at: str | None,
+    ref: str,
+    dry_run: bool,
+    rejects_path: Path | None,
+    max_rejects: int,
+    config_path: Path | None,
 ) -> None:
-    """Load a CSV file (header row, `,` or `;`) of KIND: dnc, consent, contract, bloctel."""
+    """Load a CSV file (header row, `,` or `;`) of KIND: dnc, consent, contract, bloctel.
+
+    Without --replace the rows are added to the list in force (--remove: taken off it).
+    """
+    from dialguard import import_cli
+
     config = load_config(config_path)
-    checked_on = _checked_on(kind, checked_at)
-    zone = ZoneInfo(config.policy.default_timezone)
+    if replace and remove:
+        raise Failure("--replace and --remove exclude each other")
+    if remove and kind != "dnc":
+        raise Failure("--remove applies to dnc files only")
+    if ref and kind != "bloctel":
+        raise Failure("--ref applies to bloctel imports only")
+    if ref and not imports.is_valid_ref(ref):
+        raise Failure("--ref must be at most 200 characters, without '|' or control characters")
+    request = import_cli.Request(
+        kind=kind,
+        path=file,
+        mode="replace" if replace else "remove" if remove else "add",
+        zone=ZoneInfo(config.policy.default_timezone),
+        checked_on=_checked_on(kind, checked_at),
+        ref=ref,
+        dry_run=dry_run,
+        rejects_path=rejects_path,
+        max_rejects=max_rejects,
+    )
     try:
-        with file.open(encoding="utf-8-sig", newline="") as handle:
-            parsed = imports.parse(kind, _lines(handle), zone)
+        if dry_run:
+            outcome = asyncio.run(import_cli.run_import(request, None))
+        else:
+            outcome = _run(config, lambda store: import_cli.run_import(request, store))
     except imports.BadImportFile as exc:
         raise Failure(f"{file}: {exc}") from None
-    except FileNotFoundError:
-        raise Failure(f"{file}: file not found") from None
-    except IsADirectoryError:
-        raise Failure(f"{file}: is a directory, not a file") from None
-    except OSError as exc:
-        raise Failure(f"{file}: cannot read: {exc.strerror}") from None
-    if parsed.error_count:
-        for error in parsed.errors:
-            click.echo(f"{file}: {error}", err=True)
-        more = parsed.error_count - len(parsed.errors)
-        if more:
-            click.echo(f"{file}: ... and {more} more bad lines", err=True)
-        lines = "line" if parsed.error_count == 1 else "lines"
-        raise Failure(f"{file}: {parsed.error_count} bad {lines}; nothing loaded")
-    if replace and not parsed.rows:
-        raise Failure(f"{file}: no data rows; refusing to replace the {kind} list with nothing")
-
-    async def load(store: Store) -> None:
-        now = datetime.now(UTC)
-        rows: list[Any] = parsed.rows
-        if kind == "dnc":
-            fields = store.dnc_fields(cast(list[tuple[Number, str]], rows), now)
-            await store.load("dnc", fields, replace)
-        elif kind == "bloctel":
-            assert checked_on is not None
-            await store.load(
-                "optout", store.optout_fields(cast(list[OptoutRow], rows), checked_on), replace
-            )
-        elif kind == "consent":
-            await store.load("consent", store.consent_fields(cast(list[ConsentRow], rows)), replace)
-        else:
-            await store.load(
-                "contract", store.contract_fields(cast(list[ContractRow], rows)), replace
-            )
-
-    _run(config, load)
-    mode = "replaced the list" if replace else "merged"
-    click.echo(f"{file}: {len(parsed.rows)} {kind} rows loaded ({mode})")
+    except import_cli.ImportFailed as exc:
+        raise Failure(str(exc)) from None
+    for line in import_cli.report(request, outcome):
+        click.echo(line)
+    if outcome.refusal:
+        raise Failure(outcome.refusal.replace("nothing loaded", "it would be refused"))
 
 
 def _checked_on(kind: str, checked_at: str | None) -> date | None:
@@ -393,13 +411,6 @@ def _checked_on(kind: str, checked_at: str | None) -> date | None:
         return date.fromisoformat(checked_at)
     except ValueError:
         raise Failure(f"--checked-at {checked_at!r} is not a date (YYYY-MM-DD)") from None
-
-
-def _lines(handle: Any) -> Iterator[str]:
-    try:
-        yield from handle
-    except UnicodeDecodeError:
-        raise imports.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None
 
 
 def _add_audit_commands() -> None:

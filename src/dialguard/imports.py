@@ -1,7 +1,8 @@
-"""Parse import files (CSV with a header row, `,` or `;`) into validated rows.
+"""Parse import files (CSV with a header row, `,` or `;`) into validated rows, streaming.
 
-Every line is checked before anything is loaded; a file with one bad line loads nothing,
-and each bad line is reported with its number. Formats are documented in docs/imports.md.
+Each line is checked on its own and a bad one is reported with its number; what a bad line
+does to the import (nothing loaded, or the line skipped) is the loader's business. Formats
+are documented in docs/imports.md.
 """
 
 from __future__ import annotations
@@ -11,14 +12,27 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from typing import Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
 from dialguard.model import Contract, Sector
-from dialguard.numbers import InvalidNumber, Number, normalise
-from dialguard.store import ConsentRow, ContractRow, OptoutRow
+from dialguard.numbers import InvalidNumber, Number, import_key, normalise
 
-__all__ = ["KINDS", "BadImportFile", "Parsed", "in_supported_years", "parse"]
+__all__ = [
+    "KINDS",
+    "BadImportFile",
+    "ConsentRow",
+    "ContractRow",
+    "DncRow",
+    "Header",
+    "OptoutRow",
+    "Parsed",
+    "Rejected",
+    "in_supported_years",
+    "parse",
+    "read_header",
+    "records",
+]
 
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Free text we store (reasons, proof and contract references) stays on one line and
@@ -79,55 +93,93 @@ def is_valid_ref(value: str) -> bool:
     return bool(_REF.match(value))
 
 
-def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:
-    """Parse an import file's lines; `zone` interprets dates given without a time."""
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: str
+    columns: tuple[str, ...]
+    delimiter: str
+
+
+def read_header(kind: str, line: str | None) -> Header:
+    """Check a file's first line for `kind`; None means the file is empty."""
     if kind not in HEADERS:
         raise BadImportFile(f"unknown import kind {kind!r}: use one of {', '.join(KINDS)}")
-    iterator = iter(lines)
-    try:
-        header_line = next(iterator)
-    except StopIteration:
-        raise BadImportFile("the file is empty: a header row is required") from None
-    header_line = header_line.lstrip("\ufeff")
-    delimiter = ";" if header_line.count(";") > header_line.count(",") else ","
-    header = [h.strip().lower() for h in next(csv.reader([header_line], delimiter=delimiter))]
+    if line is None:
+        raise BadImportFile("the file is empty: a header row is required")
+    line = line.lstrip("\ufeff")
+    delimiter = ";" if line.count(";") > line.count(",") else ","
+    header = [h.strip().lower() for h in next(csv.reader([line], delimiter=delimiter), [])]
     columns, required = HEADERS[kind]
     if tuple(header) not in (columns, columns[:required]):
         raise BadImportFile(
             f"line 1: header {','.join(header)!r} is not {','.join(columns)!r}"
             + (f" (or {','.join(columns[:required])!r})" if required < len(columns) else "")
         )
-    row_parser = _ROW_PARSERS[kind]
-    parsed: Parsed[object] = Parsed()
-    for number, fields in _records(iterator, delimiter):
-        parsed.lines += 1
-        if fields is None:
-            parsed.reject(number, f"line longer than {MAX_LINE_CHARS} characters, or not CSV")
-            continue
-        if not fields or (len(fields) == 1 and not fields[0].strip()):
-            continue  # a blank line
-        if len(fields) != len(header):
-            parsed.reject(number, f"{len(fields)} fields, expected {len(header)}")
-            continue
-        values = dict(zip(header, (f.strip() for f in fields), strict=True))
-        try:
-            parsed.rows.append(row_parser(values, zone))
-        except _BadLine as exc:
-            parsed.reject(number, str(exc))
-    return parsed
+    return Header(kind, tuple(header), delimiter)
 
 
-def _records(lines: Iterator[str], delimiter: str) -> Iterator[tuple[int, list[str] | None]]:
-    # Line numbers count the header as line 1, as a spreadsheet shows them. One reader per
-    # line: a stray quote then spoils one line, not the rest of the file.
-    for offset, line in enumerate(lines, start=2):
+class Rejected(NamedTuple):
+    message: str
+    text: str  # the line as read, for the rejects file
+
+
+_NOT_CSV = f"line longer than {MAX_LINE_CHARS} characters, or not CSV"
+
+
+def records(header: Header, lines: Iterable[str], zone: ZoneInfo) -> Iterator[tuple[int, Any]]:
+    """(line number, row or Rejected) for each non-blank line after the header.
+
+    Streams: holds one line at a time. Line numbers count the header as line 1, as a
+    spreadsheet shows them; blank lines are skipped but counted.
+    """
+    row_parser = _ROW_PARSERS[header.kind]
+    delimiter = header.delimiter
+    width = len(header.columns)
+    for number, line in enumerate(lines, start=2):
         if len(line) > MAX_LINE_CHARS:
-            yield offset, None
+            yield number, Rejected(_NOT_CSV, line[:MAX_LINE_CHARS])
+            continue
+        line = line.rstrip("\r\n")
+        if '"' in line:
+            # One reader per line: a stray quote spoils one line, not the rest of the file.
+            try:
+                fields = next(csv.reader([line], delimiter=delimiter), [""])
+            except csv.Error:
+                yield number, Rejected(_NOT_CSV, line)
+                continue
+        else:
+            fields = line.split(delimiter)  # what csv would give for a line without quotes
+        if len(fields) != width:
+            if len(fields) == 1 and not fields[0].strip():
+                continue  # a blank line
+            yield number, Rejected(f"{len(fields)} fields, expected {width}", line)
+            continue
+        if width == 1 and not fields[0].strip():
             continue
         try:
-            yield offset, next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter), [])
-        except csv.Error:
-            yield offset, None
+            yield number, row_parser(fields, zone)
+        except _BadLine as exc:
+            yield number, Rejected(str(exc), line)
+
+
+def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:
+    """Parse a whole file in memory (small files, tests); `zone` interprets dates given
+    without a time. `import` streams with read_header and records instead."""
+    iterator = iter(lines)
+    header = read_header(kind, next(iterator, None))
+    parsed: Parsed[object] = Parsed()
+
+    def counted() -> Iterator[str]:
+        for line in iterator:
+            parsed.lines += 1
+            yield line
+
+    for number, row in records(header, counted(), zone):
+        if isinstance(row, Rejected):
+            parsed.reject(number, row.message)
+        else:
+            parsed.rows.append(row)
+    return parsed
 
 
 def _number(value: str) -> Number:
@@ -176,55 +228,94 @@ def _instant(name: str, value: str, zone: ZoneInfo) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=zone)
 
 
-def _dnc_row(values: dict[str, str], zone: ZoneInfo) -> tuple[Number, str]:
-    return _number(values["number"]), _ref("reason", values.get("reason", "") or "imported")
+class DncRow(NamedTuple):
+    key: str  # the number's E.164 digits
+    reason: str  # "" when the file gives none
 
 
-def _consent_row(values: dict[str, str], zone: ZoneInfo) -> ConsentRow:
-    given = _instant("given_at", values["given_at"], zone)
-    expires = _instant("expires_at", values["expires_at"], zone) if values["expires_at"] else None
+class OptoutRow(NamedTuple):
+    key: str
+    listed: bool
+    ref: str  # the registry's identifier of the line; checked, not stored (see data-model)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRow:
+    number: Number
+    principal: str
+    given_at: datetime
+    expires_at: datetime | None
+    proof_ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContractRow:
+    number: Number
+    principal: str
+    contract: Contract
+
+
+def _key(value: str) -> str:
+    try:
+        return import_key(value.strip())
+    except InvalidNumber as exc:
+        raise _BadLine(str(exc)) from None
+
+
+def _dnc_row(fields: list[str], zone: ZoneInfo) -> DncRow:
+    reason = fields[1].strip() if len(fields) > 1 else ""
+    if reason and not _REF.match(reason):
+        raise _BadLine("reason must be at most 200 characters, without '|' or control characters")
+    return DncRow(_key(fields[0]), reason)
+
+
+def _consent_row(fields: list[str], zone: ZoneInfo) -> ConsentRow:
+    number, principal, given_at, expires_at, proof_ref = (f.strip() for f in fields)
+    given = _instant("given_at", given_at, zone)
+    expires = _instant("expires_at", expires_at, zone) if expires_at else None
     if expires is not None and expires <= given:
         raise _BadLine("expires_at must come after given_at")
-    proof = _ref("proof_ref", values["proof_ref"])
+    proof = _ref("proof_ref", proof_ref)
     if not proof:
         raise _BadLine("proof_ref is required: the professional bears the burden of proof")
-    return ConsentRow(
-        _number(values["number"]), _principal(values["principal"]), given, expires, proof
-    )
+    return ConsentRow(_number(number), _principal(principal), given, expires, proof)
 
 
-def _contract_row(values: dict[str, str], zone: ZoneInfo) -> ContractRow:
-    contract_id = _ref("contract_id", values["contract_id"])
+def _contract_row(fields: list[str], zone: ZoneInfo) -> ContractRow:
+    number, principal, contract_id, sector_name, start_day, end_day = (f.strip() for f in fields)
+    contract_id = _ref("contract_id", contract_id)
     if not contract_id:
         raise _BadLine("contract_id is required")
     try:
-        sector = Sector(values["sector"])
+        sector = Sector(sector_name)
     except ValueError:
         allowed = ", ".join(s.value for s in Sector)
-        raise _BadLine(f"sector {values['sector']!r} is not one of {allowed}") from None
-    start = _date("start", values["start"])
-    end = _date("end", values["end"]) if values["end"] else None
+        raise _BadLine(f"sector {sector_name!r} is not one of {allowed}") from None
+    start = _date("start", start_day)
+    end = _date("end", end_day) if end_day else None
     if end is not None and end < start:
         raise _BadLine("end must not come before start")
     return ContractRow(
-        _number(values["number"]),
-        _principal(values["principal"]),
-        Contract(contract_id, sector, start, end),
+        _number(number), _principal(principal), Contract(contract_id, sector, start, end)
     )
 
 
-def _bloctel_row(values: dict[str, str], zone: ZoneInfo) -> OptoutRow:
-    status = values["statut"].upper()
+def _bloctel_row(fields: list[str], zone: ZoneInfo) -> OptoutRow:
+    telephone, identifiant, statut = fields
+    status = statut.strip().upper()
     if not status:
         raise _BadLine("Statut is empty")
+    ref = identifiant.strip()
+    if ref and not _REF.match(ref):
+        raise _BadLine(
+            "Identifiant must be at most 200 characters, without '|' or control characters"
+        )
     # "OK" is the registry's "not listed, you may call". Anything else is read as listed:
     # a status we do not know must not let a call through.
-    return OptoutRow(
-        _number(values["telephone"]), status != "OK", _ref("Identifiant", values["identifiant"])
-    )
+    return OptoutRow(_key(telephone), status != "OK", ref)
 
 
-_ROW_PARSERS: dict[str, Callable[[dict[str, str], ZoneInfo], object]] = {
+_ROW_PARSERS: dict[str, Callable[[list[str], ZoneInfo], object]] = {
     "dnc": _dnc_row,
     "consent": _consent_row,
     "contract": _contract_row,

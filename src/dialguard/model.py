@@ -89,7 +89,8 @@ class CallRequest:
 @dataclass(frozen=True, slots=True)
 class DncEntry:
     reason: str
-    added_at: datetime | None
+    added_at: datetime | None  # live entries; an imported list keeps no date per number
+    list_version: str | None = None  # set when the entry comes from an imported list
 
 
 @dataclass(frozen=True, slots=True)

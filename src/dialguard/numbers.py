@@ -29,6 +29,7 @@ __all__ = [
     "InvalidNumber",
     "Kind",
     "Number",
+    "import_key",
     "normalise",
 ]
 
@@ -260,3 +261,32 @@ def _foreign(raw: str, digits: str) -> Number:
     zones = tuple(z for z in pn_timezone.time_zones_for_number(parsed) if z != "Etc/Unknown")
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     return Number(raw, e164, Kind.FOREIGN, region, zones)
+
+
+def import_key(raw: str) -> str:
+    """The store key of a number in an import file: ``normalise(raw).key``, refusing
+    emergency and short numbers (never blocked, so never listed).
+
+    Ten million lines must load in seconds and ``normalise`` costs ~2.6 µs, so the
+    spellings exports use (``0612345678``, ``06 12 34 56 78``, ``+33612345678``,
+    ``0033612345678``) take a path of a few hundred nanoseconds that gives the same key
+    (a property test holds the two together); anything else goes through ``normalise``.
+    """
+    compact = raw.replace(" ", "") if " " in raw else raw
+    length = len(compact)
+    nsn = ""
+    if compact.isdigit() and compact.isascii():
+        if length == 10 and compact[0] == "0" and compact[1] != "0":
+            nsn = compact[1:]
+        elif length == 13 and compact.startswith("0033") and compact[4] != "0":
+            nsn = compact[4:]
+    elif length == 12 and compact[0] == "+" and compact[1:3] == "33" and compact[3] != "0":
+        rest = compact[1:]
+        if rest.isdigit() and rest.isascii():
+            nsn = compact[3:]
+    if nsn:
+        return _territory_for_prefix(nsn[:5])[0] + nsn
+    number = normalise(raw)
+    if number.never_blocked:
+        raise InvalidNumber(f"{raw!r} is an emergency or short number, which is never blocked")
+    return number.key

@@ -445,6 +445,8 @@ def _evidence(facts: Facts) -> dict[str, Any]:
     evidence: dict[str, Any] = {"attempts_30d": facts.attempts_30d}
     if facts.dnc is not None:
         evidence["dnc"] = {"reason": facts.dnc.reason, "added_at": _iso(facts.dnc.added_at)}
+        if facts.dnc.list_version is not None:
+            evidence["dnc"]["list_version"] = facts.dnc.list_version
     if facts.optout is not None:
         evidence["optout"] = {
             "listed": facts.optout.listed,

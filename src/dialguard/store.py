@@ -1,16 +1,14 @@
-"""Every Redis key and script dialguard uses, and nothing else.
+"""Every Redis key and script the service uses (docs/data-model.md has the whole layout).
 
-Layout (all keys start with the configured prefix, shown here as ``P``; a number's key is
-its E.164 digits, a principal is a validated name, so no key is built from raw input):
+All keys start with the configured prefix, shown here as ``P``; a number's key is its
+E.164 digits, a principal is a validated name, so no key is built from raw input:
 
-- ``P dnc`` hash: number -> ``added_ms|reason`` (imported lists)
+- the imported lists (do-not-call, registry result sets, consents, contracts): versioned
+  and dense, see dialguard.lists;
 - ``P dnc:live`` hash: number -> ``added_ms|reason`` (``dnc add``, a do-not-call outcome):
   apart from the imported list, so ``import dnc --replace`` can never drop a request
   made during the day
-- ``P optout`` hash: number -> ``L|checked_on|ref`` (listed) or ``C|...`` (checked, clear)
-- ``P consent`` hash: ``number|principal`` -> ``given_ms|expires_ms|proof_ref``
 - ``P withdrawal`` hash: ``number|principal`` -> withdrawn_ms
-- ``P contract`` hash: ``number|principal`` -> JSON list of [id, sector, start, end]
 - ``P refusal`` hash: ``number|principal`` -> refused_ms
 - ``P att:principal:number`` sorted set: one member per counted attempt, score = its ms
 - ``P cancelled`` sorted set: ids of attempts cancelled while their read was in doubt
@@ -25,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
@@ -35,10 +32,13 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from dialguard import loading
+from dialguard.lists import Lists, StoreUnavailable
+from dialguard.loading import Summary
 from dialguard.model import Consent, Contract, DncEntry, Facts, OptoutResult, Sector
 from dialguard.numbers import Number
 
-__all__ = ["ConsentRow", "ContractRow", "OptoutRow", "Store", "StoreUnavailable"]
+__all__ = ["Store", "StoreUnavailable"]
 
 log = structlog.get_logger("dialguard.store")
 
@@ -54,23 +54,59 @@ log = structlog.get_logger("dialguard.store")
 # and leaves a tombstone, and a reservation whose id has a tombstone is never made, so
 # either order of arrival ends with no slot taken.
 #
-# KEYS: the seven shared hashes, the tombstones, then one attempts key per request.
-# ARGV, per request: the number's key, the number|principal field, the start of the
-# attempt window (attempts at or before it are dropped), the cap (0: do not reserve), the
-# attempt id, now, the window length (the attempts key's lifetime), all in ms.
+# The imported lists are versioned (dialguard.lists): the script reads which versions are
+# in force and then their buckets, all in one atomic step, so a decision sees one version
+# of each list, whole. A number is in a bucket as a member of its intset or a bit of its
+# bitmap. Registry result sets are read newest check first; the first that has the number
+# answers, a listing winning within a set.
+#
+# KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the tombstones,
+# then one attempts key per request. ARGV: the key prefix, then per request the number's
+# key, the number|principal field, the start of the attempt window (attempts at or before
+# it are dropped), the cap (0: do not reserve), the attempt id, now, the window length
+# (the attempts key's lifetime), all in ms. The reply ends with the do-not-call version
+# and the two lists' metadata (dates and references for the evidence).
 _FACTS = """
+local lists = redis.call('HMGET', KEYS[1], 'dnc', 'optout', 'consent', 'contract',
+  'dnc:meta', 'optout:meta')
+local prefix = ARGV[1]
+local dnc = lists[1] and (prefix .. 'dnc:' .. lists[1] .. ':')
+local sets, listed, clear = {}, {}, {}
+if lists[2] then
+  for v in string.gmatch(lists[2], '[^,]+') do
+    sets[#sets + 1] = v
+    listed[#sets] = prefix .. 'optout:' .. v .. ':L:'
+    clear[#sets] = prefix .. 'optout:' .. v .. ':C:'
+  end
+end
+local consent = lists[3] and (prefix .. 'consent:' .. lists[3])
+local contract = lists[4] and (prefix .. 'contract:' .. lists[4])
+local function has(base, bucket, m)
+  return redis.call('SISMEMBER', base .. 's:' .. bucket, m) == 1
+    or redis.call('GETBIT', base .. 'b:' .. bucket, m) == 1
+end
 local out = {}
-for i = 9, #KEYS do
-  local a = (i - 9) * 7
+for i = 6, #KEYS do
+  local a = 1 + (i - 6) * 7
   local n, np, start, cap = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
   local attempts = KEYS[i]
-  out[#out + 1] = redis.call('HGET', KEYS[7], n) or redis.call('HGET', KEYS[1], n)
-  out[#out + 1] = redis.call('HGET', KEYS[2], n)
+  local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
+  local d = redis.call('HGET', KEYS[2], n)
+  if not d and dnc and has(dnc, bucket, m) then
+    d = 'I|' .. (redis.call('HGET', dnc .. 'why', n) or '')
+  end
+  out[#out + 1] = d
+  local o = false
+  for k = 1, #sets do
+    if has(listed[k], bucket, m) then o = sets[k] .. '|L' break end
+    if has(clear[k], bucket, m) then o = sets[k] .. '|C' break end
+  end
+  out[#out + 1] = o
+  out[#out + 1] = (consent and redis.call('HGET', consent, np)) or false
   out[#out + 1] = redis.call('HGET', KEYS[3], np)
+  out[#out + 1] = (contract and redis.call('HGET', contract, np)) or false
   out[#out + 1] = redis.call('HGET', KEYS[4], np)
-  out[#out + 1] = redis.call('HGET', KEYS[5], np)
-  out[#out + 1] = redis.call('HGET', KEYS[6], np)
-  if cap > 0 and not redis.call('ZSCORE', KEYS[8], ARGV[a + 5]) then
+  if cap > 0 and not redis.call('ZSCORE', KEYS[5], ARGV[a + 5]) then
     redis.call('ZREMRANGEBYSCORE', attempts, '-inf', start)
     local count = redis.call('ZCARD', attempts)
     out[#out + 1] = count
@@ -86,6 +122,9 @@ for i = 9, #KEYS do
     out[#out + 1] = 0
   end
 end
+out[#out + 1] = lists[1] or false
+out[#out + 1] = lists[5] or false
+out[#out + 1] = lists[6] or false
 return out
 """
 _FACTS_PER_REQUEST = 8
@@ -128,15 +167,6 @@ MAX_IN_FLIGHT = 1
 # How long released slots wait to go out together. Meanwhile the slot still counts: a
 # concurrent call to the same number could be denied FREQUENCY_CAP (never let through).
 RELEASE_LINGER_S = 0.05
-
-# Chunk size for bulk writes: large enough to amortise round trips, small enough that no
-# single command holds Redis for long.
-_CHUNK = 2000
-_STAGING_TTL_S = 24 * 3600
-
-
-class StoreUnavailable(Exception):
-    """Redis could not be reached or answered with an error; one line."""
 
 
 # (number key, number|principal field, attempts key, window start ms, cap, attempt id,
@@ -223,29 +253,6 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-@dataclass(frozen=True, slots=True)
-class ConsentRow:
-    number: Number
-    principal: str
-    given_at: datetime
-    expires_at: datetime | None
-    proof_ref: str
-
-
-@dataclass(frozen=True, slots=True)
-class ContractRow:
-    number: Number
-    principal: str
-    contract: Contract
-
-
-@dataclass(frozen=True, slots=True)
-class OptoutRow:
-    number: Number
-    listed: bool
-    ref: str
-
-
 class Store:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._redis = client
@@ -255,19 +262,15 @@ class Store:
         self._cancel = client.register_script(_CANCEL)
         self._to_cancel: dict[tuple[str, str], float] = {}  # (attempts key, id) -> since
         self._canceller: asyncio.Task[None] | None = None
+        self.lists = Lists(client, prefix)
         self._shared_keys = [
-            self._key(name)
-            for name in (
-                "dnc",
-                "optout",
-                "consent",
-                "withdrawal",
-                "contract",
-                "refusal",
-                "dnc:live",
-                "cancelled",
-            )
+            self.lists.index,
+            self._key("dnc:live"),
+            self._key("withdrawal"),
+            self._key("refusal"),
+            self._key("cancelled"),
         ]
+        self._metas = _Metas()
         self._facts_batch: Batcher[_FactsRequest, Facts] = Batcher(self._facts_many)
         # Nobody waits for a release: gathering them for a while makes them nearly free.
         self._release_batch: Batcher[tuple[str, str], int] = Batcher(
@@ -293,6 +296,18 @@ class Store:
         if self._canceller is not None:
             self._canceller.cancel()
         await self._redis.aclose()
+
+    async def load(
+        self, kind: str, rows: Sequence[Any], mode: str = "add", **options: Any
+    ) -> Summary:
+        """Load rows held in memory as one import (see dialguard.loading.load)."""
+        return await loading.load(
+            self.lists, kind, rows, mode, live_dnc_key=self.live_dnc_key, **options
+        )
+
+    @property
+    def live_dnc_key(self) -> str:
+        return self._key("dnc:live")
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -392,16 +407,21 @@ class Store:
 
     async def _facts_many(self, requests: list[_FactsRequest]) -> list[Facts | Exception]:
         keys = [*self._shared_keys, *(request[2] for request in requests)]
-        args: list[str | int] = []
+        args: list[str | int] = [self._prefix]
         for number_key, pair, _, start, cap, attempt_id, now_ms, window_ms in requests:
             args += (number_key, pair, start, cap, attempt_id, now_ms, window_ms)
         try:
             reply = await self._facts(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        try:
+            lists = self._metas.decode(reply[-3], reply[-2], reply[-1])
+        except (ValueError, KeyError, TypeError) as exc:
+            error = StoreUnavailable(f"undecodable list metadata in Redis: {exc}")
+            return [error] * len(requests)
         return [
-            _decode_facts(reply[i : i + _FACTS_PER_REQUEST])
-            for i in range(0, len(reply), _FACTS_PER_REQUEST)
+            _decode_facts(reply[i : i + _FACTS_PER_REQUEST], lists)
+            for i in range(0, len(reply) - 3, _FACTS_PER_REQUEST)
         ]
 
     async def _release_many(self, requests: list[tuple[str, str]]) -> list[int | Exception]:
@@ -420,15 +440,9 @@ class Store:
         await self._write(lambda p: p.hset(self._key("dnc:live"), number.key, entry))
 
     async def dnc_remove(self, number: Number) -> bool:
-        """Remove from both the live and the imported list."""
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(self._key("dnc:live"), number.key)
-                pipe.hdel(self._key("dnc"), number.key)
-                removed = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
-        return any(removed)
+        """Remove from the live list, the imported list in force, and the version an
+        import under way is building."""
+        return await self.lists.remove_dnc(self._key("dnc:live"), number.key)
 
     async def withdraw_consent(self, number: Number, principal: str, now: datetime) -> None:
         pair = self._pair(number, principal)
@@ -452,106 +466,51 @@ class Store:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
 
-    # --- bulk loads -----------------------------------------------------------------------
-
-    async def load(self, kind: str, fields: Mapping[str, str], replace: bool) -> None:
-        """Load one import atomically: every field becomes visible at once, or none does.
-
-        With `replace`, the new hash is built under a temporary key and renamed over the
-        live one (RENAME is atomic); otherwise the fields are merged in one MULTI/EXEC.
-        """
-        live = self._key(kind)
-        items = list(fields.items())
-        try:
-            if replace:
-                staging = self._key(kind, "staging", uuid.uuid4().hex)
-                try:
-                    for chunk in _chunks(items):
-                        await self._redis.hset(staging, mapping=dict(chunk))
-                        # An import killed half-way leaves nothing behind for long.
-                        await self._redis.expire(staging, _STAGING_TTL_S)
-                    async with self._redis.pipeline(transaction=True) as pipe:
-                        if items:
-                            pipe.rename(staging, live)
-                            pipe.persist(live)  # RENAME carries the staging key's TTL
-                        else:
-                            pipe.delete(live)
-                        await pipe.execute()
-                finally:
-                    await self._redis.delete(staging)
-            else:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    for chunk in _chunks(items):
-                        pipe.hset(live, mapping=dict(chunk))
-                    await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
-
-    def dnc_fields(self, entries: Iterable[tuple[Number, str]], now: datetime) -> dict[str, str]:
-        return {number.key: _encode_dnc(reason, now) for number, reason in entries}
-
-    def optout_fields(self, rows: Iterable[OptoutRow], checked_on: date) -> dict[str, str]:
-        # Two rows for one number (two spellings of it): a listing wins, whatever the order.
-        kept: dict[str, OptoutRow] = {}
-        for row in rows:
-            previous = kept.get(row.number.key)
-            if previous is None or row.listed >= previous.listed:
-                kept[row.number.key] = row
-        return {
-            key: f"{'L' if row.listed else 'C'}|{checked_on.isoformat()}|{row.ref}"
-            for key, row in kept.items()
-        }
-
-    def consent_fields(self, rows: Iterable[ConsentRow]) -> dict[str, str]:
-        latest: dict[str, ConsentRow] = {}
-        for row in rows:
-            pair = self._pair(row.number, row.principal)
-            if pair not in latest or latest[pair].given_at <= row.given_at:
-                latest[pair] = row
-        return {
-            pair: f"{_ms(row.given_at)}|{_ms(row.expires_at) if row.expires_at else ''}|"
-            f"{row.proof_ref}"
-            for pair, row in latest.items()
-        }
-
-    def contract_fields(self, rows: Iterable[ContractRow]) -> dict[str, str]:
-        grouped: dict[str, list[list[str | None]]] = {}
-        for row in rows:
-            c = row.contract
-            grouped.setdefault(self._pair(row.number, row.principal), []).append(
-                [
-                    c.contract_id,
-                    c.sector.value,
-                    c.start.isoformat(),
-                    c.end.isoformat() if c.end else None,
-                ]
-            )
-        return {pair: json.dumps(items, separators=(",", ":")) for pair, items in grouped.items()}
-
-
-def _chunks(items: Sequence[tuple[str, str]]) -> Iterable[Sequence[tuple[str, str]]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
 
 def _encode_dnc(reason: str, now: datetime) -> str:
     return f"{_ms(now)}|{reason}"
 
 
-def _decode_facts(reply: Sequence[Any]) -> Facts | Exception:
+@dataclass(frozen=True, slots=True)
+class _ListsInForce:
+    dnc_version: str
+    optout_sets: Mapping[str, Mapping[str, Any]]  # version -> its metadata
+
+
+class _Metas:
+    """Decoded list metadata, kept while Redis sends back the same bytes (it changes
+    only when an import swaps a list in)."""
+
+    def __init__(self) -> None:
+        self._raw: tuple[Any, Any, Any] | None = None
+        self._decoded = _ListsInForce("", {})
+
+    def decode(self, dnc_version: Any, dnc_meta: Any, optout_meta: Any) -> _ListsInForce:
+        raw = (dnc_version, dnc_meta, optout_meta)
+        if raw != self._raw:
+            sets = json.loads(optout_meta) if optout_meta else []
+            self._decoded = _ListsInForce(
+                _text(dnc_version) if dnc_version else "",
+                {str(entry["version"]): entry for entry in sets},
+            )
+            self._raw = raw
+        return self._decoded
+
+
+def _decode_facts(reply: Sequence[Any], lists: _ListsInForce) -> Facts | Exception:
     """Facts from the script's reply; an entry that does not decode (written by hand, or
     by another version) fails this one decision closed instead of crashing the session."""
     try:
-        return _decode_entries(reply)
+        return _decode_entries(reply, lists)
     except (ValueError, OverflowError, KeyError, IndexError, TypeError) as exc:
         return StoreUnavailable(f"undecodable entry in Redis: {exc}")
 
 
-def _decode_entries(reply: Sequence[Any]) -> Facts:
+def _decode_entries(reply: Sequence[Any], lists: _ListsInForce) -> Facts:
     dnc, optout, consent, withdrawal, contracts, refusal, attempts, reserved = reply
     return Facts(
-        dnc=_decode_dnc(dnc) if dnc else None,
-        optout=_decode_optout(optout) if optout else None,
+        dnc=_decode_dnc(dnc, lists) if dnc else None,
+        optout=_decode_optout(optout, lists) if optout else None,
         consent=_decode_consent(consent) if consent else None,
         withdrawn_at=_from_ms(withdrawal) if withdrawal else None,
         contracts=_decode_contracts(contracts) if contracts else (),
@@ -561,14 +520,21 @@ def _decode_entries(reply: Sequence[Any]) -> Facts:
     )
 
 
-def _decode_dnc(raw: bytes) -> DncEntry:
-    added, _, reason = _text(raw).partition("|")
-    return DncEntry(reason=reason, added_at=_from_ms(added) if added else None)
+def _decode_dnc(raw: bytes, lists: _ListsInForce) -> DncEntry:
+    first, _, reason = _text(raw).partition("|")
+    if first == "I":  # on the imported list
+        return DncEntry(reason=reason or "imported", added_at=None, list_version=lists.dnc_version)
+    return DncEntry(reason=reason, added_at=_from_ms(first) if first else None)
 
 
-def _decode_optout(raw: bytes) -> OptoutResult:
-    status, checked_on, ref = _text(raw).split("|", 2)
-    return OptoutResult(listed=status == "L", checked_on=date.fromisoformat(checked_on), ref=ref)
+def _decode_optout(raw: bytes, lists: _ListsInForce) -> OptoutResult:
+    version, _, status = _text(raw).partition("|")
+    entry = lists.optout_sets[version]
+    return OptoutResult(
+        listed=status == "L",
+        checked_on=date.fromisoformat(entry["checked_on"]),
+        ref=entry.get("ref") or f"result set {version}",
+    )
 
 
 def _decode_consent(raw: bytes) -> Consent:

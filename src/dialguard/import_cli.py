@@ -1,0 +1,287 @@
+"""`dialguard import`: stream a CSV file into Redis with a progress bar, a rejects file and
+a summary. File formats: docs/imports.md; what happens in Redis: docs/data-model.md."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+from dialguard import imports
+from dialguard.imports import Header, Rejected
+from dialguard.lists import ListBusy
+from dialguard.loading import Loader, Summary
+from dialguard.store import Store
+
+__all__ = ["Check", "Rejects", "run_import"]
+
+# Rows written per round trip: large enough to amortise it, small enough that one script
+# holds Redis for a few milliseconds at most.
+CHUNK_ROWS = 5000
+
+
+class ImportFailed(Exception):
+    """One line for the user; nothing (more) was loaded."""
+
+
+class Rejects:
+    """Bad lines: the first few on stderr, every one in a CSV file beside the input."""
+
+    def __init__(self, source: Path, path: Path | None) -> None:
+        self.source = source
+        self.path = path or source.with_name(source.name + ".rejects.csv")
+        self.count = 0
+        self._handle: IO[str] | None = None
+        self._writer: Any = None
+
+    def add(self, line: int, rejected: Rejected) -> None:
+        self.count += 1
+        if self.count <= imports.MAX_REPORTED:
+            click.echo(f"{self.source}: line {line}: {rejected.message}", err=True)
+        if self._writer is None:
+            try:
+                self._handle = self.path.open("w", encoding="utf-8", newline="")
+            except OSError as exc:
+                message = f"{self.path}: cannot write the rejects file: {exc.strerror}"
+                raise ImportFailed(message) from None
+            self._writer = csv.writer(self._handle)
+            self._writer.writerow(["line", "error", "content"])
+        self._writer.writerow([line, rejected.message, rejected.text])
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        if self.count > imports.MAX_REPORTED:
+            more = self.count - imports.MAX_REPORTED
+            click.echo(f"{self.source}: ... and {more} more bad lines", err=True)
+
+
+@dataclass
+class Check:
+    """What one pass over the file found."""
+
+    rows: int = 0
+    lines: int = 0  # data lines read, blank ones included
+    seconds: float = 0.0
+
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise ImportFailed(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImportFailed(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise ImportFailed(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _decoded(handle: IO[bytes]) -> Iterator[str]:
+    for raw in handle:
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise imports.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None
+
+
+def read_header(path: Path, kind: str) -> Header:
+    with _open(path) as handle:
+        first = next(_decoded(handle), None)
+    return imports.read_header(kind, first.lstrip("\ufeff") if first is not None else None)
+
+
+async def scan(
+    path: Path,
+    header: Header,
+    zone: ZoneInfo,
+    rejects: Rejects | None,
+    feed: Callable[[list[Any]], Awaitable[None]] | None,
+    progress: Progress,
+    label: str,
+) -> Check:
+    """One pass over the file: rows to `feed` in chunks (None: only check them)."""
+    check = Check()
+    started = time.monotonic()
+    size = path.stat().st_size or 1
+    task = progress.add_task(label, total=size, rate="")
+    with _open(path) as handle:
+        lines = _decoded(handle)
+        next(lines, None)  # the header, checked already
+        chunk: list[Any] = []
+        last = 1
+        for number, row in imports.records(header, lines, zone):
+            last = number
+            if type(row) is Rejected:
+                if rejects is not None:
+                    rejects.add(number, row)
+                continue
+            chunk.append(row)
+            if len(chunk) >= CHUNK_ROWS:
+                check.rows += len(chunk)
+                if feed is not None:
+                    await feed(chunk)
+                chunk = []
+                _advance(progress, task, handle.tell(), check.rows, started)
+        check.rows += len(chunk)
+        if feed is not None and chunk:
+            await feed(chunk)
+        check.lines = last - 1
+    progress.update(task, completed=size)
+    check.seconds = time.monotonic() - started
+    return check
+
+
+def _advance(progress: Progress, task: Any, position: int, rows: int, started: float) -> None:
+    elapsed = max(time.monotonic() - started, 1e-6)
+    progress.update(task, completed=position, rate=f"{rows / elapsed:,.0f} rows/s")
+
+
+def _progress() -> Progress:
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
+    )
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str
+    path: Path
+    mode: str  # replace, add, remove
+    zone: ZoneInfo
+    checked_on: date | None
+    ref: str
+    dry_run: bool
+    rejects_path: Path | None
+    max_rejects: int
+
+
+@dataclass
+class Outcome:
+    check: Check
+    rejected: int
+    rejects_path: Path | None
+    summary: Summary | None  # None for a dry run
+    refusal: str  # a dry run: why the import would be refused, or ''
+
+
+async def run_import(request: Request, store: Store | None) -> Outcome:
+    """Check and load one file. Raises ImportFailed (nothing loaded, one line)."""
+    header = read_header(request.path, request.kind)
+    rejects = Rejects(request.path, request.rejects_path)
+    # Changes made in place are visible as they are written, so a file that will be
+    # refused must be found out first: check it whole, then load it.
+    check_first = request.dry_run or (request.mode != "replace" and request.kind != "bloctel")
+    try:
+        with _progress() as progress:
+            check = None
+            if check_first:
+                check = await scan(
+                    request.path, header, request.zone, rejects, None, progress, "checking"
+                )
+                refusal = _refusal(request, rejects, check.rows)
+                if request.dry_run:
+                    return Outcome(check, rejects.count, _written(rejects), None, refusal)
+                if refusal:
+                    raise ImportFailed(refusal)
+            assert store is not None
+            loader = Loader(
+                store.lists,
+                request.kind,
+                request.mode,
+                source=request.path.name,
+                now=datetime.now(UTC),
+                checked_on=request.checked_on,
+                ref=request.ref,
+                live_dnc_key=store.live_dnc_key,
+            )
+            try:
+                await loader.open()
+            except ListBusy as exc:
+                raise ImportFailed(str(exc)) from None
+            try:
+                loaded = await scan(
+                    request.path,
+                    header,
+                    request.zone,
+                    None if check_first else rejects,
+                    loader.feed,
+                    progress,
+                    "loading",
+                )
+                refusal = "" if check_first else _refusal(request, rejects, loaded.rows)
+                if refusal:
+                    raise ImportFailed(refusal)
+                summary = await loader.commit()
+            except BaseException:
+                await loader.abort()
+                raise
+    finally:
+        rejects.close()
+    return Outcome(check or loaded, rejects.count, _written(rejects), summary, "")
+
+
+def _written(rejects: Rejects) -> Path | None:
+    return rejects.path if rejects.count else None
+
+
+def _refusal(request: Request, rejects: Rejects, rows: int) -> str:
+    """Why the file must not be loaded, or ''."""
+    name = request.path
+    if rejects.count > request.max_rejects:
+        lines = "line" if rejects.count == 1 else "lines"
+        allowed = f" (--max-rejects {request.max_rejects})" if request.max_rejects else ""
+        return (
+            f"{name}: {rejects.count} bad {lines}{allowed}; nothing loaded"
+            f" (all listed in {rejects.path})"
+        )
+    if request.mode == "replace" and rows == 0:
+        return f"{name}: no data rows; refusing to replace the {request.kind} list with nothing"
+    return ""
+
+
+_DONE = {"add": "merged", "replace": "replaced the list", "remove": "removed"}
+_ENTRIES = {"dnc": "numbers", "bloctel": "numbers", "consent": "consents", "contract": "pairs"}
+
+
+def report(request: Request, outcome: Outcome) -> list[str]:
+    """The summary printed on stdout."""
+    name, check = request.path, outcome.check
+    rate = f"{check.rows / check.seconds:,.0f} rows/s" if check.seconds > 0 else ""
+    rejected = f"{outcome.rejected} rejected" + (
+        f" (listed in {outcome.rejects_path})" if outcome.rejects_path else ""
+    )
+    summary = outcome.summary
+    if summary is None:
+        verdict = (outcome.refusal and "it would be refused") or "it would load"
+        return [f"{name}: {check.rows} {request.kind} rows good, {rejected}; {verdict} (dry run)"]
+    changed = "removed" if summary.mode == "remove" else "new"
+    target = (
+        f"registry result set {summary.version}"
+        if request.kind == "bloctel"
+        else f"{'dnc' if request.kind == 'dnc' else request.kind} list (version {summary.version})"
+    )
+    return [
+        f"{name}: {summary.rows} {request.kind} rows loaded ({_DONE[summary.mode]})",
+        f"{name}: {summary.changed} {changed}, {summary.unchanged} unchanged"
+        f" (repeated, {'not there' if summary.mode == 'remove' else 'already there'}"
+        f"{' or older' if request.kind == 'consent' else ''}), {rejected};"
+        f" the {target} holds {summary.size:,} {_ENTRIES[request.kind]};"
+        f" {check.seconds:.1f} s, {rate}",
+    ]

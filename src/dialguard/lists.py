@@ -1,0 +1,414 @@
+"""The imported lists in Redis: dense, versioned, swapped atomically, freed without a stall.
+
+The layout, the figures behind it and the reasons for each choice are in docs/data-model.md.
+In short (``P`` is the configured key prefix, ``V`` a version id that is never reused):
+
+- ``P lists`` hash: the version in force of each list and its metadata. ``dnc`` -> ``V``;
+  ``optout`` -> ``V,V,...`` (registry result sets, newest check first); ``consent`` and
+  ``contract`` -> ``V``; ``KIND:meta`` -> JSON (when, from which file, how many).
+- ``P dnc:V:s:BUCKET`` / ``P dnc:V:b:BUCKET``: the numbers of one version, bucketed by
+  every digit but the last four. A bucket is an intset of those last four digits (2 bytes
+  each) until it holds more than INTSET_LIMIT numbers, then a 10,000-bit bitmap (1,250
+  bytes, whatever it holds). ``P dnc:V:idx`` lists the buckets, so a version is copied,
+  measured and freed without scanning the keyspace; ``P dnc:V:why`` keeps the reasons a
+  file gave (only those: most rows give none).
+- ``P optout:V:L:...`` / ``P optout:V:C:...``: a registry result set, listed and checked
+  clear numbers, in the same bucket form.
+- ``P consent:V``, ``P contract:V``: hashes keyed ``number|principal``.
+- ``P lists:seq`` allocates versions; ``P lists:lock:KIND`` is held by the import of KIND
+  under way (its value is the version it builds, so a live removal reaches it too);
+  ``P lists:building`` remembers builds not yet swapped in, so a killed import's leftovers
+  are freed by the next import of that kind.
+
+A reader (the facts script) reads ``P lists`` and the buckets in one script: it sees the
+old version or the new one, never a mix, never a half-built one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = [
+    "DENSE_KINDS",
+    "HASH_KINDS",
+    "INTSET_LIMIT",
+    "ListBusy",
+    "Lists",
+    "StoreUnavailable",
+    "bucket_of",
+]
+
+# A bucket holds the numbers sharing every digit but the last BUCKET_DIGITS.
+BUCKET_DIGITS = 4
+# An intset of n members costs 2n + 8 bytes, a bucket bitmap 1,250: past ~620 members the
+# bitmap is smaller. Redis turns an intset of more than `set-max-intset-entries` (512 by
+# default) into a hashtable of ~50 bytes per member, so buckets convert before that.
+INTSET_LIMIT = 500
+
+DENSE_KINDS = ("dnc", "optout")
+HASH_KINDS = ("consent", "contract")
+
+# An import renews its lock at every chunk; one killed stops holding it after this.
+LOCK_MS = 120_000
+# Buckets freed or measured per command: each is small, so no command holds Redis long.
+_FREE_CHUNK = 500
+# Lua's unpack() handles at most ~8,000 values.
+_SADD_SLICE = 1000
+
+# Add numbers to one version's buckets. ARGV: the version's base key, the intset limit,
+# then (bucket, packed offsets) pairs; offsets are 4-digit strings run together. Returns
+# how many were not there before.
+_ADD = """
+local base, limit = ARGV[1], tonumber(ARGV[2])
+local idx = base .. 'idx'
+local added = 0
+for i = 3, #ARGV, 2 do
+  local bucket, packed = ARGV[i], ARGV[i + 1]
+  local s, b = base .. 's:' .. bucket, base .. 'b:' .. bucket
+  if redis.call('EXISTS', b) == 1 then
+    for j = 1, #packed, 4 do
+      added = added + 1 - redis.call('SETBIT', b, tonumber(string.sub(packed, j, j + 3)), 1)
+    end
+  else
+    redis.call('SADD', idx, bucket)
+    local members = {}
+    for j = 1, #packed, 4 do
+      members[#members + 1] = tonumber(string.sub(packed, j, j + 3))
+      if #members == SLICE then
+        added = added + redis.call('SADD', s, unpack(members))
+        members = {}
+      end
+    end
+    if #members > 0 then
+      added = added + redis.call('SADD', s, unpack(members))
+    end
+    if redis.call('SCARD', s) > limit then
+      for _, m in ipairs(redis.call('SMEMBERS', s)) do
+        redis.call('SETBIT', b, m, 1)
+      end
+      redis.call('DEL', s)
+    end
+  end
+end
+return added
+""".replace("SLICE", str(_SADD_SLICE))
+
+# Remove numbers from one version's buckets (and their reasons), and from a live hash.
+# ARGV: base ('' for no version), live hash key ('' for none), then (bucket, packed
+# offsets) pairs. Returns {numbers that were on either, numbers that were in the version}.
+_REMOVE = """
+local base, live = ARGV[1], ARGV[2]
+local either, listed = 0, 0
+for i = 3, #ARGV, 2 do
+  local bucket, packed = ARGV[i], ARGV[i + 1]
+  local s, b = base .. 's:' .. bucket, base .. 'b:' .. bucket
+  -- SETBIT on a missing key would create it
+  local bitmap = base ~= '' and redis.call('EXISTS', b) == 1
+  for j = 1, #packed, 4 do
+    local tail = string.sub(packed, j, j + 3)
+    local m = tonumber(tail)
+    local here = 0
+    if base ~= '' then
+      here = redis.call('SREM', s, m)
+      if bitmap then here = here + redis.call('SETBIT', b, m, 0) end
+      redis.call('HDEL', base .. 'why', bucket .. tail)
+    end
+    local there = 0
+    if live ~= '' then there = redis.call('HDEL', live, bucket .. tail) end
+    listed = listed + here
+    if here + there > 0 then either = either + 1 end
+  end
+  if bitmap and redis.call('BITCOUNT', b) == 0 then
+    redis.call('DEL', b)
+  end
+end
+return {either, listed}
+"""
+
+# A live removal: from the live entries, the version in force and the one being built.
+# KEYS: the live hash, the lists hash, the dnc lock. ARGV: the key prefix, the number.
+_DNC_REMOVE = """
+local n = ARGV[2]
+local removed = redis.call('HDEL', KEYS[1], n)
+local bucket, tail = string.sub(n, 1, -5), string.sub(n, -4)
+local m = tonumber(tail)
+for _, v in ipairs({redis.call('HGET', KEYS[2], 'dnc'), redis.call('GET', KEYS[3])}) do
+  if v then
+    local base = ARGV[1] .. 'dnc:' .. v .. ':'
+    removed = removed + redis.call('SREM', base .. 's:' .. bucket, m)
+    if redis.call('EXISTS', base .. 'b:' .. bucket) == 1 then  -- SETBIT would create it
+      removed = removed + redis.call('SETBIT', base .. 'b:' .. bucket, m, 0)
+    end
+    redis.call('HDEL', base .. 'why', n)
+  end
+end
+return removed
+"""
+
+# Keep the consent given last for each pair, whatever order rows arrive in (a file's own
+# rows, or a merge over what is stored). KEYS[1]: the consent hash; ARGV: (pair, value)
+# pairs, each value starting with its given-at milliseconds. Returns how many were kept.
+_CONSENT_MERGE = """
+local kept = 0
+for i = 1, #ARGV, 2 do
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  local given = tonumber(string.match(ARGV[i + 1], '^(%d+)|'))
+  if not old or tonumber(string.match(old, '^(%d+)|')) <= given then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
+# Add contracts to their pair's list, a contract id replacing an earlier one of the same
+# id. KEYS[1]: the contract hash; ARGV: (pair, JSON item) pairs. Returns new contracts.
+_CONTRACT_MERGE = """
+local added = 0
+for i = 1, #ARGV, 2 do
+  local item = cjson.decode(ARGV[i + 1])
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  local items = old and cjson.decode(old) or {}
+  local found = false
+  for k = 1, #items do
+    if items[k][1] == item[1] then items[k] = item; found = true end
+  end
+  if not found then items[#items + 1] = item; added = added + 1 end
+  redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(items))
+end
+return added
+"""
+
+# Renew a lock only if it is still ours.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class ListBusy(Exception):
+    """Another import of the same list is under way (one line)."""
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached or answered with an error; one line."""
+
+
+def bucket_of(key: str) -> tuple[str, str]:
+    """(bucket, last four digits) of a number's key."""
+    return key[:-BUCKET_DIGITS], key[-BUCKET_DIGITS:]
+
+
+def pack(keys: Iterable[str]) -> list[str]:
+    """ARGV pairs (bucket, offsets run together) for the add and remove scripts."""
+    buckets: dict[str, list[str]] = {}
+    for key in keys:
+        bucket, tail = key[:-BUCKET_DIGITS], key[-BUCKET_DIGITS:]
+        found = buckets.get(bucket)
+        if found is None:
+            buckets[bucket] = [tail]
+        else:
+            found.append(tail)
+    args: list[str] = []
+    for bucket, tails in buckets.items():
+        args += (bucket, "".join(tails))
+    return args
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    """What is in force for one kind: its version(s) and their metadata."""
+
+    versions: tuple[str, ...]
+    meta: Any  # dict for single-version kinds, list of dicts (newest first) for optout
+
+
+class Lists:
+    """Bulk writes and bookkeeping of the imported lists (the CLI's side; the service
+    only reads them, in the facts script)."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self.index = prefix + "lists"
+        self._add = client.register_script(_ADD)
+        self._remove = client.register_script(_REMOVE)
+        self._dnc_remove = client.register_script(_DNC_REMOVE)
+        self._consent_merge = client.register_script(_CONSENT_MERGE)
+        self._contract_merge = client.register_script(_CONTRACT_MERGE)
+        self._renew = client.register_script(_RENEW)
+
+    # --- names ----------------------------------------------------------------------------
+
+    def base(self, kind: str, version: str, part: str = "") -> str:
+        """The key prefix of one version of a dense list (``part``: L or C for optout)."""
+        return f"{self._prefix}{kind}:{version}:" + (f"{part}:" if part else "")
+
+    def hash_key(self, kind: str, version: str) -> str:
+        return f"{self._prefix}{kind}:{version}"
+
+    def lock_key(self, kind: str) -> str:
+        return f"{self._prefix}lists:lock:{kind}"
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def current(self, kind: str) -> Current:
+        pointer, meta = await self._call(self._redis.hmget(self.index, kind, f"{kind}:meta"))
+        versions = tuple(_text(pointer).split(",")) if pointer else ()
+        if kind == "optout":
+            return Current(versions, json.loads(meta) if meta else [])
+        return Current(versions, json.loads(meta) if meta else {})
+
+    def bases(self, kind: str, version: str) -> list[str]:
+        if kind == "optout":
+            return [self.base(kind, version, "L"), self.base(kind, version, "C")]
+        if kind == "dnc":
+            return [self.base(kind, version)]
+        return []
+
+    async def memory(self, kind: str, version: str) -> int:
+        """Bytes Redis uses for one version (hashes are estimated from a sample)."""
+        if kind in HASH_KINDS:
+            used = await self._call(self._redis.memory_usage(self.hash_key(kind, version)))
+            return int(used or 0)
+        total = 0
+        for base in self.bases(kind, version):
+            keys = [base + "idx", base + "why"]
+            async for bucket in self._redis.sscan_iter(base + "idx", count=_FREE_CHUNK):
+                keys += (f"{base}s:{_text(bucket)}", f"{base}b:{_text(bucket)}")
+                if len(keys) >= _FREE_CHUNK:
+                    total += await self._memory_of(keys)
+                    keys = []
+            total += await self._memory_of(keys)
+        return total
+
+    async def _memory_of(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.memory_usage(key)
+            sizes = await self._call(pipe.execute())
+        return sum(int(size or 0) for size in sizes)
+
+    # --- building -------------------------------------------------------------------------
+
+    async def acquire(self, kind: str) -> str:
+        """Take the import lock of `kind` and a fresh version id for whatever it builds;
+        free what a killed import of this kind left behind."""
+        version = str(await self._call(self._redis.incr(self._prefix + "lists:seq")))
+        taken = await self._call(self._redis.set(self.lock_key(kind), version, nx=True, px=LOCK_MS))
+        if not taken:
+            raise ListBusy(
+                f"another import of the {kind} list is under way; wait for it to finish"
+                f" (or, if it was killed, at most {LOCK_MS // 1000} s)"
+            )
+        building = self._prefix + "lists:building"
+        for entry in await self._call(self._redis.smembers(building)):
+            left_kind, _, left_version = _text(entry).partition(":")
+            if left_kind == kind:
+                await self.free(kind, left_version)
+                await self._call(self._redis.srem(building, entry))
+        await self._call(self._redis.sadd(building, f"{kind}:{version}"))
+        return version
+
+    async def renew(self, kind: str, version: str) -> None:
+        renewed = await self._call(self._renew(keys=[self.lock_key(kind)], args=[version, LOCK_MS]))
+        if not renewed:
+            raise ListBusy(f"the import lock of the {kind} list was lost (Redis paused too long?)")
+
+    async def release(self, kind: str, version: str) -> None:
+        """Forget the build of `version` (swapped in or freed) and give the lock back."""
+        await self._call(self._redis.srem(self._prefix + "lists:building", f"{kind}:{version}"))
+        await self._call(self._renew(keys=[self.lock_key(kind)], args=[version, 1]))
+
+    async def hash_size(self, kind: str, version: str) -> int:
+        return int(await self._call(self._redis.hlen(self.hash_key(kind, version))))
+
+    async def add(self, base: str, keys: Iterable[str], limit: int = INTSET_LIMIT) -> int:
+        args = pack(keys)
+        if not args:
+            return 0
+        return int(await self._call(self._add(args=[base, limit, *args])))
+
+    async def remove(self, base: str, live_key: str, keys: Iterable[str]) -> tuple[int, int]:
+        """Remove numbers from a version (`base`, or '') and a live hash (or ''): how many
+        were on either, how many were in the version."""
+        args = pack(keys)
+        if not args:
+            return 0, 0
+        either, listed = await self._call(self._remove(args=[base, live_key, *args]))
+        return int(either), int(listed)
+
+    async def set_reasons(self, base: str, reasons: Mapping[str, str]) -> None:
+        if reasons:
+            await self._call(self._redis.hset(base + "why", mapping=cast(Any, reasons)))
+
+    async def merge_consents(self, key: str, fields: Sequence[tuple[str, str]]) -> int:
+        if not fields:
+            return 0
+        args = [value for pair in fields for value in pair]
+        return int(await self._call(self._consent_merge(keys=[key], args=args)))
+
+    async def merge_contracts(self, key: str, fields: Sequence[tuple[str, str]]) -> int:
+        if not fields:
+            return 0
+        args = [value for pair in fields for value in pair]
+        return int(await self._call(self._contract_merge(keys=[key], args=args)))
+
+    async def remove_dnc(self, live_key: str, number_key: str) -> bool:
+        """A live removal: from the live entries, the list in force and the one being
+        built by an import under way (or the import would bring the number back)."""
+        keys = [live_key, self.index, self.lock_key("dnc")]
+        removed = await self._call(self._dnc_remove(keys=keys, args=[self._prefix, number_key]))
+        return bool(removed)
+
+    async def swap(self, kind: str, versions: Sequence[str], meta: Any) -> None:
+        """Put `versions` in force: one HSET, so readers see the old or the new, whole."""
+        await self._call(
+            self._redis.hset(
+                self.index,
+                mapping={
+                    kind: ",".join(versions),
+                    f"{kind}:meta": json.dumps(meta, separators=(",", ":")),
+                },
+            )
+        )
+
+    async def free(self, kind: str, version: str) -> None:
+        """Delete one version a few hundred small keys at a time (UNLINK: a big hash is
+        freed by a background thread), so Redis never stalls on it."""
+        if kind in HASH_KINDS:
+            await self._call(self._redis.unlink(self.hash_key(kind, version)))
+            return
+        for base in self.bases(kind, version):
+            index = base + "idx"
+            while True:
+                buckets = await self._call(self._redis.spop(index, _FREE_CHUNK))
+                if not buckets:
+                    break
+                names = [_text(b) for b in buckets]
+                await self._call(
+                    self._redis.unlink(
+                        *(f"{base}s:{b}" for b in names), *(f"{base}b:{b}" for b in names)
+                    )
+                )
+            await self._call(self._redis.unlink(index, base + "why"))
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value

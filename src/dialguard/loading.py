@@ -1,0 +1,248 @@
+"""Load validated rows into Redis: a full replacement is built aside and swapped in whole;
+an `add` or `remove` file changes the list in force.
+
+The caller streams rows in chunks (`feed`) and ends with `commit` or `abort`. Nothing a
+build wrote is visible before `commit`; `abort` (or a crash, cleaned up by the next import
+of the same kind) leaves the list in force untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from dialguard.imports import ConsentRow, ContractRow
+from dialguard.lists import INTSET_LIMIT, Lists
+
+__all__ = ["LIST_OF_KIND", "MODES", "Loader", "Summary", "load"]
+
+MODES = ("replace", "add", "remove")
+# Import kind -> the list it feeds.
+LIST_OF_KIND = {"dnc": "dnc", "bloctel": "optout", "consent": "consent", "contract": "contract"}
+
+
+@dataclass
+class Summary:
+    kind: str
+    mode: str
+    rows: int = 0  # valid rows fed
+    changed: int = 0  # entries added (or, for `remove`, removed)
+    version: str = ""
+    size: int = 0  # entries in the list (or the result set) afterwards
+    stale_versions: list[str] = field(default_factory=list)
+
+    @property
+    def unchanged(self) -> int:
+        """Rows that changed nothing: repeated in the file, already there (or, for
+        `remove`, not there), or an older consent than the one stored."""
+        return self.rows - self.changed
+
+
+class Loader:
+    def __init__(
+        self,
+        lists: Lists,
+        kind: str,
+        mode: str,
+        *,
+        source: str,
+        now: datetime,
+        checked_on: date | None = None,
+        ref: str = "",
+        live_dnc_key: str = "",
+        intset_limit: int = INTSET_LIMIT,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r}")
+        if mode == "remove" and kind != "dnc":
+            raise ValueError("only the do-not-call list takes `remove` files")
+        if kind == "bloctel" and checked_on is None:
+            raise ValueError("a registry result set needs its check date")
+        self._lists = lists
+        self.kind = kind
+        self.list = LIST_OF_KIND[kind]
+        self.mode = mode
+        self._source = source
+        self._now = now
+        self._checked_on = checked_on
+        self._ref = ref
+        self._live_dnc_key = live_dnc_key
+        self._limit = intset_limit
+        self._lock_version = ""
+        self.target = ""  # the version written to
+        self.building = False  # True: a new version, invisible until commit
+        self._previous: tuple[str, ...] = ()
+        self._meta: Any = None
+        self._swapped = False
+        self._counts = {"changed": 0, "rows": 0, "listed": 0, "clear": 0, "removed": 0}
+
+    async def open(self) -> None:
+        self._lock_version = await self._lists.acquire(self.list)
+        current = await self._lists.current(self.list)
+        self._previous, self._meta = current.versions, current.meta
+        in_place = self.mode != "replace" and self.list != "optout" and current.versions
+        if in_place:
+            self.target = current.versions[0]
+        elif self.mode == "remove":
+            self.target = ""  # nothing imported to remove from; live entries still go
+        else:
+            self.target, self.building = self._lock_version, True
+
+    async def feed(self, rows: Sequence[Any]) -> None:
+        """Write one chunk of rows (all of this loader's kind)."""
+        if not rows:
+            return
+        lists = self._lists
+        counts = self._counts
+        counts["rows"] += len(rows)
+        if self.kind == "dnc":
+            keys = [row.key for row in rows]
+            if self.mode == "remove":
+                base = lists.base("dnc", self.target) if self.target else ""
+                either, in_list = await lists.remove(base, self._live_dnc_key, keys)
+                counts["changed"] += either
+                counts["removed"] += in_list
+            else:
+                base = lists.base("dnc", self.target)
+                counts["changed"] += await lists.add(base, keys, self._limit)
+                await lists.set_reasons(base, {row.key: row.reason for row in rows if row.reason})
+        elif self.kind == "bloctel":
+            on_list = [row.key for row in rows if row.listed]
+            not_on = [row.key for row in rows if not row.listed]
+            added_listed = await lists.add(lists.base("optout", self.target, "L"), on_list)
+            added_clear = await lists.add(lists.base("optout", self.target, "C"), not_on)
+            counts["listed"] += added_listed
+            counts["clear"] += added_clear
+            counts["changed"] += added_listed + added_clear
+        elif self.kind == "consent":
+            fields = [_consent_field(row) for row in rows]
+            key = lists.hash_key("consent", self.target)
+            counts["changed"] += await lists.merge_consents(key, fields)
+        else:
+            fields = [_contract_field(row) for row in rows]
+            key = lists.hash_key("contract", self.target)
+            counts["changed"] += await lists.merge_contracts(key, fields)
+        await lists.renew(self.list, self._lock_version)
+
+    async def commit(self) -> Summary:
+        lists = self._lists
+        counts = self._counts
+        summary = Summary(self.kind, self.mode, rows=counts["rows"], changed=counts["changed"])
+        loaded_at = self._now.astimezone(UTC).isoformat(timespec="seconds")
+        try:
+            if self.list == "optout":
+                entry: dict[str, Any] = {
+                    "version": self.target,
+                    "checked_on": self._checked_on.isoformat() if self._checked_on else None,
+                    "ref": self._ref,
+                    "source": self._source,
+                    "loaded_at": loaded_at,
+                    "listed": counts["listed"],
+                    "clear": counts["clear"],
+                    "size": counts["listed"] + counts["clear"],
+                }
+                kept = list(self._meta) if self.mode == "add" else []
+                sets = sorted(
+                    [*kept, entry],
+                    key=lambda s: (s["checked_on"], int(s["version"])),
+                    reverse=True,
+                )
+                await lists.swap("optout", [s["version"] for s in sets], sets)
+                self._swapped = True
+                summary.size = int(entry["size"])
+            elif self.target:
+                meta = dict(self._meta) if not self.building else {}
+                size = await self._size(meta)
+                meta.update(
+                    version=self.target,
+                    size=size,
+                    updated_at=loaded_at,
+                    **({"loaded_at": loaded_at, "source": self._source} if self.building else {}),
+                )
+                if not self.building:
+                    meta.setdefault("changes", [])
+                    meta["changes"] = [
+                        *meta["changes"][-9:],
+                        {"mode": self.mode, "source": self._source, "at": loaded_at},
+                    ]
+                await lists.swap(self.list, [self.target], meta)
+                self._swapped = True
+                summary.size = size
+            summary.version = self.target
+            if self.building and (self.list != "optout" or self.mode == "replace"):
+                for version in self._previous:  # no longer read by anyone: free them
+                    await lists.free(self.list, version)
+                summary.stale_versions = list(self._previous)
+        finally:
+            await lists.release(self.list, self._lock_version)
+        return summary
+
+    async def abort(self) -> None:
+        """Undo a build (an in-place `add` or `remove` cannot be undone: its changes are
+        each whole and repeating the file is harmless)."""
+        try:
+            if self.building and not self._swapped:
+                await self._lists.free(self.list, self.target)
+        finally:
+            await self._lists.release(self.list, self._lock_version)
+
+    async def _size(self, meta: dict[str, Any]) -> int:
+        if self.list in ("consent", "contract"):
+            return await self._lists.hash_size(self.list, self.target)
+        before = 0 if self.building else int(meta.get("size", 0))
+        if self.mode == "remove":
+            return max(before - self._counts["removed"], 0)
+        return before + self._counts["changed"]
+
+
+def _consent_field(row: ConsentRow) -> tuple[str, str]:
+    expires = _ms(row.expires_at) if row.expires_at else ""
+    return f"{row.number.key}|{row.principal}", f"{_ms(row.given_at)}|{expires}|{row.proof_ref}"
+
+
+def _contract_field(row: ContractRow) -> tuple[str, str]:
+    c = row.contract
+    end = c.end.isoformat() if c.end else None
+    item = [c.contract_id, c.sector.value, c.start.isoformat(), end]
+    return f"{row.number.key}|{row.principal}", json.dumps(item, separators=(",", ":"))
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+async def load(
+    lists: Lists,
+    kind: str,
+    rows: Sequence[Any],
+    mode: str = "add",
+    *,
+    live_dnc_key: str = "",
+    checked_on: date | None = None,
+    ref: str = "",
+    source: str = "",
+    now: datetime | None = None,
+    chunk: int = 5000,
+) -> Summary:
+    """Load rows already in memory (tests, benchmarks, small programs) as one import."""
+    loader = Loader(
+        lists,
+        kind,
+        mode,
+        source=source,
+        now=now or datetime.now(UTC),
+        checked_on=checked_on,
+        ref=ref,
+        live_dnc_key=live_dnc_key,
+    )
+    await loader.open()
+    try:
+        for start in range(0, len(rows), chunk):
+            await loader.feed(rows[start : start + chunk])
+        return await loader.commit()
+    except BaseException:
+        await loader.abort()
+        raise
