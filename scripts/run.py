@@ -18,11 +18,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
 LOCAL_REDIS_PORT = 6390
+# --replace: running `make run` again leaves the same lists, not the samples twice.
 SAMPLES = [
-    ("dnc", "dnc.csv", []),
-    ("consent", "consent.csv", []),
-    ("contract", "contract.csv", []),
-    ("bloctel", "bloctel.csv", ["--checked-at", "2026-07-20"]),
+    ("dnc", "dnc.csv", ["--replace"]),
+    ("consent", "consent.csv", ["--replace"]),
+    ("contract", "contract.csv", ["--replace"]),
+    ("bloctel", "bloctel.csv", ["--replace", "--checked-at", "2026-07-20", "--ref", "sample"]),
 ]
 
 

@@ -29,6 +29,8 @@ from dialguard.store import Store, StoreUnavailable
 
 EXIT_INPUT = 1
 EXIT_DEPENDENCY = 2
+# Redis timeout of the commands that move or count whole lists.
+BULK_TIMEOUT_MS = 30_000
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -90,9 +92,13 @@ def _at(value: str | None, config: Config) -> datetime:
     )
 
 
-def _run(config: Config, body: Callable[[Store], Awaitable[R]]) -> R:
+def _run(config: Config, body: Callable[[Store], Awaitable[R]], *, bulk: bool = False) -> R:
+    """Run `body` with a Store. `bulk`: an import or a census, whose commands may take a
+    while on a busy Redis; the configured timeout is meant for decisions."""
+    timeout_ms = max(config.redis.timeout_ms, BULK_TIMEOUT_MS) if bulk else config.redis.timeout_ms
+
     async def main() -> R:
-        store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+        store = Store.from_url(config.redis.url, config.redis.prefix, timeout_ms)
         try:
             return await body(store)
         finally:
@@ -389,7 +395,7 @@ def import_(
         if dry_run:
             outcome = asyncio.run(import_cli.run_import(request, None))
         else:
-            outcome = _run(config, lambda store: import_cli.run_import(request, store))
+            outcome = _run(config, lambda store: import_cli.run_import(request, store), bulk=True)
     except imports.BadImportFile as exc:
         raise Failure(f"{file}: {exc}") from None
     except import_cli.ImportFailed as exc:
@@ -416,8 +422,10 @@ def _checked_on(kind: str, checked_at: str | None) -> date | None:
 def _add_audit_commands() -> None:
     # Imported last: audit_cli builds on the helpers above.
     from dialguard.audit_cli import audit
+    from dialguard.lists_cli import lists
 
     cli.add_command(audit)
+    cli.add_command(lists)
 
 
 _add_audit_commands()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -104,11 +104,11 @@ async def scan(
     header: Header,
     zone: ZoneInfo,
     rejects: Rejects | None,
-    feed: Callable[[list[Any]], Awaitable[None]] | None,
+    loader: Loader | None,
     progress: Progress,
     label: str,
 ) -> Check:
-    """One pass over the file: rows to `feed` in chunks (None: only check them)."""
+    """One pass over the file: its rows to `loader` (None: only check them)."""
     check = Check()
     started = time.monotonic()
     size = path.stat().st_size or 1
@@ -116,25 +116,15 @@ async def scan(
     with _open(path) as handle:
         lines = _decoded(handle)
         next(lines, None)  # the header, checked already
-        chunk: list[Any] = []
-        last = 1
-        for number, row in imports.records(header, lines, zone):
-            last = number
-            if type(row) is Rejected:
-                if rejects is not None:
-                    rejects.add(number, row)
-                continue
-            chunk.append(row)
-            if len(chunk) >= CHUNK_ROWS:
-                check.rows += len(chunk)
-                if feed is not None:
-                    await feed(chunk)
-                chunk = []
-                _advance(progress, task, handle.tell(), check.rows, started)
-        check.rows += len(chunk)
-        if feed is not None and chunk:
-            await feed(chunk)
-        check.lines = last - 1
+        for chunk in imports.chunks(header, lines, zone, CHUNK_ROWS):
+            if rejects is not None:
+                for number, rejected in chunk.rejected:
+                    rejects.add(number, rejected)
+            check.rows += len(chunk)
+            check.lines = chunk.last_line - 1
+            if loader is not None:
+                await loader.feed_chunk(chunk)
+            _advance(progress, task, handle.tell(), check.rows, started)
     progress.update(task, completed=size)
     check.seconds = time.monotonic() - started
     return check
@@ -221,7 +211,7 @@ async def run_import(request: Request, store: Store | None) -> Outcome:
                     header,
                     request.zone,
                     None if check_first else rejects,
-                    loader.feed,
+                    loader,
                     progress,
                     "loading",
                 )

@@ -16,11 +16,12 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
 from dialguard.model import Contract, Sector
-from dialguard.numbers import InvalidNumber, Number, import_key, normalise
+from dialguard.numbers import InvalidNumber, Number, fast_key, import_key, normalise
 
 __all__ = [
     "KINDS",
     "BadImportFile",
+    "Chunk",
     "ConsentRow",
     "ContractRow",
     "DncRow",
@@ -28,6 +29,7 @@ __all__ = [
     "OptoutRow",
     "Parsed",
     "Rejected",
+    "chunks",
     "in_supported_years",
     "parse",
     "read_header",
@@ -126,40 +128,117 @@ class Rejected(NamedTuple):
 _NOT_CSV = f"line longer than {MAX_LINE_CHARS} characters, or not CSV"
 
 
+class _Line:
+    """One line through the general path: a row, a Rejected, or None for a blank line."""
+
+    def __init__(self, header: Header, zone: ZoneInfo) -> None:
+        self._parser = _ROW_PARSERS[header.kind]
+        self._delimiter = header.delimiter
+        self._width = len(header.columns)
+        self._zone = zone
+
+    def __call__(self, line: str) -> Any:
+        if len(line) > MAX_LINE_CHARS:
+            return Rejected(_NOT_CSV, line[:MAX_LINE_CHARS])
+        line = line.rstrip("\r\n")
+        if '"' in line:
+            # One reader per line: a stray quote spoils one line, not the rest of the file.
+            try:
+                fields = next(csv.reader([line], delimiter=self._delimiter), [""])
+            except csv.Error:
+                return Rejected(_NOT_CSV, line)
+        else:
+            fields = line.split(self._delimiter)  # what csv gives for a line without quotes
+        if len(fields) != self._width:
+            if len(fields) == 1 and not fields[0].strip():
+                return None
+            return Rejected(f"{len(fields)} fields, expected {self._width}", line)
+        if self._width == 1 and not fields[0].strip():
+            return None
+        try:
+            return self._parser(fields, self._zone)
+        except _BadLine as exc:
+            return Rejected(str(exc), line)
+
+
 def records(header: Header, lines: Iterable[str], zone: ZoneInfo) -> Iterator[tuple[int, Any]]:
     """(line number, row or Rejected) for each non-blank line after the header.
 
     Streams: holds one line at a time. Line numbers count the header as line 1, as a
     spreadsheet shows them; blank lines are skipped but counted.
     """
-    row_parser = _ROW_PARSERS[header.kind]
-    delimiter = header.delimiter
-    width = len(header.columns)
+    one = _Line(header, zone)
     for number, line in enumerate(lines, start=2):
-        if len(line) > MAX_LINE_CHARS:
-            yield number, Rejected(_NOT_CSV, line[:MAX_LINE_CHARS])
-            continue
-        line = line.rstrip("\r\n")
-        if '"' in line:
-            # One reader per line: a stray quote spoils one line, not the rest of the file.
-            try:
-                fields = next(csv.reader([line], delimiter=delimiter), [""])
-            except csv.Error:
-                yield number, Rejected(_NOT_CSV, line)
+        row = one(line)
+        if row is not None:
+            yield number, row
+
+
+@dataclass
+class Chunk:
+    """Up to `size` good lines of a file, and the bad lines met on the way."""
+
+    rows: list[Any] = field(default_factory=list)
+    # The plain lines of big files, reduced to keys: do-not-call numbers without a
+    # reason; registry results, listed or not.
+    keys: list[str] = field(default_factory=list)
+    listed: list[str] = field(default_factory=list)
+    rejected: list[tuple[int, Rejected]] = field(default_factory=list)
+    last_line: int = 1
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.keys) + len(self.listed)
+
+
+def chunks(header: Header, lines: Iterable[str], zone: ZoneInfo, size: int) -> Iterator[Chunk]:
+    """The file's rows, `size` at a time. Ten million lines must load in seconds, so the
+    common lines of do-not-call and registry files take a tight loop (what `fast_key`
+    does not recognise goes the general way, which gives the same row or the reason it is
+    bad)."""
+    one = _Line(header, zone)
+    chunk = Chunk()
+    kind, width, delimiter = header.kind, len(header.columns), header.delimiter
+    dnc = kind == "dnc" and width == 1
+    bloctel = kind == "bloctel"
+    number = 1
+    for number, line in enumerate(lines, start=2):
+        if dnc:
+            key = fast_key(line.rstrip("\r\n"))
+            if key is not None:
+                chunk.keys.append(key)
+                if len(chunk.keys) >= size:
+                    chunk.last_line = number
+                    yield chunk
+                    chunk = Chunk()
                 continue
+        elif bloctel:
+            fields = line.rstrip("\r\n").split(delimiter)
+            if len(fields) == 3:
+                telephone, ref, status = fields
+                key = fast_key(telephone)
+                if key is not None and ref.isalnum() and ref.isascii() and status.isalpha():
+                    (chunk.keys if status.upper() == "OK" else chunk.listed).append(key)
+                    if len(chunk.keys) + len(chunk.listed) >= size:
+                        chunk.last_line = number
+                        yield chunk
+                        chunk = Chunk()
+                    continue
+        row = one(line)
+        if row is None:
+            continue
+        if type(row) is Rejected:
+            chunk.rejected.append((number, row))
+            continue
+        if bloctel:
+            (chunk.listed if row.listed else chunk.keys).append(row.key)
         else:
-            fields = line.split(delimiter)  # what csv would give for a line without quotes
-        if len(fields) != width:
-            if len(fields) == 1 and not fields[0].strip():
-                continue  # a blank line
-            yield number, Rejected(f"{len(fields)} fields, expected {width}", line)
-            continue
-        if width == 1 and not fields[0].strip():
-            continue
-        try:
-            yield number, row_parser(fields, zone)
-        except _BadLine as exc:
-            yield number, Rejected(str(exc), line)
+            chunk.rows.append(row)
+        if len(chunk) >= size:
+            chunk.last_line = number
+            yield chunk
+            chunk = Chunk()
+    chunk.last_line = number
+    yield chunk
 
 
 def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:

@@ -27,7 +27,7 @@ old version or the new one, never a mix, never a half-built one.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -56,30 +56,53 @@ HASH_KINDS = ("consent", "contract")
 
 # An import renews its lock at every chunk; one killed stops holding it after this.
 LOCK_MS = 120_000
+# Live removals noted for an import under way outlive any import (but not forever: a
+# killed import never collects its own).
+_UNLISTED_MS = 86_400_000
 # Buckets freed or measured per command: each is small, so no command holds Redis long.
 _FREE_CHUNK = 500
 # Lua's unpack() handles at most ~8,000 values.
 _SADD_SLICE = 1000
 
-# Add numbers to one version's buckets. ARGV: the version's base key, the intset limit,
-# then (bucket, packed offsets) pairs; offsets are 4-digit strings run together. Returns
-# how many were not there before.
-_ADD = """
+# Write gathered buckets into one version, merging with what is there. ARGV: the base
+# key, the intset limit, then (bucket, form, data) triples: form B, data a whole bucket
+# bitmap; form S, data 4-digit offsets run together. Returns how many numbers are new.
+_WRITE = """
 local base, limit = ARGV[1], tonumber(ARGV[2])
-local idx = base .. 'idx'
+local idx, tmp = base .. 'idx', base .. 'tmp'
 local added = 0
-for i = 3, #ARGV, 2 do
-  local bucket, packed = ARGV[i], ARGV[i + 1]
+local function to_bitmap(s, b)
+  for _, m in ipairs(redis.call('SMEMBERS', s)) do
+    redis.call('SETBIT', b, m, 1)
+  end
+  redis.call('DEL', s)
+end
+for i = 3, #ARGV, 3 do
+  local bucket, form, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local s, b = base .. 's:' .. bucket, base .. 'b:' .. bucket
-  if redis.call('EXISTS', b) == 1 then
-    for j = 1, #packed, 4 do
-      added = added + 1 - redis.call('SETBIT', b, tonumber(string.sub(packed, j, j + 3)), 1)
+  local bitmap = redis.call('EXISTS', b) == 1
+  if form == 'B' then
+    local before = 0
+    if bitmap then
+      before = redis.call('BITCOUNT', b)
+      redis.call('SET', tmp, data)
+      redis.call('BITOP', 'OR', b, b, tmp)
+      redis.call('DEL', tmp)
+    else
+      before = redis.call('SCARD', s)
+      redis.call('SET', b, data)
+      if before > 0 then to_bitmap(s, b) end
+      redis.call('SADD', idx, bucket)
+    end
+    added = added + redis.call('BITCOUNT', b) - before
+  elseif bitmap then
+    for j = 1, #data, 4 do
+      added = added + 1 - redis.call('SETBIT', b, tonumber(string.sub(data, j, j + 3)), 1)
     end
   else
-    redis.call('SADD', idx, bucket)
     local members = {}
-    for j = 1, #packed, 4 do
-      members[#members + 1] = tonumber(string.sub(packed, j, j + 3))
+    for j = 1, #data, 4 do
+      members[#members + 1] = tonumber(string.sub(data, j, j + 3))
       if #members == SLICE then
         added = added + redis.call('SADD', s, unpack(members))
         members = {}
@@ -88,12 +111,8 @@ for i = 3, #ARGV, 2 do
     if #members > 0 then
       added = added + redis.call('SADD', s, unpack(members))
     end
-    if redis.call('SCARD', s) > limit then
-      for _, m in ipairs(redis.call('SMEMBERS', s)) do
-        redis.call('SETBIT', b, m, 1)
-      end
-      redis.call('DEL', s)
-    end
+    redis.call('SADD', idx, bucket)
+    if redis.call('SCARD', s) > limit then to_bitmap(s, b) end
   end
 end
 return added
@@ -131,25 +150,57 @@ end
 return {either, listed}
 """
 
-# A live removal: from the live entries, the version in force and the one being built.
-# KEYS: the live hash, the lists hash, the dnc lock. ARGV: the key prefix, the number.
-_DNC_REMOVE = """
-local n = ARGV[2]
-local removed = redis.call('HDEL', KEYS[1], n)
-local bucket, tail = string.sub(n, 1, -5), string.sub(n, -4)
-local m = tonumber(tail)
-for _, v in ipairs({redis.call('HGET', KEYS[2], 'dnc'), redis.call('GET', KEYS[3])}) do
-  if v then
-    local base = ARGV[1] .. 'dnc:' .. v .. ':'
-    removed = removed + redis.call('SREM', base .. 's:' .. bucket, m)
-    if redis.call('EXISTS', base .. 'b:' .. bucket) == 1 then  -- SETBIT would create it
-      removed = removed + redis.call('SETBIT', base .. 'b:' .. bucket, m, 0)
-    end
-    redis.call('HDEL', base .. 'why', n)
+# Take one number off a dnc version. ARGV: the version's base key, the number.
+_UNLIST = """
+local function unlist(base, n)
+  local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
+  local removed = redis.call('SREM', base .. 's:' .. bucket, m)
+  if redis.call('EXISTS', base .. 'b:' .. bucket) == 1 then  -- SETBIT would create it
+    removed = removed + redis.call('SETBIT', base .. 'b:' .. bucket, m, 0)
   end
+  redis.call('HDEL', base .. 'why', n)
+  return removed
+end
+"""
+
+# A live removal: from the live entries and the list in force. An import of the list
+# under way has numbers in its own memory still to write: the number is also noted for
+# it (`P lists:unlisted:LOCK`), and taken off again when it swaps its version in.
+# KEYS: the live hash, the lists hash, the dnc lock. ARGV: the key prefix, the number.
+_DNC_REMOVE = (
+    _UNLIST
+    + """
+local prefix, n = ARGV[1], ARGV[2]
+local removed = redis.call('HDEL', KEYS[1], n)
+local current = redis.call('HGET', KEYS[2], 'dnc')
+if current then removed = removed + unlist(prefix .. 'dnc:' .. current .. ':', n) end
+local building = redis.call('GET', KEYS[3])
+if building then
+  unlist(prefix .. 'dnc:' .. building .. ':', n)
+  redis.call('SADD', prefix .. 'lists:unlisted:' .. building, n)
+  redis.call('PEXPIRE', prefix .. 'lists:unlisted:' .. building, ARGV[3])
 end
 return removed
 """
+)
+
+# Put a version in force, in one atomic step: take off it the numbers removed live while
+# it was built, point the lists hash at it, and forget it was a build (a crash after this
+# must not have the next import free the list in force).
+# KEYS: the lists hash, the builds set, the unlisted set. ARGV: kind, pointer, metadata,
+# the build's entry in the builds set, the target dnc base key ('' for other kinds).
+_SWAP = (
+    _UNLIST
+    + """
+if ARGV[5] ~= '' then
+  for _, n in ipairs(redis.call('SMEMBERS', KEYS[3])) do unlist(ARGV[5], n) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[1] .. ':meta', ARGV[3])
+redis.call('SREM', KEYS[2], ARGV[4])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+)
 
 # Keep the consent given last for each pair, whatever order rows arrive in (a file's own
 # rows, or a merge over what is stored). KEYS[1]: the consent hash; ARGV: (pair, value)
@@ -158,8 +209,8 @@ _CONSENT_MERGE = """
 local kept = 0
 for i = 1, #ARGV, 2 do
   local old = redis.call('HGET', KEYS[1], ARGV[i])
-  local given = tonumber(string.match(ARGV[i + 1], '^(%d+)|'))
-  if not old or tonumber(string.match(old, '^(%d+)|')) <= given then
+  local given = tonumber(string.match(ARGV[i + 1], '^(-?%d+)|'))
+  if not old or tonumber(string.match(old, '^(-?%d+)|')) <= given then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     kept = kept + 1
   end
@@ -183,6 +234,14 @@ for i = 1, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(items))
 end
 return added
+"""
+
+# Give a lock back only if it is still ours.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 # Renew a lock only if it is still ours.
@@ -223,6 +282,67 @@ def pack(keys: Iterable[str]) -> list[str]:
     return args
 
 
+BUCKET_BYTES = 10**BUCKET_DIGITS // 8
+# Buckets gathered before they are written out: ~1.3 KB each, so at most ~40 MB, whatever
+# the file's size. The French mobile range is 20,000 buckets: such a list goes out once.
+MAX_GATHERED = 32_768
+# Buckets per write: each costs Redis a few microseconds, so one write stays ~1 ms.
+_WRITE_BUCKETS = 200
+
+
+class Buckets:
+    """Numbers gathered per bucket as bitmaps (in Redis's bit order), then written in the
+    fewest commands: a dense bucket whole, a sparse one as its offsets."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, bytearray] = {}
+        self.repeated = 0  # numbers met twice
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def add(self, keys: Iterable[str]) -> None:
+        maps = self.maps
+        repeated = 0
+        for key in keys:
+            bucket = key[:-BUCKET_DIGITS]
+            offset = int(key[-BUCKET_DIGITS:])
+            bitmap = maps.get(bucket)
+            if bitmap is None:
+                bitmap = maps[bucket] = bytearray(BUCKET_BYTES)
+            byte, bit = offset >> 3, 0x80 >> (offset & 7)  # SETBIT 0 is the high bit
+            if bitmap[byte] & bit:
+                repeated += 1
+            else:
+                bitmap[byte] |= bit
+        self.repeated += repeated
+
+    def writes(self, limit: int) -> Iterator[list[str | bytes]]:
+        """ARGV tails for the write script, _WRITE_BUCKETS buckets each; empties self."""
+        args: list[str | bytes] = []
+        count = 0
+        for bucket, bitmap in self.maps.items():
+            value = int.from_bytes(bitmap, "big")
+            if value.bit_count() > limit:
+                args += (bucket, "B", bytes(bitmap))
+            else:
+                # The bits as text, high bit first: character i is offset i.
+                bits = format(value, f"0{BUCKET_BYTES * 8}b")
+                offsets = []
+                at = bits.find("1")
+                while at >= 0:
+                    offsets.append(f"{at:04d}")
+                    at = bits.find("1", at + 1)
+                args += (bucket, "S", "".join(offsets))
+            count += 1
+            if count == _WRITE_BUCKETS:
+                yield args
+                args, count = [], 0
+        if args:
+            yield args
+        self.maps = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Current:
     """What is in force for one kind: its version(s) and their metadata."""
@@ -239,12 +359,14 @@ class Lists:
         self._redis = client
         self._prefix = prefix
         self.index = prefix + "lists"
-        self._add = client.register_script(_ADD)
+        self._write = client.register_script(_WRITE)
         self._remove = client.register_script(_REMOVE)
         self._dnc_remove = client.register_script(_DNC_REMOVE)
         self._consent_merge = client.register_script(_CONSENT_MERGE)
         self._contract_merge = client.register_script(_CONTRACT_MERGE)
         self._renew = client.register_script(_RENEW)
+        self._unlock = client.register_script(_UNLOCK)
+        self._swap = client.register_script(_SWAP)
 
     # --- names ----------------------------------------------------------------------------
 
@@ -274,30 +396,54 @@ class Lists:
             return [self.base(kind, version)]
         return []
 
-    async def memory(self, kind: str, version: str) -> int:
-        """Bytes Redis uses for one version (hashes are estimated from a sample)."""
+    async def census(self, kind: str, version: str, part: str = "") -> tuple[int, int]:
+        """(entries, bytes of Redis memory) of one version, counted now: a few commands
+        per bucket, pipelined, so it takes a second or two at ten million numbers.
+        Hashes: exact entries, memory estimated by Redis from a sample."""
         if kind in HASH_KINDS:
-            used = await self._call(self._redis.memory_usage(self.hash_key(kind, version)))
-            return int(used or 0)
-        total = 0
-        for base in self.bases(kind, version):
-            keys = [base + "idx", base + "why"]
-            async for bucket in self._redis.sscan_iter(base + "idx", count=_FREE_CHUNK):
-                keys += (f"{base}s:{_text(bucket)}", f"{base}b:{_text(bucket)}")
-                if len(keys) >= _FREE_CHUNK:
-                    total += await self._memory_of(keys)
-                    keys = []
-            total += await self._memory_of(keys)
-        return total
-
-    async def _memory_of(self, keys: Sequence[str]) -> int:
-        if not keys:
-            return 0
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
+            key = self.hash_key(kind, version)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hlen(key)
                 pipe.memory_usage(key)
-            sizes = await self._call(pipe.execute())
-        return sum(int(size or 0) for size in sizes)
+                size, used = await self._call(pipe.execute())
+            return int(size), int(used or 0)
+        base = self.base(kind, version, part)
+        entries = used = 0
+        buckets: list[str] = []
+
+        async def measure() -> None:
+            nonlocal entries, used
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for bucket in buckets:
+                    pipe.scard(f"{base}s:{bucket}")
+                    pipe.bitcount(f"{base}b:{bucket}")
+                    pipe.memory_usage(f"{base}s:{bucket}")
+                    pipe.memory_usage(f"{base}b:{bucket}")
+                replies = await self._call(pipe.execute())
+            for i in range(0, len(replies), 4):
+                entries += int(replies[i]) + int(replies[i + 1])
+                used += int(replies[i + 2] or 0) + int(replies[i + 3] or 0)
+            buckets.clear()
+
+        async for bucket in self._redis.sscan_iter(base + "idx", count=_FREE_CHUNK):
+            buckets.append(_text(bucket))
+            if len(buckets) >= _FREE_CHUNK:
+                await measure()
+        await measure()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.memory_usage(base + "idx")
+            pipe.memory_usage(base + "why")
+            extra = await self._call(pipe.execute())
+        return entries, used + sum(int(x or 0) for x in extra)
+
+    async def legacy_keys(self) -> list[str]:
+        """Keys of the one-hash-per-list layout of earlier versions, which this one does
+        not read: a do-not-call list left there would be silently ignored."""
+        names = [self._prefix + kind for kind in ("dnc", "optout", "consent", "contract")]
+        found = await self._call(self._redis.exists(*names)) if names else 0
+        if not found:
+            return []
+        return [name for name in names if await self._call(self._redis.exists(name))]
 
     # --- building -------------------------------------------------------------------------
 
@@ -312,10 +458,12 @@ class Lists:
                 f" (or, if it was killed, at most {LOCK_MS // 1000} s)"
             )
         building = self._prefix + "lists:building"
+        in_force = (await self.current(kind)).versions
         for entry in await self._call(self._redis.smembers(building)):
             left_kind, _, left_version = _text(entry).partition(":")
             if left_kind == kind:
-                await self.free(kind, left_version)
+                if left_version not in in_force:  # never free what readers use
+                    await self.free(kind, left_version)
                 await self._call(self._redis.srem(building, entry))
         await self._call(self._redis.sadd(building, f"{kind}:{version}"))
         return version
@@ -328,16 +476,22 @@ class Lists:
     async def release(self, kind: str, version: str) -> None:
         """Forget the build of `version` (swapped in or freed) and give the lock back."""
         await self._call(self._redis.srem(self._prefix + "lists:building", f"{kind}:{version}"))
-        await self._call(self._renew(keys=[self.lock_key(kind)], args=[version, 1]))
+        await self._call(self._unlock(keys=[self.lock_key(kind)], args=[version]))
 
     async def hash_size(self, kind: str, version: str) -> int:
         return int(await self._call(self._redis.hlen(self.hash_key(kind, version))))
 
+    async def write(self, base: str, buckets: Buckets, limit: int = INTSET_LIMIT) -> int:
+        """Write gathered buckets into a version; how many numbers were new there."""
+        added = 0
+        for args in buckets.writes(limit):
+            added += int(await self._call(self._write(args=[base, limit, *args])))
+        return added
+
     async def add(self, base: str, keys: Iterable[str], limit: int = INTSET_LIMIT) -> int:
-        args = pack(keys)
-        if not args:
-            return 0
-        return int(await self._call(self._add(args=[base, limit, *args])))
+        buckets = Buckets()
+        buckets.add(keys)
+        return await self.write(base, buckets, limit)
 
     async def remove(self, base: str, live_key: str, keys: Iterable[str]) -> tuple[int, int]:
         """Remove numbers from a version (`base`, or '') and a live hash (or ''): how many
@@ -368,20 +522,27 @@ class Lists:
         """A live removal: from the live entries, the list in force and the one being
         built by an import under way (or the import would bring the number back)."""
         keys = [live_key, self.index, self.lock_key("dnc")]
-        removed = await self._call(self._dnc_remove(keys=keys, args=[self._prefix, number_key]))
+        args: list[str | int] = [self._prefix, number_key, _UNLISTED_MS]
+        removed = await self._call(self._dnc_remove(keys=keys, args=args))
         return bool(removed)
 
-    async def swap(self, kind: str, versions: Sequence[str], meta: Any) -> None:
-        """Put `versions` in force: one HSET, so readers see the old or the new, whole."""
-        await self._call(
-            self._redis.hset(
-                self.index,
-                mapping={
-                    kind: ",".join(versions),
-                    f"{kind}:meta": json.dumps(meta, separators=(",", ":")),
-                },
-            )
-        )
+    async def swap(
+        self, kind: str, versions: Sequence[str], meta: Any, lock_version: str, target: str
+    ) -> None:
+        """Put `versions` in force: one script, so readers see the old or the new, whole.
+        `lock_version` names the import's lock; `target` the dnc version written to."""
+        keys = [self.index, self._prefix + "lists:building", self.unlisted_key(lock_version)]
+        args = [
+            kind,
+            ",".join(versions),
+            json.dumps(meta, separators=(",", ":")),
+            f"{kind}:{lock_version}",
+            self.base("dnc", target) if kind == "dnc" and target else "",
+        ]
+        await self._call(self._swap(keys=keys, args=args))
+
+    def unlisted_key(self, lock_version: str) -> str:
+        return f"{self._prefix}lists:unlisted:{lock_version}"
 
     async def free(self, kind: str, version: str) -> None:
         """Delete one version a few hundred small keys at a time (UNLINK: a big hash is

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from dialguard.imports import ConsentRow, ContractRow
-from dialguard.lists import INTSET_LIMIT, Lists
+from dialguard.imports import Chunk, ConsentRow, ContractRow, DncRow
+from dialguard.lists import INTSET_LIMIT, MAX_GATHERED, Buckets, Lists
 
 __all__ = ["LIST_OF_KIND", "MODES", "Loader", "Summary", "load"]
 
 MODES = ("replace", "add", "remove")
+_new = tuple.__new__
 # Import kind -> the list it feeds.
 LIST_OF_KIND = {"dnc": "dnc", "bloctel": "optout", "consent": "consent", "contract": "contract"}
 
@@ -77,6 +78,8 @@ class Loader:
         self._previous: tuple[str, ...] = ()
         self._meta: Any = None
         self._swapped = False
+        # Dense lists gather numbers per bucket and write them out in bulk.
+        self._gathered = {"dnc": Buckets(), "L": Buckets(), "C": Buckets()}
         self._counts = {"changed": 0, "rows": 0, "listed": 0, "clear": 0, "removed": 0}
 
     async def open(self) -> None:
@@ -91,32 +94,52 @@ class Loader:
         else:
             self.target, self.building = self._lock_version, True
 
+    async def feed_chunk(self, chunk: Chunk) -> None:
+        """Write one chunk of a file (see imports.chunks)."""
+        if chunk.keys or chunk.listed:
+            await self.feed_keys(chunk.keys, chunk.listed)
+        if chunk.rows:
+            await self.feed(chunk.rows)
+
+    async def feed_keys(self, keys: Sequence[str], listed: Sequence[str] = ()) -> None:
+        """Numbers and nothing else: do-not-call numbers without a reason (`keys`), or
+        registry results (`keys` checked clear, `listed` listed)."""
+        if self.kind == "bloctel":
+            self._counts["rows"] += len(keys) + len(listed)
+            self._gathered["C"].add(keys)
+            self._gathered["L"].add(listed)
+            await self._after_feed()
+        elif self.kind == "dnc" and not listed:
+            if self.mode == "remove":
+                await self.feed([_new(DncRow, (key, "")) for key in keys])
+            else:
+                self._counts["rows"] += len(keys)
+                self._gathered["dnc"].add(keys)
+                await self._after_feed()
+        else:
+            raise ValueError(f"{self.kind} rows are not plain numbers")
+
     async def feed(self, rows: Sequence[Any]) -> None:
-        """Write one chunk of rows (all of this loader's kind)."""
+        """Write rows of this loader's kind."""
         if not rows:
             return
         lists = self._lists
         counts = self._counts
         counts["rows"] += len(rows)
         if self.kind == "dnc":
-            keys = [row.key for row in rows]
             if self.mode == "remove":
+                keys = [row.key for row in rows]
                 base = lists.base("dnc", self.target) if self.target else ""
                 either, in_list = await lists.remove(base, self._live_dnc_key, keys)
                 counts["changed"] += either
                 counts["removed"] += in_list
             else:
-                base = lists.base("dnc", self.target)
-                counts["changed"] += await lists.add(base, keys, self._limit)
-                await lists.set_reasons(base, {row.key: row.reason for row in rows if row.reason})
+                self._gathered["dnc"].add([row.key for row in rows])
+                reasons = {row.key: row.reason for row in rows if row.reason}
+                await lists.set_reasons(lists.base("dnc", self.target), reasons)
         elif self.kind == "bloctel":
-            on_list = [row.key for row in rows if row.listed]
-            not_on = [row.key for row in rows if not row.listed]
-            added_listed = await lists.add(lists.base("optout", self.target, "L"), on_list)
-            added_clear = await lists.add(lists.base("optout", self.target, "C"), not_on)
-            counts["listed"] += added_listed
-            counts["clear"] += added_clear
-            counts["changed"] += added_listed + added_clear
+            self._gathered["L"].add([row.key for row in rows if row.listed])
+            self._gathered["C"].add([row.key for row in rows if not row.listed])
         elif self.kind == "consent":
             fields = [_consent_field(row) for row in rows]
             key = lists.hash_key("consent", self.target)
@@ -125,11 +148,31 @@ class Loader:
             fields = [_contract_field(row) for row in rows]
             key = lists.hash_key("contract", self.target)
             counts["changed"] += await lists.merge_contracts(key, fields)
-        await lists.renew(self.list, self._lock_version)
+        await self._after_feed()
+
+    async def _after_feed(self) -> None:
+        if sum(len(b) for b in self._gathered.values()) >= MAX_GATHERED:
+            await self._write_gathered()
+        await self._lists.renew(self.list, self._lock_version)
+
+    async def _write_gathered(self) -> None:
+        lists = self._lists
+        for part, buckets in self._gathered.items():
+            if not buckets:
+                continue
+            if part == "dnc":
+                base = lists.base("dnc", self.target)
+            else:
+                base = lists.base("optout", self.target, part)
+            added = await lists.write(base, buckets, self._limit)
+            self._counts["changed"] += added
+            if part in ("L", "C"):
+                self._counts["listed" if part == "L" else "clear"] += added
 
     async def commit(self) -> Summary:
         lists = self._lists
         counts = self._counts
+        await self._write_gathered()
         summary = Summary(self.kind, self.mode, rows=counts["rows"], changed=counts["changed"])
         loaded_at = self._now.astimezone(UTC).isoformat(timespec="seconds")
         try:
@@ -150,7 +193,9 @@ class Loader:
                     key=lambda s: (s["checked_on"], int(s["version"])),
                     reverse=True,
                 )
-                await lists.swap("optout", [s["version"] for s in sets], sets)
+                await lists.swap(
+                    "optout", [s["version"] for s in sets], sets, self._lock_version, ""
+                )
                 self._swapped = True
                 summary.size = int(entry["size"])
             elif self.target:
@@ -168,7 +213,7 @@ class Loader:
                         *meta["changes"][-9:],
                         {"mode": self.mode, "source": self._source, "at": loaded_at},
                     ]
-                await lists.swap(self.list, [self.target], meta)
+                await lists.swap(self.list, [self.target], meta, self._lock_version, self.target)
                 self._swapped = True
                 summary.size = size
             summary.version = self.target

@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -17,6 +19,7 @@ from dialguard.ari.app import AriApp
 from dialguard.ari.client import AriError, AriUnavailable
 from dialguard.audit import Journal
 from dialguard.config import Config
+from dialguard.freshness import registry_sets, warnings
 from dialguard.service import Service
 from dialguard.store import Store, StoreUnavailable
 
@@ -28,7 +31,7 @@ log = structlog.get_logger("dialguard.serve")
 def serve(config: Config, workers: int) -> int:
     """Serve until SIGTERM or SIGINT; return the exit code."""
     if workers == 1:
-        return _run_worker(config, reuse_port=False)
+        return _run_worker(config, reuse_port=False, watch=True)
     children: list[int] = []
     for index in range(workers):
         pid = os.fork()
@@ -36,7 +39,7 @@ def serve(config: Config, workers: int) -> int:
             # One ARI websocket per application: a second one would take the app over
             # (ApplicationReplaced) and the two workers would keep stealing it back.
             worker = config if index == 0 else replace(config, ari=None)
-            os._exit(_run_worker(worker, reuse_port=True))
+            os._exit(_run_worker(worker, reuse_port=True, watch=index == 0))
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:
@@ -57,6 +60,34 @@ def serve(config: Config, workers: int) -> int:
     return worst
 
 
+# How often the service looks at the registry checks' age (it changes once a day).
+FRESHNESS_EVERY_S = 3600.0
+
+
+async def watch_freshness(store: Store, config: Config) -> None:
+    """Log, at start and then hourly, registry checks gone stale or going stale within a
+    week, so an operator re-checks before calls start being denied OPTOUT_UNVERIFIED."""
+    zone = ZoneInfo(config.policy.default_timezone)
+    while True:
+        try:
+            current = await store.lists.current("optout")
+        except StoreUnavailable as exc:
+            log.warning("freshness_unknown", error=str(exc))
+        else:
+            today = datetime.now(UTC).astimezone(zone).date()
+            sets = registry_sets(current.meta, today, config.policy.optout_freshness_days)
+            for event, fields in warnings(sets):
+                log.warning(event, **fields)
+            newest = sets[0] if sets else None
+            log.info(
+                "registry_age",
+                sets=len(sets),
+                newest_checked_on=newest.checked_on.isoformat() if newest else None,
+                newest_age_days=newest.age_days if newest else None,
+            )
+        await asyncio.sleep(FRESHNESS_EVERY_S)
+
+
 def tune_gc() -> None:
     """Once started: everything loaded so far lives as long as the process, so keep it out
     of the cyclic collector's scans, and collect young objects less often (a session
@@ -66,22 +97,33 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def _run_worker(config: Config, *, reuse_port: bool) -> int:
+def _run_worker(config: Config, *, reuse_port: bool, watch: bool) -> int:
     # uvloop roughly halves the event loop's CPU per session (docs/benchmarks.md).
     if sys.platform != "win32":
         import uvloop
 
-        return uvloop.run(_serve(config, reuse_port=reuse_port))
-    return asyncio.run(_serve(config, reuse_port=reuse_port))  # pragma: no cover
+        return uvloop.run(_serve(config, reuse_port=reuse_port, watch=watch))
+    return asyncio.run(_serve(config, reuse_port=reuse_port, watch=watch))  # pragma: no cover
 
 
-async def _serve(config: Config, *, reuse_port: bool) -> int:
+async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
     store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
     try:
         await store.ping()
+        legacy = await store.lists.legacy_keys()
     except StoreUnavailable as exc:
         # Not fatal: every call then gets the campaign's fail mode until Redis is back.
         log.error("redis_unavailable_at_start", error=str(exc))
+        legacy = []
+    if legacy:
+        print(
+            f"dialguard: Redis holds lists in an earlier layout ({', '.join(legacy)}) that"
+            " this version does not read; import them again, then delete those keys"
+            " (docs/data-model.md, Upgrading)",
+            file=sys.stderr,
+        )
+        await store.close()
+        return 2
     service = Service(config, store, Journal(config.audit_dir))
     server = FastAgiServer(service, config.server)
     try:
@@ -109,6 +151,10 @@ async def _serve(config: Config, *, reuse_port: bool) -> int:
                 return 1
             log.error("ari_unavailable_at_start", error=str(exc))
             await ari.start_retrying()
+    # One process watches the registry checks' age: the others would only repeat it.
+    watcher = (
+        asyncio.get_running_loop().create_task(watch_freshness(store, config)) if watch else None
+    )
     tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -116,6 +162,8 @@ async def _serve(config: Config, *, reuse_port: bool) -> int:
         loop.add_signal_handler(signum, stop.set)
     log.info("started", node=config.node, policy=config.policy.name, pid=os.getpid())
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     if ari is not None:
         await ari.stop()
     await server.stop()

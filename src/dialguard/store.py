@@ -305,6 +305,18 @@ class Store:
             self.lists, kind, rows, mode, live_dnc_key=self.live_dnc_key, **options
         )
 
+    async def live_dnc_census(self) -> tuple[int, int]:
+        """(entries, bytes) of the live do-not-call entries."""
+        key = self.live_dnc_key
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hlen(key)
+                pipe.memory_usage(key)
+                size, used = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        return int(size), int(used or 0)
+
     @property
     def live_dnc_key(self) -> str:
         return self._key("dnc:live")

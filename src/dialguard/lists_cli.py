@@ -1,0 +1,147 @@
+"""`dialguard lists status`: what each imported list holds, what it costs in Redis, how old
+it is, and which registry checks go stale soon."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.table import Table
+
+from dialguard.cli import _errors_are_one_line, _run, config_option
+from dialguard.config import load_config
+from dialguard.freshness import SOON_DAYS, registry_sets
+from dialguard.lists import StoreUnavailable
+from dialguard.store import Store
+
+__all__ = ["lists"]
+
+
+@dataclass
+class Row:
+    list: str
+    version: str
+    entries: int
+    bytes: int
+    loaded_at: str
+    source: str
+    checked_on: str = ""
+    age_days: int | None = None
+    stale_in_7_days: int = 0
+    state: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        row = dict(self.__dict__)
+        row["bytes_per_entry"] = round(self.bytes / self.entries, 2) if self.entries else None
+        return row
+
+
+async def gather(store: Store, today: date, freshness_days: int) -> list[Row]:
+    lists = store.lists
+    rows: list[Row] = []
+    try:
+        for kind in ("dnc", "consent", "contract"):
+            current = await lists.current(kind)
+            if not current.versions:
+                rows.append(Row(kind, "", 0, 0, "", "", state="never imported"))
+                continue
+            version = current.versions[0]
+            entries, used = await lists.census(kind, version)
+            meta = current.meta
+            rows.append(
+                Row(
+                    kind,
+                    version,
+                    entries,
+                    used,
+                    str(meta.get("updated_at") or meta.get("loaded_at") or ""),
+                    str(meta.get("source", "")),
+                    age_days=_age(meta.get("updated_at") or meta.get("loaded_at"), today),
+                )
+            )
+            if kind == "dnc":
+                live = await store.live_dnc_census()
+                rows.append(Row("dnc:live", "", live[0], live[1], "", "dnc add / outcomes"))
+        current = await lists.current("optout")
+        if not current.versions:
+            rows.append(Row("bloctel", "", 0, 0, "", "", state="never imported"))
+        for result_set in registry_sets(current.meta, today, freshness_days):
+            meta = next(m for m in current.meta if str(m["version"]) == result_set.version)
+            listed, used_listed = await lists.census("optout", result_set.version, "L")
+            clear, used_clear = await lists.census("optout", result_set.version, "C")
+            if result_set.stale:
+                state = "stale: its clear numbers are unverified"
+            elif result_set.stale_soon:
+                state = f"stale in {result_set.days_left} days"
+            else:
+                state = f"fresh for {result_set.days_left} days"
+            rows.append(
+                Row(
+                    "bloctel",
+                    result_set.version,
+                    listed + clear,
+                    used_listed + used_clear,
+                    str(meta.get("loaded_at", "")),
+                    str(meta.get("source", "")),
+                    checked_on=result_set.checked_on.isoformat(),
+                    age_days=result_set.age_days,
+                    stale_in_7_days=clear if result_set.stale_soon else 0,
+                    state=state,
+                )
+            )
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+    return rows
+
+
+def _age(moment: Any, today: date) -> int | None:
+    if not moment:
+        return None
+    return (today - datetime.fromisoformat(str(moment)).date()).days
+
+
+@click.group()
+def lists() -> None:
+    """The imported lists in Redis: size, memory, age, freshness."""
+
+
+@lists.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per list.")
+@config_option
+@_errors_are_one_line
+def status(as_json: bool, config_path: Path | None) -> None:
+    """Per list: entries, Redis memory, last import, age; per registry result set: its
+    check date and when its clear numbers stop counting."""
+    config = load_config(config_path)
+    today = datetime.now(UTC).astimezone(ZoneInfo(config.policy.default_timezone)).date()
+    freshness_days = config.policy.optout_freshness_days
+    rows = _run(config, lambda store: gather(store, today, freshness_days), bulk=True)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row.as_json()))
+        return
+    table = Table(title=f"dialguard lists ({today})")
+    for column in ("list", "version", "entries", "memory", "B/entry", "loaded", "age", "state"):
+        table.add_column(column, justify="right" if column in ("entries", "B/entry") else "left")
+    for row in rows:
+        table.add_row(
+            row.list,
+            row.version,
+            f"{row.entries:,}",
+            f"{row.bytes / 1e6:,.1f} MB",
+            f"{row.bytes / row.entries:.1f}" if row.entries else "",
+            row.loaded_at[:16].replace("T", " "),
+            f"{row.age_days} d" if row.age_days is not None else "",
+            (f"checked {row.checked_on}; " if row.checked_on else "") + row.state,
+        )
+    Console().print(table)
+    soon = sum(row.stale_in_7_days for row in rows)
+    if soon:
+        click.echo(f"{soon:,} registry-checked numbers go stale within {SOON_DAYS} days")
