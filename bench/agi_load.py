@@ -40,8 +40,9 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the Asterisk peer of the tests builds the blocks
 
+from dialguard.imports import ConsentRow, DncRow  # noqa: E402
 from dialguard.numbers import normalise  # noqa: E402
-from dialguard.store import ConsentRow, Store  # noqa: E402
+from dialguard.store import Store  # noqa: E402
 from tests.agi.asterisk_peer import agi_env, encode_block  # noqa: E402
 
 SERVER_CORE = 0
@@ -273,9 +274,9 @@ async def load_consents(redis_url: str, numbers: list[str]) -> None:
         ConsentRow(normalise(n), "ACME", given, given + timedelta(days=365), f"bench-{i}")
         for i, n in enumerate(numbers)
     ]
-    await store.load("consent", store.consent_fields(rows), replace=True)
-    dnc = [(normalise(n), "bench") for n in numbers[::100]]
-    await store.load("dnc", store.dnc_fields(dnc, given), replace=True)
+    await store.load("consent", rows, "replace")
+    dnc = [DncRow(normalise(n).key, "bench") for n in numbers[::100]]
+    await store.load("dnc", dnc, "replace")
     await store.close()
 
 

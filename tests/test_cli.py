@@ -7,6 +7,7 @@ Independent invocations run concurrently (`Cli.many`) to keep the suite fast.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -224,20 +225,83 @@ def one_line_error(run: Run, code: int, *needles: str) -> str:
     return lines[0]
 
 
+def default_rejects(path: Path) -> Path:
+    """Where `import` writes the bad lines of `path` unless told (--rejects)."""
+    return path.with_name(path.name + ".rejects.csv")
+
+
+def rejects_rows(path: Path) -> list[list[str]]:
+    """The rejects file: a `line,error,content` header, then one row per bad line."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    assert header == ["line", "error", "content"], header
+    return rows
+
+
 def rejected_file(run: Run, path: Path, bad_lines: Sequence[int]) -> list[str]:
     """A file with bad lines: each reported as `FILE: line N: ...`, then ONE `dialguard:`
-    line saying nothing was loaded; exit 1, no traceback."""
+    line saying nothing was loaded and where every bad line is listed; exit 1, no
+    traceback. The rejects file holds the same lines."""
     assert "Traceback" not in run.err, run
     assert run.code == 1, run
     lines = run.err.splitlines()
     assert [line for line in lines if line.startswith("dialguard: ")] == [lines[-1]], run
     noun = "line" if len(bad_lines) == 1 else "lines"
-    assert lines[-1] == f"dialguard: {path}: {len(bad_lines)} bad {noun}; nothing loaded", run
+    rejects = default_rejects(path)
+    assert lines[-1] == (
+        f"dialguard: {path}: {len(bad_lines)} bad {noun}; nothing loaded (all listed in {rejects})"
+    ), run
     reports = lines[:-1]
     assert [r.split(":")[1].strip() for r in reports] == [f"line {n}" for n in bad_lines], run
     assert all(r.startswith(f"{path}: line ") for r in reports), run
     assert run.out == "", run
+    assert [int(row[0]) for row in rejects_rows(rejects)] == list(bad_lines)
     return reports
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The counts of a successful import's second line."""
+
+    changed: int  # new (or, for --remove, removed)
+    unchanged: int
+    rejected: int
+    target: str  # "dnc list (version 3)", "registry result set 4", ...
+    size: int
+
+    @property
+    def version(self) -> str:
+        found = re.search(r"(\d+)\)?$", self.target)
+        assert found, self.target
+        return found.group(1)
+
+
+_SECOND_LINE = re.compile(
+    r"(?P<changed>\d+) (?:new|removed), (?P<unchanged>\d+) unchanged \([^)]*\),"
+    r" (?P<rejected>\d+) rejected(?: \(listed in [^)]*\))?;"
+    r" the (?P<target>.+) holds (?P<size>[\d,]+) (?:numbers|consents|pairs);"
+    r" \d+\.\d s, [\d,]* ?(?:rows/s)?"
+)
+
+
+def loaded(run: Run, path: Path, rows: int, kind: str, done: str, *, quiet: bool = True) -> Loaded:
+    """A successful import: exit 0, two lines on stdout, the first one exactly
+    `FILE: N KIND rows loaded (DONE)`, the second the counts (not the timing)."""
+    assert run.code == 0, run
+    if quiet:
+        assert run.err == "", run
+    first, second = run.out.splitlines()
+    assert first == f"{path}: {rows} {kind} rows loaded ({done})", run
+    assert second.startswith(f"{path}: "), run
+    found = _SECOND_LINE.fullmatch(second.removeprefix(f"{path}: "))
+    assert found, second
+    return Loaded(
+        int(found["changed"]),
+        int(found["unchanged"]),
+        int(found["rejected"]),
+        found["target"],
+        int(found["size"].replace(",", "")),
+    )
 
 
 CONSENT_HEADER = "number,principal,given_at,expires_at,proof_ref\n"
@@ -428,12 +492,15 @@ def test_import_each_kind_and_its_effect_on_check(cli: Cli) -> None:
         ["import", "contract", contract],
         ["import", "bloctel", bloctel, "--checked-at", "2026-05-20"],
     )
-    assert [ok(r).out for r in loads] == [
-        f"{dnc}: 1 dnc rows loaded (merged)\n",
-        f"{consent}: 2 consent rows loaded (merged)\n",
-        f"{contract}: 2 contract rows loaded (merged)\n",
-        f"{bloctel}: 2 bloctel rows loaded (merged)\n",
-    ]
+    dnc_list, _, _, result_set = (
+        loaded(loads[0], dnc, 1, "dnc", "merged"),
+        loaded(loads[1], consent, 2, "consent", "merged"),
+        loaded(loads[2], contract, 2, "contract", "merged"),
+        loaded(loads[3], bloctel, 2, "bloctel", "merged"),
+    )
+    assert (dnc_list.changed, dnc_list.unchanged, dnc_list.rejected, dnc_list.size) == (1, 0, 0, 1)
+    assert result_set.target == f"registry result set {result_set.version}"
+    assert (result_set.changed, result_set.size) == (2, 2)
 
     runs = cli.many(
         cli.check("+33611111111"),
@@ -455,16 +522,23 @@ def test_import_each_kind_and_its_effect_on_check(cli: Cli) -> None:
         ("DENY", "OPTOUT_LISTED"),
         ("DENY", "OPTOUT_UNVERIFIED"),
     ]
-    assert runs[0].json()["evidence"]["dnc"]["reason"] == "asked, politely"
+    # An imported entry has no date of its own; it names the list version it is on.
+    assert runs[0].json()["evidence"]["dnc"] == {
+        "reason": "asked, politely",
+        "added_at": None,
+        "list_version": dnc_list.version,
+    }
     # expires_at 2026-11-30, a date: midnight in Paris, so expired from that day on.
     assert runs[2].json()["evidence"]["consent"]["expires_at"] == "2026-11-29T23:00:00+00:00"
     assert runs[3].json()["evidence"]["contracts"] == [
         {"id": "ENR-1", "sector": "energy_renovation", "start": "2025-01-01", "end": None}
     ]
+    # The line's Identifiant is checked, not stored: without --ref the evidence names
+    # the result set.
     assert runs[5].json()["evidence"]["optout"] == {
         "listed": False,
         "checked_on": "2026-05-20",
-        "ref": "REQ-1",
+        "ref": f"result set {result_set.version}",
     }
 
 
@@ -484,7 +558,8 @@ def test_merge_keeps_old_entries_and_replace_swaps_the_list(cli: Cli) -> None:
         ["import", "consent", consents],
         ["consent", "withdraw", "0622222201", "--principal", "ACME", "--at", "2026-11-01T10:00"],
     )
-    assert ok(merged).out == f"{second}: 1 dnc rows loaded (merged)\n"
+    merge = loaded(merged, second, 1, "dnc", "merged")
+    assert (merge.changed, merge.unchanged, merge.rejected, merge.size) == (1, 0, 0, 3)
     for run in others:
         ok(run)
     runs = cli.many(cli.check("0611111101"), cli.check("0611111103"))
@@ -494,10 +569,11 @@ def test_merge_keeps_old_entries_and_replace_swaps_the_list(cli: Cli) -> None:
         ["import", "dnc", swap, "--replace"],
         ["import", "consent", consents_again, "--replace"],
     )
-    assert ok(replaced).out == f"{swap}: 1 dnc rows loaded (replaced the list)\n"
-    assert (
-        ok(consent_replaced).out == f"{consents_again}: 2 consent rows loaded (replaced the list)\n"
-    )
+    swapped = loaded(replaced, swap, 1, "dnc", "replaced the list")
+    assert (swapped.changed, swapped.size) == (1, 1)
+    assert swapped.version != merge.version
+    consents_swapped = loaded(consent_replaced, consents_again, 2, "consent", "replaced the list")
+    assert (consents_swapped.changed, consents_swapped.size) == (2, 2)
     runs = cli.many(
         cli.check("0611111101"),
         cli.check("0611111104"),
@@ -521,11 +597,17 @@ def test_sample_files_import_cleanly(cli: Cli) -> None:
         ["import", "contract", SAMPLES / "contract.csv"],
         ["import", "bloctel", SAMPLES / "bloctel.csv", "--checked-at", "2026-07-20"],
     )
-    assert [ok(r).out.split(": ")[1] for r in loads] == [
-        "4 dnc rows loaded (merged)\n",
-        "5 consent rows loaded (merged)\n",
-        "1 contract rows loaded (merged)\n",
-        "5 bloctel rows loaded (merged)\n",
+    counts = [
+        loaded(loads[0], SAMPLES / "dnc.csv", 4, "dnc", "merged"),
+        loaded(loads[1], SAMPLES / "consent.csv", 5, "consent", "merged"),
+        loaded(loads[2], SAMPLES / "contract.csv", 1, "contract", "merged"),
+        loaded(loads[3], SAMPLES / "bloctel.csv", 5, "bloctel", "merged"),
+    ]
+    assert [(c.changed, c.unchanged, c.rejected, c.size) for c in counts] == [
+        (4, 0, 0, 4),
+        (5, 0, 0, 5),
+        (1, 0, 0, 1),
+        (5, 0, 0, 5),
     ]
     runs = cli.many(
         cli.check("0262304567"),
@@ -533,6 +615,210 @@ def test_sample_files_import_cleanly(cli: Cli) -> None:
         cli.check("0692123456", at="2026-07-28T10:30"),
     )
     assert [decision(r)[1] for r in runs] == ["INTERNAL_DNC", "CONTRACT", "OPTOUT_LISTED"]
+
+
+# --- import options: --dry-run, --max-rejects, --rejects, --remove, --ref ---------------
+
+
+def test_dry_run_checks_every_line_and_loads_nothing(cli: Cli) -> None:
+    good = cli.file("good.csv", "number,reason\n0611111111,a\n0611111112,\n")
+    bad = cli.file("bad.csv", "number,reason\n0611111121,a\n0612,typo\n0611111122,b\n")
+    header_only = cli.file("header-only.csv", "number,reason\n")
+    tolerated_rejects = cli.tmp / "tolerated.rejects.csv"
+    would_load, would_refuse, tolerated, would_empty, wrong_kind = cli.many(
+        ["import", "dnc", good, "--dry-run"],
+        ["import", "dnc", bad, "--dry-run"],
+        ["import", "dnc", bad, "--dry-run", "--max-rejects", "1", "--rejects", tolerated_rejects],
+        ["import", "dnc", header_only, "--dry-run", "--replace"],
+        ["import", "consent", good, "--dry-run"],  # a wrong header: refused as ever
+    )
+    assert ok(would_load).out == f"{good}: 2 dnc rows good, 0 rejected; it would load (dry run)\n"
+    assert not default_rejects(good).exists()
+
+    rejects = default_rejects(bad)
+    assert would_refuse.code == 1 and "Traceback" not in would_refuse.err, would_refuse
+    assert would_refuse.out == (
+        f"{bad}: 2 dnc rows good, 1 rejected (listed in {rejects}); it would be refused (dry run)\n"
+    )
+    report, verdict = would_refuse.err.splitlines()
+    assert report.startswith(f"{bad}: line 3: '0612' is not a French national"), report
+    assert verdict == f"dialguard: {bad}: 1 bad line; it would be refused (all listed in {rejects})"
+    assert rejects_rows(rejects) == [["3", report.split(": ", 2)[2], "0612,typo"]]
+
+    assert tolerated.code == 0, tolerated
+    assert tolerated.out == (
+        f"{bad}: 2 dnc rows good, 1 rejected (listed in {tolerated_rejects});"
+        " it would load (dry run)\n"
+    )
+    assert tolerated.err.splitlines() == [report]
+    assert [row[0] for row in rejects_rows(tolerated_rejects)] == ["3"]
+
+    one_line_error(would_empty, 1, str(header_only), "no data rows", "refusing to replace")
+    assert (
+        would_empty.out
+        == f"{header_only}: 0 dnc rows good, 0 rejected; it would be refused (dry run)\n"
+    )
+    one_line_error(wrong_kind, 1, "line 1: header 'number,reason' is not")
+
+    # A dry run needs no Redis at all, so it can run where the file is made.
+    offline = cli("import", "dnc", good, "--dry-run", env={"DIALGUARD_REDIS_URL": REDIS_DOWN})
+    assert ok(offline).out == would_load.out
+
+    # Nothing was loaded, not even by the dry runs that would have loaded.
+    runs = cli.many(cli.check("0611111111"), cli.check("0611111121"), cli.check("0611111122"))
+    assert [decision(r) for r in runs] == [("DENY", "NO_CONSENT")] * 3
+
+
+def test_max_rejects_loads_the_good_lines_and_lists_the_bad_ones(cli: Cli) -> None:
+    content = (
+        "number,reason\n"
+        "0611111131,a\n"  # 2
+        "abc,x\n"  # 3: bad
+        "0611111132,\n"  # 4
+        "0612,short\n"  # 5: bad
+        "0611111133,c\n"  # 6
+    )
+    tolerant = cli.file("tolerant.csv", content)
+    strict = cli.file("strict.csv", content.replace("061111113", "061111114"))
+    elsewhere = cli.tmp / "bad-lines.csv"
+    nowhere = cli.tmp / "no-such-dir" / "bad-lines.csv"
+    tolerated, refused, unwritable = cli.many(
+        ["import", "dnc", tolerant, "--max-rejects", "2"],
+        ["import", "dnc", strict, "--max-rejects", "1", "--rejects", elsewhere],
+        ["import", "consent", cli.file("c.csv", CONSENT_HEADER + "x,ACME,2026-09-01,,p\n"),
+         "--rejects", nowhere],
+    )  # fmt: skip
+
+    counts = loaded(tolerated, tolerant, 3, "dnc", "merged", quiet=False)
+    assert (counts.changed, counts.unchanged, counts.rejected, counts.size) == (3, 0, 2, 3)
+    assert f"2 rejected (listed in {default_rejects(tolerant)})" in tolerated.out
+    reports = tolerated.err.splitlines()
+    assert [r.split(": ")[1] for r in reports] == ["line 3", "line 5"], tolerated
+    assert not any(r.startswith("dialguard:") for r in reports)
+    assert rejects_rows(default_rejects(tolerant)) == [
+        ["3", reports[0].split(": ", 2)[2], "abc,x"],
+        ["5", reports[1].split(": ", 2)[2], "0612,short"],
+    ]
+    assert "'abc' contains characters other than digits" in reports[0]
+
+    assert refused.code == 1 and refused.out == "", refused
+    assert refused.err.splitlines()[-1] == (
+        f"dialguard: {strict}: 2 bad lines (--max-rejects 1); nothing loaded"
+        f" (all listed in {elsewhere})"
+    )
+    assert [row[0] for row in rejects_rows(elsewhere)] == ["3", "5"]
+    assert not default_rejects(strict).exists()  # --rejects PATH: written there only
+
+    assert unwritable.code == 1 and "Traceback" not in unwritable.err, unwritable
+    assert unwritable.err.splitlines()[-1].startswith(
+        f"dialguard: {nowhere}: cannot write the rejects file"
+    ), unwritable
+
+    runs = cli.many(
+        cli.check("0611111131"),
+        cli.check("0611111132"),
+        cli.check("0611111133"),
+        cli.check("0611111141"),  # a good line of the refused file
+    )
+    assert [decision(r)[1] for r in runs] == ["INTERNAL_DNC"] * 3 + ["NO_CONSENT"]
+    assert [r.json()["evidence"]["dnc"]["reason"] for r in runs[:3]] == ["a", "imported", "c"]
+
+
+def test_remove_takes_numbers_off_the_dnc_list_only(cli: Cli) -> None:
+    listed = cli.file("list.csv", "number,reason\n0611111151,a\n0611111152,b\n0611111153,c\n")
+    loaded(cli("import", "dnc", listed), listed, 3, "dnc", "merged")
+    ok(cli("dnc", "add", "0611111154"))
+    removal = cli.file(
+        "remove.csv",
+        "number\n06 11 11 11 51\n+33611111154\n0611111159\n",  # imported, live, never listed
+    )
+    consents = cli.file("c.csv", CONSENT_HEADER + "0611111151,ACME,2026-09-01,,p\n")
+    removed, consent_remove, both = cli.many(
+        ["import", "dnc", removal, "--remove"],
+        ["import", "consent", consents, "--remove"],
+        ["import", "dnc", removal, "--remove", "--replace"],
+    )
+    counts = loaded(removed, removal, 3, "dnc", "removed")
+    assert (counts.changed, counts.unchanged, counts.rejected, counts.size) == (2, 1, 0, 2)
+    assert "(repeated, not there)" in removed.out
+    one_line_error(consent_remove, 1, "--remove applies to dnc files only")
+    one_line_error(both, 1, "--replace and --remove exclude each other")
+    assert consent_remove.out == both.out == ""
+
+    runs = cli.many(*(cli.check(f"06111111{n}") for n in (51, 52, 53, 54)))
+    assert [decision(r)[1] for r in runs] == [
+        "NO_CONSENT",
+        "INTERNAL_DNC",
+        "INTERNAL_DNC",
+        "NO_CONSENT",  # a live entry goes too: the file says "do not block these"
+    ]
+
+
+def test_a_merged_older_consent_does_not_overwrite_a_newer_one(cli: Cli) -> None:
+    stored = cli.file(
+        "stored.csv",
+        CONSENT_HEADER + "0622222251,ACME,2026-10-01,,newer\n0622222252,ACME,2026-09-01,,first\n",
+    )
+    merge = cli.file(
+        "merge.csv",
+        CONSENT_HEADER + "0622222251,ACME,2026-09-01,,older\n0622222252,ACME,2026-10-15,,second\n",
+    )
+    loaded(cli("import", "consent", stored), stored, 2, "consent", "merged")
+    merged = cli("import", "consent", merge)
+    counts = loaded(merged, merge, 2, "consent", "merged")
+    assert (counts.changed, counts.unchanged, counts.size) == (1, 1, 2)
+    assert "1 unchanged (repeated, already there or older)" in merged.out
+    runs = cli.many(cli.check("0622222251"), cli.check("0622222252"))
+    assert [decision(r) for r in runs] == [("ALLOW", "CONSENT")] * 2
+    assert [r.json()["evidence"]["consent"]["proof_ref"] for r in runs] == ["newer", "second"]
+
+
+def test_one_number_twice_in_a_dnc_file_counts_once(cli: Cli) -> None:
+    twice = cli.file(
+        "twice.csv", "number,reason\n06 11 11 11 61,first\n+33 6 11 11 11 61,second\n0611111162,\n"
+    )
+    counts = loaded(cli("import", "dnc", twice), twice, 3, "dnc", "merged")
+    assert (counts.changed, counts.unchanged, counts.rejected, counts.size) == (2, 1, 0, 2)
+    again = loaded(cli("import", "dnc", twice), twice, 3, "dnc", "merged")
+    assert (again.changed, again.unchanged, again.size) == (0, 3, 2)
+    runs = cli.many(cli.check("0611111161"), cli.check("0611111162"))
+    # The reason comes from the last line; a line without one reads "imported".
+    assert [r.json()["evidence"]["dnc"]["reason"] for r in runs] == ["second", "imported"]
+
+
+def test_the_newest_registry_check_wins_and_ref_names_it(cli: Cli) -> None:
+    header = "telephone;identifiant;statut\n"
+    newer = cli.file("newer.csv", header + "0544444471;X1;INSCRIT\n0544444472;X2;OK\n")
+    older = cli.file("older.csv", header + "0544444471;Y1;OK\n0544444473;Y3;OK\n")
+    first = loaded(
+        cli("import", "bloctel", newer, "--checked-at", "2026-05-25", "--ref", "BLT-0525"),
+        newer,
+        2,
+        "bloctel",
+        "merged",
+    )
+    second = loaded(
+        cli("import", "bloctel", older, "--checked-at", "2026-05-10"), older, 2, "bloctel", "merged"
+    )
+    assert first.version != second.version
+    assert (second.changed, second.size) == (2, 2)  # a result set of its own
+    runs = cli.many(
+        cli.check("0544444471", at=AT_OPTOUT),  # in both: the later check answers
+        cli.check("0544444473", at=AT_OPTOUT),
+        ["import", "dnc", cli.file("d.csv", "number\n0611111111\n"), "--ref", "R"],
+    )
+    assert [decision(r) for r in runs[:2]] == [("DENY", "OPTOUT_LISTED"), ("ALLOW", "OPTOUT_CLEAR")]
+    assert runs[0].json()["evidence"]["optout"] == {
+        "listed": True,
+        "checked_on": "2026-05-25",
+        "ref": "BLT-0525",
+    }
+    assert runs[1].json()["evidence"]["optout"] == {
+        "listed": False,
+        "checked_on": "2026-05-10",
+        "ref": f"result set {second.version}",
+    }
+    one_line_error(runs[2], 1, "--ref applies to bloctel imports only")
 
 
 # --- bad input: one line, no traceback, the documented exit code ------------------------
@@ -621,7 +907,11 @@ def test_malformed_files_are_reported_by_line_and_load_nothing(cli: Cli) -> None
     assert err[0].startswith(f"{many_bad}: line 2: ")
     assert err[19].startswith(f"{many_bad}: line 21: ")
     assert err[20] == f"{many_bad}: ... and 5 more bad lines"
-    assert err[21] == f"dialguard: {many_bad}: 25 bad lines; nothing loaded"
+    assert err[21] == (
+        f"dialguard: {many_bad}: 25 bad lines; nothing loaded"
+        f" (all listed in {default_rejects(many_bad)})"
+    )
+    assert [int(row[0]) for row in rejects_rows(default_rejects(many_bad))] == list(range(2, 27))
     rejected_file(runs[5], replace_bad, [3])
     one_line_error(runs[6], 1, "line 1: header 'phone,reason' is not 'number,reason'")
 

@@ -10,10 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialguard.imports import MAX_REPORTED, BadImportFile, Parsed, parse
+from dialguard.imports import (
+    MAX_REPORTED,
+    BadImportFile,
+    ConsentRow,
+    ContractRow,
+    DncRow,
+    OptoutRow,
+    Parsed,
+    parse,
+)
 from dialguard.model import Sector
-from dialguard.numbers import Number, normalise
-from dialguard.store import ConsentRow, ContractRow, OptoutRow
+from dialguard.numbers import normalise
 
 PARIS = ZoneInfo("Europe/Paris")
 REUNION = ZoneInfo("Indian/Reunion")
@@ -31,21 +39,21 @@ def rows_of(parsed: Parsed[object], kind: type[T]) -> list[T]:
     return [row for row in parsed.rows if isinstance(row, kind)]
 
 
-def _pairs(rows: list[object]) -> list[tuple[Number, str]]:
-    out: list[tuple[Number, str]] = []
+def _pairs(rows: list[object]) -> list[tuple[str, str]]:
+    """(E.164, reason) of DNC rows; a row's key is the E.164 digits without the '+'."""
+    out: list[tuple[str, str]] = []
     for row in rows:
-        assert isinstance(row, tuple)
-        number, reason = row
-        assert isinstance(number, Number)
-        assert isinstance(reason, str)
-        out.append((number, reason))
+        assert isinstance(row, DncRow), row
+        assert row.key.isdigit(), row
+        assert isinstance(row.reason, str)
+        out.append(("+" + row.key, row.reason))
     return out
 
 
 def dnc_rows(parsed: Parsed[object]) -> list[tuple[str, str]]:
     """(E.164, reason) for each DNC row of a file without bad lines."""
     assert parsed.error_count == 0, parsed.errors
-    return [(number.e164, reason) for number, reason in _pairs(parsed.rows)]
+    return _pairs(parsed.rows)
 
 
 # --- the container: delimiters, BOM, line ends, blank lines, header ---------------------
@@ -61,7 +69,7 @@ def test_comma_and_semicolon_delimiters(sep: str) -> None:
     ]
     assert dnc_rows(parse("dnc", lines, PARIS)) == [
         ("+33612345678", "asked on the phone"),
-        ("+33612345679", "imported"),  # an empty reason gets a default
+        ("+33612345679", ""),  # no reason given: "" (the store reports "imported")
         ("+33612345670", f"Dupont{sep} Jean asked"),  # quoted: the delimiter is data
     ]
 
@@ -75,7 +83,7 @@ def test_bom_crlf_blank_lines_and_header_case() -> None:
         "0612345679 ; \r\n",
     ]
     parsed = parse("dnc", lines, PARIS)
-    assert dnc_rows(parsed) == [("+33612345678", "moved abroad"), ("+33612345679", "imported")]
+    assert dnc_rows(parsed) == [("+33612345678", "moved abroad"), ("+33612345679", "")]
     assert parsed.lines == 4  # data lines seen, blank ones included
 
 
@@ -88,9 +96,9 @@ def test_empty_lines_are_skipped(blank: str) -> None:
 def test_dnc_reason_column_is_optional() -> None:
     parsed = parse("dnc", ["NUMBER", "0612345678", "0262 12 34 56", "+262 692 12 34 56"], PARIS)
     assert dnc_rows(parsed) == [
-        ("+33612345678", "imported"),
-        ("+262262123456", "imported"),  # Réunion: one key whatever the spelling
-        ("+262692123456", "imported"),
+        ("+33612345678", ""),
+        ("+262262123456", ""),  # Réunion: one key whatever the spelling
+        ("+262692123456", ""),
     ]
 
 
@@ -198,12 +206,12 @@ def test_bloctel_ok_is_clear_every_other_status_is_listed() -> None:
         "0692123456;;Listed",  # identifiant may be empty
     ]
     rows = rows_of(parse("bloctel", lines, PARIS), OptoutRow)
-    assert [(r.number.e164, r.listed, r.ref) for r in rows] == [
-        ("+33612345678", False, "REQ-1"),
-        ("+33612345679", False, "REQ-2"),
-        ("+33612345670", True, "REQ-3"),
-        ("+33612345671", True, "REQ-4"),
-        ("+262692123456", True, ""),
+    assert [(r.key, r.listed, r.ref) for r in rows] == [
+        ("33612345678", False, "REQ-1"),
+        ("33612345679", False, "REQ-2"),
+        ("33612345670", True, "REQ-3"),
+        ("33612345671", True, "REQ-4"),
+        ("262692123456", True, ""),
     ]
 
 
@@ -301,9 +309,7 @@ def test_emergency_numbers_are_refused_in_a_dnc_file() -> None:
     parsed = parse("dnc", lines, PARIS)
     assert parsed.error_count == 8
     assert all("emergency or short number" in e for e in parsed.errors)
-    assert [(number.e164, reason) for number, reason in _pairs(parsed.rows)] == [
-        ("+33612345678", "imported")
-    ]
+    assert _pairs(parsed.rows) == [("+33612345678", "")]
 
 
 def test_an_oversized_field_is_a_bad_line_not_a_crash() -> None:

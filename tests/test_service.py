@@ -16,10 +16,11 @@ import redis.asyncio as aioredis
 
 from dialguard.audit import Journal
 from dialguard.config import Config, load_config
-from dialguard.model import CallRequest, Contract, FailMode, Reason, Result, Sector
+from dialguard.imports import ConsentRow, ContractRow, DncRow, OptoutRow
+from dialguard.model import CallRequest, Contract, DncEntry, FailMode, Reason, Result, Sector
 from dialguard.numbers import normalise
 from dialguard.service import OutcomeKind, Service
-from dialguard.store import ConsentRow, ContractRow, OptoutRow, Store
+from dialguard.store import Store
 from tests.redis_server import RedisServer, running_redis
 
 ROOT = Path(__file__).parent.parent
@@ -95,18 +96,21 @@ async def test_check_without_record_has_no_side_effect(service: Service) -> None
 async def test_every_fact_round_trips_through_redis(service: Service) -> None:
     store = service.store
     row = ConsentRow(NUMBER, "ACME", datetime(2026, 10, 1, tzinfo=PARIS), None, "crm:42")
-    await store.load("consent", store.consent_fields([row]), replace=False)
+    await store.load("consent", [row], "add")
     contract = Contract("K-7", Sector.ENERGY_RENOVATION, date(2026, 1, 1), None)
-    await store.load(
-        "contract", store.contract_fields([ContractRow(NUMBER, "ACME", contract)]), replace=False
-    )
-    optout = OptoutRow(normalise("+33612345678"), listed=False, ref="req-1")
-    await store.load("optout", store.optout_fields([optout], date(2026, 11, 1)), replace=False)
+    await store.load("contract", [ContractRow(NUMBER, "ACME", contract)], "add")
+    optout = OptoutRow(normalise("+33612345678").key, listed=False, ref="req-1")
+    result_set = await store.load("bloctel", [optout], "add", checked_on=date(2026, 11, 1))
 
     facts = await store.facts(NUMBER, "ACME", MONDAY, 30)
     assert facts.consent is not None and facts.consent.proof_ref == "crm:42"
+    assert facts.consent.given_at == datetime(2026, 10, 1, tzinfo=PARIS)
+    assert facts.consent.expires_at is None
     assert facts.contracts == (contract,)
     assert facts.optout is not None and facts.optout.checked_on == date(2026, 11, 1)
+    assert not facts.optout.listed
+    # The line's Identifiant is not stored: the evidence names the result set (no --ref).
+    assert facts.optout.ref == f"result set {result_set.version}"
     assert facts.dnc is None and facts.refused_at is None and facts.withdrawn_at is None
     # Facts belong to one principal.
     other = await store.facts(NUMBER, "OTHER", MONDAY, 30)
@@ -124,7 +128,7 @@ async def test_refusal_blocks_and_withdraws_and_a_crm_reload_cannot_undo_it(
 ) -> None:
     store = service.store
     row = ConsentRow(NUMBER, "ACME", datetime(2026, 10, 1, tzinfo=PARIS), None, "crm:42")
-    await store.load("consent", store.consent_fields([row]), replace=False)
+    await store.load("consent", [row], "add")
     campaign = service.config.campaigns["demo-prospecting"]
     await service.record_outcome(NUMBER, campaign, OutcomeKind.REFUSED, MONDAY)
     request = CallRequest("0612345678", "demo-prospecting")
@@ -134,7 +138,7 @@ async def test_refusal_blocks_and_withdraws_and_a_crm_reload_cannot_undo_it(
     after = MONDAY + timedelta(days=61)
     assert (await service.decide(request, now=after)).decision.reason is Reason.CONSENT_WITHDRAWN
     # ... even after the nightly CRM export replaces the consents with the same old row.
-    await store.load("consent", store.consent_fields([row]), replace=True)
+    await store.load("consent", [row], "replace")
     assert (await service.decide(request, now=after)).decision.reason is Reason.CONSENT_WITHDRAWN
     assert [r["outcome"] for r in audit_lines(service)] == ["refused"]
 
@@ -153,16 +157,28 @@ async def test_replace_swaps_the_whole_list_and_merge_keeps_it(
 ) -> None:
     store = service.store
     old, new = normalise("0611111111"), normalise("0622222222")
-    await store.load("dnc", store.dnc_fields([(old, "old")], MONDAY), replace=False)
-    await store.load("dnc", store.dnc_fields([(new, "new")], MONDAY), replace=False)
-    assert await redis_client.hlen("dialguard:dnc") == 2
-    await store.load("dnc", store.dnc_fields([(new, "newer")], MONDAY), replace=True)
-    assert await redis_client.hkeys("dialguard:dnc") == [new.key.encode()]
-    # No staging key is left behind, and every key carries the configured prefix.
-    keys = await redis_client.keys("*")
-    assert all(str(k, "utf-8").startswith("dialguard:") for k in keys if isinstance(k, bytes))
+
+    async def reasons() -> list[str | None]:
+        found = [(await store.facts(n, "ACME", MONDAY, 30)).dnc for n in (old, new)]
+        return [entry.reason if entry else None for entry in found]
+
+    first = await store.load("dnc", [DncRow(old.key, "old")], "add")
+    merged = await store.load("dnc", [DncRow(new.key, "new")], "add")
+    assert merged.version == first.version  # a merge writes into the version in force
+    assert (merged.changed, merged.size) == (1, 2)
+    assert await reasons() == ["old", "new"]
+    replaced = await store.load("dnc", [DncRow(new.key, "newer")], "replace")
+    assert replaced.version != first.version
+    assert (replaced.size, replaced.stale_versions) == (1, [first.version])
+    assert await reasons() == [None, "newer"]
+    # The old version is freed, no build is left behind, and every key carries the
+    # configured prefix.
+    keys = [k.decode() if isinstance(k, bytes) else k for k in await redis_client.keys("*")]
     assert keys
-    assert await redis_client.keys("dialguard:dnc:staging:*") == []
+    assert all(k.startswith("dialguard:") for k in keys), keys
+    assert not [k for k in keys if k.startswith(f"dialguard:dnc:{first.version}:")], keys
+    assert await redis_client.scard("dialguard:lists:building") == 0
+    assert not await redis_client.exists("dialguard:lists:lock:dnc")
 
 
 async def test_concurrent_readers_never_see_a_half_replaced_list(
@@ -171,22 +187,29 @@ async def test_concurrent_readers_never_see_a_half_replaced_list(
     store = service.store
     first = [normalise(f"06{i:08d}") for i in range(1, 6001)]
     second = [normalise(f"07{i:08d}") for i in range(1, 6001)]
-    await store.load("dnc", store.dnc_fields([(n, "a") for n in first], MONDAY), replace=True)
-    seen: set[int] = set()
+    before = await store.load("dnc", [DncRow(n.key, "a") for n in first], "replace")
+    # Numbers from both lists, from the first and the last chunk the loader writes.
+    sample = [*first[:3], first[2999], *first[-3:], *second[:3], second[2999], *second[-3:]]
+    seen: set[tuple[bool, ...]] = set()
     done = asyncio.Event()
 
     async def reader() -> None:
         while not done.is_set():
-            seen.add(await redis_client.hlen("dialguard:dnc"))
+            # Requests of one loop turn go out in one script call: one snapshot.
+            facts = await asyncio.gather(*(store.facts(n, "ACME", MONDAY, 30) for n in sample))
+            seen.add(tuple(f.dnc is not None for f in facts))
             await asyncio.sleep(0)
 
     task = asyncio.create_task(reader())
-    await store.load("dnc", store.dnc_fields([(n, "b") for n in second], MONDAY), replace=True)
+    after = await store.load("dnc", [DncRow(n.key, "b") for n in second], "replace")
     done.set()
     await task
-    assert seen <= {6000}
-    assert await redis_client.hexists("dialguard:dnc", second[-1].key)
-    assert not await redis_client.hexists("dialguard:dnc", first[0].key)
+    old_list, new_list = (True,) * 7 + (False,) * 7, (False,) * 7 + (True,) * 7
+    assert seen and seen <= {old_list, new_list}, seen
+    assert (after.size, after.stale_versions) == (6000, [before.version])
+    assert (await store.facts(second[-1], "ACME", MONDAY, 30)).dnc is not None
+    assert (await store.facts(first[0], "ACME", MONDAY, 30)).dnc is None
+    assert not await redis_client.keys(f"dialguard:dnc:{before.version}:*")
 
 
 async def test_redis_down_fails_closed_or_open_as_configured(tmp_path: Path) -> None:
@@ -266,7 +289,7 @@ async def test_concurrent_sessions_share_a_batch_but_never_each_others_facts(
     store = service.store
     numbers = [normalise(f"06{i:08d}") for i in range(1, 41)]
     listed = numbers[::3]
-    await store.load("dnc", store.dnc_fields([(n, "x") for n in listed], MONDAY), replace=False)
+    await store.load("dnc", [DncRow(n.key, "x") for n in listed], "add")
     for n in numbers[1::3]:
         await store.count_attempt(n, "ACME", MONDAY, 4, 30, "seed")
     facts = await asyncio.gather(*(store.facts(n, "ACME", MONDAY, 30) for n in numbers))
@@ -283,10 +306,13 @@ async def test_a_live_do_not_call_survives_a_list_replacement(service: Service) 
     store = service.store
     live, imported = normalise("0611111111"), normalise("0622222222")
     await store.dnc_add(live, "asked during a call", MONDAY)
-    await store.load("dnc", store.dnc_fields([(imported, "crm")], MONDAY), replace=True)
-    await store.load("dnc", store.dnc_fields([(imported, "crm")], MONDAY), replace=True)
-    for number in (live, imported):
-        assert (await store.facts(number, "ACME", MONDAY, 30)).dnc is not None
+    await store.load("dnc", [DncRow(imported.key, "crm")], "replace")
+    summary = await store.load("dnc", [DncRow(imported.key, "crm")], "replace")
+    live_entry = (await store.facts(live, "ACME", MONDAY, 30)).dnc
+    assert live_entry == DncEntry("asked during a call", MONDAY, None)
+    # An imported entry keeps no date of its own, but names the list version it is on.
+    imported_entry = (await store.facts(imported, "ACME", MONDAY, 30)).dnc
+    assert imported_entry == DncEntry("crm", None, summary.version)
     assert await store.dnc_remove(live) and await store.dnc_remove(imported)
     for number in (live, imported):
         assert (await store.facts(number, "ACME", MONDAY, 30)).dnc is None
@@ -296,7 +322,9 @@ async def test_a_live_do_not_call_survives_a_list_replacement(service: Service) 
 async def test_an_undecodable_entry_fails_that_decision_closed(
     service: Service, redis_client: aioredis.Redis
 ) -> None:
-    await redis_client.hset("dialguard:consent", f"{NUMBER.key}|ACME", "garbage")
+    row = ConsentRow(NUMBER, "ACME", datetime(2026, 10, 1, tzinfo=PARIS), None, "crm:42")
+    version = (await service.store.load("consent", [row], "add")).version
+    await redis_client.hset(f"dialguard:consent:{version}", f"{NUMBER.key}|ACME", "garbage")
     request = CallRequest("0612345678", "demo-prospecting")
     other = CallRequest("0622222222", "demo-press")
     broken, fine = await asyncio.gather(

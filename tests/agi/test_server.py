@@ -35,10 +35,11 @@ from dialguard.agi.server import FastAgiServer
 from dialguard.audit import Journal
 from dialguard.cli import configure_logging
 from dialguard.config import Config, load_config
+from dialguard.imports import ConsentRow, DncRow
 from dialguard.model import FailMode
 from dialguard.numbers import normalise
 from dialguard.service import Service
-from dialguard.store import ConsentRow, Store
+from dialguard.store import Store
 from tests.agi.asterisk_peer import SessionResult, parse_args, run_session
 from tests.redis_server import RedisServer, free_port, running_redis
 from tests.waiting import wait_until
@@ -243,7 +244,7 @@ def raw_variables(commands: list[tuple[bytes, ...]]) -> dict[str, str]:
 
 async def load_consent(store: Store, given: datetime = MONDAY - timedelta(days=30)) -> None:
     row = ConsentRow(NUMBER, "ACME", given, None, "crm:42")
-    await store.load("consent", store.consent_fields([row]), replace=False)
+    await store.load("consent", [row], "add")
 
 
 # --- decisions: every result the dialplan can see ----------------------------------------
@@ -741,7 +742,7 @@ async def test_two_hundred_concurrent_sessions_each_get_their_own_answer(
     numbers = [normalise(raw) for raw in raws]
     listed, capped = numbers[::3], numbers[1::3]
     store = agi.store
-    await store.load("dnc", store.dnc_fields([(n, "listed") for n in listed], MONDAY), False)
+    await store.load("dnc", [DncRow(n.key, "listed") for n in listed], "add")
     await asyncio.gather(
         *(
             store.count_attempt(n, "ACME", MONDAY - timedelta(days=1), 4, 30, f"seed{i}")

@@ -1,0 +1,136 @@
+"""The import's fast paths give exactly what the general paths give.
+
+A 10-million-line file takes `numbers.fast_key` and the tight loop of `imports.chunks`;
+anything they do not recognise goes the general way. A difference would load a number
+under another key than the one a call looks up: a listed number let through.
+"""
+
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dialguard.imports import DncRow, OptoutRow, Rejected, chunks, read_header, records
+from dialguard.numbers import InvalidNumber, fast_key, import_key, normalise
+
+PARIS = ZoneInfo("Europe/Paris")
+
+digits = st.text(alphabet="0123456789", min_size=0, max_size=14)
+# Spellings near the fast ones: right and wrong lengths, prefixes, a stray character.
+near = st.one_of(
+    digits,
+    digits.map(lambda d: "0" + d),
+    digits.map(lambda d: "+33" + d),
+    digits.map(lambda d: "0033" + d),
+    digits.map(lambda d: "+" + d),
+    st.text(alphabet="0123456789 +.-/()\u00a0١a", max_size=16),
+)
+
+
+@settings(max_examples=3000)
+@given(near)
+def test_fast_key_is_normalise_or_steps_aside(text: str) -> None:
+    key = fast_key(text)
+    if key is None:
+        return
+    assert key == normalise(text).key
+
+
+@settings(max_examples=2000)
+@given(near)
+def test_import_key_is_normalise_and_refuses_what_is_never_blocked(text: str) -> None:
+    try:
+        expected = normalise(text)
+    except InvalidNumber:
+        with pytest.raises(InvalidNumber):
+            import_key(text)
+        return
+    if expected.never_blocked:
+        with pytest.raises(InvalidNumber, match="never blocked"):
+            import_key(text)
+    else:
+        assert import_key(text) == expected.key
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["0612345678", "06 12 34 56 78", "+33612345678", "0033612345678", "+33 6 12 34 56 78"],
+)
+def test_the_common_spellings_take_the_fast_path(spelling: str) -> None:
+    assert fast_key(spelling.replace(" ", "")) == "33612345678"
+
+
+def test_overseas_numbers_get_their_own_code_on_the_fast_path() -> None:
+    assert fast_key("0692123456") == "262692123456"  # Réunion mobile
+    assert fast_key("+33696123456") == "596696123456"  # Martinique: the NSN decides
+    assert fast_key("0709351234") == "262709351234"  # Mayotte: 070935-070937
+    assert fast_key("0709312345") == "594709312345"  # Guyane: 070930-070933
+
+
+lines = st.lists(
+    st.one_of(near, st.just(""), st.just("  "), st.just('"0612345678"'), st.just("061;2")),
+    max_size=30,
+)
+
+
+def _by_chunks(kind: str, header_line: str, body: list[str], size: int) -> list[object]:
+    header = read_header(kind, header_line)
+    out: list[object] = []
+    for chunk in chunks(header, iter(body), PARIS, size):
+        out += [("bad", n, r.message) for n, r in chunk.rejected]
+        out += chunk.rows
+        if kind == "dnc":
+            out += [DncRow(k, "") for k in chunk.keys]
+        else:
+            out += [("clear", k) for k in chunk.keys] + [("listed", k) for k in chunk.listed]
+    return out
+
+
+def _by_records(kind: str, header_line: str, body: list[str]) -> list[object]:
+    out: list[object] = []
+    for number, row in records(read_header(kind, header_line), iter(body), PARIS):
+        if isinstance(row, Rejected):
+            out.append(("bad", number, row.message))
+        elif isinstance(row, OptoutRow):
+            out.append(("listed" if row.listed else "clear", row.key))
+        else:
+            out.append(row)
+    return out
+
+
+def _key_of(item: object) -> str:
+    return repr(item)
+
+
+@settings(max_examples=300)
+@given(lines, st.integers(min_value=1, max_value=7))
+def test_dnc_chunks_hold_what_records_give(body: list[str], size: int) -> None:
+    body = [line + "\n" for line in body]
+    got = _by_chunks("dnc", "number", body, size)
+    expected = _by_records("dnc", "number", body)
+    # Chunks group keys apart from rows; the same multiset either way.
+    assert sorted(map(_key_of, got)) == sorted(map(_key_of, expected))
+
+
+statuses = st.sampled_from(["OK", "ok", "INSCRIT", "Listed", "", "O K", "1"])
+refs = st.sampled_from(["R1", "", "REQ-2", "a|b", "é"])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(near, refs, statuses), max_size=20), st.integers(1, 5))
+def test_bloctel_chunks_hold_what_records_give(rows: list[tuple[str, str, str]], size: int) -> None:
+    body = [";".join(row) + "\r\n" for row in rows]
+    got = _by_chunks("bloctel", "telephone;identifiant;statut", body, size)
+    expected = _by_records("bloctel", "telephone;identifiant;statut", body)
+    assert sorted(map(_key_of, got)) == sorted(map(_key_of, expected))
+
+
+def test_chunks_are_cut_at_the_size_and_keep_line_numbers() -> None:
+    body = ["0612345678\n", "bad\n", "\n", "0612345679\n", "0612345670\n"]
+    got = list(chunks(read_header("dnc", "number"), iter(body), PARIS, 2))
+    assert [len(c) for c in got] == [2, 1]
+    assert got[0].rejected[0][0] == 3  # the header is line 1
+    assert got[-1].last_line == 6
