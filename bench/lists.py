@@ -24,9 +24,8 @@ copy of config/dialguard.toml pointing at it, and measures through the real CLI
   of the old version.
 
 Per import: wall time (process start to exit: the figure to quote), the importer's own
-time and rows/s (its summary line, which times reading the file only, not the writes
-at commit), its peak RSS and CPU time (`os.wait4` on that child: its own `ru_maxrss`,
-as `getrusage(RUSAGE_CHILDREN)` would give with no other child), Redis CPU time, the
+time and rows/s (its summary line: from reading the header to the old version freed),
+its peak RSS (`VmHWM`) and CPU time (`os.wait4` on that child), Redis CPU time, the
 time each of them spent runnable but waiting for a CPU (/proc/PID/schedstat: on a
 shared machine, what other processes took), `used_memory` before and after, the MEMORY
 USAGE of the version's keys (bytes per number), and Redis's SLOWLOG over the import
@@ -422,6 +421,18 @@ def run_queue_s(pid: int) -> float:
         return 0.0
 
 
+def peak_rss_kb(pid: int) -> int:
+    """VmHWM of a running process: its peak resident set since its last exec."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 @dataclass
 class Child:
     process: subprocess.Popen[bytes]
@@ -439,13 +450,15 @@ class Child:
         if self.code is not None:
             return True
         self.waited_s = run_queue_s(self.process.pid) or self.waited_s
+        # Not ru_maxrss: it counts the pages the child shared with this process between
+        # fork and exec (this process holds the generated numbers), not the importer's.
+        self.max_rss_kb = max(self.max_rss_kb, peak_rss_kb(self.process.pid))
         pid, status, usage = os.wait4(self.process.pid, os.WNOHANG)
         if pid == 0:
             return False
         self.wall = time.monotonic() - self.started
         self.code = os.waitstatus_to_exitcode(status)
         self.process.returncode = self.code
-        self.max_rss_kb = usage.ru_maxrss
         self.cpu_s = usage.ru_utime + usage.ru_stime
         return True
 
@@ -1092,7 +1105,7 @@ def report(
         f" facts through `Store.facts` one at a time (a quarter each: numbers on both lists,"
         f" old only, new only, neither) and checks every answer against the old and the new"
         f" list, and another process PINGs Redis every millisecond. {pinning}."
-        f" Wall time includes the importer's start-up; RSS is the importer's `ru_maxrss`.\n"
+        f" Wall time includes the importer's start-up; RSS is the importer's peak (`VmHWM`).\n"
     )
     print(
         f"Machine: {host['nproc']} cores ({host['cpu']}), {host['memory']}, Linux"

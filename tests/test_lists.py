@@ -565,19 +565,21 @@ async def test_the_latest_consent_is_kept_whatever_the_order(store: Store) -> No
     assert (facts2.consent.proof_ref, facts2.consent.given_at) == ("two-newest", newest)
 
 
-async def test_contracts_merge_by_id(store: Store) -> None:
-    number = num("33611111111")
+async def test_a_contract_file_holds_the_whole_set_of_each_pair_it_names(store: Store) -> None:
+    number, other = num("33611111111"), num("33622222222")
     k1 = Contract("K-1", Sector.GENERAL, date(2025, 1, 1), None)
     k2 = Contract("K-2", Sector.ENERGY_RENOVATION, date(2025, 6, 1), date(2026, 12, 31))
     k1_ended = Contract("K-1", Sector.GENERAL, date(2025, 1, 1), date(2026, 1, 31))
-    await load(store, "contract", [ContractRow(number, "ACME", k1)], "replace")
-    await load(store, "contract", [ContractRow(number, "ACME", k2)], "add")
-    facts = await store.facts(number, "ACME", NOW, 30)
-    assert facts.contracts == (k1, k2)
-    summary = await load(store, "contract", [ContractRow(number, "ACME", k1_ended)], "add")
-    assert summary.changed == 0  # replaced, not added
-    facts = await store.facts(number, "ACME", NOW, 30)
-    assert facts.contracts == (k1_ended, k2)
+    first = [ContractRow(number, "ACME", k1), ContractRow(number, "ACME", k2)]
+    await load(store, "contract", [*first, ContractRow(other, "ACME", k1)], "replace")
+    assert (await store.facts(number, "ACME", NOW, 30)).contracts == (k1, k2)
+
+    # A merge naming the pair again: its rows are the pair's whole set (K-2 is gone);
+    # the same id twice in one file: the later row; a pair it does not name: untouched.
+    again = [ContractRow(number, "ACME", k1), ContractRow(number, "ACME", k1_ended)]
+    await load(store, "contract", again, "add")
+    assert (await store.facts(number, "ACME", NOW, 30)).contracts == (k1_ended,)
+    assert (await store.facts(other, "ACME", NOW, 30)).contracts == (k1,)
     assert (await store.facts(number, "OTHER", NOW, 30)).contracts == ()
 
 

@@ -169,10 +169,12 @@ class Outcome:
     rejects_path: Path | None
     summary: Summary | None  # None for a dry run
     refusal: str  # a dry run: why the import would be refused, or ''
+    seconds: float  # from start to end: reading, checking, writing, switching, freeing
 
 
 async def run_import(request: Request, store: Store | None) -> Outcome:
     """Check and load one file. Raises ImportFailed (nothing loaded, one line)."""
+    started = time.monotonic()
     header = read_header(request.path, request.kind)
     rejects = Rejects(request.path, request.rejects_path)
     # Changes made in place are visible as they are written, so a file that will be
@@ -187,7 +189,8 @@ async def run_import(request: Request, store: Store | None) -> Outcome:
                 )
                 refusal = _refusal(request, rejects, check.rows)
                 if request.dry_run:
-                    return Outcome(check, rejects.count, _written(rejects), None, refusal)
+                    seconds = time.monotonic() - started
+                    return Outcome(check, rejects.count, _written(rejects), None, refusal, seconds)
                 if refusal:
                     raise ImportFailed(refusal)
             assert store is not None
@@ -224,7 +227,8 @@ async def run_import(request: Request, store: Store | None) -> Outcome:
                 raise
     finally:
         rejects.close()
-    return Outcome(check or loaded, rejects.count, _written(rejects), summary, "")
+    seconds = time.monotonic() - started
+    return Outcome(check or loaded, rejects.count, _written(rejects), summary, "", seconds)
 
 
 def _written(rejects: Rejects) -> Path | None:
@@ -253,7 +257,7 @@ _ENTRIES = {"dnc": "numbers", "bloctel": "numbers", "consent": "consents", "cont
 def report(request: Request, outcome: Outcome) -> list[str]:
     """The summary printed on stdout."""
     name, check = request.path, outcome.check
-    rate = f"{check.rows / check.seconds:,.0f} rows/s" if check.seconds > 0 else ""
+    rate = f"{check.rows / outcome.seconds:,.0f} rows/s" if outcome.seconds > 0 else ""
     rejected = f"{outcome.rejected} rejected" + (
         f" (listed in {outcome.rejects_path})" if outcome.rejects_path else ""
     )
@@ -273,5 +277,5 @@ def report(request: Request, outcome: Outcome) -> list[str]:
         f" (repeated, {'not there' if summary.mode == 'remove' else 'already there'}"
         f"{' or older' if request.kind == 'consent' else ''}), {rejected};"
         f" the {target} holds {summary.size:,} {_ENTRIES[request.kind]};"
-        f" {check.seconds:.1f} s, {rate}",
+        f" {outcome.seconds:.1f} s, {rate}",
     ]

@@ -26,6 +26,7 @@ old version or the new one, never a mix, never a half-built one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,8 +66,10 @@ _FREE_CHUNK = 500
 _SADD_SLICE = 1000
 
 # Write gathered buckets into one version, merging with what is there. ARGV: the base
-# key, the intset limit, then (bucket, form, data) triples: form B, data a whole bucket
-# bitmap; form S, data 4-digit offsets run together. Returns how many numbers are new.
+# key, the intset limit, then per bucket: its name, a form, and data. Form B: one value,
+# the whole bucket bitmap. Form S: a count n, then n offsets in ascending order, as
+# integers (so Redis keeps them in an intset and appends each at its end). Returns how
+# many numbers are new.
 _WRITE = """
 local base, limit = ARGV[1], tonumber(ARGV[2])
 local idx, tmp = base .. 'idx', base .. 'tmp'
@@ -77,11 +80,14 @@ local function to_bitmap(s, b)
   end
   redis.call('DEL', s)
 end
-for i = 3, #ARGV, 3 do
-  local bucket, form, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local i = 3
+while i <= #ARGV do
+  local bucket, form = ARGV[i], ARGV[i + 1]
   local s, b = base .. 's:' .. bucket, base .. 'b:' .. bucket
   local bitmap = redis.call('EXISTS', b) == 1
   if form == 'B' then
+    local data = ARGV[i + 2]
+    i = i + 3
     local before = 0
     if bitmap then
       before = redis.call('BITCOUNT', b)
@@ -95,24 +101,20 @@ for i = 3, #ARGV, 3 do
       redis.call('SADD', idx, bucket)
     end
     added = added + redis.call('BITCOUNT', b) - before
-  elseif bitmap then
-    for j = 1, #data, 4 do
-      added = added + 1 - redis.call('SETBIT', b, tonumber(string.sub(data, j, j + 3)), 1)
-    end
   else
-    local members = {}
-    for j = 1, #data, 4 do
-      members[#members + 1] = tonumber(string.sub(data, j, j + 3))
-      if #members == SLICE then
-        added = added + redis.call('SADD', s, unpack(members))
-        members = {}
+    local first, last = i + 3, i + 2 + tonumber(ARGV[i + 2])
+    i = last + 1
+    if bitmap then
+      for j = first, last do
+        added = added + 1 - redis.call('SETBIT', b, ARGV[j], 1)
       end
+    else
+      for j = first, last, SLICE do
+        added = added + redis.call('SADD', s, unpack(ARGV, j, math.min(j + SLICE - 1, last)))
+      end
+      redis.call('SADD', idx, bucket)
+      if redis.call('SCARD', s) > limit then to_bitmap(s, b) end
     end
-    if #members > 0 then
-      added = added + redis.call('SADD', s, unpack(members))
-    end
-    redis.call('SADD', idx, bucket)
-    if redis.call('SCARD', s) > limit then to_bitmap(s, b) end
   end
 end
 return added
@@ -218,22 +220,26 @@ end
 return kept
 """
 
-# Add contracts to their pair's list, a contract id replacing an earlier one of the same
-# id. KEYS[1]: the contract hash; ARGV: (pair, JSON item) pairs. Returns new contracts.
+# Contracts: a file holds the whole set of contracts of each pair it names, so the first
+# row of a pair in an import replaces what is stored for it, and its other rows add to
+# it (a contract id met twice: the later row). KEYS: the contract hash, the import's set
+# of pairs met so far. ARGV: (pair, JSON item) pairs. Returns the contracts written.
 _CONTRACT_MERGE = """
-local added = 0
 for i = 1, #ARGV, 2 do
   local item = cjson.decode(ARGV[i + 1])
-  local old = redis.call('HGET', KEYS[1], ARGV[i])
-  local items = old and cjson.decode(old) or {}
+  local items = {}
+  if redis.call('SADD', KEYS[2], ARGV[i]) == 0 then
+    items = cjson.decode(redis.call('HGET', KEYS[1], ARGV[i]))
+  end
   local found = false
   for k = 1, #items do
     if items[k][1] == item[1] then items[k] = item; found = true end
   end
-  if not found then items[#items + 1] = item; added = added + 1 end
+  if not found then items[#items + 1] = item end
   redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(items))
 end
-return added
+redis.call('PEXPIRE', KEYS[2], 86400000)
+return #ARGV / 2
 """
 
 # Give a lock back only if it is still ours.
@@ -283,11 +289,17 @@ def pack(keys: Iterable[str]) -> list[str]:
 
 
 BUCKET_BYTES = 10**BUCKET_DIGITS // 8
-# Buckets gathered before they are written out: ~1.3 KB each, so at most ~40 MB, whatever
-# the file's size. The French mobile range is 20,000 buckets: such a list goes out once.
-MAX_GATHERED = 32_768
-# Buckets per write: each costs Redis a few microseconds, so one write stays ~1 ms.
-_WRITE_BUCKETS = 200
+# Buckets gathered before they are written out: 1.25 KB each, so at most ~80 MB whatever
+# the file's size. The French mobile range is 20,000 buckets, so a list of mobiles, or a
+# registry result set (listed and clear: 40,000), goes out once, at the end. Writing
+# earlier costs more: each write then touches many buckets for a few numbers each.
+MAX_GATHERED = 65_536
+# Work per write, in numbers added to intsets (~0.1 µs each in Redis): a write holds
+# Redis about a millisecond, so lookups keep going between writes. A bucket costs
+# _BUCKET_WEIGHT more (four commands), a bitmap _BITMAP_WEIGHT (a SET, two BITCOUNTs).
+_WRITE_WEIGHT = 5_000
+_BUCKET_WEIGHT = 20
+_BITMAP_WEIGHT = 40
 
 
 class Buckets:
@@ -318,26 +330,27 @@ class Buckets:
         self.repeated += repeated
 
     def writes(self, limit: int) -> Iterator[list[str | bytes]]:
-        """ARGV tails for the write script, _WRITE_BUCKETS buckets each; empties self."""
+        """ARGV tails for the write script, ~_WRITE_WEIGHT each; empties self."""
         args: list[str | bytes] = []
-        count = 0
+        weight = 0
         for bucket, bitmap in self.maps.items():
             value = int.from_bytes(bitmap, "big")
             if value.bit_count() > limit:
                 args += (bucket, "B", bytes(bitmap))
+                weight += _BITMAP_WEIGHT
             else:
                 # The bits as text, high bit first: character i is offset i.
                 bits = format(value, f"0{BUCKET_BYTES * 8}b")
-                offsets = []
+                offsets: list[str | bytes] = []
                 at = bits.find("1")
                 while at >= 0:
-                    offsets.append(f"{at:04d}")
+                    offsets.append(str(at))
                     at = bits.find("1", at + 1)
-                args += (bucket, "S", "".join(offsets))
-            count += 1
-            if count == _WRITE_BUCKETS:
+                args += (bucket, "S", str(len(offsets)), *offsets)
+                weight += len(offsets) + _BUCKET_WEIGHT
+            if weight >= _WRITE_WEIGHT:
                 yield args
-                args, count = [], 0
+                args, weight = [], 0
         if args:
             yield args
         self.maps = {}
@@ -476,16 +489,30 @@ class Lists:
     async def release(self, kind: str, version: str) -> None:
         """Forget the build of `version` (swapped in or freed) and give the lock back."""
         await self._call(self._redis.srem(self._prefix + "lists:building", f"{kind}:{version}"))
+        await self._call(self._redis.unlink(self.seen_key(version)))
         await self._call(self._unlock(keys=[self.lock_key(kind)], args=[version]))
 
     async def hash_size(self, kind: str, version: str) -> int:
         return int(await self._call(self._redis.hlen(self.hash_key(kind, version))))
 
     async def write(self, base: str, buckets: Buckets, limit: int = INTSET_LIMIT) -> int:
-        """Write gathered buckets into a version; how many numbers were new there."""
+        """Write gathered buckets into a version; how many numbers were new there.
+
+        Two writes in flight: Redis runs one while the next is prepared here."""
         added = 0
-        for args in buckets.writes(limit):
-            added += int(await self._call(self._write(args=[base, limit, *args])))
+        pending: asyncio.Future[Any] | None = None
+        try:
+            for args in buckets.writes(limit):
+                sent = asyncio.ensure_future(self._call(self._write(args=[base, limit, *args])))
+                if pending is not None:
+                    added += int(await pending)
+                pending = sent
+            if pending is not None:
+                added += int(await pending)
+                pending = None
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
         return added
 
     async def add(self, base: str, keys: Iterable[str], limit: int = INTSET_LIMIT) -> int:
@@ -512,11 +539,18 @@ class Lists:
         args = [value for pair in fields for value in pair]
         return int(await self._call(self._consent_merge(keys=[key], args=args)))
 
-    async def merge_contracts(self, key: str, fields: Sequence[tuple[str, str]]) -> int:
+    async def merge_contracts(
+        self, key: str, lock_version: str, fields: Sequence[tuple[str, str]]
+    ) -> int:
         if not fields:
             return 0
         args = [value for pair in fields for value in pair]
-        return int(await self._call(self._contract_merge(keys=[key], args=args)))
+        keys = [key, self.seen_key(lock_version)]
+        return int(await self._call(self._contract_merge(keys=keys, args=args)))
+
+    def seen_key(self, lock_version: str) -> str:
+        """The pairs an import has met (contracts: the first row of a pair replaces)."""
+        return f"{self._prefix}lists:seen:{lock_version}"
 
     async def remove_dnc(self, live_key: str, number_key: str) -> bool:
         """A live removal: from the live entries, the list in force and the one being

@@ -147,7 +147,7 @@ class Loader:
         else:
             fields = [_contract_field(row) for row in rows]
             key = lists.hash_key("contract", self.target)
-            counts["changed"] += await lists.merge_contracts(key, fields)
+            counts["changed"] += await lists.merge_contracts(key, self._lock_version, fields)
         await self._after_feed()
 
     async def _after_feed(self) -> None:
