@@ -190,6 +190,11 @@ class Chunk:
         return len(self.rows) + len(self.keys) + len(self.listed)
 
 
+# The registry's statuses as its files spell them: listed or not (what _bloctel_row
+# decides for any status; others take the general path).
+_STATUSES = {"OK": False, "ok": False, "Ok": False, "INSCRIT": True, "Inscrit": True}
+
+
 def chunks(header: Header, lines: Iterable[str], zone: ZoneInfo, size: int) -> Iterator[Chunk]:
     """The file's rows, `size` at a time. Ten million lines must load in seconds, so the
     common lines of do-not-call and registry files take a tight loop (what `fast_key`
@@ -215,14 +220,16 @@ def chunks(header: Header, lines: Iterable[str], zone: ZoneInfo, size: int) -> I
             fields = line.rstrip("\r\n").split(delimiter)
             if len(fields) == 3:
                 telephone, ref, status = fields
-                key = fast_key(telephone)
-                if key is not None and ref.isalnum() and ref.isascii() and status.isalpha():
-                    (chunk.keys if status.upper() == "OK" else chunk.listed).append(key)
-                    if len(chunk.keys) + len(chunk.listed) >= size:
-                        chunk.last_line = number
-                        yield chunk
-                        chunk = Chunk()
-                    continue
+                listed = _STATUSES.get(status)
+                if listed is not None and (ref.isalnum() or not ref) and ref.isascii():
+                    key = fast_key(telephone)
+                    if key is not None:
+                        (chunk.listed if listed else chunk.keys).append(key)
+                        if len(chunk.keys) + len(chunk.listed) >= size:
+                            chunk.last_line = number
+                            yield chunk
+                            chunk = Chunk()
+                        continue
         row = one(line)
         if row is None:
             continue

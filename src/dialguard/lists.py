@@ -26,7 +26,6 @@ old version or the new one, never a mix, never a half-built one.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -288,7 +287,9 @@ def pack(keys: Iterable[str]) -> list[str]:
     return args
 
 
-BUCKET_BYTES = 10**BUCKET_DIGITS // 8
+_BUCKET_SPAN = 10**BUCKET_DIGITS
+BUCKET_BYTES = _BUCKET_SPAN // 8
+_EMPTY_BUCKET = bytes(BUCKET_BYTES)
 # Buckets gathered before they are written out: 1.25 KB each, so at most ~80 MB whatever
 # the file's size. The French mobile range is 20,000 buckets, so a list of mobiles, or a
 # registry result set (listed and clear: 40,000), goes out once, at the end. Writing
@@ -304,56 +305,81 @@ _BITMAP_WEIGHT = 40
 
 class Buckets:
     """Numbers gathered per bucket as bitmaps (in Redis's bit order), then written in the
-    fewest commands: a dense bucket whole, a sparse one as its offsets."""
+    fewest commands: a dense bucket whole, a sparse one as its offsets.
+
+    One flat bytearray, a slot per bucket: at ten million numbers the gathering is bound
+    by memory accesses, and this layout and integer bucket ids measured 25 % faster than a
+    dict of one bytearray per bucket name."""
 
     def __init__(self) -> None:
-        self.maps: dict[str, bytearray] = {}
+        self._slots: dict[int, int] = {}  # bucket (the key without its last digits) -> bit
+        self._bits = bytearray()
         self.repeated = 0  # numbers met twice
 
     def __len__(self) -> int:
-        return len(self.maps)
+        return len(self._slots)
 
     def add(self, keys: Iterable[str]) -> None:
-        maps = self.maps
+        slots, bits = self._slots, self._bits
+        get = slots.get
         repeated = 0
         for key in keys:
-            bucket = key[:-BUCKET_DIGITS]
-            offset = int(key[-BUCKET_DIGITS:])
-            bitmap = maps.get(bucket)
-            if bitmap is None:
-                bitmap = maps[bucket] = bytearray(BUCKET_BYTES)
-            byte, bit = offset >> 3, 0x80 >> (offset & 7)  # SETBIT 0 is the high bit
-            if bitmap[byte] & bit:
+            bucket, offset = divmod(int(key), _BUCKET_SPAN)
+            start = get(bucket)
+            if start is None:
+                start = slots[bucket] = len(bits) * 8
+                bits.extend(_EMPTY_BUCKET)
+            position = start + offset
+            byte, bit = position >> 3, 0x80 >> (position & 7)  # SETBIT 0 is the high bit
+            if bits[byte] & bit:
                 repeated += 1
             else:
-                bitmap[byte] |= bit
+                bits[byte] |= bit
         self.repeated += repeated
 
-    def writes(self, limit: int) -> Iterator[list[str | bytes]]:
-        """ARGV tails for the write script, ~_WRITE_WEIGHT each; empties self."""
-        args: list[str | bytes] = []
-        weight = 0
-        for bucket, bitmap in self.maps.items():
+    def writes(self, limit: int) -> Iterator[tuple[int, bytes]]:
+        """The write script's arguments after the base key and limit, ~_WRITE_WEIGHT per
+        write, already in Redis's wire format: (how many, the bytes). Encoding ten million
+        offsets one by one through redis-py cost more than parsing the file; here each is
+        a table lookup. Empties self."""
+        parts: list[bytes] = []
+        count = weight = 0
+        bits = self._bits
+        for bucket, start in self._slots.items():
+            bitmap = bits[start >> 3 : (start >> 3) + BUCKET_BYTES]
             value = int.from_bytes(bitmap, "big")
+            name = _bulk(str(bucket).encode())
             if value.bit_count() > limit:
-                args += (bucket, "B", bytes(bitmap))
+                parts += (name, _FORM_BITMAP, _bulk(bytes(bitmap)))
+                count += 3
                 weight += _BITMAP_WEIGHT
             else:
                 # The bits as text, high bit first: character i is offset i.
-                bits = format(value, f"0{BUCKET_BYTES * 8}b")
-                offsets: list[str | bytes] = []
-                at = bits.find("1")
+                text = format(value, f"0{_BUCKET_SPAN}b")
+                offsets: list[bytes] = []
+                at = text.find("1")
                 while at >= 0:
-                    offsets.append(str(at))
-                    at = bits.find("1", at + 1)
-                args += (bucket, "S", str(len(offsets)), *offsets)
+                    offsets.append(_OFFSETS[at])
+                    at = text.find("1", at + 1)
+                parts += (name, _FORM_SET, _bulk(str(len(offsets)).encode()), *offsets)
+                count += 3 + len(offsets)
                 weight += len(offsets) + _BUCKET_WEIGHT
             if weight >= _WRITE_WEIGHT:
-                yield args
-                args, weight = [], 0
-        if args:
-            yield args
-        self.maps = {}
+                yield count, b"".join(parts)
+                parts, count, weight = [], 0, 0
+        if parts:
+            yield count, b"".join(parts)
+        self._slots, self._bits = {}, bytearray()
+
+
+def _bulk(value: bytes) -> bytes:
+    """One argument in Redis's wire format (RESP bulk string)."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+_OFFSETS = [_bulk(str(offset).encode()) for offset in range(_BUCKET_SPAN)]
+_FORM_BITMAP = _bulk(b"B")
+_FORM_SET = _bulk(b"S")
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,21 +524,37 @@ class Lists:
     async def write(self, base: str, buckets: Buckets, limit: int = INTSET_LIMIT) -> int:
         """Write gathered buckets into a version; how many numbers were new there.
 
-        Two writes in flight: Redis runs one while the next is prepared here."""
+        The commands are sent as built (see Buckets.writes), two in flight on one
+        connection: Redis runs one while the next is prepared here."""
+        sha = await self._call(self._redis.script_load(_WRITE))
+        head = _bulk(base.encode()) + _bulk(str(limit).encode())
+        pool = self._redis.connection_pool
+        connection = await self._call(cast(Any, pool).get_connection())
         added = 0
-        pending: asyncio.Future[Any] | None = None
+        in_flight = 0
         try:
-            for args in buckets.writes(limit):
-                sent = asyncio.ensure_future(self._call(self._write(args=[base, limit, *args])))
-                if pending is not None:
-                    added += int(await pending)
-                pending = sent
-            if pending is not None:
-                added += int(await pending)
-                pending = None
+            for count, arguments in buckets.writes(limit):
+                command = b"*%d\r\n%s%s%s%s%s" % (
+                    count + 5,
+                    _bulk(b"EVALSHA"),
+                    _bulk(sha.encode() if isinstance(sha, str) else sha),
+                    _bulk(b"0"),
+                    head,
+                    arguments,
+                )
+                await self._call(connection.send_packed_command(command))
+                in_flight += 1
+                if in_flight == 2:
+                    added += int(await self._call(connection.read_response()))
+                    in_flight -= 1
+            while in_flight:
+                added += int(await self._call(connection.read_response()))
+                in_flight -= 1
+        except BaseException:
+            await connection.disconnect()  # replies may still be on their way
+            raise
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
+            await pool.release(connection)
         return added
 
     async def add(self, base: str, keys: Iterable[str], limit: int = INTSET_LIMIT) -> int:
