@@ -71,6 +71,7 @@ from typing import Any, TextIO
 import redis.asyncio as aioredis
 
 from dialguard.numbers import Number, normalise
+from dialguard.serve import tune_gc
 from dialguard.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -758,6 +759,9 @@ async def swap_run(
     context: Context,
 ) -> SwapRun:
     """Import `new_file` over the list in force while reading facts one at a time."""
+    # As `dialguard serve` does (serve.tune_gc): the pools of numbers live as long as the
+    # run, and a full collection walking them would show as a slow read.
+    tune_gc()
     run = SwapRun(new_file.name)
     old_version = (await in_force(client, "dnc"))[0]
     checker = Checker(old_version, run)

@@ -66,11 +66,22 @@ def _local_redis() -> str:
     sys.exit(f"make run: redis-server did not start; see {data / 'redis.log'}")
 
 
+def _drop_old_sample_layout(url: str) -> None:
+    """Our own Redis holds only sample data: an earlier `make run` may have left it in the
+    one-hash-per-list layout, which `serve` refuses (docs/data-model.md, Upgrading)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.delete(*(f"dialguard:{kind}" for kind in ("dnc", "optout", "consent", "contract")))
+    client.close()
+
+
 def main() -> None:
     env = dict(os.environ)
     env.setdefault("DIALGUARD_CONFIG", str(ROOT / "config" / "dialguard.toml"))
     if not env.get("DIALGUARD_REDIS_URL"):
         env["DIALGUARD_REDIS_URL"] = _local_redis()
+        _drop_old_sample_layout(env["DIALGUARD_REDIS_URL"])
     dialguard = str(Path(sys.executable).parent / "dialguard")
     for kind, name, extra in SAMPLES:
         path = ROOT / "config" / "sample" / name

@@ -16,7 +16,7 @@ import sys
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +277,8 @@ class Loaded:
 
 
 _SECOND_LINE = re.compile(
-    r"(?P<changed>\d+) (?:new|removed), (?P<unchanged>\d+) unchanged \([^)]*\),"
+    r"(?P<read>\d+) lines read: (?P<changed>\d+) (?:new|removed),"
+    r" (?P<unchanged>\d+) unchanged \([^)]*\),"
     r" (?P<rejected>\d+) rejected(?: \(listed in [^)]*\))?;"
     r" the (?P<target>.+) holds (?P<size>[\d,]+) (?:numbers|consents|pairs);"
     r" \d+\.\d s, [\d,]* ?(?:rows/s)?"
@@ -1063,3 +1064,62 @@ def test_conflicting_bloctel_rows_fail_closed(cli: Cli) -> None:
     )
     ok(cli("import", "bloctel", bloctel, "--checked-at", "2026-05-20"))
     assert decision(cli(*cli.check("0612345678", at=AT_OPTOUT))) == ("DENY", "OPTOUT_LISTED")
+
+
+# --- lists status -----------------------------------------------------------------------
+
+
+def test_lists_status_shows_size_memory_age_and_what_goes_stale(cli: Cli) -> None:
+    today = datetime.now(UTC).date()
+    dnc = cli.file("dnc.csv", "number\n0611111111\n0611111112\n0611111113\n")
+    recent = cli.file("recent.csv", "telephone;identifiant;statut\n0622222221;R1;OK\n")
+    ageing = cli.file(
+        "ageing.csv", "telephone;identifiant;statut\n0633333331;R2;OK\n0633333332;R3;INSCRIT\n"
+    )
+    for run in cli.many(
+        ["import", "dnc", dnc, "--replace"],
+        ["import", "bloctel", recent, "--checked-at", str(today - timedelta(days=2))],
+    ):
+        assert run.code == 0, run
+    aged: list[str | Path] = ["import", "bloctel", ageing, "--checked-at"]
+    assert cli(*aged, str(today - timedelta(days=25)), "--ref", "BT-25").code == 0
+    ok(cli("dnc", "add", "0644444444"))
+
+    status = cli("lists", "status", "--json")
+    assert status.code == 0, status
+    rows = [json.loads(line) for line in status.out.splitlines()]
+    by_list: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_list.setdefault(row["list"], []).append(row)
+    (dnc_row,) = by_list["dnc"]
+    assert dnc_row["entries"] == 3 and dnc_row["bytes"] > 0 and dnc_row["age_days"] == 0
+    assert dnc_row["source"] == "dnc.csv"
+    assert by_list["dnc:live"][0]["entries"] == 1
+    assert by_list["consent"][0]["state"] == "never imported"
+    newest, older = by_list["bloctel"]  # newest check first
+    assert (newest["entries"], newest["stale_in_7_days"]) == (1, 0)
+    assert older["checked_on"] == str(today - timedelta(days=25))
+    assert older["entries"] == 2
+    assert older["stale_in_7_days"] == 1  # the clear number; a listing keeps denying
+    assert older["state"].startswith("stale in ")
+
+    human = cli("lists", "status")
+    assert human.code == 0 and "1 registry-checked numbers go stale within 7 days" in human.out
+
+
+def test_lists_status_with_redis_down_is_one_line(cli: Cli) -> None:
+    run = cli("lists", "status", env={"DIALGUARD_REDIS_URL": REDIS_DOWN})
+    assert run.code == 2 and run.out == ""
+    assert run.err.startswith("dialguard: Redis unavailable") and run.err.count("\n") == 1
+
+
+def test_serve_refuses_lists_left_in_the_old_layout(cli: Cli, redis_server: RedisServer) -> None:
+    # An earlier version kept the do-not-call list in one hash: silently ignoring it would
+    # let every number on it through.
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("dialguard:dnc", "33612345678", "1700000000000|asked")
+    run = cli("serve")
+    client.close()
+    assert run.code == 2, run
+    assert run.err.count("\n") == 1 and "dialguard:dnc" in run.err
+    assert "docs/data-model.md" in run.err

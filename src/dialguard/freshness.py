@@ -32,12 +32,14 @@ class ResultSet:
 
     @property
     def stale(self) -> bool:
-        return self.days_left <= 0
+        """Its clear numbers no longer count (a check dated after today never did: the
+        date is wrong, and the decision treats it as unverified too)."""
+        return self.days_left <= 0 or self.age_days < 0
 
     @property
     def stale_soon(self) -> bool:
         """Goes stale within SOON_DAYS days (not stale yet)."""
-        return 0 < self.days_left <= SOON_DAYS
+        return not self.stale and self.days_left <= SOON_DAYS
 
 
 def registry_sets(

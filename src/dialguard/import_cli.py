@@ -273,7 +273,8 @@ def report(request: Request, outcome: Outcome) -> list[str]:
     )
     return [
         f"{name}: {summary.rows} {request.kind} rows loaded ({_DONE[summary.mode]})",
-        f"{name}: {summary.changed} {changed}, {summary.unchanged} unchanged"
+        f"{name}: {check.lines} lines read: {summary.changed} {changed},"
+        f" {summary.unchanged} unchanged"
         f" (repeated, {'not there' if summary.mode == 'remove' else 'already there'}"
         f"{' or older' if request.kind == 'consent' else ''}), {rejected};"
         f" the {target} holds {summary.size:,} {_ENTRIES[request.kind]};"

@@ -9,7 +9,7 @@ In short (``P`` is the configured key prefix, ``V`` a version id that is never r
 - ``P dnc:V:s:BUCKET`` / ``P dnc:V:b:BUCKET``: the numbers of one version, bucketed by
   every digit but the last four. A bucket is an intset of those last four digits (2 bytes
   each) until it holds more than INTSET_LIMIT numbers, then a 10,000-bit bitmap (1,250
-  bytes, whatever it holds). ``P dnc:V:idx`` lists the buckets, so a version is copied,
+  bytes, whatever it holds). ``P dnc:V:idx`` lists the buckets, so a version is
   measured and freed without scanning the keyspace; ``P dnc:V:why`` keeps the reasons a
   file gave (only those: most rows give none).
 - ``P optout:V:L:...`` / ``P optout:V:C:...``: a registry result set, listed and checked
@@ -18,7 +18,9 @@ In short (``P`` is the configured key prefix, ``V`` a version id that is never r
 - ``P lists:seq`` allocates versions; ``P lists:lock:KIND`` is held by the import of KIND
   under way (its value is the version it builds, so a live removal reaches it too);
   ``P lists:building`` remembers builds not yet swapped in, so a killed import's leftovers
-  are freed by the next import of that kind.
+  are freed by the next import of that kind; ``P lists:unlisted:LOCK`` holds the numbers
+  removed live while an import ran (taken off its version when it is swapped in), and
+  ``P lists:seen:LOCK`` the pairs a contract import has met.
 
 A reader (the facts script) reads ``P lists`` and the buckets in one script: it sees the
 old version or the new one, never a mix, never a half-built one.
