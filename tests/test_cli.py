@@ -938,6 +938,7 @@ def test_unreadable_empty_and_misused_import_files(cli: Cli) -> None:
         ["import", "bloctel", bloctel],
         ["import", "bloctel", bloctel, "--checked-at", "2026-13-01"],
         ["import", "dnc", header_only, "--checked-at", "2026-05-20"],
+        ["import", "bloctel", bloctel, "--checked-at", "2099-01-01"],
     )
     one_line_error(runs[0], 1, str(latin1), "not UTF-8")
     one_line_error(runs[1], 1, str(missing), "file not found")
@@ -946,6 +947,7 @@ def test_unreadable_empty_and_misused_import_files(cli: Cli) -> None:
     one_line_error(runs[4], 1, "bloctel imports need --checked-at")
     one_line_error(runs[5], 1, "--checked-at '2026-13-01' is not a date")
     one_line_error(runs[6], 1, "--checked-at applies to bloctel imports only")
+    one_line_error(runs[7], 1, "--checked-at 2099-01-01 is in the future")
     assert all(r.out == "" for r in runs)
 
 

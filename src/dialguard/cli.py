@@ -385,7 +385,7 @@ def import_(
         path=file,
         mode="replace" if replace else "remove" if remove else "add",
         zone=ZoneInfo(config.policy.default_timezone),
-        checked_on=_checked_on(kind, checked_at),
+        checked_on=_checked_on(kind, checked_at, ZoneInfo(config.policy.default_timezone)),
         ref=ref,
         dry_run=dry_run,
         rejects_path=rejects_path,
@@ -406,7 +406,7 @@ def import_(
         raise Failure(outcome.refusal.replace("nothing loaded", "it would be refused"))
 
 
-def _checked_on(kind: str, checked_at: str | None) -> date | None:
+def _checked_on(kind: str, checked_at: str | None, zone: ZoneInfo) -> date | None:
     if kind != "bloctel":
         if checked_at is not None:
             raise Failure("--checked-at applies to bloctel imports only")
@@ -414,9 +414,13 @@ def _checked_on(kind: str, checked_at: str | None) -> date | None:
     if checked_at is None:
         raise Failure("bloctel imports need --checked-at YYYY-MM-DD (the registry's check date)")
     try:
-        return date.fromisoformat(checked_at)
+        day = date.fromisoformat(checked_at)
     except ValueError:
         raise Failure(f"--checked-at {checked_at!r} is not a date (YYYY-MM-DD)") from None
+    # A check dated after today is a typo; it would never count (OPTOUT_UNVERIFIED).
+    if day > datetime.now(UTC).astimezone(zone).date():
+        raise Failure(f"--checked-at {checked_at} is in the future")
+    return day
 
 
 def _add_audit_commands() -> None:
