@@ -63,6 +63,14 @@ class AriSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The Prometheus endpoint (`[metrics]`): GET http://host:port/metrics."""
+
+    host: str = "127.0.0.1"
+    port: int = 9573
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     node: str
@@ -73,6 +81,7 @@ class Config:
     campaigns: Mapping[str, Campaign]
     audit_retention_days: int = 3 * 365 + 1  # three years (C. consommation: proof kept 3 years)
     ari: AriSettings | None = None  # None: the ARI application does not run
+    metrics: MetricsSettings | None = None  # None: no metrics endpoint
 
 
 class _Reader:
@@ -158,7 +167,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         raise ConfigError(f"{path}: file not found (set DIALGUARD_CONFIG or --config)")
     data, _ = _read_toml(path)
     top = _Reader(path, data)
-    top.unknown_keys({"node", "redis", "server", "audit", "policy", "campaigns", "ari"})
+    top.unknown_keys({"node", "redis", "server", "audit", "policy", "campaigns", "ari", "metrics"})
 
     redis_table = top.table("redis")
     redis_table.unknown_keys({"url", "prefix", "timeout_ms"})
@@ -218,7 +227,18 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         raise campaigns_table.fail("", "no campaign configured")
     node = top.get("node", str, "") or socket.gethostname()
     ari = _ari(top.table("ari"), env) if "ari" in data else None
-    return Config(path, node, redis, server, audit_dir, policy, campaigns, retention_days, ari)
+    metrics = _metrics(top.table("metrics")) if "metrics" in data else None
+    return Config(
+        path, node, redis, server, audit_dir, policy, campaigns, retention_days, ari, metrics
+    )
+
+
+def _metrics(table: _Reader) -> MetricsSettings:
+    table.unknown_keys({"host", "port"})
+    port = table.positive("port", 9573)
+    if port > 65535:
+        raise table.fail("port", f"{port} is not a TCP port")
+    return MetricsSettings(table.get("host", str, "127.0.0.1"), port)
 
 
 def _ari(table: _Reader, env: Mapping[str, str]) -> AriSettings:

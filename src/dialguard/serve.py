@@ -151,6 +151,23 @@ async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
                 return 1
             log.error("ari_unavailable_at_start", error=str(exc))
             await ari.start_retrying()
+    metrics = None
+    if config.metrics is not None and watch:  # one endpoint: the facts are not per process
+        from dialguard.metrics import start_metrics
+
+        try:
+            metrics = await start_metrics(store, config, config.metrics)
+        except OSError as exc:
+            print(
+                f"dialguard: cannot serve metrics on {config.metrics.host}:{config.metrics.port}:"
+                f" {exc.strerror}",
+                file=sys.stderr,
+            )
+            if ari is not None:
+                await ari.stop()
+            await server.stop()
+            await store.close()
+            return 2
     # One process watches the registry checks' age: the others would only repeat it.
     watcher = (
         asyncio.get_running_loop().create_task(watch_freshness(store, config)) if watch else None
@@ -164,6 +181,8 @@ async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
     await stop.wait()
     if watcher is not None:
         watcher.cancel()
+    if metrics is not None:
+        await metrics.cleanup()
     if ari is not None:
         await ari.stop()
     await server.stop()
