@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import click
 from redis.exceptions import RedisError
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -77,11 +78,11 @@ async def gather(store: Store, today: date, freshness_days: int) -> list[Row]:
             listed, used_listed = await lists.census("optout", result_set.version, "L")
             clear, used_clear = await lists.census("optout", result_set.version, "C")
             if result_set.stale:
-                state = "stale: its clear numbers are unverified"
+                state = "STALE"  # its clear numbers give OPTOUT_UNVERIFIED
             elif result_set.stale_soon:
-                state = f"stale in {result_set.days_left} days"
+                state = f"stale in {result_set.days_left} d"
             else:
-                state = f"fresh for {result_set.days_left} days"
+                state = f"fresh {result_set.days_left} d"
             rows.append(
                 Row(
                     "bloctel",
@@ -127,21 +128,29 @@ def status(as_json: bool, config_path: Path | None) -> None:
         for row in rows:
             click.echo(json.dumps(row.as_json()))
         return
-    table = Table(title=f"dialguard lists ({today})")
-    for column in ("list", "version", "entries", "memory", "B/entry", "loaded", "age", "state"):
-        table.add_column(column, justify="right" if column in ("entries", "B/entry") else "left")
+    table = Table(
+        title=f"dialguard lists, {today} (UTC times)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in ("list", "entries", "MB", "B/entry", "loaded", "checked", "state"):
+        right = column in ("entries", "MB", "B/entry")
+        table.add_column(column, justify="right" if right else "left", no_wrap=True)
     for row in rows:
         table.add_row(
-            row.list,
-            row.version,
+            f"{row.list} v{row.version}" if row.version else row.list,
             f"{row.entries:,}",
-            f"{row.bytes / 1e6:,.1f} MB",
+            f"{row.bytes / 1e6:,.1f}",
             f"{row.bytes / row.entries:.1f}" if row.entries else "",
-            row.loaded_at[:16].replace("T", " "),
-            f"{row.age_days} d" if row.age_days is not None else "",
-            (f"checked {row.checked_on}; " if row.checked_on else "") + row.state,
+            row.loaded_at[5:16].replace("T", " "),
+            row.checked_on,
+            row.state,
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # a file or a pipe: no need to fit a screen
+    console.print(table)
     soon = sum(row.stale_in_7_days for row in rows)
     if soon:
         click.echo(f"{soon:,} registry-checked numbers go stale within {SOON_DAYS} days")
