@@ -250,6 +250,9 @@ def _refusal(request: Request, rejects: Rejects, rows: int) -> str:
     return ""
 
 
+# Past this many registry result sets in force, the summary suggests merging them (each
+# set costs every decision up to four lookups inside Redis, ~2 µs).
+MANY_RESULT_SETS = 8
 _DONE = {"add": "merged", "replace": "replaced the list", "remove": "removed"}
 _ENTRIES = {"dnc": "numbers", "bloctel": "numbers", "consent": "consents", "contract": "pairs"}
 
@@ -271,6 +274,12 @@ def report(request: Request, outcome: Outcome) -> list[str]:
         if request.kind == "bloctel"
         else f"{'dnc' if request.kind == 'dnc' else request.kind} list (version {summary.version})"
     )
+    hint = []
+    if summary.result_sets > MANY_RESULT_SETS:
+        hint = [
+            f"{name}: {summary.result_sets} registry result sets in force: each adds lookups"
+            " to every decision; load a merged check with --replace to keep them few"
+        ]
     return [
         f"{name}: {summary.rows} {request.kind} rows loaded ({_DONE[summary.mode]})",
         f"{name}: {check.lines} lines read: {summary.changed} {changed},"
@@ -279,4 +288,5 @@ def report(request: Request, outcome: Outcome) -> list[str]:
         f"{' or older' if request.kind == 'consent' else ''}), {rejected};"
         f" the {target} holds {summary.size:,} {_ENTRIES[request.kind]};"
         f" {outcome.seconds:.1f} s, {rate}",
+        *hint,
     ]

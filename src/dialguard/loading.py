@@ -34,6 +34,7 @@ class Summary:
     version: str = ""
     size: int = 0  # entries in the list (or the result set) afterwards
     stale_versions: list[str] = field(default_factory=list)
+    result_sets: int = 0  # registry result sets in force afterwards (bloctel imports)
 
     @property
     def unchanged(self) -> int:
@@ -198,6 +199,7 @@ class Loader:
                 )
                 self._swapped = True
                 summary.size = int(entry["size"])
+                summary.result_sets = len(sets)
             elif self.target:
                 meta = dict(self._meta) if not self.building else {}
                 size = await self._size(meta)
