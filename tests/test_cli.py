@@ -930,6 +930,7 @@ def test_unreadable_empty_and_misused_import_files(cli: Cli) -> None:
     latin1 = cli.file("latin1.csv", "number,reason\n0612345678,opposé\n".encode("latin-1"))
     missing = cli.tmp / "missing.csv"
     bloctel = cli.file("b.csv", "telephone;identifiant;statut\n0612345678;R;OK\n")
+    bloctel_header = cli.file("b0.csv", "telephone;identifiant;statut\n")
     runs = cli.many(
         ["import", "dnc", latin1],
         ["import", "dnc", missing],
@@ -939,6 +940,7 @@ def test_unreadable_empty_and_misused_import_files(cli: Cli) -> None:
         ["import", "bloctel", bloctel, "--checked-at", "2026-13-01"],
         ["import", "dnc", header_only, "--checked-at", "2026-05-20"],
         ["import", "bloctel", bloctel, "--checked-at", "2099-01-01"],
+        ["import", "bloctel", bloctel_header, "--checked-at", "2026-11-20"],
     )
     one_line_error(runs[0], 1, str(latin1), "not UTF-8")
     one_line_error(runs[1], 1, str(missing), "file not found")
@@ -948,6 +950,7 @@ def test_unreadable_empty_and_misused_import_files(cli: Cli) -> None:
     one_line_error(runs[5], 1, "--checked-at '2026-13-01' is not a date")
     one_line_error(runs[6], 1, "--checked-at applies to bloctel imports only")
     one_line_error(runs[7], 1, "--checked-at 2099-01-01 is in the future")
+    one_line_error(runs[8], 1, str(bloctel_header), "a registry result set needs")
     assert all(r.out == "" for r in runs)
 
 

@@ -247,6 +247,8 @@ def _refusal(request: Request, rejects: Rejects, rows: int) -> str:
         )
     if request.mode == "replace" and rows == 0:
         return f"{name}: no data rows; refusing to replace the {request.kind} list with nothing"
+    if request.kind == "bloctel" and rows == 0:
+        return f"{name}: no data rows; a registry result set needs at least one number"
     return ""
 
 
