@@ -649,3 +649,28 @@ async def test_a_replace_frees_every_key_of_the_old_version(
     assert await redis_client.exists(f"{PREFIX}consent:{c1.version}") == 0
     assert (await store.facts(number, "ACME", NOW, 30)).consent is not None
     assert c2.version != c1.version
+
+
+async def test_buckets_follow_a_lower_intset_limit_of_this_redis(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    # A Redis configured to turn intsets into hashtables sooner: buckets become bitmaps
+    # sooner instead of hashtables (~50 bytes a member).
+    saved = (await redis_client.config_get("set-max-intset-entries"))["set-max-intset-entries"]
+    assert saved is not None
+    await redis_client.config_set("set-max-intset-entries", 64)
+    try:
+        keys = [f"3361234{o:04d}" for o in range(0, 2000, 20)]  # 100 numbers, one bucket
+        keys += [f"3361235{o:04d}" for o in range(0, 600, 20)]  # 30
+        summary = await load(store, "dnc", dnc_rows(keys), "replace")
+    finally:
+        await redis_client.config_set("set-max-intset-entries", saved)
+    base = f"{PREFIX}dnc:{summary.version}:"
+    assert await redis_client.type(base + "b:3361234") == b"string"
+    assert await redis_client.exists(base + "s:3361234") == 0
+    assert await redis_client.object("encoding", base + "s:3361235") == b"intset"
+    assert await listed(store, [keys[0], keys[99], keys[-1], "33612340001"]) == {
+        keys[0],
+        keys[99],
+        keys[-1],
+    }

@@ -488,6 +488,17 @@ class Lists:
 
     # --- building -------------------------------------------------------------------------
 
+    async def intset_limit(self, wanted: int = INTSET_LIMIT) -> int:
+        """The most members a bucket keeps as an intset here: INTSET_LIMIT, or less when
+        this Redis turns intsets into hashtables sooner (`set-max-intset-entries`; a
+        Redis that refuses CONFIG is taken to have the default, 512)."""
+        try:
+            reply = await self._redis.config_get("set-max-intset-entries")
+            configured = int(reply.get("set-max-intset-entries") or 512)
+        except (RedisError, OSError, ValueError):
+            return wanted
+        return max(1, min(wanted, configured))
+
     async def acquire(self, kind: str) -> str:
         """Take the import lock of `kind` and a fresh version id for whatever it builds;
         free what a killed import of this kind left behind."""

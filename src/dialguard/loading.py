@@ -84,6 +84,7 @@ class Loader:
         self._counts = {"changed": 0, "rows": 0, "listed": 0, "clear": 0, "removed": 0}
 
     async def open(self) -> None:
+        self._limit = await self._lists.intset_limit(self._limit)
         self._lock_version = await self._lists.acquire(self.list)
         current = await self._lists.current(self.list)
         self._previous, self._meta = current.versions, current.meta
