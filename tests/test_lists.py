@@ -674,3 +674,29 @@ async def test_buckets_follow_a_lower_intset_limit_of_this_redis(
         keys[99],
         keys[-1],
     }
+
+
+async def test_versions_left_by_a_crash_while_freeing_are_freed_by_the_next_import(
+    store: Store, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = spread("3361", 1000)
+    first = await load(store, "dnc", dnc_rows(old), "replace")
+    new = spread("3362", 1000)
+    build = await opened(store, "dnc", "replace")
+    await build.feed(dnc_rows(new))
+
+    async def crash(kind: str, version: str) -> None:
+        raise RuntimeError("killed while freeing")
+
+    monkeypatch.setattr(store.lists, "free", crash)
+    with pytest.raises(RuntimeError):
+        await build.commit()
+    monkeypatch.undo()
+    # The new list is in force; the old one is still there, but not forgotten.
+    assert await listed(store, [old[0], new[0]]) == {new[0]}
+    assert await version_keys(redis_client, "dnc", first.version) != []
+
+    await load(store, "dnc", dnc_rows(["33699999999"]), "add")
+    assert await version_keys(redis_client, "dnc", first.version) == []
+    assert await listed(store, [old[0], new[0], "33699999999"]) == {new[0], "33699999999"}
+    assert await redis_client.smembers(f"{PREFIX}lists:building") == set()

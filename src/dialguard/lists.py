@@ -189,9 +189,12 @@ return removed
 
 # Put a version in force, in one atomic step: take off it the numbers removed live while
 # it was built, point the lists hash at it, and forget it was a build (a crash after this
-# must not have the next import free the list in force).
+# must not have the next import free the list in force); the versions it replaces join
+# the builds set until they are freed, so a crash while freeing them leaves them to the
+# next import, not to no one.
 # KEYS: the lists hash, the builds set, the unlisted set. ARGV: kind, pointer, metadata,
-# the build's entry in the builds set, the target dnc base key ('' for other kinds).
+# the build's entry in the builds set, the target dnc base key ('' for other kinds), then
+# the builds-set entries of the versions dropped.
 _SWAP = (
     _UNLIST
     + """
@@ -200,6 +203,7 @@ if ARGV[5] ~= '' then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[1] .. ':meta', ARGV[3])
 redis.call('SREM', KEYS[2], ARGV[4])
+for i = 6, #ARGV do redis.call('SADD', KEYS[2], ARGV[i]) end
 redis.call('DEL', KEYS[3])
 return 1
 """
@@ -616,10 +620,17 @@ class Lists:
         return bool(removed)
 
     async def swap(
-        self, kind: str, versions: Sequence[str], meta: Any, lock_version: str, target: str
+        self,
+        kind: str,
+        versions: Sequence[str],
+        meta: Any,
+        lock_version: str,
+        target: str,
+        dropping: Sequence[str] = (),
     ) -> None:
         """Put `versions` in force: one script, so readers see the old or the new, whole.
-        `lock_version` names the import's lock; `target` the dnc version written to."""
+        `lock_version` names the import's lock; `target` the dnc version written to;
+        `dropping` the versions no longer in force, to free next (see `forget`)."""
         keys = [self.index, self._prefix + "lists:building", self.unlisted_key(lock_version)]
         args = [
             kind,
@@ -627,8 +638,13 @@ class Lists:
             json.dumps(meta, separators=(",", ":")),
             f"{kind}:{lock_version}",
             self.base("dnc", target) if kind == "dnc" and target else "",
+            *(f"{kind}:{version}" for version in dropping),
         ]
         await self._call(self._swap(keys=keys, args=args))
+
+    async def forget(self, kind: str, version: str) -> None:
+        """A dropped version is freed: no later import needs to."""
+        await self._call(self._redis.srem(self._prefix + "lists:building", f"{kind}:{version}"))
 
     def unlisted_key(self, lock_version: str) -> str:
         return f"{self._prefix}lists:unlisted:{lock_version}"
@@ -642,7 +658,9 @@ class Lists:
         for base in self.bases(kind, version):
             index = base + "idx"
             while True:
-                buckets = await self._call(self._redis.spop(index, _FREE_CHUNK))
+                # A bucket leaves the index only once its keys are gone: stopped half-way,
+                # a later free finds what is left.
+                buckets = await self._call(self._redis.srandmember(index, _FREE_CHUNK))
                 if not buckets:
                     break
                 names = [_text(b) for b in buckets]
@@ -651,6 +669,7 @@ class Lists:
                         *(f"{base}s:{b}" for b in names), *(f"{base}b:{b}" for b in names)
                     )
                 )
+                await self._call(self._redis.srem(index, *names))
             await self._call(self._redis.unlink(index, base + "why"))
 
     async def _call(self, awaitable: Any) -> Any:

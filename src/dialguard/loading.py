@@ -196,7 +196,12 @@ class Loader:
                     reverse=True,
                 )
                 await lists.swap(
-                    "optout", [s["version"] for s in sets], sets, self._lock_version, ""
+                    "optout",
+                    [s["version"] for s in sets],
+                    sets,
+                    self._lock_version,
+                    "",
+                    self._dropping(),
                 )
                 self._swapped = True
                 summary.size = int(entry["size"])
@@ -216,17 +221,30 @@ class Loader:
                         *meta["changes"][-9:],
                         {"mode": self.mode, "source": self._source, "at": loaded_at},
                     ]
-                await lists.swap(self.list, [self.target], meta, self._lock_version, self.target)
+                await lists.swap(
+                    self.list,
+                    [self.target],
+                    meta,
+                    self._lock_version,
+                    self.target,
+                    self._dropping(),
+                )
                 self._swapped = True
                 summary.size = size
             summary.version = self.target
-            if self.building and (self.list != "optout" or self.mode == "replace"):
-                for version in self._previous:  # no longer read by anyone: free them
-                    await lists.free(self.list, version)
-                summary.stale_versions = list(self._previous)
+            for version in self._dropping():  # no longer read by anyone: free them
+                await lists.free(self.list, version)
+                await lists.forget(self.list, version)
+            summary.stale_versions = list(self._dropping())
         finally:
             await lists.release(self.list, self._lock_version)
         return summary
+
+    def _dropping(self) -> tuple[str, ...]:
+        """The versions this import takes out of force."""
+        if self.building and (self.list != "optout" or self.mode == "replace"):
+            return self._previous
+        return ()
 
     async def abort(self) -> None:
         """Undo a build (an in-place `add` or `remove` cannot be undone: its changes are
