@@ -22,10 +22,10 @@ from dialguard.lists import ListBusy
 from dialguard.loading import Loader, Summary
 from dialguard.store import Store
 
-__all__ = ["Check", "Rejects", "run_import"]
+__all__ = ["Check", "ImportFailed", "Outcome", "Rejects", "Request", "report", "run_import"]
 
-# Rows written per round trip: large enough to amortise it, small enough that one script
-# holds Redis for a few milliseconds at most.
+# Rows per chunk: the unit of the progress bar and of the lock's renewal and, for
+# consents and contracts, of one script call (a few milliseconds of Redis at most).
 CHUNK_ROWS = 5000
 
 
