@@ -37,13 +37,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 __all__ = [
-    "DENSE_KINDS",
     "HASH_KINDS",
     "INTSET_LIMIT",
     "ListBusy",
     "Lists",
     "StoreUnavailable",
-    "bucket_of",
 ]
 
 # A bucket holds the numbers sharing every digit but the last BUCKET_DIGITS.
@@ -53,7 +51,6 @@ BUCKET_DIGITS = 4
 # default) into a hashtable of ~50 bytes per member, so buckets convert before that.
 INTSET_LIMIT = 500
 
-DENSE_KINDS = ("dnc", "optout")
 HASH_KINDS = ("consent", "contract")
 
 # An import renews its lock at every chunk; one killed stops holding it after this.
@@ -272,13 +269,8 @@ class StoreUnavailable(Exception):
     """Redis could not be reached or answered with an error; one line."""
 
 
-def bucket_of(key: str) -> tuple[str, str]:
-    """(bucket, last four digits) of a number's key."""
-    return key[:-BUCKET_DIGITS], key[-BUCKET_DIGITS:]
-
-
 def pack(keys: Iterable[str]) -> list[str]:
-    """ARGV pairs (bucket, offsets run together) for the add and remove scripts."""
+    """ARGV pairs (bucket, offsets run together) for the remove script."""
     buckets: dict[str, list[str]] = {}
     for key in keys:
         bucket, tail = key[:-BUCKET_DIGITS], key[-BUCKET_DIGITS:]
@@ -573,11 +565,6 @@ class Lists:
         finally:
             await pool.release(connection)
         return added
-
-    async def add(self, base: str, keys: Iterable[str], limit: int = INTSET_LIMIT) -> int:
-        buckets = Buckets()
-        buckets.add(keys)
-        return await self.write(base, buckets, limit)
 
     async def remove(self, base: str, live_key: str, keys: Iterable[str]) -> tuple[int, int]:
         """Remove numbers from a version (`base`, or '') and a live hash (or ''): how many
