@@ -118,50 +118,40 @@ end
 return added
 """.replace("SLICE", str(_SADD_SLICE))
 
-# Remove numbers from one version's buckets (and their reasons), and from a live hash.
-# ARGV: base ('' for no version), live hash key ('' for none), then (bucket, packed
-# offsets) pairs. Returns {numbers that were on either, numbers that were in the version}.
-_REMOVE = """
-local base, live = ARGV[1], ARGV[2]
-local either, listed = 0, 0
-for i = 3, #ARGV, 2 do
-  local bucket, packed = ARGV[i], ARGV[i + 1]
-  local s, b = base .. 's:' .. bucket, base .. 'b:' .. bucket
-  -- SETBIT on a missing key would create it
-  local bitmap = base ~= '' and redis.call('EXISTS', b) == 1
-  for j = 1, #packed, 4 do
-    local tail = string.sub(packed, j, j + 3)
-    local m = tonumber(tail)
-    local here = 0
-    if base ~= '' then
-      here = redis.call('SREM', s, m)
-      if bitmap then here = here + redis.call('SETBIT', b, m, 0) end
-      redis.call('HDEL', base .. 'why', bucket .. tail)
-    end
-    local there = 0
-    if live ~= '' then there = redis.call('HDEL', live, bucket .. tail) end
-    listed = listed + here
-    if here + there > 0 then either = either + 1 end
-  end
-  if bitmap and redis.call('BITCOUNT', b) == 0 then
-    redis.call('DEL', b)
-  end
-end
-return {either, listed}
-"""
-
-# Take one number off a dnc version. ARGV: the version's base key, the number.
+# Take one number off a dnc version (its bit or member, and its reason); returns 1 if it
+# was there. An emptied bitmap goes: a bucket with no number needs no key.
 _UNLIST = """
 local function unlist(base, n)
   local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
   local removed = redis.call('SREM', base .. 's:' .. bucket, m)
-  if redis.call('EXISTS', base .. 'b:' .. bucket) == 1 then  -- SETBIT would create it
-    removed = removed + redis.call('SETBIT', base .. 'b:' .. bucket, m, 0)
+  local b = base .. 'b:' .. bucket
+  if redis.call('EXISTS', b) == 1 then  -- SETBIT would create it
+    removed = removed + redis.call('SETBIT', b, m, 0)
+    if redis.call('BITCOUNT', b) == 0 then redis.call('DEL', b) end
   end
   redis.call('HDEL', base .. 'why', n)
   return removed
 end
 """
+
+# Remove numbers from one version and from a live hash. ARGV: the version's base key ('':
+# none), the live hash key ('': none), then the numbers. Returns {numbers that were on
+# either, numbers that were in the version}.
+_REMOVE = (
+    _UNLIST
+    + """
+local base, live = ARGV[1], ARGV[2]
+local either, listed = 0, 0
+for i = 3, #ARGV do
+  local here, there = 0, 0
+  if base ~= '' then here = unlist(base, ARGV[i]) end
+  if live ~= '' then there = redis.call('HDEL', live, ARGV[i]) end
+  listed = listed + here
+  if here + there > 0 then either = either + 1 end
+end
+return {either, listed}
+"""
+)
 
 # A live removal: from the live entries and the list in force. An import of the list
 # under way has numbers in its own memory still to write: the number is also noted for
@@ -267,22 +257,6 @@ class ListBusy(Exception):
 
 class StoreUnavailable(Exception):
     """Redis could not be reached or answered with an error; one line."""
-
-
-def pack(keys: Iterable[str]) -> list[str]:
-    """ARGV pairs (bucket, offsets run together) for the remove script."""
-    buckets: dict[str, list[str]] = {}
-    for key in keys:
-        bucket, tail = key[:-BUCKET_DIGITS], key[-BUCKET_DIGITS:]
-        found = buckets.get(bucket)
-        if found is None:
-            buckets[bucket] = [tail]
-        else:
-            found.append(tail)
-    args: list[str] = []
-    for bucket, tails in buckets.items():
-        args += (bucket, "".join(tails))
-    return args
 
 
 _BUCKET_SPAN = 10**BUCKET_DIGITS
@@ -566,13 +540,12 @@ class Lists:
             await pool.release(connection)
         return added
 
-    async def remove(self, base: str, live_key: str, keys: Iterable[str]) -> tuple[int, int]:
+    async def remove(self, base: str, live_key: str, keys: Sequence[str]) -> tuple[int, int]:
         """Remove numbers from a version (`base`, or '') and a live hash (or ''): how many
         were on either, how many were in the version."""
-        args = pack(keys)
-        if not args:
+        if not keys:
             return 0, 0
-        either, listed = await self._call(self._remove(args=[base, live_key, *args]))
+        either, listed = await self._call(self._remove(args=[base, live_key, *keys]))
         return int(either), int(listed)
 
     async def set_reasons(self, base: str, reasons: Mapping[str, str]) -> None:
