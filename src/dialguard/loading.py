@@ -8,19 +8,18 @@ of the same kind) leaves the list in force untouched.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from dialguard.imports import Chunk, ConsentRow, ContractRow, DncRow
+from dialguard.imports import Chunk
 from dialguard.lists import INTSET_LIMIT, MAX_GATHERED, Buckets, Lists
+from dialguard.store import encode_consent, encode_contract
 
 __all__ = ["LIST_OF_KIND", "MODES", "Loader", "Summary", "load"]
 
 MODES = ("replace", "add", "remove")
-_new = tuple.__new__
 # Import kind -> the list it feeds.
 LIST_OF_KIND = {"dnc": "dnc", "bloctel": "optout", "consent": "consent", "contract": "contract"}
 
@@ -106,51 +105,48 @@ class Loader:
     async def feed_keys(self, keys: Sequence[str], listed: Sequence[str] = ()) -> None:
         """Numbers and nothing else: do-not-call numbers without a reason (`keys`), or
         registry results (`keys` checked clear, `listed` listed)."""
+        counts = self._counts
+        counts["rows"] += len(keys) + len(listed)
         if self.kind == "bloctel":
-            self._counts["rows"] += len(keys) + len(listed)
             self._gathered["C"].add(keys)
             self._gathered["L"].add(listed)
-            await self._after_feed()
         elif self.kind == "dnc" and not listed:
             if self.mode == "remove":
-                await self.feed([_new(DncRow, (key, "")) for key in keys])
+                base = self._lists.base("dnc", self.target) if self.target else ""
+                either, in_list = await self._lists.remove(base, self._live_dnc_key, keys)
+                counts["changed"] += either
+                counts["removed"] += in_list
             else:
-                self._counts["rows"] += len(keys)
                 self._gathered["dnc"].add(keys)
-                await self._after_feed()
         else:
             raise ValueError(f"{self.kind} rows are not plain numbers")
+        await self._after_feed()
 
     async def feed(self, rows: Sequence[Any]) -> None:
         """Write rows of this loader's kind."""
         if not rows:
             return
         lists = self._lists
-        counts = self._counts
-        counts["rows"] += len(rows)
-        if self.kind == "dnc":
-            if self.mode == "remove":
-                keys = [row.key for row in rows]
-                base = lists.base("dnc", self.target) if self.target else ""
-                either, in_list = await lists.remove(base, self._live_dnc_key, keys)
-                counts["changed"] += either
-                counts["removed"] += in_list
-            else:
-                self._gathered["dnc"].add([row.key for row in rows])
+        if self.kind == "bloctel":
+            on_list = [row.key for row in rows if row.listed]
+            await self.feed_keys([row.key for row in rows if not row.listed], on_list)
+        elif self.kind == "dnc":
+            if self.mode != "remove":
                 reasons = {row.key: row.reason for row in rows if row.reason}
                 await lists.set_reasons(lists.base("dnc", self.target), reasons)
-        elif self.kind == "bloctel":
-            self._gathered["L"].add([row.key for row in rows if row.listed])
-            self._gathered["C"].add([row.key for row in rows if not row.listed])
+            await self.feed_keys([row.key for row in rows])
         elif self.kind == "consent":
-            fields = [_consent_field(row) for row in rows]
+            self._counts["rows"] += len(rows)
+            fields = [encode_consent(row) for row in rows]
             key = lists.hash_key("consent", self.target)
-            counts["changed"] += await lists.merge_consents(key, fields)
+            self._counts["changed"] += await lists.merge_consents(key, fields)
+            await self._after_feed()
         else:
-            fields = [_contract_field(row) for row in rows]
+            self._counts["rows"] += len(rows)
+            fields = [encode_contract(row) for row in rows]
             key = lists.hash_key("contract", self.target)
-            counts["changed"] += await lists.merge_contracts(key, self._lock_version, fields)
-        await self._after_feed()
+            self._counts["changed"] += await lists.merge_contracts(key, self._lock_version, fields)
+            await self._after_feed()
 
     async def _after_feed(self) -> None:
         if sum(len(b) for b in self._gathered.values()) >= MAX_GATHERED:
@@ -262,22 +258,6 @@ class Loader:
         if self.mode == "remove":
             return max(before - self._counts["removed"], 0)
         return before + self._counts["changed"]
-
-
-def _consent_field(row: ConsentRow) -> tuple[str, str]:
-    expires = _ms(row.expires_at) if row.expires_at else ""
-    return f"{row.number.key}|{row.principal}", f"{_ms(row.given_at)}|{expires}|{row.proof_ref}"
-
-
-def _contract_field(row: ContractRow) -> tuple[str, str]:
-    c = row.contract
-    end = c.end.isoformat() if c.end else None
-    item = [c.contract_id, c.sector.value, c.start.isoformat(), end]
-    return f"{row.number.key}|{row.principal}", json.dumps(item, separators=(",", ":"))
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 async def load(

@@ -26,19 +26,21 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from dialguard import loading
+from dialguard.imports import ConsentRow, ContractRow
 from dialguard.lists import Lists, StoreUnavailable
-from dialguard.loading import Summary
 from dialguard.model import Consent, Contract, DncEntry, Facts, OptoutResult, Sector
 from dialguard.numbers import Number
 
-__all__ = ["Store", "StoreUnavailable"]
+if TYPE_CHECKING:
+    from dialguard.loading import Summary
+
+__all__ = ["Store", "StoreUnavailable", "encode_consent", "encode_contract"]
 
 log = structlog.get_logger("dialguard.store")
 
@@ -301,6 +303,8 @@ class Store:
         self, kind: str, rows: Sequence[Any], mode: str = "add", **options: Any
     ) -> Summary:
         """Load rows held in memory as one import (see dialguard.loading.load)."""
+        from dialguard import loading  # the loader builds on this module's encodings
+
         return await loading.load(
             self.lists, kind, rows, mode, live_dnc_key=self.live_dnc_key, **options
         )
@@ -477,6 +481,20 @@ class Store:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+
+
+def encode_consent(row: ConsentRow) -> tuple[str, str]:
+    """The consent hash's field and value for a row (read back by _decode_consent)."""
+    expires = _ms(row.expires_at) if row.expires_at else ""
+    return f"{row.number.key}|{row.principal}", f"{_ms(row.given_at)}|{expires}|{row.proof_ref}"
+
+
+def encode_contract(row: ContractRow) -> tuple[str, str]:
+    """The contract hash's field and one item of its value (read by _decode_contracts)."""
+    c = row.contract
+    end = c.end.isoformat() if c.end else None
+    item = [c.contract_id, c.sector.value, c.start.isoformat(), end]
+    return f"{row.number.key}|{row.principal}", json.dumps(item, separators=(",", ":"))
 
 
 def _encode_dnc(reason: str, now: datetime) -> str:
