@@ -67,10 +67,10 @@ log = structlog.get_logger("dialguard.store")
 # key, the number|principal field, the start of the attempt window (attempts at or before
 # it are dropped), the cap (0: do not reserve), the attempt id, now, the window length
 # (the attempts key's lifetime), all in ms. The reply ends with the do-not-call version
-# and the two lists' metadata (dates and references for the evidence).
+# and the registry result sets' metadata (dates and references for the evidence).
 _FACTS = """
 local lists = redis.call('HMGET', KEYS[1], 'dnc', 'optout', 'consent', 'contract',
-  'dnc:meta', 'optout:meta')
+  'optout:meta')
 local prefix = ARGV[1]
 local dnc = lists[1] and (prefix .. 'dnc:' .. lists[1] .. ':')
 local sets, listed, clear = {}, {}, {}
@@ -126,7 +126,6 @@ for i = 6, #KEYS do
 end
 out[#out + 1] = lists[1] or false
 out[#out + 1] = lists[5] or false
-out[#out + 1] = lists[6] or false
 return out
 """
 _FACTS_PER_REQUEST = 8
@@ -431,13 +430,13 @@ class Store:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
         try:
-            lists = self._metas.decode(reply[-3], reply[-2], reply[-1])
+            lists = self._metas.decode(reply[-2], reply[-1])
         except (ValueError, KeyError, TypeError) as exc:
             error = StoreUnavailable(f"undecodable list metadata in Redis: {exc}")
             return [error] * len(requests)
         return [
             _decode_facts(reply[i : i + _FACTS_PER_REQUEST], lists)
-            for i in range(0, len(reply) - 3, _FACTS_PER_REQUEST)
+            for i in range(0, len(reply) - 2, _FACTS_PER_REQUEST)
         ]
 
     async def _release_many(self, requests: list[tuple[str, str]]) -> list[int | Exception]:
@@ -512,11 +511,11 @@ class _Metas:
     only when an import swaps a list in)."""
 
     def __init__(self) -> None:
-        self._raw: tuple[Any, Any, Any] | None = None
+        self._raw: tuple[Any, Any] | None = None
         self._decoded = _ListsInForce("", {})
 
-    def decode(self, dnc_version: Any, dnc_meta: Any, optout_meta: Any) -> _ListsInForce:
-        raw = (dnc_version, dnc_meta, optout_meta)
+    def decode(self, dnc_version: Any, optout_meta: Any) -> _ListsInForce:
+        raw = (dnc_version, optout_meta)
         if raw != self._raw:
             sets = json.loads(optout_meta) if optout_meta else []
             self._decoded = _ListsInForce(
