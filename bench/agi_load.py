@@ -40,9 +40,10 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the Asterisk peer of the tests builds the blocks
 
-from dialguard.imports import ConsentRow, DncRow  # noqa: E402
+from dialguard.import_files import ConsentRow, DncRow  # noqa: E402
 from dialguard.numbers import normalise  # noqa: E402
 from dialguard.store import Store  # noqa: E402
+from dialguard.store.loading import load  # noqa: E402
 from tests.agi.asterisk_peer import agi_env, encode_block  # noqa: E402
 
 SERVER_CORE = 0
@@ -274,9 +275,9 @@ async def load_consents(redis_url: str, numbers: list[str]) -> None:
         ConsentRow(normalise(n), "ACME", given, given + timedelta(days=365), f"bench-{i}")
         for i, n in enumerate(numbers)
     ]
-    await store.load("consent", rows, "replace")
+    await load(store.lists, "consent", rows, "replace")
     dnc = [DncRow(normalise(n).key, "bench") for n in numbers[::100]]
-    await store.load("dnc", dnc, "replace")
+    await load(store.lists, "dnc", dnc, "replace")
     await store.close()
 
 

@@ -23,7 +23,7 @@ import uvloop
 from dialguard.ari.app import AriApp, _Answer
 from dialguard.ari.client import Channel
 from dialguard.audit import Journal
-from dialguard.cli import configure_logging
+from dialguard.cli.common import configure_logging
 from dialguard.config import AriSettings, load_config
 from dialguard.serve import tune_gc
 from dialguard.service import Service

@@ -23,7 +23,6 @@ from zoneinfo import ZoneInfo
 from dialguard.audit import Journal
 from dialguard.config import load_config
 from dialguard.model import CallRequest
-from dialguard.numbers import normalise
 from dialguard.service import OutcomeKind, Service
 from dialguard.store import Store
 from tests.redis_server import running_redis
@@ -45,11 +44,12 @@ async def day(directory: Path, url: str) -> None:
         now = start + timedelta(seconds=offset)
         request = CallRequest(rng.choice(pool), rng.choice(campaigns), adapter="fastagi")
         await service.decide(request, now=now, record=True)
-    press = config.campaigns["demo-press"]
     refusal = start + timedelta(hours=6, minutes=12)
-    await service.record_outcome(normalise(pool[7]), press, OutcomeKind.REFUSED, refusal)
+    refused = CallRequest(pool[7], "demo-press", adapter="fastagi")
+    await service.record_outcome(refused, OutcomeKind.REFUSED, now=refusal)
     dnc = start + timedelta(hours=7, minutes=3)
-    await service.record_outcome(normalise(pool[9]), press, OutcomeKind.DO_NOT_CALL, dnc)
+    unwanted = CallRequest(pool[9], "demo-press", adapter="fastagi")
+    await service.record_outcome(unwanted, OutcomeKind.DO_NOT_CALL, now=dnc)
     await store.close()
 
 

@@ -21,7 +21,7 @@ import uvloop
 from dialguard.agi.protocol import AgiRequest
 from dialguard.agi.server import FastAgiServer, Variables
 from dialguard.audit import Journal
-from dialguard.cli import configure_logging
+from dialguard.cli.common import configure_logging
 from dialguard.config import load_config
 from dialguard.serve import tune_gc
 from dialguard.service import Service

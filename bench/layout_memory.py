@@ -23,10 +23,11 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dialguard.imports import ConsentRow, ContractRow, DncRow, OptoutRow
+from dialguard.import_files import ConsentRow, ContractRow, DncRow, OptoutRow
 from dialguard.model import Contract, Sector
 from dialguard.numbers import normalise
 from dialguard.store import Store
+from dialguard.store.loading import load
 from tests.redis_server import running_redis
 
 NOW = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
@@ -60,13 +61,13 @@ async def main(entries: int, dense_sizes: list[int]) -> None:
         for size in dense_sizes:
             keys = mobiles(size, size)
             rows = [DncRow(key, "") for key in keys]
-            await measure(client, "dnc (imported)", size, store.load("dnc", rows, "replace"))
+            await measure(client, "dnc (imported)", size, load(store.lists, "dnc", rows, "replace"))
             results = [OptoutRow(key, i % 20 == 0, "") for i, key in enumerate(keys)]
             await measure(
                 client,
                 "registry result set (5 % listed)",
                 size,
-                store.load("bloctel", results, "replace", checked_on=date(2026, 11, 27)),
+                load(store.lists, "bloctel", results, "replace", checked_on=date(2026, 11, 27)),
             )
         numbers = [normalise("+" + key) for key in mobiles(entries, 7)]
         given = NOW - timedelta(days=30)
@@ -74,10 +75,12 @@ async def main(entries: int, dense_sizes: list[int]) -> None:
             ConsentRow(n, "ACME", given, given + timedelta(days=365), f"webform-{i:08d}")
             for i, n in enumerate(numbers)
         ]
-        await measure(client, "consent", entries, store.load("consent", consents, "replace"))
+        await measure(client, "consent", entries, load(store.lists, "consent", consents, "replace"))
         contract = Contract("C-0000001", Sector.GENERAL, date(2025, 1, 1), None)
         contracts = [ContractRow(n, "ACME", contract) for n in numbers]
-        await measure(client, "contract", entries, store.load("contract", contracts, "replace"))
+        await measure(
+            client, "contract", entries, load(store.lists, "contract", contracts, "replace")
+        )
 
         async def live(event: Callable[[int], Awaitable[object]]) -> None:
             # 50 at a time: redis-py's default pool holds 100 connections.

@@ -73,11 +73,14 @@ import redis.asyncio as aioredis
 from dialguard.numbers import Number, normalise
 from dialguard.serve import tune_gc
 from dialguard.store import Store
+from dialguard.store.keys import INDEX, WHY, Keys, bucket_bitmap, bucket_set
+from dialguard.store.lists import Lists
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "dialguard.toml"
 POLICY = ROOT / "config" / "policy" / "france.toml"
 PREFIX = "dialguard:"
+KEYS = Keys(PREFIX)
 IMPORTER_CORE = 0
 REDIS_CORE = 1  # and this process, and the ping process
 
@@ -545,42 +548,33 @@ class Census:
 
 
 async def in_force(client: aioredis.Redis, kind: str) -> list[str]:
-    """The version(s) in force of `kind` (the `P lists` hash; optout: newest first)."""
-    pointer = await client.hget(PREFIX + "lists", kind)
-    if not pointer:
-        return []
-    return (pointer.decode() if isinstance(pointer, bytes) else str(pointer)).split(",")
-
-
-def bases(kind: str, version: str) -> list[str]:
-    """The key prefixes of one version of a dense list (docs/data-model.md)."""
-    base = f"{PREFIX}{kind}:{version}:"
-    return [base + "L:", base + "C:"] if kind == "optout" else [base]
+    """The version(s) in force of `kind` (optout: newest first)."""
+    return list((await Lists(client, KEYS).current(kind)).versions)
 
 
 async def census(client: aioredis.Redis, kind: str, version: str) -> Census:
     """Count and measure one version: every bucket's members and MEMORY USAGE, pipelined
-    (read straight from the layout, so it needs nothing of dialguard.lists)."""
+    (key names from dialguard.store.keys; bitmaps counted too, which lists status omits)."""
     result = Census()
-    for base in bases(kind, version):
+    for base in KEYS.bases(kind, version):
         names: list[str] = []
-        async for bucket in client.sscan_iter(base + "idx", count=1000):
+        async for bucket in client.sscan_iter(base + INDEX, count=1000):
             names.append(bucket.decode() if isinstance(bucket, bytes) else str(bucket))
         for start in range(0, len(names), 500):
             async with client.pipeline(transaction=False) as pipe:
                 for name in names[start : start + 500]:
-                    pipe.scard(f"{base}s:{name}")
-                    pipe.bitcount(f"{base}b:{name}")
-                    pipe.exists(f"{base}b:{name}")
-                    pipe.memory_usage(f"{base}s:{name}")
-                    pipe.memory_usage(f"{base}b:{name}")
+                    pipe.scard(bucket_set(base, name))
+                    pipe.bitcount(bucket_bitmap(base, name))
+                    pipe.exists(bucket_bitmap(base, name))
+                    pipe.memory_usage(bucket_set(base, name))
+                    pipe.memory_usage(bucket_bitmap(base, name))
                 replies = await pipe.execute()
             for i in range(0, len(replies), 5):
                 result.entries += int(replies[i]) + int(replies[i + 1])
                 result.bitmaps += int(replies[i + 2])
                 result.bytes += int(replies[i + 3] or 0) + int(replies[i + 4] or 0)
         result.buckets += len(names)
-        for key in (base + "idx", base + "why"):
+        for key in (base + INDEX, base + WHY):
             result.bytes += int(await client.memory_usage(key) or 0)
     return result
 

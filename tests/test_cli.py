@@ -1133,19 +1133,20 @@ def test_serve_refuses_lists_left_in_the_old_layout(cli: Cli, redis_server: Redi
 def test_many_registry_result_sets_get_a_hint_to_merge_them(tmp_path: Path) -> None:
     from zoneinfo import ZoneInfo
 
-    from dialguard import import_cli
-    from dialguard.loading import Summary
+    from dialguard import importing
+    from dialguard.cli.imports import report
+    from dialguard.store.loading import Summary
 
-    request = import_cli.Request(
+    request = importing.Request(
         "bloctel", tmp_path / "b.csv", "add", ZoneInfo("Europe/Paris"), date(2026, 11, 30),
         "", False, None, 0,
     )  # fmt: skip
-    check = import_cli.Check(rows=10, lines=10, seconds=0.5)
+    check = importing.Check(rows=10, lines=10, seconds=0.5)
 
     def lines(sets: int) -> list[str]:
         summary = Summary("bloctel", "add", rows=10, changed=10, version="9", size=10)
         summary.result_sets = sets
-        return import_cli.report(request, import_cli.Outcome(check, 0, None, summary, "", 0.5))
+        return report(request, importing.Outcome(check, 0, None, summary, "", 0.5))
 
     assert len(lines(8)) == 2
     assert lines(9)[2].endswith(

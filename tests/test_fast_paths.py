@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialguard.imports import DncRow, OptoutRow, Rejected, chunks, read_header, records
+from dialguard.import_files import DncRow, OptoutRow, Rejected, chunks, read_header, records
 from dialguard.numbers import InvalidNumber, fast_key, import_key, normalise
 
 PARIS = ZoneInfo("Europe/Paris")

@@ -13,8 +13,9 @@ import structlog
 from dialguard import serve
 from dialguard.config import load_config
 from dialguard.freshness import SOON_DAYS, registry_sets, warnings
-from dialguard.imports import OptoutRow
+from dialguard.import_files import OptoutRow
 from dialguard.store import Store
+from dialguard.store.loading import load
 from tests.redis_server import RedisServer
 
 TODAY = date(2026, 12, 1)
@@ -81,8 +82,8 @@ async def test_the_service_logs_checks_going_stale(
     store = Store(redis_client, "dialguard:")
     today = datetime.now(UTC).date()
     rows = [OptoutRow("33612345678", False, ""), OptoutRow("33612345679", True, "")]
-    await store.load("bloctel", rows, "add", checked_on=today - timedelta(days=26), ref="W")
-    await store.load("bloctel", rows, "add", checked_on=today - timedelta(days=31), ref="X")
+    await load(store.lists, "bloctel", rows, "add", checked_on=today - timedelta(days=26), ref="W")
+    await load(store.lists, "bloctel", rows, "add", checked_on=today - timedelta(days=31), ref="X")
     config = load_config(env={"DIALGUARD_REDIS_URL": redis_server.url})
     saved = structlog.get_config()
     # Another test may have run the CLI in this process, which filters out warnings.

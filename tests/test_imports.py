@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialguard.imports import (
+from dialguard.import_files import (
     MAX_REPORTED,
     BadImportFile,
     ConsentRow,

@@ -18,15 +18,14 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dialguard import loading
 from dialguard.config import load_config
-from dialguard.imports import ConsentRow, ContractRow, DncRow, OptoutRow, parse
-from dialguard.lists import INTSET_LIMIT, ListBusy
-from dialguard.loading import Loader, Summary
+from dialguard.import_files import ConsentRow, ContractRow, DncRow, OptoutRow, parse
 from dialguard.model import CallRequest, Contract, Facts, Reason, Sector
 from dialguard.numbers import Number, normalise
 from dialguard.service import Service
-from dialguard.store import Store
+from dialguard.store import ListBusy, Store, loading
+from dialguard.store.buckets import INTSET_LIMIT
+from dialguard.store.loading import Loader, Summary
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).parent.parent
@@ -84,7 +83,7 @@ def spread(head: str, count: int, step: int = 7919) -> list[str]:
 
 
 async def load(store: Store, kind: str, rows: Sequence[Any], mode: str, **options: Any) -> Summary:
-    return await store.load(kind, rows, mode, **options)
+    return await loading.load(store.lists, kind, rows, mode, **options)
 
 
 async def opened(store: Store, kind: str, mode: str, **options: Any) -> Loader:
@@ -100,7 +99,6 @@ def loader(store: Store, kind: str, mode: str, **options: Any) -> Loader:
         mode,
         source="test",
         now=NOW,
-        live_dnc_key=store.live_dnc_key,
         **options,
     )
 
@@ -125,7 +123,6 @@ async def test_readers_see_the_old_list_or_the_new_one_whole_during_a_replace(
             "dnc",
             dnc_rows(b_keys),
             "replace",
-            live_dnc_key=store.live_dnc_key,
             chunk=500,
         )
     )
@@ -462,7 +459,6 @@ def test_membership_matches_a_python_set(
                 "replace",
                 source="hypothesis",
                 now=NOW,
-                live_dnc_key=store.live_dnc_key,
                 intset_limit=limit,
             )
             await build.open()
@@ -606,7 +602,7 @@ async def test_back_to_back_imports_of_one_list_are_not_refused(store: Store) ->
     # The lock is deleted when an import ends, not left to expire (it was given a 1 ms
     # expiry once, and most imports started right after one were refused).
     for i in range(20):
-        await store.load("dnc", dnc_rows([f"336123{i:05d}"]), "add")
+        await load(store, "dnc", dnc_rows([f"336123{i:05d}"]), "add")
     assert len(await listed(store, [f"336123{i:05d}" for i in range(20)])) == 20
 
 

@@ -17,9 +17,10 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from dialguard.config import Config, ConfigError, MetricsSettings, load_config
-from dialguard.imports import DncRow, OptoutRow
+from dialguard.import_files import DncRow, OptoutRow
 from dialguard.metrics import start_metrics
 from dialguard.store import Store
+from dialguard.store.loading import load
 from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,9 +75,9 @@ async def test_metrics_show_the_age_of_each_check_and_list(scraper: Scraper) -> 
 
     today = datetime.now(UTC).date()
     rows = [OptoutRow("33612345678", False, ""), OptoutRow("33612345679", True, "")]
-    await store.load("bloctel", rows, "add", checked_on=today - timedelta(days=25))
-    await store.load("bloctel", rows[:1], "add", checked_on=today - timedelta(days=2))
-    await store.load("dnc", [DncRow("33611111111", "")], "replace")
+    await load(store.lists, "bloctel", rows, "add", checked_on=today - timedelta(days=25))
+    await load(store.lists, "bloctel", rows[:1], "add", checked_on=today - timedelta(days=2))
+    await load(store.lists, "dnc", [DncRow("33611111111", "")], "replace")
 
     after = await scraper.get()  # an import shows at the next scrape
     assert after[("dialguard_registry_newest_check_age_days", ())] in (1, 2, 3)

@@ -16,11 +16,12 @@ import redis.asyncio as aioredis
 
 from dialguard.audit import Journal
 from dialguard.config import Config, load_config
-from dialguard.imports import ConsentRow, ContractRow, DncRow, OptoutRow
+from dialguard.import_files import ConsentRow, ContractRow, DncRow, OptoutRow
 from dialguard.model import CallRequest, Contract, DncEntry, FailMode, Reason, Result, Sector
 from dialguard.numbers import normalise
 from dialguard.service import OutcomeKind, Service
 from dialguard.store import Store
+from dialguard.store.loading import load
 from tests.redis_server import RedisServer, running_redis
 
 ROOT = Path(__file__).parent.parent
@@ -96,11 +97,11 @@ async def test_check_without_record_has_no_side_effect(service: Service) -> None
 async def test_every_fact_round_trips_through_redis(service: Service) -> None:
     store = service.store
     row = ConsentRow(NUMBER, "ACME", datetime(2026, 10, 1, tzinfo=PARIS), None, "crm:42")
-    await store.load("consent", [row], "add")
+    await load(store.lists, "consent", [row], "add")
     contract = Contract("K-7", Sector.ENERGY_RENOVATION, date(2026, 1, 1), None)
-    await store.load("contract", [ContractRow(NUMBER, "ACME", contract)], "add")
+    await load(store.lists, "contract", [ContractRow(NUMBER, "ACME", contract)], "add")
     optout = OptoutRow(normalise("+33612345678").key, listed=False, ref="req-1")
-    result_set = await store.load("bloctel", [optout], "add", checked_on=date(2026, 11, 1))
+    result_set = await load(store.lists, "bloctel", [optout], "add", checked_on=date(2026, 11, 1))
 
     facts = await store.facts(NUMBER, "ACME", MONDAY, 30)
     assert facts.consent is not None and facts.consent.proof_ref == "crm:42"
@@ -128,26 +129,25 @@ async def test_refusal_blocks_and_withdraws_and_a_crm_reload_cannot_undo_it(
 ) -> None:
     store = service.store
     row = ConsentRow(NUMBER, "ACME", datetime(2026, 10, 1, tzinfo=PARIS), None, "crm:42")
-    await store.load("consent", [row], "add")
-    campaign = service.config.campaigns["demo-prospecting"]
-    await service.record_outcome(NUMBER, campaign, OutcomeKind.REFUSED, MONDAY)
+    await load(store.lists, "consent", [row], "add")
     request = CallRequest("0612345678", "demo-prospecting")
+    await service.record_outcome(request, OutcomeKind.REFUSED, now=MONDAY)
     blocked = await service.decide(request, now=MONDAY + timedelta(days=1))
     assert blocked.decision.reason is Reason.RECENT_REFUSAL
     # 61 days later the block is over, but the consent stays withdrawn...
     after = MONDAY + timedelta(days=61)
     assert (await service.decide(request, now=after)).decision.reason is Reason.CONSENT_WITHDRAWN
     # ... even after the nightly CRM export replaces the consents with the same old row.
-    await store.load("consent", [row], "replace")
+    await load(store.lists, "consent", [row], "replace")
     assert (await service.decide(request, now=after)).decision.reason is Reason.CONSENT_WITHDRAWN
     assert [r["outcome"] for r in audit_lines(service)] == ["refused"]
 
 
 async def test_do_not_call_outcome_takes_effect_for_the_next_call(service: Service) -> None:
-    campaign = service.config.campaigns["demo-press"]
     request = CallRequest("+262 262 12 34 56", "demo-press")
     assert (await service.decide(request, now=MONDAY)).decision.allowed
-    await service.record_outcome(normalise("0262123456"), campaign, OutcomeKind.DO_NOT_CALL, MONDAY)
+    said = CallRequest("0262123456", "demo-press")
+    await service.record_outcome(said, OutcomeKind.DO_NOT_CALL, now=MONDAY)
     decision = (await service.decide(request, now=MONDAY)).decision
     assert decision.reason is Reason.INTERNAL_DNC
 
@@ -162,12 +162,12 @@ async def test_replace_swaps_the_whole_list_and_merge_keeps_it(
         found = [(await store.facts(n, "ACME", MONDAY, 30)).dnc for n in (old, new)]
         return [entry.reason if entry else None for entry in found]
 
-    first = await store.load("dnc", [DncRow(old.key, "old")], "add")
-    merged = await store.load("dnc", [DncRow(new.key, "new")], "add")
+    first = await load(store.lists, "dnc", [DncRow(old.key, "old")], "add")
+    merged = await load(store.lists, "dnc", [DncRow(new.key, "new")], "add")
     assert merged.version == first.version  # a merge writes into the version in force
     assert (merged.changed, merged.size) == (1, 2)
     assert await reasons() == ["old", "new"]
-    replaced = await store.load("dnc", [DncRow(new.key, "newer")], "replace")
+    replaced = await load(store.lists, "dnc", [DncRow(new.key, "newer")], "replace")
     assert replaced.version != first.version
     assert (replaced.size, replaced.stale_versions) == (1, [first.version])
     assert await reasons() == [None, "newer"]
@@ -187,7 +187,7 @@ async def test_concurrent_readers_never_see_a_half_replaced_list(
     store = service.store
     first = [normalise(f"06{i:08d}") for i in range(1, 6001)]
     second = [normalise(f"07{i:08d}") for i in range(1, 6001)]
-    before = await store.load("dnc", [DncRow(n.key, "a") for n in first], "replace")
+    before = await load(store.lists, "dnc", [DncRow(n.key, "a") for n in first], "replace")
     # Numbers from both lists, from the first and the last chunk the loader writes.
     sample = [*first[:3], first[2999], *first[-3:], *second[:3], second[2999], *second[-3:]]
     seen: set[tuple[bool, ...]] = set()
@@ -201,7 +201,7 @@ async def test_concurrent_readers_never_see_a_half_replaced_list(
             await asyncio.sleep(0)
 
     task = asyncio.create_task(reader())
-    after = await store.load("dnc", [DncRow(n.key, "b") for n in second], "replace")
+    after = await load(store.lists, "dnc", [DncRow(n.key, "b") for n in second], "replace")
     done.set()
     await task
     old_list, new_list = (True,) * 7 + (False,) * 7, (False,) * 7 + (True,) * 7
@@ -289,7 +289,7 @@ async def test_concurrent_sessions_share_a_batch_but_never_each_others_facts(
     store = service.store
     numbers = [normalise(f"06{i:08d}") for i in range(1, 41)]
     listed = numbers[::3]
-    await store.load("dnc", [DncRow(n.key, "x") for n in listed], "add")
+    await load(store.lists, "dnc", [DncRow(n.key, "x") for n in listed], "add")
     for n in numbers[1::3]:
         await store.count_attempt(n, "ACME", MONDAY, 4, 30, "seed")
     facts = await asyncio.gather(*(store.facts(n, "ACME", MONDAY, 30) for n in numbers))
@@ -306,8 +306,8 @@ async def test_a_live_do_not_call_survives_a_list_replacement(service: Service) 
     store = service.store
     live, imported = normalise("0611111111"), normalise("0622222222")
     await store.dnc_add(live, "asked during a call", MONDAY)
-    await store.load("dnc", [DncRow(imported.key, "crm")], "replace")
-    summary = await store.load("dnc", [DncRow(imported.key, "crm")], "replace")
+    await load(store.lists, "dnc", [DncRow(imported.key, "crm")], "replace")
+    summary = await load(store.lists, "dnc", [DncRow(imported.key, "crm")], "replace")
     live_entry = (await store.facts(live, "ACME", MONDAY, 30)).dnc
     assert live_entry == DncEntry("asked during a call", MONDAY, None)
     # An imported entry keeps no date of its own, but names the list version it is on.
@@ -323,7 +323,7 @@ async def test_an_undecodable_entry_fails_that_decision_closed(
     service: Service, redis_client: aioredis.Redis
 ) -> None:
     row = ConsentRow(NUMBER, "ACME", datetime(2026, 10, 1, tzinfo=PARIS), None, "crm:42")
-    version = (await service.store.load("consent", [row], "add")).version
+    version = (await load(service.store.lists, "consent", [row], "add")).version
     await redis_client.hset(f"dialguard:consent:{version}", f"{NUMBER.key}|ACME", "garbage")
     request = CallRequest("0612345678", "demo-prospecting")
     other = CallRequest("0622222222", "demo-press")
@@ -370,9 +370,9 @@ async def test_a_slot_reserved_after_the_deadline_is_given_back(tmp_path: Path) 
         key = f"dialguard:att:ACME:{NUMBER.key}"
         for _ in range(100):  # the cancellation retries until Redis answers again
             await asyncio.sleep(0.05)
-            if not store._to_cancel:
+            if not store.pending_cancels:
                 break
-        assert not store._to_cancel
+        assert not store.pending_cancels
         await asyncio.sleep(0.2)  # whichever landed last, the read or the cancellation
         assert await client.zscore("dialguard:cancelled", verdict.id) is not None
         assert await client.zcard(key) == 0

@@ -17,8 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dialguard.config import Config, MetricsSettings
 from dialguard.freshness import SOON_DAYS, registry_sets
-from dialguard.lists import StoreUnavailable
-from dialguard.store import Store
+from dialguard.store import Store, StoreUnavailable
 
 __all__ = ["Metrics", "start_metrics"]
 

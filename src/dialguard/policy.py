@@ -1,9 +1,10 @@
 """The French rules as a pure function: (call, facts, time, policy) -> Decision.
 
-No I/O, no clock: the instant of the call is an argument. Each rule is a plain function
-over one `Context`, listed in order in `RULES` with its legal source; docs/rules.md
-mirrors that table. The first rule that denies (or settles the call) decides; a rule that
-establishes the legal basis lets the later rules (days, hours, frequency) still apply.
+No I/O, no clock: the instant of the call is an argument. Each rule is one entry of
+`RULES`: its name, its legal source, whether it needs the facts, and a plain function over
+one `Context`; `decide` walks the table in order and docs/rules.md mirrors it. The first
+rule that denies (or settles the call) decides; a rule that establishes the legal basis
+lets the later rules (days, hours, frequency) still apply.
 """
 
 from __future__ import annotations
@@ -34,7 +35,17 @@ from dialguard.model import (
 )
 from dialguard.numbers import Kind, Number
 
-__all__ = ["RULES", "Policy", "Prepared", "Rule", "decide", "prepare", "would_count"]
+__all__ = [
+    "RULES",
+    "Finding",
+    "Policy",
+    "Prepared",
+    "Rule",
+    "RuleNeedsFacts",
+    "decide",
+    "prepare",
+    "would_count",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +93,18 @@ class Context:
         return self.local_date >= self.policy.consent_regime_from
 
 
-RuleCheck = Callable[[Context], RuleResult]
+# What a rule finds: its outcome, the reason code when it settles or denies, a detail.
+Finding = tuple[Outcome, Reason | None, str]
+RuleCheck = Callable[[Context], Finding]
 
 
 @dataclass(frozen=True, slots=True)
 class Rule:
+    """One entry of the table `decide` walks (docs/rules.md mirrors it, row for row)."""
+
     name: str
-    source: str
+    source: str  # the legal source, as docs/rules.md cites it
+    needs_facts: bool  # False: decided before the store is read (see Prepared)
     check: RuleCheck
 
 
@@ -96,26 +112,37 @@ class _FactsUnavailable(Exception):
     """Raised by `_facts` when a rule needs what the store could not give."""
 
 
-def _pass(rule: str, detail: str = "") -> RuleResult:
-    return RuleResult(rule, Outcome.PASS, None, detail)
+class RuleNeedsFacts(TypeError):
+    """A rule marked `needs_facts=False` read the facts: a mistake in the table."""
 
 
-def _deny(rule: str, reason: Reason, detail: str) -> RuleResult:
-    return RuleResult(rule, Outcome.DENY, reason, detail)
+def _pass(detail: str = "") -> Finding:
+    return Outcome.PASS, None, detail
 
 
-def _allow(rule: str, reason: Reason, detail: str) -> RuleResult:
-    return RuleResult(rule, Outcome.ALLOW, reason, detail)
+def _deny(reason: Reason, detail: str) -> Finding:
+    return Outcome.DENY, reason, detail
 
 
-def _basis(rule: str, reason: Reason, detail: str) -> RuleResult:
-    return RuleResult(rule, Outcome.BASIS, reason, detail)
+def _allow(reason: Reason, detail: str) -> Finding:
+    return Outcome.ALLOW, reason, detail
+
+
+def _basis(reason: Reason, detail: str) -> Finding:
+    return Outcome.BASIS, reason, detail
+
+
+# The facts of a context whose rules run before the store is read: reading them is a
+# mistake in the rules table, not a missing fact.
+_NOT_READ_YET = Unavailable(Reason.STORE_UNAVAILABLE, "the facts are not read yet")
 
 
 def _facts(ctx: Context) -> Facts:
     # Rules read facts only when they need them, so a rule that can decide without them
     # (a sector not banned, the refusal rule switched off) still decides when Redis is down.
     if isinstance(ctx.facts, Unavailable):
+        if ctx.facts is _NOT_READ_YET:
+            raise RuleNeedsFacts("a rule read the facts before they were read")
         raise _FactsUnavailable
     return ctx.facts
 
@@ -128,47 +155,47 @@ def _campaign(ctx: Context) -> Campaign:
 # --- the rules, in order ----------------------------------------------------------------
 
 
-def check_emergency(ctx: Context) -> RuleResult:
+def check_emergency(ctx: Context) -> Finding:
     if ctx.number is not None and ctx.number.never_blocked:
-        return _allow("emergency", Reason.EMERGENCY, f"{ctx.number.kind} number, never blocked")
-    return _pass("emergency")
+        return _allow(Reason.EMERGENCY, f"{ctx.number.kind} number, never blocked")
+    return _pass()
 
 
-def check_campaign(ctx: Context) -> RuleResult:
+def check_campaign(ctx: Context) -> Finding:
     if ctx.campaign is None:
-        return _deny("campaign", Reason.UNKNOWN_CAMPAIGN, "campaign not in the configuration")
-    return _pass("campaign", ctx.campaign.name)
+        return _deny(Reason.UNKNOWN_CAMPAIGN, "campaign not in the configuration")
+    return _pass(ctx.campaign.name)
 
 
-def check_number(ctx: Context) -> RuleResult:
+def check_number(ctx: Context) -> Finding:
     if ctx.number is None:
-        return _deny("number", Reason.INVALID_NUMBER, ctx.number_error)
-    return _pass("number", f"{ctx.number.e164} {ctx.number.kind} {ctx.number.territory}")
+        return _deny(Reason.INVALID_NUMBER, ctx.number_error)
+    return _pass(f"{ctx.number.e164} {ctx.number.kind} {ctx.number.territory}")
 
 
-def check_internal_dnc(ctx: Context) -> RuleResult:
+def check_internal_dnc(ctx: Context) -> Finding:
     dnc = _facts(ctx).dnc
     if dnc is None:
-        return _pass("internal_dnc", "not on the company's list")
+        return _pass("not on the company's list")
     if not _campaign(ctx).honour_dnc:
-        return _pass("internal_dnc", "listed, but this campaign does not honour the list")
-    return _deny("internal_dnc", Reason.INTERNAL_DNC, f"on the company's list ({dnc.reason})")
+        return _pass("listed, but this campaign does not honour the list")
+    return _deny(Reason.INTERNAL_DNC, f"on the company's list ({dnc.reason})")
 
 
-def check_scope(ctx: Context) -> RuleResult:
+def check_scope(ctx: Context) -> Finding:
     assert ctx.number is not None
     if ctx.number.kind in ctx.policy.out_of_scope_kinds:
-        return _allow("scope", Reason.OUT_OF_SCOPE, f"{ctx.number.kind} numbers are not consumers")
-    return _pass("scope", str(ctx.number.kind))
+        return _allow(Reason.OUT_OF_SCOPE, f"{ctx.number.kind} numbers are not consumers")
+    return _pass(str(ctx.number.kind))
 
 
-def check_purpose(ctx: Context) -> RuleResult:
+def check_purpose(ctx: Context) -> Finding:
     purpose = _campaign(ctx).purpose
     if purpose is Purpose.NON_COMMERCIAL:
-        return _allow("purpose", Reason.NON_COMMERCIAL, "nothing is sold: not a sales call")
+        return _allow(Reason.NON_COMMERCIAL, "nothing is sold: not a sales call")
     if purpose is Purpose.SERVICE:
-        return _allow("purpose", Reason.SERVICE, "about an existing relationship: not prospecting")
-    return _pass("purpose", str(purpose))
+        return _allow(Reason.SERVICE, "about an existing relationship: not prospecting")
+    return _pass(str(purpose))
 
 
 def _ongoing_contract(ctx: Context) -> str | None:
@@ -182,76 +209,71 @@ def _ongoing_contract(ctx: Context) -> str | None:
     return None
 
 
-def check_sector_ban(ctx: Context) -> RuleResult:
+def check_sector_ban(ctx: Context) -> Finding:
     sector = _campaign(ctx).sector
     banned_from = ctx.policy.sector_bans.get(sector)
     if banned_from is None or ctx.local_date < banned_from:
-        return _pass("sector_ban", f"{sector} not banned")
+        return _pass(f"{sector} not banned")
     if isinstance(ctx.facts, Unavailable):
         # Whatever the fail mode: without a contract such a call is unlawful, and the only
         # exception cannot be checked.
         return _deny(
-            "sector_ban",
             Reason.SECTOR_BAN,
             f"{sector} banned since {banned_from}; contract unknown ({ctx.facts.detail})",
         )
     contract_id = _ongoing_contract(ctx)
     if contract_id is not None:
-        return _pass("sector_ban", f"{sector} banned, but contract {contract_id} is ongoing")
-    return _deny(
-        "sector_ban", Reason.SECTOR_BAN, f"prospecting for {sector} banned since {banned_from}"
-    )
+        return _pass(f"{sector} banned, but contract {contract_id} is ongoing")
+    return _deny(Reason.SECTOR_BAN, f"prospecting for {sector} banned since {banned_from}")
 
 
-def check_recent_refusal(ctx: Context) -> RuleResult:
+def check_recent_refusal(ctx: Context) -> Finding:
     if not ctx.policy.refusal_enabled:
-        return _pass("recent_refusal", "rule switched off in the policy")
+        return _pass("rule switched off in the policy")
     refused_at = _facts(ctx).refused_at
     if refused_at is None:
-        return _pass("recent_refusal", "no refusal on record")
+        return _pass("no refusal on record")
     refusal_day = refused_at.astimezone(ctx.local[0].tzinfo).date()
     last_blocked = refusal_day + timedelta(days=ctx.policy.refusal_block_days)
     if ctx.local_date <= last_blocked:
         return _deny(
-            "recent_refusal",
             Reason.RECENT_REFUSAL,
             f"refused on {refusal_day}; no contact until {last_blocked} included",
         )
-    return _pass("recent_refusal", f"refusal on {refusal_day} is over")
+    return _pass(f"refusal on {refusal_day} is over")
 
 
-def check_legal_basis(ctx: Context) -> RuleResult:
+def check_legal_basis(ctx: Context) -> Finding:
     contract_id = _ongoing_contract(ctx)
     if contract_id is not None:
-        return _basis("legal_basis", Reason.CONTRACT, f"ongoing contract {contract_id}")
+        return _basis(Reason.CONTRACT, f"ongoing contract {contract_id}")
     if _campaign(ctx).purpose is Purpose.PRESS:
-        return _basis("legal_basis", Reason.PRESS, "press offer, exempt from the list/consent test")
+        return _basis(Reason.PRESS, "press offer, exempt from the list/consent test")
     if ctx.consent_regime:
         return _consent_basis(ctx)
     return _optout_basis(ctx)
 
 
-def _optout_basis(ctx: Context) -> RuleResult:
+def _optout_basis(ctx: Context) -> Finding:
     optout = _facts(ctx).optout
     if optout is None:
-        return _deny("legal_basis", Reason.OPTOUT_UNVERIFIED, "never checked against the registry")
+        return _deny(Reason.OPTOUT_UNVERIFIED, "never checked against the registry")
     if optout.listed:
-        return _deny("legal_basis", Reason.OPTOUT_LISTED, f"listed (check {optout.ref})")
+        return _deny(Reason.OPTOUT_LISTED, f"listed (check {optout.ref})")
     age = (ctx.local_date - optout.checked_on).days
     if not 0 <= age < ctx.policy.optout_freshness_days:
         return _deny(
-            "legal_basis",
             Reason.OPTOUT_UNVERIFIED,
             f"registry check of {optout.checked_on} is {age} days old",
         )
-    return _basis("legal_basis", Reason.OPTOUT_CLEAR, f"not listed, checked {optout.checked_on}")
+    return _basis(Reason.OPTOUT_CLEAR, f"not listed, checked {optout.checked_on}")
 
 
-def _consent_basis(ctx: Context) -> RuleResult:
+def _consent_basis(ctx: Context) -> Finding:
     facts = _facts(ctx)
     consent = facts.consent
     if consent is None or consent.given_at > ctx.now:
-        return _deny("legal_basis", Reason.NO_CONSENT, "no prior consent for this principal")
+        return _deny(Reason.NO_CONSENT, "no prior consent for this principal")
     optout = facts.optout
     if (
         ctx.policy.optout_suppress_in_consent_regime
@@ -260,64 +282,72 @@ def _consent_basis(ctx: Context) -> RuleResult:
         and consent.given_at.astimezone(ctx.local[0].tzinfo).date() <= optout.checked_on
     ):
         return _deny(
-            "legal_basis",
             Reason.OPTOUT_LISTED,
             f"registry listing ({optout.ref}) not superseded by a later consent",
         )
     withdrawn_at = facts.withdrawn_at
     if withdrawn_at is not None and consent.given_at <= withdrawn_at <= ctx.now:
-        return _deny("legal_basis", Reason.CONSENT_WITHDRAWN, f"withdrawn at {_iso(withdrawn_at)}")
+        return _deny(Reason.CONSENT_WITHDRAWN, f"withdrawn at {_iso(withdrawn_at)}")
     longest = consent.given_at + timedelta(days=ctx.policy.consent_max_validity_days)
     expires_at = longest if consent.expires_at is None else min(consent.expires_at, longest)
     if ctx.now >= expires_at:
-        return _deny("legal_basis", Reason.CONSENT_EXPIRED, f"expired at {_iso(expires_at)}")
-    return _basis("legal_basis", Reason.CONSENT, f"consent {consent.proof_ref}")
+        return _deny(Reason.CONSENT_EXPIRED, f"expired at {_iso(expires_at)}")
+    return _basis(Reason.CONSENT, f"consent {consent.proof_ref}")
 
 
-def check_holiday(ctx: Context) -> RuleResult:
+def check_holiday(ctx: Context) -> Finding:
     assert ctx.number is not None
     for local in ctx.local:
         name = holiday_name(ctx.policy, ctx.number.territory, local.date())
         if name:
-            return _deny("holiday", Reason.HOLIDAY, f"{local.date()} is a public holiday ({name})")
-    return _pass("holiday", "not a public holiday")
+            return _deny(Reason.HOLIDAY, f"{local.date()} is a public holiday ({name})")
+    return _pass("not a public holiday")
 
 
-def check_hours(ctx: Context) -> RuleResult:
+def check_hours(ctx: Context) -> Finding:
     for local in ctx.local:
         if local.weekday() not in ctx.policy.days:
-            return _deny("hours", Reason.OUTSIDE_HOURS, f"{local:%A} in {local.tzinfo}")
+            return _deny(Reason.OUTSIDE_HOURS, f"{local:%A} in {local.tzinfo}")
         clock = local.time().replace(tzinfo=None)
         if not any(start <= clock < end for start, end in ctx.policy.windows):
-            return _deny("hours", Reason.OUTSIDE_HOURS, f"{clock:%H:%M} in {local.tzinfo}")
-    return _pass("hours", "within the calling hours")
+            return _deny(Reason.OUTSIDE_HOURS, f"{clock:%H:%M} in {local.tzinfo}")
+    return _pass("within the calling hours")
 
 
-def check_frequency(ctx: Context) -> RuleResult:
+def check_frequency(ctx: Context) -> Finding:
     attempts = _facts(ctx).attempts_30d
     cap = ctx.policy.max_attempts
     if attempts >= cap:
         return _deny(
-            "frequency",
             Reason.FREQUENCY_CAP,
             f"{attempts} attempts in {ctx.policy.window_days} days (cap {cap})",
         )
-    return _pass("frequency", f"{attempts} of {cap} attempts used")
+    return _pass(f"{attempts} of {cap} attempts used")
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("emergency", "ARCEP numbering plan; CPCE emergency numbers", check_emergency),
-    Rule("campaign", "dialguard configuration", check_campaign),
-    Rule("number", "ARCEP national numbering plan", check_number),
-    Rule("internal_dnc", "C. consommation L221-16 (right to object)", check_internal_dnc),
-    Rule("scope", "C. consommation L223-1 (consumers only)", check_scope),
-    Rule("purpose", "C. consommation L223-1, L223-5", check_purpose),
-    Rule("sector_ban", "C. consommation L223-1; C. travail L6323-8-1", check_sector_ban),
-    Rule("recent_refusal", "C. consommation D223-9 (Décret 2022-1313)", check_recent_refusal),
-    Rule("legal_basis", "C. consommation L223-1 (Loi 2025-594 art. 13)", check_legal_basis),
-    Rule("holiday", "C. consommation D223-9; C. travail L3133-1", check_holiday),
-    Rule("hours", "C. consommation D223-9 (Décret 2022-1313)", check_hours),
-    Rule("frequency", "C. consommation D223-9 (Décret 2022-1313)", check_frequency),
+    Rule("emergency", "ARCEP numbering plan; CPCE emergency numbers", False, check_emergency),
+    Rule("campaign", "dialguard configuration", False, check_campaign),
+    Rule("number", "ARCEP national numbering plan", False, check_number),
+    Rule("internal_dnc", "C. consommation L221-16 (right to object)", True, check_internal_dnc),
+    Rule("scope", "C. consommation L223-1 (consumers only)", False, check_scope),
+    Rule("purpose", "C. consommation L223-1, L223-5", False, check_purpose),
+    Rule(
+        "sector_ban",
+        "C. consommation L223-1 (Loi 2020-901; Loi 2025-594); C. travail L6323-8-1",
+        True,
+        check_sector_ban,
+    ),
+    Rule(
+        "recent_refusal",
+        "C. consommation D223-9 (Décret 2022-1313)",
+        True,
+        check_recent_refusal,
+    ),
+    Rule("legal_basis", "C. consommation L223-1 (Loi 2025-594 art. 13)", True, check_legal_basis),
+    Rule("holiday", "C. consommation D223-9; C. travail L3133-1, L3134-13", False, check_holiday),
+    Rule("hours", "C. consommation D223-9 (Décret 2022-1313)", False, check_hours),
+    Rule("frequency", "C. consommation D223-9 (Décret 2022-1313)", True, check_frequency),
 )
 
 
@@ -341,11 +371,7 @@ class Prepared:
 
 
 # The rules that read no facts, in rule order.
-_FACT_FREE_RULES = tuple(
-    rule
-    for rule in RULES
-    if rule.name in {"emergency", "campaign", "number", "scope", "purpose", "holiday", "hours"}
-)
+_FACT_FREE_RULES = tuple(rule for rule in RULES if not rule.needs_facts)
 
 
 def prepare(
@@ -358,10 +384,13 @@ def prepare(
     if now.tzinfo is None:
         raise ValueError("the instant of a call must carry its time zone")
     local = _local_times(number, now, policy)
-    ctx = Context(campaign, number, number_error, Facts(), now, policy, local)
+    ctx = Context(campaign, number, number_error, _NOT_READ_YET, now, policy, local)
     results: dict[str, RuleResult] = {}
     for rule in _FACT_FREE_RULES:
-        result = results[rule.name] = rule.check(ctx)
+        try:
+            result = results[rule.name] = RuleResult(rule.name, *rule.check(ctx))
+        except RuleNeedsFacts:
+            raise RuleNeedsFacts(f"rule {rule.name} reads facts: set needs_facts") from None
         if result.outcome is not Outcome.PASS:
             break
     return Prepared(local, results)
@@ -392,12 +421,12 @@ def decide(
     degraded = ""
     for rule in RULES:
         try:
-            result = prepared.results.get(rule.name) or rule.check(ctx)
+            result = prepared.results.get(rule.name) or RuleResult(rule.name, *rule.check(ctx))
         except _FactsUnavailable:
             assert isinstance(facts, Unavailable)
             if _campaign(ctx).fail_mode is FailMode.CLOSED:
                 degraded = f"{facts.detail}; failing closed"
-                results.append(_deny(rule.name, facts.reason, degraded))
+                results.append(RuleResult(rule.name, Outcome.DENY, facts.reason, degraded))
                 return _decision(ctx, Result.DENY, facts.reason, results, degraded)
             results.append(RuleResult(rule.name, Outcome.SKIPPED, None, facts.detail))
             degraded = f"{facts.detail}; failing open"

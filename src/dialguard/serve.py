@@ -106,8 +106,37 @@ def _run_worker(config: Config, *, reuse_port: bool, watch: bool) -> int:
     return asyncio.run(_serve(config, reuse_port=reuse_port, watch=watch))  # pragma: no cover
 
 
+class _CannotStart(Exception):
+    """One line for stderr and the exit code: the service does not start."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
+    try:
+        # Whatever was started is stopped in reverse order, on a failed start as at SIGTERM.
+        async with contextlib.AsyncExitStack() as running:
+            await _start(running, config, reuse_port=reuse_port, watch=watch)
+            tune_gc()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            log.info("started", node=config.node, policy=config.policy.name, pid=os.getpid())
+            await stop.wait()
+    except _CannotStart as exc:
+        print(f"dialguard: {exc}", file=sys.stderr)
+        return exc.code
+    return 0
+
+
+async def _start(
+    running: contextlib.AsyncExitStack, config: Config, *, reuse_port: bool, watch: bool
+) -> None:
     store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    running.push_async_callback(store.close)
     try:
         await store.ping()
         legacy = await store.lists.legacy_keys()
@@ -116,75 +145,44 @@ async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
         log.error("redis_unavailable_at_start", error=str(exc))
         legacy = []
     if legacy:
-        print(
-            f"dialguard: Redis holds lists in an earlier layout ({', '.join(legacy)}) that"
-            " this version does not read; import them again, then delete those keys"
+        raise _CannotStart(
+            f"Redis holds lists in an earlier layout ({', '.join(legacy)}) that this version"
+            " does not read; import them again, then delete those keys"
             " (docs/data-model.md, Upgrading)",
-            file=sys.stderr,
+            2,
         )
-        await store.close()
-        return 2
     service = Service(config, store, Journal(config.audit_dir))
+    running.push_async_callback(service.aclose)  # slot releases go out before the store closes
     server = FastAgiServer(service, config.server)
     try:
         await server.start(reuse_port=reuse_port)
     except OSError as exc:
-        print(
-            f"dialguard: cannot listen on {config.server.host}:{config.server.port}: "
-            f"{exc.strerror}",
-            file=sys.stderr,
-        )
-        await store.close()
-        return 2
-    ari = AriApp(service, config.ari, config.server) if config.ari else None
-    if ari is not None:
+        where = f"{config.server.host}:{config.server.port}"
+        raise _CannotStart(f"cannot listen on {where}: {exc.strerror}", 2) from None
+    running.push_async_callback(server.stop)
+    if config.ari:
+        ari = AriApp(service, config.ari, config.server)
         try:
             await ari.start()
         except AriError as exc:
             # Bad credentials or a wrong URL will not fix themselves: say so and stop. An
             # Asterisk not up yet is retried, as Redis is (calls fail closed meanwhile).
             if not isinstance(exc, AriUnavailable):
-                print(f"dialguard: {exc}", file=sys.stderr)
                 await ari.client.close()
-                await server.stop()
-                await store.close()
-                return 1
+                raise _CannotStart(str(exc), 1) from None
             log.error("ari_unavailable_at_start", error=str(exc))
             await ari.start_retrying()
-    metrics = None
+        running.push_async_callback(ari.stop)
     if config.metrics is not None and watch:  # one endpoint: the facts are not per process
         from dialguard.metrics import start_metrics
 
         try:
             metrics = await start_metrics(store, config, config.metrics)
         except OSError as exc:
-            print(
-                f"dialguard: cannot serve metrics on {config.metrics.host}:{config.metrics.port}:"
-                f" {exc.strerror}",
-                file=sys.stderr,
-            )
-            if ari is not None:
-                await ari.stop()
-            await server.stop()
-            await store.close()
-            return 2
-    # One process watches the registry checks' age: the others would only repeat it.
-    watcher = (
-        asyncio.get_running_loop().create_task(watch_freshness(store, config)) if watch else None
-    )
-    tune_gc()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    log.info("started", node=config.node, policy=config.policy.name, pid=os.getpid())
-    await stop.wait()
-    if watcher is not None:
-        watcher.cancel()
-    if metrics is not None:
-        await metrics.cleanup()
-    if ari is not None:
-        await ari.stop()
-    await server.stop()
-    await store.close()
-    return 0
+            where = f"{config.metrics.host}:{config.metrics.port}"
+            raise _CannotStart(f"cannot serve metrics on {where}: {exc.strerror}", 2) from None
+        running.push_async_callback(metrics.cleanup)
+    if watch:
+        # One process watches the registry checks' age: the others would only repeat it.
+        watcher = asyncio.get_running_loop().create_task(watch_freshness(store, config))
+        running.callback(watcher.cancel)

@@ -1,7 +1,9 @@
-"""`decide()`: the one path every adapter (CLI, FastAGI, ARI, classic AGI) goes through.
+"""The one path every adapter (CLI, FastAGI, ARI, classic AGI) goes through.
 
-normalise -> facts (one round trip) -> policy (pure) -> count the attempt (atomic)
--> audit (durable) -> answer.
+`decide`: normalise -> facts (one round trip) -> policy (pure) -> count the attempt
+(atomic) -> audit (durable) -> answer. `record_outcome` and the live list changes
+(`dnc_add`, `dnc_remove`, `withdraw_consent`) normalise the same way and refuse the same
+numbers, whoever asks.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from dialguard.model import CallRequest, Campaign, Decision, Facts, Reason, Unav
 from dialguard.numbers import InvalidNumber, Number, normalise
 from dialguard.store import Store, StoreUnavailable
 
-__all__ = ["OutcomeKind", "Service", "Verdict", "new_id"]
+__all__ = [
+    "NotListable",
+    "OutcomeKind",
+    "OutcomeResult",
+    "OutcomeStatus",
+    "Service",
+    "Verdict",
+    "listable_number",
+    "new_id",
+]
 
 log = structlog.get_logger("dialguard.service")
 
@@ -35,10 +46,39 @@ class OutcomeKind(enum.StrEnum):
     DO_NOT_CALL = "do-not-call"
 
 
+class OutcomeStatus(enum.StrEnum):
+    RECORDED = "RECORDED"  # applied in Redis and audited
+    PENDING = "PENDING"  # audited, not applied: Redis did not take it
+    INVALID = "INVALID"  # a bad number, kind or campaign: nothing recorded
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeResult:
+    status: OutcomeStatus
+    id: str = ""  # the audit record's id (RECORDED, PENDING)
+    number: Number | None = None
+    principal: str = ""
+    detail: str = ""  # why, for PENDING and INVALID: one line
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     id: str
     decision: Decision
+
+
+class NotListable(ValueError):
+    """A live change names a number no list may hold (one line)."""
+
+
+def listable_number(raw: str, campaign: Campaign | None = None) -> Number:
+    """The number a live change applies to, spelled as a call to it would be dialled
+    (`campaign`'s outside-line prefix). Emergency and short numbers are never blocked, so
+    no list holds them. Raises InvalidNumber or NotListable."""
+    number = normalise(raw, campaign.outside_prefix if campaign else "")
+    if number.never_blocked:
+        raise NotListable(f"{raw!r} is an emergency or short number; it is never blocked")
+    return number
 
 
 _PROCESS_TAG = secrets.token_hex(4)  # tells apart the processes of every node
@@ -88,8 +128,13 @@ class Service:
         now: datetime | None = None,
         record: bool = False,
         deadline_s: float | None = None,
+        unavailable: Unavailable | None = None,
     ) -> Verdict:
-        """Decide one call. With `record`, count the attempt and write the audit record."""
+        """Decide one call. With `record`, count the attempt and write the audit record.
+
+        `unavailable`: the adapter knows already that no answer can wait for the store (a
+        channel found long after it arrived): the campaign's fail mode decides, for that
+        reason, and Redis is not asked."""
         started = time.perf_counter_ns()
         now = now or self.clock()
         decision_id = new_id(now)
@@ -100,6 +145,8 @@ class Service:
         if campaign is None or number is None or number.never_blocked:
             # The policy decides without reading anything.
             decision = policy.decide(campaign, number, Facts(), now, rules, number_error)
+        elif unavailable is not None:
+            decision = self._degraded(campaign, number, now, unavailable.reason, unavailable.detail)
         else:
             decision = await self._decide_with_facts(
                 campaign, number, now, decision_id, record, deadline_s
@@ -176,30 +223,38 @@ class Service:
         return policy.decide(campaign, number, unavailable, now, self.config.policy)
 
     async def record_outcome(
-        self,
-        number: Number,
-        campaign: Campaign,
-        kind: OutcomeKind,
-        now: datetime,
-        *,
-        request: CallRequest | None = None,
-    ) -> str:
-        """Record what the consumer said during a call; return the audit record's id.
+        self, request: CallRequest, kind: str, *, now: datetime | None = None
+    ) -> OutcomeResult:
+        """Record what the consumer said during a call (`kind`: an OutcomeKind value).
 
         The audit record is written whether or not Redis took the change, with `applied`
         saying which: a do-not-call request is never lost, even when Redis is down (then
-        StoreUnavailable is raised after the record is durable, for the caller to report).
-        """
-        failure: StoreUnavailable | None = None
+        PENDING, the record durable). AuditUnavailable is raised when the journal cannot
+        be written."""
+        now = now or self.clock()
+        campaign = self.campaign(request.campaign)
         try:
-            if kind is OutcomeKind.REFUSED:
+            outcome = OutcomeKind(kind)
+        except ValueError:
+            kinds = ", ".join(k.value for k in OutcomeKind)
+            return OutcomeResult(OutcomeStatus.INVALID, detail=f"outcome {kind!r}: not {kinds}")
+        if campaign is None:
+            detail = f"unknown campaign {request.campaign!r}"
+            return OutcomeResult(OutcomeStatus.INVALID, detail=detail)
+        try:
+            number = listable_number(request.number_raw, campaign)
+        except (InvalidNumber, NotListable) as exc:
+            return OutcomeResult(OutcomeStatus.INVALID, detail=str(exc))
+        failure = ""
+        try:
+            if outcome is OutcomeKind.REFUSED:
                 await self.store.record_refusal(number, campaign.principal, now)
             else:
                 reason = f"do-not-call during campaign {campaign.name}"
                 await self.store.dnc_add(number, reason, now)
         except StoreUnavailable as exc:
-            failure = exc
-            log.error("outcome_not_applied", outcome=kind.value, number=number.e164, error=str(exc))
+            failure = str(exc)
+            log.error("outcome_not_applied", outcome=kind, number=number.e164, error=failure)
         record_id = new_id(now)
         if self.journal is not None:
             await self.journal.append(
@@ -208,20 +263,45 @@ class Service:
                     "ts": int(now.timestamp() * 1000),
                     "node": self.config.node,
                     "kind": "outcome",
-                    "outcome": kind.value,
-                    "applied": failure is None,
+                    "outcome": outcome.value,
+                    "applied": not failure,
                     "number": number.e164,
                     "number_raw": number.raw,
                     "campaign": campaign.name,
                     "principal": campaign.principal,
-                    "channel": request.channel if request else "",
-                    "uniqueid": request.uniqueid if request else "",
-                    "adapter": request.adapter if request else "cli",
+                    "channel": request.channel,
+                    "uniqueid": request.uniqueid,
+                    "adapter": request.adapter,
                 }
             )
-        if failure is not None:
-            raise StoreUnavailable(f"{failure}; outcome kept in the audit journal as {record_id}")
-        return record_id
+        status = OutcomeStatus.PENDING if failure else OutcomeStatus.RECORDED
+        return OutcomeResult(status, record_id, number, campaign.principal, failure)
+
+    # --- live changes to the lists --------------------------------------------------------
+
+    async def dnc_add(self, raw: str, reason: str, now: datetime | None = None) -> Number:
+        """Put a number on the company's do-not-call list; effective for the next call."""
+        number = listable_number(raw)
+        await self.store.dnc_add(number, reason, now or self.clock())
+        return number
+
+    async def dnc_remove(self, raw: str) -> tuple[Number, bool]:
+        """Take a number off the do-not-call list; whether it was on it."""
+        number = listable_number(raw)
+        return number, await self.store.dnc_remove(number)
+
+    async def withdraw_consent(
+        self, raw: str, principal: str, now: datetime | None = None
+    ) -> Number:
+        number = listable_number(raw)
+        await self.store.withdraw_consent(number, principal, now or self.clock())
+        return number
+
+    async def aclose(self, timeout_s: float = 1.0) -> None:
+        """Let the work done off the answer's path finish (slot releases), at most
+        `timeout_s`. The store stays open: its owner closes it."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout_s)
 
 
 def _normalise(raw: str, campaign: Campaign | None) -> tuple[Number | None, str]:

@@ -33,13 +33,14 @@ import structlog
 
 from dialguard.agi.server import FastAgiServer
 from dialguard.audit import Journal
-from dialguard.cli import configure_logging
+from dialguard.cli.common import configure_logging
 from dialguard.config import Config, load_config
-from dialguard.imports import ConsentRow, DncRow
+from dialguard.import_files import ConsentRow, DncRow
 from dialguard.model import FailMode
 from dialguard.numbers import normalise
 from dialguard.service import Service
 from dialguard.store import Store
+from dialguard.store.loading import load
 from tests.agi.asterisk_peer import SessionResult, parse_args, run_session
 from tests.redis_server import RedisServer, free_port, running_redis
 from tests.waiting import wait_until
@@ -244,7 +245,7 @@ def raw_variables(commands: list[tuple[bytes, ...]]) -> dict[str, str]:
 
 async def load_consent(store: Store, given: datetime = MONDAY - timedelta(days=30)) -> None:
     row = ConsentRow(NUMBER, "ACME", given, None, "crm:42")
-    await store.load("consent", [row], "add")
+    await load(store.lists, "consent", [row], "add")
 
 
 # --- decisions: every result the dialplan can see ----------------------------------------
@@ -499,9 +500,9 @@ async def test_a_read_redis_runs_after_the_client_gave_up_counts_no_attempt(
             # Redis runs what waited in its socket buffers, then the cancellation lands.
             for _ in range(100):
                 await asyncio.sleep(0.05)
-                if not agi.service.store._to_cancel:
+                if not agi.service.store.pending_cancels:
                     break
-            assert not agi.service.store._to_cancel
+            assert not agi.service.store.pending_cancels
             assert await agi.attempts(NUMBER_RAW) == 0, "a call never placed was counted"
 
 
@@ -523,9 +524,10 @@ async def test_redis_down_fails_closed_unless_the_campaign_fails_open(tmp_path: 
         # A do-not-call request is kept in the journal even though Redis did not take it.
         pending = await agi.call(NUMBER_RAW, "do-not-call", "demo-press", script="outcome")
         assert_clean(pending, OUTCOME_VARIABLES)
-        assert pending.variables == {"DIALGUARD_OUTCOME": "PENDING"}
+        assert pending.variables["DIALGUARD_OUTCOME"] == "PENDING"
         (outcome,) = [r for r in agi.records() if r["kind"] == "outcome"]
         assert outcome["applied"] is False and outcome["number"] == NUMBER.e164
+        assert pending.variables["DIALGUARD_ID"] == outcome["id"]  # the record that keeps it
         await agi.settled()
 
 
@@ -742,7 +744,7 @@ async def test_two_hundred_concurrent_sessions_each_get_their_own_answer(
     numbers = [normalise(raw) for raw in raws]
     listed, capped = numbers[::3], numbers[1::3]
     store = agi.store
-    await store.load("dnc", [DncRow(n.key, "listed") for n in listed], "add")
+    await load(store.lists, "dnc", [DncRow(n.key, "listed") for n in listed], "add")
     await asyncio.gather(
         *(
             store.count_attempt(n, "ACME", MONDAY - timedelta(days=1), 4, 30, f"seed{i}")

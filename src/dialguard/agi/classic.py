@@ -49,7 +49,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from pathlib import PurePosixPath
 from types import FrameType
@@ -57,7 +57,6 @@ from typing import NoReturn
 
 import structlog
 
-from dialguard.agi.answers import SAFE_VALUE, Variables, check_variables, outcome_variables
 from dialguard.agi.protocol import (
     AgiConnection,
     AgiRequest,
@@ -66,6 +65,7 @@ from dialguard.agi.protocol import (
     Reply,
     UnsafeValue,
 )
+from dialguard.answers import SAFE_VALUE, Variables, agi_call, check_variables, outcome_variables
 from dialguard.audit import AuditUnavailable, Journal
 from dialguard.config import Config, ConfigError, load_config
 from dialguard.service import Service
@@ -181,11 +181,15 @@ def main(*, clock: Callable[[], datetime] | None = None) -> int:
         # counted without its audit record. The session finishes instead (see above).
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         config = load_config()
-        _arm_session_bound(started + config.server.session_timeout_ms / 1000)
+        _SESSION_BOUND.arm(started + config.server.session_timeout_ms / 1000)
         request = pipe.read_request()
         mode = mode_of(request)
         deadline = entered + config.server.deadline_ms / 1000
-        variables = asyncio.run(_answer(mode, request, config, deadline, clock))
+        # From the first command to Redis (which may count the attempt) until its audit
+        # record is durable, the session bound waits: ending the process in between would
+        # leave an attempt counted with no record of it.
+        with _SESSION_BOUND.deferred():
+            variables = asyncio.run(_answer(mode, request, config, deadline, clock))
         pipe.set_variables(variables)
     except ClassicAgiError as exc:
         return _fail(str(exc), exc.code, request)
@@ -221,12 +225,14 @@ async def _answer(
         if clock is None
         else Service(config, store, journal, clock=clock)
     )
+    call = agi_call(request)
     try:
         if mode == "outcome":
-            return await outcome_variables(service, config.server, request, ADAPTER)
+            return await outcome_variables(service, config.server, call, ADAPTER)
         remaining = deadline - time.monotonic()
-        return await check_variables(service, config.server, request, remaining, ADAPTER)
+        return await check_variables(service, config.server, call, ADAPTER, remaining)
     finally:
+        await service.aclose()
         await store.close()
 
 
@@ -239,15 +245,41 @@ def _take_stdout() -> int:
     return agi_out
 
 
-def _arm_session_bound(until: float) -> None:
-    """End the process at `until` (monotonic), whatever it is waiting for."""
+class _SessionBound:
+    """Ends the process at a monotonic instant, whatever it is waiting for, except inside
+    `deferred()`: there the end waits for the block to finish."""
 
-    def expire(_signum: int, _frame: FrameType | None) -> None:
+    def __init__(self) -> None:
+        self._deferring = False
+        self._expired = False
+
+    def arm(self, until: float) -> None:
+        signal.signal(signal.SIGALRM, self._expire)
+        signal.setitimer(signal.ITIMER_REAL, max(until - time.monotonic(), 0.001))
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._expired:
+            self._end()
+
+    def _expire(self, _signum: int, _frame: FrameType | None) -> None:
+        if self._deferring:
+            self._expired = True
+        else:
+            self._end()
+
+    @staticmethod
+    def _end() -> NoReturn:
         _write_stderr(f"{_PROG}: session_timeout_ms passed; exiting without an answer")
         os._exit(EXIT_TIMEOUT)
 
-    signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(until - time.monotonic(), 0.001))
+
+_SESSION_BOUND = _SessionBound()
 
 
 def _process_age_s() -> float:

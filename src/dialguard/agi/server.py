@@ -25,7 +25,6 @@ from typing import Any
 
 import structlog
 
-from dialguard.agi.answers import SAFE_VALUE, Variables, check_variables, outcome_variables
 from dialguard.agi.protocol import (
     AgiConnection,
     AgiRequest,
@@ -33,6 +32,13 @@ from dialguard.agi.protocol import (
     ProtocolError,
     Reply,
     UnsafeValue,
+)
+from dialguard.answers import (
+    SAFE_VALUE,
+    Variables,
+    agi_call,
+    check_variables,
+    outcome_variables,
 )
 from dialguard.audit import AuditUnavailable
 from dialguard.config import ServerSettings
@@ -101,10 +107,11 @@ class FastAgiServer:
 
     async def _check(self, request: AgiRequest, deadline: float) -> Variables:
         remaining = deadline - asyncio.get_running_loop().time()
-        return await check_variables(self.service, self.settings, request, remaining, "fastagi")
+        call = agi_call(request)
+        return await check_variables(self.service, self.settings, call, "fastagi", remaining)
 
     async def _outcome(self, request: AgiRequest, deadline: float) -> Variables:
-        return await outcome_variables(self.service, self.settings, request, "fastagi")
+        return await outcome_variables(self.service, self.settings, agi_call(request), "fastagi")
 
 
 class _Session(asyncio.Protocol):

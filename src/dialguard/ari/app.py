@@ -37,13 +37,17 @@ import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import structlog
 
-from dialguard.agi.answers import SAFE_VALUE, Variables, outcome_variables
-from dialguard.agi.protocol import AgiRequest
+from dialguard.answers import (
+    SAFE_VALUE,
+    ChannelCall,
+    Variables,
+    check_variables,
+    outcome_variables,
+)
 from dialguard.ari.client import (
     AriClient,
     AriError,
@@ -55,7 +59,7 @@ from dialguard.ari.client import (
 )
 from dialguard.audit import AuditUnavailable
 from dialguard.config import AriSettings, ServerSettings
-from dialguard.model import CallRequest, Result
+from dialguard.model import Reason, Result, Unavailable
 from dialguard.service import Service
 
 __all__ = ["RECOVER_WITHIN_S", "SETTLED_MEMORY_S", "AriApp"]
@@ -258,36 +262,27 @@ class AriApp:
     async def _answer(
         self, channel: Channel, args: tuple[str, ...], deadline: float, stale: bool
     ) -> _Answer:
-        if args and args[0] == "outcome":
-            variables = await outcome_variables(
-                self.service, self.server, _as_agi_request(channel, args[1:]), "ari"
-            )
-            return _Answer(variables, hangup=False)
-        number = args[0] if args else ""
-        campaign = args[1] if len(args) > 1 else ""
-        if not campaign and self.server.campaign_from_accountcode:
-            campaign = channel.accountcode
-        call = CallRequest(
-            number_raw=number,
-            campaign=campaign,
-            channel=channel.name,
-            uniqueid=channel.id,
-            callerid=channel.caller_number,
-            adapter="ari",
+        call = ChannelCall(
+            args[1:] if args and args[0] == "outcome" else args,
+            channel.name,
+            channel.id,
+            channel.caller_number,
+            channel.accountcode,
         )
+        if args and args[0] == "outcome":
+            variables = await outcome_variables(self.service, self.server, call, "ari")
+            return _Answer(variables, hangup=False)
         remaining = deadline - asyncio.get_running_loop().time()
-        # Stale: a zero deadline, so the store is not even waited for and the fail mode
-        # answers (FastAGI floors at 1 ms, which a local Redis can beat).
-        deadline_s = 0.0 if stale else max(remaining, 0.001)
-        verdict = await self.service.decide(call, record=True, deadline_s=deadline_s)
-        decision = verdict.decision
-        variables = {
-            "DIALGUARD_RESULT": decision.result.value,
-            "DIALGUARD_REASON": decision.reason.value,
-            "DIALGUARD_ID": verdict.id,
-            "DIALGUARD_NUMBER": decision.number.e164 if decision.number else "",
-        }
-        denied = decision.result is not Result.ALLOW
+        # Stale: the store is not asked at all and the fail mode answers (a floor of 1 ms,
+        # as FastAGI's, can be beaten by a local Redis).
+        unavailable = None
+        if stale:
+            detail = f"channel found parked, older than {self.recover_within_s:g} s"
+            unavailable = Unavailable(Reason.DEADLINE, detail)
+        variables = await check_variables(
+            self.service, self.server, call, "ari", remaining, unavailable
+        )
+        denied = variables["DIALGUARD_RESULT"] != Result.ALLOW.value
         return _Answer(variables, hangup=denied and self.settings.on_deny == "hangup")
 
     async def _deliver(self, channel_id: str, answer: _Answer, tries: int) -> None:
@@ -352,14 +347,3 @@ class AriApp:
     def _is_settled(self, channel_id: str) -> bool:
         when = self._settled.get(channel_id)
         return when is not None and time.monotonic() - when <= SETTLED_MEMORY_S
-
-
-def _as_agi_request(channel: Channel, args: tuple[str, ...]) -> AgiRequest:
-    """The outcome rules are shared with FastAGI (agi/answers.py); they read an AgiRequest."""
-    env = {
-        "agi_channel": channel.name,
-        "agi_uniqueid": channel.id,
-        "agi_callerid": channel.caller_number,
-        "agi_accountcode": channel.accountcode,
-    }
-    return AgiRequest(MappingProxyType(env), "outcome", "", args)

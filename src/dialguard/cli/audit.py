@@ -27,7 +27,7 @@ from rich.table import Table
 
 from dialguard.audit.files import AuditUnavailable
 from dialguard.audit.reader import Query, Torn, follow, prune, search, stats, verify
-from dialguard.cli import Failure, _errors_are_one_line, config_option
+from dialguard.cli.common import Failure, config_option, errors_are_one_line
 from dialguard.config import load_config
 from dialguard.numbers import normalise
 
@@ -129,7 +129,7 @@ def audit() -> None:
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @dir_option
 @config_option
-@_errors_are_one_line
+@errors_are_one_line
 def search_command(
     number: str | None,
     since: str | None,
@@ -208,7 +208,7 @@ def _print_records(where: _Where, records: list[dict[str, Any]]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @dir_option
 @config_option
-@_errors_are_one_line
+@errors_are_one_line
 def stats_command(
     since: str | None,
     until: str | None,
@@ -284,7 +284,7 @@ def stats_command(
 )
 @dir_option
 @config_option
-@_errors_are_one_line
+@errors_are_one_line
 def export_command(
     since: str | None,
     until: str | None,
@@ -423,7 +423,7 @@ def _write_csv(handle: TextIO, records: Iterator[dict[str, Any]], mask: bytes | 
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @dir_option
 @config_option
-@_errors_are_one_line
+@errors_are_one_line
 def verify_command(
     since: str | None,
     until: str | None,
@@ -480,7 +480,7 @@ def _day(option: str, value: str | None) -> date | None:
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: the records as stored.")
 @dir_option
 @config_option
-@_errors_are_one_line
+@errors_are_one_line
 def tail_command(
     count: int,
     keep_following: bool,
@@ -522,7 +522,7 @@ def _one_line(where: _Where, line: bytes) -> str:
 @audit.command("prune")
 @click.option("--dry-run", is_flag=True, help="List what would be removed.")
 @config_option
-@_errors_are_one_line
+@errors_are_one_line
 def prune_command(dry_run: bool, config_path: Path | None) -> None:
     """Remove day files older than [audit] retention_days (run it daily, e.g. from cron)."""
     where = _Where(config_path, None)

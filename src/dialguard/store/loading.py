@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from dialguard.imports import Chunk
-from dialguard.lists import INTSET_LIMIT, MAX_GATHERED, Buckets, Lists
-from dialguard.store import encode_consent, encode_contract
+from dialguard.import_files import Chunk
+from dialguard.store.buckets import INTSET_LIMIT, MAX_GATHERED, Buckets
+from dialguard.store.facts import encode_consent, encode_contract
+from dialguard.store.keys import CLEAR, LISTED
+from dialguard.store.lists import Lists
 
 __all__ = ["LIST_OF_KIND", "MODES", "Loader", "Summary", "load"]
 
@@ -53,7 +55,6 @@ class Loader:
         now: datetime,
         checked_on: date | None = None,
         ref: str = "",
-        live_dnc_key: str = "",
         intset_limit: int = INTSET_LIMIT,
     ) -> None:
         if mode not in MODES:
@@ -70,7 +71,6 @@ class Loader:
         self._now = now
         self._checked_on = checked_on
         self._ref = ref
-        self._live_dnc_key = live_dnc_key
         self._limit = intset_limit
         self._lock_version = ""
         self.target = ""  # the version written to
@@ -79,7 +79,7 @@ class Loader:
         self._meta: Any = None
         self._swapped = False
         # Dense lists gather numbers per bucket and write them out in bulk.
-        self._gathered = {"dnc": Buckets(), "L": Buckets(), "C": Buckets()}
+        self._gathered = {"dnc": Buckets(), LISTED: Buckets(), CLEAR: Buckets()}
         self._counts = {"changed": 0, "rows": 0, "listed": 0, "clear": 0, "removed": 0}
 
     async def open(self) -> None:
@@ -96,7 +96,7 @@ class Loader:
             self.target, self.building = self._lock_version, True
 
     async def feed_chunk(self, chunk: Chunk) -> None:
-        """Write one chunk of a file (see imports.chunks)."""
+        """Write one chunk of a file (see import_files.chunks)."""
         if chunk.keys or chunk.listed:
             await self.feed_keys(chunk.keys, chunk.listed)
         if chunk.rows:
@@ -108,12 +108,13 @@ class Loader:
         counts = self._counts
         counts["rows"] += len(keys) + len(listed)
         if self.kind == "bloctel":
-            self._gathered["C"].add(keys)
-            self._gathered["L"].add(listed)
+            self._gathered[CLEAR].add(keys)
+            self._gathered[LISTED].add(listed)
         elif self.kind == "dnc" and not listed:
             if self.mode == "remove":
-                base = self._lists.base("dnc", self.target) if self.target else ""
-                either, in_list = await self._lists.remove(base, self._live_dnc_key, keys)
+                keys_of = self._lists.keys
+                base = keys_of.base("dnc", self.target) if self.target else ""
+                either, in_list = await self._lists.remove(base, keys_of.dnc_live, keys)
                 counts["changed"] += either
                 counts["removed"] += in_list
             else:
@@ -133,18 +134,18 @@ class Loader:
         elif self.kind == "dnc":
             if self.mode != "remove":
                 reasons = {row.key: row.reason for row in rows if row.reason}
-                await lists.set_reasons(lists.base("dnc", self.target), reasons)
+                await lists.set_reasons(lists.keys.base("dnc", self.target), reasons)
             await self.feed_keys([row.key for row in rows])
         elif self.kind == "consent":
             self._counts["rows"] += len(rows)
             fields = [encode_consent(row) for row in rows]
-            key = lists.hash_key("consent", self.target)
+            key = lists.keys.hash("consent", self.target)
             self._counts["changed"] += await lists.merge_consents(key, fields)
             await self._after_feed()
         else:
             self._counts["rows"] += len(rows)
             fields = [encode_contract(row) for row in rows]
-            key = lists.hash_key("contract", self.target)
+            key = lists.keys.hash("contract", self.target)
             self._counts["changed"] += await lists.merge_contracts(key, self._lock_version, fields)
             await self._after_feed()
 
@@ -159,13 +160,13 @@ class Loader:
             if not buckets:
                 continue
             if part == "dnc":
-                base = lists.base("dnc", self.target)
+                base = lists.keys.base("dnc", self.target)
             else:
-                base = lists.base("optout", self.target, part)
+                base = lists.keys.base("optout", self.target, part)
             added = await lists.write(base, buckets, self._limit)
             self._counts["changed"] += added
-            if part in ("L", "C"):
-                self._counts["listed" if part == "L" else "clear"] += added
+            if part in (LISTED, CLEAR):
+                self._counts["listed" if part == LISTED else "clear"] += added
 
     async def commit(self) -> Summary:
         lists = self._lists
@@ -266,7 +267,6 @@ async def load(
     rows: Sequence[Any],
     mode: str = "add",
     *,
-    live_dnc_key: str = "",
     checked_on: date | None = None,
     ref: str = "",
     source: str = "",
@@ -282,7 +282,6 @@ async def load(
         now=now or datetime.now(UTC),
         checked_on=checked_on,
         ref=ref,
-        live_dnc_key=live_dnc_key,
     )
     await loader.open()
     try:

@@ -11,16 +11,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
-from redis.exceptions import RedisError
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from dialguard.cli import _errors_are_one_line, _run, config_option
+from dialguard.cli.common import config_option, errors_are_one_line, run_with_store
 from dialguard.config import load_config
 from dialguard.freshness import SOON_DAYS, registry_sets
-from dialguard.lists import StoreUnavailable
 from dialguard.store import Store
+from dialguard.store.keys import CLEAR, LISTED, LIVE_DNC_LIST
 
 __all__ = ["lists"]
 
@@ -47,58 +46,55 @@ class Row:
 async def gather(store: Store, today: date, freshness_days: int) -> list[Row]:
     lists = store.lists
     rows: list[Row] = []
-    try:
-        for kind in ("dnc", "consent", "contract"):
-            current = await lists.current(kind)
-            if not current.versions:
-                rows.append(Row(kind, "", 0, 0, "", "", state="never imported"))
-                continue
-            version = current.versions[0]
-            entries, used = await lists.census(kind, version)
-            meta = current.meta
-            rows.append(
-                Row(
-                    kind,
-                    version,
-                    entries,
-                    used,
-                    str(meta.get("updated_at") or meta.get("loaded_at") or ""),
-                    str(meta.get("source", "")),
-                    age_days=_age(meta.get("updated_at") or meta.get("loaded_at"), today),
-                )
-            )
-            if kind == "dnc":
-                live = await store.live_dnc_census()
-                rows.append(Row("dnc:live", "", live[0], live[1], "", "dnc add / outcomes"))
-        current = await lists.current("optout")
+    for kind in ("dnc", "consent", "contract"):
+        current = await lists.current(kind)
         if not current.versions:
-            rows.append(Row("bloctel", "", 0, 0, "", "", state="never imported"))
-        for result_set in registry_sets(current.meta, today, freshness_days):
-            meta = next(m for m in current.meta if str(m["version"]) == result_set.version)
-            listed, used_listed = await lists.census("optout", result_set.version, "L")
-            clear, used_clear = await lists.census("optout", result_set.version, "C")
-            if result_set.stale:
-                state = "STALE"  # its clear numbers give OPTOUT_UNVERIFIED
-            elif result_set.stale_soon:
-                state = f"stale in {result_set.days_left} d"
-            else:
-                state = f"fresh {result_set.days_left} d"
-            rows.append(
-                Row(
-                    "bloctel",
-                    result_set.version,
-                    listed + clear,
-                    used_listed + used_clear,
-                    str(meta.get("loaded_at", "")),
-                    str(meta.get("source", "")),
-                    checked_on=result_set.checked_on.isoformat(),
-                    age_days=result_set.age_days,
-                    stale_in_7_days=clear if result_set.stale_soon else 0,
-                    state=state,
-                )
+            rows.append(Row(kind, "", 0, 0, "", "", state="never imported"))
+            continue
+        version = current.versions[0]
+        entries, used = await lists.census(kind, version)
+        meta = current.meta
+        rows.append(
+            Row(
+                kind,
+                version,
+                entries,
+                used,
+                str(meta.get("updated_at") or meta.get("loaded_at") or ""),
+                str(meta.get("source", "")),
+                age_days=_age(meta.get("updated_at") or meta.get("loaded_at"), today),
             )
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        )
+        if kind == "dnc":
+            live = await store.live_dnc_census()
+            rows.append(Row(LIVE_DNC_LIST, "", live[0], live[1], "", "dnc add / outcomes"))
+    current = await lists.current("optout")
+    if not current.versions:
+        rows.append(Row("bloctel", "", 0, 0, "", "", state="never imported"))
+    for result_set in registry_sets(current.meta, today, freshness_days):
+        meta = next(m for m in current.meta if str(m["version"]) == result_set.version)
+        listed, used_listed = await lists.census("optout", result_set.version, LISTED)
+        clear, used_clear = await lists.census("optout", result_set.version, CLEAR)
+        if result_set.stale:
+            state = "STALE"  # its clear numbers give OPTOUT_UNVERIFIED
+        elif result_set.stale_soon:
+            state = f"stale in {result_set.days_left} d"
+        else:
+            state = f"fresh {result_set.days_left} d"
+        rows.append(
+            Row(
+                "bloctel",
+                result_set.version,
+                listed + clear,
+                used_listed + used_clear,
+                str(meta.get("loaded_at", "")),
+                str(meta.get("source", "")),
+                checked_on=result_set.checked_on.isoformat(),
+                age_days=result_set.age_days,
+                stale_in_7_days=clear if result_set.stale_soon else 0,
+                state=state,
+            )
+        )
     return rows
 
 
@@ -116,14 +112,14 @@ def lists() -> None:
 @lists.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per list.")
 @config_option
-@_errors_are_one_line
+@errors_are_one_line
 def status(as_json: bool, config_path: Path | None) -> None:
     """Per list: entries, Redis memory, last import, age; per registry result set: its
     check date and when its clear numbers stop counting."""
     config = load_config(config_path)
     today = datetime.now(UTC).astimezone(ZoneInfo(config.policy.default_timezone)).date()
     freshness_days = config.policy.optout_freshness_days
-    rows = _run(config, lambda store: gather(store, today, freshness_days), bulk=True)
+    rows = run_with_store(config, lambda store: gather(store, today, freshness_days), bulk=True)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.as_json()))

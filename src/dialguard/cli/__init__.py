@@ -1,0 +1,49 @@
+"""The `dialguard` command: one group, one module per command or group of commands.
+
+Exit codes: 0 success (a DENY is a successful answer), 1 usage or input error, 2 a
+dependency (Redis, journal) unavailable, 3 `audit verify` found the chain broken, 4 an
+internal error (a bug: reported as one line, never a traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from dialguard.cli.audit import audit
+from dialguard.cli.check import check
+from dialguard.cli.common import EXIT_INPUT, EXIT_INTERNAL, configure_logging, fail
+from dialguard.cli.imports import import_
+from dialguard.cli.lists import lists
+from dialguard.cli.live import consent, dnc, outcome
+from dialguard.cli.serve import serve
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """dialguard: a dial-time compliance gate for outbound calls on Asterisk."""
+    # One-shot commands report failures as one line themselves; `serve` turns logs on.
+    configure_logging(logging.CRITICAL)
+
+
+for command in (check, serve, dnc, consent, outcome, import_, audit, lists):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """The console script: click's usage errors become one line and exit code 1; anything
+    unexpected one line and exit code 4."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        fail("aborted", EXIT_INPUT)
+    except click.ClickException as exc:
+        fail(exc.format_message().replace("\n", " "), EXIT_INPUT)
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:300]
+        fail(f"internal error: {type(exc).__name__}: {detail} (please report it)", EXIT_INTERNAL)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,108 @@
+"""`dialguard check`: the decision the service would take, explained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dialguard.audit import Journal
+from dialguard.cli.common import (
+    EXIT_DEPENDENCY,
+    EXIT_INPUT,
+    at,
+    campaign_named,
+    config_option,
+    errors_are_one_line,
+    fail,
+    run_with_store,
+)
+from dialguard.config import load_config
+from dialguard.model import CallRequest, Decision, Reason
+from dialguard.service import Service
+
+__all__ = ["check"]
+
+
+@click.command()
+@click.argument("number")
+@click.option("--campaign", required=True, help="Campaign name from the configuration.")
+@click.option("--at", "when", default=None, help="Instant of the call, ISO 8601 (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--record", is_flag=True, help="Count the attempt and write the audit record, as a call would."
+)
+@config_option
+@errors_are_one_line
+def check(
+    number: str,
+    campaign: str,
+    when: str | None,
+    as_json: bool,
+    record: bool,
+    config_path: Path | None,
+) -> None:
+    """The decision the service would take for NUMBER. No side effects unless --record."""
+    config = load_config(config_path)
+    now = at(when, config)
+    journal = Journal(config.audit_dir) if record else None
+    request = CallRequest(number_raw=number, campaign=campaign, adapter="cli")
+    verdict = run_with_store(
+        config,
+        lambda store: Service(config, store, journal).decide(request, now=now, record=record),
+    )
+    decision = verdict.decision
+    if as_json:
+        click.echo(
+            json.dumps(_decision_json(verdict.id, request, decision, record), ensure_ascii=False)
+        )
+    else:
+        _print_decision(verdict.id, decision)
+    if decision.reason is Reason.UNKNOWN_CAMPAIGN:
+        campaign_named(config, campaign)  # raises the message naming the configured campaigns
+    if decision.reason is Reason.INVALID_NUMBER:
+        fail(decision.rules[-1].detail, EXIT_INPUT)
+    if decision.degraded:
+        fail(decision.degraded, EXIT_DEPENDENCY)
+
+
+def _decision_json(
+    decision_id: str, request: CallRequest, decision: Decision, recorded: bool
+) -> dict[str, Any]:
+    return {
+        "id": decision_id,
+        "result": decision.result.value,
+        "reason": decision.reason.value,
+        "number": decision.number.e164 if decision.number else None,
+        "number_raw": request.number_raw,
+        "kind": decision.number.kind.value if decision.number else None,
+        "territory": decision.number.territory if decision.number else None,
+        "campaign": request.campaign,
+        "local_time": decision.local_time,
+        "attempts_30d": decision.attempts_30d,
+        "rules": [r.as_json() for r in decision.rules],
+        "evidence": dict(decision.evidence),
+        "policy": {"name": decision.policy.name, "hash": decision.policy.hash},
+        "degraded": decision.degraded,
+        "recorded": recorded,
+    }
+
+
+def _print_decision(decision_id: str, decision: Decision) -> None:
+    console = Console()
+    colour = "green" if decision.allowed else "red"
+    number = decision.number.e164 if decision.number else "-"
+    console.print(
+        f"[bold {colour}]{decision.result.value}[/] {decision.reason.value}  {number}  "
+        f"local {decision.local_time or '-'}  id {decision_id}",
+        highlight=False,
+    )
+    table = Table("rule", "outcome", "reason", "detail", box=None, pad_edge=False)
+    for rule in decision.rules:
+        table.add_row(rule.rule, rule.outcome.value, rule.reason or "", rule.detail)
+    console.print(table)
+    console.print(f"policy {decision.policy.name} {decision.policy.hash}", style="dim")

@@ -1,0 +1,145 @@
+"""What every command shares: one-line errors and exit codes, the configuration option,
+logging, running a coroutine with a Store, and checking arguments."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import NoReturn, ParamSpec, TypeVar
+from zoneinfo import ZoneInfo
+
+import click
+import structlog
+
+from dialguard import import_files
+from dialguard.audit import AuditUnavailable
+from dialguard.config import Config, ConfigError
+from dialguard.model import Campaign
+from dialguard.numbers import InvalidNumber
+from dialguard.service import NotListable
+from dialguard.store import ListBusy, Store, StoreUnavailable
+
+__all__ = [
+    "BULK_TIMEOUT_MS",
+    "EXIT_DEPENDENCY",
+    "EXIT_INPUT",
+    "EXIT_INTERNAL",
+    "Failure",
+    "at",
+    "campaign_named",
+    "config_option",
+    "configure_logging",
+    "errors_are_one_line",
+    "fail",
+    "run_with_store",
+]
+
+EXIT_INPUT = 1
+EXIT_DEPENDENCY = 2
+# 3 is `audit verify`'s "the chain is broken"; 4: a bug of ours, never bad input.
+EXIT_INTERNAL = 4
+# Redis timeout of the commands that move or count whole lists.
+BULK_TIMEOUT_MS = 30_000
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Failure(Exception):
+    def __init__(self, message: str, code: int = EXIT_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def errors_are_one_line(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn every expected failure into one line on stderr and its exit code."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except Failure as exc:
+            fail(str(exc), exc.code)
+        except (
+            ConfigError,
+            InvalidNumber,
+            NotListable,
+            import_files.BadImportFile,
+            ListBusy,
+        ) as exc:
+            fail(str(exc), EXIT_INPUT)
+        except (StoreUnavailable, AuditUnavailable) as exc:
+            fail(str(exc), EXIT_DEPENDENCY)
+
+    return wrapper
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"dialguard: {message}", err=True)
+    sys.exit(code)
+
+
+def configure_logging(level: int) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        # One write per line: worker processes share stderr, and a line written in two
+        # pieces could interleave with another process's.
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+    )
+
+
+def at(value: str | None, config: Config) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise Failure(f"--at {value!r} is not an ISO 8601 date-time (2026-11-30T10:30)") from None
+    if not import_files.in_supported_years(moment):
+        raise Failure(f"--at {value!r} is outside the years the rules are kept for")
+    return (
+        moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(config.policy.default_timezone))
+    )
+
+
+def run_with_store(
+    config: Config, body: Callable[[Store], Awaitable[R]], *, bulk: bool = False
+) -> R:
+    """Run `body` with a Store. `bulk`: an import or a census, whose commands may take a
+    while on a busy Redis; the configured timeout is meant for decisions."""
+    timeout_ms = max(config.redis.timeout_ms, BULK_TIMEOUT_MS) if bulk else config.redis.timeout_ms
+
+    async def main() -> R:
+        store = Store.from_url(config.redis.url, config.redis.prefix, timeout_ms)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def campaign_named(config: Config, name: str) -> Campaign:
+    campaign = config.campaigns.get(name)
+    if campaign is None:
+        known = ", ".join(sorted(config.campaigns))
+        raise Failure(f"unknown campaign {name!r} (configured: {known})")
+    return campaign
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Configuration file (default: $DIALGUARD_CONFIG or config/dialguard.toml).",
+)

@@ -1,0 +1,121 @@
+"""Live changes, effective for the very next call: `dnc add|remove`, `consent withdraw`,
+`outcome`. Each goes through the service, which normalises and refuses numbers the way a
+call would (docs/rules.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from dialguard import import_files
+from dialguard.audit import Journal
+from dialguard.cli.common import (
+    EXIT_DEPENDENCY,
+    Failure,
+    at,
+    campaign_named,
+    config_option,
+    errors_are_one_line,
+    run_with_store,
+)
+from dialguard.config import load_config
+from dialguard.model import CallRequest
+from dialguard.service import OutcomeKind, OutcomeStatus, Service
+
+__all__ = ["consent", "dnc", "outcome"]
+
+
+@click.group()
+def dnc() -> None:
+    """The company's do-not-call list (live changes)."""
+
+
+@dnc.command("add")
+@click.argument("number")
+@click.option("--reason", default="added by operator", help="Why, kept as evidence.")
+@config_option
+@errors_are_one_line
+def dnc_add(number: str, reason: str, config_path: Path | None) -> None:
+    """Add NUMBER to the do-not-call list; effective for the very next call."""
+    config = load_config(config_path)
+    if not import_files.is_valid_ref(reason):
+        raise Failure("--reason must be at most 200 characters, without '|' or control characters")
+    target = run_with_store(
+        config, lambda store: Service(config, store, None).dnc_add(number, reason)
+    )
+    click.echo(f"{target.e164} added to the do-not-call list")
+
+
+@dnc.command("remove")
+@click.argument("number")
+@config_option
+@errors_are_one_line
+def dnc_remove(number: str, config_path: Path | None) -> None:
+    """Remove NUMBER from the do-not-call list."""
+    config = load_config(config_path)
+    target, removed = run_with_store(
+        config, lambda store: Service(config, store, None).dnc_remove(number)
+    )
+    click.echo(f"{target.e164} {'removed from' if removed else 'was not on'} the do-not-call list")
+
+
+@click.group()
+def consent() -> None:
+    """Consents (live changes)."""
+
+
+@consent.command("withdraw")
+@click.argument("number")
+@click.option("--principal", required=True, help="The professional the consent was given to.")
+@click.option("--at", "when", default=None, help="When it was withdrawn, ISO 8601 (default: now).")
+@config_option
+@errors_are_one_line
+def consent_withdraw(
+    number: str, principal: str, when: str | None, config_path: Path | None
+) -> None:
+    """Record that the consumer withdrew consent given to PRINCIPAL."""
+    config = load_config(config_path)
+    if not import_files.is_valid_principal(principal):
+        raise Failure(f"--principal {principal!r} must be 1-64 letters, digits, '_', '.', '-'")
+    now = at(when, config)
+    target = run_with_store(
+        config,
+        lambda store: Service(config, store, None).withdraw_consent(number, principal, now),
+    )
+    click.echo(f"consent of {target.e164} to {principal} withdrawn at {now.isoformat()}")
+
+
+@click.command()
+@click.argument("number")
+@click.argument("kind", type=click.Choice([k.value for k in OutcomeKind]))
+@click.option("--campaign", required=True, help="Campaign the call belonged to.")
+@click.option("--at", "when", default=None, help="When, ISO 8601 (default: now).")
+@config_option
+@errors_are_one_line
+def outcome(
+    number: str, kind: str, campaign: str, when: str | None, config_path: Path | None
+) -> None:
+    """Record what the consumer said: `refused` (60-day block, consent withdrawn) or
+    `do-not-call` (added to the company's list). NUMBER is read as the campaign dials it
+    (its outside-line prefix)."""
+    config = load_config(config_path)
+    campaign_named(config, campaign)  # the message that names the configured campaigns
+    now: datetime = at(when, config)
+    journal = Journal(config.audit_dir)
+    request = CallRequest(number_raw=number, campaign=campaign, adapter="cli")
+    result = run_with_store(
+        config,
+        lambda store: Service(config, store, journal).record_outcome(request, kind, now=now),
+    )
+    if result.status is OutcomeStatus.INVALID:
+        raise Failure(result.detail)
+    assert result.number is not None
+    if result.status is OutcomeStatus.PENDING:
+        raise Failure(
+            f"{result.detail}; outcome kept in the audit journal as {result.id}", EXIT_DEPENDENCY
+        )
+    click.echo(
+        f"{kind} recorded for {result.number.e164} ({result.principal}), audit id {result.id}"
+    )

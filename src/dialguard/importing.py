@@ -1,0 +1,273 @@
+"""Import one file: stream its rows, checked line by line (dialguard.import_files), into
+Redis (dialguard.store.loading), with a rejects file and a summary. No terminal here: the
+CLI (dialguard.cli.imports) shows the progress and the messages this reports.
+
+File formats: docs/imports.md; what happens in Redis: docs/data-model.md."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+from zoneinfo import ZoneInfo
+
+from dialguard import import_files
+from dialguard.import_files import Header, Rejected
+from dialguard.store import ListBusy, Store
+from dialguard.store.loading import Loader, Summary
+
+__all__ = [
+    "Check",
+    "ImportFailed",
+    "Notify",
+    "Outcome",
+    "Progress",
+    "Rejects",
+    "Request",
+    "run_import",
+]
+
+# A message for the person running the import (the first bad lines, then how many more).
+Notify = Callable[[str], None]
+
+
+class Progress(Protocol):
+    """Where an import says how far it got (the CLI draws a bar; a program may ignore it)."""
+
+    def start(self, label: str, total_bytes: int) -> None: ...
+
+    def advance(self, position: int, rows: int, seconds: float) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, label: str, total_bytes: int) -> None:
+        pass
+
+    def advance(self, position: int, rows: int, seconds: float) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+# Rows per chunk: the unit of the progress bar and of the lock's renewal and, for
+# consents and contracts, of one script call (a few milliseconds of Redis at most).
+CHUNK_ROWS = 5000
+
+
+class ImportFailed(Exception):
+    """One line for the user; nothing (more) was loaded."""
+
+
+class Rejects:
+    """Bad lines: the first few told to the person, every one in a CSV file beside the input."""
+
+    def __init__(self, source: Path, path: Path | None, notify: Notify) -> None:
+        self.source = source
+        self._notify = notify
+        self.path = path or source.with_name(source.name + ".rejects.csv")
+        self.count = 0
+        self._handle: IO[str] | None = None
+        self._writer: Any = None
+
+    def add(self, line: int, rejected: Rejected) -> None:
+        self.count += 1
+        if self.count <= import_files.MAX_REPORTED:
+            self._notify(f"{self.source}: line {line}: {rejected.message}")
+        if self._writer is None:
+            try:
+                self._handle = self.path.open("w", encoding="utf-8", newline="")
+            except OSError as exc:
+                message = f"{self.path}: cannot write the rejects file: {exc.strerror}"
+                raise ImportFailed(message) from None
+            self._writer = csv.writer(self._handle)
+            self._writer.writerow(["line", "error", "content"])
+        self._writer.writerow([line, rejected.message, rejected.text])
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        if self.count > import_files.MAX_REPORTED:
+            more = self.count - import_files.MAX_REPORTED
+            self._notify(f"{self.source}: ... and {more} more bad lines")
+
+
+@dataclass
+class Check:
+    """What one pass over the file found."""
+
+    rows: int = 0
+    lines: int = 0  # data lines read, blank ones included
+    seconds: float = 0.0
+
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise ImportFailed(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImportFailed(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise ImportFailed(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _decoded(handle: IO[bytes]) -> Iterator[str]:
+    for raw in handle:
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise import_files.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None
+
+
+def read_header(path: Path, kind: str) -> Header:
+    with _open(path) as handle:
+        first = next(_decoded(handle), None)
+    return import_files.read_header(kind, first.lstrip("\ufeff") if first is not None else None)
+
+
+async def scan(
+    path: Path,
+    header: Header,
+    zone: ZoneInfo,
+    rejects: Rejects | None,
+    loader: Loader | None,
+    progress: Progress,
+    label: str,
+) -> Check:
+    """One pass over the file: its rows to `loader` (None: only check them)."""
+    check = Check()
+    started = time.monotonic()
+    size = path.stat().st_size or 1
+    progress.start(label, size)
+    with _open(path) as handle:
+        lines = _decoded(handle)
+        next(lines, None)  # the header, checked already
+        for chunk in import_files.chunks(header, lines, zone, CHUNK_ROWS):
+            if rejects is not None:
+                for number, rejected in chunk.rejected:
+                    rejects.add(number, rejected)
+            check.rows += len(chunk)
+            check.lines = chunk.last_line - 1
+            if loader is not None:
+                await loader.feed_chunk(chunk)
+            progress.advance(handle.tell(), check.rows, time.monotonic() - started)
+    progress.advance(size, check.rows, time.monotonic() - started)
+    check.seconds = time.monotonic() - started
+    return check
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str
+    path: Path
+    mode: str  # replace, add, remove
+    zone: ZoneInfo
+    checked_on: date | None
+    ref: str
+    dry_run: bool
+    rejects_path: Path | None
+    max_rejects: int
+
+
+@dataclass
+class Outcome:
+    check: Check
+    rejected: int
+    rejects_path: Path | None
+    summary: Summary | None  # None for a dry run
+    refusal: str  # a dry run: why the import would be refused, or ''
+    seconds: float  # from start to end: reading, checking, writing, switching, freeing
+
+
+async def run_import(
+    request: Request,
+    store: Store | None,
+    *,
+    notify: Notify = lambda _: None,
+    progress: Progress | None = None,
+) -> Outcome:
+    """Check and load one file (`store` None: a dry run). Raises ImportFailed (nothing
+    loaded, one line) and BadImportFile (the file is not of its kind)."""
+    started = time.monotonic()
+    progress = progress or NoProgress()
+    header = read_header(request.path, request.kind)
+    rejects = Rejects(request.path, request.rejects_path, notify)
+    # Changes made in place are visible as they are written, so a file that will be
+    # refused must be found out first: check it whole, then load it.
+    check_first = request.dry_run or (request.mode != "replace" and request.kind != "bloctel")
+    try:
+        check = None
+        if check_first:
+            check = await scan(
+                request.path, header, request.zone, rejects, None, progress, "checking"
+            )
+            refusal = _refusal(request, rejects, check.rows)
+            if request.dry_run:
+                seconds = time.monotonic() - started
+                return Outcome(check, rejects.count, _written(rejects), None, refusal, seconds)
+            if refusal:
+                raise ImportFailed(refusal)
+        assert store is not None
+        loader = Loader(
+            store.lists,
+            request.kind,
+            request.mode,
+            source=request.path.name,
+            now=datetime.now(UTC),
+            checked_on=request.checked_on,
+            ref=request.ref,
+        )
+        try:
+            await loader.open()
+        except ListBusy as exc:
+            raise ImportFailed(str(exc)) from None
+        try:
+            loaded = await scan(
+                request.path,
+                header,
+                request.zone,
+                None if check_first else rejects,
+                loader,
+                progress,
+                "loading",
+            )
+            refusal = "" if check_first else _refusal(request, rejects, loaded.rows)
+            if refusal:
+                raise ImportFailed(refusal)
+            summary = await loader.commit()
+        except BaseException:
+            await loader.abort()
+            raise
+    finally:
+        progress.finish()
+        rejects.close()
+    seconds = time.monotonic() - started
+    return Outcome(check or loaded, rejects.count, _written(rejects), summary, "", seconds)
+
+
+def _written(rejects: Rejects) -> Path | None:
+    return rejects.path if rejects.count else None
+
+
+def _refusal(request: Request, rejects: Rejects, rows: int) -> str:
+    """Why the file must not be loaded, or ''."""
+    name = request.path
+    if rejects.count > request.max_rejects:
+        lines = "line" if rejects.count == 1 else "lines"
+        allowed = f" (--max-rejects {request.max_rejects})" if request.max_rejects else ""
+        return (
+            f"{name}: {rejects.count} bad {lines}{allowed}; nothing loaded"
+            f" (all listed in {rejects.path})"
+        )
+    if request.mode == "replace" and rows == 0:
+        return f"{name}: no data rows; refusing to replace the {request.kind} list with nothing"
+    if request.kind == "bloctel" and rows == 0:
+        return f"{name}: no data rows; a registry result set needs at least one number"
+    return ""

@@ -1,0 +1,380 @@
+"""The facts of a decision: the one script every decision runs, the batcher that sends
+the decisions of concurrent sessions together, and the encodings of what it reads back.
+
+Layout and reasons: docs/data-model.md; key names: dialguard.store.keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Generic, TypeVar
+
+from dialguard.import_files import ConsentRow, ContractRow
+from dialguard.model import Consent, Contract, DncEntry, Facts, OptoutResult, Sector
+from dialguard.store.errors import StoreUnavailable
+from dialguard.store.keys import CLEAR, LIST_FIELDS, LISTED, LUA_PARTS, Keys, meta_field
+
+__all__ = [
+    "FACTS",
+    "FACTS_PER_REQUEST",
+    "MAX_BATCH",
+    "Batcher",
+    "FactsRequest",
+    "ListsInForce",
+    "Metas",
+    "decode_batch",
+    "decode_facts",
+    "encode_consent",
+    "encode_contract",
+    "encode_dnc",
+    "facts_formats",
+    "from_ms",
+    "ms",
+]
+
+# The lists index's fields the script reads: the version(s) in force of each kind, then
+# the registry result sets' metadata.
+LUA_LIST_FIELDS = (
+    "local LIST_FIELDS = {"
+    + ", ".join(f"'{name}'" for name in (*LIST_FIELDS, meta_field("optout")))
+    + "}\n"
+)
+# How many version formats lead ARGV (see facts_formats).
+FORMATS = 5
+
+# The facts for every decision waiting in one event-loop turn: one script call, one round
+# trip, one reply to parse, however many sessions are in flight.
+#
+# The 30-day cap is checked and counted in the same script: when a call could count (the
+# rules that need no facts let it through), the script reserves its slot if one is left.
+# Scripts run one at a time inside Redis, so two concurrent calls to one number can never
+# both take the last slot. A call the rules then deny gives its slot back (`release`).
+# A read that failed or came too late on our side may still run in Redis later (the
+# command sits in its socket buffer while it is frozen): `cancel_later` removes the slot
+# and leaves a tombstone, and a reservation whose id has a tombstone is never made, so
+# either order of arrival ends with no slot taken.
+#
+# The imported lists are versioned (dialguard.lists): the script reads which versions are
+# in force and then their buckets, all in one atomic step, so a decision sees one version
+# of each list, whole. A number is in a bucket as a member of its intset or a bit of its
+# bitmap. Registry result sets are read newest check first; the first that has the number
+# answers, a listing winning within a set.
+#
+# KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the tombstones,
+# then one attempts key per request. ARGV: the formats of a version's key (dnc base,
+# registry listed and clear bases, consent and contract hashes: see keys.py), then per
+# request the number's key, the number|principal field, the start of the attempt window
+# (attempts at or before it are dropped), the cap (0: do not reserve), the attempt id,
+# now, the window length (the attempts key's lifetime), all in ms. The reply ends with the
+# do-not-call version and the registry result sets' metadata (dates and references for
+# the evidence).
+FACTS = (
+    LUA_PARTS
+    + LUA_LIST_FIELDS
+    + """
+local lists = redis.call('HMGET', KEYS[1], unpack(LIST_FIELDS))
+local dnc = lists[1] and string.format(ARGV[1], lists[1])
+local sets, listed, clear = {}, {}, {}
+if lists[2] then
+  for v in string.gmatch(lists[2], '[^,]+') do
+    sets[#sets + 1] = v
+    listed[#sets] = string.format(ARGV[2], v)
+    clear[#sets] = string.format(ARGV[3], v)
+  end
+end
+local consent = lists[3] and string.format(ARGV[4], lists[3])
+local contract = lists[4] and string.format(ARGV[5], lists[4])
+local function has(base, bucket, m)
+  return redis.call('SISMEMBER', base .. SET .. bucket, m) == 1
+    or redis.call('GETBIT', base .. BITMAP .. bucket, m) == 1
+end
+local out = {}
+for i = 6, #KEYS do
+  local a = FORMATS + (i - 6) * 7
+  local n, np, start, cap = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+  local attempts = KEYS[i]
+  local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
+  local d = redis.call('HGET', KEYS[2], n)
+  if not d and dnc and has(dnc, bucket, m) then
+    d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
+  end
+  out[#out + 1] = d
+  local o = false
+  for k = 1, #sets do
+    if has(listed[k], bucket, m) then o = sets[k] .. '|L' break end
+    if has(clear[k], bucket, m) then o = sets[k] .. '|C' break end
+  end
+  out[#out + 1] = o
+  out[#out + 1] = (consent and redis.call('HGET', consent, np)) or false
+  out[#out + 1] = redis.call('HGET', KEYS[3], np)
+  out[#out + 1] = (contract and redis.call('HGET', contract, np)) or false
+  out[#out + 1] = redis.call('HGET', KEYS[4], np)
+  if cap > 0 and not redis.call('ZSCORE', KEYS[5], ARGV[a + 5]) then
+    redis.call('ZREMRANGEBYSCORE', attempts, '-inf', start)
+    local count = redis.call('ZCARD', attempts)
+    out[#out + 1] = count
+    if count < cap then
+      redis.call('ZADD', attempts, ARGV[a + 6], ARGV[a + 5])
+      redis.call('PEXPIRE', attempts, ARGV[a + 7])
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+  else
+    out[#out + 1] = redis.call('ZCOUNT', attempts, '(' .. start, '+inf')
+    out[#out + 1] = 0
+  end
+end
+out[#out + 1] = lists[1] or false
+out[#out + 1] = lists[5] or false
+return out
+"""
+).replace("FORMATS", str(FORMATS))
+FACTS_PER_REQUEST = 8
+
+
+def facts_formats(keys: Keys) -> list[str]:
+    """The version formats the facts script's ARGV starts with, in its order."""
+    return [
+        keys.base_format("dnc"),
+        keys.base_format("optout", LISTED),
+        keys.base_format("optout", CLEAR),
+        keys.hash_format("consent"),
+        keys.hash_format("contract"),
+    ]
+
+
+# A batch larger than this waits for the next turn: it keeps one script call short
+# (each request costs Redis a few microseconds) and the argument list bounded.
+MAX_BATCH = 256
+# Batches in flight at once per kind. One: what arrives while a call is out waits for it
+# and leaves with the next, so the batch grows with the load (measured: with one in
+# flight, batches of ~4.6 at saturation and 278 µs of CPU per session; with two, ~2.4
+# and 343 µs). Each batch waits at most one round trip more.
+MAX_IN_FLIGHT = 1
+
+
+# (number key, number|principal field, attempts key, window start ms, cap, attempt id,
+#  now ms, window ms)
+FactsRequest = tuple[str, str, str, int, int, str, int, int]
+
+Req = TypeVar("Req")
+Res = TypeVar("Res")
+
+
+class Batcher(Generic[Req, Res]):
+    """Send the requests of concurrent sessions together, one call in flight at a time.
+
+    A busy FastAGI node has hundreds of sessions in flight; one script call per session
+    costs ~120 µs of client CPU each. Here a request goes out at once (on the next loop
+    turn, with whatever else arrived in the same turn) unless MAX_IN_FLIGHT calls are
+    already out; the requests that arrive meanwhile go out together when one returns.
+    Under load the batch grows with the load; a lone request (the CLI, a quiet node)
+    waits for nothing.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[Req]], Awaitable[list[Res | Exception]]],
+        linger_s: float = 0.0,
+    ) -> None:
+        self._send = send
+        self._linger_s = linger_s  # > 0: wait that long to gather more (off the answer's path)
+        self._waiting: list[tuple[Req, asyncio.Future[Res]]] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._scheduled = False
+
+    async def submit(self, request: Req) -> Res:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Res] = loop.create_future()
+        self._waiting.append((request, future))
+        if self._in_flight < MAX_IN_FLIGHT and not self._scheduled:
+            self._scheduled = True
+            if self._linger_s:
+                loop.call_later(self._linger_s, self._flush)
+            else:
+                loop.call_soon(self._flush)
+        return await future
+
+    async def drain(self, timeout_s: float) -> None:
+        """Send what waits now (no lingering) and wait for every call out, at most
+        `timeout_s`: at shutdown, what was submitted still goes out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (self._waiting or self._tasks) and loop.time() < deadline:
+            self._flush()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=max(deadline - loop.time(), 0))
+            else:
+                await asyncio.sleep(0)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._waiting and self._in_flight < MAX_IN_FLIGHT:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)  # a reference, or the loop may collect a running task
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
+        try:
+            results = await self._send([request for request, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            if len(results) != len(batch):  # a reply we cannot pair up: fail them all
+                error = StoreUnavailable(
+                    f"Redis answered {len(results)} results for {len(batch)} requests"
+                )
+                results = [error] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # its session may have given up at its deadline
+                    continue
+                if isinstance(result, Exception):  # this request alone failed
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            self._in_flight -= 1
+            self._flush()
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_ms(value: bytes | str | int) -> datetime:
+    return datetime.fromtimestamp(int(value) / 1000, UTC)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def encode_consent(row: ConsentRow) -> tuple[str, str]:
+    """The consent hash's field and value for a row (read back by _decode_consent)."""
+    expires = ms(row.expires_at) if row.expires_at else ""
+    return f"{row.number.key}|{row.principal}", f"{ms(row.given_at)}|{expires}|{row.proof_ref}"
+
+
+def encode_contract(row: ContractRow) -> tuple[str, str]:
+    """The contract hash's field and one item of its value (read by _decode_contracts)."""
+    c = row.contract
+    end = c.end.isoformat() if c.end else None
+    item = [c.contract_id, c.sector.value, c.start.isoformat(), end]
+    return f"{row.number.key}|{row.principal}", json.dumps(item, separators=(",", ":"))
+
+
+def encode_dnc(reason: str, now: datetime) -> str:
+    return f"{ms(now)}|{reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class ListsInForce:
+    dnc_version: str
+    optout_sets: Mapping[str, Mapping[str, Any]]  # version -> its metadata
+
+
+class Metas:
+    """Decoded list metadata, kept while Redis sends back the same bytes (it changes
+    only when an import swaps a list in)."""
+
+    def __init__(self) -> None:
+        self._raw: tuple[Any, Any] | None = None
+        self._decoded = ListsInForce("", {})
+
+    def decode(self, dnc_version: Any, optout_meta: Any) -> ListsInForce:
+        raw = (dnc_version, optout_meta)
+        if raw != self._raw:
+            sets = json.loads(optout_meta) if optout_meta else []
+            self._decoded = ListsInForce(
+                _text(dnc_version) if dnc_version else "",
+                {str(entry["version"]): entry for entry in sets},
+            )
+            self._raw = raw
+        return self._decoded
+
+
+def decode_batch(reply: Any, requests: int, metas: Metas) -> list[Facts | Exception]:
+    """The facts of each request of one script call, in order. A reply of the wrong shape
+    fails every request of the batch closed: nothing in it can be paired with a request."""
+    if not isinstance(reply, list) or len(reply) != requests * FACTS_PER_REQUEST + 2:
+        size = len(reply) if isinstance(reply, list) else type(reply).__name__
+        return [StoreUnavailable(f"unexpected facts reply from Redis ({size})")] * requests
+    try:
+        lists = metas.decode(reply[-2], reply[-1])
+    except (ValueError, KeyError, TypeError) as exc:
+        return [StoreUnavailable(f"undecodable list metadata in Redis: {exc}")] * requests
+    return [
+        decode_facts(reply[i : i + FACTS_PER_REQUEST], lists)
+        for i in range(0, len(reply) - 2, FACTS_PER_REQUEST)
+    ]
+
+
+def decode_facts(reply: Sequence[Any], lists: ListsInForce) -> Facts | Exception:
+    """Facts from the script's reply; an entry that does not decode (written by hand, or
+    by another version) fails this one decision closed instead of crashing the session."""
+    try:
+        return _decode_entries(reply, lists)
+    except (ValueError, OverflowError, KeyError, IndexError, TypeError) as exc:
+        return StoreUnavailable(f"undecodable entry in Redis: {exc}")
+
+
+def _decode_entries(reply: Sequence[Any], lists: ListsInForce) -> Facts:
+    dnc, optout, consent, withdrawal, contracts, refusal, attempts, reserved = reply
+    return Facts(
+        dnc=_decode_dnc(dnc, lists) if dnc else None,
+        optout=_decode_optout(optout, lists) if optout else None,
+        consent=_decode_consent(consent) if consent else None,
+        withdrawn_at=from_ms(withdrawal) if withdrawal else None,
+        contracts=_decode_contracts(contracts) if contracts else (),
+        refused_at=from_ms(refusal) if refusal else None,
+        attempts_30d=int(attempts),
+        reserved=bool(reserved),
+    )
+
+
+def _decode_dnc(raw: bytes, lists: ListsInForce) -> DncEntry:
+    first, _, reason = _text(raw).partition("|")
+    if first == "I":  # on the imported list
+        return DncEntry(reason=reason or "imported", added_at=None, list_version=lists.dnc_version)
+    return DncEntry(reason=reason, added_at=from_ms(first) if first else None)
+
+
+def _decode_optout(raw: bytes, lists: ListsInForce) -> OptoutResult:
+    version, _, status = _text(raw).partition("|")
+    entry = lists.optout_sets[version]
+    return OptoutResult(
+        listed=status == "L",
+        checked_on=date.fromisoformat(entry["checked_on"]),
+        ref=entry.get("ref") or f"result set {version}",
+    )
+
+
+def _decode_consent(raw: bytes) -> Consent:
+    given, expires, proof = _text(raw).split("|", 2)
+    return Consent(
+        given_at=from_ms(given),
+        expires_at=from_ms(expires) if expires else None,
+        proof_ref=proof,
+    )
+
+
+def _decode_contracts(raw: bytes) -> tuple[Contract, ...]:
+    return tuple(
+        Contract(
+            contract_id=item[0],
+            sector=Sector(item[1]),
+            start=date.fromisoformat(item[2]),
+            end=date.fromisoformat(item[3]) if item[3] else None,
+        )
+        for item in json.loads(raw)
+    )

@@ -1,0 +1,24 @@
+"""Commands in Redis's wire format (RESP), built as bytes: pure, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["bulk", "evalsha"]
+
+
+def bulk(value: bytes) -> bytes:
+    """One argument in Redis's wire format (RESP bulk string)."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def evalsha(sha: str, head: Sequence[bytes], count: int, encoded: bytes) -> bytes:
+    """EVALSHA with no keys: the `head` arguments, then `count` arguments already encoded."""
+    return b"*%d\r\n%s%s%s%s%s" % (
+        count + len(head) + 3,
+        bulk(b"EVALSHA"),
+        bulk(sha.encode()),
+        bulk(b"0"),
+        b"".join(bulk(argument) for argument in head),
+        encoded,
+    )

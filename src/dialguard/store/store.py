@@ -1,0 +1,277 @@
+"""The service's side of Redis: the facts of each decision (with the attempt it may
+count), giving slots back, and the live changes made during the day.
+
+Layout: docs/data-model.md; key names: dialguard.store.keys; the facts script and its
+batching: dialguard.store.facts; the imported lists: dialguard.store.lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from dialguard.model import Facts
+from dialguard.numbers import Number
+from dialguard.store.errors import StoreUnavailable
+from dialguard.store.facts import (
+    FACTS,
+    MAX_BATCH,
+    Batcher,
+    FactsRequest,
+    Metas,
+    decode_batch,
+    encode_dnc,
+    facts_formats,
+    ms,
+)
+from dialguard.store.keys import Keys
+from dialguard.store.lists import Lists
+
+__all__ = ["MAX_PENDING_CANCELS", "RELEASE_LINGER_S", "Store"]
+
+log = structlog.get_logger("dialguard.store")
+
+# Cancel attempts whose reservation may or may not have run: remove each from its
+# attempts key and leave a tombstone. KEYS: attempts keys, then the tombstones; ARGV: the
+# attempt ids, then now and the tombstones' lifetime, in ms.
+_CANCEL = """
+local tombstones = KEYS[#KEYS]
+local now = tonumber(ARGV[#ARGV - 1])
+redis.call('ZREMRANGEBYSCORE', tombstones, '-inf', now - tonumber(ARGV[#ARGV]))
+for i = 1, #KEYS - 1 do
+  redis.call('ZREM', KEYS[i], ARGV[i])
+  redis.call('ZADD', tombstones, now, ARGV[i])
+end
+return #KEYS - 1
+"""
+# No Redis stalls with a command in its buffer for this long; older tombstones go.
+_TOMBSTONE_MS = 3_600_000
+# Cancellations waiting for Redis to come back; past this many, the oldest are dropped
+# (during an outage, reads were mostly refused outright and reserved nothing).
+MAX_PENDING_CANCELS = 100_000
+
+# Give back reserved slots: KEYS attempts keys, ARGV the attempt ids, pairwise.
+_RELEASE = """
+for i = 1, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[i])
+end
+return #KEYS
+"""
+
+# How long released slots wait to go out together. Meanwhile the slot still counts: a
+# concurrent call to the same number could be denied FREQUENCY_CAP (never let through).
+RELEASE_LINGER_S = 0.05
+# At shutdown, how long slot releases still waiting may take to go out.
+CLOSE_WAIT_S = 1.0
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._redis = client
+        self.keys = Keys(prefix)
+        self._facts = client.register_script(FACTS)
+        self._release = client.register_script(_RELEASE)
+        self._cancel = client.register_script(_CANCEL)
+        self._to_cancel: dict[tuple[str, str], float] = {}  # (attempts key, id) -> since
+        self._canceller: asyncio.Task[None] | None = None
+        self.lists = Lists(client, self.keys)
+        keys = self.keys
+        self._shared_keys = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal]
+        self._shared_keys.append(keys.cancelled)
+        self._formats: list[str | int] = list(facts_formats(keys))
+        self._metas = Metas()
+        self._facts_batch: Batcher[FactsRequest, Facts] = Batcher(self._facts_many)
+        # Nobody waits for a release: gathering them for a while makes them nearly free.
+        self._release_batch: Batcher[tuple[str, str], int] = Batcher(
+            self._release_many, linger_s=RELEASE_LINGER_S
+        )
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, timeout_ms: int) -> Store:
+        timeout = timeout_ms / 1000
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # redis-py's default pool caps at 100 connections and then raises; a busy
+            # FastAGI node runs hundreds of sessions at once.
+            max_connections=2048,
+        )
+        return cls(client, prefix)
+
+    async def close(self) -> None:
+        """Send what still waits (slot releases, cancellations) for a moment, then close."""
+        await self._release_batch.drain(CLOSE_WAIT_S)
+        if self._canceller is not None and self._to_cancel:
+            await asyncio.wait({self._canceller}, timeout=CLOSE_WAIT_S)  # one last try
+        if self._canceller is not None:
+            self._canceller.cancel()
+        await self._redis.aclose()
+
+    @property
+    def pending_cancels(self) -> int:
+        """Reservations still to be undone once Redis answers (see cancel_later)."""
+        return len(self._to_cancel)
+
+    async def live_dnc_census(self) -> tuple[int, int]:
+        """(entries, bytes) of the live do-not-call entries."""
+        return await self.lists.hash_census(self.keys.dnc_live)
+
+    @staticmethod
+    def _pair(number: Number, principal: str) -> str:
+        return f"{number.key}|{principal}"
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+
+    # --- the hot path ---------------------------------------------------------------------
+
+    async def facts(
+        self,
+        number: Number,
+        principal: str,
+        now: datetime,
+        window_days: int,
+        reserve: tuple[int, str] | None = None,
+    ) -> Facts:
+        """What the store knows about `number` for `principal`, in one round trip.
+
+        With `reserve=(cap, attempt_id)`, also count this attempt if fewer than `cap` were
+        made in the window (Facts.reserved says whether it was); Facts.attempts_30d is the
+        count before this attempt either way.
+        """
+        window_ms = window_days * 86_400_000
+        now_ms = ms(now)
+        cap, attempt_id = reserve if reserve is not None else (0, "")
+        request = (
+            number.key,
+            self._pair(number, principal),
+            self.keys.attempts(principal, number.key),
+            now_ms - window_ms,
+            cap,
+            attempt_id,
+            now_ms,
+            window_ms,
+        )
+        return await self._facts_batch.submit(request)
+
+    async def count_attempt(
+        self,
+        number: Number,
+        principal: str,
+        now: datetime,
+        cap: int,
+        window_days: int,
+        attempt_id: str,
+    ) -> tuple[bool, int]:
+        """Count one attempt unless the cap is reached; return (counted, attempts now)."""
+        facts = await self.facts(number, principal, now, window_days, (cap, attempt_id))
+        return facts.reserved, facts.attempts_30d + facts.reserved
+
+    async def attempts(
+        self, number: Number, principal: str, now: datetime, window_days: int
+    ) -> int:
+        """Attempts counted in the window before `now` (reads, counts nothing)."""
+        return (await self.facts(number, principal, now, window_days)).attempts_30d
+
+    async def release(self, number: Number, principal: str, attempt_id: str) -> None:
+        """Give back a slot reserved by `facts` for a call the rules then denied."""
+        await self._release_batch.submit((self.keys.attempts(principal, number.key), attempt_id))
+
+    def cancel_later(self, number: Number, principal: str, attempt_id: str) -> None:
+        """Make sure a reservation that may still run in Redis is undone, retrying until
+        Redis answers. Never blocks the caller."""
+        if len(self._to_cancel) >= MAX_PENDING_CANCELS:
+            oldest = next(iter(self._to_cancel))
+            del self._to_cancel[oldest]
+            log.error("cancel_dropped", attempt=oldest[1])
+        self._to_cancel[(self.keys.attempts(principal, number.key), attempt_id)] = time.monotonic()
+        if self._canceller is None or self._canceller.done():
+            self._canceller = asyncio.get_running_loop().create_task(self._cancel_pending())
+
+    async def _cancel_pending(self) -> None:
+        delay = 0.0
+        while self._to_cancel:
+            if delay:
+                await asyncio.sleep(delay)
+            horizon = time.monotonic() - _TOMBSTONE_MS / 1000
+            for item in [i for i, since in self._to_cancel.items() if since < horizon]:
+                del self._to_cancel[item]  # its tombstone would be gone by now anyway
+            batch = list(self._to_cancel)[:MAX_BATCH]
+            if not batch:
+                return
+            keys = [*(key for key, _ in batch), self.keys.cancelled]
+            args: list[str | int] = [attempt_id for _, attempt_id in batch]
+            args += (int(time.time() * 1000), _TOMBSTONE_MS)
+            try:
+                await self._cancel(keys=keys, args=args)
+            except (RedisError, OSError) as exc:
+                delay = min(max(delay * 2, 0.05), 30.0)
+                log.warning("cancel_retry", pending=len(self._to_cancel), error=str(exc))
+                continue
+            delay = 0.0
+            for item in batch:
+                self._to_cancel.pop(item, None)
+
+    async def _facts_many(self, requests: list[FactsRequest]) -> list[Facts | Exception]:
+        keys = [*self._shared_keys, *(request[2] for request in requests)]
+        args = self._formats.copy()
+        for number_key, pair, _, start, cap, attempt_id, now_ms, window_ms in requests:
+            args += (number_key, pair, start, cap, attempt_id, now_ms, window_ms)
+        try:
+            reply = await self._facts(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        return decode_batch(reply, len(requests), self._metas)
+
+    async def _release_many(self, requests: list[tuple[str, str]]) -> list[int | Exception]:
+        try:
+            await self._release(
+                keys=[key for key, _ in requests], args=[member for _, member in requests]
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        return [1] * len(requests)
+
+    # --- live events ----------------------------------------------------------------------
+
+    async def dnc_add(self, number: Number, reason: str, now: datetime) -> None:
+        entry = encode_dnc(reason, now)
+        await self._write(lambda p: p.hset(self.keys.dnc_live, number.key, entry))
+
+    async def dnc_remove(self, number: Number) -> bool:
+        """Remove from the live list, the imported list in force, and the version an
+        import under way is building."""
+        return await self.lists.remove_dnc(number.key)
+
+    async def withdraw_consent(self, number: Number, principal: str, now: datetime) -> None:
+        pair = self._pair(number, principal)
+        await self._write(lambda p: p.hset(self.keys.withdrawal, pair, ms(now)))
+
+    async def record_refusal(self, number: Number, principal: str, now: datetime) -> None:
+        """A refusal starts the block and withdraws consent, both or neither."""
+        pair = self._pair(number, principal)
+
+        def both(pipe: Any) -> None:
+            pipe.hset(self.keys.refusal, pair, ms(now))
+            pipe.hset(self.keys.withdrawal, pair, ms(now))
+
+        await self._write(both)
+
+    async def _write(self, build: Callable[[Any], Any]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                build(pipe)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None

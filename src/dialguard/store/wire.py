@@ -1,0 +1,46 @@
+"""Commands already in Redis's wire format, sent on one connection with a few in flight.
+
+The one place that goes below redis-py's command API: a ten-million-number import sends
+its offsets pre-encoded (redis-py encoding each argument cost more than parsing the file).
+It uses `ConnectionPool.get_connection`, `send_packed_command` and `read_response`, public
+methods of redis-py's asyncio connections whose signatures moved between major versions;
+pyproject.toml pins the major version CI tests, and tests/test_wire.py holds this seam to
+it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+__all__ = ["pipelined"]
+
+
+async def pipelined(
+    client: aioredis.Redis, commands: Iterable[bytes], in_flight: int = 2
+) -> list[Any]:
+    """Send each command as it is built, at most `in_flight` unanswered; their replies in
+    order. An error reply raises (redis-py's ResponseError) after the connection is
+    dropped: replies of the commands behind it may still be on their way."""
+    pool: Any = client.connection_pool  # get_connection is untyped in redis-py
+    connection: Any = await pool.get_connection()
+    replies: list[Any] = []
+    waiting = 0
+    try:
+        for command in commands:
+            await connection.send_packed_command(command)
+            waiting += 1
+            if waiting == in_flight:
+                replies.append(await connection.read_response())
+                waiting -= 1
+        while waiting:
+            replies.append(await connection.read_response())
+            waiting -= 1
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
+    return replies
