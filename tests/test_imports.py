@@ -1,4 +1,4 @@
-"""`dialguard.imports.parse`: pure, no Redis. The formats are documented in docs/imports.md."""
+"""`dialguard.import_files.parse`: pure, no Redis. The formats are documented in docs/imports.md."""
 
 from __future__ import annotations
 

@@ -23,7 +23,14 @@ from dialguard.cli.serve import serve
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 success (a DENY too), 1 bad input, 2 Redis or the journal"
+    " unavailable, 3 audit chain broken, 4 internal error. Documentation: README.md;"
+    " docs/rules.md (rules, reason codes), docs/imports.md (file formats),"
+    " docs/data-model.md (what is kept in Redis), docs/supervisors.md and docs/audit.md"
+    " (the journal).",
+)
 def cli() -> None:
     """dialguard: a dial-time compliance gate for outbound calls on Asterisk."""
     # One-shot commands report failures as one line themselves; `serve` turns logs on.

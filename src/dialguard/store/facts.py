@@ -58,7 +58,7 @@ FORMATS = 5
 # and leaves a tombstone, and a reservation whose id has a tombstone is never made, so
 # either order of arrival ends with no slot taken.
 #
-# The imported lists are versioned (dialguard.lists): the script reads which versions are
+# The imported lists are versioned (dialguard.store.lists): the script reads which versions are
 # in force and then their buckets, all in one atomic step, so a decision sees one version
 # of each list, whole. A number is in a bucket as a member of its intset or a bit of its
 # bitmap. Registry result sets are read newest check first; the first that has the number
