@@ -31,7 +31,9 @@ finishes: SET VARIABLE still runs on a dead channel.
 
 Time bounds. ``session_timeout_ms`` bounds the whole process, counted from its start (the
 analogue of the FastAGI connect), enforced by a timer that ends the process: Asterisk has no
-timeout of its own. ``deadline_ms`` bounds the decision (past it the campaign's fail mode
+timeout of its own. While a decision is being made and recorded the timer's end waits for
+it (the attempt may be counted already; its audit record must follow), then comes at once:
+no variable is set after it. ``deadline_ms`` bounds the decision (past it the campaign's fail mode
 decides, reason DEADLINE), counted from the moment the imports are done: interpreter
 start-up and imports (docs/benchmarks.md, "Classic AGI start-up cost") are spent before any
 deadline could save them, and denying a call for them would gain no time, only lose calls.

@@ -58,11 +58,11 @@ FORMATS = 5
 # and leaves a tombstone, and a reservation whose id has a tombstone is never made, so
 # either order of arrival ends with no slot taken.
 #
-# The imported lists are versioned (dialguard.store.lists): the script reads which versions are
-# in force and then their buckets, all in one atomic step, so a decision sees one version
-# of each list, whole. A number is in a bucket as a member of its intset or a bit of its
-# bitmap. Registry result sets are read newest check first; the first that has the number
-# answers, a listing winning within a set.
+# The imported lists are versioned (dialguard.store.lists): the script reads which
+# versions are in force and then their buckets, all in one atomic step, so a decision
+# sees one version of each list, whole. A number is in a bucket as a member of its intset
+# or a bit of its bitmap. Registry result sets are read newest check first; the first that
+# has the number answers, a listing winning within a set.
 #
 # KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the tombstones,
 # then one attempts key per request. ARGV: the formats of a version's key (dnc base,
@@ -75,6 +75,7 @@ FORMATS = 5
 FACTS = (
     LUA_PARTS
     + LUA_LIST_FIELDS
+    + f"local FORMATS = {FORMATS}\n"
     + """
 local lists = redis.call('HMGET', KEYS[1], unpack(LIST_FIELDS))
 local dnc = lists[1] and string.format(ARGV[1], lists[1])
@@ -133,7 +134,7 @@ out[#out + 1] = lists[1] or false
 out[#out + 1] = lists[5] or false
 return out
 """
-).replace("FORMATS", str(FORMATS))
+)
 FACTS_PER_REQUEST = 8
 
 
