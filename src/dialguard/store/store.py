@@ -178,12 +178,6 @@ class Store:
         facts = await self.facts(number, principal, now, window_days, (cap, attempt_id))
         return facts.reserved, facts.attempts_30d + facts.reserved
 
-    async def attempts(
-        self, number: Number, principal: str, now: datetime, window_days: int
-    ) -> int:
-        """Attempts counted in the window before `now` (reads, counts nothing)."""
-        return (await self.facts(number, principal, now, window_days)).attempts_30d
-
     async def release(self, number: Number, principal: str, attempt_id: str) -> None:
         """Give back a slot reserved by `facts` for a call the rules then denied."""
         await self._release_batch.submit((self.keys.attempts(principal, number.key), attempt_id))
