@@ -73,8 +73,8 @@ import redis.asyncio as aioredis
 from dialguard.numbers import Number, normalise
 from dialguard.serve import tune_gc
 from dialguard.store import Store
-from dialguard.store.keys import INDEX, WHY, Keys, bucket_bitmap, bucket_set
-from dialguard.store.lists import Lists
+from dialguard.store.keys import CLEAR, LISTED, Keys
+from dialguard.store.lists import Census, Lists
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "dialguard.toml"
@@ -539,44 +539,24 @@ async def used_memory(client: aioredis.Redis) -> int:
     return int((await info(client, "memory"))["used_memory"])
 
 
-@dataclass
-class Census:
-    entries: int = 0
-    bytes: int = 0  # MEMORY USAGE of every key of the version
-    buckets: int = 0
-    bitmaps: int = 0
-
-
 async def in_force(client: aioredis.Redis, kind: str) -> list[str]:
     """The version(s) in force of `kind` (optout: newest first)."""
     return list((await Lists(client, KEYS).current(kind)).versions)
 
 
 async def census(client: aioredis.Redis, kind: str, version: str) -> Census:
-    """Count and measure one version: every bucket's members and MEMORY USAGE, pipelined
-    (key names from dialguard.store.keys; bitmaps counted too, which lists status omits)."""
-    result = Census()
-    for base in KEYS.bases(kind, version):
-        names: list[str] = []
-        async for bucket in client.sscan_iter(base + INDEX, count=1000):
-            names.append(bucket.decode() if isinstance(bucket, bytes) else str(bucket))
-        for start in range(0, len(names), 500):
-            async with client.pipeline(transaction=False) as pipe:
-                for name in names[start : start + 500]:
-                    pipe.scard(bucket_set(base, name))
-                    pipe.bitcount(bucket_bitmap(base, name))
-                    pipe.exists(bucket_bitmap(base, name))
-                    pipe.memory_usage(bucket_set(base, name))
-                    pipe.memory_usage(bucket_bitmap(base, name))
-                replies = await pipe.execute()
-            for i in range(0, len(replies), 5):
-                result.entries += int(replies[i]) + int(replies[i + 1])
-                result.bitmaps += int(replies[i + 2])
-                result.bytes += int(replies[i + 3] or 0) + int(replies[i + 4] or 0)
-        result.buckets += len(names)
-        for key in (base + INDEX, base + WHY):
-            result.bytes += int(await client.memory_usage(key) or 0)
-    return result
+    """Count and measure one version (both parts of a registry result set)."""
+    lists = Lists(client, KEYS)
+    if kind != "optout":
+        return await lists.census(kind, version)
+    total = Census()
+    for part in (LISTED, CLEAR):
+        counted = await lists.census(kind, version, part)
+        total.entries += counted.entries
+        total.bytes += counted.bytes
+        total.buckets += counted.buckets
+        total.bitmaps += counted.bitmaps
+    return total
 
 
 SLOW_US = 5000  # SLOWLOG threshold: commands that held Redis this long

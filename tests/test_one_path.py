@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +17,8 @@ import redis.asyncio as aioredis
 
 from dialguard.audit import Journal
 from dialguard.model import CallRequest, FailMode, Reason, Result, Unavailable
-from dialguard.numbers import InvalidNumber
-from dialguard.service import NotListable, OutcomeKind, OutcomeStatus, Service
+from dialguard.numbers import InvalidNumber, NotListable
+from dialguard.service import OutcomeKind, OutcomeStatus, Service
 from dialguard.store import Store
 from tests.redis_server import RedisServer
 from tests.test_service import MONDAY, audit_lines, make_config
@@ -114,26 +115,40 @@ async def test_aclose_lets_slot_releases_go_out(
     assert await redis_client.zcard(attempts) == 0
 
 
-def test_the_classic_session_bound_waits_for_the_record_in_progress(tmp_path: Path) -> None:
-    """The bound ends the process, but never between counting an attempt and its record."""
+def _bound(section: str) -> subprocess.CompletedProcess[str]:
     script = textwrap.dedent(
-        """
+        f"""
         import os, time
         from dialguard.agi import classic
-        bound = classic._SessionBound()
+        bound = classic.SessionBound()
+        bound.BACKSTOP_S = 0.5
         bound.arm(time.monotonic() + 0.05)
         with bound.deferred():
-            time.sleep(0.3)  # the decision and its audit record, past the bound
+            {section}
             os.write(2, b"record written\\n")
         os.write(2, b"answer sent\\n")
         """
     )
-    run = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
     )
+
+
+def test_the_classic_session_bound_waits_for_the_record_in_progress() -> None:
+    """The bound ends the process, but not between counting an attempt and its record."""
+    run = _bound("time.sleep(0.3)")  # the decision and its audit record, past the bound
     assert run.returncode == 3  # EXIT_TIMEOUT, once the section is over
     assert "record written" in run.stderr and "answer sent" not in run.stderr
-    assert "session_timeout_ms passed" in run.stderr
+    assert "session_timeout_ms passed; exiting" in run.stderr
+
+
+def test_the_classic_session_bound_waits_no_longer_than_its_backstop() -> None:
+    """A journal that never answers does not hold the channel for ever."""
+    started = time.monotonic()
+    run = _bound("time.sleep(20)")
+    assert run.returncode == 3 and time.monotonic() - started < 10
+    assert "record written" not in run.stderr
+    assert "record is still not written" in run.stderr
 
 
 def test_an_unexpected_error_is_one_line_and_exit_4(

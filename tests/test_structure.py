@@ -211,10 +211,5 @@ def test_rules_that_need_no_facts_read_none() -> None:
         policy.Rule(r.name, r.source, False, r.check) if r.name == "internal_dnc" else r
         for r in policy.RULES
     )
-    original = policy._FACT_FREE_RULES
-    policy._FACT_FREE_RULES = tuple(r for r in broken if not r.needs_facts)
-    try:
-        with pytest.raises(policy.RuleNeedsFacts, match="internal_dnc"):
-            policy.prepare(campaign, number, monday, config.policy)
-    finally:
-        policy._FACT_FREE_RULES = original
+    with pytest.raises(policy.RuleNeedsFacts, match="internal_dnc"):
+        policy.prepare(campaign, number, monday, config.policy, rules=broken)

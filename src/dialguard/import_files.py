@@ -16,7 +16,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
 from dialguard.model import Contract, Sector
-from dialguard.numbers import InvalidNumber, Number, fast_key, import_key, normalise
+from dialguard.numbers import InvalidNumber, Number, fast_key, import_key, listable
 
 __all__ = [
     "KINDS",
@@ -270,12 +270,9 @@ def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:
 
 def _number(value: str) -> Number:
     try:
-        number = normalise(value)
+        return listable(value)
     except InvalidNumber as exc:
         raise _BadLine(str(exc)) from None
-    if number.never_blocked:
-        raise _BadLine(f"{value!r} is an emergency or short number, which is never blocked")
-    return number
 
 
 def _principal(value: str) -> str:

@@ -265,6 +265,19 @@ def _foreign(raw: str, digits: str) -> Number:
     return Number(raw, e164, Kind.FOREIGN, region, zones)
 
 
+class NotListable(InvalidNumber):
+    """An emergency or short number where a list entry was asked for (one line)."""
+
+
+def listable(raw: str, outside_prefix: str = "") -> Number:
+    """`normalise`, refusing emergency and short numbers: never blocked, so no list (do-not-
+    call, consents, registry results, outcomes) ever holds one."""
+    number = normalise(raw, outside_prefix)
+    if number.never_blocked:
+        raise NotListable(f"{raw!r} is an emergency or short number, which is never blocked")
+    return number
+
+
 def import_key(raw: str) -> str:
     """The store key of a number in an import file: ``normalise(raw).key``, refusing
     emergency and short numbers (never blocked, so never listed).
@@ -275,10 +288,7 @@ def import_key(raw: str) -> str:
     key = fast_key(raw.replace(" ", "") if " " in raw else raw)
     if key is not None:
         return key
-    number = normalise(raw)
-    if number.never_blocked:
-        raise InvalidNumber(f"{raw!r} is an emergency or short number, which is never blocked")
-    return number.key
+    return listable(raw).key
 
 
 # NSN's first five digits -> its country code (filled as met; at most 100,000 entries).

@@ -361,17 +361,14 @@ class Prepared:
 
     local: tuple[datetime, ...]
     results: Mapping[str, RuleResult]
-
-    @property
-    def would_count(self) -> bool:
-        """Whether an attempt could be allowed and counted, as far as these rules tell."""
-        return len(self.results) == len(_FACT_FREE_RULES) and all(
-            result.outcome is Outcome.PASS for result in self.results.values()
-        )
+    would_count: bool  # an attempt could be allowed and counted, as far as these rules tell
 
 
-# The rules that read no facts, in rule order.
-_FACT_FREE_RULES = tuple(rule for rule in RULES if not rule.needs_facts)
+def _fact_free(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    return tuple(rule for rule in rules if not rule.needs_facts)
+
+
+_FACT_FREE_RULES = _fact_free(RULES)
 
 
 def prepare(
@@ -380,20 +377,23 @@ def prepare(
     now: datetime,
     policy: Policy,
     number_error: str = "",
+    rules: tuple[Rule, ...] = RULES,
 ) -> Prepared:
+    """Evaluate the rules of `rules` that need no facts, before the facts are read."""
     if now.tzinfo is None:
         raise ValueError("the instant of a call must carry its time zone")
     local = _local_times(number, now, policy)
     ctx = Context(campaign, number, number_error, _NOT_READ_YET, now, policy, local)
     results: dict[str, RuleResult] = {}
-    for rule in _FACT_FREE_RULES:
+    fact_free = _FACT_FREE_RULES if rules is RULES else _fact_free(rules)
+    for rule in fact_free:
         try:
             result = results[rule.name] = RuleResult(rule.name, *rule.check(ctx))
         except RuleNeedsFacts:
             raise RuleNeedsFacts(f"rule {rule.name} reads facts: set needs_facts") from None
         if result.outcome is not Outcome.PASS:
-            break
-    return Prepared(local, results)
+            return Prepared(local, results, would_count=False)
+    return Prepared(local, results, would_count=True)
 
 
 def would_count(

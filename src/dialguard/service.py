@@ -24,11 +24,10 @@ from dialguard import policy
 from dialguard.audit import Journal, decision_record
 from dialguard.config import Config
 from dialguard.model import CallRequest, Campaign, Decision, Facts, Reason, Unavailable
-from dialguard.numbers import InvalidNumber, Number, normalise
+from dialguard.numbers import InvalidNumber, Number, listable, normalise
 from dialguard.store import Store, StoreUnavailable
 
 __all__ = [
-    "NotListable",
     "OutcomeKind",
     "OutcomeResult",
     "OutcomeStatus",
@@ -67,18 +66,11 @@ class Verdict:
     decision: Decision
 
 
-class NotListable(ValueError):
-    """A live change names a number no list may hold (one line)."""
-
-
 def listable_number(raw: str, campaign: Campaign | None = None) -> Number:
     """The number a live change applies to, spelled as a call to it would be dialled
-    (`campaign`'s outside-line prefix). Emergency and short numbers are never blocked, so
-    no list holds them. Raises InvalidNumber or NotListable."""
-    number = normalise(raw, campaign.outside_prefix if campaign else "")
-    if number.never_blocked:
-        raise NotListable(f"{raw!r} is an emergency or short number; it is never blocked")
-    return number
+    (`campaign`'s outside-line prefix); InvalidNumber (NotListable for an emergency or
+    short number) otherwise."""
+    return listable(raw, campaign.outside_prefix if campaign else "")
 
 
 _PROCESS_TAG = secrets.token_hex(4)  # tells apart the processes of every node
@@ -243,7 +235,7 @@ class Service:
             return OutcomeResult(OutcomeStatus.INVALID, detail=detail)
         try:
             number = listable_number(request.number_raw, campaign)
-        except (InvalidNumber, NotListable) as exc:
+        except InvalidNumber as exc:
             return OutcomeResult(OutcomeStatus.INVALID, detail=str(exc))
         failure = ""
         try:

@@ -187,11 +187,7 @@ def main(*, clock: Callable[[], datetime] | None = None) -> int:
         request = pipe.read_request()
         mode = mode_of(request)
         deadline = entered + config.server.deadline_ms / 1000
-        # From the first command to Redis (which may count the attempt) until its audit
-        # record is durable, the session bound waits: ending the process in between would
-        # leave an attempt counted with no record of it.
-        with _SESSION_BOUND.deferred():
-            variables = asyncio.run(_answer(mode, request, config, deadline, clock))
+        variables = asyncio.run(_answer(mode, request, config, deadline, clock))
         pipe.set_variables(variables)
     except ClassicAgiError as exc:
         return _fail(str(exc), exc.code, request)
@@ -229,10 +225,14 @@ async def _answer(
     )
     call = agi_call(request)
     try:
-        if mode == "outcome":
-            return await outcome_variables(service, config.server, call, ADAPTER)
-        remaining = deadline - time.monotonic()
-        return await check_variables(service, config.server, call, ADAPTER, remaining)
+        # From the first command to Redis (which may count the attempt, or apply the
+        # outcome) until its audit record is durable, the session bound waits: ending the
+        # process in between would leave a change with no record of it.
+        with _SESSION_BOUND.deferred():
+            if mode == "outcome":
+                return await outcome_variables(service, config.server, call, ADAPTER)
+            remaining = deadline - time.monotonic()
+            return await check_variables(service, config.server, call, ADAPTER, remaining)
     finally:
         await service.aclose()
         await store.close()
@@ -247,15 +247,19 @@ def _take_stdout() -> int:
     return agi_out
 
 
-class _SessionBound:
+class SessionBound:
     """Ends the process at a monotonic instant, whatever it is waiting for, except inside
-    `deferred()`: there the end waits for the block to finish."""
+    `deferred()`: there the end waits for the block to finish, at most BACKSTOP_S more (a
+    journal that never answers must not hold the channel for ever)."""
+
+    BACKSTOP_S = 2.0
 
     def __init__(self) -> None:
         self._deferring = False
         self._expired = False
 
     def arm(self, until: float) -> None:
+        self._expired = False
         signal.signal(signal.SIGALRM, self._expire)
         signal.setitimer(signal.ITIMER_REAL, max(until - time.monotonic(), 0.001))
 
@@ -267,21 +271,23 @@ class _SessionBound:
         finally:
             self._deferring = False
         if self._expired:
-            self._end()
+            self._end("session_timeout_ms passed; exiting without an answer")
 
     def _expire(self, _signum: int, _frame: FrameType | None) -> None:
-        if self._deferring:
-            self._expired = True
-        else:
-            self._end()
+        if not self._deferring:
+            self._end("session_timeout_ms passed; exiting without an answer")
+        if self._expired:
+            self._end("session_timeout_ms passed and the decision's record is still not written")
+        self._expired = True
+        signal.setitimer(signal.ITIMER_REAL, self.BACKSTOP_S)
 
     @staticmethod
-    def _end() -> NoReturn:
-        _write_stderr(f"{_PROG}: session_timeout_ms passed; exiting without an answer")
+    def _end(message: str) -> NoReturn:
+        _write_stderr(f"{_PROG}: {message}")
         os._exit(EXIT_TIMEOUT)
 
 
-_SESSION_BOUND = _SessionBound()
+_SESSION_BOUND = SessionBound()
 
 
 def _process_age_s() -> float:

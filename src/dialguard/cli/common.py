@@ -20,7 +20,6 @@ from dialguard.audit import AuditUnavailable
 from dialguard.config import Config, ConfigError
 from dialguard.model import Campaign
 from dialguard.numbers import InvalidNumber
-from dialguard.service import NotListable
 from dialguard.store import ListBusy, Store, StoreUnavailable
 
 __all__ = [
@@ -64,13 +63,7 @@ def errors_are_one_line(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except Failure as exc:
             fail(str(exc), exc.code)
-        except (
-            ConfigError,
-            InvalidNumber,
-            NotListable,
-            import_files.BadImportFile,
-            ListBusy,
-        ) as exc:
+        except (ConfigError, InvalidNumber, import_files.BadImportFile, ListBusy) as exc:
             fail(str(exc), EXIT_INPUT)
         except (StoreUnavailable, AuditUnavailable) as exc:
             fail(str(exc), EXIT_DEPENDENCY)

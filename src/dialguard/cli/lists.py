@@ -52,7 +52,8 @@ async def gather(store: Store, today: date, freshness_days: int) -> list[Row]:
             rows.append(Row(kind, "", 0, 0, "", "", state="never imported"))
             continue
         version = current.versions[0]
-        entries, used = await lists.census(kind, version)
+        counted = await lists.census(kind, version)
+        entries, used = counted.entries, counted.bytes
         meta = current.meta
         rows.append(
             Row(
@@ -73,8 +74,10 @@ async def gather(store: Store, today: date, freshness_days: int) -> list[Row]:
         rows.append(Row("bloctel", "", 0, 0, "", "", state="never imported"))
     for result_set in registry_sets(current.meta, today, freshness_days):
         meta = next(m for m in current.meta if str(m["version"]) == result_set.version)
-        listed, used_listed = await lists.census("optout", result_set.version, LISTED)
-        clear, used_clear = await lists.census("optout", result_set.version, CLEAR)
+        listed_part = await lists.census("optout", result_set.version, LISTED)
+        clear_part = await lists.census("optout", result_set.version, CLEAR)
+        listed, used_listed = listed_part.entries, listed_part.bytes
+        clear, used_clear = clear_part.entries, clear_part.bytes
         if result_set.stale:
             state = "STALE"  # its clear numbers give OPTOUT_UNVERIFIED
         elif result_set.stale_soon:

@@ -30,7 +30,7 @@ from dialguard.store.keys import (
     meta_field,
 )
 
-__all__ = ["LOCK_MS", "Current", "Lists"]
+__all__ = ["LOCK_MS", "Census", "Current", "Lists"]
 
 # An import renews its lock at every chunk; one killed stops holding it after this.
 LOCK_MS = 120_000
@@ -238,6 +238,16 @@ return 0
 """
 
 
+@dataclass(slots=True)
+class Census:
+    """What one version holds and costs, counted now."""
+
+    entries: int = 0
+    bytes: int = 0  # MEMORY USAGE of every key of the version
+    buckets: int = 0  # dense lists only
+    bitmaps: int = 0  # buckets kept as bitmaps (the rest are intsets)
+
+
 @dataclass(frozen=True, slots=True)
 class Current:
     """What is in force for one kind: its version(s) and their metadata."""
@@ -271,18 +281,19 @@ class Lists:
             return Current(versions, json.loads(meta) if meta else [])
         return Current(versions, json.loads(meta) if meta else {})
 
-    async def census(self, kind: str, version: str, part: str = "") -> tuple[int, int]:
-        """(entries, bytes of Redis memory) of one version, counted now: a few commands
-        per bucket, pipelined, so it takes a second or two at ten million numbers.
-        Hashes: exact entries, memory estimated by Redis from a sample."""
+    async def census(self, kind: str, version: str, part: str = "") -> Census:
+        """Entries and bytes of Redis memory of one version (an optout version: its
+        `part`, LISTED or CLEAR), counted now: a few commands per bucket, pipelined, so it
+        takes a second or two at ten million numbers. Hashes: exact entries, memory
+        estimated by Redis from a sample."""
         if kind in HASH_KINDS:
-            return await self.hash_census(self.keys.hash(kind, version))
+            entries, used = await self.hash_census(self.keys.hash(kind, version))
+            return Census(entries, used)
         base = self.keys.base(kind, version, part)
-        entries = used = 0
+        census = Census()
         buckets: list[str] = []
 
         async def measure() -> None:
-            nonlocal entries, used
             async with self._redis.pipeline(transaction=False) as pipe:
                 for bucket in buckets:
                     pipe.scard(bucket_set(base, bucket))
@@ -291,8 +302,10 @@ class Lists:
                     pipe.memory_usage(bucket_bitmap(base, bucket))
                 replies = await self._call(pipe.execute())
             for i in range(0, len(replies), 4):
-                entries += int(replies[i]) + int(replies[i + 1])
-                used += int(replies[i + 2] or 0) + int(replies[i + 3] or 0)
+                census.entries += int(replies[i]) + int(replies[i + 1])
+                census.bytes += int(replies[i + 2] or 0) + int(replies[i + 3] or 0)
+                census.bitmaps += replies[i + 3] is not None
+            census.buckets += len(buckets)
             buckets.clear()
 
         try:
@@ -307,7 +320,8 @@ class Lists:
             pipe.memory_usage(base + INDEX)
             pipe.memory_usage(base + WHY)
             extra = await self._call(pipe.execute())
-        return entries, used + sum(int(x or 0) for x in extra)
+        census.bytes += sum(int(x or 0) for x in extra)
+        return census
 
     async def hash_census(self, key: str) -> tuple[int, int]:
         """(entries, bytes) of one hash, its memory estimated by Redis from a sample."""
