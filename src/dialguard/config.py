@@ -381,6 +381,14 @@ def load_policy(path: Path) -> Policy:
     hours = top.table("hours", required=True)
     holiday_table = top.table("holidays", required=True)
     frequency = top.table("frequency", required=True)
+    # A misspelt key would leave its rule at the default, silently: refuse it as the
+    # main configuration does.
+    optout.unknown_keys({"freshness_days", "suppress_in_consent_regime"})
+    consent.unknown_keys({"max_validity_days"})
+    refusal.unknown_keys({"enabled", "block_days"})
+    hours.unknown_keys({"days", "windows"})
+    holiday_table.unknown_keys({"national", "local", "local_days"})
+    frequency.unknown_keys({"max_attempts", "window_days"})
 
     days = frozenset(_day(hours, d) for d in hours.get("days", list))
     windows = tuple(_window(hours, w) for w in hours.get("windows", list))
@@ -390,6 +398,9 @@ def load_policy(path: Path) -> Policy:
     local_table = holiday_table.table("local_days")
     local_days: dict[str, tuple[str, ...]] = {}
     for territory in local_table.data:
+        if not re.fullmatch(r"[A-Z]{2}", territory):
+            # Numbers name their territory so ("RE"): any other key would never match.
+            raise local_table.fail(territory, "not a territory code (ISO 3166, e.g. FR, RE)")
         specs = tuple(local_table.get(territory, list))
         for spec in specs:
             if not isinstance(spec, str) or not _LOCAL_DAY.match(spec):
@@ -404,7 +415,9 @@ def load_policy(path: Path) -> Policy:
         except ValueError:
             allowed = ", ".join(s.value for s in Sector)
             raise sectors.fail(sector_name, f"not one of {allowed}") from None
-        bans[sector] = sectors.table(sector_name).get("banned_from", date)
+        ban = sectors.table(sector_name)
+        ban.unknown_keys({"banned_from"})
+        bans[sector] = ban.get("banned_from", date)
 
     return Policy(
         name=top.name("name"),
