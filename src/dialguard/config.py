@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redis.connection import parse_url
@@ -20,7 +21,15 @@ from dialguard.model import Campaign, FailMode, Purpose, Sector
 from dialguard.numbers import Kind
 from dialguard.policy import Policy
 
-__all__ = ["DEFAULT_CONFIG", "AriSettings", "Config", "ConfigError", "load_config", "load_policy"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "AriSettings",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "load_policy",
+    "redact_url",
+]
 
 DEFAULT_CONFIG = Path("config/dialguard.toml")
 
@@ -36,7 +45,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
-    url: str
+    url: str = field(repr=False)  # may hold the password: redact_url() to show it
     prefix: str
     timeout_ms: int
 
@@ -172,15 +181,13 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     redis_table = top.table("redis")
     redis_table.unknown_keys({"url", "prefix", "timeout_ms"})
     url = env.get("DIALGUARD_REDIS_URL") or redis_table.get("url", str, "redis://127.0.0.1:6379/0")
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise redis_table.fail("url", f"{url!r} must start with redis://, rediss:// or unix://")
-    try:
-        parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        message = f"{url!r} is not a Redis URL: {exc}"
+    problem = _redis_url_problem(url)
+    if problem:
+        # The URL may hold the password: messages show it redacted, never as written.
+        message = f"{redact_url(url)!r} {problem}"
         if env.get("DIALGUARD_REDIS_URL"):
-            raise ConfigError(f"DIALGUARD_REDIS_URL: {message}") from None
-        raise redis_table.fail("url", message) from None
+            raise ConfigError(f"DIALGUARD_REDIS_URL: {message}")
+        raise redis_table.fail("url", message)
     prefix = redis_table.get("prefix", str, "dialguard:")
     if not re.match(r"^[A-Za-z0-9_.:-]{0,32}$", prefix):
         raise redis_table.fail("prefix", f"{prefix!r} must be up to 32 of A-Z a-z 0-9 _ . : -")
@@ -231,6 +238,55 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     return Config(
         path, node, redis, server, audit_dir, policy, campaigns, retention_days, ari, metrics
     )
+
+
+def redact_url(url: str) -> str:
+    """`url` with what follows the user name up to the host shown as `***`:
+    `redis://user:***@host:6379/0`. Everything before the last `@` counts, so a password
+    holding `@`, `/` or `#` unencoded is hidden too."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        # No user part; but `redis://:secret` (the host left out) reads as a port.
+        end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+        host, colon, port = rest[:end].rpartition(":")
+        if colon and not port.isdigit() and not port.endswith("]"):
+            return f"{scheme}{separator}{host}:***{rest[end:]}"
+        return url
+    user, colon, _ = userinfo.partition(":")
+    # Without a colon the one part may be a password (`redis://secret@host`): hide it all.
+    shown = f"{user}:***" if colon else "***"
+    return f"{scheme}{separator}{shown}@{host}"
+
+
+def _redis_url_problem(url: str) -> str:
+    """What is wrong with a Redis URL, in words that never quote it; "" if nothing."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return "must start with redis://, rediss:// or unix://"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced [ of an IPv6 host, say
+        return "is not a Redis URL: its host cannot be read"
+    if "@" in parts.path + parts.query + parts.fragment:
+        # The URL was cut before its host: redis-py would take part of the password for
+        # the host or the port, and echo it in every connection error.
+        return (
+            "is not a Redis URL: percent-encode '/', '?' and '#' in the user name and "
+            "password (%2F, %3F, %23)"
+        )
+    try:
+        _ = parts.port  # reading it checks it
+    except ValueError:
+        # Not its text: what stands where the port should is sometimes the password.
+        return "is not a Redis URL: the port must be a number from 0 to 65535"
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        # redis-py's remaining messages name a query option, never a value.
+        return f"is not a Redis URL: {exc}"
+    return ""
 
 
 def _metrics(table: _Reader) -> MetricsSettings:
@@ -325,6 +381,14 @@ def load_policy(path: Path) -> Policy:
     hours = top.table("hours", required=True)
     holiday_table = top.table("holidays", required=True)
     frequency = top.table("frequency", required=True)
+    # A misspelt key would leave its rule at the default, silently: refuse it as the
+    # main configuration does.
+    optout.unknown_keys({"freshness_days", "suppress_in_consent_regime"})
+    consent.unknown_keys({"max_validity_days"})
+    refusal.unknown_keys({"enabled", "block_days"})
+    hours.unknown_keys({"days", "windows"})
+    holiday_table.unknown_keys({"national", "local", "local_days"})
+    frequency.unknown_keys({"max_attempts", "window_days"})
 
     days = frozenset(_day(hours, d) for d in hours.get("days", list))
     windows = tuple(_window(hours, w) for w in hours.get("windows", list))
@@ -334,6 +398,9 @@ def load_policy(path: Path) -> Policy:
     local_table = holiday_table.table("local_days")
     local_days: dict[str, tuple[str, ...]] = {}
     for territory in local_table.data:
+        if not re.fullmatch(r"[A-Z]{2}", territory):
+            # Numbers name their territory so ("RE"): any other key would never match.
+            raise local_table.fail(territory, "not a territory code (ISO 3166, e.g. FR, RE)")
         specs = tuple(local_table.get(territory, list))
         for spec in specs:
             if not isinstance(spec, str) or not _LOCAL_DAY.match(spec):
@@ -348,7 +415,9 @@ def load_policy(path: Path) -> Policy:
         except ValueError:
             allowed = ", ".join(s.value for s in Sector)
             raise sectors.fail(sector_name, f"not one of {allowed}") from None
-        bans[sector] = sectors.table(sector_name).get("banned_from", date)
+        ban = sectors.table(sector_name)
+        ban.unknown_keys({"banned_from"})
+        bans[sector] = ban.get("banned_from", date)
 
     return Policy(
         name=top.name("name"),

@@ -17,7 +17,8 @@ What it keeps from Asterisk (res/ari/*, apps/app_stasis.c; shared/reference/aste
 
 For the tests: every REST call is recorded (`calls`), the websocket can be dropped on
 demand (`drop_websocket`), an event can be lost in transit (`deliver=False`, as when the
-connection dies with it in a buffer), REST can be slowed down (`rest_delay_s`).
+connection dies with it in a buffer), REST can be slowed down (`rest_delay_s`), a 2xx
+answer can carry a body that is not ARI's (`bodies`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class FakeAri:
         self.on_release: Callable[[FakeChannel], None] | None = None
         self.connections = 0  # websockets accepted
         self.rejected = 0  # requests refused with 401
+        # (method, path) -> the body of a 2xx answer in place of ARI's: what a proxy in
+        # front of Asterisk, or a cut connection, hands back.
+        self.bodies: dict[tuple[str, str], bytes] = {}
         self._ws: dict[str, web.WebSocketResponse] = {}
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -222,6 +226,9 @@ class FakeAri:
             if self.rest_delay_s:
                 await asyncio.sleep(self.rest_delay_s)
         response: web.StreamResponse = await handler(request)
+        body = self.bodies.get((request.method, request.path))
+        if body is not None and response.status < 300:
+            return web.Response(body=body, status=200, content_type="text/html")
         return response
 
     def _authorised(self, request: web.Request) -> bool:

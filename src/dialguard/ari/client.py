@@ -8,7 +8,9 @@ hung up), 409 when it exists but is not in our Stasis application, 401 for bad
 credentials. A channel stays in Stasis until the app acts on it, websocket or not.
 
 Every error a person may see is one `AriError` line; the password is only ever in the
-Authorization header, never in a URL, a message or a log.
+Authorization header, never in a URL, a message or a log. A 2xx whose body is not the JSON
+ARI documents (a proxy's page, a cut answer) is `AriBadReply`, handled as any other client
+error; the body of a change (POST, DELETE) is never read: its 2xx says it is done.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -30,6 +32,7 @@ from dialguard.config import AriSettings
 
 __all__ = [
     "AriAuthError",
+    "AriBadReply",
     "AriClient",
     "AriError",
     "AriUnavailable",
@@ -40,6 +43,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger("dialguard.ari")
+
+T = TypeVar("T")
 
 # A REST call is one small request to a local Asterisk: answered in a millisecond or two.
 # Two seconds covers an Asterisk busy with a burst, and stays short of the time a person
@@ -67,6 +72,11 @@ class AriUnavailable(AriError):
     """Asterisk did not answer: not running, wrong URL, or too slow."""
 
 
+class AriBadReply(AriError):
+    """A 2xx answer whose body is not the JSON ARI documents (not JSON, or the wrong
+    shape): something other than Asterisk's ARI answered, a proxy say."""
+
+
 class ChannelGone(AriError):
     """404: the channel no longer exists (the call hung up)."""
 
@@ -88,9 +98,11 @@ class Channel:
     created: datetime | None
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Channel:
-        caller = data.get("caller") or {}
-        dialplan = data.get("dialplan") or {}
+    def from_json(cls, value: object) -> Channel:
+        """TypeError or KeyError when `value` is not shaped as ARI's Channel."""
+        data = _object(value, "a channel")
+        caller = _object(data.get("caller") or {}, "its caller")
+        dialplan = _object(data.get("dialplan") or {}, "its dialplan")
         return cls(
             id=str(data["id"]),
             name=str(data.get("name", "")),
@@ -183,21 +195,44 @@ class AriClient:
         await self._call("DELETE", f"/channels/{channel_id}", {"reason_code": str(reason_code)})
 
     async def channel(self, channel_id: str) -> Channel:
-        return Channel.from_json(await self._call("GET", f"/channels/{channel_id}"))
+        return await self._get(f"/channels/{channel_id}", Channel.from_json)
 
     async def channels(self) -> list[Channel]:
         """Every channel of this Asterisk (`GET /channels`): one request for a whole sweep."""
-        data = await self._call("GET", "/channels")
-        return [Channel.from_json(item) for item in data.get("items", [])]
+
+        def read(data: object) -> list[Channel]:
+            return [Channel.from_json(item) for item in _array(data, "the channel list")]
+
+        return await self._get("/channels", read)
 
     async def application_channel_ids(self) -> list[str]:
         """The channels subscribed to our application: the ones parked in Stasis with us."""
-        data = await self._call("GET", f"/applications/{self.settings.app}")
-        return [str(channel_id) for channel_id in data.get("channel_ids", [])]
 
-    async def _call(
-        self, method: str, path: str, params: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
+        def read(data: object) -> list[str]:
+            ids = _object(data, "the application").get("channel_ids", [])
+            return [str(channel_id) for channel_id in _array(ids, "its channel_ids")]
+
+        return await self._get(f"/applications/{self.settings.app}", read)
+
+    async def _get(self, path: str, read: Callable[[object], T]) -> T:
+        """GET `path` and read its JSON body; AriBadReply if it is not what ARI sends."""
+        body = await self._call("GET", path)
+        try:
+            return read(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            problem = f"{len(body)} bytes, not JSON"
+        except KeyError as exc:
+            problem = f"no {exc.args[0]!r} field"
+        except TypeError as exc:
+            problem = str(exc)
+        raise AriBadReply(
+            f"ARI GET {path}: not ARI's answer ({problem}): is {self.settings.url} Asterisk's "
+            "HTTP server, with res_ari loaded?"
+        )
+
+    async def _call(self, method: str, path: str, params: Mapping[str, str] | None = None) -> bytes:
+        """The body of a 2xx answer; one of the AriError kinds for anything else. Changes
+        (POST, DELETE) answer 204: their body is never read, a 2xx says it is done."""
         what = f"ARI {method} {path}"
         try:
             async with self.session.request(method, self.base + path, params=params) as reply:
@@ -210,8 +245,7 @@ class AriClient:
         except aiohttp.ClientError as exc:
             raise AriUnavailable(f"{what}: cannot reach {self.settings.url}: {exc}") from None
         if status < 300:
-            data = orjson.loads(body) if body else {}
-            return data if isinstance(data, dict) else {"items": data}
+            return body
         message = _message(body)
         if status == 401:
             raise AriAuthError(self._auth_message())
@@ -299,6 +333,18 @@ class AriClient:
                     await self.disconnect()
             if not self._closing:
                 log.warning("ari_disconnected", url=self.settings.url)
+
+
+def _object(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} is not a JSON object")
+    return value
+
+
+def _array(value: object, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"{what} is not a JSON array")
+    return value
 
 
 def _message(body: bytes) -> str:

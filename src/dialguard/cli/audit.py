@@ -8,6 +8,7 @@ a torn record) — distinct from 1 so that a typo in a cron line never looks lik
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import hmac
@@ -29,7 +30,7 @@ from dialguard.audit.files import AuditUnavailable
 from dialguard.audit.reader import Query, Torn, follow, prune, search, stats, verify
 from dialguard.cli.common import Failure, config_option, errors_are_one_line
 from dialguard.config import load_config
-from dialguard.numbers import normalise
+from dialguard.numbers import InvalidNumber, normalise
 
 __all__ = ["EXIT_BROKEN", "audit"]
 
@@ -385,21 +386,95 @@ def pseudonym(number: str, key: bytes) -> str:
     return "p-" + hmac.new(key, number.encode(), hashlib.sha256).hexdigest()[:20]
 
 
+# The fields whose whole value is the callee's number, and those whose text can name it
+# among other words: a rule's detail (the number rule quotes it), the evidence (an
+# operator's do-not-call reason, a consent's proof reference) and the channel (Asterisk
+# names Local channels after the dialled digits). `callerid` is the call centre's own line.
+_NUMBER_FIELDS = ("number", "number_raw")
+_TEXT_FIELDS = ("rules", "evidence", "channel")
+
+
 def _masked(record: dict[str, Any], key: bytes) -> dict[str, Any]:
-    """The record with its number replaced wherever it appears (a rule's detail names it
-    too), as dialled and as E.164, by the number's pseudonym."""
+    """The record with the callee's number replaced by its pseudonym in the fields that
+    carry it; every other field, and every key, as it was."""
     number, raw = record.get("number"), record.get("number_raw")
     subject = number if isinstance(number, str) and number else raw
     if not isinstance(subject, str) or not subject:
         return record
-    alias = pseudonym(subject, key).encode()
-    text = orjson.dumps(record)
-    for spelling in {number, raw}:
-        if isinstance(spelling, str) and spelling:
-            # As JSON encodes it, so that a spelling with quotes or backslashes matches.
-            text = text.replace(orjson.dumps(spelling)[1:-1], alias)
-    masked: dict[str, Any] = orjson.loads(text)
+    alias = pseudonym(subject, key)
+    spellings = _spellings(number, raw)
+    masked = dict(record)
+    for name in _NUMBER_FIELDS:
+        if isinstance(masked.get(name), str) and masked[name]:
+            masked[name] = alias
+    # Messages quote a number as Python does ('0612 34' or 'a'); a number with digits also
+    # stands bare ("+33612345678 mobile FR"), but never inside a longer run of digits (a
+    # channel's "-00000015" is not the emergency number 15).
+    forms = [(repr(s), repr(alias), False) for s in spellings]
+    forms += [(s, alias, True) for s in spellings if any(c in _DIGITS for c in s)]
+    for name in _TEXT_FIELDS:
+        if name in masked:
+            masked[name] = _mask_strings(masked[name], forms)
     return masked
+
+
+_DIGITS = "0123456789"
+
+
+def _spellings(number: object, raw: object) -> list[str]:
+    """How a record's text may write its number: as dialled, E.164, its digits alone, and
+    the national ten digits a dialplan dials (`Local/0612345678@...`)."""
+    found = [s for s in (number, raw) if isinstance(s, str) and s]
+    if isinstance(raw, str):
+        found.append("".join(c for c in raw if c in _DIGITS))
+    if isinstance(number, str) and number.startswith("+"):
+        found.append(number[1:])
+        national = "0" + number[-9:]
+        with contextlib.suppress(InvalidNumber):
+            if normalise(national).e164 == number:
+                found.append(national)
+    return list(dict.fromkeys(s for s in found if s))
+
+
+_Form = tuple[str, str, bool]  # what to find, what replaces it, whether digits may not touch it
+
+
+def _mask_strings(value: Any, forms: list[_Form]) -> Any:
+    if isinstance(value, str):
+        return _mask_text(value, forms)
+    if isinstance(value, dict):
+        return {name: _mask_strings(item, forms) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_strings(item, forms) for item in value]
+    return value
+
+
+def _mask_text(text: str, forms: list[_Form]) -> str:
+    # One pass over the original text (str.find, not a regular expression: compiling one
+    # per record would cost more than the rest of the export): a replacement is never
+    # searched again, and where two forms start at one place the longer wins.
+    hits: list[tuple[int, int, int, str]] = []
+    for literal, replacement, bare in forms:
+        at = text.find(literal)
+        while at >= 0:
+            end = at + len(literal)
+            alone = not bare or (
+                (at == 0 or text[at - 1] not in _DIGITS)
+                and (end == len(text) or text[end] not in _DIGITS)
+            )
+            if alone:
+                hits.append((at, -len(literal), end, replacement))
+            at = text.find(literal, at + 1)
+    if not hits:
+        return text
+    parts: list[str] = []
+    done = 0
+    for at, _, end, replacement in sorted(hits):
+        if at >= done:
+            parts += (text[done:at], replacement)
+            done = end
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def _write_csv(handle: TextIO, records: Iterator[dict[str, Any]], mask: bytes | None) -> None:
@@ -431,10 +506,11 @@ def verify_command(
     directory: Path | None,
     config_path: Path | None,
 ) -> None:
-    """Check the hash chain (every file, or the days of a range). Exit 0 intact, 3 not."""
+    """Check the hash chain (every file, or those of a range). Exit 0 intact, 3 not."""
     where = _Where(config_path, directory)
-    first = _day("--since", since)
-    last = _day("--until", until)
+    start, stop = _range(where, since, until)
+    # Whole files, one a UTC day: those that can hold a record of the range, as search reads.
+    first, last = Query(since_ms=start, until_ms=stop).day_range()
     result = verify(where.directory, first, last)
     if as_json:
         click.echo(
@@ -462,16 +538,6 @@ def verify_command(
         click.echo(f"note: {note}", err=True)
     if not result.intact:
         sys.exit(EXIT_BROKEN)
-
-
-def _day(option: str, value: str | None) -> date | None:
-    """verify works on whole files: UTC days."""
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise Failure(f"{option} {value!r} is not a date (2026-11-30)") from None
 
 
 @audit.command("tail")

@@ -1,0 +1,94 @@
+"""A misspelt key in a table of the policy file is refused, in the one-line style of the
+main configuration (`file: table.key: unknown key (known: ...)`), never ignored."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dialguard.config import ConfigError, load_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = ROOT / "config" / "policy" / "france.toml"
+DIALGUARD = Path(sys.executable).parent / "dialguard"
+
+
+def policy_with(tmp_path: Path, after: str, line: str) -> Path:
+    """The shipped policy with `line` added right after the line `after`."""
+    text = POLICY.read_text(encoding="utf-8")
+    assert f"\n{after}\n" in text
+    path = tmp_path / "france.toml"
+    path.write_text(text.replace(f"\n{after}\n", f"\n{after}\n{line}\n", 1), encoding="utf-8")
+    return path
+
+
+def test_the_shipped_policy_has_no_unknown_key() -> None:
+    assert load_policy(POLICY).refusal_enabled
+
+
+@pytest.mark.parametrize(
+    ("after", "line", "message"),
+    [
+        (
+            "[refusal]",
+            "enabeld = false",
+            "refusal.enabeld: unknown key (known: block_days, enabled)",
+        ),
+        (
+            "[optout]",
+            "freshness_day = 10",
+            "optout.freshness_day: unknown key (known: freshness_days, suppress_in_consent_regime)",
+        ),
+        ("[consent]", "max_validity = 90", "consent.max_validity: unknown key (known: "),
+        ("[hours]", 'day = ["mon"]', "hours.day: unknown key (known: days, windows)"),
+        ("[holidays]", "nationl = false", "holidays.nationl: unknown key (known: local, "),
+        ("[frequency]", "max_attempt = 2", "frequency.max_attempt: unknown key (known: "),
+        (
+            "[sectors.cpf]",
+            "banned_form = 2030-01-01",
+            "sectors.cpf.banned_form: unknown key (known: banned_from)",
+        ),
+        (
+            "[holidays.local_days]",
+            're = ["12-20"]',
+            "holidays.local_days.re: not a territory code (ISO 3166, e.g. FR, RE)",
+        ),
+    ],
+)
+def test_an_unknown_key_in_a_policy_table_is_refused(
+    tmp_path: Path, after: str, line: str, message: str
+) -> None:
+    path = policy_with(tmp_path, after, line)
+    with pytest.raises(ConfigError) as error:
+        load_policy(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+    assert "\n" not in str(error.value)
+
+
+def test_the_command_says_it_in_one_line(tmp_path: Path) -> None:
+    policy = policy_with(tmp_path, "[refusal]", "enabeld = false")
+    config = tmp_path / "dialguard.toml"
+    text = (ROOT / "config" / "dialguard.toml").read_text(encoding="utf-8")
+    config.write_text(text.replace('"policy/france.toml"', f'"{policy}"'), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
+    run = subprocess.run(
+        [str(DIALGUARD), "check", "0612345678", "--campaign", "demo-prospecting"],
+        # Port 1: should the policy load, nothing there answers (never the machine's Redis).
+        env={
+            **env,
+            "DIALGUARD_CONFIG": str(config),
+            "DIALGUARD_REDIS_URL": "redis://127.0.0.1:1/0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (run.returncode, run.stdout) == (1, "")
+    assert (
+        run.stderr
+        == f"dialguard: {policy}: refusal.enabeld: unknown key (known: block_days, enabled)\n"
+    )
