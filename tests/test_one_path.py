@@ -159,7 +159,7 @@ def test_an_unexpected_error_is_one_line_and_exit_4(
     check = sys.modules["dialguard.cli.check"]  # the module; `cli.check` is the command
 
     def broken(*_args: object, **_kwargs: object) -> None:
-        raise KeyError("a bug of ours")
+        raise KeyError("a bug of ours near redis://dg:s3cret@db:6379/0")
 
     monkeypatch.setattr(check, "load_config", broken)
     monkeypatch.setattr(sys, "argv", ["dialguard", "check", "0612345678", "--campaign", "x"])
@@ -167,4 +167,7 @@ def test_an_unexpected_error_is_one_line_and_exit_4(
         cli.main()
     assert exited.value.code == 4
     (line,) = capsys.readouterr().err.splitlines()
-    assert line == "dialguard: internal error: KeyError: 'a bug of ours' (please report it)"
+    assert line == (
+        "dialguard: internal error: KeyError: 'a bug of ours near redis://dg:***@db:6379/0'"
+        " (please report it)"
+    )

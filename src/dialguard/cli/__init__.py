@@ -8,6 +8,7 @@ internal error (a bug: reported as one line, never a traceback).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import click
@@ -19,8 +20,11 @@ from dialguard.cli.imports import import_
 from dialguard.cli.lists import lists
 from dialguard.cli.live import consent, dnc, outcome
 from dialguard.cli.serve import serve
+from dialguard.config import redact_url
 
 __all__ = ["cli", "main"]
+
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
 
 
 @click.group(
@@ -51,6 +55,7 @@ def main() -> None:
     except click.ClickException as exc:
         fail(exc.format_message().replace("\n", " "), EXIT_INPUT)
     except Exception as exc:
-        detail = " ".join(str(exc).split())[:300]
+        # Whatever raised it, a URL in the text may carry a password.
+        detail = _URL.sub(lambda m: redact_url(m.group()), " ".join(str(exc).split()))[:300]
         fail(f"internal error: {type(exc).__name__}: {detail} (please report it)", EXIT_INTERNAL)
     sys.exit(code if isinstance(code, int) else 0)
