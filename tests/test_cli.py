@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -195,11 +195,8 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cli]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
-    yield Cli(tmp_path, redis_server.url)
+def cli(tmp_path: Path, clean_redis: RedisServer) -> Cli:
+    return Cli(tmp_path, clean_redis.url)
 
 
 def ok(run: Run) -> Run:

@@ -36,10 +36,8 @@ def make_config(url: str, audit_dir: Path) -> Config:
 
 
 @pytest.fixture
-async def service(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
-) -> AsyncIterator[Service]:
-    config = make_config(redis_server.url, tmp_path / "audit")
+async def service(clean_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Service]:
+    config = make_config(clean_redis.url, tmp_path / "audit")
     store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
     yield Service(config, store, Journal(config.audit_dir))
     await store.close()

@@ -16,13 +16,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.agi.asterisk_peer import agi_env, encode_block, parse_args
 from tests.redis_server import RedisServer, free_port
@@ -173,16 +172,8 @@ def audit_records(directory: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def clean_redis(redis_server: RedisServer) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
-    yield redis_server.url
-
-
-@pytest.fixture
-def env(tmp_path: Path, clean_redis: str) -> dict[str, str]:
-    return script_env(write_config(tmp_path), clean_redis)
+def env(tmp_path: Path, clean_redis: RedisServer) -> dict[str, str]:
+    return script_env(write_config(tmp_path), clean_redis.url)
 
 
 def check(env: Mapping[str, str], number: str, campaign: str) -> Run:
@@ -258,8 +249,8 @@ def test_press_call_at_a_pinned_time_is_allowed_and_counted(
     assert record["local_time"].startswith("2026-11-30T11:00")
 
 
-def test_campaign_from_accountcode(tmp_path: Path, clean_redis: str) -> None:
-    env = script_env(write_config(tmp_path, campaign_from_accountcode=True), clean_redis)
+def test_campaign_from_accountcode(tmp_path: Path, clean_redis: RedisServer) -> None:
+    env = script_env(write_config(tmp_path, campaign_from_accountcode=True), clean_redis.url)
     block = classic_block(["0612345678"], agi_accountcode="demo-survey")
     run = fake_asterisk([str(SCRIPT)], env, block)
     assert_check_answered(run)
@@ -359,8 +350,8 @@ def test_no_audit_record_no_answer(env: dict[str, str], tmp_path: Path) -> None:
     assert "cannot write the audit record" in run.stderr
 
 
-def test_bad_configuration(tmp_path: Path, clean_redis: str) -> None:
-    env = script_env(tmp_path / "missing.toml", clean_redis)
+def test_bad_configuration(tmp_path: Path, clean_redis: RedisServer) -> None:
+    env = script_env(tmp_path / "missing.toml", clean_redis.url)
     run = check(env, "112", "demo-prospecting")
     assert run.returncode == 1
     assert run.stdout == b""
@@ -382,8 +373,8 @@ def test_a_python_without_dialguard_is_one_line(env: dict[str, str]) -> None:
     assert "is the shebang the virtualenv's python?" in run.stderr
 
 
-def test_a_silent_asterisk_cannot_hold_the_script(tmp_path: Path, clean_redis: str) -> None:
-    env = script_env(write_config(tmp_path, session_timeout_ms=300), clean_redis)
+def test_a_silent_asterisk_cannot_hold_the_script(tmp_path: Path, clean_redis: RedisServer) -> None:
+    env = script_env(write_config(tmp_path, session_timeout_ms=300), clean_redis.url)
     half_block = classic_block(["112", "demo-prospecting"])[:3]  # then nothing, pipe open
     run = fake_asterisk([str(SCRIPT)], env, half_block)
     assert run.returncode == 3

@@ -152,10 +152,8 @@ async def agi_server(
 
 
 @pytest.fixture
-async def agi(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
-) -> AsyncIterator[Agi]:
-    async with agi_server(redis_server.url, tmp_path / "audit") as harness:
+async def agi(clean_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Agi]:
+    async with agi_server(clean_redis.url, tmp_path / "audit") as harness:
         yield harness
 
 
@@ -324,8 +322,7 @@ async def consent_withdrawn(store: Store) -> None:
     ids=lambda value: value.__name__ if callable(value) else None,
 )
 async def test_each_decision_reaches_the_dialplan_with_its_audit_record(
-    redis_server: RedisServer,
-    redis_client: aioredis.Redis,
+    clean_redis: RedisServer,
     tmp_path: Path,
     setup: Setup,
     clock: datetime,
@@ -336,7 +333,7 @@ async def test_each_decision_reaches_the_dialplan_with_its_audit_record(
     e164: str,
 ) -> None:
     audit_dir = tmp_path / "audit"
-    async with agi_server(redis_server.url, audit_dir, clock=clock) as agi:
+    async with agi_server(clean_redis.url, audit_dir, clock=clock) as agi:
         await setup(agi.store)
         result = await agi.call(number, campaign)
         record = assert_decision(agi, result, expected, reason, e164)
@@ -362,10 +359,10 @@ async def test_the_fifth_session_to_one_number_meets_the_frequency_cap(agi: Agi)
 
 
 async def test_campaign_from_the_account_code_when_the_dialplan_passes_none(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
     async with agi_server(
-        redis_server.url, tmp_path / "audit", campaign_from_accountcode=True
+        clean_redis.url, tmp_path / "audit", campaign_from_accountcode=True
     ) as agi:
         result = await agi.call(NUMBER_RAW, env_overrides={"agi_accountcode": "demo-press"})
         assert_decision(agi, result, "ALLOW", "PRESS")
@@ -531,12 +528,10 @@ async def test_redis_down_fails_closed_unless_the_campaign_fails_open(tmp_path: 
         await agi.settled()
 
 
-async def test_no_durable_audit_record_no_answer(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
-) -> None:
+async def test_no_durable_audit_record_no_answer(clean_redis: RedisServer, tmp_path: Path) -> None:
     blocker = tmp_path / "journal"
     blocker.write_text("")  # a file where the journal's directory should go
-    async with agi_server(redis_server.url, blocker / "audit") as agi:
+    async with agi_server(clean_redis.url, blocker / "audit") as agi:
         for campaign in ("demo-press", "no-such-campaign"):
             assert_closed_silently(await agi.call(NUMBER_RAW, campaign))
         await agi.settled()
@@ -717,9 +712,9 @@ async def test_an_lf_in_an_argument_breaks_the_block_and_gets_no_answer(agi: Agi
 
 
 async def test_a_silent_client_is_cut_off_at_the_session_bound(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with agi_server(redis_server.url, tmp_path / "audit", session_timeout_ms=300) as agi:
+    async with agi_server(clean_redis.url, tmp_path / "audit", session_timeout_ms=300) as agi:
         reader, writer = await asyncio.open_connection(HOST, agi.port)
         try:
             started = time.monotonic()
@@ -934,9 +929,9 @@ async def serve_sessions(served: Served, count: int) -> list[SessionResult]:
 
 
 async def test_dialguard_serve_with_two_workers_answers_and_stops_on_sigterm(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with dialguard_serve(tmp_path, redis_server.url, workers=2) as served:
+    async with dialguard_serve(tmp_path, clean_redis.url, workers=2) as served:
         results = await serve_sessions(served, 20)
         started = time.monotonic()
         code = await asyncio.to_thread(served.stop)
@@ -990,9 +985,9 @@ def test_each_log_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_dialguard_serve_reports_a_worker_killed_by_a_signal(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with dialguard_serve(tmp_path, redis_server.url, workers=2) as served:
+    async with dialguard_serve(tmp_path, clean_redis.url, workers=2) as served:
         os.kill(served.worker_pids()[0], signal.SIGKILL)
         await asyncio.sleep(0.2)
         code = await asyncio.to_thread(served.stop)
@@ -1000,9 +995,9 @@ async def test_dialguard_serve_reports_a_worker_killed_by_a_signal(
 
 
 async def test_two_workers_never_draw_the_same_decision_id(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with dialguard_serve(tmp_path, redis_server.url, workers=2) as served:
+    async with dialguard_serve(tmp_path, clean_redis.url, workers=2) as served:
         results = await serve_sessions(served, 20)
         assert await asyncio.to_thread(served.stop) == 0
     ids = [r.variables["DIALGUARD_ID"] for r in results]
