@@ -26,6 +26,7 @@ from dialguard.audit import AuditUnavailable, Journal
 from dialguard.audit.files import GENESIS, HEAD_NAME, INDEX_ENTRY, START_NAME
 from dialguard.audit.reader import verify
 from dialguard.cli import main
+from tests.journal import audit_records
 
 DAY1 = int(datetime(2026, 11, 30, 8, 0, tzinfo=UTC).timestamp() * 1000)  # 09:00 Paris
 DAY2 = DAY1 + 86_400_000
@@ -57,13 +58,6 @@ def write(directory: Path, records: list[dict[str, Any]]) -> None:
             await journal.append(item)
 
     asyncio.run(go())
-
-
-def read(directory: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(directory.glob("audit-*.jsonl")):
-        out += [json.loads(line) for line in path.read_bytes().splitlines()]
-    return out
 
 
 def assert_index_matches(directory: Path) -> None:
@@ -122,7 +116,7 @@ def journal_dir(tmp_path: Path) -> Path:
 
 
 def test_records_are_chained_across_day_files_and_private(journal_dir: Path) -> None:
-    records = read(journal_dir)
+    records = audit_records(journal_dir)
     assert len(records) == 15
     assert records[0]["prev"] == GENESIS.decode()
     for before, after in itertools.pairwise(records):
@@ -175,7 +169,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
 
     asyncio.run(in_this_process())
     assert [p.wait(timeout=60) for p in processes] == [0, 0, 0, 0]
-    ids = [r["id"] for r in read(tmp_path)]
+    ids = [r["id"] for r in audit_records(tmp_path)]
     expected = {f"{tag}-{i}" for tag in ("p0", "p1", "p2", "p3", "t") for i in range(400)}
     assert len(ids) == len(expected) and set(ids) == expected
     assert verify(tmp_path).intact  # one chain across all writers
@@ -213,13 +207,13 @@ def test_sigkill_mid_load_keeps_every_answered_record(tmp_path: Path) -> None:
     answered += child.stdout.read().decode().split()
     child.wait()
     assert len(answered) >= 3000
-    journal_ids = [r["id"] for r in read(tmp_path)]
+    journal_ids = [r["id"] for r in audit_records(tmp_path)]
     assert len(journal_ids) == len(set(journal_ids))
     assert set(answered) <= set(journal_ids)
     # The next writer carries the chain on from whatever the killed one left.
     write(tmp_path, [record(1, DAY1 + 5, id="after")])
     assert verify(tmp_path).intact
-    assert read(tmp_path)[-1]["id"] == "after"
+    assert audit_records(tmp_path)[-1]["id"] == "after"
     assert_index_matches(tmp_path)
 
 
@@ -404,7 +398,7 @@ def test_stats_over_a_range(journal_dir: Path, capsys: pytest.CaptureFixture[str
 def test_export_with_manifest_and_masked_numbers(
     journal_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    records = read(journal_dir)
+    records = audit_records(journal_dir)
     out = tmp_path / "inspection.jsonl"
     code, _, _ = run(capsys, "audit", "export", "--dir", journal_dir, "--out", out)
     assert code == 0
@@ -439,7 +433,7 @@ def test_tail_follows_new_records(journal_dir: Path) -> None:
     assert tail.stdout is not None
     try:
         last_two = [json.loads(tail.stdout.readline()) for _ in range(2)]
-        assert [r["id"] for r in last_two] == [r["id"] for r in read(journal_dir)[-2:]]
+        assert [r["id"] for r in last_two] == [r["id"] for r in audit_records(journal_dir)[-2:]]
         write(journal_dir, [record(1, DAY2 + 60_000, id="live")])
         assert json.loads(tail.stdout.readline())["id"] == "live"
     finally:
@@ -478,7 +472,7 @@ def test_prune_keeps_the_rest_of_the_chain_checkable(
 ) -> None:
     from dialguard.audit.reader import prune
 
-    last_of_first = read(journal_dir)[9]["hash"]
+    last_of_first = audit_records(journal_dir)[9]["hash"]
     removed = prune(journal_dir, 1, datetime(2026, 12, 5).date(), dry_run=False)
     assert [p.name for p in removed] == ["audit-2026-11-30.jsonl"]
     assert not (journal_dir / "audit-2026-11-30.idx").exists()

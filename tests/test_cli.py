@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.journal import audit_records
 from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -186,12 +187,7 @@ class Cli:
         return ["check", number, "--campaign", campaign, "--at", at, "--json", *extra]
 
     def audit_records(self) -> list[dict[str, Any]]:
-        if not self.audit_dir.exists():
-            return []
-        records = []
-        for path in sorted(self.audit_dir.glob("audit-*.jsonl")):
-            records += [json.loads(line) for line in path.read_text("utf-8").splitlines()]
-        return records
+        return audit_records(self.audit_dir)
 
 
 @pytest.fixture

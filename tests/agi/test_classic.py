@@ -10,7 +10,6 @@ campaign, a non-commercial campaign, Redis down) except one, which pins the time
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,11 +18,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.agi.asterisk_peer import agi_env, encode_block, parse_args
+from tests.journal import audit_records
 from tests.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).parent.parent.parent
@@ -164,13 +163,6 @@ def script_env(config: Path, redis_url: str) -> dict[str, str]:
     return env
 
 
-def audit_records(directory: Path) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for path in sorted((directory / "audit").glob("*.jsonl")):
-        records += [json.loads(line) for line in path.read_text().splitlines()]
-    return records
-
-
 @pytest.fixture
 def env(tmp_path: Path, clean_redis: RedisServer) -> dict[str, str]:
     return script_env(write_config(tmp_path), clean_redis.url)
@@ -205,7 +197,7 @@ def test_emergency_number_is_allowed(env: dict[str, str], tmp_path: Path) -> Non
     assert run.variables["DIALGUARD_RESULT"] == "ALLOW"
     assert run.variables["DIALGUARD_REASON"] == "EMERGENCY"
     assert run.variables["DIALGUARD_NUMBER"] == "112"
-    (record,) = audit_records(tmp_path)
+    (record,) = audit_records(tmp_path / "audit")
     assert record["id"] == run.variables["DIALGUARD_ID"]
     assert record["adapter"] == "classic-agi"
     assert record["uniqueid"].endswith(".7")
@@ -244,7 +236,7 @@ def test_press_call_at_a_pinned_time_is_allowed_and_counted(
     assert_check_answered(run)
     assert run.variables["DIALGUARD_RESULT"] == "ALLOW"
     assert run.variables["DIALGUARD_REASON"] == "PRESS"
-    (record,) = audit_records(tmp_path)
+    (record,) = audit_records(tmp_path / "audit")
     assert record["attempts_30d"] == 1
     assert record["local_time"].startswith("2026-11-30T11:00")
 
@@ -263,7 +255,7 @@ def test_redis_down_fails_closed_with_an_answer(tmp_path: Path) -> None:
     assert_check_answered(run)
     assert run.variables["DIALGUARD_RESULT"] == "DENY"
     assert run.variables["DIALGUARD_REASON"] == "STORE_UNAVAILABLE"
-    (record,) = audit_records(tmp_path)
+    (record,) = audit_records(tmp_path / "audit")
     assert record["degraded"]
 
 

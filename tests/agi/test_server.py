@@ -42,6 +42,7 @@ from dialguard.service import Service
 from dialguard.store import Store
 from dialguard.store.loading import load
 from tests.agi.asterisk_peer import SessionResult, parse_args, run_session
+from tests.journal import audit_records
 from tests.redis_server import RedisServer, free_port, running_redis
 from tests.waiting import wait_until
 
@@ -83,12 +84,7 @@ class Agi:
         return result
 
     def records(self) -> list[Record]:
-        directory = self.service.config.audit_dir
-        return [
-            json.loads(line)
-            for path in sorted(directory.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()
-        ]
+        return audit_records(self.service.config.audit_dir)
 
     def record(self, record_id: str) -> Record:
         (found,) = [r for r in self.records() if r["id"] == record_id]
@@ -872,12 +868,7 @@ class Served:
         return self.process.wait(10)
 
     def records(self) -> list[Record]:
-        directory = self.stderr.parent / "audit"
-        return [
-            json.loads(line)
-            for path in sorted(directory.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()
-        ]
+        return audit_records(self.stderr.parent / "audit")
 
 
 @asynccontextmanager

@@ -41,6 +41,7 @@ from dialguard.numbers import normalise
 from dialguard.service import Service
 from dialguard.store import Store
 from tests.ari.fake_ari import FakeAri, FakeChannel
+from tests.journal import audit_records
 from tests.redis_server import RedisServer, free_port, running_redis
 from tests.waiting import wait_until
 
@@ -67,12 +68,7 @@ class Harness:
     store: Store
 
     def records(self) -> list[Record]:
-        directory = self.service.config.audit_dir
-        return [
-            json.loads(line)
-            for path in sorted(directory.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()
-        ]
+        return audit_records(self.service.config.audit_dir)
 
     def record(self, record_id: str) -> Record:
         (found,) = [r for r in self.records() if r["id"] == record_id]
