@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from tests.redis_server import RedisServer, running_redis
@@ -15,8 +16,16 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    await client.flushall()
+def clean_redis(redis_server: RedisServer) -> RedisServer:
+    """The session's Redis, emptied: what an earlier test left there must not answer for
+    this one. Sync, so that sync tests (the CLI, the classic AGI script) can have it too."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server
+
+
+@pytest.fixture
+async def redis_client(clean_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(clean_redis.url)
     yield client
     await client.aclose()

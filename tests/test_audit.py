@@ -7,25 +7,24 @@ import asyncio
 import hashlib
 import itertools
 import json
-import os
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
 from dialguard.audit import AuditUnavailable, Journal
 from dialguard.audit.files import GENESIS, HEAD_NAME, INDEX_ENTRY, START_NAME
 from dialguard.audit.reader import verify
-from dialguard.cli import main
+from tests.cli_runner import run_dialguard
+from tests.journal import audit_records
 
 DAY1 = int(datetime(2026, 11, 30, 8, 0, tzinfo=UTC).timestamp() * 1000)  # 09:00 Paris
 DAY2 = DAY1 + 86_400_000
@@ -59,13 +58,6 @@ def write(directory: Path, records: list[dict[str, Any]]) -> None:
     asyncio.run(go())
 
 
-def read(directory: Path) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(directory.glob("audit-*.jsonl")):
-        out += [json.loads(line) for line in path.read_bytes().splitlines()]
-    return out
-
-
 def assert_index_matches(directory: Path) -> None:
     """Each day's index holds one entry per record, in order: the number and the offset."""
     for path in directory.glob("audit-*.jsonl"):
@@ -79,17 +71,9 @@ def assert_index_matches(directory: Path) -> None:
         assert entries == expected, path
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    argv = ["dialguard", *map(str, args)]
-    with (
-        mock.patch.object(sys, "argv", argv),
-        mock.patch.dict(os.environ, {"COLUMNS": "200"}),
-        pytest.raises(SystemExit) as exit_,
-    ):
-        main()
-    captured = capsys.readouterr()
-    code = exit_.value.code
-    return (code if isinstance(code, int) else 0), captured.out, captured.err
+def run(*args: str | Path, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+    result = run_dialguard(args, {"COLUMNS": "200", **(env or {})})
+    return result.code, result.out, result.err
 
 
 @pytest.fixture
@@ -122,7 +106,7 @@ def journal_dir(tmp_path: Path) -> Path:
 
 
 def test_records_are_chained_across_day_files_and_private(journal_dir: Path) -> None:
-    records = read(journal_dir)
+    records = audit_records(journal_dir)
     assert len(records) == 15
     assert records[0]["prev"] == GENESIS.decode()
     for before, after in itertools.pairwise(records):
@@ -175,7 +159,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
 
     asyncio.run(in_this_process())
     assert [p.wait(timeout=60) for p in processes] == [0, 0, 0, 0]
-    ids = [r["id"] for r in read(tmp_path)]
+    ids = [r["id"] for r in audit_records(tmp_path)]
     expected = {f"{tag}-{i}" for tag in ("p0", "p1", "p2", "p3", "t") for i in range(400)}
     assert len(ids) == len(expected) and set(ids) == expected
     assert verify(tmp_path).intact  # one chain across all writers
@@ -213,13 +197,13 @@ def test_sigkill_mid_load_keeps_every_answered_record(tmp_path: Path) -> None:
     answered += child.stdout.read().decode().split()
     child.wait()
     assert len(answered) >= 3000
-    journal_ids = [r["id"] for r in read(tmp_path)]
+    journal_ids = [r["id"] for r in audit_records(tmp_path)]
     assert len(journal_ids) == len(set(journal_ids))
     assert set(answered) <= set(journal_ids)
     # The next writer carries the chain on from whatever the killed one left.
     write(tmp_path, [record(1, DAY1 + 5, id="after")])
     assert verify(tmp_path).intact
-    assert read(tmp_path)[-1]["id"] == "after"
+    assert audit_records(tmp_path)[-1]["id"] == "after"
     assert_index_matches(tmp_path)
 
 
@@ -292,14 +276,13 @@ def _remove_first_file(journal_dir: Path) -> None:
 )
 def test_verify_names_the_first_record_that_breaks_the_chain(
     journal_dir: Path,
-    capsys: pytest.CaptureFixture[str],
     tamper: Callable[[Path], None],
     where: str,
     why: str,
 ) -> None:
-    assert run(capsys, "audit", "verify", "--dir", journal_dir)[0] == 0
+    assert run("audit", "verify", "--dir", journal_dir)[0] == 0
     tamper(journal_dir)
-    code, out, _ = run(capsys, "audit", "verify", "--dir", journal_dir)
+    code, out, _ = run("audit", "verify", "--dir", journal_dir)
     assert code == 3
     assert out.startswith("NOT INTACT after ")
     assert where in out and why in out
@@ -314,16 +297,14 @@ def test_a_tampered_journal_stops_the_writer(journal_dir: Path) -> None:
 # --- torn records -----------------------------------------------------------------------
 
 
-def test_a_torn_last_record_is_reported_then_moved_aside(
-    journal_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_torn_last_record_is_reported_then_moved_aside(journal_dir: Path) -> None:
     path = journal_dir / "audit-2026-12-01.jsonl"
     size = path.stat().st_size
     with path.open("ab") as handle:  # a crash in the middle of a write
         handle.write(b'{"id":"half","ts":17')
-    code, out, _ = run(capsys, "audit", "verify", "--dir", journal_dir)
+    code, out, _ = run("audit", "verify", "--dir", journal_dir)
     assert code == 3 and f"torn last record at byte {size}" in out
-    code, out, err = run(capsys, "audit", "search", "--dir", journal_dir, "--json")
+    code, out, err = run("audit", "search", "--dir", journal_dir, "--json")
     assert code == 0 and len(out.splitlines()) == 15  # every whole record, none mis-parsed
     assert f"warning: {path}: torn last record at byte {size}" in err
     # The next writer moves it aside (never silently dropped) and chains on.
@@ -331,7 +312,7 @@ def test_a_torn_last_record_is_reported_then_moved_aside(
     assert (journal_dir / "audit-2026-12-01.jsonl.torn").read_bytes() == (
         b'%d {"id":"half","ts":17\n' % size
     )
-    code, out, err = run(capsys, "audit", "verify", "--dir", journal_dir)
+    code, out, err = run("audit", "verify", "--dir", journal_dir)
     assert code == 0 and out.startswith("intact: 16 records in 2 files")
     assert "torn records moved aside" in err
 
@@ -340,48 +321,38 @@ def test_a_torn_last_record_is_reported_then_moved_aside(
 
 
 @pytest.mark.parametrize("spelling", ["06 12 34 56 78", "+33 6 12 34 56 78", "0033612345678"])
-def test_search_by_number_in_any_spelling(
-    journal_dir: Path, capsys: pytest.CaptureFixture[str], spelling: str
-) -> None:
-    code, out, _ = run(
-        capsys, "audit", "search", "--dir", journal_dir, "--number", spelling, "--json"
-    )
+def test_search_by_number_in_any_spelling(journal_dir: Path, spelling: str) -> None:
+    code, out, _ = run("audit", "search", "--dir", journal_dir, "--number", spelling, "--json")
     assert code == 0
     found = [json.loads(line) for line in out.splitlines()]
     assert len(found) == 8 and {r["number"] for r in found} == {"+33612345678"}
 
 
-def test_search_finds_records_the_index_lacks(
-    journal_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_search_finds_records_the_index_lacks(journal_dir: Path) -> None:
     index = journal_dir / "audit-2026-12-01.idx"
     index.write_bytes(index.read_bytes()[:-40])  # a crash before the entries were written
     (journal_dir / "audit-2026-11-30.idx").unlink()
-    code, out, _ = run(
-        capsys, "audit", "search", "--dir", journal_dir, "--number", "0612345678", "--json"
-    )
+    code, out, _ = run("audit", "search", "--dir", journal_dir, "--number", "0612345678", "--json")
     assert code == 0 and len(out.splitlines()) == 8
 
 
-def test_search_filters_combine(journal_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_filters_combine(journal_dir: Path) -> None:
     base: list[str | Path] = ["audit", "search", "--dir", journal_dir, "--json"]
-    denied = run(capsys, *base, "--result", "DENY", "--campaign", "demo-press")[1].splitlines()
+    denied = run(*base, "--result", "DENY", "--campaign", "demo-press")[1].splitlines()
     assert len(denied) == 3
-    assert run(capsys, *base, "--principal", "PRESSCO", "--reason", "CONSENT")[1] == ""
+    assert run(*base, "--principal", "PRESSCO", "--reason", "CONSENT")[1] == ""
     # Dates are days in Paris: 2026-12-01 runs from 23:00 UTC on the 30th.
-    code, out, _ = run(capsys, *base, "--since", "2026-12-01", "--until", "2026-12-01")
+    code, out, _ = run(*base, "--since", "2026-12-01", "--until", "2026-12-01")
     assert code == 0 and len(out.splitlines()) == 5
     one = json.loads(denied[1])
-    found = run(capsys, *base, "--id", one["id"])[1].splitlines()
+    found = run(*base, "--id", one["id"])[1].splitlines()
     assert [json.loads(line)["hash"] for line in found] == [one["hash"]]
-    code, out, _ = run(capsys, "audit", "search", "--dir", journal_dir, "--number", "0612345678")
+    code, out, _ = run("audit", "search", "--dir", journal_dir, "--number", "0612345678")
     assert code == 0 and "8 records" in out and "OPTOUT_LISTED" in out
 
 
-def test_stats_over_a_range(journal_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(
-        capsys, "audit", "stats", "--dir", journal_dir, "--until", "2026-11-30", "--json"
-    )
+def test_stats_over_a_range(journal_dir: Path) -> None:
+    code, out, _ = run("audit", "stats", "--dir", journal_dir, "--until", "2026-11-30", "--json")
     assert code == 0
     summary = json.loads(out)
     assert (summary["decisions"], summary["allowed"], summary["denied"]) == (10, 7, 3)
@@ -397,16 +368,14 @@ def test_stats_over_a_range(journal_dir: Path, capsys: pytest.CaptureFixture[str
     }
     nine = next(h for h in summary["by_hour"] if h["hour"] == 9)  # 08:00 UTC in Paris
     assert (nine["decisions"], nine["denied"]) == (4, 3)
-    code, out, _ = run(capsys, "audit", "stats", "--dir", journal_dir)
+    code, out, _ = run("audit", "stats", "--dir", journal_dir)
     assert code == 0 and "15 decisions" in out and "deny rate 20.0%" in out
 
 
-def test_export_with_manifest_and_masked_numbers(
-    journal_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    records = read(journal_dir)
+def test_export_with_manifest_and_masked_numbers(journal_dir: Path, tmp_path: Path) -> None:
+    records = audit_records(journal_dir)
     out = tmp_path / "inspection.jsonl"
-    code, _, _ = run(capsys, "audit", "export", "--dir", journal_dir, "--out", out)
+    code, _, _ = run("audit", "export", "--dir", journal_dir, "--out", out)
     assert code == 0
     assert out.read_bytes() == b"".join(
         p.read_bytes() for p in sorted(journal_dir.glob("*.jsonl"))
@@ -423,10 +392,10 @@ def test_export_with_manifest_and_masked_numbers(
     masked = tmp_path / "masked.csv"
     args: list[str | Path] = ["audit", "export", "--dir", journal_dir, "--out", masked]
     args += ["--format", "csv", "--mask"]
-    code, _, err = run(capsys, *args)
+    code, _, err = run(*args)
     assert code == 1 and "DIALGUARD_AUDIT_MASK_KEY" in err and len(err.splitlines()) == 1
-    with mock.patch.dict(os.environ, {"DIALGUARD_AUDIT_MASK_KEY": "k" * 32}):
-        assert run(capsys, *args, "--since", "2026-11-30", "--until", "2026-11-30")[0] == 0
+    key = {"DIALGUARD_AUDIT_MASK_KEY": "k" * 32}
+    assert run(*args, "--since", "2026-11-30", "--until", "2026-11-30", env=key)[0] == 0
     text = masked.read_text()
     assert "+336" not in text and "06123456" not in text
     assert text.count("\n") == 11  # header and ten records
@@ -439,7 +408,7 @@ def test_tail_follows_new_records(journal_dir: Path) -> None:
     assert tail.stdout is not None
     try:
         last_two = [json.loads(tail.stdout.readline()) for _ in range(2)]
-        assert [r["id"] for r in last_two] == [r["id"] for r in read(journal_dir)[-2:]]
+        assert [r["id"] for r in last_two] == [r["id"] for r in audit_records(journal_dir)[-2:]]
         write(journal_dir, [record(1, DAY2 + 60_000, id="live")])
         assert json.loads(tail.stdout.readline())["id"] == "live"
     finally:
@@ -459,26 +428,23 @@ def test_tail_follows_new_records(journal_dir: Path) -> None:
 )
 def test_bad_input_is_one_line_and_exit_1(
     journal_dir: Path,
-    capsys: pytest.CaptureFixture[str],
     args: list[str],
     code: int,
     message: str,
 ) -> None:
-    got, out, err = run(capsys, "audit", *args, "--dir", journal_dir)
+    got, out, err = run("audit", *args, "--dir", journal_dir)
     assert got == code and message in err and len(err.splitlines()) == 1 and out == ""
 
 
-def test_unreadable_journal_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "audit", "verify", "--dir", tmp_path / "nowhere")
+def test_unreadable_journal_is_exit_2(tmp_path: Path) -> None:
+    code, _, err = run("audit", "verify", "--dir", tmp_path / "nowhere")
     assert code == 2 and "no such audit directory" in err and len(err.splitlines()) == 1
 
 
-def test_prune_keeps_the_rest_of_the_chain_checkable(
-    journal_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_prune_keeps_the_rest_of_the_chain_checkable(journal_dir: Path) -> None:
     from dialguard.audit.reader import prune
 
-    last_of_first = read(journal_dir)[9]["hash"]
+    last_of_first = audit_records(journal_dir)[9]["hash"]
     removed = prune(journal_dir, 1, datetime(2026, 12, 5).date(), dry_run=False)
     assert [p.name for p in removed] == ["audit-2026-11-30.jsonl"]
     assert not (journal_dir / "audit-2026-11-30.idx").exists()

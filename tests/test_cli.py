@@ -1,8 +1,11 @@
-"""The `dialguard` command as an operator runs it: a real subprocess against a real Redis.
+"""The `dialguard` command as an operator runs it, against a real Redis.
 
 Contract (DESIGN.md): exit 0 on success (a DENY is a successful answer), 1 on a usage or
 input error with a one-line message, 2 when a dependency (Redis, journal) is unavailable.
-Independent invocations run concurrently (`Cli.many`) to keep the suite fast.
+Most invocations run in this process through the console script's `main()`
+(tests/cli_runner.py): a Python start-up per invocation made this file most of the suite's
+time. What only a process shows (the installed script, its exit status, nothing printed
+at interpreter exit, `serve`) runs the real script (`Cli.processes`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -23,6 +26,8 @@ from typing import Any
 import pytest
 import redis
 
+from tests.cli_runner import run_dialguard
+from tests.journal import audit_records
 from tests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,14 +139,13 @@ class Cli:
         self.config = tmp / "cfg" / "dialguard.toml"
         self.config.parent.mkdir()
         self.config.write_text(toml_dumps(make_config(self.audit_dir)), encoding="utf-8")
+        self.overrides = {
+            "DIALGUARD_CONFIG": str(self.config),
+            "DIALGUARD_REDIS_URL": redis_url,
+            "COLUMNS": "200",  # rich: no wrapping of the human output
+        }
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
-        env.update(
-            DIALGUARD_CONFIG=str(self.config),
-            DIALGUARD_REDIS_URL=redis_url,
-            COLUMNS="200",  # rich: no wrapping of the human output
-            PYTHONUTF8="1",
-        )
-        self.env = env
+        self.process_env = {**env, **self.overrides, "PYTHONUTF8": "1"}
 
     def file(self, name: str, content: str | bytes) -> Path:
         path = self.tmp / name
@@ -157,7 +161,7 @@ class Cli:
             [str(DIALGUARD), *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**self.env, **(env or {})},
+            env={**self.process_env, **(env or {})},
             encoding="utf-8",
         )
         return Pending(argv, proc)
@@ -175,31 +179,32 @@ class Cli:
             runs.append(Run(p.args, p.proc.returncode, out, err))
         return runs
 
+    def processes(
+        self, *calls: Sequence[str | Path], env: Mapping[str, str] | None = None
+    ) -> list[Run]:
+        """The installed script, one process per invocation, run concurrently; results in
+        the order given."""
+        return self.finish([self.spawn(args, env) for args in calls])
+
     def __call__(self, *args: str | Path, env: Mapping[str, str] | None = None) -> Run:
-        return self.finish([self.spawn(args, env)])[0]
+        argv = tuple(map(str, args))
+        result = run_dialguard(argv, {**self.overrides, **(env or {})})
+        return Run(argv, result.code, result.out, result.err)
 
     def many(self, *calls: Sequence[str | Path], env: Mapping[str, str] | None = None) -> list[Run]:
-        """Run independent invocations concurrently; results in the order given."""
-        return self.finish([self.spawn(args, env) for args in calls])
+        """Independent invocations, one after the other; results in the order given."""
+        return [self(*args, env=env) for args in calls]
 
     def check(self, number: str, *extra: str, campaign: str = PROSPECT, at: str = AT) -> list[str]:
         return ["check", number, "--campaign", campaign, "--at", at, "--json", *extra]
 
     def audit_records(self) -> list[dict[str, Any]]:
-        if not self.audit_dir.exists():
-            return []
-        records = []
-        for path in sorted(self.audit_dir.glob("audit-*.jsonl")):
-            records += [json.loads(line) for line in path.read_text("utf-8").splitlines()]
-        return records
+        return audit_records(self.audit_dir)
 
 
 @pytest.fixture
-def cli(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cli]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
-    yield Cli(tmp_path, redis_server.url)
+def cli(tmp_path: Path, clean_redis: RedisServer) -> Cli:
+    return Cli(tmp_path, clean_redis.url)
 
 
 def ok(run: Run) -> Run:
@@ -968,14 +973,10 @@ def test_bad_configuration_is_one_line_naming_file_and_key(cli: Cli) -> None:
         "typo.toml", toml_dumps(make_config(cli.audit_dir, t_energy={"sector": "enrgy"}))
     )
     missing = cli.tmp / "nowhere.toml"
-    invalid_run, typo_run, missing_env, missing_option = cli.finish(
-        [
-            cli.spawn(cli.check("0612345678"), env={"DIALGUARD_CONFIG": str(invalid)}),
-            cli.spawn(["dnc", "add", "0612345678"], env={"DIALGUARD_CONFIG": str(typo)}),
-            cli.spawn(cli.check("0612345678"), env={"DIALGUARD_CONFIG": str(missing)}),
-            cli.spawn(["import", "dnc", SAMPLES / "dnc.csv", "--config", str(missing)]),
-        ]
-    )
+    invalid_run = cli(*cli.check("0612345678"), env={"DIALGUARD_CONFIG": str(invalid)})
+    typo_run = cli("dnc", "add", "0612345678", env={"DIALGUARD_CONFIG": str(typo)})
+    missing_env = cli(*cli.check("0612345678"), env={"DIALGUARD_CONFIG": str(missing)})
+    missing_option = cli("import", "dnc", SAMPLES / "dnc.csv", "--config", str(missing))
     one_line_error(invalid_run, 1, str(invalid), "invalid TOML")
     message = one_line_error(typo_run, 1, f"{typo}: campaigns.t-energy.sector: 'enrgy'")
     assert message.endswith("is not one of general, energy_renovation, home_adaptation, cpf")
@@ -1039,6 +1040,34 @@ def test_journal_unavailable_is_exit_2(cli: Cli) -> None:
     )
     one_line_error(record, 2, "cannot write the audit record")
     one_line_error(outcome, 2, "cannot write the audit record")
+
+
+# --- the installed script, as a process ------------------------------------------------
+
+
+def test_the_installed_script_keeps_the_contract_as_a_process(cli: Cli) -> None:
+    """What only a process shows: the console script's wiring, the exit status the shell
+    sees, and nothing more on stderr at interpreter exit (the journal's writer thread,
+    Redis connections, an event loop torn down)."""
+    missing = cli.tmp / "nowhere.toml"
+    outcome, recorded, usage, no_config, redis_down = cli.finish(
+        [
+            cli.spawn(["outcome", "0612345678", "do-not-call", "--campaign", PROSPECT]),
+            cli.spawn(cli.check("0699999999", "--record")),
+            cli.spawn(["check", "0612345678"]),
+            cli.spawn(cli.check("0612345678"), env={"DIALGUARD_CONFIG": str(missing)}),
+            cli.spawn(cli.check("0612345678", "--record"), env={"DIALGUARD_REDIS_URL": REDIS_DOWN}),
+        ]
+    )
+    assert ok(outcome).out.startswith("do-not-call recorded for +33612345678 (ACME), audit id ")
+    assert decision(recorded) == ("DENY", "NO_CONSENT")
+    one_line_error(usage, 1, "--campaign")
+    one_line_error(no_config, 1, str(missing), "file not found")
+    one_line_error(redis_down, 2, "Redis unavailable", "failing closed")
+    assert usage.out == no_config.out == ""
+    assert redis_down.json()["reason"] == "STORE_UNAVAILABLE"
+    ids = {r["id"] for r in cli.audit_records()}
+    assert {recorded.json()["id"], redis_down.json()["id"]} <= ids and len(ids) == 3
 
 
 # --- contract gaps found while writing these tests --------------------------------------
@@ -1123,7 +1152,8 @@ def test_serve_refuses_lists_left_in_the_old_layout(cli: Cli, redis_server: Redi
     # let every number on it through.
     client = redis.Redis.from_url(redis_server.url)
     client.hset("dialguard:dnc", "33612345678", "1700000000000|asked")
-    run = cli("serve")
+    # A process: were the refusal to regress, `serve` would start serving in pytest's own.
+    (run,) = cli.processes(["serve"])
     client.close()
     assert run.code == 2, run
     assert run.err.count("\n") == 1 and "dialguard:dnc" in run.err

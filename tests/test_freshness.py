@@ -17,6 +17,7 @@ from dialguard.import_files import OptoutRow
 from dialguard.store import Store
 from dialguard.store.loading import load
 from tests.redis_server import RedisServer
+from tests.waiting import wait_until
 
 TODAY = date(2026, 12, 1)
 
@@ -91,11 +92,10 @@ async def test_the_service_logs_checks_going_stale(
     try:
         with structlog.testing.capture_logs() as logs:
             task = asyncio.get_running_loop().create_task(serve.watch_freshness(store, config))
-            for _ in range(200):
-                if any(log["event"] == "registry_age" for log in logs):
-                    break
-                await asyncio.sleep(0.01)
-            task.cancel()
+            try:
+                await wait_until(lambda: any(log["event"] == "registry_age" for log in logs), 5)
+            finally:
+                task.cancel()
     finally:
         structlog.configure(**saved)
     events = {log["event"]: log for log in logs}

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -22,7 +20,9 @@ from dialguard.numbers import normalise
 from dialguard.service import OutcomeKind, Service
 from dialguard.store import Store
 from dialguard.store.loading import load
+from tests.journal import audit_records
 from tests.redis_server import RedisServer, running_redis
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).parent.parent
 PARIS = ZoneInfo("Europe/Paris")
@@ -36,20 +36,11 @@ def make_config(url: str, audit_dir: Path) -> Config:
 
 
 @pytest.fixture
-async def service(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
-) -> AsyncIterator[Service]:
-    config = make_config(redis_server.url, tmp_path / "audit")
+async def service(clean_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Service]:
+    config = make_config(clean_redis.url, tmp_path / "audit")
     store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
     yield Service(config, store, Journal(config.audit_dir))
     await store.close()
-
-
-def audit_lines(service: Service) -> list[dict[str, Any]]:
-    lines: list[dict[str, Any]] = []
-    for path in sorted(service.config.audit_dir.glob("*.jsonl")):
-        lines += [json.loads(line) for line in path.read_text().splitlines()]
-    return lines
 
 
 async def test_fifty_concurrent_calls_to_one_number_exactly_four_pass(service: Service) -> None:
@@ -61,7 +52,7 @@ async def test_fifty_concurrent_calls_to_one_number_exactly_four_pass(service: S
     assert len(allowed) == 4
     assert {v.decision.reason for v in verdicts if not v.decision.allowed} == {Reason.FREQUENCY_CAP}
     assert len({v.id for v in verdicts}) == 50
-    records = audit_lines(service)
+    records = audit_records(service.config.audit_dir)
     assert sorted(r["id"] for r in records) == sorted(v.id for v in verdicts)
     assert sum(r["result"] == "ALLOW" for r in records) == 4
     # The next call, even a day later, meets the cap through the facts read alone.
@@ -91,7 +82,7 @@ async def test_check_without_record_has_no_side_effect(service: Service) -> None
     for _ in range(6):
         verdict = await service.decide(request, now=MONDAY)
         assert verdict.decision.allowed
-    assert audit_lines(service) == []
+    assert audit_records(service.config.audit_dir) == []
 
 
 async def test_every_fact_round_trips_through_redis(service: Service) -> None:
@@ -140,7 +131,7 @@ async def test_refusal_blocks_and_withdraws_and_a_crm_reload_cannot_undo_it(
     # ... even after the nightly CRM export replaces the consents with the same old row.
     await load(store.lists, "consent", [row], "replace")
     assert (await service.decide(request, now=after)).decision.reason is Reason.CONSENT_WITHDRAWN
-    assert [r["outcome"] for r in audit_lines(service)] == ["refused"]
+    assert [r["outcome"] for r in audit_records(service.config.audit_dir)] == ["refused"]
 
 
 async def test_do_not_call_outcome_takes_effect_for_the_next_call(service: Service) -> None:
@@ -229,7 +220,7 @@ async def test_redis_down_fails_closed_or_open_as_configured(tmp_path: Path) -> 
         Result.ALLOW,
         Reason.STORE_UNAVAILABLE,
     )
-    records = audit_lines(service)
+    records = audit_records(service.config.audit_dir)
     assert [r["degraded"] != "" for r in records] == [True, True]
     assert [r["result"] for r in records] == ["DENY", "ALLOW"]
     await store.close()
@@ -253,7 +244,7 @@ async def test_a_frozen_redis_meets_the_deadline(tmp_path: Path) -> None:
         assert verdict.decision.reason is Reason.DEADLINE
         assert not verdict.decision.allowed
         assert elapsed < 1.0
-        assert audit_lines(service)[-1]["reason"] == "DEADLINE"
+        assert audit_records(service.config.audit_dir)[-1]["reason"] == "DEADLINE"
         await store.close()
 
 
@@ -262,7 +253,7 @@ async def test_audit_record_carries_the_design_fields(service: Service) -> None:
         "0612345678", "demo-press", channel="PJSIP/trunk-1", uniqueid="17.1", callerid="0147"
     )
     verdict = await service.decide(request, now=MONDAY, record=True)
-    (record,) = audit_lines(service)
+    (record,) = audit_records(service.config.audit_dir)
     expected = {
         "id", "ts", "node", "result", "reason", "rules", "number_raw", "number", "campaign",
         "principal", "purpose", "sector", "local_time", "attempts_30d", "evidence", "policy",
@@ -368,12 +359,11 @@ async def test_a_slot_reserved_after_the_deadline_is_given_back(tmp_path: Path) 
         assert verdict.decision.reason is Reason.DEADLINE
         client = aioredis.Redis.from_url(server.url)
         key = f"dialguard:att:ACME:{NUMBER.key}"
-        for _ in range(100):  # the cancellation retries until Redis answers again
-            await asyncio.sleep(0.05)
-            if not store.pending_cancels:
-                break
-        assert not store.pending_cancels
-        await asyncio.sleep(0.2)  # whichever landed last, the read or the cancellation
+        # The cancellation retries until Redis answers again.
+        await wait_until(lambda: not store.pending_cancels, 5)
+        # A pause, not a wait: the stalled read may still be in Redis's socket buffer, and
+        # nothing observable changes when it runs after the tombstone (it reserves nothing).
+        await asyncio.sleep(0.2)
         assert await client.zscore("dialguard:cancelled", verdict.id) is not None
         assert await client.zcard(key) == 0
         await client.aclose()

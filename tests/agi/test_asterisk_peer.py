@@ -23,6 +23,7 @@ from dialguard.agi.protocol import (
     verbose,
 )
 from tests.agi.asterisk_peer import AGI_BUF_LEN, agi_env, encode_block, run_session
+from tests.waiting import wait_until
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ASTERISK_KEYS = [
@@ -195,6 +196,8 @@ async def _raw_session(payload: bytes) -> list[str]:
         await reader.readuntil(b"\n\n")
         writer.write(payload)
         await writer.drain()
+        # The payload, then a pause before the close: the peer must judge what it read,
+        # not a connection that ended while it was still reading.
         await asyncio.sleep(0.05)
         writer.close()
 
@@ -238,10 +241,7 @@ async def test_peer_disconnect_after_block() -> None:
     server = ScriptedServer()
     async with serving(server) as port:
         result = await run_session("127.0.0.1", port, disconnect_after_block=True)
-        for _ in range(100):
-            if server.events and isinstance(server.events[-1], Closed):
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: bool(server.events) and isinstance(server.events[-1], Closed))
     assert isinstance(server.events[0], AgiRequest)
     assert server.events[-1] == Closed()
     assert result.commands == []

@@ -10,21 +10,19 @@ campaign, a non-commercial campaign, Redis down) except one, which pins the time
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
 
 from tests.agi.asterisk_peer import agi_env, encode_block, parse_args
+from tests.journal import audit_records
 from tests.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).parent.parent.parent
@@ -165,24 +163,9 @@ def script_env(config: Path, redis_url: str) -> dict[str, str]:
     return env
 
 
-def audit_records(directory: Path) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for path in sorted((directory / "audit").glob("*.jsonl")):
-        records += [json.loads(line) for line in path.read_text().splitlines()]
-    return records
-
-
 @pytest.fixture
-def clean_redis(redis_server: RedisServer) -> Iterator[str]:
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    client.close()
-    yield redis_server.url
-
-
-@pytest.fixture
-def env(tmp_path: Path, clean_redis: str) -> dict[str, str]:
-    return script_env(write_config(tmp_path), clean_redis)
+def env(tmp_path: Path, clean_redis: RedisServer) -> dict[str, str]:
+    return script_env(write_config(tmp_path), clean_redis.url)
 
 
 def check(env: Mapping[str, str], number: str, campaign: str) -> Run:
@@ -214,7 +197,7 @@ def test_emergency_number_is_allowed(env: dict[str, str], tmp_path: Path) -> Non
     assert run.variables["DIALGUARD_RESULT"] == "ALLOW"
     assert run.variables["DIALGUARD_REASON"] == "EMERGENCY"
     assert run.variables["DIALGUARD_NUMBER"] == "112"
-    (record,) = audit_records(tmp_path)
+    (record,) = audit_records(tmp_path / "audit")
     assert record["id"] == run.variables["DIALGUARD_ID"]
     assert record["adapter"] == "classic-agi"
     assert record["uniqueid"].endswith(".7")
@@ -253,13 +236,13 @@ def test_press_call_at_a_pinned_time_is_allowed_and_counted(
     assert_check_answered(run)
     assert run.variables["DIALGUARD_RESULT"] == "ALLOW"
     assert run.variables["DIALGUARD_REASON"] == "PRESS"
-    (record,) = audit_records(tmp_path)
+    (record,) = audit_records(tmp_path / "audit")
     assert record["attempts_30d"] == 1
     assert record["local_time"].startswith("2026-11-30T11:00")
 
 
-def test_campaign_from_accountcode(tmp_path: Path, clean_redis: str) -> None:
-    env = script_env(write_config(tmp_path, campaign_from_accountcode=True), clean_redis)
+def test_campaign_from_accountcode(tmp_path: Path, clean_redis: RedisServer) -> None:
+    env = script_env(write_config(tmp_path, campaign_from_accountcode=True), clean_redis.url)
     block = classic_block(["0612345678"], agi_accountcode="demo-survey")
     run = fake_asterisk([str(SCRIPT)], env, block)
     assert_check_answered(run)
@@ -272,7 +255,7 @@ def test_redis_down_fails_closed_with_an_answer(tmp_path: Path) -> None:
     assert_check_answered(run)
     assert run.variables["DIALGUARD_RESULT"] == "DENY"
     assert run.variables["DIALGUARD_REASON"] == "STORE_UNAVAILABLE"
-    (record,) = audit_records(tmp_path)
+    (record,) = audit_records(tmp_path / "audit")
     assert record["degraded"]
 
 
@@ -359,8 +342,8 @@ def test_no_audit_record_no_answer(env: dict[str, str], tmp_path: Path) -> None:
     assert "cannot write the audit record" in run.stderr
 
 
-def test_bad_configuration(tmp_path: Path, clean_redis: str) -> None:
-    env = script_env(tmp_path / "missing.toml", clean_redis)
+def test_bad_configuration(tmp_path: Path, clean_redis: RedisServer) -> None:
+    env = script_env(tmp_path / "missing.toml", clean_redis.url)
     run = check(env, "112", "demo-prospecting")
     assert run.returncode == 1
     assert run.stdout == b""
@@ -382,8 +365,8 @@ def test_a_python_without_dialguard_is_one_line(env: dict[str, str]) -> None:
     assert "is the shebang the virtualenv's python?" in run.stderr
 
 
-def test_a_silent_asterisk_cannot_hold_the_script(tmp_path: Path, clean_redis: str) -> None:
-    env = script_env(write_config(tmp_path, session_timeout_ms=300), clean_redis)
+def test_a_silent_asterisk_cannot_hold_the_script(tmp_path: Path, clean_redis: RedisServer) -> None:
+    env = script_env(write_config(tmp_path, session_timeout_ms=300), clean_redis.url)
     half_block = classic_block(["112", "demo-prospecting"])[:3]  # then nothing, pipe open
     run = fake_asterisk([str(SCRIPT)], env, half_block)
     assert run.returncode == 3

@@ -42,6 +42,7 @@ from dialguard.service import Service
 from dialguard.store import Store
 from dialguard.store.loading import load
 from tests.agi.asterisk_peer import SessionResult, parse_args, run_session
+from tests.journal import audit_records
 from tests.redis_server import RedisServer, free_port, running_redis
 from tests.waiting import wait_until
 
@@ -83,12 +84,7 @@ class Agi:
         return result
 
     def records(self) -> list[Record]:
-        directory = self.service.config.audit_dir
-        return [
-            json.loads(line)
-            for path in sorted(directory.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()
-        ]
+        return audit_records(self.service.config.audit_dir)
 
     def record(self, record_id: str) -> Record:
         (found,) = [r for r in self.records() if r["id"] == record_id]
@@ -152,10 +148,8 @@ async def agi_server(
 
 
 @pytest.fixture
-async def agi(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
-) -> AsyncIterator[Agi]:
-    async with agi_server(redis_server.url, tmp_path / "audit") as harness:
+async def agi(clean_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Agi]:
+    async with agi_server(clean_redis.url, tmp_path / "audit") as harness:
         yield harness
 
 
@@ -324,8 +318,7 @@ async def consent_withdrawn(store: Store) -> None:
     ids=lambda value: value.__name__ if callable(value) else None,
 )
 async def test_each_decision_reaches_the_dialplan_with_its_audit_record(
-    redis_server: RedisServer,
-    redis_client: aioredis.Redis,
+    clean_redis: RedisServer,
     tmp_path: Path,
     setup: Setup,
     clock: datetime,
@@ -336,7 +329,7 @@ async def test_each_decision_reaches_the_dialplan_with_its_audit_record(
     e164: str,
 ) -> None:
     audit_dir = tmp_path / "audit"
-    async with agi_server(redis_server.url, audit_dir, clock=clock) as agi:
+    async with agi_server(clean_redis.url, audit_dir, clock=clock) as agi:
         await setup(agi.store)
         result = await agi.call(number, campaign)
         record = assert_decision(agi, result, expected, reason, e164)
@@ -362,10 +355,10 @@ async def test_the_fifth_session_to_one_number_meets_the_frequency_cap(agi: Agi)
 
 
 async def test_campaign_from_the_account_code_when_the_dialplan_passes_none(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
     async with agi_server(
-        redis_server.url, tmp_path / "audit", campaign_from_accountcode=True
+        clean_redis.url, tmp_path / "audit", campaign_from_accountcode=True
     ) as agi:
         result = await agi.call(NUMBER_RAW, env_overrides={"agi_accountcode": "demo-press"})
         assert_decision(agi, result, "ALLOW", "PRESS")
@@ -492,16 +485,14 @@ async def test_a_read_redis_runs_after_the_client_gave_up_counts_no_attempt(
             redis.pause()
             try:
                 stalled = await agi.call(NUMBER_RAW, "demo-press")
+                # Part of the scenario, not a wait: Redis stays frozen past the client's
+                # timeout once more, so the first cancellation times out and is retried.
                 await asyncio.sleep(0.3)
             finally:
                 redis.resume()
             assert_decision(agi, stalled, "DENY", "STORE_UNAVAILABLE")
-            await agi.drained()
             # Redis runs what waited in its socket buffers, then the cancellation lands.
-            for _ in range(100):
-                await asyncio.sleep(0.05)
-                if not agi.service.store.pending_cancels:
-                    break
+            await agi.drained()
             assert not agi.service.store.pending_cancels
             assert await agi.attempts(NUMBER_RAW) == 0, "a call never placed was counted"
 
@@ -531,12 +522,10 @@ async def test_redis_down_fails_closed_unless_the_campaign_fails_open(tmp_path: 
         await agi.settled()
 
 
-async def test_no_durable_audit_record_no_answer(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
-) -> None:
+async def test_no_durable_audit_record_no_answer(clean_redis: RedisServer, tmp_path: Path) -> None:
     blocker = tmp_path / "journal"
     blocker.write_text("")  # a file where the journal's directory should go
-    async with agi_server(redis_server.url, blocker / "audit") as agi:
+    async with agi_server(clean_redis.url, blocker / "audit") as agi:
         for campaign in ("demo-press", "no-such-campaign"):
             assert_closed_silently(await agi.call(NUMBER_RAW, campaign))
         await agi.settled()
@@ -717,9 +706,9 @@ async def test_an_lf_in_an_argument_breaks_the_block_and_gets_no_answer(agi: Agi
 
 
 async def test_a_silent_client_is_cut_off_at_the_session_bound(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with agi_server(redis_server.url, tmp_path / "audit", session_timeout_ms=300) as agi:
+    async with agi_server(clean_redis.url, tmp_path / "audit", session_timeout_ms=300) as agi:
         reader, writer = await asyncio.open_connection(HOST, agi.port)
         try:
             started = time.monotonic()
@@ -792,6 +781,8 @@ async def test_stop_lets_sessions_in_flight_finish_and_accepts_no_more(tmp_path:
                 sessions = [asyncio.create_task(agi.call(raw, "demo-press")) for raw in raws]
                 await wait_until(lambda: len(agi.server._sessions) == 3)
                 stopping = asyncio.create_task(agi.server.stop(grace_s=10))
+                # A window in which stop() would wrongly return: nothing to wait for, as
+                # the sessions cannot finish while Redis is frozen.
                 await asyncio.sleep(0.2)
                 assert not stopping.done()
                 with pytest.raises(ConnectionRefusedError):
@@ -877,12 +868,7 @@ class Served:
         return self.process.wait(10)
 
     def records(self) -> list[Record]:
-        directory = self.stderr.parent / "audit"
-        return [
-            json.loads(line)
-            for path in sorted(directory.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()
-        ]
+        return audit_records(self.stderr.parent / "audit")
 
 
 @asynccontextmanager
@@ -919,6 +905,15 @@ async def dialguard_serve(tmp_path: Path, redis_url: str, workers: int) -> Async
         process.wait(5)
 
 
+def is_dead(pid: int) -> bool:
+    """Exited: reaped, or a zombie its parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 async def serve_sessions(served: Served, count: int) -> list[SessionResult]:
     raws = [f"07{i:08d}" for i in range(1, count + 1)]
     results: list[SessionResult] = await asyncio.gather(
@@ -934,9 +929,9 @@ async def serve_sessions(served: Served, count: int) -> list[SessionResult]:
 
 
 async def test_dialguard_serve_with_two_workers_answers_and_stops_on_sigterm(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with dialguard_serve(tmp_path, redis_server.url, workers=2) as served:
+    async with dialguard_serve(tmp_path, clean_redis.url, workers=2) as served:
         results = await serve_sessions(served, 20)
         started = time.monotonic()
         code = await asyncio.to_thread(served.stop)
@@ -990,19 +985,21 @@ def test_each_log_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_dialguard_serve_reports_a_worker_killed_by_a_signal(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with dialguard_serve(tmp_path, redis_server.url, workers=2) as served:
-        os.kill(served.worker_pids()[0], signal.SIGKILL)
-        await asyncio.sleep(0.2)
+    async with dialguard_serve(tmp_path, clean_redis.url, workers=2) as served:
+        killed = served.worker_pids()[0]
+        os.kill(killed, signal.SIGKILL)
+        # Dead before the SIGTERM goes out: it must not get the chance to exit cleanly.
+        await wait_until(lambda: is_dead(killed), 5)
         code = await asyncio.to_thread(served.stop)
         assert code != 0, "a worker died from SIGKILL, yet `dialguard serve` exited 0"
 
 
 async def test_two_workers_never_draw_the_same_decision_id(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with dialguard_serve(tmp_path, redis_server.url, workers=2) as served:
+    async with dialguard_serve(tmp_path, clean_redis.url, workers=2) as served:
         results = await serve_sessions(served, 20)
         assert await asyncio.to_thread(served.stop) == 0
     ids = [r.variables["DIALGUARD_ID"] for r in results]

@@ -25,7 +25,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import redis.asyncio as aioredis
 
 from dialguard.ari.app import AriApp
 from dialguard.ari.client import (
@@ -42,6 +41,7 @@ from dialguard.numbers import normalise
 from dialguard.service import Service
 from dialguard.store import Store
 from tests.ari.fake_ari import FakeAri, FakeChannel
+from tests.journal import audit_records
 from tests.redis_server import RedisServer, free_port, running_redis
 from tests.waiting import wait_until
 
@@ -68,12 +68,7 @@ class Harness:
     store: Store
 
     def records(self) -> list[Record]:
-        directory = self.service.config.audit_dir
-        return [
-            json.loads(line)
-            for path in sorted(directory.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()
-        ]
+        return audit_records(self.service.config.audit_dir)
 
     def record(self, record_id: str) -> Record:
         (found,) = [r for r in self.records() if r["id"] == record_id]
@@ -128,10 +123,8 @@ async def ari_harness(
 
 
 @pytest.fixture
-async def ari(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
-) -> AsyncIterator[Harness]:
-    async with ari_harness(redis_server.url, tmp_path / "audit") as harness:
+async def ari(clean_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with ari_harness(clean_redis.url, tmp_path / "audit") as harness:
         yield harness
 
 
@@ -192,9 +185,9 @@ async def test_deny_sets_the_variables_then_hangs_up_with_cause_21(ari: Harness)
 
 
 async def test_deny_continues_to_the_dialplan_when_configured(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with ari_harness(redis_server.url, tmp_path / "audit", on_deny="continue") as ari:
+    async with ari_harness(clean_redis.url, tmp_path / "audit", on_deny="continue") as ari:
         channel = await ari.call(NUMBER_RAW, "demo-prospecting")
         assert_decision(ari, channel, "DENY", "NO_CONSENT", hangup=False)
 
@@ -215,13 +208,11 @@ async def test_outcome_is_recorded_and_the_next_call_denied(ari: Harness) -> Non
     assert_decision(ari, after, "DENY", "INTERNAL_DNC", hangup=True)
 
 
-async def test_the_campaign_from_the_account_code(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
-) -> None:
+async def test_the_campaign_from_the_account_code(clean_redis: RedisServer, tmp_path: Path) -> None:
     def by_accountcode(config: Config) -> Config:
         return replace(config, server=replace(config.server, campaign_from_accountcode=True))
 
-    async with ari_harness(redis_server.url, tmp_path / "a", configure=by_accountcode) as ari:
+    async with ari_harness(clean_redis.url, tmp_path / "a", configure=by_accountcode) as ari:
         channel = await ari.call(NUMBER_RAW, "", args=(NUMBER_RAW,), accountcode="demo-press")
         assert_decision(ari, channel, "ALLOW", "PRESS", hangup=False)
 
@@ -331,9 +322,9 @@ async def test_client_errors_for_404_and_409_are_one_line(ari: Harness) -> None:
 
 
 async def test_websocket_dropped_mid_load_every_parked_channel_settled_once(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with ari_harness(redis_server.url, tmp_path / "audit") as ari:
+    async with ari_harness(clean_redis.url, tmp_path / "audit") as ari:
         fake = ari.fake
         fake.rest_delay_s = 0.01  # slow enough for decisions to be in flight at the drop
         numbers = [f"07{i:08d}" for i in range(1, 91)]
@@ -363,9 +354,9 @@ async def test_websocket_dropped_mid_load_every_parked_channel_settled_once(
 
 
 async def test_asterisk_unreachable_answers_are_delivered_after_it_returns(
-    redis_server: RedisServer, redis_client: aioredis.Redis, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    async with ari_harness(redis_server.url, tmp_path / "audit") as ari:
+    async with ari_harness(clean_redis.url, tmp_path / "audit") as ari:
         fake = ari.fake
         fake.rest_delay_s = 0.2
         ids = [await fake.start_call(f"07{i:08d}", "demo-survey") for i in range(1, 6)]
