@@ -1,23 +1,21 @@
 """A Redis URL holding a password: no message, on stdout or stderr, ever shows it.
 
-Through the real `dialguard` command (a subprocess), with the URL in DIALGUARD_REDIS_URL
-or in the configuration file: unreachable, malformed, and with the characters that make a
-URL parser take part of the password for the host or the port (an unencoded '/' or '#').
+Through the `dialguard` command's own main() (tests/cli_runner.py), with the URL in
+DIALGUARD_REDIS_URL or in the configuration file: unreachable, malformed, and with the
+characters that make a URL parser take part of the password for the host or the port (an
+unencoded '/' or '#').
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from dialguard.config import redact_url
+from tests.cli_runner import Result, run_dialguard
 
 ROOT = Path(__file__).resolve().parents[1]
-DIALGUARD = Path(sys.executable).parent / "dialguard"
 SECRET = "S3cr3tPw"
 # Unreachable: nothing listens on port 1.
 UNREACHABLE = f"redis://dialguard:{SECRET}@127.0.0.1:1/0"
@@ -46,23 +44,20 @@ def write_config(tmp_path: Path, url: str | None = None) -> Path:
     return path
 
 
-def dialguard(config: Path, *args: str, url: str | None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
-    env.update(DIALGUARD_CONFIG=str(config), COLUMNS="200")
+def dialguard(config: Path, *args: str, url: str | None) -> Result:
+    env = {"DIALGUARD_CONFIG": str(config), "COLUMNS": "200"}
     if url is not None:
         env["DIALGUARD_REDIS_URL"] = url
-    return subprocess.run(
-        [str(DIALGUARD), *args], env=env, capture_output=True, text=True, timeout=60
-    )
+    return run_dialguard(args, env)
 
 
-def assert_no_secret(run: subprocess.CompletedProcess[str], code: int) -> str:
-    assert "Traceback" not in run.stderr, run
-    assert run.returncode == code, run
-    (line,) = run.stderr.splitlines()
+def assert_no_secret(run: Result, code: int) -> str:
+    assert "Traceback" not in run.err, run
+    assert run.code == code, run
+    (line,) = run.err.splitlines()
     assert line.startswith("dialguard: "), run
     for part in (SECRET, SECRET[:4], SECRET[4:], "7391"):
-        assert part not in run.stdout + run.stderr, (part, run)
+        assert part not in run.out + run.err, (part, run)
     return line
 
 

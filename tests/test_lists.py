@@ -30,6 +30,9 @@ from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).parent.parent
 PARIS = ZoneInfo("Europe/Paris")
+# The keys are spelled out here as docs/data-model.md documents them, on purpose: this file
+# holds the layout that Redis instances in the field already hold (store/keys.py must not
+# drift from it), where the rest of the code asks store/keys.py.
 PREFIX = "dg:"
 # A Tuesday 10:30 in Paris, before 2026-08-11: the opt-out (Bloctel) regime applies.
 NOW = datetime(2026, 6, 2, 10, 30, tzinfo=PARIS)

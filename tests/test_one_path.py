@@ -20,8 +20,9 @@ from dialguard.model import CallRequest, FailMode, Reason, Result, Unavailable
 from dialguard.numbers import InvalidNumber, NotListable
 from dialguard.service import OutcomeKind, OutcomeStatus, Service
 from dialguard.store import Store
+from tests.journal import audit_records
 from tests.redis_server import RedisServer
-from tests.test_service import MONDAY, audit_lines, make_config
+from tests.test_service import MONDAY, make_config
 
 ROOT = Path(__file__).parent.parent
 
@@ -46,7 +47,7 @@ async def test_an_outcome_reads_the_number_as_the_campaign_dials_it(service: Ser
     assert result.status is OutcomeStatus.RECORDED
     assert result.number is not None and result.number.e164 == "+33612345678"
     assert (await service.decide(dialled, now=MONDAY)).decision.reason is Reason.INTERNAL_DNC
-    (record,) = audit_lines(service)
+    (record,) = audit_records(service.config.audit_dir)
     assert record["id"] == result.id and record["number"] == "+33612345678"
 
 
@@ -64,7 +65,7 @@ async def test_an_outcome_that_cannot_be_recorded_records_nothing(
 ) -> None:
     result = await service.record_outcome(CallRequest(number, campaign), kind, now=MONDAY)
     assert result.status is OutcomeStatus.INVALID and says in result.detail
-    assert result.id == "" and audit_lines(service) == []
+    assert result.id == "" and audit_records(service.config.audit_dir) == []
 
 
 async def test_no_list_holds_an_emergency_number(service: Service) -> None:

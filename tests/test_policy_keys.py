@@ -3,18 +3,15 @@ main configuration (`file: table.key: unknown key (known: ...)`), never ignored.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from dialguard.config import ConfigError, load_policy
+from tests.cli_runner import run_dialguard
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "config" / "policy" / "france.toml"
-DIALGUARD = Path(sys.executable).parent / "dialguard"
 
 
 def policy_with(tmp_path: Path, after: str, line: str) -> Path:
@@ -74,21 +71,13 @@ def test_the_command_says_it_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "dialguard.toml"
     text = (ROOT / "config" / "dialguard.toml").read_text(encoding="utf-8")
     config.write_text(text.replace('"policy/france.toml"', f'"{policy}"'), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
-    run = subprocess.run(
-        [str(DIALGUARD), "check", "0612345678", "--campaign", "demo-prospecting"],
+    run = run_dialguard(
+        ["check", "0612345678", "--campaign", "demo-prospecting"],
         # Port 1: should the policy load, nothing there answers (never the machine's Redis).
-        env={
-            **env,
-            "DIALGUARD_CONFIG": str(config),
-            "DIALGUARD_REDIS_URL": "redis://127.0.0.1:1/0",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
+        {"DIALGUARD_CONFIG": str(config), "DIALGUARD_REDIS_URL": "redis://127.0.0.1:1/0"},
     )
-    assert (run.returncode, run.stdout) == (1, "")
+    assert (run.code, run.out) == (1, "")
     assert (
-        run.stderr
+        run.err
         == f"dialguard: {policy}: refusal.enabeld: unknown key (known: block_days, enabled)\n"
     )

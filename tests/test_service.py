@@ -168,8 +168,8 @@ async def test_replace_swaps_the_whole_list_and_merge_keeps_it(
     assert keys
     assert all(k.startswith("dialguard:") for k in keys), keys
     assert not [k for k in keys if k.startswith(f"dialguard:dnc:{first.version}:")], keys
-    assert await redis_client.scard("dialguard:lists:building") == 0
-    assert not await redis_client.exists("dialguard:lists:lock:dnc")
+    assert await redis_client.scard(store.keys.building) == 0
+    assert not await redis_client.exists(store.keys.lock("dnc"))
 
 
 async def test_concurrent_readers_never_see_a_half_replaced_list(
@@ -328,7 +328,7 @@ async def test_an_undecodable_entry_fails_that_decision_closed(
 async def test_a_call_the_facts_deny_gives_its_reserved_slot_back(
     service: Service, redis_client: aioredis.Redis
 ) -> None:
-    attempts_key = f"dialguard:att:ACME:{NUMBER.key}"
+    attempts_key = service.store.keys.attempts("ACME", NUMBER.key)
     allowed = await service.decide(CallRequest("0612345678", "demo-press"), now=MONDAY, record=True)
     assert allowed.decision.allowed and allowed.decision.attempts_30d == 1
     await service.store.dnc_add(NUMBER, "asked", MONDAY)
@@ -342,7 +342,7 @@ async def test_a_call_the_facts_deny_gives_its_reserved_slot_back(
     # Outside the calling hours nothing is reserved in the first place.
     night = MONDAY.replace(hour=22)
     await service.decide(CallRequest("0622222222", "demo-press"), now=night, record=True)
-    assert await redis_client.exists("dialguard:att:ACME:33622222222") == 0
+    assert await redis_client.exists(service.store.keys.attempts("ACME", "33622222222")) == 0
 
 
 async def test_a_slot_reserved_after_the_deadline_is_given_back(tmp_path: Path) -> None:
@@ -358,7 +358,7 @@ async def test_a_slot_reserved_after_the_deadline_is_given_back(tmp_path: Path) 
             server.resume()
         assert verdict.decision.reason is Reason.DEADLINE
         client = aioredis.Redis.from_url(server.url)
-        key = f"dialguard:att:ACME:{NUMBER.key}"
+        key = store.keys.attempts("ACME", NUMBER.key)
         # The cancellation retries until Redis answers again.
         await wait_until(lambda: not store.pending_cancels, 5)
         # A pause, not a wait: the stalled read may still be in Redis's socket buffer, and
