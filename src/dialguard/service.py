@@ -289,6 +289,11 @@ class Service:
         await self.store.withdraw_consent(number, principal, now or self.clock())
         return number
 
+    @property
+    def background(self) -> int:
+        """Work started off the answer's path (slot releases) and not finished yet."""
+        return len(self._background)
+
     async def aclose(self, timeout_s: float = 1.0) -> None:
         """Let the work done off the answer's path finish (slot releases), at most
         `timeout_s`. The store stays open: its owner closes it."""

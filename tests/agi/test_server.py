@@ -92,16 +92,13 @@ class Agi:
 
     async def settled(self, timeout: float = 5.0) -> None:
         """Wait until no session is left (the server's own bookkeeping)."""
-        await wait_until(lambda: not self.server._sessions, timeout)
+        await wait_until(lambda: not self.server.sessions, timeout)
 
     async def drained(self, timeout: float = 5.0) -> None:
         """Wait until every slot reserved for a call not placed was given back: releases
         (a denied call) and cancellations (a read the client gave up on)."""
         await wait_until(
-            lambda: (
-                not getattr(self.service, "_background", ())
-                and not getattr(self.store, "_to_cancel", ())
-            ),
+            lambda: not self.service.background and not self.store.pending_cancels,
             timeout,
         )
 
@@ -712,7 +709,7 @@ async def test_a_silent_client_is_cut_off_at_the_session_bound(
         reader, writer = await asyncio.open_connection(HOST, agi.port)
         try:
             started = time.monotonic()
-            await wait_until(lambda: len(agi.server._sessions) == 1)
+            await wait_until(lambda: agi.server.sessions == 1)
             async with asyncio.timeout(5):
                 assert await reader.read() == b""
             elapsed = time.monotonic() - started
@@ -779,7 +776,7 @@ async def test_stop_lets_sessions_in_flight_finish_and_accepts_no_more(tmp_path:
             redis.pause()
             try:
                 sessions = [asyncio.create_task(agi.call(raw, "demo-press")) for raw in raws]
-                await wait_until(lambda: len(agi.server._sessions) == 3)
+                await wait_until(lambda: agi.server.sessions == 3)
                 stopping = asyncio.create_task(agi.server.stop(grace_s=10))
                 # A window in which stop() would wrongly return: nothing to wait for, as
                 # the sessions cannot finish while Redis is frozen.
@@ -794,7 +791,7 @@ async def test_stop_lets_sessions_in_flight_finish_and_accepts_no_more(tmp_path:
                 await stopping
             for raw, result in zip(raws, results, strict=True):
                 assert_decision(agi, result, "ALLOW", "PRESS", normalise(raw).e164)
-            assert not agi.server._sessions
+            assert not agi.server.sessions
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_connection(HOST, port)
 
@@ -805,7 +802,7 @@ async def test_stop_waits_for_a_connection_accepted_just_before_it(agi: Agi) -> 
     # a loop turn later). stop() must still wait for that call's answer, or `dialguard
     # serve` closes the store and ends the loop with the call unanswered.
     session = asyncio.create_task(agi.call(NUMBER_RAW, "demo-press"))
-    listener = agi.server._server
+    listener = agi.server._server  # asyncio's own count of accepted connections is the moment
     for _ in range(100_000):  # turn by turn: a sleep of any length would miss the moment
         if vars(listener)["_active_count"] > 0:
             break

@@ -80,7 +80,7 @@ class Harness:
         assert channel_id is not None, "no app connected: STASISSTATUS=FAILED"
         channel = self.fake.channels[channel_id]
         await wait_until(lambda: channel.settled)
-        await wait_until(lambda: channel_id not in self.app._tasks)
+        await wait_until(lambda: not self.app.busy_with(channel_id))
         return channel
 
 
@@ -116,8 +116,7 @@ async def ari_harness(
         yield Harness(fake, app, service, store)
     finally:
         await app.stop(grace_s=5)
-        with contextlib.suppress(AssertionError):  # Redis may be down here
-            await wait_until(lambda: not service._background, 2)
+        await service.aclose(2)  # releases may wait for a Redis that is down here
         await store.close()
         await fake.stop()
 
@@ -252,7 +251,7 @@ async def test_a_channel_that_hung_up_meanwhile_keeps_its_record(ari: Harness) -
     channel_id = await ari.fake.start_call(NUMBER_RAW, "demo-press")
     assert channel_id is not None
     ari.fake.channels[channel_id].hangup_cause = 16  # the caller gave up: 404 from now on
-    await wait_until(lambda: not ari.app._tasks and len(ari.records()) == 1)
+    await wait_until(lambda: not ari.app.busy and len(ari.records()) == 1)
     assert ari.records()[0]["uniqueid"] == channel_id
 
 

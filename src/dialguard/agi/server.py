@@ -67,6 +67,11 @@ class FastAgiServer:
         """The port listened on (the one bound when the configuration said 0)."""
         return self._port
 
+    @property
+    def sessions(self) -> int:
+        """Sessions open now (accepted, not yet closed)."""
+        return len(self._sessions)
+
     async def start(self, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(

@@ -164,6 +164,10 @@ class AriApp:
         """Channels being decided or acted on now."""
         return len(self._tasks)
 
+    def busy_with(self, channel_id: str) -> bool:
+        """Whether this channel is being decided or acted on now."""
+        return channel_id in self._tasks
+
     # --- events -------------------------------------------------------------------------
 
     def _on_event(self, event: dict[str, Any]) -> None:
