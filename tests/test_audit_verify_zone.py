@@ -7,7 +7,6 @@ The journal straddles midnight: a record at 23:30 UTC on 30 November is 00:30 in
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -18,8 +17,8 @@ from unittest import mock
 
 import pytest
 
-from dialguard.audit import Journal
 from dialguard.cli import main
+from tests.test_audit import record, write
 
 ROOT = Path(__file__).resolve().parents[1]
 MOMENTS = [
@@ -31,31 +30,11 @@ MOMENTS = [
 ]
 
 
-def record(n: int, moment: datetime) -> dict[str, Any]:
-    ts = int(moment.timestamp() * 1000)
-    return {
-        "id": f"{ts:012x}00000000{n:06x}",
-        "ts": ts,
-        "node": "test",
-        "kind": "decision",
-        "result": "ALLOW",
-        "reason": "CONSENT",
-        "number_raw": "0612345678",
-        "number": "+33612345678",
-        "campaign": "demo-prospecting",
-    }
-
-
 @pytest.fixture
 def journal_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "audit"
 
-    async def go() -> None:
-        journal = Journal(directory)
-        for n, moment in enumerate(MOMENTS):
-            await journal.append(record(n, moment))
-
-    asyncio.run(go())
+    write(directory, [record(n, int(m.timestamp() * 1000)) for n, m in enumerate(MOMENTS)])
     names = sorted(path.name for path in directory.glob("audit-*.jsonl"))
     assert names == ["audit-2026-11-30.jsonl", "audit-2026-12-01.jsonl", "audit-2026-12-02.jsonl"]
     return directory
