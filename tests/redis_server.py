@@ -51,12 +51,13 @@ def _wait_ready(port: int, deadline_s: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def running_redis() -> Iterator[RedisServer]:
+def running_redis(port: int = 0) -> Iterator[RedisServer]:
+    """A fresh, empty redis-server; on `port` when given (a restart of an earlier one)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server not found: run the tests through `make test`")
     workdir = Path(tempfile.mkdtemp(prefix="dialguard-redis-"))
-    port = free_port()
+    port = port or free_port()
     if port == 6379:  # pragma: no cover - the kernel would have to hand it out
         port = free_port()
     process = subprocess.Popen(

@@ -408,8 +408,8 @@ def test_dnc_add_and_remove_meet_every_spelling(cli: Cli) -> None:
         ["dnc", "add", "06 12 34 56 78"],
         ["dnc", "add", "0262123456", "--reason", "asked by letter"],
     )
-    assert ok(metro).out == "+33612345678 added to the do-not-call list\n"
-    assert ok(overseas).out == "+262262123456 added to the do-not-call list\n"
+    assert ok(metro).out.startswith("+33612345678 added to the do-not-call list (audit id ")
+    assert ok(overseas).out.startswith("+262262123456 added to the do-not-call list (audit id ")
 
     runs = cli.many(
         cli.check("+33612345678"),
@@ -422,8 +422,16 @@ def test_dnc_add_and_remove_meet_every_spelling(cli: Cli) -> None:
     # The company's list is read before any legal basis is looked for.
     assert runs[0].json()["rules"][-1]["rule"] == "internal_dnc"
 
-    removed = ok(cli("dnc", "remove", "0033 6 12 34 56 78"))
-    assert removed.out == "+33612345678 removed from the do-not-call list\n"
+    removed = ok(cli("dnc", "remove", "0033 6 12 34 56 78", "--reason", "consent given"))
+    assert removed.out.startswith("+33612345678 removed from the do-not-call list (audit id ")
+    # Each change is an audit record of its own kind, with who made it and why.
+    changes = [r for r in cli.audit_records() if r["kind"] in ("dnc-add", "dnc-remove")]
+    assert [(r["kind"], r["number"], r["why"]) for r in changes] == [
+        ("dnc-add", "+33612345678", "added by operator"),
+        ("dnc-add", "+262262123456", "asked by letter"),
+        ("dnc-remove", "+33612345678", "consent given"),
+    ]
+    assert all(r["operator"] and r["adapter"] == "cli" for r in changes)
     assert decision(cli(*cli.check("+33612345678"))) == ("DENY", "NO_CONSENT")
 
 
@@ -1014,10 +1022,12 @@ def test_redis_down_fails_closed_with_exit_2(cli: Cli) -> None:
         one_line_error(run, 2, "Redis unavailable")
         assert run.out == ""
     assert decision(runs[4]) == ("ALLOW", "EMERGENCY")
-    # The degraded decision was audited.
-    (record,) = cli.audit_records()
+    # The degraded decision was audited, and the do-not-call request kept, written first.
+    record, kept = cli.audit_records()
     assert (record["reason"], record["id"]) == ("STORE_UNAVAILABLE", data["id"])
     assert "failing closed" in record["degraded"]
+    assert (kept["kind"], kept["number"]) == ("dnc-add", "+33612345678")
+    assert f"kept in the audit journal as {kept['id']}" in runs[2].err
 
 
 def test_outcome_with_redis_down_is_kept_and_reported_in_one_line(cli: Cli) -> None:
@@ -1025,8 +1035,8 @@ def test_outcome_with_redis_down_is_kept_and_reported_in_one_line(cli: Cli) -> N
         "outcome", "0612345678", "do-not-call", "--campaign", PROSPECT,
         env={"DIALGUARD_REDIS_URL": REDIS_DOWN},
     )  # fmt: skip
-    (record,) = cli.audit_records()  # never lost: the journal has it
-    assert (record["outcome"], record["applied"]) == ("do-not-call", False)
+    (record,) = cli.audit_records()  # never lost: the journal has it, written first
+    assert (record["kind"], record["outcome"]) == ("outcome", "do-not-call")
     one_line_error(run, 2, "Redis unavailable", f"kept in the audit journal as {record['id']}")
 
 

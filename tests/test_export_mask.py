@@ -42,7 +42,7 @@ CAMPAIGN = "demo-prospecting"
 LISTED = "06 12 34 56 78"
 REASON = "asked on 0612345678 never to be called again"
 # Fields the mask may change; every other one must come out as the journal holds it.
-NUMBER_BEARING = {"number", "number_raw", "rules", "evidence", "channel"}
+NUMBER_BEARING = {"number", "number_raw", "rules", "evidence", "channel", "why"}
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
@@ -107,8 +107,9 @@ def test_masked_jsonl_keeps_every_other_field_and_stays_json(
     audit_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     records = journal(audit_dir)
-    assert [r["number_raw"] for r in records] == ["15", "112", "a", LISTED, "07 12 34 56 78"]
-    assert "15" in str(records[0]["ts"]) and "112" in str(records[1]["ts"])  # the trap
+    raw = ["?", "15", "112", "a", LISTED, "07 12 34 56 78"]  # the dnc add, a day before
+    assert [r["number_raw"] for r in records] == [LISTED, *raw[1:]]
+    assert "15" in str(records[1]["ts"]) and "112" in str(records[2]["ts"])  # the trap
     out = tmp_path / "masked.jsonl"
     code, _, err = run(capsys, "audit", "export", "--dir", audit_dir, "--out", out, "--mask")
     assert (code, err) == (0, "")
@@ -132,21 +133,22 @@ def test_masked_jsonl_keeps_every_other_field_and_stays_json(
             shape = [(r["rule"], r["outcome"], r["reason"]) for r in original["rules"]]
             assert [(r["rule"], r["outcome"], r["reason"]) for r in copy["rules"]] == shape
 
-    emergency, short, invalid, listed, refusal = masked
+    added, emergency, short, invalid, listed, refusal = masked
+    assert added["kind"] == "dnc-add" and added["why"] == listed["evidence"]["dnc"]["reason"]
     assert emergency["reason"] == "EMERGENCY" and short["reason"] == "EMERGENCY"
     # Digits that merely contain the number are not the number.
     assert emergency["channel"] == "PJSIP/trunk-00000015"
     assert short["channel"] == "PJSIP/trunk-00000112"
     assert invalid["reason"] == "INVALID_NUMBER"
-    assert invalid["rules"][-1]["detail"].startswith(f"'{alias_of(records[2])}' contains")
+    assert invalid["rules"][-1]["detail"].startswith(f"'{alias_of(records[3])}' contains")
     assert invalid["channel"] == "PJSIP/trunk-0000000a"
-    alias = alias_of(records[3])
+    alias = alias_of(records[4])
     assert listed["reason"] == "INTERNAL_DNC"
     assert listed["evidence"]["dnc"]["reason"] == f"asked on {alias} never to be called again"
     assert listed["channel"] == f"Local/{alias}@outbound-00000001;2"
     assert f"{alias} mobile FR" in [rule["detail"] for rule in listed["rules"]]
     assert refusal["kind"] == "outcome"
-    assert refusal["channel"] == f"Local/{alias_of(records[4])}@out;2"
+    assert refusal["channel"] == f"Local/{alias_of(records[5])}@out;2"
 
 
 def test_masked_csv_keeps_every_other_field(

@@ -71,7 +71,7 @@ async def test_an_outcome_that_cannot_be_recorded_records_nothing(
 async def test_no_list_holds_an_emergency_number(service: Service) -> None:
     for change in (
         service.dnc_add("112", "test"),
-        service.dnc_remove("15"),
+        service.dnc_remove("15", "test"),
         service.withdraw_consent("17", "ACME"),
     ):
         with pytest.raises(NotListable, match="never blocked"):

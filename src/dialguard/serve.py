@@ -153,6 +153,7 @@ async def _start(
         )
     service = Service(config, store, Journal(config.audit_dir))
     running.push_async_callback(service.aclose)  # slot releases go out before the store closes
+    await service.start()  # changes the journal holds and Redis never took: applied now
     server = FastAgiServer(service, config.server)
     try:
         await server.start(reuse_port=reuse_port)

@@ -21,10 +21,20 @@ from datetime import UTC, datetime
 import structlog
 
 from dialguard import policy
-from dialguard.audit import Journal, decision_record
+from dialguard.audit import AuditUnavailable, Journal, decision_record
+from dialguard.changes import Change, ChangeKind
 from dialguard.config import Config
-from dialguard.model import CallRequest, Campaign, Decision, Facts, Reason, Unavailable
+from dialguard.model import (
+    CallRequest,
+    Campaign,
+    Decision,
+    DncEntry,
+    Facts,
+    Reason,
+    Unavailable,
+)
 from dialguard.numbers import InvalidNumber, Number, listable, normalise
+from dialguard.pending import Pending
 from dialguard.store import Store, StoreUnavailable
 
 __all__ = [
@@ -109,6 +119,8 @@ class Service:
         self.journal = journal
         self.clock = clock  # the only place the time of a call comes from; tests set it
         self._background: set[asyncio.Future[None]] = set()
+        # Changes the journal holds and Redis has not taken (see dialguard.pending).
+        self.pending = Pending(store, journal.directory if journal is not None else None)
 
     def campaign(self, name: str) -> Campaign | None:
         return self.config.campaigns.get(name)
@@ -146,17 +158,24 @@ class Service:
 
         if record and self.journal is not None:
             latency_us = (time.perf_counter_ns() - started) // 1000
-            await self.journal.append(
-                decision_record(
-                    decision_id=decision_id,
-                    ts=now,
-                    node=self.config.node,
-                    request=request,
-                    campaign=campaign,
-                    decision=decision,
-                    latency_us=latency_us,
+            try:
+                await self.journal.append(
+                    decision_record(
+                        decision_id=decision_id,
+                        ts=now,
+                        node=self.config.node,
+                        request=request,
+                        campaign=campaign,
+                        decision=decision,
+                        latency_us=latency_us,
+                    )
                 )
-            )
+            except AuditUnavailable:
+                # No record, no answer: the call is not placed, so its slot goes back
+                # (or the consumer's lawful calls would quietly run out).
+                if decision.counts_attempt and number is not None and campaign is not None:
+                    self._release_soon(number, campaign.principal, decision_id)
+                raise
         return Verdict(decision_id, decision)
 
     async def _decide_with_facts(
@@ -186,6 +205,7 @@ class Service:
                 return self._degraded(campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc))
             detail = f"no decision within {(deadline_s or 0) * 1000:.0f} ms"
             return self._degraded(campaign, number, now, Reason.DEADLINE, detail)
+        facts = self.pending.overlay(number.key, campaign.principal, facts)
         decision = policy.decide(campaign, number, facts, now, rules, prepared=prepared)
         if facts.reserved:
             if decision.counts_attempt:
@@ -210,19 +230,30 @@ class Service:
         self, campaign: Campaign, number: Number, now: datetime, reason: Reason, detail: str
     ) -> Decision:
         log.warning("degraded_decision", reason=reason.value, detail=detail, campaign=campaign.name)
+        pending = self.pending.has_dnc(number.key)
+        if pending is not None and campaign.honour_dnc:
+            # A do-not-call taken while Redis was away holds even when failing open.
+            known = Facts(dnc=DncEntry(f"{pending.why} (pending {pending.id})", pending.at))
+            decision = policy.decide(campaign, number, known, now, self.config.policy)
+            return replace(decision, degraded=f"{detail}; do-not-call pending in the journal")
         unavailable = Unavailable(reason, detail)
         # Counting is skipped: with the store out of reach, nothing can be counted.
         return policy.decide(campaign, number, unavailable, now, self.config.policy)
 
     async def record_outcome(
-        self, request: CallRequest, kind: str, *, now: datetime | None = None
+        self,
+        request: CallRequest,
+        kind: str,
+        *,
+        now: datetime | None = None,
+        operator: str = "",
     ) -> OutcomeResult:
         """Record what the consumer said during a call (`kind`: an OutcomeKind value).
 
-        The audit record is written whether or not Redis took the change, with `applied`
-        saying which: a do-not-call request is never lost, even when Redis is down (then
-        PENDING, the record durable). AuditUnavailable is raised when the journal cannot
-        be written."""
+        Write-ahead: the audit record first, then Redis. A change Redis does not take is
+        PENDING: kept in the journal, applied in the background once Redis answers, and
+        counted in decisions meanwhile. AuditUnavailable (nothing recorded, nothing
+        applied) when the journal cannot be written."""
         now = now or self.clock()
         campaign = self.campaign(request.campaign)
         try:
@@ -237,68 +268,123 @@ class Service:
             number = listable_number(request.number_raw, campaign)
         except InvalidNumber as exc:
             return OutcomeResult(OutcomeStatus.INVALID, detail=str(exc))
-        failure = ""
-        try:
-            if outcome is OutcomeKind.REFUSED:
-                await self.store.record_refusal(number, campaign.principal, now)
-            else:
-                reason = f"do-not-call during campaign {campaign.name}"
-                await self.store.dnc_add(number, reason, now)
-        except StoreUnavailable as exc:
-            failure = str(exc)
-            log.error("outcome_not_applied", outcome=kind, number=number.e164, error=failure)
-        record_id = new_id(now)
-        if self.journal is not None:
-            await self.journal.append(
-                {
-                    "id": record_id,
-                    "ts": int(now.timestamp() * 1000),
-                    "node": self.config.node,
-                    "kind": "outcome",
-                    "outcome": outcome.value,
-                    "applied": not failure,
-                    "number": number.e164,
-                    "number_raw": number.raw,
-                    "campaign": campaign.name,
-                    "principal": campaign.principal,
-                    "channel": request.channel,
-                    "uniqueid": request.uniqueid,
-                    "adapter": request.adapter,
-                }
+        why = (
+            f"do-not-call during campaign {campaign.name}"
+            if outcome is OutcomeKind.DO_NOT_CALL
+            else ""
+        )
+        fields = {"outcome": outcome.value, "campaign": campaign.name}
+        change_id, applied = await self._change(
+            ChangeKind.OUTCOME, number, now, request, operator, campaign.principal, why, fields
+        )
+        if applied is None:
+            detail = "Redis did not take it; kept in the audit journal, applied once Redis answers"
+            return OutcomeResult(
+                OutcomeStatus.PENDING, change_id, number, campaign.principal, detail
             )
-        status = OutcomeStatus.PENDING if failure else OutcomeStatus.RECORDED
-        return OutcomeResult(status, record_id, number, campaign.principal, failure)
+        return OutcomeResult(OutcomeStatus.RECORDED, change_id, number, campaign.principal)
 
     # --- live changes to the lists --------------------------------------------------------
 
-    async def dnc_add(self, raw: str, reason: str, now: datetime | None = None) -> Number:
-        """Put a number on the company's do-not-call list; effective for the next call."""
+    async def dnc_add(
+        self, raw: str, reason: str, now: datetime | None = None, *, operator: str = ""
+    ) -> tuple[Number, str, bool]:
+        """Put a number on the company's do-not-call list, effective for the next call:
+        (the number, the audit record's id, whether Redis took it now)."""
         number = listable_number(raw)
-        await self.store.dnc_add(number, reason, now or self.clock())
-        return number
+        change_id, applied = await self._change(
+            ChangeKind.DNC_ADD, number, now or self.clock(), _CLI, operator, "", reason, {}
+        )
+        return number, change_id, applied is not None
 
-    async def dnc_remove(self, raw: str) -> tuple[Number, bool]:
-        """Take a number off the do-not-call list; whether it was on it."""
+    async def dnc_remove(
+        self, raw: str, reason: str, now: datetime | None = None, *, operator: str = ""
+    ) -> tuple[Number, str, bool | None]:
+        """Take a number off the do-not-call list: (the number, the audit record's id,
+        whether it was on it; None when Redis did not take the change yet)."""
         number = listable_number(raw)
-        return number, await self.store.dnc_remove(number)
+        change_id, applied = await self._change(
+            ChangeKind.DNC_REMOVE, number, now or self.clock(), _CLI, operator, "", reason, {}
+        )
+        return number, change_id, applied
 
     async def withdraw_consent(
-        self, raw: str, principal: str, now: datetime | None = None
-    ) -> Number:
+        self, raw: str, principal: str, now: datetime | None = None, *, operator: str = ""
+    ) -> tuple[Number, str, bool]:
         number = listable_number(raw)
-        await self.store.withdraw_consent(number, principal, now or self.clock())
-        return number
+        change_id, applied = await self._change(
+            ChangeKind.CONSENT_WITHDRAW,
+            number,
+            now or self.clock(),
+            _CLI,
+            operator,
+            principal,
+            "",
+            {},
+        )
+        return number, change_id, applied is not None
+
+    async def _change(
+        self,
+        kind: ChangeKind,
+        number: Number,
+        now: datetime,
+        request: CallRequest,
+        operator: str,
+        principal: str,
+        why: str,
+        fields: dict[str, str],
+    ) -> tuple[str, bool | None]:
+        """Journal a change, then apply it: (its id, what Redis said: see Pending.submit).
+        Without a journal (tests of the store alone) the change is applied directly."""
+        change_id = new_id(now)
+        ts_ms = int(now.timestamp() * 1000)
+        change = Change(
+            change_id, ts_ms, kind, number.key, principal, fields.get("outcome", ""), why
+        )
+        self.pending.expect(change_id)
+        if self.journal is not None:
+            record: dict[str, object] = {
+                "id": change_id,
+                "ts": ts_ms,
+                "node": self.config.node,
+                "kind": kind.value,
+                **fields,
+                "number": number.e164,
+                "number_raw": number.raw,
+                "principal": principal,
+                "why": why,
+                "operator": operator,
+                "adapter": request.adapter,
+                "channel": request.channel,
+                "uniqueid": request.uniqueid,
+            }
+            await self.journal.append(record)  # durable before Redis hears of it
+        applied = await self.pending.submit(change)
+        if applied is None:
+            log.error("change_not_applied", kind=kind.value, number=number.e164, id=change_id)
+        return change_id, applied
 
     @property
     def background(self) -> int:
         """Work started off the answer's path (slot releases) and not finished yet."""
         return len(self._background)
 
+    async def start(self) -> None:
+        """Queue the changes the journal holds and Redis never took, and keep applying
+        them (and those other processes journal) in the background."""
+        await self.pending.start(self.clock())
+
     async def aclose(self, timeout_s: float = 1.0) -> None:
         """Let the work done off the answer's path finish (slot releases), at most
-        `timeout_s`. The store stays open: its owner closes it."""
+        `timeout_s`, and stop the background. The store stays open: its owner closes it."""
         if self._background:
             await asyncio.wait(set(self._background), timeout=timeout_s)
+        await self.pending.aclose()
+
+
+# The request behind a change made from the command line.
+_CLI = CallRequest("", "", adapter="cli")
 
 
 def _normalise(raw: str, campaign: Campaign | None) -> tuple[Number | None, str]:

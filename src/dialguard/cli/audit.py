@@ -40,7 +40,8 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 CSV_FIELDS = [
     "id", "ts", "kind", "result", "reason", "outcome", "applied", "number", "number_raw",
     "campaign", "principal", "purpose", "sector", "local_time", "attempts_30d", "evidence",
-    "rules", "policy", "degraded", "adapter", "channel", "uniqueid", "callerid", "node",
+    "rules", "policy", "degraded", "why", "operator", "adapter", "channel", "uniqueid",
+    "callerid", "node",
     "latency_us", "prev", "hash",
 ]  # fmt: skip
 
@@ -391,7 +392,7 @@ def pseudonym(number: str, key: bytes) -> str:
 # operator's do-not-call reason, a consent's proof reference) and the channel (Asterisk
 # names Local channels after the dialled digits). `callerid` is the call centre's own line.
 _NUMBER_FIELDS = ("number", "number_raw")
-_TEXT_FIELDS = ("rules", "evidence", "channel")
+_TEXT_FIELDS = ("rules", "evidence", "channel", "why")
 
 
 def _masked(record: dict[str, Any], key: bytes) -> dict[str, Any]:

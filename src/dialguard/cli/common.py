@@ -4,6 +4,8 @@ logging, running a coroutine with a Store, and checking arguments."""
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -32,8 +34,10 @@ __all__ = [
     "campaign_named",
     "config_option",
     "configure_logging",
+    "default_operator",
     "errors_are_one_line",
     "fail",
+    "operator_option",
     "run_with_store",
 ]
 
@@ -128,6 +132,31 @@ def campaign_named(config: Config, name: str) -> Campaign:
         raise Failure(f"unknown campaign {name!r} (configured: {known})")
     return campaign
 
+
+def default_operator() -> str:
+    """Who runs the command: the user behind sudo when there is one, else the OS user."""
+    sudo_user = os.environ.get("SUDO_USER", "")
+    if sudo_user:
+        return sudo_user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's arbitrary user)
+        return f"uid {os.getuid()}"
+
+
+def _operator(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value or len(value) > 64 or not value.isprintable():
+        raise click.BadParameter("1-64 printable characters (a name or a login)")
+    return value
+
+
+operator_option = click.option(
+    "--operator",
+    default=default_operator,
+    callback=_operator,
+    show_default="the OS user, or SUDO_USER",
+    help="Who makes this change, kept in its audit record.",
+)
 
 config_option = click.option(
     "--config",

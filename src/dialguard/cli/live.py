@@ -18,6 +18,7 @@ from dialguard.cli.common import (
     campaign_named,
     config_option,
     errors_are_one_line,
+    operator_option,
     run_with_store,
 )
 from dialguard.config import load_config
@@ -27,64 +28,95 @@ from dialguard.service import OutcomeKind, OutcomeStatus, Service
 __all__ = ["consent", "dnc", "outcome"]
 
 
+def _pending(record_id: str) -> Failure:
+    return Failure(
+        f"Redis unavailable: the change is kept in the audit journal as {record_id} and"
+        " applied once Redis answers (by `dialguard serve`, or `dialguard audit apply-pending`)",
+        EXIT_DEPENDENCY,
+    )
+
+
 @click.group()
 def dnc() -> None:
-    """The company's do-not-call list (live changes)."""
+    """The company's do-not-call list (live changes, each an audit record)."""
 
 
 @dnc.command("add")
 @click.argument("number")
 @click.option("--reason", default="added by operator", help="Why, kept as evidence.")
+@operator_option
 @config_option
 @errors_are_one_line
-def dnc_add(number: str, reason: str, config_path: Path | None) -> None:
+def dnc_add(number: str, reason: str, operator: str, config_path: Path | None) -> None:
     """Add NUMBER to the do-not-call list; effective for the very next call."""
     config = load_config(config_path)
     if not import_files.is_valid_ref(reason):
         raise Failure("--reason must be at most 200 characters, without '|' or control characters")
-    target = run_with_store(
-        config, lambda store: Service(config, store, None).dnc_add(number, reason)
+    journal = Journal(config.audit_dir)
+    target, record_id, applied = run_with_store(
+        config,
+        lambda store: Service(config, store, journal).dnc_add(number, reason, operator=operator),
     )
-    click.echo(f"{target.e164} added to the do-not-call list")
+    if not applied:
+        raise _pending(record_id)
+    click.echo(f"{target.e164} added to the do-not-call list (audit id {record_id})")
 
 
 @dnc.command("remove")
 @click.argument("number")
+@click.option("--reason", required=True, help="Why it may be called again, kept as evidence.")
+@operator_option
 @config_option
 @errors_are_one_line
-def dnc_remove(number: str, config_path: Path | None) -> None:
+def dnc_remove(number: str, reason: str, operator: str, config_path: Path | None) -> None:
     """Remove NUMBER from the do-not-call list."""
     config = load_config(config_path)
-    target, removed = run_with_store(
-        config, lambda store: Service(config, store, None).dnc_remove(number)
+    if not import_files.is_valid_ref(reason):
+        raise Failure("--reason must be at most 200 characters, without '|' or control characters")
+    journal = Journal(config.audit_dir)
+    target, record_id, removed = run_with_store(
+        config,
+        lambda store: Service(config, store, journal).dnc_remove(number, reason, operator=operator),
     )
-    click.echo(f"{target.e164} {'removed from' if removed else 'was not on'} the do-not-call list")
+    if removed is None:
+        raise _pending(record_id)
+    state = "removed from" if removed else "was not on"
+    click.echo(f"{target.e164} {state} the do-not-call list (audit id {record_id})")
 
 
 @click.group()
 def consent() -> None:
-    """Consents (live changes)."""
+    """Consents (live changes, each an audit record)."""
 
 
 @consent.command("withdraw")
 @click.argument("number")
 @click.option("--principal", required=True, help="The professional the consent was given to.")
 @click.option("--at", "when", default=None, help="When it was withdrawn, ISO 8601 (default: now).")
+@operator_option
 @config_option
 @errors_are_one_line
 def consent_withdraw(
-    number: str, principal: str, when: str | None, config_path: Path | None
+    number: str, principal: str, when: str | None, operator: str, config_path: Path | None
 ) -> None:
     """Record that the consumer withdrew consent given to PRINCIPAL."""
     config = load_config(config_path)
     if not import_files.is_valid_principal(principal):
         raise Failure(f"--principal {principal!r} must be 1-64 letters, digits, '_', '.', '-'")
     now = at(when, config)
-    target = run_with_store(
+    journal = Journal(config.audit_dir)
+    target, record_id, applied = run_with_store(
         config,
-        lambda store: Service(config, store, None).withdraw_consent(number, principal, now),
+        lambda store: Service(config, store, journal).withdraw_consent(
+            number, principal, now, operator=operator
+        ),
     )
-    click.echo(f"consent of {target.e164} to {principal} withdrawn at {now.isoformat()}")
+    if not applied:
+        raise _pending(record_id)
+    click.echo(
+        f"consent of {target.e164} to {principal} withdrawn at {now.isoformat()}"
+        f" (audit id {record_id})"
+    )
 
 
 @click.command()
@@ -92,10 +124,16 @@ def consent_withdraw(
 @click.argument("kind", type=click.Choice([k.value for k in OutcomeKind]))
 @click.option("--campaign", required=True, help="Campaign the call belonged to.")
 @click.option("--at", "when", default=None, help="When, ISO 8601 (default: now).")
+@operator_option
 @config_option
 @errors_are_one_line
 def outcome(
-    number: str, kind: str, campaign: str, when: str | None, config_path: Path | None
+    number: str,
+    kind: str,
+    campaign: str,
+    when: str | None,
+    operator: str,
+    config_path: Path | None,
 ) -> None:
     """Record what the consumer said: `refused` (60-day block, consent withdrawn) or
     `do-not-call` (added to the company's list). NUMBER is read as the campaign dials it
@@ -107,15 +145,15 @@ def outcome(
     request = CallRequest(number_raw=number, campaign=campaign, adapter="cli")
     result = run_with_store(
         config,
-        lambda store: Service(config, store, journal).record_outcome(request, kind, now=now),
+        lambda store: Service(config, store, journal).record_outcome(
+            request, kind, now=now, operator=operator
+        ),
     )
     if result.status is OutcomeStatus.INVALID:
         raise Failure(result.detail)
     assert result.number is not None
     if result.status is OutcomeStatus.PENDING:
-        raise Failure(
-            f"{result.detail}; outcome kept in the audit journal as {result.id}", EXIT_DEPENDENCY
-        )
+        raise _pending(result.id)
     click.echo(
         f"{kind} recorded for {result.number.e164} ({result.principal}), audit id {result.id}"
     )

@@ -79,6 +79,12 @@ class Keys:
         """Sorted set: ids of attempts cancelled while their read was in doubt."""
         return self.prefix + "cancelled"
 
+    @property
+    def applied(self) -> str:
+        """Sorted set: ids of the journal's change records Redis has taken, score their ms
+        (dialguard.changes; kept APPLIED_KEPT_DAYS)."""
+        return self.prefix + "changes:applied"
+
     def attempts(self, principal: str, number_key: str) -> str:
         """Sorted set: one member per counted attempt, score its ms."""
         return f"{self.prefix}att:{principal}:{number_key}"

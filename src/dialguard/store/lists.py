@@ -141,9 +141,11 @@ return {either, listed}
 # A live removal: from the live entries and the list in force. An import of the list
 # under way has numbers in its own memory still to write: the number is also noted for
 # it (its unlisted set), and taken off again when it swaps its version in.
-# KEYS: the live hash, the lists hash, the dnc lock. ARGV: the number, the unlisted set's
-# lifetime, the lists hash's dnc field, the format of a dnc version's base and of an
-# unlisted set's key (each completed with a version id).
+# KEYS: the live hash, the lists hash, the dnc lock, the applied changes. ARGV: the number,
+# the unlisted set's lifetime, the lists hash's dnc field, the format of a dnc version's
+# base and of an unlisted set's key (each completed with a version id), then the change's
+# id and ms (marked applied in the same step; '': not a journalled change) and the oldest
+# applied mark to keep.
 _DNC_REMOVE = (
     _UNLIST
     + """
@@ -156,6 +158,10 @@ if building then
   unlist(string.format(base, building), n)
   redis.call('SADD', string.format(unlisted, building), n)
   redis.call('PEXPIRE', string.format(unlisted, building), ARGV[2])
+end
+if ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[8])
 end
 return removed
 """
@@ -431,9 +437,10 @@ class Lists:
         keys = [key, self.keys.seen(lock_version)]
         return int(await self._call(self._contract_merge(keys=keys, args=args)))
 
-    async def remove_dnc(self, number_key: str) -> bool:
+    async def remove_dnc(self, number_key: str, change: tuple[str, int, int] = ("", 0, 0)) -> bool:
         """A live removal: from the live entries, the list in force and the one being
-        built by an import under way (or the import would bring the number back)."""
+        built by an import under way (or the import would bring the number back).
+        `change`: (id, ms, oldest mark kept) of the journal record it applies."""
         keys = self.keys
         args: list[str | int] = [
             number_key,
@@ -441,8 +448,9 @@ class Lists:
             "dnc",
             keys.base_format("dnc"),
             keys.unlisted_format,
+            *change,
         ]
-        script_keys = [keys.dnc_live, keys.index, keys.lock("dnc")]
+        script_keys = [keys.dnc_live, keys.index, keys.lock("dnc"), keys.applied]
         removed = await self._call(self._dnc_remove(keys=script_keys, args=args))
         return bool(removed)
 

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from dialguard.changes import Change, ChangeKind
 from dialguard.model import Facts
 from dialguard.numbers import Number
 from dialguard.store.errors import StoreUnavailable
@@ -34,7 +35,7 @@ from dialguard.store.facts import (
 from dialguard.store.keys import Keys
 from dialguard.store.lists import Lists
 
-__all__ = ["MAX_PENDING_CANCELS", "RELEASE_LINGER_S", "Store"]
+__all__ = ["APPLIED_KEPT_DAYS", "MAX_PENDING_CANCELS", "RELEASE_LINGER_S", "Store"]
 
 log = structlog.get_logger("dialguard.store")
 
@@ -65,6 +66,25 @@ end
 return #KEYS
 """
 
+# Apply a withdrawal or a refusal: each hash keeps the latest instant of its field (a change
+# applied late, or twice, never moves it back), and the change is marked applied in the
+# same step. KEYS: the hashes, then the applied changes. ARGV: the field, the change's ms,
+# its id, the oldest applied mark to keep.
+_LATEST = """
+local applied = KEYS[#KEYS]
+for i = 1, #KEYS - 1 do
+  local old = redis.call('HGET', KEYS[i], ARGV[1])
+  if not old or tonumber(old) < tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[i], ARGV[1], ARGV[2])
+  end
+end
+redis.call('ZADD', applied, ARGV[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', applied, '-inf', '(' .. ARGV[4])
+return 1
+"""
+# Applied marks outlive any pending change the service looks for (PENDING_DAYS).
+APPLIED_KEPT_DAYS = 35
+
 # How long released slots wait to go out together. Meanwhile the slot still counts: a
 # concurrent call to the same number could be denied FREQUENCY_CAP (never let through).
 RELEASE_LINGER_S = 0.05
@@ -79,6 +99,7 @@ class Store:
         self._facts = client.register_script(FACTS)
         self._release = client.register_script(_RELEASE)
         self._cancel = client.register_script(_CANCEL)
+        self._latest = client.register_script(_LATEST)
         self._to_cancel: dict[tuple[str, str], float] = {}  # (attempts key, id) -> since
         self._canceller: asyncio.Task[None] | None = None
         self.lists = Lists(client, self.keys)
@@ -261,6 +282,47 @@ class Store:
             pipe.hset(self.keys.withdrawal, pair, ms(now))
 
         await self._write(both)
+
+    # --- journalled changes (dialguard.changes) -------------------------------------------
+
+    async def apply(self, change: Change) -> bool:
+        """Apply one change from the journal and mark it applied, in one atomic step;
+        whether it changed anything (a removal: whether the number was listed). Applying
+        it again changes nothing."""
+        keys = self.keys
+        oldest = change.ts_ms - APPLIED_KEPT_DAYS * 86_400_000
+        if change.kind is ChangeKind.DNC_REMOVE:
+            return await self.lists.remove_dnc(change.number_key, (change.id, change.ts_ms, oldest))
+        if change.adds_dnc:
+            entry = f"{change.ts_ms}|{change.why}"
+
+            def add(pipe: Any) -> None:
+                pipe.hset(keys.dnc_live, change.number_key, entry)
+                pipe.zadd(keys.applied, {change.id: change.ts_ms})
+                pipe.zremrangebyscore(keys.applied, "-inf", f"({oldest}")
+
+            await self._write(add)
+            return True
+        if change.withdraws:
+            hashes = [keys.refusal, keys.withdrawal] if change.refuses else [keys.withdrawal]
+            pair = f"{change.number_key}|{change.principal}"
+            args: list[str | int] = [pair, change.ts_ms, change.id, oldest]
+            try:
+                await self._latest(keys=[*hashes, keys.applied], args=args)
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+            return True
+        raise ValueError(f"change {change.id}: nothing to apply for {change.kind}")
+
+    async def applied(self, ids: list[str]) -> set[str]:
+        """Which of these change ids Redis has taken."""
+        if not ids:
+            return set()
+        try:
+            scores = await self._redis.zmscore(self.keys.applied, ids)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        return {i for i, score in zip(ids, scores, strict=True) if score is not None}
 
     async def _write(self, build: Callable[[Any], Any]) -> None:
         try:

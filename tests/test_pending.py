@@ -1,0 +1,211 @@
+"""Nothing lost: changes taken while Redis is away are journalled first, count in decisions
+at once, and reach Redis by themselves once it answers, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from dialguard.audit import AuditUnavailable, Journal
+from dialguard.changes import Change, ChangeKind
+from dialguard.model import CallRequest, Reason, Result
+from dialguard.numbers import Number, normalise
+from dialguard.service import OutcomeKind, OutcomeStatus, Service
+from dialguard.store import Store
+from dialguard.store.keys import Keys
+from tests.journal import audit_records
+from tests.redis_server import free_port, running_redis
+from tests.test_service import MONDAY, make_config
+
+NUMBER = "0612345678"
+KEYS = Keys("dialguard:")  # the shipped configuration's prefix
+
+
+@asynccontextmanager
+async def running_service(port: int, audit_dir: Path) -> AsyncIterator[Service]:
+    """A service as `serve` runs one: started (pending changes read back), then closed."""
+    config = make_config(f"redis://127.0.0.1:{port}/0", audit_dir)
+    store = Store.from_url(config.redis.url, config.redis.prefix, 500)
+    service = Service(config, store, Journal(audit_dir), clock=lambda: MONDAY)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.aclose()
+        await store.close()
+
+
+async def within(seconds: float, check: Callable[[], Awaitable[bool]]) -> float:
+    """How long `check` took to hold, failing past `seconds`."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < seconds, f"not within {seconds} s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def reason(service: Service, campaign: str = "demo-survey") -> Reason:
+    return (await service.decide(CallRequest(NUMBER, campaign), now=MONDAY)).decision.reason
+
+
+async def take_changes_with_redis_down(service: Service) -> list[str]:
+    """A do-not-call outcome during a survey call and a `dnc add`, Redis away: both wait."""
+    said = CallRequest(NUMBER, "demo-survey", adapter="fastagi")
+    outcome = await service.record_outcome(said, OutcomeKind.DO_NOT_CALL, now=MONDAY)
+    assert outcome.status is OutcomeStatus.PENDING
+    _, added_id, applied = await service.dnc_add("0622222222", "asked by letter", MONDAY)
+    assert not applied
+    return [outcome.id, added_id]
+
+
+async def applied_once(port: int, ids: list[str]) -> None:
+    client = aioredis.Redis(port=port, decode_responses=True)
+    try:
+        marks = await client.zrange(KEYS.applied, 0, -1)
+        assert sorted(str(m) for m in marks) == sorted(ids)
+        assert await client.hlen(KEYS.dnc_live) == 2
+    finally:
+        await client.aclose()
+
+
+async def test_changes_taken_while_redis_is_down_reach_it_by_themselves(tmp_path: Path) -> None:
+    port = free_port()
+    audit = tmp_path / "audit"
+    with running_redis(port):
+        async with running_service(port, audit) as service:
+            assert await reason(service) is Reason.NON_COMMERCIAL  # a survey: lawful
+    # Redis killed: the changes are taken all the same.
+    async with running_service(port, audit) as service:
+        ids = await take_changes_with_redis_down(service)
+        # During the gap, even failing open, the number is not called.
+        gap = await service.decide(CallRequest(NUMBER, "demo-survey"), now=MONDAY)
+        assert (gap.decision.result, gap.decision.reason) == (Result.DENY, Reason.INTERNAL_DNC)
+        assert "pending" in gap.decision.degraded
+        # Redis comes back, empty: no restart, nobody does anything.
+        with running_redis(port):
+
+            async def denied() -> bool:
+                return await reason(service) is Reason.INTERNAL_DNC and not len(service.pending)
+
+            assert await within(5.0, denied) < 5.0
+            assert await reason(service, "demo-press") is Reason.INTERNAL_DNC
+            await applied_once(port, ids)
+    changes = [r for r in audit_records(audit) if r["kind"] != "decision"]
+    assert [r["id"] for r in changes] == ids  # one record each, written first
+
+
+async def test_a_restarted_service_applies_what_an_earlier_one_left(tmp_path: Path) -> None:
+    port = free_port()
+    audit = tmp_path / "audit"
+    async with running_service(port, audit) as service:  # Redis down all along
+        ids = await take_changes_with_redis_down(service)
+    with running_redis(port):
+        async with running_service(port, audit) as service:
+
+            async def denied() -> bool:
+                return await reason(service) is Reason.INTERNAL_DNC
+
+            await within(5.0, denied)
+            await within(5.0, lambda: asyncio.sleep(0, not len(service.pending)))
+        await applied_once(port, ids)
+        # And once more: a third start finds them applied and applies nothing again.
+        async with running_service(port, audit) as service:
+            assert not len(service.pending)
+        await applied_once(port, ids)
+
+
+async def test_a_change_another_process_journals_is_applied_too(tmp_path: Path) -> None:
+    """`dialguard dnc add` while Redis was down: the running service finds it in the
+    journal and applies it."""
+    port = free_port()
+    audit = tmp_path / "audit"
+    with running_redis(port):
+        async with running_service(port, audit) as service:
+            config = make_config("redis://127.0.0.1:1/0", audit)  # the CLI: Redis unreachable
+            cli_store = Store.from_url(config.redis.url, config.redis.prefix, 500)
+            cli = Service(config, cli_store, Journal(audit))
+            _, change_id, applied = await cli.dnc_add(NUMBER, "asked on the phone", MONDAY)
+            await cli_store.close()
+            assert not applied
+
+            async def denied() -> bool:
+                return await reason(service) is Reason.INTERNAL_DNC
+
+            await within(5.0, denied)
+            client = aioredis.Redis(port=port)
+            assert await client.zscore(KEYS.applied, change_id) is not None
+            await client.aclose()
+
+
+async def test_a_refusal_pending_blocks_the_consumer_at_once(tmp_path: Path) -> None:
+    async with running_service(free_port(), tmp_path / "audit") as service:
+        said = CallRequest(NUMBER, "demo-prospecting", adapter="fastagi")
+        result = await service.record_outcome(said, OutcomeKind.REFUSED, now=MONDAY)
+        assert result.status is OutcomeStatus.PENDING
+        [waiting] = list(service.pending)
+        assert waiting.refuses and waiting.withdraws and waiting.id == result.id
+
+
+async def test_a_journal_outage_gives_the_slot_back(tmp_path: Path) -> None:
+    port = free_port()
+    with running_redis(port):
+        blocker = tmp_path / "journal"
+        blocker.write_text("")  # a file where the journal's directory should go
+        config = make_config(f"redis://127.0.0.1:{port}/0", blocker / "audit")
+        store = Store.from_url(config.redis.url, config.redis.prefix, 2000)
+        unwritable = Service(config, store, Journal(blocker / "audit"), clock=lambda: MONDAY)
+        request = CallRequest(NUMBER, "demo-press")
+        for _ in range(3):
+            with pytest.raises(AuditUnavailable):
+                await unwritable.decide(request, now=MONDAY, record=True)
+        await unwritable.aclose()
+        await store.close()  # the releases go out before it closes
+        # No answer was given, no call placed: the four calls of the window are all left.
+        store = Store.from_url(config.redis.url, config.redis.prefix, 2000)
+        service = Service(config, store, Journal(tmp_path / "audit"), clock=lambda: MONDAY)
+        later = await service.decide(request, now=MONDAY + timedelta(minutes=1), record=True)
+        assert later.decision.allowed and later.decision.attempts_30d == 1
+        await service.aclose()
+        await store.close()
+
+
+async def test_a_change_still_waiting_counts_while_redis_answers(tmp_path: Path) -> None:
+    """Redis reads again but has not taken the change yet: decisions see it already."""
+    port = free_port()
+    with running_redis(port):
+        config = make_config(f"redis://127.0.0.1:{port}/0", tmp_path / "audit")
+        store = Store.from_url(config.redis.url, config.redis.prefix, 2000)
+        service = Service(config, store, Journal(tmp_path / "audit"), clock=lambda: MONDAY)
+        assert await reason(service, "demo-prospecting") is Reason.NO_CONSENT
+        waiting = [
+            Change(
+                "a1", int(MONDAY.timestamp() * 1000), ChangeKind.DNC_ADD, "33612345678", why="x"
+            ),
+            Change(
+                "a2",
+                int(MONDAY.timestamp() * 1000),
+                ChangeKind.OUTCOME,
+                "33612345678",
+                "ACME",
+                "refused",
+            ),
+        ]
+        service.pending.queue(waiting)  # not started: nothing applies them
+        assert await reason(service) is Reason.INTERNAL_DNC
+        dnc_exempt = await service.decide(CallRequest(NUMBER, "demo-press"), now=MONDAY)
+        assert dnc_exempt.decision.reason is Reason.INTERNAL_DNC
+        assert (await store.facts(_number(), "ACME", MONDAY, 30)).dnc is None  # not in Redis
+        await service.pending.apply_all()
+        assert (await store.facts(_number(), "ACME", MONDAY, 30)).refused_at is not None
+        await store.close()
+
+
+def _number() -> Number:
+    return normalise(NUMBER)
