@@ -19,6 +19,7 @@ from dialguard.cli.common import EXIT_INPUT, EXIT_INTERNAL, configure_logging, f
 from dialguard.cli.imports import import_
 from dialguard.cli.lists import lists
 from dialguard.cli.live import consent, dnc, outcome
+from dialguard.cli.pending import apply_pending, pending
 from dialguard.cli.serve import serve
 from dialguard.config import redact_url
 
@@ -43,6 +44,8 @@ def cli() -> None:
 
 for command in (check, serve, dnc, consent, outcome, import_, audit, lists):
     cli.add_command(command)
+audit.add_command(pending)
+audit.add_command(apply_pending)
 
 
 def main() -> None:
