@@ -675,6 +675,19 @@ def test_dry_run_checks_every_line_and_loads_nothing(cli: Cli) -> None:
     assert [decision(r) for r in runs] == [("DENY", "NO_CONSENT")] * 3
 
 
+def test_the_rejects_file_is_safe_to_open_in_a_spreadsheet(cli: Cli) -> None:
+    # The bad lines of a hostile file, quoted in both the error and the content column.
+    lines = ["=1+1,x", '=HYPERLINK("http://evil.example/x","click")', "\t@SUM(1)", "-1,a|b"]
+    bad = cli.file("hostile.csv", "number,reason\n" + "".join(f"{line}\n" for line in lines))
+    run = cli("import", "dnc", bad, "--dry-run")
+    assert run.code == 1 and "Traceback" not in run.err, run
+    rows = rejects_rows(default_rejects(bad))
+    assert [row[2] for row in rows] == ["'" + line for line in lines]
+    assert rows[0][1].startswith("''=1+1' contains"), rows[0]  # the message quotes the line
+    for row in rows:
+        assert all(value[:1] not in ("=", "+", "-", "@", "\t", "\r") for value in row), row
+
+
 def test_max_rejects_loads_the_good_lines_and_lists_the_bad_ones(cli: Cli) -> None:
     content = (
         "number,reason\n"

@@ -16,6 +16,7 @@ from typing import IO, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from dialguard import import_files
+from dialguard.csv_cells import cells
 from dialguard.import_files import Header, Rejected
 from dialguard.store import ListBusy, Store
 from dialguard.store.loading import Loader, Summary
@@ -88,7 +89,7 @@ class Rejects:
                 raise ImportFailed(message) from None
             self._writer = csv.writer(self._handle)
             self._writer.writerow(["line", "error", "content"])
-        self._writer.writerow([line, rejected.message, rejected.text])
+        self._writer.writerow(cells([line, rejected.message, rejected.text]))
 
     def close(self) -> None:
         if self._handle is not None:
