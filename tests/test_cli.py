@@ -980,6 +980,39 @@ def test_file_level_import_errors_name_the_file(cli: Cli) -> None:
     one_line_error(empty_file, 1, f"dialguard: {empty}: ")
 
 
+MB = 1_000_000
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"x" * (5 * MB), id="one line of 5 MB, no line break"),
+        pytest.param(b"number," + b"z" * 5000 + b"\n0612345678,a\n", id="a 5,000-char header"),
+        pytest.param(b"x" * 5000 + b"\n0612345678\n", id="5,000 chars, no delimiter"),
+        pytest.param(b"number\rx,reason\n0612345678,a\n", id="a carriage return inside"),
+    ],
+)
+def test_an_oversized_or_broken_header_is_one_short_line(cli: Cli, content: bytes) -> None:
+    cli("import", "dnc", cli.file("warm-up.csv", "number\n0612345678\n"), "--dry-run")
+    path = cli.file("header.csv", content)
+    run = cli("import", "dnc", path, "--dry-run")
+    line = one_line_error(run, 1, f"dialguard: {path}: line 1")
+    message = line.removeprefix(f"dialguard: {path}: ")
+    assert len(message) < 200, message  # about 80 characters of the input, not all of it
+    assert max(message.count(c) for c in "xz") <= 80, message
+    assert run.out == ""
+
+
+def test_a_line_of_4096_characters_is_not_too_long(cli: Cli) -> None:
+    reason = "r" * (4096 - len("0611111111,"))
+    path = cli.file("limit.csv", f"number,reason\r\n0611111111,{reason}\r\n")
+    run = cli("import", "dnc", path, "--dry-run")
+    # Rejected for its reason, not for its length: the line break is not part of the line.
+    assert run.err.splitlines()[0] == (
+        f"{path}: line 2: reason must be at most 200 characters, without '|' or control characters"
+    ), run
+
+
 def test_bad_configuration_is_one_line_naming_file_and_key(cli: Cli) -> None:
     invalid = cli.file("invalid.toml", "[redis]\nurl = \n")
     typo = cli.file(
