@@ -4,7 +4,9 @@ tampering, torn records, and the supervisor's commands (`dialguard audit ...`)."
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
+import io
 import itertools
 import json
 import signal
@@ -400,6 +402,85 @@ def test_export_with_manifest_and_masked_numbers(journal_dir: Path, tmp_path: Pa
     assert "+336" not in text and "06123456" not in text
     assert text.count("\n") == 11  # header and ten records
     assert json.loads(masked.with_name("masked.csv.manifest.json").read_text())["masked"]
+
+
+# What a hostile dial string or caller ID makes a spreadsheet do, and what an E.164 number
+# would become (33612345678: a number, its + lost).
+HYPERLINK = '=HYPERLINK("http://evil.example/x","click")'
+DDE = "=cmd|' /C calc'!A0"
+
+
+def hostile_journal(directory: Path) -> list[dict[str, Any]]:
+    records = [
+        record(0, DAY1, "+33612345678", callerid=DDE, channel="\t=1+1"),
+        record(1, DAY1 + 1000, "+33612345679", number_raw=HYPERLINK, campaign="@SUM(1+1)"),
+        record(2, DAY1 + 2000, "+33612345670", reason="-2+3", principal="'=already quoted"),
+        record(3, DAY1 + 3000, "+33612345671", uniqueid="\r=1", callerid="'plain"),
+    ]
+    write(directory, records)
+    return audit_records(directory)
+
+
+def csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def undone(cell: str) -> str:
+    """What a program reading the CSV does: one leading quote off a defused cell."""
+    return cell[1:] if cell.startswith("'") and cell.lstrip("'")[:1] in "=+-@\t\r" else cell
+
+
+def assert_spreadsheet_safe(rows: list[dict[str, str]]) -> None:
+    for row in rows:
+        for name, value in row.items():
+            assert value[:1] not in ("=", "+", "-", "@", "\t", "\r"), (name, value)
+
+
+def test_csv_exports_prefix_cells_a_spreadsheet_would_run(tmp_path: Path) -> None:
+    directory = tmp_path / "audit"
+    records = hostile_journal(directory)
+    out = tmp_path / "inspection.csv"
+    code, _, err = run("audit", "export", "--dir", directory, "--format", "csv", "--out", out)
+    assert (code, err) == (0, "")
+    rows = csv_rows(out.read_bytes().decode())
+    assert_spreadsheet_safe(rows)
+    first, second, third, fourth = rows
+    assert (first["callerid"], first["channel"]) == ("'" + DDE, "'\t=1+1")
+    # E.164 numbers too: text in a spreadsheet, not the number 33612345678.
+    assert (first["number"], first["number_raw"]) == ("'+33612345678", "'+33612345678")
+    assert (second["number_raw"], second["campaign"]) == ("'" + HYPERLINK, "'@SUM(1+1)")
+    assert (third["reason"], third["principal"]) == ("'-2+3", "''=already quoted")
+    assert (fourth["uniqueid"], fourth["callerid"]) == ("'\r=1", "'plain")
+    # Dropping one quote gives every value back; JSON columns start with [ or {, untouched.
+    for original, row in zip(records, rows, strict=True):
+        for name in ("number", "number_raw", "callerid", "channel", "campaign", "reason"):
+            assert undone(row[name]) == str(original.get(name) or ""), name
+        assert json.loads(row["rules"]) == original["rules"]
+
+    # The JSON Lines export stays the journal's bytes, hostile text and all.
+    jsonl = tmp_path / "inspection.jsonl"
+    assert run("audit", "export", "--dir", directory, "--out", jsonl)[0] == 0
+    assert jsonl.read_bytes() == b"".join(p.read_bytes() for p in sorted(directory.glob("*.jsonl")))
+
+    code, found, err = run("audit", "search", "--dir", directory, "--csv")
+    assert (code, err) == (0, "")
+    assert csv_rows(found) == rows
+
+
+def test_masked_csv_exports_are_spreadsheet_safe_too(tmp_path: Path) -> None:
+    directory = tmp_path / "audit"
+    records = hostile_journal(directory)
+    out = tmp_path / "masked.csv"
+    args: list[str | Path] = ["audit", "export", "--dir", directory, "--format", "csv"]
+    code, _, err = run(*args, "--mask", "--out", out, env={"DIALGUARD_AUDIT_MASK_KEY": "k" * 32})
+    assert (code, err) == (0, "")
+    rows = csv_rows(out.read_bytes().decode())
+    assert_spreadsheet_safe(rows)
+    assert [row["number"][:2] for row in rows] == ["p-"] * 4  # masked, then nothing to defuse
+    assert rows[0]["callerid"] == "'" + DDE  # the call centre's line is not masked
+    assert rows[1]["campaign"] == "'@SUM(1+1)"
+    assert "+3361234567" not in out.read_text(encoding="utf-8")
+    assert len(rows) == len(records)
 
 
 def test_tail_follows_new_records(journal_dir: Path) -> None:

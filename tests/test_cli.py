@@ -17,11 +17,12 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+import tracemalloc
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -36,6 +37,7 @@ POLICY = REPO / "config" / "policy" / "france.toml"
 SAMPLES = REPO / "config" / "sample"
 DIALGUARD = Path(sys.executable).parent / "dialguard"
 REDIS_DOWN = "redis://127.0.0.1:1/0"
+T = TypeVar("T")
 
 # Campaigns the tests add to a copy of the shipped configuration.
 PROSPECT = "t-prospect"  # ACME, prospecting, general
@@ -683,6 +685,19 @@ def test_dry_run_checks_every_line_and_loads_nothing(cli: Cli) -> None:
     assert [decision(r) for r in runs] == [("DENY", "NO_CONSENT")] * 3
 
 
+def test_the_rejects_file_is_safe_to_open_in_a_spreadsheet(cli: Cli) -> None:
+    # The bad lines of a hostile file, quoted in both the error and the content column.
+    lines = ["=1+1,x", '=HYPERLINK("http://evil.example/x","click")', "\t@SUM(1)", "-1,a|b"]
+    bad = cli.file("hostile.csv", "number,reason\n" + "".join(f"{line}\n" for line in lines))
+    run = cli("import", "dnc", bad, "--dry-run")
+    assert run.code == 1 and "Traceback" not in run.err, run
+    rows = rejects_rows(default_rejects(bad))
+    assert [row[2] for row in rows] == ["'" + line for line in lines]
+    assert rows[0][1].startswith("''=1+1' contains"), rows[0]  # the message quotes the line
+    for row in rows:
+        assert all(value[:1] not in ("=", "+", "-", "@", "\t", "\r") for value in row), row
+
+
 def test_max_rejects_loads_the_good_lines_and_lists_the_bad_ones(cli: Cli) -> None:
     content = (
         "number,reason\n"
@@ -973,6 +988,93 @@ def test_file_level_import_errors_name_the_file(cli: Cli) -> None:
     wrong_header, empty_file = cli.many(["import", "dnc", header], ["import", "dnc", empty])
     one_line_error(wrong_header, 1, f"dialguard: {header}: line 1: header")
     one_line_error(empty_file, 1, f"dialguard: {empty}: ")
+
+
+def peak_bytes(call: Callable[[], T]) -> tuple[T, int]:
+    """What `call` returns, and the most memory Python held at once while it ran."""
+    tracemalloc.start()
+    try:
+        result = call()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+MB = 1_000_000
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"x" * (5 * MB), id="one line of 5 MB, no line break"),
+        pytest.param(b"number," + b"z" * 5000 + b"\n0612345678,a\n", id="a 5,000-char header"),
+        pytest.param(b"x" * 5000 + b"\n0612345678\n", id="5,000 chars, no delimiter"),
+        pytest.param(b"number\rx,reason\n0612345678,a\n", id="a carriage return inside"),
+    ],
+)
+def test_an_oversized_or_broken_header_is_one_short_line(cli: Cli, content: bytes) -> None:
+    cli("import", "dnc", cli.file("warm-up.csv", "number\n0612345678\n"), "--dry-run")
+    path = cli.file("header.csv", content)
+    run, peak = peak_bytes(lambda: cli("import", "dnc", path, "--dry-run"))
+    line = one_line_error(run, 1, f"dialguard: {path}: line 1")
+    message = line.removeprefix(f"dialguard: {path}: ")
+    assert len(message) < 200, message  # about 80 characters of the input, not all of it
+    assert max(message.count(c) for c in "xz") <= 80, message
+    assert run.out == ""
+    assert peak < MB, peak  # the first line is read with a bounded read
+
+
+def test_a_huge_data_line_is_a_bad_line_and_memory_stays_bounded(cli: Cli) -> None:
+    cli("import", "dnc", cli.file("warm-up.csv", "number\n0612345678\n"), "--dry-run")
+    huge = b"0" * (5 * MB)
+    path = cli.file(
+        "huge.csv",
+        b"number,reason\n0611111111,a\n" + huge + b"\n0611111112,b\n0612,typo\n" + huge,
+    )
+    run, peak = peak_bytes(lambda: cli("import", "dnc", path, "--dry-run", "--max-rejects", "3"))
+    rejects = default_rejects(path)
+    assert run.code == 0, run
+    assert run.out == (
+        f"{path}: 2 dnc rows good, 3 rejected (listed in {rejects}); it would load (dry run)\n"
+    )
+    too_long = "line longer than 4096 characters, or not CSV"
+    three, five, six = run.err.splitlines()
+    assert (three, six) == (f"{path}: line 3: {too_long}", f"{path}: line 6: {too_long}")
+    assert five.startswith(f"{path}: line 5: '0612' is not a French national"), five
+    rows = rejects_rows(rejects)
+    assert [row[:2] for row in rows] == [
+        ["3", too_long],
+        ["5", five.split(": ", 2)[2]],
+        ["6", too_long],
+    ]
+    assert [len(row[2]) for row in rows] == [4096, len("0612,typo"), 4096]
+    assert peak < 2 * MB, peak  # not the 10 MB a 5 MB line takes as bytes and text
+
+
+def test_a_long_line_is_read_in_pieces_but_checked_as_utf8_whole(cli: Cli) -> None:
+    # "a" then 3-byte characters: the first piece ends in the middle of one.
+    cut = cli.file("cut.csv", "number,reason\n0611111111,a\n" + "a" + "€" * 10_000 + "\n")
+    latin1 = cli.file(
+        "latin1-far.csv", b"number,reason\n" + b"0" * 50_000 + "é\n".encode("latin-1")
+    )
+    tolerated, refused = cli.many(
+        ["import", "dnc", cut, "--dry-run", "--max-rejects", "1"],
+        ["import", "dnc", latin1, "--dry-run", "--max-rejects", "1"],
+    )
+    assert tolerated.code == 0, tolerated
+    assert tolerated.err == f"{cut}: line 3: line longer than 4096 characters, or not CSV\n"
+    one_line_error(refused, 1, f"dialguard: {latin1}: not UTF-8 text")
+
+
+def test_a_line_of_4096_characters_is_not_too_long(cli: Cli) -> None:
+    reason = "r" * (4096 - len("0611111111,"))
+    path = cli.file("limit.csv", f"number,reason\r\n0611111111,{reason}\r\n")
+    run = cli("import", "dnc", path, "--dry-run")
+    # Rejected for its reason, not for its length: the line break is not part of the line.
+    assert run.err.splitlines()[0] == (
+        f"{path}: line 2: reason must be at most 200 characters, without '|' or control characters"
+    ), run
 
 
 def test_bad_configuration_is_one_line_naming_file_and_key(cli: Cli) -> None:

@@ -126,6 +126,28 @@ def test_wrong_header_is_refused_as_line_1(kind: str, header: str) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        "x" * 200_000,  # past the csv module's field limit
+        "number," + "x" * 5000,
+        "x" * 4097 + "\n",
+        "number\rx,reason\n",  # the csv module refuses a CR inside a line
+    ],
+)
+def test_an_oversized_or_broken_header_is_refused_quoting_80_characters(header: str) -> None:
+    with pytest.raises(BadImportFile, match=r"^line 1: header '.* is not 'number,reason'") as info:
+        parse("dnc", [header, "0612345678"], PARIS)
+    message = str(info.value)
+    assert "\n" not in message and message.count("x") <= 80 and len(message) < 200, message
+
+
+def test_a_header_of_4096_characters_is_only_a_wrong_header() -> None:
+    with pytest.raises(BadImportFile, match=r"^line 1: header 'x{80}'\.\.\. is not ") as info:
+        parse("dnc", ["x" * 4096 + "\r\n"], PARIS)
+    assert "over 4096" not in str(info.value)
+
+
 def test_empty_file_and_unknown_kind_are_refused() -> None:
     with pytest.raises(BadImportFile, match="empty"):
         parse("dnc", [], PARIS)

@@ -32,6 +32,7 @@ __all__ = [
     "chunks",
     "in_supported_years",
     "parse",
+    "quoted",
     "read_header",
     "records",
 ]
@@ -55,6 +56,8 @@ MAX_REPORTED = 20
 # No valid line comes near this (the longest, a consent, is ~150 characters); a longer
 # one is a broken export, refused before the csv module is asked to hold it.
 MAX_LINE_CHARS = 4096
+# How much of a line a message quotes: enough to recognise it, never a whole broken line.
+QUOTED_CHARS = 80
 # Instants outside these years are typos or sentinel values (9999-12-31), and would
 # overflow date arithmetic in the rules.
 _EARLIEST, _LATEST = 1970, 2199
@@ -102,21 +105,35 @@ class Header:
     delimiter: str
 
 
+def quoted(text: str) -> str:
+    """`text` quoted for a one-line message, cut after QUOTED_CHARS characters."""
+    if len(text) <= QUOTED_CHARS:
+        return repr(text)
+    return f"{text[:QUOTED_CHARS]!r}..."
+
+
 def read_header(kind: str, line: str | None) -> Header:
     """Check a file's first line for `kind`; None means the file is empty."""
     if kind not in HEADERS:
         raise BadImportFile(f"unknown import kind {kind!r}: use one of {', '.join(KINDS)}")
     if line is None:
         raise BadImportFile("the file is empty: a header row is required")
-    line = line.lstrip("\ufeff")
-    delimiter = ";" if line.count(";") > line.count(",") else ","
-    header = [h.strip().lower() for h in next(csv.reader([line], delimiter=delimiter), [])]
     columns, required = HEADERS[kind]
+    expected = f"{','.join(columns)!r}" + (
+        f" (or {','.join(columns[:required])!r})" if required < len(columns) else ""
+    )
+    line = line.lstrip("\ufeff").rstrip("\r\n")
+    if len(line) > MAX_LINE_CHARS:
+        too_long = f"over {MAX_LINE_CHARS} characters"
+        raise BadImportFile(f"line 1: header {quoted(line)} ({too_long}) is not {expected}")
+    delimiter = ";" if line.count(";") > line.count(",") else ","
+    try:
+        fields = next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:  # a carriage return inside the line, for one
+        raise BadImportFile(f"line 1: header {quoted(line)} (not CSV) is not {expected}") from None
+    header = [h.strip().lower() for h in fields]
     if tuple(header) not in (columns, columns[:required]):
-        raise BadImportFile(
-            f"line 1: header {','.join(header)!r} is not {','.join(columns)!r}"
-            + (f" (or {','.join(columns[:required])!r})" if required < len(columns) else "")
-        )
+        raise BadImportFile(f"line 1: header {quoted(','.join(header))} is not {expected}")
     return Header(kind, tuple(header), delimiter)
 
 
@@ -138,9 +155,10 @@ class _Line:
         self._zone = zone
 
     def __call__(self, line: str) -> Any:
+        # The line break is not part of the line: 4,096 characters and CRLF is not too long.
+        line = line.rstrip("\r\n")
         if len(line) > MAX_LINE_CHARS:
             return Rejected(_NOT_CSV, line[:MAX_LINE_CHARS])
-        line = line.rstrip("\r\n")
         if '"' in line:
             # One reader per line: a stray quote spoils one line, not the rest of the file.
             try:

@@ -6,6 +6,7 @@ File formats: docs/imports.md; what happens in Redis: docs/data-model.md."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from typing import IO, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from dialguard import import_files
+from dialguard.csv_cells import cells
 from dialguard.import_files import Header, Rejected
 from dialguard.store import ListBusy, Store
 from dialguard.store.loading import Loader, Summary
@@ -88,7 +90,7 @@ class Rejects:
                 raise ImportFailed(message) from None
             self._writer = csv.writer(self._handle)
             self._writer.writerow(["line", "error", "content"])
-        self._writer.writerow([line, rejected.message, rejected.text])
+        self._writer.writerow(cells([line, rejected.message, rejected.text]))
 
     def close(self) -> None:
         if self._handle is not None:
@@ -118,18 +120,37 @@ def _open(path: Path) -> IO[bytes]:
         raise ImportFailed(f"{path}: cannot read: {exc.strerror}") from None
 
 
+# A line of MAX_LINE_CHARS characters (4 bytes each at most) and its line break fits in one
+# read of this many bytes; a read that fills it without a line break holds more than
+# MAX_LINE_CHARS characters, even cut in the middle of one.
+_READ_BYTES = 4 * import_files.MAX_LINE_CHARS + 8
+
+
 def _decoded(handle: IO[bytes]) -> Iterator[str]:
-    for raw in handle:
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise import_files.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None
+    """The file's lines as text. A line too long to be valid comes as its first
+    _READ_BYTES bytes, enough to be rejected as too long: a file of one 50 MB line must
+    not be held whole to find that out."""
+    readline = handle.readline  # ten million calls: the lookup once
+    try:
+        while raw := readline(_READ_BYTES):
+            if raw[-1] == 10 or len(raw) < _READ_BYTES:  # 10: b"\n"
+                yield raw.decode("utf-8")
+                continue
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            yield decoder.decode(raw)  # a character cut at the end waits for the rest
+            # The rest of the line, read in bounded pieces and dropped, is still checked:
+            # a file that is not UTF-8 is refused whole, wherever the bad byte is.
+            while (rest := readline(_READ_BYTES)) and rest[-1] != 10:
+                decoder.decode(rest)
+            decoder.decode(rest, final=True)
+    except UnicodeDecodeError:
+        raise import_files.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None
 
 
 def read_header(path: Path, kind: str) -> Header:
     with _open(path) as handle:
         first = next(_decoded(handle), None)
-    return import_files.read_header(kind, first.lstrip("\ufeff") if first is not None else None)
+    return import_files.read_header(kind, first)
 
 
 async def scan(

@@ -1,9 +1,10 @@
 """`dialguard audit ...`: the supervisor's tools over the journal (docs/supervisors.md).
 
-Tables for people (rich), `--json` (JSON Lines: the journal's own bytes) or `--csv` for
-machines. Exit codes as everywhere: 0 success, 1 bad input (dates, flags, key), 2 the
-journal cannot be read; `verify` adds 3: read fine, but the chain is broken (tampering, or
-a torn record) — distinct from 1 so that a typo in a cron line never looks like tampering.
+Tables for people (rich), `--json` (JSON Lines: the journal's own bytes) for machines, or
+`--csv` for spreadsheets (a cell that would run as a formula gets a `'`: csv_cells). Exit
+codes as everywhere: 0 success, 1 bad input (dates, flags, key), 2 the journal cannot be
+read; `verify` adds 3: read fine, but the chain is broken (tampering, or a torn record) —
+distinct from 1 so that a typo in a cron line never looks like tampering.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dialguard.audit.files import AuditUnavailable
 from dialguard.audit.reader import Query, Torn, follow, prune, search, stats, verify
 from dialguard.cli.common import Failure, config_option, errors_are_one_line
 from dialguard.config import load_config
+from dialguard.csv_cells import cell
 from dialguard.numbers import InvalidNumber, normalise
 
 __all__ = ["EXIT_BROKEN", "audit"]
@@ -483,8 +485,9 @@ def _write_csv(handle: TextIO, records: Iterator[dict[str, Any]], mask: bytes | 
     writer.writeheader()
     for record in records:
         row = _masked(record, mask) if mask is not None else record
+        # Masked first: the pseudonyms replace the number as the journal spells it.
         flat = {
-            name: orjson.dumps(value).decode() if isinstance(value, dict | list) else value
+            name: orjson.dumps(value).decode() if isinstance(value, dict | list) else cell(value)
             for name, value in row.items()
         }
         flat["ts"] = datetime.fromtimestamp(record["ts"] / 1000, UTC).isoformat(
