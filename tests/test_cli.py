@@ -1295,3 +1295,18 @@ def test_many_registry_result_sets_get_a_hint_to_merge_them(tmp_path: Path) -> N
         "9 registry result sets in force: each adds lookups to every decision;"
         " load a merged check with --replace to keep them few"
     )
+
+
+def test_a_change_redis_missed_is_listed_and_applied_by_hand(cli: Cli) -> None:
+    taken = cli(
+        "dnc", "add", "0612345678", "--operator", "alice", env={"DIALGUARD_REDIS_URL": REDIS_DOWN}
+    )
+    (kept,) = cli.audit_records()
+    one_line_error(taken, 2, "Redis unavailable", f"kept in the audit journal as {kept['id']}")
+    assert (kept["kind"], kept["operator"]) == ("dnc-add", "alice")
+    listed = ok(cli("audit", "pending", "--json"))
+    assert [json.loads(line)["id"] for line in listed.out.splitlines()] == [kept["id"]]
+    assert ok(cli("audit", "apply-pending")).out == "1 change applied\n"
+    assert ok(cli("audit", "pending")).out.startswith("no change waits for Redis")
+    assert ok(cli("audit", "apply-pending")).out == "0 changes applied\n"  # once only
+    assert decision(cli(*cli.check("0612345678"))) == ("DENY", "INTERNAL_DNC")

@@ -10,6 +10,7 @@ import textwrap
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,15 @@ def test_an_unexpected_error_is_one_line_and_exit_4(
         "dialguard: internal error: KeyError: 'a bug of ours near redis://dg:***@db:6379/0'"
         " (please report it)"
     )
+
+
+def test_a_list_loaded_after_midnight_in_paris_is_not_a_day_old() -> None:
+    from zoneinfo import ZoneInfo
+
+    from dialguard.cli.lists import age_days
+
+    paris = ZoneInfo("Europe/Paris")
+    loaded = "2026-11-30T23:30:00+00:00"  # 00:30 on 1 December in Paris
+    assert age_days(loaded, date(2026, 12, 1), paris) == 0
+    assert age_days(loaded, date(2026, 12, 2), paris) == 1
+    assert age_days(None, date(2026, 12, 1), paris) is None

@@ -43,7 +43,7 @@ class Row:
         return row
 
 
-async def gather(store: Store, today: date, freshness_days: int) -> list[Row]:
+async def gather(store: Store, today: date, freshness_days: int, zone: ZoneInfo) -> list[Row]:
     lists = store.lists
     rows: list[Row] = []
     for kind in ("dnc", "consent", "contract"):
@@ -63,7 +63,7 @@ async def gather(store: Store, today: date, freshness_days: int) -> list[Row]:
                 used,
                 str(meta.get("updated_at") or meta.get("loaded_at") or ""),
                 str(meta.get("source", "")),
-                age_days=_age(meta.get("updated_at") or meta.get("loaded_at"), today),
+                age_days=age_days(meta.get("updated_at") or meta.get("loaded_at"), today, zone),
             )
         )
         if kind == "dnc":
@@ -101,10 +101,15 @@ async def gather(store: Store, today: date, freshness_days: int) -> list[Row]:
     return rows
 
 
-def _age(moment: Any, today: date) -> int | None:
+def age_days(moment: Any, today: date, zone: ZoneInfo) -> int | None:
+    """Days since `moment`, counted in the zone `today` is a date of (a list loaded at
+    00:30 in Paris is 0 days old that day, though its UTC date is the day before)."""
     if not moment:
         return None
-    return (today - datetime.fromisoformat(str(moment)).date()).days
+    loaded = datetime.fromisoformat(str(moment))
+    if loaded.tzinfo is None:
+        loaded = loaded.replace(tzinfo=UTC)
+    return (today - loaded.astimezone(zone).date()).days
 
 
 @click.group()
@@ -120,9 +125,12 @@ def status(as_json: bool, config_path: Path | None) -> None:
     """Per list: entries, Redis memory, last import, age; per registry result set: its
     check date and when its clear numbers stop counting."""
     config = load_config(config_path)
-    today = datetime.now(UTC).astimezone(ZoneInfo(config.policy.default_timezone)).date()
+    zone = ZoneInfo(config.policy.default_timezone)
+    today = datetime.now(UTC).astimezone(zone).date()
     freshness_days = config.policy.optout_freshness_days
-    rows = run_with_store(config, lambda store: gather(store, today, freshness_days), bulk=True)
+    rows = run_with_store(
+        config, lambda store: gather(store, today, freshness_days, zone), bulk=True
+    )
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.as_json()))
