@@ -152,6 +152,7 @@ def test_the_key_names_are_the_documented_layout() -> None:
         names.withdrawal,
         names.refusal,
         names.cancelled,
+        names.applied,
         names.attempts("PRINCIPAL", "NUMBER"),
         names.seq,
         names.building,
