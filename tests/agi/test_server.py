@@ -1006,3 +1006,32 @@ async def test_two_workers_never_draw_the_same_decision_id(
     # sessions both workers answer some (SO_REUSEPORT): their tags must differ.
     assert all(re.fullmatch(r"[0-9a-f]{26}", i) for i in ids), ids
     assert len({i[12:] for i in ids}) == len(ids), sorted(i[12:] for i in ids)
+
+
+async def test_a_do_not_call_taken_while_redis_is_down_is_enforced_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    """The worst failure this product can have, tried as an operator would: FastAGI, Redis
+    stopped, a consumer says "never call me again"; Redis comes back empty."""
+    redis_port = free_port()
+    async with dialguard_serve(tmp_path, f"redis://127.0.0.1:{redis_port}/0", workers=1) as served:
+        said = await run_session(
+            HOST, served.port, script="outcome", args=(NUMBER_RAW, "do-not-call", "demo-survey")
+        )
+        assert said.variables["DIALGUARD_OUTCOME"] == "PENDING"
+        (kept,) = [r for r in served.records() if r["kind"] == "outcome"]
+        assert said.variables["DIALGUARD_ID"] == kept["id"]
+        gap = await run_session(HOST, served.port, args=(NUMBER_RAW, "demo-survey"))
+        assert gap.variables["DIALGUARD_REASON"] == "INTERNAL_DNC"  # no call in the gap
+        with running_redis(redis_port):
+            started = time.monotonic()
+            while True:
+                check = await run_session(HOST, served.port, args=(NUMBER_RAW, "demo-survey"))
+                record = served.records()[-1]
+                dnc = record["evidence"].get("dnc", {}).get("reason", "")
+                if record["reason"] == "INTERNAL_DNC" and "pending" not in dnc:
+                    break  # read from Redis itself, not from what waits in the service
+                assert time.monotonic() - started < 5, record
+                await asyncio.sleep(0.1)
+            assert check.variables["DIALGUARD_REASON"] == "INTERNAL_DNC"
+            assert served.stop() == 0
