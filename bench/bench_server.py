@@ -54,6 +54,7 @@ async def main(args: argparse.Namespace) -> None:
     store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
     journal = None if args.no_audit else Journal(config.audit_dir)
     service = Service(config, store, journal, clock=lambda: FIXED_NOW)
+    await service.start()  # as `dialguard serve` does: pending changes, the journal followed
     server_class = BareServer if args.mode == "bare" else FastAgiServer
     server = server_class(service, config.server)
     await server.start()
@@ -65,6 +66,7 @@ async def main(args: argparse.Namespace) -> None:
     print("ready", flush=True)
     await stop.wait()
     await server.stop()
+    await service.aclose()
     await store.close()
 
 
