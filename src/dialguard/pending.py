@@ -41,6 +41,7 @@ PENDING_DAYS = 3
 RETRY_MAX_S = 1.0
 # How often the journal is followed for changes other processes wrote.
 FOLLOW_S = 0.5
+_DECISION = b'"kind":"decision"'
 
 
 def journal_changes(
@@ -62,6 +63,9 @@ def journal_changes(
         end = start
         for offset, line in lines(path, size, [], start):
             end = offset + len(line) + 1
+            # Nearly every line is a decision, its kind among its first fields.
+            if line.find(_DECISION, 0, 200) >= 0:
+                continue
             if any(marker in line for marker in CHANGE_MARKERS):
                 with contextlib.suppress(orjson.JSONDecodeError):
                     change = change_of(orjson.loads(line))
