@@ -20,6 +20,7 @@ from dialguard.numbers import Number, normalise
 from dialguard.service import OutcomeKind, OutcomeStatus, Service
 from dialguard.store import Store
 from dialguard.store.keys import Keys
+from tests.cli_runner import run_dialguard
 from tests.journal import audit_records
 from tests.redis_server import free_port, running_redis
 from tests.test_service import MONDAY, make_config
@@ -209,3 +210,27 @@ async def test_a_change_still_waiting_counts_while_redis_answers(tmp_path: Path)
 
 def _number() -> Number:
     return normalise(NUMBER)
+
+
+@pytest.mark.parametrize("tamper", ["edit", "remove"])
+def test_verify_catches_an_edited_or_removed_change_record(tmp_path: Path, tamper: str) -> None:
+    audit = tmp_path / "audit"
+
+    async def journal_changes() -> None:
+        async with running_service(free_port(), audit) as service:  # Redis down: kept anyway
+            await service.dnc_add(NUMBER, "asked", MONDAY)
+            await service.dnc_remove(NUMBER, "consent given", MONDAY + timedelta(minutes=1))
+            await service.decide(CallRequest(NUMBER, "demo-press"), now=MONDAY, record=True)
+
+    asyncio.run(journal_changes())
+    assert run_dialguard(["audit", "verify", "--dir", audit]).code == 0
+    (path,) = audit.glob("audit-*.jsonl")
+    lines = path.read_bytes().splitlines(keepends=True)
+    removal = next(i for i, line in enumerate(lines) if b'"kind":"dnc-remove"' in line)
+    if tamper == "edit":  # the reason a number could be called again, rewritten
+        lines[removal] = lines[removal].replace(b"consent given", b"asked by itself")
+    else:
+        del lines[removal]
+    path.write_bytes(b"".join(lines))
+    run = run_dialguard(["audit", "verify", "--dir", audit])
+    assert run.code == 3 and run.out.startswith("NOT INTACT after "), run
