@@ -1310,3 +1310,37 @@ def test_a_change_redis_missed_is_listed_and_applied_by_hand(cli: Cli) -> None:
     assert ok(cli("audit", "pending")).out.startswith("no change waits for Redis")
     assert ok(cli("audit", "apply-pending")).out == "0 changes applied\n"  # once only
     assert decision(cli(*cli.check("0612345678"))) == ("DENY", "INTERNAL_DNC")
+
+
+def test_history_tells_when_we_learned_they_objected(cli: Cli) -> None:
+    consents = CONSENT_HEADER + "0612345678,ACME,2026-09-01,,crm-42\n"
+    ok(cli("import", "consent", cli.file("leads.csv", consents)))
+    called = ok(cli(*cli.check("0612345678", "--record"))).json()  # at AT, 10:30
+    said = ok(
+        cli("outcome", "06 12 34 56 78", "do-not-call", "--campaign", PROSPECT, "--at", f"{AT}:05")
+    )
+    refused = ["outcome", "0612345678", "refused", "--campaign", PROSPECT, "--at", f"{AT}:10"]
+    ok(cli(*refused, "--operator", "carol"))
+    ok(cli(*cli.check("0612345678", "--record", at="2026-12-01T10:50")))
+    ok(cli(*cli.check("0699999999", "--record")))  # another number: not in its story
+    # Later (now), an operator takes it off the list.
+    ok(cli("dnc", "remove", "+33612345678", "--reason", "asked to be called", "--operator", "bob"))
+
+    run = ok(cli("audit", "history", "0033612345678", "--json"))
+    events = [json.loads(line) for line in run.out.splitlines()]
+    story = [e for e in events if e["kind"] != "in-force"]
+    kinds = ["decision", "outcome", "outcome", "decision", "dnc-remove"]
+    assert [e["kind"] for e in story] == kinds
+    assert story[0]["id"] == called["id"] and story[0]["reason"] == "CONSENT"
+    assert story[1]["outcome"] == "do-not-call" and story[1]["id"] in said.out
+    assert (story[2]["outcome"], story[2]["operator"]) == ("refused", "carol")
+    assert story[3]["reason"] == "INTERNAL_DNC"
+    assert (story[4]["operator"], story[4]["why"]) == ("bob", "asked to be called")
+    now = {e["list"]: e for e in events if e["kind"] == "in-force"}
+    assert now["consent"]["source"] == "leads.csv" and now["consent"]["proof_ref"] == "crm-42"
+    assert "refusal" in now and "withdrawal" in now and "dnc" not in now  # refused, removed
+    human = ok(cli("audit", "history", "0612345678"))
+    assert "outcome do-not-call" in human.out and "In force now" in human.out
+    # An inspector's copy of the journal: the story, without a Redis to ask.
+    copy = ok(cli("audit", "history", "0612345678", "--json", "--dir", str(cli.audit_dir)))
+    assert [json.loads(line)["kind"] for line in copy.out.splitlines()] == kinds

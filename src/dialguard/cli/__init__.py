@@ -16,6 +16,7 @@ import click
 from dialguard.cli.audit import audit
 from dialguard.cli.check import check
 from dialguard.cli.common import EXIT_INPUT, EXIT_INTERNAL, configure_logging, fail
+from dialguard.cli.history import history
 from dialguard.cli.imports import import_
 from dialguard.cli.lists import lists
 from dialguard.cli.live import consent, dnc, outcome
@@ -45,6 +46,7 @@ def cli() -> None:
 for command in (check, serve, dnc, consent, outcome, import_, audit, lists):
     cli.add_command(command)
 audit.add_command(pending)
+audit.add_command(history)
 audit.add_command(apply_pending)
 
 

@@ -48,7 +48,7 @@ CSV_FIELDS = [
 ]  # fmt: skip
 
 
-class _Where:
+class Where:
     """The journal directory and the zone dates and hours are read in."""
 
     def __init__(self, config_path: Path | None, directory: Path | None) -> None:
@@ -86,7 +86,7 @@ class _Where:
         return datetime.fromtimestamp(ms / 1000, self.zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _range(where: _Where, since: str | None, until: str | None) -> tuple[int | None, int | None]:
+def _range(where: Where, since: str | None, until: str | None) -> tuple[int | None, int | None]:
     start = where.moment("--since", since, end=False)
     stop = where.moment("--until", until, end=True)
     if start is not None and stop is not None and start >= stop:
@@ -94,7 +94,7 @@ def _range(where: _Where, since: str | None, until: str | None) -> tuple[int | N
     return start, stop
 
 
-def _warn(torn: list[Torn]) -> None:
+def warn_torn(torn: list[Torn]) -> None:
     for item in torn:
         click.echo(f"dialguard: warning: {item}", err=True)
 
@@ -152,7 +152,7 @@ def search_command(
     """Find records by number, dates, campaign, principal, result, reason or id."""
     if as_json and as_csv:
         raise Failure("choose one of --json and --csv")
-    where = _Where(config_path, directory)
+    where = Where(config_path, directory)
     start, stop = _range(where, since, until)
     query = Query(
         since_ms=start,
@@ -177,10 +177,10 @@ def search_command(
     else:
         records = [record for _, record in found]
         _print_records(where, records)
-    _warn(torn)
+    warn_torn(torn)
 
 
-def _print_records(where: _Where, records: list[dict[str, Any]]) -> None:
+def _print_records(where: Where, records: list[dict[str, Any]]) -> None:
     console = Console()
     table = Table(
         "time (local)", "result", "reason", "number", "campaign", "principal", "id", box=None
@@ -222,7 +222,7 @@ def stats_command(
     config_path: Path | None,
 ) -> None:
     """Decisions, allowed, denied and deny rate; by reason, campaign and hour of day."""
-    where = _Where(config_path, directory)
+    where = Where(config_path, directory)
     start, stop = _range(where, since, until)
     torn: list[Torn] = []
     query = Query(since_ms=start, until_ms=stop, campaign=campaign)
@@ -230,7 +230,7 @@ def stats_command(
     summary["since"], summary["until"] = since, until
     if as_json:
         click.echo(orjson.dumps(summary).decode())
-        _warn(torn)
+        warn_torn(torn)
         return
     console = Console()
     console.print(
@@ -269,7 +269,7 @@ def stats_command(
         )
     for table in (by_reason, by_campaign, by_hour):
         console.print(table)
-    _warn(torn)
+    warn_torn(torn)
 
 
 @audit.command("export")
@@ -300,7 +300,7 @@ def export_command(
     config_path: Path | None,
 ) -> None:
     """Write a date range to CSV or JSON Lines, and OUT.manifest.json beside it."""
-    where = _Where(config_path, directory)
+    where = Where(config_path, directory)
     start, stop = _range(where, since, until)
     key = _mask_key(mask_key_file) if mask else None
     if mask_key_file is not None and not mask:
@@ -344,7 +344,7 @@ def export_command(
     except OSError as exc:
         raise Failure(f"{manifest_path}: cannot write: {exc.strerror}") from None
     click.echo(f"{tally.count:,} records written to {out}; manifest {manifest_path}")
-    _warn(torn)
+    warn_torn(torn)
 
 
 class _Tally:
@@ -511,7 +511,7 @@ def verify_command(
     config_path: Path | None,
 ) -> None:
     """Check the hash chain (every file, or those of a range). Exit 0 intact, 3 not."""
-    where = _Where(config_path, directory)
+    where = Where(config_path, directory)
     start, stop = _range(where, since, until)
     # Whole files, one a UTC day: those that can hold a record of the range, as search reads.
     first, last = Query(since_ms=start, until_ms=stop).day_range()
@@ -559,7 +559,7 @@ def tail_command(
     config_path: Path | None,
 ) -> None:
     """The last records; with -f, every new one as it is written (Ctrl-C stops)."""
-    where = _Where(config_path, directory)
+    where = Where(config_path, directory)
     torn: list[Torn] = []
     try:
         for line in follow(where.directory, count, keep_following=keep_following, torn=torn):
@@ -570,10 +570,10 @@ def tail_command(
             sys.stdout.flush()
     except KeyboardInterrupt:
         pass
-    _warn(torn)
+    warn_torn(torn)
 
 
-def _one_line(where: _Where, line: bytes) -> str:
+def _one_line(where: Where, line: bytes) -> str:
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -595,7 +595,7 @@ def _one_line(where: _Where, line: bytes) -> str:
 @errors_are_one_line
 def prune_command(dry_run: bool, config_path: Path | None) -> None:
     """Remove day files older than [audit] retention_days (run it daily, e.g. from cron)."""
-    where = _Where(config_path, None)
+    where = Where(config_path, None)
     try:
         removed = prune(
             where.directory, where.retention_days, datetime.now(UTC).date(), dry_run=dry_run
