@@ -369,12 +369,13 @@ def test_check_has_no_side_effect_unless_record(cli: Cli) -> None:
     plain = ok(cli(*cli.check("06 12 34 56 78"))).json()
     assert (plain["result"], plain["reason"], plain["attempts_30d"]) == ("ALLOW", "CONSENT", 0)
     assert plain["recorded"] is False
-    assert cli.audit_records() == []  # no journal written (the directory may not even exist)
+    (imported,) = cli.audit_records()  # the import's own record, and no decision
+    assert (imported["kind"], imported["list"], imported["file"]) == ("import", "consent", "c.csv")
 
     recorded = ok(cli(*cli.check("+33 6 12 34 56 78", "--record"))).json()
     assert (recorded["result"], recorded["reason"]) == ("ALLOW", "CONSENT")
     assert (recorded["attempts_30d"], recorded["recorded"]) == (1, True)
-    (record,) = cli.audit_records()
+    (record,) = [r for r in cli.audit_records() if r["kind"] == "decision"]
     assert not AUDIT_FIELDS - record.keys(), AUDIT_FIELDS - record.keys()
     assert record["id"] == recorded["id"]
     assert record["ts"] == 1796117400000  # 2026-12-01T10:30+01:00 in UTC ms
@@ -393,7 +394,7 @@ def test_check_has_no_side_effect_unless_record(cli: Cli) -> None:
 
     after = ok(cli(*cli.check("0612345678", at="2026-12-02T10:30"))).json()
     assert after["attempts_30d"] == 1  # counted once; the plain checks counted nothing
-    assert len(cli.audit_records()) == 1
+    assert [r["kind"] for r in cli.audit_records()] == ["import", "decision"]
 
 
 def test_audit_records_carry_the_hash_chain(cli: Cli) -> None:
@@ -1344,3 +1345,29 @@ def test_history_tells_when_we_learned_they_objected(cli: Cli) -> None:
     # An inspector's copy of the journal: the story, without a Redis to ask.
     copy = ok(cli("audit", "history", "0612345678", "--json", "--dir", str(cli.audit_dir)))
     assert [json.loads(line)["kind"] for line in copy.out.splitlines()] == kinds
+
+
+def test_an_import_is_recorded_and_its_file_kept(cli: Cli) -> None:
+    import gzip
+    import hashlib
+
+    content = b"number,reason\n0612345678,asked\n0622222222,\nnot-a-number,\n"
+    path = cli.file("crm-export.csv", content)
+    args = ["import", "dnc", str(path), "--replace", "--max-rejects", "1", "--operator", "eve"]
+    ok_but_rejects = cli(*args)
+    assert ok_but_rejects.code == 0, ok_but_rejects
+    (record,) = cli.audit_records()
+    digest = hashlib.sha256(content).hexdigest()
+    assert (record["kind"], record["list"], record["mode"]) == ("import", "dnc", "replace")
+    assert (record["file"], record["sha256"], record["operator"]) == (
+        "crm-export.csv",
+        digest,
+        "eve",
+    )
+    assert (record["rows"], record["new"], record["rejected"], record["size"]) == (2, 2, 1, 2)
+    assert record["version"] and record["kept"] == f"{digest}.dnc.csv.gz"
+    kept = cli.audit_dir / "imports" / record["kept"]
+    assert gzip.decompress(kept.read_bytes()) == content  # what the list held, on file
+    ok_again = cli(*args)
+    assert ok_again.code == 0 and len(list((cli.audit_dir / "imports").iterdir())) == 1
+    assert ok(cli("audit", "verify")).code == 0

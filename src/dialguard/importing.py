@@ -6,8 +6,13 @@ File formats: docs/imports.md; what happens in Redis: docs/data-model.md."""
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
+import gzip
+import hashlib
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,12 +22,15 @@ from typing import IO, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from dialguard import import_files
+from dialguard.audit import Journal
 from dialguard.csv_cells import cells
 from dialguard.import_files import Header, Rejected
+from dialguard.service import new_id
 from dialguard.store import ListBusy, Store
 from dialguard.store.loading import Loader, Summary
 
 __all__ = [
+    "Accounting",
     "Check",
     "ImportFailed",
     "Notify",
@@ -195,6 +203,18 @@ class Request:
     dry_run: bool
     rejects_path: Path | None
     max_rejects: int
+    operator: str = ""
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Where an import is accounted for: its audit record goes to `journal`, a compressed
+    copy of its file to `kept_dir`, named by its SHA-256 (what a list held on any day can
+    be shown and rebuilt)."""
+
+    journal: Journal
+    kept_dir: Path
+    node: str
 
 
 @dataclass
@@ -213,6 +233,7 @@ async def run_import(
     *,
     notify: Notify = lambda _: None,
     progress: Progress | None = None,
+    accounting: Accounting | None = None,
 ) -> Outcome:
     """Check and load one file (`store` None: a dry run). Raises ImportFailed (nothing
     loaded, one line) and BadImportFile (the file is not of its kind)."""
@@ -262,7 +283,14 @@ async def run_import(
             refusal = "" if check_first else _refusal(request, rejects, loaded.rows)
             if refusal:
                 raise ImportFailed(refusal)
-            summary = await loader.commit()
+            before_swap = None
+            if accounting is not None:
+                sha256 = await asyncio.to_thread(_sha256, request.path)
+
+                async def before_swap(summary: Summary) -> None:
+                    await _account(accounting, request, sha256, rejects.count, summary)
+
+            summary = await loader.commit(before_swap)
         except BaseException:
             await loader.abort()
             raise
@@ -271,6 +299,71 @@ async def run_import(
         rejects.close()
     seconds = time.monotonic() - started
     return Outcome(check or loaded, rejects.count, _written(rejects), summary, "", seconds)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with _open(path) as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def kept_name(kind: str, sha256: str) -> str:
+    return f"{sha256}.{kind}.csv.gz"
+
+
+async def _account(
+    accounting: Accounting, request: Request, sha256: str, rejected: int, summary: Summary
+) -> None:
+    """Keep the file, then journal the import: both before the list goes in force."""
+    kept = accounting.kept_dir / kept_name(request.kind, sha256)
+    await asyncio.to_thread(_keep, request.path, kept)
+    now = datetime.now(UTC)
+    await accounting.journal.append(
+        {
+            "id": new_id(now),
+            "ts": int(now.timestamp() * 1000),
+            "node": accounting.node,
+            "kind": "import",
+            "list": request.kind,
+            "mode": request.mode,
+            "file": request.path.name,
+            "sha256": sha256,
+            "kept": kept.name,
+            "rows": summary.rows,
+            "new": summary.changed,
+            "unchanged": summary.unchanged,
+            "rejected": rejected,
+            "version": summary.version,
+            "size": summary.size,
+            "ref": request.ref,
+            "checked_on": request.checked_on.isoformat() if request.checked_on else None,
+            "operator": request.operator,
+            "adapter": "cli",
+        }
+    )
+
+
+def _keep(source: Path, kept: Path) -> None:
+    """A gzip copy of the file, written whole (a temporary name, fsync, rename) or not at
+    all; an identical file already kept is kept once."""
+    if kept.exists():
+        return
+    try:
+        kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = kept.with_name(kept.name + ".part")
+        with _open(source) as handle, open(partial, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
+                shutil.copyfileobj(handle, out, 1 << 20)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(partial, 0o600)
+        os.replace(partial, kept)
+    except OSError as exc:
+        raise ImportFailed(
+            f"{kept.parent}: cannot keep a copy of the file: {exc.strerror}"
+        ) from None
 
 
 def _written(rejects: Rejects) -> Path | None:

@@ -15,7 +15,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from dialguard import import_files, importing
-from dialguard.cli.common import Failure, config_option, errors_are_one_line, run_with_store
+from dialguard.audit import Journal
+from dialguard.cli.common import (
+    Failure,
+    config_option,
+    errors_are_one_line,
+    operator_option,
+    run_with_store,
+)
 from dialguard.config import load_config
 from dialguard.store import Store
 
@@ -86,6 +93,7 @@ class _Bar:
     show_default=True,
     help="Load the good lines when at most this many are bad (they go to the rejects file).",
 )
+@operator_option
 @config_option
 @errors_are_one_line
 def import_(
@@ -98,11 +106,14 @@ def import_(
     dry_run: bool,
     rejects_path: Path | None,
     max_rejects: int,
+    operator: str,
     config_path: Path | None,
 ) -> None:
     """Load a CSV file (header row, `,` or `;`) of KIND: dnc, consent, contract, bloctel.
 
     Without --replace the rows are added to the list in force (--remove: taken off it).
+    Each import is an audit record (file, SHA-256, counts, version, operator) and its file
+    is kept, compressed, in the audit directory's imports/ (docs/imports.md).
     """
     config = load_config(config_path)
     if replace and remove:
@@ -123,10 +134,16 @@ def import_(
         dry_run=dry_run,
         rejects_path=rejects_path,
         max_rejects=max_rejects,
+        operator=operator,
+    )
+    accounting = importing.Accounting(
+        Journal(config.audit_dir), config.audit_dir / "imports", config.node
     )
 
     def run(store: Store | None) -> Coroutine[Any, Any, importing.Outcome]:
-        return importing.run_import(request, store, notify=_to_stderr, progress=_Bar())
+        return importing.run_import(
+            request, store, notify=_to_stderr, progress=_Bar(), accounting=accounting
+        )
 
     try:
         # A dry run reads no Redis: it works where Redis is out of reach.

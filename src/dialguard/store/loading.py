@@ -8,7 +8,7 @@ of the same kind) leaves the list in force untouched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -168,11 +168,25 @@ class Loader:
             if part in (LISTED, CLEAR):
                 self._counts["listed" if part == LISTED else "clear"] += added
 
-    async def commit(self) -> Summary:
+    async def commit(
+        self, before_swap: Callable[[Summary], Awaitable[None]] | None = None
+    ) -> Summary:
+        """Write what is gathered and put the import in force. `before_swap` is awaited
+        with the summary (version, counts, size) right before the list goes in force: the
+        audit record of an import is durable before any decision can read it."""
         lists = self._lists
         counts = self._counts
         await self._write_gathered()
         summary = Summary(self.kind, self.mode, rows=counts["rows"], changed=counts["changed"])
+        announced = False
+
+        async def announce() -> None:
+            nonlocal announced
+            summary.version = self.target
+            if before_swap is not None and not announced:
+                announced = True
+                await before_swap(summary)
+
         loaded_at = self._now.astimezone(UTC).isoformat(timespec="seconds")
         try:
             if self.list == "optout":
@@ -192,6 +206,9 @@ class Loader:
                     key=lambda s: (s["checked_on"], int(s["version"])),
                     reverse=True,
                 )
+                summary.size = int(entry["size"])
+                summary.result_sets = len(sets)
+                await announce()
                 await lists.swap(
                     "optout",
                     [s["version"] for s in sets],
@@ -201,8 +218,6 @@ class Loader:
                     self._dropping(),
                 )
                 self._swapped = True
-                summary.size = int(entry["size"])
-                summary.result_sets = len(sets)
             elif self.target:
                 meta = dict(self._meta) if not self.building else {}
                 size = await self._size(meta)
@@ -218,6 +233,8 @@ class Loader:
                         *meta["changes"][-9:],
                         {"mode": self.mode, "source": self._source, "at": loaded_at},
                     ]
+                summary.size = size
+                await announce()
                 await lists.swap(
                     self.list,
                     [self.target],
@@ -227,8 +244,7 @@ class Loader:
                     self._dropping(),
                 )
                 self._swapped = True
-                summary.size = size
-            summary.version = self.target
+            await announce()  # a removal with no imported list to remove from
             for version in self._dropping():  # no longer read by anyone: free them
                 await lists.free(self.list, version)
                 await lists.forget(self.list, version)
