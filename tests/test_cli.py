@@ -1371,3 +1371,40 @@ def test_an_import_is_recorded_and_its_file_kept(cli: Cli) -> None:
     ok_again = cli(*args)
     assert ok_again.code == 0 and len(list((cli.audit_dir / "imports").iterdir())) == 1
     assert ok(cli("audit", "verify")).code == 0
+
+
+def test_lists_rebuild_from_the_journal_gives_the_same_answers(cli: Cli) -> None:
+    ok(cli("import", "dnc", cli.file("dnc.csv", "number\n0611111111\n0633333333\n"), "--replace"))
+    ok(cli("dnc", "add", "0622222222", "--reason", "asked by phone"))
+    ok(cli("dnc", "remove", "0633333333", "--reason", "a mistake"))
+    stale = CONSENT_HEADER + "0677777777,ACME,2026-09-01,,old\n"
+    ok(cli("import", "consent", cli.file("stale.csv", stale)))  # replaced whole below
+    consents = CONSENT_HEADER + "".join(
+        f"06{n * 11111111:08d},ACME,2026-09-01,,crm-{n}\n" for n in (4, 5, 6)
+    )
+    ok(cli("import", "consent", cli.file("consents.csv", consents), "--replace"))
+    withdraw = ["consent", "withdraw", "0655555555", "--principal", "ACME"]
+    ok(cli(*withdraw, "--at", "2026-11-15T10:00"))
+    ok(cli("outcome", "0666666666", "refused", "--campaign", PROSPECT, "--at", "2026-11-20T10:00"))
+    table = [f"06{n * 11111111:08d}" for n in range(1, 8)]
+
+    def answers() -> list[tuple[str, str]]:
+        return [decision(run) for run in cli.many(*(cli.check(number) for number in table))]
+
+    before = answers()
+    assert [reason for _, reason in before] == [
+        "INTERNAL_DNC",  # imported
+        "INTERNAL_DNC",  # live
+        "NO_CONSENT",  # removed from the list
+        "CONSENT",
+        "CONSENT_WITHDRAWN",
+        "RECENT_REFUSAL",
+        "NO_CONSENT",  # only in the consent list that was replaced
+    ]
+    with redis.Redis.from_url(cli.overrides["DIALGUARD_REDIS_URL"]) as client:
+        client.flushall()
+    assert answers() != before
+    rebuilt = cli("lists", "rebuild", "--from-journal")
+    assert rebuilt.code == 0, rebuilt
+    assert "2 imports replayed (1 replaced later, skipped), 4 live changes applied" in rebuilt.out
+    assert answers() == before

@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from dialguard.cli.common import config_option, errors_are_one_line, run_with_store
+from dialguard.cli.common import Failure, config_option, errors_are_one_line, run_with_store
 from dialguard.config import load_config
 from dialguard.freshness import SOON_DAYS, registry_sets
 from dialguard.store import Store
@@ -161,3 +161,38 @@ def status(as_json: bool, config_path: Path | None) -> None:
     soon = sum(row.stale_in_7_days for row in rows)
     if soon:
         click.echo(f"{soon:,} registry-checked numbers go stale within {SOON_DAYS} days")
+
+
+@lists.command()
+@click.option(
+    "--from-journal",
+    "from_journal",
+    is_flag=True,
+    required=True,
+    help="Replay the journal's imports (their kept files) and live changes, in order.",
+)
+@config_option
+@errors_are_one_line
+def rebuild(from_journal: bool, config_path: Path | None) -> None:
+    """Restore an empty or stale Redis from the audit journal: each list from its last
+    full replacement on, then every live change, in the order they took effect. Attempt
+    counts are not restored (the 30-day cap restarts)."""
+    from dialguard import importing
+    from dialguard.rebuild import rebuild as replay
+
+    config = load_config(config_path)
+    zone = ZoneInfo(config.policy.default_timezone)
+
+    def notify(line: str) -> None:
+        click.echo(line, err=True)
+
+    try:
+        done = run_with_store(
+            config, lambda store: replay(store, config.audit_dir, zone, notify), bulk=True
+        )
+    except importing.ImportFailed as exc:
+        raise Failure(str(exc)) from None
+    click.echo(
+        f"rebuilt from {config.audit_dir}: {done.imports} imports replayed"
+        f" ({len(done.skipped)} replaced later, skipped), {done.changes} live changes applied"
+    )
