@@ -193,9 +193,12 @@ def build(directory: Path, records: int, per_day: int) -> None:
     print(f"built {records:,} records in {time.perf_counter() - began:.0f} s")
 
 
-def search(directory: Path, number: str, runs: int) -> None:
+def search(directory: Path, number: str, runs: int, what: str = "search") -> None:
     dialguard = Path(sys.executable).with_name("dialguard")
-    command = [str(dialguard), "audit", "search", "--dir", str(directory), "--number", number]
+    if what == "history":
+        command = [str(dialguard), "audit", "history", "--dir", str(directory), number]
+    else:
+        command = [str(dialguard), "audit", "search", "--dir", str(directory), "--number", number]
     walls = []
     found = 0
     for _ in range(runs):
@@ -208,7 +211,7 @@ def search(directory: Path, number: str, runs: int) -> None:
     start_up = time.perf_counter() - began
     total = sum(p.stat().st_size for p in directory.glob("*.jsonl"))
     print(
-        f"search {number}: {found} records; wall {min(walls):.3f} s best, "
+        f"{what} {number}: {found} records; wall {min(walls):.3f} s best, "
         f"{statistics.median(walls):.3f} s median of {runs} (whole command; "
         f"`dialguard --help` alone {start_up:.3f} s); journal {total / 1e9:.1f} GB"
     )
@@ -231,15 +234,16 @@ def main() -> None:
     p.add_argument("--records", type=int, default=10_000_000)
     p.add_argument("--per-day", type=int, default=1_000_000)
     p.add_argument("--dir", type=Path, required=True)
-    p = sub.add_parser("search")
-    p.add_argument("--dir", type=Path, required=True)
-    p.add_argument("--number", default="+33612345678")
-    p.add_argument("--runs", type=int, default=5)
+    for name in ("search", "history"):
+        p = sub.add_parser(name)
+        p.add_argument("--dir", type=Path, required=True)
+        p.add_argument("--number", default="+33612345678")
+        p.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     if args.what == "build":
         build(args.dir, args.records, args.per_day)
-    elif args.what == "search":
-        search(args.dir, args.number, args.runs)
+    elif args.what in ("search", "history"):
+        search(args.dir, args.number, args.runs, args.what)
     else:
         with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
             if args.what == "fsync":
