@@ -22,7 +22,7 @@ from dialguard.store import Store
 from dialguard.store.keys import Keys
 from tests.cli_runner import run_dialguard
 from tests.journal import audit_records
-from tests.redis_server import free_port, running_redis
+from tests.redis_server import RedisServer, free_port, running_redis
 from tests.test_service import MONDAY, make_config
 
 NUMBER = "0612345678"
@@ -234,3 +234,22 @@ def test_verify_catches_an_edited_or_removed_change_record(tmp_path: Path, tampe
     path.write_bytes(b"".join(lines))
     run = run_dialguard(["audit", "verify", "--dir", audit])
     assert run.code == 3 and run.out.startswith("NOT INTACT after "), run
+
+
+async def test_a_removal_applied_late_never_undoes_a_later_do_not_call(
+    redis_client: aioredis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The CLI removed the number while Redis was away; Redis is back and, before the
+    removal is applied, the consumer says "never call me" during a call: the late removal
+    must not take the newer request away."""
+    config = make_config(redis_server.url, tmp_path / "audit")
+    store = Store.from_url(config.redis.url, config.redis.prefix, 2000)
+    ms, key = int(MONDAY.timestamp() * 1000), _number().key
+    removal = Change("r1", ms, ChangeKind.DNC_REMOVE, key, why="asked to be called")
+    request = Change("a2", ms + 60_000, ChangeKind.OUTCOME, key, "ACME", "do-not-call", "said")
+    assert await store.apply(request)
+    await store.apply(removal)  # late: it waited while the request went straight through
+    facts = await store.facts(_number(), "ACME", MONDAY, 30)
+    assert facts.dnc is not None and facts.dnc.reason == "said"
+    assert await store.applied(["r1", "a2"]) == {"r1", "a2"}
+    await store.close()

@@ -150,7 +150,14 @@ _DNC_REMOVE = (
     _UNLIST
     + """
 local n, base, unlisted = ARGV[1], ARGV[4], ARGV[5]
-local removed = redis.call('HDEL', KEYS[1], n)
+local removed = 0
+-- A removal applied late never undoes a do-not-call taken after it (the live entry
+-- starts with the instant it was taken).
+local entry = redis.call('HGET', KEYS[1], n)
+local added = entry and tonumber(string.match(entry, '^(%d+)|'))
+if not (added and ARGV[6] ~= '' and added > tonumber(ARGV[7])) then
+  removed = redis.call('HDEL', KEYS[1], n)
+end
 local current = redis.call('HGET', KEYS[2], ARGV[3])
 if current then removed = removed + unlist(string.format(base, current), n) end
 local building = redis.call('GET', KEYS[3])
