@@ -1408,3 +1408,15 @@ def test_lists_rebuild_from_the_journal_gives_the_same_answers(cli: Cli) -> None
     assert rebuilt.code == 0, rebuilt
     assert "2 imports replayed (1 replaced later, skipped), 4 live changes applied" in rebuilt.out
     assert answers() == before
+
+
+def test_a_rebuild_refuses_a_kept_file_that_was_edited(cli: Cli) -> None:
+    ok(cli("import", "dnc", cli.file("dnc.csv", "number\n0611111111\n"), "--replace"))
+    (kept,) = (cli.audit_dir / "imports").iterdir()
+    import gzip
+
+    kept.write_bytes(gzip.compress(b"number\n0699999999\n"))  # someone swapped the file
+    run = cli("lists", "rebuild", "--from-journal")
+    one_line_error(run, 1, "does not match the journal's SHA-256")
+    kept.write_bytes(b"not gzip at all")
+    one_line_error(cli("lists", "rebuild", "--from-journal"), 1, "cannot be replayed")

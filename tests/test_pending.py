@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,11 +16,13 @@ import redis.asyncio as aioredis
 
 from dialguard.audit import AuditUnavailable, Journal
 from dialguard.changes import Change, ChangeKind
-from dialguard.model import CallRequest, Reason, Result
+from dialguard.import_files import DncRow
+from dialguard.model import CallRequest, FailMode, Reason, Result
 from dialguard.numbers import Number, normalise
 from dialguard.service import OutcomeKind, OutcomeStatus, Service
 from dialguard.store import Store
 from dialguard.store.keys import Keys
+from dialguard.store.loading import load
 from tests.cli_runner import run_dialguard
 from tests.journal import audit_records
 from tests.redis_server import RedisServer, free_port, running_redis
@@ -252,4 +255,68 @@ async def test_a_removal_applied_late_never_undoes_a_later_do_not_call(
     facts = await store.facts(_number(), "ACME", MONDAY, 30)
     assert facts.dnc is not None and facts.dnc.reason == "said"
     assert await store.applied(["r1", "a2"]) == {"r1", "a2"}
+    await store.close()
+
+
+async def test_failing_open_never_lets_through_what_waits(tmp_path: Path) -> None:
+    """Redis away, a campaign that fails open: a refusal or a withdrawal taken meanwhile on
+    this node still denies (the rest of what Redis knows is unknown, so only denials)."""
+    config = make_config(f"redis://127.0.0.1:{free_port()}/0", tmp_path / "audit")
+    press = replace(config.campaigns["demo-press"], fail_mode=FailMode.OPEN)
+    prospecting = replace(config.campaigns["demo-prospecting"], fail_mode=FailMode.OPEN)
+    campaigns = {**config.campaigns, "demo-press": press, "demo-prospecting": prospecting}
+    config = replace(config, campaigns=campaigns)
+    store = Store.from_url(config.redis.url, config.redis.prefix, 500)
+    service = Service(config, store, Journal(tmp_path / "audit"), clock=lambda: MONDAY)
+    other = CallRequest("0622222222", "demo-press")
+    assert (await service.decide(other, now=MONDAY)).decision.result is Result.ALLOW  # open
+    said = CallRequest(NUMBER, "demo-press", adapter="fastagi")
+    assert (
+        await service.record_outcome(said, "refused", now=MONDAY)
+    ).status is OutcomeStatus.PENDING
+    later = MONDAY + timedelta(hours=1)
+    refused = await service.decide(CallRequest(NUMBER, "demo-press"), now=later)
+    assert (refused.decision.result, refused.decision.reason) == (
+        Result.DENY,
+        Reason.RECENT_REFUSAL,
+    )
+    assert "pending in the journal" in refused.decision.degraded
+    _, _, applied = await service.withdraw_consent("0633333333", "ACME", MONDAY)
+    assert not applied
+    withdrawn = await service.decide(CallRequest("0633333333", "demo-prospecting"), now=later)
+    assert withdrawn.decision.result is Result.DENY
+    assert (await service.decide(other, now=later)).decision.result is Result.ALLOW  # the rest
+    await store.close()
+
+
+async def test_a_change_applied_twice_or_late_changes_nothing(
+    redis_client: aioredis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Another worker, apply-pending or a restart may apply a change again, after newer
+    ones: each change takes effect once, and the latest stands."""
+    config = make_config(redis_server.url, tmp_path / "audit")
+    store = Store.from_url(config.redis.url, config.redis.prefix, 2000)
+    ms, key = int(MONDAY.timestamp() * 1000), _number().key
+    a1 = Change("a1", ms, ChangeKind.DNC_ADD, key, why="old")
+    r2 = Change("r2", ms + 1000, ChangeKind.DNC_REMOVE, key, why="asked to be called")
+    a3 = Change("a3", ms + 2000, ChangeKind.DNC_ADD, key, why="new")
+    for change in (a1, r2, a3):
+        assert await store.apply(change)
+    for change in (a1, r2):  # a stale queue, applied again after a3
+        assert not await store.apply(change)
+    facts = await store.facts(_number(), "ACME", MONDAY, 30)
+    assert facts.dnc is not None and facts.dnc.reason == "new"
+    # An import lists the number again after a removal: the removal applied again later
+    # (a restart that could not read the marks queues it) does not take it off.
+    await load(store.lists, "dnc", [DncRow(key, "letter")], "replace")
+    removal = Change("r4", ms + 3000, ChangeKind.DNC_REMOVE, key, why="x")
+    assert await store.apply(removal)
+    await load(store.lists, "dnc", [DncRow(key, "letter of objection")], "add")
+    assert not await store.apply(removal)
+    facts = await store.facts(_number(), "ACME", MONDAY, 30)
+    assert facts.dnc is not None and facts.dnc.reason == "letter of objection"
+    # A change dated far ahead trims no mark: marks age by the applier's clock.
+    ahead = Change("w5", ms + 400 * 86_400_000, ChangeKind.CONSENT_WITHDRAW, key, "ACME")
+    assert await store.apply(ahead)
+    assert await store.applied(["a1", "r2", "a3", "r4", "w5"]) == {"a1", "r2", "a3", "r4", "w5"}
     await store.close()

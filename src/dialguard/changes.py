@@ -73,6 +73,8 @@ def change_of(record: dict[str, Any]) -> Change | None:
     number = str(record.get("number") or "")
     if not number.startswith("+") or not number[1:].isdigit():
         return None
+    if kind == ChangeKind.OUTCOME and record.get("outcome") not in ("refused", "do-not-call"):
+        return None
     try:
         return Change(
             id=str(record["id"]),

@@ -99,6 +99,11 @@ class Pending:
         take it for another's."""
         self._known.add(change_id)
 
+    def unexpect(self, change_id: str) -> None:
+        """Its journal write failed: should its line have landed all the same, following
+        the journal applies it like another's."""
+        self._known.discard(change_id)
+
     async def submit(self, change: Change) -> bool | None:
         """Apply a change just written to the journal, after any that wait before it:
         whether it changed anything in Redis, or None when Redis did not take it (it then
@@ -125,10 +130,14 @@ class Pending:
         """Apply what waits, in journal order, until Redis refuses (StoreUnavailable)."""
         done = 0
         for change in list(self._queue.values()):
-            await self._store.apply(change)
+            try:
+                await self._store.apply(change)
+            except ValueError as exc:  # a record no version of ours could apply
+                log.error("change_unappliable", change=change.id, error=str(exc))
+            else:
+                done += 1
+                log.info("change_applied", change=change.id, kind=change.kind, late=True)
             del self._queue[change.id]
-            done += 1
-            log.info("change_applied", change=change.id, kind=change.kind, late=True)
         return done
 
     # --- what waits, for decisions ----------------------------------------------------
@@ -201,7 +210,10 @@ class Pending:
     async def _follow(self) -> None:
         while True:
             await asyncio.sleep(FOLLOW_S)
-            await self._read_journal(datetime.now(UTC), PENDING_DAYS)
+            try:
+                await self._read_journal(datetime.now(UTC), PENDING_DAYS)
+            except Exception:  # never stop following: the next turn may read again
+                log.exception("journal_follow_failed")
 
     async def _retry(self) -> None:
         delay = 0.05
@@ -213,7 +225,10 @@ class Pending:
                     await self.apply_all()
                 except StoreUnavailable as exc:
                     log.warning("changes_waiting", pending=len(self._queue), error=str(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_S)
+                except Exception:  # never stop retrying: what waits is an opt-out
+                    log.exception("changes_retry_failed", pending=len(self._queue))
                 else:
                     delay = 0.05
+                    continue
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import shutil
+import hashlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,13 +88,31 @@ async def rebuild(
 
 
 async def _reimport(store: Store, directory: Path, record: dict[str, Any], zone: ZoneInfo) -> None:
+    try:
+        await _reimport_checked(store, directory, record, zone)
+    except (KeyError, ValueError, EOFError, gzip.BadGzipFile, OSError) as exc:
+        what = f"import {record.get('id')} ({record.get('file')})"
+        raise importing.ImportFailed(f"{what}: cannot be replayed: {exc}") from None
+
+
+async def _reimport_checked(
+    store: Store, directory: Path, record: dict[str, Any], zone: ZoneInfo
+) -> None:
     kept = directory / "imports" / str(record["kept"])
     if not kept.is_file():
         raise importing.ImportFailed(f"{kept}: the kept copy of {record.get('file')} is missing")
     with tempfile.TemporaryDirectory(prefix="dialguard-rebuild-") as work:
-        plain = Path(work) / str(record.get("file") or "import.csv")
+        plain = Path(work) / Path(str(record.get("file") or "import.csv")).name
+        digest = hashlib.sha256()
         with gzip.open(kept, "rb") as packed, plain.open("wb") as out:
-            shutil.copyfileobj(packed, out, 1 << 20)
+            while chunk := packed.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != record["sha256"]:
+            # The kept copy is not the file the journal says was loaded: edited, or damaged.
+            raise importing.ImportFailed(
+                f"{kept}: its content does not match the journal's SHA-256"
+            )
         checked_on = record.get("checked_on")
         request = importing.Request(
             kind=str(record["list"]),

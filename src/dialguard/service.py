@@ -28,7 +28,6 @@ from dialguard.model import (
     CallRequest,
     Campaign,
     Decision,
-    DncEntry,
     Facts,
     Reason,
     Unavailable,
@@ -230,12 +229,15 @@ class Service:
         self, campaign: Campaign, number: Number, now: datetime, reason: Reason, detail: str
     ) -> Decision:
         log.warning("degraded_decision", reason=reason.value, detail=detail, campaign=campaign.name)
-        pending = self.pending.has_dnc(number.key)
-        if pending is not None and campaign.honour_dnc:
-            # A do-not-call taken while Redis was away holds even when failing open.
-            known = Facts(dnc=DncEntry(f"{pending.why} (pending {pending.id})", pending.at))
+        known = self.pending.overlay(number.key, campaign.principal, Facts())
+        if known != Facts():
+            # What this node took while Redis was away holds even when failing open: a
+            # do-not-call, a refusal, a withdrawal. Deny-only: the rest is unknown.
             decision = policy.decide(campaign, number, known, now, self.config.policy)
-            return replace(decision, degraded=f"{detail}; do-not-call pending in the journal")
+            withdrawn = decision.reason is Reason.NO_CONSENT and known.withdrawn_at is not None
+            if decision.reason in _PENDING_DENIALS or withdrawn:
+                note = f"{detail}; {decision.reason.value} pending in the journal"
+                return replace(decision, degraded=note)
         unavailable = Unavailable(reason, detail)
         # Counting is skipped: with the store out of reach, nothing can be counted.
         return policy.decide(campaign, number, unavailable, now, self.config.policy)
@@ -359,7 +361,11 @@ class Service:
                 "channel": request.channel,
                 "uniqueid": request.uniqueid,
             }
-            await self.journal.append(record)  # durable before Redis hears of it
+            try:
+                await self.journal.append(record)  # durable before Redis hears of it
+            except AuditUnavailable:
+                self.pending.unexpect(change_id)
+                raise
         applied = await self.pending.submit(change)
         if applied is None:
             log.error("change_not_applied", kind=kind.value, number=number.e164, id=change_id)
@@ -382,6 +388,9 @@ class Service:
             await asyncio.wait(set(self._background), timeout=timeout_s)
         await self.pending.aclose()
 
+
+# Reasons a change still waiting for Redis can give on its own.
+_PENDING_DENIALS = frozenset({Reason.INTERNAL_DNC, Reason.RECENT_REFUSAL, Reason.CONSENT_WITHDRAWN})
 
 # The request behind a change made from the command line.
 _CLI = CallRequest("", "", adapter="cli")

@@ -8,7 +8,7 @@ import getpass
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from pathlib import Path
 from typing import NoReturn, ParamSpec, TypeVar
@@ -32,6 +32,7 @@ __all__ = [
     "Failure",
     "at",
     "campaign_named",
+    "change_at",
     "config_option",
     "configure_logging",
     "default_operator",
@@ -106,6 +107,19 @@ def at(value: str | None, config: Config) -> datetime:
     return (
         moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(config.policy.default_timezone))
     )
+
+
+# A change dated ahead of the clock is a typo (or a lie): its record must say when it was
+# learned, at the latest now. A few minutes of clock skew between machines are allowed.
+FUTURE_SLACK = timedelta(minutes=5)
+
+
+def change_at(value: str | None, config: Config) -> datetime:
+    """`--at` of a change (outcome, withdrawal): as `at`, but never ahead of the clock."""
+    moment = at(value, config)
+    if moment > datetime.now(UTC) + FUTURE_SLACK:
+        raise Failure(f"--at {value!r} is in the future; a change is dated when it was made")
+    return moment
 
 
 def run_with_store(

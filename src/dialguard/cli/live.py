@@ -14,8 +14,8 @@ from dialguard.audit import Journal
 from dialguard.cli.common import (
     EXIT_DEPENDENCY,
     Failure,
-    at,
     campaign_named,
+    change_at,
     config_option,
     errors_are_one_line,
     operator_option,
@@ -103,7 +103,7 @@ def consent_withdraw(
     config = load_config(config_path)
     if not import_files.is_valid_principal(principal):
         raise Failure(f"--principal {principal!r} must be 1-64 letters, digits, '_', '.', '-'")
-    now = at(when, config)
+    now = change_at(when, config)
     journal = Journal(config.audit_dir)
     target, record_id, applied = run_with_store(
         config,
@@ -140,7 +140,7 @@ def outcome(
     (its outside-line prefix)."""
     config = load_config(config_path)
     campaign_named(config, campaign)  # the message that names the configured campaigns
-    now: datetime = at(when, config)
+    now: datetime = change_at(when, config)
     journal = Journal(config.audit_dir)
     request = CallRequest(number_raw=number, campaign=campaign, adapter="cli")
     result = run_with_store(

@@ -144,12 +144,13 @@ return {either, listed}
 # KEYS: the live hash, the lists hash, the dnc lock, the applied changes. ARGV: the number,
 # the unlisted set's lifetime, the lists hash's dnc field, the format of a dnc version's
 # base and of an unlisted set's key (each completed with a version id), then the change's
-# id and ms (marked applied in the same step; '': not a journalled change) and the oldest
-# applied mark to keep.
+# id ('': not a journalled change; one already marked applied changes nothing), its ms,
+# now (the mark's score, marked in the same step) and the oldest applied mark to keep.
 _DNC_REMOVE = (
     _UNLIST
     + """
 local n, base, unlisted = ARGV[1], ARGV[4], ARGV[5]
+if ARGV[6] ~= '' and redis.call('ZSCORE', KEYS[4], ARGV[6]) then return 0 end
 local removed = 0
 -- A removal applied late never undoes a do-not-call taken after it (the live entry
 -- starts with the instant it was taken).
@@ -167,8 +168,8 @@ if building then
   redis.call('PEXPIRE', string.format(unlisted, building), ARGV[2])
 end
 if ARGV[6] ~= '' then
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[8])
+  redis.call('ZADD', KEYS[4], ARGV[8], ARGV[6])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[9])
 end
 return removed
 """
@@ -444,10 +445,12 @@ class Lists:
         keys = [key, self.keys.seen(lock_version)]
         return int(await self._call(self._contract_merge(keys=keys, args=args)))
 
-    async def remove_dnc(self, number_key: str, change: tuple[str, int, int] = ("", 0, 0)) -> bool:
+    async def remove_dnc(
+        self, number_key: str, change: tuple[str, int, int, int] = ("", 0, 0, 0)
+    ) -> bool:
         """A live removal: from the live entries, the list in force and the one being
         built by an import under way (or the import would bring the number back).
-        `change`: (id, ms, oldest mark kept) of the journal record it applies."""
+        `change`: (id, ms, now, oldest mark kept) of the journal record it applies."""
         keys = self.keys
         args: list[str | int] = [
             number_key,

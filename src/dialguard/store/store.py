@@ -66,20 +66,40 @@ end
 return #KEYS
 """
 
-# Apply a withdrawal or a refusal: each hash keeps the latest instant of its field (a change
-# applied late, or twice, never moves it back), and the change is marked applied in the
-# same step. KEYS: the hashes, then the applied changes. ARGV: the field, the change's ms,
-# its id, the oldest applied mark to keep.
+# Journalled changes (dialguard.changes), each applied at most once: a change whose id is
+# marked applied changes nothing, whoever applies it again (another worker, apply-pending,
+# a restart that could not read the marks). Each also keeps the latest instant it holds,
+# so changes applied out of order end as if applied in order. The mark is scored with the
+# applier's clock (marks are kept APPLIED_KEPT_DAYS after they are made, whatever instant
+# a change claims).
+#
+# A withdrawal or a refusal: KEYS: the hashes to set, then the applied marks. ARGV: the
+# field, the change's ms, its id, now and the oldest mark to keep (applier's ms).
 _LATEST = """
 local applied = KEYS[#KEYS]
+if redis.call('ZSCORE', applied, ARGV[3]) then return 0 end
 for i = 1, #KEYS - 1 do
   local old = redis.call('HGET', KEYS[i], ARGV[1])
   if not old or tonumber(old) < tonumber(ARGV[2]) then
     redis.call('HSET', KEYS[i], ARGV[1], ARGV[2])
   end
 end
-redis.call('ZADD', applied, ARGV[2], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', applied, '-inf', '(' .. ARGV[4])
+redis.call('ZADD', applied, ARGV[4], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', applied, '-inf', '(' .. ARGV[5])
+return 1
+"""
+# A do-not-call: the live entry keeps the latest request (its value starts with its ms).
+# KEYS: the live hash, the applied marks. ARGV: the number, the entry, the change's ms,
+# its id, now and the oldest mark to keep.
+_ADD_DNC = """
+if redis.call('ZSCORE', KEYS[2], ARGV[4]) then return 0 end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local added = old and tonumber(string.match(old, '^(%d+)|'))
+if not added or added <= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[6])
 return 1
 """
 # Applied marks outlive any pending change the service looks for (PENDING_DAYS).
@@ -100,6 +120,7 @@ class Store:
         self._release = client.register_script(_RELEASE)
         self._cancel = client.register_script(_CANCEL)
         self._latest = client.register_script(_LATEST)
+        self._add_dnc = client.register_script(_ADD_DNC)
         self._to_cancel: dict[tuple[str, str], float] = {}  # (attempts key, id) -> since
         self._canceller: asyncio.Task[None] | None = None
         self.lists = Lists(client, self.keys)
@@ -287,31 +308,33 @@ class Store:
 
     async def apply(self, change: Change) -> bool:
         """Apply one change from the journal and mark it applied, in one atomic step;
-        whether it changed anything (a removal: whether the number was listed). Applying
-        it again changes nothing."""
+        whether it changed anything (False: applied before, or a removal of a number not
+        listed). Applying it again changes nothing."""
         keys = self.keys
-        oldest = change.ts_ms - APPLIED_KEPT_DAYS * 86_400_000
-        if change.kind is ChangeKind.DNC_REMOVE:
-            return await self.lists.remove_dnc(change.number_key, (change.id, change.ts_ms, oldest))
-        if change.adds_dnc:
-            entry = f"{change.ts_ms}|{change.why}"
-
-            def add(pipe: Any) -> None:
-                pipe.hset(keys.dnc_live, change.number_key, entry)
-                pipe.zadd(keys.applied, {change.id: change.ts_ms})
-                pipe.zremrangebyscore(keys.applied, "-inf", f"({oldest}")
-
-            await self._write(add)
-            return True
-        if change.withdraws:
-            hashes = [keys.refusal, keys.withdrawal] if change.refuses else [keys.withdrawal]
-            pair = f"{change.number_key}|{change.principal}"
-            args: list[str | int] = [pair, change.ts_ms, change.id, oldest]
-            try:
-                await self._latest(keys=[*hashes, keys.applied], args=args)
-            except (RedisError, OSError) as exc:
-                raise StoreUnavailable(f"Redis unavailable: {exc}") from None
-            return True
+        now_ms = int(time.time() * 1000)
+        oldest = now_ms - APPLIED_KEPT_DAYS * 86_400_000
+        try:
+            if change.kind is ChangeKind.DNC_REMOVE:
+                mark = (change.id, change.ts_ms, now_ms, oldest)
+                return await self.lists.remove_dnc(change.number_key, mark)
+            if change.adds_dnc:
+                entry = f"{change.ts_ms}|{change.why}"
+                args: list[str | int] = [
+                    change.number_key,
+                    entry,
+                    change.ts_ms,
+                    change.id,
+                    now_ms,
+                    oldest,
+                ]
+                return bool(await self._add_dnc(keys=[keys.dnc_live, keys.applied], args=args))
+            if change.withdraws:
+                hashes = [keys.refusal, keys.withdrawal] if change.refuses else [keys.withdrawal]
+                pair = f"{change.number_key}|{change.principal}"
+                args = [pair, change.ts_ms, change.id, now_ms, oldest]
+                return bool(await self._latest(keys=[*hashes, keys.applied], args=args))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
         raise ValueError(f"change {change.id}: nothing to apply for {change.kind}")
 
     async def applied(self, ids: list[str]) -> set[str]:
