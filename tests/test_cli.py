@@ -10,6 +10,7 @@ at interpreter exit, `serve`) runs the real script (`Cli.processes`).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import os
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
+from dialguard.audit import Journal
 from tests.cli_runner import run_dialguard
 from tests.journal import audit_records
 from tests.redis_server import RedisServer
@@ -369,8 +371,9 @@ def test_check_has_no_side_effect_unless_record(cli: Cli) -> None:
     plain = ok(cli(*cli.check("06 12 34 56 78"))).json()
     assert (plain["result"], plain["reason"], plain["attempts_30d"]) == ("ALLOW", "CONSENT", 0)
     assert plain["recorded"] is False
-    (imported,) = cli.audit_records()  # the import's own record, and no decision
+    imported, done = cli.audit_records()  # the import's own records, and no decision
     assert (imported["kind"], imported["list"], imported["file"]) == ("import", "consent", "c.csv")
+    assert (done["kind"], done["import"]) == ("import-done", imported["id"])
 
     recorded = ok(cli(*cli.check("+33 6 12 34 56 78", "--record"))).json()
     assert (recorded["result"], recorded["reason"]) == ("ALLOW", "CONSENT")
@@ -394,7 +397,7 @@ def test_check_has_no_side_effect_unless_record(cli: Cli) -> None:
 
     after = ok(cli(*cli.check("0612345678", at="2026-12-02T10:30"))).json()
     assert after["attempts_30d"] == 1  # counted once; the plain checks counted nothing
-    assert [r["kind"] for r in cli.audit_records()] == ["import", "decision"]
+    assert [r["kind"] for r in cli.audit_records()] == ["import", "import-done", "decision"]
 
 
 def test_audit_records_carry_the_hash_chain(cli: Cli) -> None:
@@ -1356,7 +1359,8 @@ def test_an_import_is_recorded_and_its_file_kept(cli: Cli) -> None:
     args = ["import", "dnc", str(path), "--replace", "--max-rejects", "1", "--operator", "eve"]
     ok_but_rejects = cli(*args)
     assert ok_but_rejects.code == 0, ok_but_rejects
-    (record,) = cli.audit_records()
+    record, done = cli.audit_records()
+    assert (done["kind"], done["import"]) == ("import-done", record["id"])
     digest = hashlib.sha256(content).hexdigest()
     assert (record["kind"], record["list"], record["mode"]) == ("import", "dnc", "replace")
     assert (record["file"], record["sha256"], record["operator"]) == (
@@ -1420,3 +1424,17 @@ def test_a_rebuild_refuses_a_kept_file_that_was_edited(cli: Cli) -> None:
     one_line_error(run, 1, "does not match the journal's SHA-256")
     kept.write_bytes(b"not gzip at all")
     one_line_error(cli("lists", "rebuild", "--from-journal"), 1, "cannot be replayed")
+
+
+def test_a_rebuild_replays_only_imports_in_force_and_refuses_a_pruned_journal(cli: Cli) -> None:
+    ok(cli("import", "dnc", cli.file("dnc.csv", "number\n0611111111\n"), "--replace"))
+    records = cli.audit_records()
+    # An import whose swap failed: its record landed, its completion never did.
+    failed = {**records[0], "id": records[0]["id"][:-1] + "f", "file": "wrong.csv"}
+    failed.update(mode="replace", kept="missing.dnc.csv.gz")
+    unsealed = {k: v for k, v in failed.items() if k not in ("prev", "hash")}
+    asyncio.run(Journal(cli.audit_dir).append(unsealed))  # through the real writer
+    run = cli("lists", "rebuild", "--from-journal")
+    assert run.code == 0 and "1 imports replayed (0 replaced later, skipped)" in run.out, run
+    (cli.audit_dir / "audit.start").write_text("0" * 64 + "\n")
+    one_line_error(cli("lists", "rebuild", "--from-journal"), 1, "was pruned")

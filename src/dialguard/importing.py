@@ -288,9 +288,14 @@ async def run_import(
                 sha256 = await asyncio.to_thread(_sha256, request.path)
 
                 async def before_swap(summary: Summary) -> None:
-                    await _account(accounting, request, sha256, rejects.count, summary)
+                    recorded.append(
+                        await _account(accounting, request, sha256, rejects.count, summary)
+                    )
 
+            recorded: list[str] = []
             summary = await loader.commit(before_swap)
+            if accounting is not None and recorded:
+                await _account_done(accounting, request, recorded[0])
         except BaseException:
             await loader.abort()
             raise
@@ -315,14 +320,16 @@ def kept_name(kind: str, sha256: str) -> str:
 
 async def _account(
     accounting: Accounting, request: Request, sha256: str, rejected: int, summary: Summary
-) -> None:
-    """Keep the file, then journal the import: both before the list goes in force."""
+) -> str:
+    """Keep the file, then journal the import: both before the list goes in force. The
+    record's id."""
     kept = accounting.kept_dir / kept_name(request.kind, sha256)
     await asyncio.to_thread(_keep, request.path, kept)
     now = datetime.now(UTC)
+    record_id = new_id(now)
     await accounting.journal.append(
         {
-            "id": new_id(now),
+            "id": record_id,
             "ts": int(now.timestamp() * 1000),
             "node": accounting.node,
             "kind": "import",
@@ -339,6 +346,24 @@ async def _account(
             "size": summary.size,
             "ref": request.ref,
             "checked_on": request.checked_on.isoformat() if request.checked_on else None,
+            "operator": request.operator,
+            "adapter": "cli",
+        }
+    )
+    return record_id
+
+
+async def _account_done(accounting: Accounting, request: Request, import_id: str) -> None:
+    """The import is in force: a rebuild replays only imports that got this far."""
+    now = datetime.now(UTC)
+    await accounting.journal.append(
+        {
+            "id": new_id(now),
+            "ts": int(now.timestamp() * 1000),
+            "node": accounting.node,
+            "kind": "import-done",
+            "list": request.kind,
+            "import": import_id,
             "operator": request.operator,
             "adapter": "cli",
         }

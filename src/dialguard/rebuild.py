@@ -24,13 +24,14 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from dialguard import importing
+from dialguard.audit.files import START_NAME
 from dialguard.audit.reader import lines, snapshot
 from dialguard.changes import CHANGE_MARKERS, Change, change_of
 from dialguard.store import Store
 
 __all__ = ["Rebuilt", "journal_history", "rebuild"]
 
-_IMPORT_MARKER = b'"kind":"import"'
+_IMPORT_MARKER = b'"kind":"import'  # import, and import-done once it is in force
 
 
 @dataclass
@@ -48,7 +49,7 @@ def journal_history(directory: Path) -> list[dict[str, Any] | Change]:
             if _IMPORT_MARKER in line:
                 with contextlib.suppress(orjson.JSONDecodeError):
                     record = orjson.loads(line)
-                    if record.get("kind") == "import":
+                    if record.get("kind") in ("import", "import-done"):
                         found.append(record)
             elif any(marker in line for marker in CHANGE_MARKERS):
                 with contextlib.suppress(orjson.JSONDecodeError):
@@ -66,25 +67,40 @@ async def rebuild(
 ) -> Rebuilt:
     """Replay the journal into Redis. Raises importing.ImportFailed when a kept file is
     missing (nothing after it is replayed: the order matters)."""
+    if (directory / START_NAME).exists():
+        # `audit prune` removed the oldest records: the imports and live changes they held
+        # (a do-not-call never expires) would be silently missing from the rebuild.
+        raise importing.ImportFailed(
+            f"{directory}: the journal was pruned (audit.start); it no longer holds every"
+            " change, so it cannot rebuild Redis alone"
+        )
     history = journal_history(directory)
+    # Only imports that went in force: the record is written before the swap, `import-done`
+    # after it (a swap that failed leaves a record and no list).
+    done = {e.get("import") for e in history if isinstance(e, dict) and e["kind"] == "import-done"}
+    history = [
+        e
+        for e in history
+        if not isinstance(e, dict) or (e["kind"] == "import" and e.get("id") in done)
+    ]
     last_replace: dict[str, int] = {}
     for position, event in enumerate(history):
         if isinstance(event, dict) and event.get("mode") == "replace":
             last_replace[str(event["list"])] = position
-    done = Rebuilt()
+    rebuilt = Rebuilt()
     for position, event in enumerate(history):
         if isinstance(event, Change):
             await store.apply(event)
-            done.changes += 1
+            rebuilt.changes += 1
             continue
         kind = str(event["list"])
         if position < last_replace.get(kind, -1):
-            done.skipped.append(str(event.get("file")))
+            rebuilt.skipped.append(str(event.get("file")))
             continue
         await _reimport(store, directory, event, zone)
-        done.imports += 1
+        rebuilt.imports += 1
         notify(f"{event.get('file')}: {kind} import of {event.get('mode')} replayed")
-    return done
+    return rebuilt
 
 
 async def _reimport(store: Store, directory: Path, record: dict[str, Any], zone: ZoneInfo) -> None:
