@@ -22,7 +22,7 @@ from dialguard.numbers import Number, normalise
 from dialguard.service import OutcomeKind, OutcomeStatus, Service
 from dialguard.store import Store
 from dialguard.store.keys import Keys
-from dialguard.store.loading import load
+from dialguard.store.loading import Loader, load
 from tests.cli_runner import run_dialguard
 from tests.journal import audit_records
 from tests.redis_server import RedisServer, free_port, running_redis
@@ -319,4 +319,24 @@ async def test_a_change_applied_twice_or_late_changes_nothing(
     ahead = Change("w5", ms + 400 * 86_400_000, ChangeKind.CONSENT_WITHDRAW, key, "ACME")
     assert await store.apply(ahead)
     assert await store.applied(["a1", "r2", "a3", "r4", "w5"]) == {"a1", "r2", "a3", "r4", "w5"}
+    await store.close()
+
+
+async def test_a_removal_file_does_not_undo_a_do_not_call_taken_while_it_loads(
+    redis_client: aioredis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    config = make_config(redis_server.url, tmp_path / "audit")
+    store = Store.from_url(config.redis.url, config.redis.prefix, 2000)
+    ms, key = int(MONDAY.timestamp() * 1000), _number().key
+    older = Change("a0", ms - 60_000, ChangeKind.DNC_ADD, "33622222222", why="before the file")
+    assert await store.apply(older)
+    removal = Loader(store.lists, "dnc", "remove", source="letters.csv", now=MONDAY)
+    await removal.open()
+    said = Change("a1", ms + 60_000, ChangeKind.OUTCOME, key, "ACME", "do-not-call", "said")
+    assert await store.apply(said)  # during the import
+    await removal.feed_keys([key, "33622222222"])
+    await removal.commit()
+    assert (await store.facts(_number(), "ACME", MONDAY, 30)).dnc is not None  # kept
+    before = await store.facts(normalise("0622222222"), "ACME", MONDAY, 30)
+    assert before.dnc is None  # the file's to remove
     await store.close()

@@ -270,7 +270,19 @@ async def run_import(
             await loader.open()
         except ListBusy as exc:
             raise ImportFailed(str(exc)) from None
+        recorded: list[str] = []
         try:
+            sha256 = ""
+            if accounting is not None:
+                sha256 = await asyncio.to_thread(_sha256, request.path)
+                if not loader.building:
+                    # In place, each row is visible as it is written: the record goes first
+                    # (its counts are those of the check; import-done gives the outcome).
+                    intent = Summary(request.kind, request.mode, rows=check.rows if check else 0)
+                    intent.version = loader.target
+                    recorded.append(
+                        await _account(accounting, request, sha256, rejects.count, intent)
+                    )
             loaded = await scan(
                 request.path,
                 header,
@@ -284,18 +296,16 @@ async def run_import(
             if refusal:
                 raise ImportFailed(refusal)
             before_swap = None
-            if accounting is not None:
-                sha256 = await asyncio.to_thread(_sha256, request.path)
+            if accounting is not None and not recorded:
 
                 async def before_swap(summary: Summary) -> None:
                     recorded.append(
                         await _account(accounting, request, sha256, rejects.count, summary)
                     )
 
-            recorded: list[str] = []
             summary = await loader.commit(before_swap)
             if accounting is not None and recorded:
-                await _account_done(accounting, request, recorded[0])
+                await _account_done(accounting, request, recorded[0], summary)
         except BaseException:
             await loader.abort()
             raise
@@ -353,7 +363,9 @@ async def _account(
     return record_id
 
 
-async def _account_done(accounting: Accounting, request: Request, import_id: str) -> None:
+async def _account_done(
+    accounting: Accounting, request: Request, import_id: str, summary: Summary
+) -> None:
     """The import is in force: a rebuild replays only imports that got this far."""
     now = datetime.now(UTC)
     await accounting.journal.append(
@@ -364,6 +376,10 @@ async def _account_done(accounting: Accounting, request: Request, import_id: str
             "kind": "import-done",
             "list": request.kind,
             "import": import_id,
+            "version": summary.version,
+            "new": summary.changed,
+            "unchanged": summary.unchanged,
+            "size": summary.size,
             "operator": request.operator,
             "adapter": "cli",
         }

@@ -120,17 +120,23 @@ end
 )
 
 # Remove numbers from one version and from a live hash. ARGV: the version's base key ('':
-# none), the live hash key ('': none), then the numbers. Returns {numbers that were on
+# none), the live hash key ('': none), the instant (ms) from which live entries are kept,
+# then the numbers. Returns {numbers that were on
 # either, numbers that were in the version}.
 _REMOVE = (
     _UNLIST
     + """
-local base, live = ARGV[1], ARGV[2]
+local base, live, before = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local either, listed = 0, 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local here, there = 0, 0
   if base ~= '' then here = unlist(base, ARGV[i]) end
-  if live ~= '' then there = redis.call('HDEL', live, ARGV[i]) end
+  if live ~= '' then
+    -- A do-not-call taken after the file was made is not the file's to undo.
+    local entry = redis.call('HGET', live, ARGV[i])
+    local added = entry and tonumber(string.match(entry, '^(%d+)|'))
+    if not (added and added >= before) then there = redis.call('HDEL', live, ARGV[i]) end
+  end
   listed = listed + here
   if here + there > 0 then either = either + 1 end
 end
@@ -418,12 +424,16 @@ class Lists:
         replies = await self._call(wire.pipelined(self._redis, commands, in_flight=2))
         return sum(int(reply) for reply in replies)
 
-    async def remove(self, base: str, live_key: str, keys: Sequence[str]) -> tuple[int, int]:
-        """Remove numbers from a version (`base`, or '') and a live hash (or ''): how many
-        were on either, how many were in the version."""
+    async def remove(
+        self, base: str, live_key: str, keys: Sequence[str], keep_from_ms: int
+    ) -> tuple[int, int]:
+        """Remove numbers from a version (`base`, or '') and a live hash (or '', and only
+        entries taken before `keep_from_ms`): how many were on either, how many were in
+        the version."""
         if not keys:
             return 0, 0
-        either, listed = await self._call(self._remove(args=[base, live_key, *keys]))
+        args: list[str | int] = [base, live_key, keep_from_ms, *keys]
+        either, listed = await self._call(self._remove(args=args))
         return int(either), int(listed)
 
     async def set_reasons(self, base: str, reasons: Mapping[str, str]) -> None:

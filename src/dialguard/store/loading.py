@@ -114,7 +114,9 @@ class Loader:
             if self.mode == "remove":
                 keys_of = self._lists.keys
                 base = keys_of.base("dnc", self.target) if self.target else ""
-                either, in_list = await self._lists.remove(base, keys_of.dnc_live, keys)
+                # Live entries taken since this import began are newer than its file.
+                started_ms = int(self._now.timestamp() * 1000)
+                either, in_list = await self._lists.remove(base, keys_of.dnc_live, keys, started_ms)
                 counts["changed"] += either
                 counts["removed"] += in_list
             else:
