@@ -66,13 +66,17 @@ def _local_redis() -> str:
     sys.exit(f"make run: redis-server did not start; see {data / 'redis.log'}")
 
 
-def _drop_old_sample_layout(url: str) -> None:
+def _drop_old_sample_layout(url: str, config: Path) -> None:
     """Our own Redis holds only sample data: an earlier `make run` may have left it in the
     one-hash-per-list layout, which `serve` refuses (docs/data-model.md, Upgrading)."""
     import redis
 
+    from dialguard.config import load_config
+    from dialguard.store.keys import Keys
+
+    keys = Keys(load_config(config, env={"DIALGUARD_REDIS_URL": url}).redis.prefix)
     client = redis.Redis.from_url(url)
-    client.delete(*(f"dialguard:{kind}" for kind in ("dnc", "optout", "consent", "contract")))
+    client.delete(*(keys.legacy(kind) for kind in ("dnc", "optout", "consent", "contract")))
     client.close()
 
 
@@ -81,7 +85,7 @@ def main() -> None:
     env.setdefault("DIALGUARD_CONFIG", str(ROOT / "config" / "dialguard.toml"))
     if not env.get("DIALGUARD_REDIS_URL"):
         env["DIALGUARD_REDIS_URL"] = _local_redis()
-        _drop_old_sample_layout(env["DIALGUARD_REDIS_URL"])
+        _drop_old_sample_layout(env["DIALGUARD_REDIS_URL"], Path(env["DIALGUARD_CONFIG"]))
     dialguard = str(Path(sys.executable).parent / "dialguard")
     for kind, name, extra in SAMPLES:
         path = ROOT / "config" / "sample" / name
