@@ -4,8 +4,10 @@ call would (docs/rules.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -21,11 +23,25 @@ from dialguard.cli.common import (
     operator_option,
     run_with_store,
 )
-from dialguard.config import load_config
+from dialguard.config import Config, load_config
 from dialguard.model import CallRequest
 from dialguard.service import OutcomeKind, OutcomeStatus, Service
 
 __all__ = ["consent", "dnc", "outcome"]
+
+T = TypeVar("T")
+
+
+def _through_service(config: Config, change: Callable[[Service], Awaitable[T]]) -> T:
+    """Run one change through the service: journalled first, then applied (or pending)."""
+    journal = Journal(config.audit_dir)
+    return run_with_store(config, lambda store: change(Service(config, store, journal)))
+
+
+def _checked_reason(reason: str) -> str:
+    if not import_files.is_valid_ref(reason):
+        raise Failure("--reason must be at most 200 characters, without '|' or control characters")
+    return reason
 
 
 def _pending(record_id: str) -> Failure:
@@ -50,12 +66,9 @@ def dnc() -> None:
 def dnc_add(number: str, reason: str, operator: str, config_path: Path | None) -> None:
     """Add NUMBER to the do-not-call list; effective for the very next call."""
     config = load_config(config_path)
-    if not import_files.is_valid_ref(reason):
-        raise Failure("--reason must be at most 200 characters, without '|' or control characters")
-    journal = Journal(config.audit_dir)
-    target, record_id, applied = run_with_store(
-        config,
-        lambda store: Service(config, store, journal).dnc_add(number, reason, operator=operator),
+    why = _checked_reason(reason)
+    target, record_id, applied = _through_service(
+        config, lambda service: service.dnc_add(number, why, operator=operator)
     )
     if not applied:
         raise _pending(record_id)
@@ -71,12 +84,9 @@ def dnc_add(number: str, reason: str, operator: str, config_path: Path | None) -
 def dnc_remove(number: str, reason: str, operator: str, config_path: Path | None) -> None:
     """Remove NUMBER from the do-not-call list."""
     config = load_config(config_path)
-    if not import_files.is_valid_ref(reason):
-        raise Failure("--reason must be at most 200 characters, without '|' or control characters")
-    journal = Journal(config.audit_dir)
-    target, record_id, removed = run_with_store(
-        config,
-        lambda store: Service(config, store, journal).dnc_remove(number, reason, operator=operator),
+    why = _checked_reason(reason)
+    target, record_id, removed = _through_service(
+        config, lambda service: service.dnc_remove(number, why, operator=operator)
     )
     if removed is None:
         raise _pending(record_id)
@@ -104,12 +114,9 @@ def consent_withdraw(
     if not import_files.is_valid_principal(principal):
         raise Failure(f"--principal {principal!r} must be 1-64 letters, digits, '_', '.', '-'")
     now = change_at(when, config)
-    journal = Journal(config.audit_dir)
-    target, record_id, applied = run_with_store(
+    target, record_id, applied = _through_service(
         config,
-        lambda store: Service(config, store, journal).withdraw_consent(
-            number, principal, now, operator=operator
-        ),
+        lambda service: service.withdraw_consent(number, principal, now, operator=operator),
     )
     if not applied:
         raise _pending(record_id)
@@ -141,13 +148,9 @@ def outcome(
     config = load_config(config_path)
     campaign_named(config, campaign)  # the message that names the configured campaigns
     now: datetime = change_at(when, config)
-    journal = Journal(config.audit_dir)
     request = CallRequest(number_raw=number, campaign=campaign, adapter="cli")
-    result = run_with_store(
-        config,
-        lambda store: Service(config, store, journal).record_outcome(
-            request, kind, now=now, operator=operator
-        ),
+    result = _through_service(
+        config, lambda service: service.record_outcome(request, kind, now=now, operator=operator)
     )
     if result.status is OutcomeStatus.INVALID:
         raise Failure(result.detail)
