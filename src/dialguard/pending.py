@@ -21,12 +21,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 import structlog
 
 from dialguard.audit.files import AuditUnavailable
 from dialguard.audit.reader import lines, snapshot
-from dialguard.changes import CHANGE_MARKERS, Change, ChangeKind, change_of
+from dialguard.changes import Change, ChangeKind, change_in
 from dialguard.model import DncEntry, Facts
 from dialguard.store import Store, StoreUnavailable
 
@@ -41,7 +40,6 @@ PENDING_DAYS = 3
 RETRY_MAX_S = 1.0
 # How often the journal is followed for changes other processes wrote.
 FOLLOW_S = 0.5
-_DECISION = b'"kind":"decision"'
 
 
 def journal_changes(
@@ -63,14 +61,9 @@ def journal_changes(
         end = start
         for offset, line in lines(path, size, [], start):
             end = offset + len(line) + 1
-            # Nearly every line is a decision, its kind among its first fields.
-            if line.find(_DECISION, 0, 200) >= 0:
-                continue
-            if any(marker in line for marker in CHANGE_MARKERS):
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    change = change_of(orjson.loads(line))
-                    if change is not None:
-                        found.append(change)
+            change = change_in(line)
+            if change is not None:
+                found.append(change)
         if positions is not None:
             positions[path] = end
     return found
@@ -162,13 +155,6 @@ class Pending:
                 ):
                     facts = replace(facts, withdrawn_at=change.at)
         return facts
-
-    def has_dnc(self, number_key: str) -> Change | None:
-        """A do-not-call for this number waiting to be applied, if any."""
-        for change in self._queue.values():
-            if change.number_key == number_key and change.adds_dnc:
-                return change
-        return None
 
     # --- the background ---------------------------------------------------------------
 

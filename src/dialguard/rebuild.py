@@ -26,7 +26,7 @@ import orjson
 from dialguard import importing
 from dialguard.audit.files import START_NAME
 from dialguard.audit.reader import lines, snapshot
-from dialguard.changes import CHANGE_MARKERS, Change, change_of
+from dialguard.changes import Change, change_in
 from dialguard.store import Store
 
 __all__ = ["Rebuilt", "journal_history", "rebuild"]
@@ -51,11 +51,8 @@ def journal_history(directory: Path) -> list[dict[str, Any] | Change]:
                     record = orjson.loads(line)
                     if record.get("kind") in ("import", "import-done"):
                         found.append(record)
-            elif any(marker in line for marker in CHANGE_MARKERS):
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    change = change_of(orjson.loads(line))
-                    if change is not None:
-                        found.append(change)
+            elif (change := change_in(line)) is not None:
+                found.append(change)
     return found
 
 
