@@ -46,7 +46,8 @@ def journal_changes(
     directory: Path, days: int, now: datetime, positions: dict[Path, int] | None = None
 ) -> list[Change]:
     """The change records of the journal files of the last `days` UTC days, in journal
-    order. `positions`: where each file was read up to (updated), to read on from there."""
+    order (every day with `days=0`). `positions`: where each file was read up to (updated),
+    to read on from there; a file skipped for its age is positioned at its end."""
     oldest = (now.astimezone(UTC).date().toordinal() - days + 1) if days else 0
     found: list[Change] = []
     for path, size in snapshot(directory).files:
@@ -57,6 +58,8 @@ def journal_changes(
             with contextlib.suppress(ValueError):
                 day = datetime.strptime(path.name[6:16], "%Y-%m-%d").date().toordinal()
                 if day < oldest:
+                    if positions is not None:
+                        positions[path] = size  # followed from here on, never read back
                     continue
         end = start
         for offset, line in lines(path, size, [], start):
@@ -197,7 +200,9 @@ class Pending:
         while True:
             await asyncio.sleep(FOLLOW_S)
             try:
-                await self._read_journal(datetime.now(UTC), PENDING_DAYS)
+                # Every file seen at start is positioned: a file new since then is read
+                # whole whatever its name's day (a first record dated in the past).
+                await self._read_journal(datetime.now(UTC), 0)
             except Exception:  # never stop following: the next turn may read again
                 log.exception("journal_follow_failed")
 
