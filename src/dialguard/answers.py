@@ -72,10 +72,12 @@ def agi_call(request: AgiRequest) -> ChannelCall:
 
 
 def decision_variables(verdict: Verdict) -> Variables:
+    """The answer (in shadow mode, ALLOW with SHADOW_<reason> for a denial)."""
     decision = verdict.decision
+    result, reason = verdict.answer
     return {
-        "DIALGUARD_RESULT": decision.result.value,
-        "DIALGUARD_REASON": decision.reason.value,
+        "DIALGUARD_RESULT": result.value,
+        "DIALGUARD_REASON": reason,
         "DIALGUARD_ID": verdict.id,
         "DIALGUARD_NUMBER": decision.number.e164 if decision.number else "",
     }

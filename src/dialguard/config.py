@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redis.connection import parse_url
 
-from dialguard.model import Campaign, FailMode, Purpose, Sector
+from dialguard.model import Campaign, FailMode, Mode, Purpose, Sector
 from dialguard.numbers import Kind
 from dialguard.policy import Policy
 
@@ -327,7 +327,15 @@ def _campaign(campaigns: _Reader, name: str) -> Campaign:
         raise campaigns.fail(name, "campaign names must be 1-64 letters, digits, '_', '.', '-'")
     table = campaigns.table(name)
     table.unknown_keys(
-        {"principal", "purpose", "sector", "fail_mode", "outside_line_prefix", "honour_dnc"}
+        {
+            "principal",
+            "purpose",
+            "sector",
+            "fail_mode",
+            "outside_line_prefix",
+            "honour_dnc",
+            "mode",
+        }
     )
     prefix = table.get("outside_line_prefix", str, "")
     if not re.match(r"^\d{0,4}$", prefix):
@@ -340,6 +348,7 @@ def _campaign(campaigns: _Reader, name: str) -> Campaign:
         fail_mode=table.choice("fail_mode", FailMode, "closed"),
         outside_prefix=prefix,
         honour_dnc=table.get("honour_dnc", bool, True),
+        mode=table.choice("mode", Mode, "enforce"),
     )
 
 

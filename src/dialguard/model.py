@@ -65,6 +65,18 @@ class FailMode(enum.StrEnum):
     OPEN = "open"
 
 
+class Mode(enum.StrEnum):
+    """What a campaign's answers do: enforce the decision, or only watch it (shadow: every
+    call is decided, counted and audited as usual, and answered ALLOW; a denial shows as
+    reason SHADOW_<reason>). How a call centre turns dialguard on without risk."""
+
+    ENFORCE = "enforce"
+    SHADOW = "shadow"
+
+
+SHADOW_PREFIX = "SHADOW_"
+
+
 @dataclass(frozen=True, slots=True)
 class Campaign:
     name: str
@@ -74,6 +86,7 @@ class Campaign:
     fail_mode: FailMode = FailMode.CLOSED
     outside_prefix: str = ""
     honour_dnc: bool = True
+    mode: Mode = Mode.ENFORCE
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,15 +25,19 @@ from dialguard.audit import AuditUnavailable, Journal, decision_record
 from dialguard.changes import Change, ChangeKind
 from dialguard.config import Config
 from dialguard.model import (
+    SHADOW_PREFIX,
     CallRequest,
     Campaign,
     Decision,
     Facts,
+    Mode,
     Reason,
+    Result,
     Unavailable,
 )
 from dialguard.numbers import InvalidNumber, Number, listable, normalise
 from dialguard.pending import Pending
+from dialguard.policy import Policy
 from dialguard.store import Store, StoreUnavailable
 
 __all__ = [
@@ -73,6 +77,16 @@ class OutcomeResult:
 class Verdict:
     id: str
     decision: Decision
+    shadow: bool = False  # its campaign is in shadow mode: a denial is answered ALLOW
+
+    @property
+    def answer(self) -> tuple[Result, str]:
+        """What the dialer is told: the decision, or in shadow mode ALLOW with
+        SHADOW_<reason> for a denial (the decision itself stays what the law says)."""
+        decision = self.decision
+        if self.shadow and not decision.allowed:
+            return Result.ALLOW, SHADOW_PREFIX + decision.reason.value
+        return decision.result, decision.reason.value
 
 
 def listable_number(raw: str, campaign: Campaign | None = None) -> Number:
@@ -113,6 +127,8 @@ class Service:
         journal: Journal | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        # Replaced whole by a reload (`reconfigure`); each decision reads it once, so a
+        # decision under way finishes under the configuration it started with.
         self.config = config
         self.store = store
         self.journal = journal
@@ -123,6 +139,11 @@ class Service:
 
     def campaign(self, name: str) -> Campaign | None:
         return self.config.campaigns.get(name)
+
+    def reconfigure(self, config: Config) -> None:
+        """Decide the calls that start from now on under `config` (a reload): its policy
+        and campaigns. Redis, the journal and the listeners stay as they were started."""
+        self.config = config
 
     async def decide(
         self,
@@ -141,18 +162,22 @@ class Service:
         started = time.perf_counter_ns()
         now = now or self.clock()
         decision_id = new_id(now)
-        rules = self.config.policy
-        campaign = self.campaign(request.campaign)
+        config = self.config  # one configuration for the whole decision, whatever reloads
+        rules = config.policy
+        campaign = config.campaigns.get(request.campaign)
         number, number_error = _normalise(request.number_raw, campaign)
+        shadow = campaign is not None and campaign.mode is Mode.SHADOW
 
         if campaign is None or number is None or number.never_blocked:
             # The policy decides without reading anything.
             decision = policy.decide(campaign, number, Facts(), now, rules, number_error)
         elif unavailable is not None:
-            decision = self._degraded(campaign, number, now, unavailable.reason, unavailable.detail)
+            decision = self._degraded(
+                campaign, number, now, unavailable.reason, unavailable.detail, rules
+            )
         else:
             decision = await self._decide_with_facts(
-                campaign, number, now, decision_id, record, deadline_s
+                campaign, number, now, decision_id, record, deadline_s, rules, shadow
             )
 
         if record and self.journal is not None:
@@ -162,20 +187,24 @@ class Service:
                     decision_record(
                         decision_id=decision_id,
                         ts=now,
-                        node=self.config.node,
+                        node=config.node,
                         request=request,
                         campaign=campaign,
                         decision=decision,
                         latency_us=latency_us,
+                        shadow=shadow,
                     )
                 )
             except AuditUnavailable:
                 # No record, no answer: the call is not placed, so its slot goes back
                 # (or the consumer's lawful calls would quietly run out).
-                if decision.counts_attempt and number is not None and campaign is not None:
+                # (In shadow mode a denial may hold one too; giving back a slot never
+                # taken changes nothing.)
+                held = decision.counts_attempt or (shadow and not decision.allowed)
+                if held and number is not None and campaign is not None:
                     self._release_soon(number, campaign.principal, decision_id)
                 raise
-        return Verdict(decision_id, decision)
+        return Verdict(decision_id, decision, shadow)
 
     async def _decide_with_facts(
         self,
@@ -185,11 +214,14 @@ class Service:
         decision_id: str,
         record: bool,
         deadline_s: float | None,
+        rules: Policy,
+        shadow: bool,
     ) -> Decision:
-        rules = self.config.policy
         prepared = policy.prepare(campaign, number, now, rules)
         reserve = None
-        if record and prepared.would_count:
+        # In shadow mode every call goes out, whatever the decision: it takes a slot
+        # (if one is left) so that the 30-day count holds the calls really placed.
+        if record and (prepared.would_count or shadow):
             reserve = (rules.max_attempts, decision_id)
         try:
             async with asyncio.timeout(deadline_s):
@@ -201,13 +233,15 @@ class Service:
                 # The script may still run in Redis (sent, unanswered): undo it either way.
                 self.store.cancel_later(number, campaign.principal, decision_id)
             if isinstance(exc, StoreUnavailable):
-                return self._degraded(campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc))
+                return self._degraded(
+                    campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc), rules
+                )
             detail = f"no decision within {(deadline_s or 0) * 1000:.0f} ms"
-            return self._degraded(campaign, number, now, Reason.DEADLINE, detail)
+            return self._degraded(campaign, number, now, Reason.DEADLINE, detail, rules)
         facts = self.pending.overlay(number.key, campaign.principal, facts)
         decision = policy.decide(campaign, number, facts, now, rules, prepared=prepared)
         if facts.reserved:
-            if decision.counts_attempt:
+            if decision.counts_attempt or (shadow and not decision.allowed):
                 return replace(decision, attempts_30d=facts.attempts_30d + 1)
             self._release_soon(number, campaign.principal, decision_id)
         return decision
@@ -226,21 +260,27 @@ class Service:
             log.error("release_failed", error=str(task.exception()))
 
     def _degraded(
-        self, campaign: Campaign, number: Number, now: datetime, reason: Reason, detail: str
+        self,
+        campaign: Campaign,
+        number: Number,
+        now: datetime,
+        reason: Reason,
+        detail: str,
+        rules: Policy,
     ) -> Decision:
         log.warning("degraded_decision", reason=reason.value, detail=detail, campaign=campaign.name)
         known = self.pending.overlay(number.key, campaign.principal, Facts())
         if known != Facts():
             # What this node took while Redis was away holds even when failing open: a
             # do-not-call, a refusal, a withdrawal. Deny-only: the rest is unknown.
-            decision = policy.decide(campaign, number, known, now, self.config.policy)
+            decision = policy.decide(campaign, number, known, now, rules)
             withdrawn = decision.reason is Reason.NO_CONSENT and known.withdrawn_at is not None
             if decision.reason in _PENDING_DENIALS or withdrawn:
                 note = f"{detail}; {decision.reason.value} pending in the journal"
                 return replace(decision, degraded=note)
         unavailable = Unavailable(reason, detail)
         # Counting is skipped: with the store out of reach, nothing can be counted.
-        return policy.decide(campaign, number, unavailable, now, self.config.policy)
+        return policy.decide(campaign, number, unavailable, now, rules)
 
     async def record_outcome(
         self,

@@ -281,24 +281,36 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 
 def stats(records: Iterator[dict[str, Any]], zone: ZoneInfo) -> dict[str, Any]:
-    """Decisions, allowed, denied, deny rate; by reason, by campaign, by local hour."""
-    allowed = denied = 0
+    """Decisions, allowed, denied, deny rate; by reason, by campaign, by local hour.
+
+    A denial in shadow mode counts as denied (it is what the law says) and as `shadowed`:
+    what would have been blocked, had the campaign been enforcing."""
+    allowed = denied = shadowed = 0
     reasons: Counter[tuple[str, str]] = Counter()
+    shadowed_reasons: Counter[str] = Counter()
     campaigns: dict[str, Counter[str]] = {}
     hours: dict[int, Counter[str]] = {hour: Counter() for hour in range(24)}
     outcomes: Counter[str] = Counter()
     hour_of = _hour_reader(zone)
     for record in records:
-        if record.get("kind", "decision") != "decision":
-            outcomes[str(record.get("outcome"))] += 1
+        kind = record.get("kind", "decision")
+        if kind != "decision":
+            if kind == "outcome":
+                outcomes[str(record.get("outcome"))] += 1
             continue
         result = str(record.get("result"))
+        reason = str(record.get("reason"))
         if result == "ALLOW":
             allowed += 1
         else:
             denied += 1
-        reasons[(result, str(record.get("reason")))] += 1
-        campaigns.setdefault(str(record.get("campaign")), Counter())[result] += 1
+        reasons[(result, reason)] += 1
+        by_campaign = campaigns.setdefault(str(record.get("campaign")), Counter())
+        by_campaign[result] += 1
+        if "answer" in record:  # a denial answered ALLOW: shadow mode
+            shadowed += 1
+            shadowed_reasons[reason] += 1
+            by_campaign["shadowed"] += 1
         hours[hour_of(int(record["ts"]))][result] += 1
     total = allowed + denied
     return {
@@ -306,17 +318,24 @@ def stats(records: Iterator[dict[str, Any]], zone: ZoneInfo) -> dict[str, Any]:
         "allowed": allowed,
         "denied": denied,
         "deny_rate": round(denied / total, 4) if total else 0.0,
+        "shadowed": shadowed,
         "by_reason": [
-            {"result": result, "reason": reason, "decisions": count}
+            {
+                "result": result,
+                "reason": reason,
+                "decisions": count,
+                "shadowed": shadowed_reasons[reason] if result == "DENY" else 0,
+            }
             for (result, reason), count in sorted(reasons.items(), key=lambda kv: -kv[1])
         ],
         "by_campaign": [
             {
                 "campaign": name,
-                "decisions": counts.total(),
+                "decisions": counts["ALLOW"] + counts["DENY"],
                 "allowed": counts["ALLOW"],
                 "denied": counts["DENY"],
-                "deny_rate": round(counts["DENY"] / counts.total(), 4),
+                "deny_rate": round(counts["DENY"] / (counts["ALLOW"] + counts["DENY"]), 4),
+                "shadowed": counts["shadowed"],
             }
             for name, counts in sorted(campaigns.items())
         ],

@@ -47,7 +47,7 @@ from dialguard.audit.files import (
     seal,
     unseal,
 )
-from dialguard.model import CallRequest, Campaign, Decision
+from dialguard.model import SHADOW_PREFIX, CallRequest, Campaign, Decision, Mode, Result
 
 __all__ = ["Journal", "decision_record"]
 
@@ -413,9 +413,11 @@ def decision_record(
     campaign: Campaign | None,
     decision: Decision,
     latency_us: int,
+    shadow: bool = False,
 ) -> dict[str, Any]:
-    """The audit record of one decision, with the fields DESIGN.md lists."""
-    return {
+    """The audit record of one decision, with the fields DESIGN.md lists. In shadow mode
+    `mode` says so and, for a denial, `answer` what the dialer was told instead."""
+    record = {
         "id": decision_id,
         "ts": int(ts.timestamp() * 1000),
         "node": node,
@@ -445,3 +447,9 @@ def decision_record(
         "latency_us": latency_us,
         "degraded": decision.degraded,
     }
+    if shadow:
+        record["mode"] = Mode.SHADOW.value
+        if not decision.allowed:
+            reason = SHADOW_PREFIX + decision.reason.value
+            record["answer"] = {"result": Result.ALLOW.value, "reason": reason}
+    return record

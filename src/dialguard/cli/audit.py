@@ -40,9 +40,9 @@ EXIT_BROKEN = 3
 MASK_KEY_ENV = "DIALGUARD_AUDIT_MASK_KEY"
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 CSV_FIELDS = [
-    "id", "ts", "kind", "result", "reason", "outcome", "applied", "number", "number_raw",
-    "campaign", "principal", "purpose", "sector", "local_time", "attempts_30d", "evidence",
-    "rules", "policy", "degraded", "why", "operator", "adapter", "channel", "uniqueid",
+    "id", "ts", "kind", "result", "reason", "mode", "answer", "outcome", "applied", "number",
+    "number_raw", "campaign", "principal", "purpose", "sector", "local_time", "attempts_30d",
+    "evidence", "rules", "policy", "degraded", "why", "operator", "adapter", "channel", "uniqueid",
     "callerid", "node",
     "latency_us", "prev", "hash",
 ]  # fmt: skip
@@ -238,23 +238,39 @@ def stats_command(
         f"[red]{summary['denied']:,} denied[/] (deny rate {summary['deny_rate']:.1%})",
         highlight=False,
     )
+    shadow = summary["shadowed"] > 0
+    if shadow:
+        console.print(
+            f"[yellow]{summary['shadowed']:,} of the denials were answered ALLOW in shadow"
+            " mode: the calls dialguard would have blocked[/]",
+            highlight=False,
+        )
     if summary["outcomes"]:
         told = ", ".join(f"{k} {v:,}" for k, v in summary["outcomes"].items())
         console.print(f"outcomes recorded: {told}", highlight=False)
-    by_reason = Table("result", "reason", "decisions", "share", title="by reason", box=None)
+    shadow_column = ("shadow (allowed)",) if shadow else ()
+    by_reason = Table(
+        "result", "reason", "decisions", "share", *shadow_column, title="by reason", box=None
+    )
     for row in summary["by_reason"]:
         share = row["decisions"] / summary["decisions"]
-        by_reason.add_row(row["result"], row["reason"], f"{row['decisions']:,}", f"{share:.1%}")
+        shadowed = (f"{row['shadowed']:,}",) if shadow else ()
+        by_reason.add_row(
+            row["result"], row["reason"], f"{row['decisions']:,}", f"{share:.1%}", *shadowed
+        )
     by_campaign = Table(
-        "campaign", "decisions", "allowed", "denied", "deny rate", title="by campaign", box=None
-    )
+        "campaign", "decisions", "allowed", "denied", "deny rate", *shadow_column,
+        title="by campaign", box=None,
+    )  # fmt: skip
     for row in summary["by_campaign"]:
+        shadowed = (f"{row['shadowed']:,}",) if shadow else ()
         by_campaign.add_row(
             row["campaign"],
             f"{row['decisions']:,}",
             f"{row['allowed']:,}",
             f"{row['denied']:,}",
             f"{row['deny_rate']:.1%}",
+            *shadowed,
         )
     by_hour = Table(
         f"hour ({summary['timezone']})", "decisions", "allowed", "denied", title="by hour",

@@ -22,8 +22,8 @@ from dialguard.cli.common import (
     run_with_store,
 )
 from dialguard.config import load_config
-from dialguard.model import CallRequest, Decision, Reason
-from dialguard.service import Service
+from dialguard.model import CallRequest, Reason
+from dialguard.service import Service, Verdict
 
 __all__ = ["check"]
 
@@ -57,11 +57,9 @@ def check(
     )
     decision = verdict.decision
     if as_json:
-        click.echo(
-            json.dumps(_decision_json(verdict.id, request, decision, record), ensure_ascii=False)
-        )
+        click.echo(json.dumps(_decision_json(verdict, request, record), ensure_ascii=False))
     else:
-        _print_decision(verdict.id, decision)
+        _print_decision(verdict)
     if decision.reason is Reason.UNKNOWN_CAMPAIGN:
         campaign_named(config, campaign)  # raises the message naming the configured campaigns
     if decision.reason is Reason.INVALID_NUMBER:
@@ -70,11 +68,11 @@ def check(
         fail(decision.degraded, EXIT_DEPENDENCY)
 
 
-def _decision_json(
-    decision_id: str, request: CallRequest, decision: Decision, recorded: bool
-) -> dict[str, Any]:
+def _decision_json(verdict: Verdict, request: CallRequest, recorded: bool) -> dict[str, Any]:
+    decision = verdict.decision
+    result, reason = verdict.answer
     return {
-        "id": decision_id,
+        "id": verdict.id,
         "result": decision.result.value,
         "reason": decision.reason.value,
         "number": decision.number.e164 if decision.number else None,
@@ -89,10 +87,14 @@ def _decision_json(
         "policy": {"name": decision.policy.name, "hash": decision.policy.hash},
         "degraded": decision.degraded,
         "recorded": recorded,
+        "mode": "shadow" if verdict.shadow else "enforce",
+        # What the dialer is told: the decision, except for a denial in shadow mode.
+        "answer": {"result": result.value, "reason": reason},
     }
 
 
-def _print_decision(decision_id: str, decision: Decision) -> None:
+def _print_decision(verdict: Verdict) -> None:
+    decision, decision_id = verdict.decision, verdict.id
     console = Console()
     colour = "green" if decision.allowed else "red"
     number = decision.number.e164 if decision.number else "-"
@@ -105,4 +107,8 @@ def _print_decision(decision_id: str, decision: Decision) -> None:
     for rule in decision.rules:
         table.add_row(rule.rule, rule.outcome.value, rule.reason or "", rule.detail)
     console.print(table)
+    result, reason = verdict.answer
+    if verdict.shadow:
+        told = f"answered {result.value} {reason}" if reason != decision.reason else "answered so"
+        console.print(f"shadow mode: {told}", style="yellow", highlight=False)
     console.print(f"policy {decision.policy.name} {decision.policy.hash}", style="dim")
