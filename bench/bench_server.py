@@ -22,7 +22,7 @@ from dialguard.agi.protocol import AgiRequest
 from dialguard.agi.server import FastAgiServer, Variables
 from dialguard.audit import Journal
 from dialguard.cli.common import configure_logging
-from dialguard.config import load_config
+from dialguard.config import ServerSettings, load_config
 from dialguard.serve import tune_gc
 from dialguard.service import Service
 from dialguard.store import Store
@@ -34,7 +34,9 @@ FIXED_NOW = datetime(2026, 11, 30, 11, 0, tzinfo=ZoneInfo("Europe/Paris"))
 class BareServer(FastAgiServer):
     """The baseline: the same sessions, the same four variables, no decision at all."""
 
-    async def _check(self, request: AgiRequest, deadline: float) -> Variables:
+    async def _check(
+        self, request: AgiRequest, deadline: float, settings: ServerSettings
+    ) -> Variables:
         return {
             "DIALGUARD_RESULT": "ALLOW",
             "DIALGUARD_REASON": "CONSENT",

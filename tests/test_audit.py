@@ -359,7 +359,12 @@ def test_stats_over_a_range(journal_dir: Path) -> None:
     summary = json.loads(out)
     assert (summary["decisions"], summary["allowed"], summary["denied"]) == (10, 7, 3)
     assert summary["deny_rate"] == 0.3
-    assert summary["by_reason"][0] == {"result": "ALLOW", "reason": "CONSENT", "decisions": 7}
+    assert summary["by_reason"][0] == {
+        "result": "ALLOW",
+        "reason": "CONSENT",
+        "decisions": 7,
+        "shadowed": 0,
+    }
     press = next(c for c in summary["by_campaign"] if c["campaign"] == "demo-press")
     assert press == {
         "campaign": "demo-press",
@@ -367,6 +372,7 @@ def test_stats_over_a_range(journal_dir: Path) -> None:
         "allowed": 0,
         "denied": 3,
         "deny_rate": 1.0,
+        "shadowed": 0,
     }
     nine = next(h for h in summary["by_hour"] if h["hour"] == 9)  # 08:00 UTC in Paris
     assert (nine["decisions"], nine["denied"]) == (4, 3)

@@ -91,6 +91,7 @@ class Config:
     audit_retention_days: int = 3 * 365 + 1  # three years (C. consommation: proof kept 3 years)
     ari: AriSettings | None = None  # None: the ARI application does not run
     metrics: MetricsSettings | None = None  # None: no metrics endpoint
+    hash: str = ""  # of the configuration file's bytes (the policy has its own)
 
 
 class _Reader:
@@ -174,7 +175,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         path = Path(env.get("DIALGUARD_CONFIG") or DEFAULT_CONFIG)
     if not path.exists():
         raise ConfigError(f"{path}: file not found (set DIALGUARD_CONFIG or --config)")
-    data, _ = _read_toml(path)
+    data, raw = _read_toml(path)
     top = _Reader(path, data)
     top.unknown_keys({"node", "redis", "server", "audit", "policy", "campaigns", "ari", "metrics"})
 
@@ -236,7 +237,17 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     ari = _ari(top.table("ari"), env) if "ari" in data else None
     metrics = _metrics(top.table("metrics")) if "metrics" in data else None
     return Config(
-        path, node, redis, server, audit_dir, policy, campaigns, retention_days, ari, metrics
+        path,
+        node,
+        redis,
+        server,
+        audit_dir,
+        policy,
+        campaigns,
+        retention_days,
+        ari,
+        metrics,
+        hashlib.sha256(raw).hexdigest()[:16],
     )
 
 

@@ -20,6 +20,8 @@ from dialguard.ari.client import AriError, AriUnavailable
 from dialguard.audit import Journal
 from dialguard.config import Config
 from dialguard.freshness import registry_sets, warnings
+from dialguard.reload import Reloader
+from dialguard.runfiles import PID_NAME, AlreadyRunning, PidFile
 from dialguard.service import Service
 from dialguard.store import Store, StoreUnavailable
 
@@ -29,9 +31,28 @@ log = structlog.get_logger("dialguard.serve")
 
 
 def serve(config: Config, workers: int) -> int:
-    """Serve until SIGTERM or SIGINT; return the exit code."""
-    if workers == 1:
-        return _run_worker(config, reuse_port=False, watch=True)
+    """Serve until SIGTERM or SIGINT, reloading on SIGHUP; return the exit code."""
+    # Until a process's handler is in place a SIGHUP would kill it (the default action):
+    # ignored meanwhile, by the workers too (they inherit it).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        pid_file = PidFile.acquire(config.audit_dir)
+    except AlreadyRunning as exc:
+        print(f"dialguard: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = config.audit_dir / PID_NAME
+        print(f"dialguard: {where}: cannot write the pid file: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        if workers == 1:
+            return _run_worker(config, reuse_port=False, watch=True)
+        return _run_workers(config, workers)
+    finally:
+        pid_file.release()
+
+
+def _run_workers(config: Config, workers: int) -> int:
     children: list[int] = []
     for index in range(workers):
         pid = os.fork()
@@ -49,6 +70,7 @@ def serve(config: Config, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # each worker reloads; worker 0 answers for all
     worst = 0
     for child in children:
         _, status = os.waitpid(child, 0)
@@ -118,12 +140,20 @@ async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
     try:
         # Whatever was started is stopped in reverse order, on a failed start as at SIGTERM.
         async with contextlib.AsyncExitStack() as running:
-            await _start(running, config, reuse_port=reuse_port, watch=watch)
+            reloader = await _start(running, config, reuse_port=reuse_port, watch=watch)
             tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop.set)
+            reloads: set[asyncio.Task[object]] = set()
+
+            def reload() -> None:
+                task: asyncio.Task[object] = loop.create_task(reloader.reload())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload)
             log.info("started", node=config.node, policy=config.policy.name, pid=os.getpid())
             await stop.wait()
     except _CannotStart as exc:
@@ -134,7 +164,7 @@ async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
 
 async def _start(
     running: contextlib.AsyncExitStack, config: Config, *, reuse_port: bool, watch: bool
-) -> None:
+) -> Reloader:
     store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
     running.push_async_callback(store.close)
     try:
@@ -151,7 +181,8 @@ async def _start(
             " (docs/data-model.md, Upgrading)",
             2,
         )
-    service = Service(config, store, Journal(config.audit_dir))
+    journal = Journal(config.audit_dir)
+    service = Service(config, store, journal)
     running.push_async_callback(service.aclose)  # slot releases go out before the store closes
     await service.start()  # changes the journal holds and Redis never took: applied now
     server = FastAgiServer(service, config.server)
@@ -161,19 +192,20 @@ async def _start(
         where = f"{config.server.host}:{config.server.port}"
         raise _CannotStart(f"cannot listen on {where}: {exc.strerror}", 2) from None
     running.push_async_callback(server.stop)
+    ari_app: AriApp | None = None
     if config.ari:
-        ari = AriApp(service, config.ari, config.server)
+        ari_app = AriApp(service, config.ari, config.server)
         try:
-            await ari.start()
+            await ari_app.start()
         except AriError as exc:
             # Bad credentials or a wrong URL will not fix themselves: say so and stop. An
             # Asterisk not up yet is retried, as Redis is (calls fail closed meanwhile).
             if not isinstance(exc, AriUnavailable):
-                await ari.client.close()
+                await ari_app.client.close()
                 raise _CannotStart(str(exc), 1) from None
             log.error("ari_unavailable_at_start", error=str(exc))
-            await ari.start_retrying()
-        running.push_async_callback(ari.stop)
+            await ari_app.start_retrying()
+        running.push_async_callback(ari_app.stop)
     if config.metrics is not None and watch:  # one endpoint: the facts are not per process
         from dialguard.metrics import start_metrics
 
@@ -187,3 +219,11 @@ async def _start(
         # One process watches the registry checks' age: the others would only repeat it.
         watcher = asyncio.get_running_loop().create_task(watch_freshness(store, config))
         running.callback(watcher.cancel)
+
+    def put_in_force(new: Config) -> None:
+        service.reconfigure(new)
+        server.reconfigure(new.server)
+        if ari_app is not None:
+            ari_app.server = new.server
+
+    return Reloader(config, journal, put_in_force, speaks=watch)

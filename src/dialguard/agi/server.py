@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -48,7 +49,7 @@ __all__ = ["FastAgiServer", "Variables"]
 
 log = structlog.get_logger("dialguard.fastagi")
 
-Handler = Callable[[AgiRequest, float], Awaitable[Variables]]
+Handler = Callable[[AgiRequest, float, ServerSettings], Awaitable[Variables]]
 
 
 class FastAgiServer:
@@ -71,6 +72,11 @@ class FastAgiServer:
     def sessions(self) -> int:
         """Sessions open now (accepted, not yet closed)."""
         return len(self._sessions)
+
+    def reconfigure(self, settings: ServerSettings) -> None:
+        """Sessions accepted from now on run under `settings` (a reload: deadline, session
+        bound, campaign from the account code); where it listens stays as started."""
+        self.settings = replace(settings, host=self.settings.host, port=self.settings.port)
 
     async def start(self, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -110,13 +116,17 @@ class FastAgiServer:
         if not self._sessions:
             self._idle.set()
 
-    async def _check(self, request: AgiRequest, deadline: float) -> Variables:
+    async def _check(
+        self, request: AgiRequest, deadline: float, settings: ServerSettings
+    ) -> Variables:
         remaining = deadline - asyncio.get_running_loop().time()
         call = agi_call(request)
-        return await check_variables(self.service, self.settings, call, "fastagi", remaining)
+        return await check_variables(self.service, settings, call, "fastagi", remaining)
 
-    async def _outcome(self, request: AgiRequest, deadline: float) -> Variables:
-        return await outcome_variables(self.service, self.settings, agi_call(request), "fastagi")
+    async def _outcome(
+        self, request: AgiRequest, deadline: float, settings: ServerSettings
+    ) -> Variables:
+        return await outcome_variables(self.service, settings, agi_call(request), "fastagi")
 
 
 class _Session(asyncio.Protocol):
@@ -139,7 +149,8 @@ class _Session(asyncio.Protocol):
         self.transport = transport
         loop = asyncio.get_running_loop()
         self.started = loop.time()
-        settings = self.server.settings
+        # The settings of the moment it arrived: a reload meanwhile does not change them.
+        self.settings = settings = self.server.settings
         self.deadline = self.started + settings.deadline_ms / 1000
         # Asterisk has no read timeout: a client too slow to send its block, or to answer
         # our commands, would otherwise hold its call (and this session) for ever.
@@ -186,7 +197,7 @@ class _Session(asyncio.Protocol):
             self._close()
             return
         try:
-            variables = await handler(request, self.deadline)
+            variables = await handler(request, self.deadline, self.settings)
         except AuditUnavailable as exc:
             # No durable record, no answer: the dialplan sees no result and fails closed.
             log.error("audit_unavailable", error=str(exc))

@@ -21,6 +21,7 @@ from dialguard.cli.imports import import_
 from dialguard.cli.lists import lists
 from dialguard.cli.live import consent, dnc, outcome
 from dialguard.cli.pending import apply_pending, pending
+from dialguard.cli.reload import reload
 from dialguard.cli.serve import serve
 from dialguard.config import redact_url
 
@@ -43,7 +44,7 @@ def cli() -> None:
     configure_logging(logging.CRITICAL)
 
 
-for command in (check, serve, dnc, consent, outcome, import_, audit, lists):
+for command in (check, serve, reload, dnc, consent, outcome, import_, audit, lists):
     cli.add_command(command)
 audit.add_command(pending)
 audit.add_command(history)

@@ -1,0 +1,332 @@
+"""Live reload: SIGHUP and `dialguard reload` read the configuration and the policy again;
+a bad file is refused with the start-up message and the running configuration stays;
+sessions in flight finish under the configuration they started with; each reload is an
+audit record."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dialguard.audit import Journal
+from dialguard.config import Config, ConfigError, load_config
+from dialguard.model import Mode
+from dialguard.reload import Reloader, compare, in_force
+from dialguard.runfiles import PidFile, running_pid
+from tests.agi.asterisk_peer import run_session
+from tests.agi.test_server import NUMBER_RAW, agi_server
+from tests.cli_runner import run_dialguard
+from tests.journal import audit_records
+from tests.redis_server import RedisServer, free_port, running_redis
+from tests.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+
+# Non-commercial calls are allowed at any hour: the subprocess's real clock does not matter.
+CONFIG = """
+node = "reload-test"
+[redis]
+url = "redis://127.0.0.1:1/0"  # replaced by DIALGUARD_REDIS_URL
+timeout_ms = 2000
+[server]
+host = "127.0.0.1"
+port = {port}
+deadline_ms = 5000
+session_timeout_ms = 10000
+[audit]
+dir = "audit"
+[policy]
+file = "policy.toml"
+[campaigns.demo-survey]
+principal = "ACME"
+purpose = "non_commercial"
+[campaigns.demo-prospecting]
+principal = "ACME"
+purpose = "prospecting"
+"""
+
+
+@dataclass
+class Site:
+    """A configuration directory: dialguard.toml, its policy, its journal."""
+
+    directory: Path
+    port: int
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "dialguard.toml"
+
+    @property
+    def policy(self) -> Path:
+        return self.directory / "policy.toml"
+
+    @property
+    def audit(self) -> Path:
+        return self.directory / "audit"
+
+    def edit_policy(self, old: str, new: str) -> None:
+        text = self.policy.read_text()
+        assert old in text
+        self.policy.write_text(text.replace(old, new))
+
+    def edit_config(self, old: str, new: str) -> None:
+        text = self.config.read_text()
+        assert old in text
+        self.config.write_text(text.replace(old, new))
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in audit_records(self.audit) if r.get("kind", "decision") == kind]
+
+
+def make_site(directory: Path) -> Site:
+    site = Site(directory, free_port())
+    site.config.write_text(CONFIG.format(port=site.port))
+    site.policy.write_bytes((ROOT / "config" / "policy" / "france.toml").read_bytes())
+    return site
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return make_site(tmp_path)
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen[bytes]
+    stderr: Path
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = self.stderr.read_text().splitlines()
+        return [e for e in map(json.loads, filter(None, lines)) if e.get("event") == name]
+
+
+@contextlib.contextmanager
+def serving(site: Site, redis_url: str, workers: int = 1) -> Iterator[Running]:
+    env = {**os.environ, "DIALGUARD_CONFIG": str(site.config), "DIALGUARD_REDIS_URL": redis_url}
+    command = [str(Path(sys.executable).parent / "dialguard"), "serve", "--workers", str(workers)]
+    stderr_path = site.directory / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+        )
+    running = Running(process, stderr_path)
+    try:
+        yield running
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+async def started(running: Running, workers: int = 1) -> None:
+    await wait_until(
+        lambda: len(running.events("started")) == workers or running.process.poll() is not None,
+        20,
+    )
+    assert running.process.poll() is None, running.stderr.read_text()
+
+
+async def decide(site: Site, campaign: str = "demo-survey") -> dict[str, str]:
+    result = await run_session(HOST, site.port, args=("0712345678", campaign))
+    return result.variables
+
+
+def reload_cli(site: Site, *args: str) -> Any:
+    return run_dialguard(["reload", *args], env={"DIALGUARD_CONFIG": str(site.config)})
+
+
+async def test_dialguard_reload_puts_a_new_policy_and_campaign_in_force(
+    clean_redis: RedisServer, site: Site
+) -> None:
+    with serving(site, clean_redis.url) as running:
+        await started(running)
+        old_hash = load_config(site.config, env={}).policy.hash
+        before = await decide(site, "demo-prospecting")
+        assert before["DIALGUARD_RESULT"] == "DENY"
+
+        site.edit_policy('name = "france"', 'name = "france-2027"')
+        site.edit_config(
+            '[campaigns.demo-prospecting]\nprincipal = "ACME"',
+            '[campaigns.demo-prospecting]\nmode = "shadow"\nprincipal = "ACME"',
+        )
+        result = await asyncio.to_thread(reload_cli, site, "--operator", "alice")
+        assert result.code == 0, result.err
+        new_hash = load_config(site.config, env={}).policy.hash
+        assert result.out.startswith(f"reloaded (pid {running.process.pid}): policy france")
+        assert f"{old_hash} -> {new_hash}" in result.out
+        assert "campaign demo-prospecting changed" in result.out
+
+        after = await decide(site, "demo-prospecting")
+        assert after["DIALGUARD_RESULT"] == "ALLOW"
+        assert after["DIALGUARD_REASON"].startswith("SHADOW_")
+        decisions = {r["id"]: r for r in site.records("decision")}
+        assert decisions[before["DIALGUARD_ID"]]["policy"] == {"name": "france", "hash": old_hash}
+        assert decisions[after["DIALGUARD_ID"]]["policy"] == {
+            "name": "france-2027",
+            "hash": new_hash,
+        }
+        [record] = site.records("reload")
+        assert record["applied"] is True and record["operator"] == "alice"
+        assert record["policy_from"] == {"name": "france", "hash": old_hash}
+        assert record["policy_to"] == {"name": "france-2027", "hash": new_hash}
+        assert record["config_from"] != record["config_to"]
+        assert record["node"] == "reload-test"
+        # The journal's chain takes the record like any other.
+        assert run_dialguard(["audit", "verify", "--dir", site.audit]).code == 0
+
+
+async def test_a_bad_file_is_refused_with_the_start_up_message_and_nothing_changes(
+    clean_redis: RedisServer, site: Site
+) -> None:
+    with serving(site, clean_redis.url) as running:
+        await started(running)
+        old_hash = load_config(site.config, env={}).policy.hash
+        site.edit_policy("max_attempts = 4", 'max_attempts = "four"')
+        with pytest.raises(ConfigError) as at_start:
+            load_config(site.config, env={})
+        start_up_message = str(at_start.value)
+
+        # The command checks the file first: refused, the service never signalled.
+        refused = await asyncio.to_thread(reload_cli, site)
+        assert (refused.code, refused.err) == (1, f"dialguard: {start_up_message}\n")
+        assert not site.records("reload")
+
+        # A bare SIGHUP (kill -HUP, systemd's ExecReload): the service refuses it itself.
+        running.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: bool(running.events("reload_refused")), 10)
+        assert running.events("reload_refused")[0]["error"] == start_up_message
+        assert running.process.poll() is None
+        variables = await decide(site)
+        assert variables["DIALGUARD_RESULT"] == "ALLOW"
+        decision = {r["id"]: r for r in site.records("decision")}[variables["DIALGUARD_ID"]]
+        assert decision["policy"]["hash"] == old_hash
+        [record] = site.records("reload")
+        assert record["applied"] is False and record["operator"] == "SIGHUP"
+        assert record["why"] == start_up_message
+        assert record["policy_to"]["hash"] == old_hash
+
+
+async def test_reload_with_two_workers_reaches_both_and_records_once(
+    clean_redis: RedisServer, site: Site
+) -> None:
+    with serving(site, clean_redis.url, workers=2) as running:
+        await started(running, workers=2)
+        site.edit_policy('name = "france"', 'name = "france-b"')
+        result = await asyncio.to_thread(reload_cli, site, "--operator", "bob")
+        assert result.code == 0, result.err
+        await wait_until(lambda: len(running.events("reloaded")) == 2, 10)
+        assert len(site.records("reload")) == 1
+        answers = await asyncio.gather(*(decide(site) for _ in range(20)))
+        names = {
+            r["policy"]["name"]
+            for r in site.records("decision")
+            if r["id"] in {a["DIALGUARD_ID"] for a in answers}
+        }
+        assert names == {"france-b"}
+
+
+def test_reload_with_no_service_running_says_so(site: Site) -> None:
+    result = reload_cli(site)
+    assert result.code == 2
+    assert result.err.startswith("dialguard: no dialguard serve runs with")
+
+
+async def test_a_second_serve_on_the_same_journal_is_refused(
+    clean_redis: RedisServer, site: Site
+) -> None:
+    with serving(site, clean_redis.url) as running:
+        await started(running)
+        assert running_pid(site.audit) == running.process.pid
+        env = {**os.environ, "DIALGUARD_CONFIG": str(site.config)}
+        env["DIALGUARD_REDIS_URL"] = clean_redis.url
+        second = await asyncio.to_thread(
+            subprocess.run,
+            [str(Path(sys.executable).parent / "dialguard"), "serve"],
+            env=env,
+            capture_output=True,
+            timeout=20,
+        )
+        assert second.returncode == 2
+        assert second.stderr.decode().startswith(
+            f"dialguard: another dialguard serve (pid {running.process.pid}) runs"
+        )
+    # Gone (even killed): its pid file no longer names a running service.
+    assert running_pid(site.audit) is None
+
+
+def test_a_leftover_pid_file_names_nobody(tmp_path: Path) -> None:
+    held = PidFile.acquire(tmp_path)
+    assert running_pid(tmp_path) == os.getpid()
+    held.release()
+    (tmp_path / "serve.pid").write_text("1\n")  # pid 1 runs, but holds no lock on it
+    assert running_pid(tmp_path) is None
+
+
+@asynccontextmanager
+async def reloadable(redis: RedisServer, site: Site) -> AsyncIterator[tuple[Any, Reloader]]:
+    env = {"DIALGUARD_REDIS_URL": redis.url}
+
+    def configure(_: Config) -> Config:
+        return load_config(site.config, env=env)
+
+    async with agi_server(redis.url, site.audit, configure=configure) as agi:
+
+        def put_in_force(new: Config) -> None:
+            agi.service.reconfigure(new)
+            agi.server.reconfigure(new.server)
+
+        config, journal = agi.service.config, Journal(site.audit)
+        yield agi, Reloader(config, journal, put_in_force, speaks=True, env=env)
+
+
+async def test_a_session_in_flight_finishes_under_the_configuration_it_started_with(
+    site: Site,
+) -> None:
+    with running_redis() as redis:
+        async with reloadable(redis, site) as (agi, reloader):
+            old_hash = agi.service.config.policy.hash
+            redis.pause()  # the next decision waits for its facts
+            in_flight = asyncio.create_task(agi.call(NUMBER_RAW, "demo-prospecting"))
+            await wait_until(lambda: agi.server.sessions == 1, 5)
+            await asyncio.sleep(0.2)  # its decision has started and waits on Redis
+            site.edit_policy('name = "france"', 'name = "france-next"')
+            result = await reloader.reload()
+            assert result.applied, result.message
+            redis.resume()
+            old = await in_flight
+            new = await agi.call(NUMBER_RAW, "demo-prospecting")
+            assert agi.record(old.variables["DIALGUARD_ID"])["policy"]["hash"] == old_hash
+            assert agi.record(new.variables["DIALGUARD_ID"])["policy"]["name"] == "france-next"
+
+
+def test_what_only_a_restart_changes_is_kept_as_running(site: Site) -> None:
+    old = load_config(site.config, env={})
+    site.edit_config(f"port = {site.port}\n", "port = 4999\n")  # a restart's business
+    site.edit_config('node = "reload-test"', 'node = "elsewhere"')
+    site.edit_config("deadline_ms = 5000", "deadline_ms = 700")
+    site.edit_config(
+        '[campaigns.demo-survey]\nprincipal = "ACME"',
+        '[campaigns.demo-survey]\nmode = "shadow"\nprincipal = "ACME"',
+    )
+    new = load_config(site.config, env={})
+    changes = compare(old, new)
+    assert changes.applied == ("campaign demo-survey changed", "server.deadline_ms")
+    assert changes.restart_needed == ("server.port", "node")
+    running = in_force(old, new)
+    assert (running.server.port, running.node) == (old.server.port, old.node)
+    assert running.server.deadline_ms == 700
+    assert running.campaigns["demo-survey"].mode is Mode.SHADOW
