@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from tests.agi.test_server import (
     dialguard_serve,
     load_consent,
     serve_sessions,
+    write_serve_config,
 )
 from tests.redis_server import RedisServer, free_port, running_redis
 from tests.waiting import wait_until
@@ -345,6 +349,22 @@ async def test_each_worker_serves_its_own_counters_on_its_port(
         assert sum(counts) == 20
         assert await asyncio.to_thread(serving.stop) == 0
     assert len(serving.events("metrics_listening")) == 2
+
+
+def test_workers_past_the_last_port_are_one_line(tmp_path: Path) -> None:
+    config = write_serve_config(tmp_path, free_port(), "[metrics]\nport = 65534\n")
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "dialguard"), "serve", "--workers", "3"],
+        env={**os.environ, "DIALGUARD_CONFIG": str(config), "DIALGUARD_REDIS_URL": REDIS_DOWN},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 1
+    assert run.stderr == (
+        f"dialguard: {config}: metrics.port: 65534: worker 2 would serve on 65536, not a TCP port\n"
+    )
 
 
 # --- the dashboard -------------------------------------------------------------------------------
