@@ -2,6 +2,7 @@
 FastAGI baseline (same loop, same protocol module, no decision), in one run.
 
     .venv/bin/python bench/agi_load.py [--duration 10] [--concurrency 200] [--rate 1000]
+                                       [--metrics]
 
 It starts a private redis-server on a free port (never 6379), loads consents for a pool of
 numbers (so sessions are full decisions: facts, atomic count, durable audit), then for each
@@ -10,6 +11,10 @@ fixed offered rate (latency measured from each session's scheduled start, so a s
 server cannot hide its queue). The server is pinned to core 0, the load generator and
 Redis to core 1. Reports sessions/s, connect-to-close p50/p99/p99.9, server CPU per
 session and the load generator's own CPU (to show it is not the bottleneck).
+
+`--metrics`: the dialguard server counts and serves /metrics (as with a [metrics] section),
+scraped every `--scrape-every` seconds during the run; its decision count is checked
+against the audit journal's at the end. Compare runs with and without it, interleaved.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,12 +255,15 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def bench_server(mode: str, redis_url: str, workdir: Path) -> Iterator[tuple[int, int]]:
+def bench_server(
+    mode: str, redis_url: str, workdir: Path, metrics_port: int = 0
+) -> Iterator[tuple[int, int]]:
     port = free_port()
+    metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
     process = subprocess.Popen(
         ["taskset", "-c", str(SERVER_CORE), sys.executable, str(ROOT / "bench" / "bench_server.py"),
          "--mode", mode, "--port", str(port), "--config", str(ROOT / "config" / "dialguard.toml"),
-         "--redis", redis_url, "--audit", str(workdir / f"audit-{mode}")],
+         "--redis", redis_url, "--audit", str(workdir / f"audit-{mode}"), *metrics],
         stdout=subprocess.PIPE,
         stderr=open(workdir / f"{mode}.log", "w"),  # noqa: SIM115
     )  # fmt: skip
@@ -291,15 +300,47 @@ async def main(args: argparse.Namespace) -> list[Phase]:
         with redis_server(workdir) as redis_url:
             await load_consents(redis_url, numbers)
             for name in args.servers:
-                with bench_server(name, redis_url, workdir) as (pid, port):
+                metrics_port = free_port() if args.metrics and name == "dialguard" else 0
+                label = f"{name}+metrics" if metrics_port else name
+                with bench_server(name, redis_url, workdir, metrics_port) as (pid, port):
+                    scraping = None
+                    if metrics_port:
+                        url = f"http://127.0.0.1:{metrics_port}/metrics"
+                        scraping = asyncio.create_task(scrape_every(url, args.scrape_every))
                     blocks = [block(n, "demo-prospecting", port, i) for i, n in enumerate(numbers)]
                     for mode in args.modes:
-                        phase = await run_phase(name, mode, pid, partial(Load, port, blocks), args)
+                        phase = await run_phase(label, mode, pid, partial(Load, port, blocks), args)
                         print(json.dumps(asdict(phase)), flush=True)
                         phases.append(phase)
+                    if scraping is not None:
+                        scraping.cancel()
+                        counted = await decisions_counted(url)
                 if name == "dialguard":
-                    print("reasons:", dict(audit_reasons(workdir / "audit-dialguard")))
+                    reasons = audit_reasons(workdir / "audit-dialguard")
+                    print("reasons:", dict(reasons))
+                    if metrics_port:
+                        print(f"decisions counted by /metrics: {counted:.0f}", end="")
+                        print(f", audit records: {sum(reasons.values())}")
     return phases
+
+
+async def scrape_every(url: str, seconds: float) -> None:
+    """What Prometheus does, more often than its usual 15 s."""
+    async with aiohttp.ClientSession() as session:
+        while True:
+            await asyncio.sleep(seconds)
+            async with session.get(url) as response:
+                await response.read()
+
+
+async def decisions_counted(url: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("dialguard_decisions_total{")
+    )
 
 
 def audit_reasons(directory: Path) -> Counter[str]:
@@ -342,6 +383,10 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop offered rate")
     parser.add_argument("--servers", nargs="+", default=["bare", "dialguard"])
     parser.add_argument("--modes", nargs="+", default=["closed", "open"])
+    parser.add_argument(
+        "--metrics", action="store_true", help="agi_load: dialguard counts, serves /metrics"
+    )
+    parser.add_argument("--scrape-every", type=float, default=5.0, help="seconds between scrapes")
     return parser.parse_args()
 
 

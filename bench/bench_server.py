@@ -1,6 +1,10 @@
 """The server side of bench/agi_load.py: `dialguard serve` with a fixed clock, or the bare
 baseline (same FastAGI loop and protocol module, answers ALLOW without any check).
 
+`--metrics-port P`: with the counters and the [metrics] endpoint on P, as `dialguard
+serve` runs them when its configuration has a [metrics] section; without it, nothing is
+counted (no [metrics] section).
+
 The clock is fixed inside the calling hours so that every session is a full decision
 (facts, atomic count, durable audit) whatever the hour the benchmark runs at.
 """
@@ -22,10 +26,12 @@ from dialguard.agi.protocol import AgiRequest
 from dialguard.agi.server import FastAgiServer, Variables
 from dialguard.audit import Journal
 from dialguard.cli.common import configure_logging
-from dialguard.config import ServerSettings, load_config
+from dialguard.config import MetricsSettings, ServerSettings, load_config
+from dialguard.metrics import start_metrics
 from dialguard.serve import tune_gc
 from dialguard.service import Service
 from dialguard.store import Store
+from dialguard.telemetry import Telemetry
 
 # A Monday, 11:00 in Paris: inside the calling hours, no holiday.
 FIXED_NOW = datetime(2026, 11, 30, 11, 0, tzinfo=ZoneInfo("Europe/Paris"))
@@ -53,13 +59,19 @@ async def main(args: argparse.Namespace) -> None:
         audit_dir=Path(args.audit),
         server=replace(config.server, port=args.port, deadline_ms=args.deadline_ms),
     )
-    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
-    journal = None if args.no_audit else Journal(config.audit_dir)
-    service = Service(config, store, journal, clock=lambda: FIXED_NOW)
+    telemetry = Telemetry() if args.metrics_port else None
+    redis = config.redis
+    store = Store.from_url(redis.url, redis.prefix, redis.timeout_ms, telemetry)
+    journal = None if args.no_audit else Journal(config.audit_dir, telemetry)
+    service = Service(config, store, journal, clock=lambda: FIXED_NOW, telemetry=telemetry)
     await service.start()  # as `dialguard serve` does: pending changes, the journal followed
     server_class = BareServer if args.mode == "bare" else FastAgiServer
     server = server_class(service, config.server)
     await server.start()
+    if args.metrics_port:
+        settings = MetricsSettings("127.0.0.1", args.metrics_port)
+        sessions = {"fastagi": lambda: server.sessions}
+        metrics = await start_metrics(service, settings, sessions=sessions)
     tune_gc()  # as `dialguard serve` does
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -67,6 +79,8 @@ async def main(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     print("ready", flush=True)
     await stop.wait()
+    if args.metrics_port:
+        await metrics.cleanup()
     await server.stop()
     await service.aclose()
     await store.close()
@@ -81,4 +95,5 @@ if __name__ == "__main__":
     parser.add_argument("--audit", required=True)
     parser.add_argument("--deadline-ms", type=int, default=300)
     parser.add_argument("--no-audit", action="store_true", help="to measure the journal's cost")
+    parser.add_argument("--metrics-port", type=int, default=0, help="count and serve metrics")
     uvloop.run(main(parser.parse_args()))

@@ -101,6 +101,7 @@ def make_config(audit_dir: Path, **campaign_overrides: dict[str, Any]) -> dict[s
     made absolute, and the test campaigns added."""
     data = tomllib.loads(SHIPPED_CONFIG.read_text(encoding="utf-8"))
     data["node"] = "test-node"
+    data.pop("metrics", None)  # a fixed port: two test runs on one machine would collide
     data.setdefault("redis", {})["timeout_ms"] = 2000
     data.setdefault("audit", {})["dir"] = str(audit_dir)
     data.setdefault("policy", {})["file"] = str(POLICY)

@@ -1,4 +1,6 @@
-"""GET /metrics: the age of the lists in force, from a real Redis over real HTTP."""
+"""GET /metrics: the age of the lists in force, from a real Redis over real HTTP.
+
+tests/test_health.py covers /healthz, /readyz and the series the service counts."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dialguard.config import Config, ConfigError, MetricsSettings, load_config
 from dialguard.import_files import DncRow, OptoutRow
 from dialguard.metrics import start_metrics
+from dialguard.service import Service
 from dialguard.store import Store
 from dialguard.store.loading import load
 from tests.redis_server import RedisServer
@@ -62,7 +65,7 @@ class Scraper:
 async def scraper(config: Config, redis_client: aioredis.Redis) -> AsyncIterator[Scraper]:
     store = Store(redis_client, "dialguard:")
     assert config.metrics is not None
-    runner = await start_metrics(store, config, config.metrics)
+    runner = await start_metrics(Service(config, store, None), config.metrics)
     yield Scraper(f"http://127.0.0.1:{config.metrics.port}/metrics", store)
     await runner.cleanup()
 
@@ -94,7 +97,8 @@ async def test_redis_down_reads_as_down_not_as_an_error(
 ) -> None:
     client = aioredis.Redis.from_url("redis://127.0.0.1:1/0")
     assert config.metrics is not None
-    runner = await start_metrics(Store(client, "dialguard:"), config, config.metrics)
+    service = Service(config, Store(client, "dialguard:"), None)
+    runner = await start_metrics(service, config.metrics)
     try:
         url = f"http://127.0.0.1:{config.metrics.port}/metrics"
         async with aiohttp.ClientSession() as session, session.get(url) as response:
@@ -111,25 +115,46 @@ async def test_a_taken_port_is_an_oserror(config: Config, redis_client: aioredis
         taken.bind(("127.0.0.1", config.metrics.port))
         taken.listen()
         with pytest.raises(OSError):
-            await start_metrics(Store(redis_client, "dialguard:"), config, config.metrics)
+            service = Service(config, Store(redis_client, "dialguard:"), None)
+            await start_metrics(service, config.metrics)
+
+
+def shipped_without_metrics(tmp_path: Path) -> str:
+    shipped = (REPO / "config" / "dialguard.toml").read_text(encoding="utf-8")
+    policy = REPO / "config" / "policy" / "france.toml"
+    text = shipped.replace('"policy/france.toml"', json.dumps(str(policy)))
+    # The section runs from its header to the next blank line.
+    without, found = re.subn(r"(?m)^\[metrics\]\n(?:.+\n)*", "", text)
+    assert found == 1, "the shipped configuration serves health and metrics"
+    return without
+
+
+def test_the_shipped_configuration_serves_health_on_loopback() -> None:
+    config = load_config(REPO / "config" / "dialguard.toml", env={})
+    assert config.metrics == MetricsSettings("127.0.0.1", 9573, 60)
 
 
 @pytest.mark.parametrize(
     ("section", "message"),
     [
+        ("", None),  # no section: no endpoint
         ("[metrics]\n", None),  # defaults: 127.0.0.1:9573
+        ("[metrics]\nready_max_pending_s = 300\n", None),
         ("[metrics]\nport = 70000\n", "metrics.port: 70000 is not a TCP port"),
         ("[metrics]\nprot = 9573\n", "metrics.prot: unknown key"),
+        ("[metrics]\nready_max_pending_s = 0\n", "metrics.ready_max_pending_s: 0 must be"),
     ],
 )
 def test_the_metrics_section(tmp_path: Path, section: str, message: str | None) -> None:
-    shipped = (REPO / "config" / "dialguard.toml").read_text(encoding="utf-8")
-    policy = REPO / "config" / "policy" / "france.toml"
-    text = shipped.replace('"policy/france.toml"', json.dumps(str(policy))) + section
     path = tmp_path / "dialguard.toml"
-    path.write_text(text, encoding="utf-8")
-    if message is None:
-        assert load_config(path, env={}).metrics == MetricsSettings("127.0.0.1", 9573)
-    else:
+    path.write_text(shipped_without_metrics(tmp_path) + section, encoding="utf-8")
+    if message is not None:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(path, env={})
+        return
+    metrics = load_config(path, env={}).metrics
+    if not section:
+        assert metrics is None
+    else:
+        assert metrics is not None and (metrics.host, metrics.port) == ("127.0.0.1", 9573)
+        assert metrics.ready_max_pending_s == (300 if "300" in section else 60)

@@ -73,10 +73,12 @@ class AriSettings:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
-    """The Prometheus endpoint (`[metrics]`): GET http://host:port/metrics."""
+    """Health and metrics (`[metrics]`): GET http://host:port/healthz, /readyz, /metrics;
+    `serve --workers N`: worker i on port + i."""
 
     host: str = "127.0.0.1"
     port: int = 9573
+    ready_max_pending_s: int = 60  # /readyz fails once a change waits for Redis longer
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,11 +303,13 @@ def _redis_url_problem(url: str) -> str:
 
 
 def _metrics(table: _Reader) -> MetricsSettings:
-    table.unknown_keys({"host", "port"})
+    table.unknown_keys({"host", "port", "ready_max_pending_s"})
     port = table.positive("port", 9573)
     if port > 65535:
         raise table.fail("port", f"{port} is not a TCP port")
-    return MetricsSettings(table.get("host", str, "127.0.0.1"), port)
+    return MetricsSettings(
+        table.get("host", str, "127.0.0.1"), port, table.positive("ready_max_pending_s", 60)
+    )
 
 
 def _ari(table: _Reader, env: Mapping[str, str]) -> AriSettings:

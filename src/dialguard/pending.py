@@ -88,6 +88,15 @@ class Pending:
     def __iter__(self) -> Iterator[Change]:
         return iter(list(self._queue.values()))
 
+    def oldest_age_s(self, now: datetime) -> float:
+        """Seconds since the oldest change still waiting was journalled (0: none waits).
+        The queue is in journal order, but several processes write one journal: the
+        oldest instant is looked for, not taken from the first."""
+        if not self._queue:
+            return 0.0
+        oldest_ms = min(change.ts_ms for change in self._queue.values())
+        return max(now.timestamp() - oldest_ms / 1000, 0.0)
+
     # --- taking changes ---------------------------------------------------------------
 
     def expect(self, change_id: str) -> None:

@@ -8,6 +8,7 @@ import gc
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -24,6 +25,7 @@ from dialguard.reload import Reloader
 from dialguard.runfiles import PID_NAME, AlreadyRunning, PidFile
 from dialguard.service import Service
 from dialguard.store import Store, StoreUnavailable
+from dialguard.telemetry import Telemetry
 
 __all__ = ["serve", "tune_gc"]
 
@@ -32,6 +34,14 @@ log = structlog.get_logger("dialguard.serve")
 
 def serve(config: Config, workers: int) -> int:
     """Serve until SIGTERM or SIGINT, reloading on SIGHUP; return the exit code."""
+    if config.metrics is not None and config.metrics.port + workers - 1 > 65535:
+        print(
+            f"dialguard: {config.path}: metrics.port: {config.metrics.port}: worker"
+            f" {workers - 1} would serve on {config.metrics.port + workers - 1},"
+            " not a TCP port",
+            file=sys.stderr,
+        )
+        return 1
     # Until a process's handler is in place a SIGHUP would kill it (the default action):
     # ignored meanwhile, by the workers too (they inherit it).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -46,7 +56,7 @@ def serve(config: Config, workers: int) -> int:
         return 2
     try:
         if workers == 1:
-            return _run_worker(config, reuse_port=False, watch=True)
+            return _run_worker(config, reuse_port=False, index=0)
         return _run_workers(config, workers)
     finally:
         pid_file.release()
@@ -60,7 +70,7 @@ def _run_workers(config: Config, workers: int) -> int:
             # One ARI websocket per application: a second one would take the app over
             # (ApplicationReplaced) and the two workers would keep stealing it back.
             worker = config if index == 0 else replace(config, ari=None)
-            os._exit(_run_worker(worker, reuse_port=True, watch=index == 0))
+            os._exit(_run_worker(worker, reuse_port=True, index=index))
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:
@@ -119,13 +129,13 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def _run_worker(config: Config, *, reuse_port: bool, watch: bool) -> int:
+def _run_worker(config: Config, *, reuse_port: bool, index: int) -> int:
     # uvloop roughly halves the event loop's CPU per session (docs/benchmarks.md).
     if sys.platform != "win32":
         import uvloop
 
-        return uvloop.run(_serve(config, reuse_port=reuse_port, watch=watch))
-    return asyncio.run(_serve(config, reuse_port=reuse_port, watch=watch))  # pragma: no cover
+        return uvloop.run(_serve(config, reuse_port=reuse_port, index=index))
+    return asyncio.run(_serve(config, reuse_port=reuse_port, index=index))  # pragma: no cover
 
 
 class _CannotStart(Exception):
@@ -136,11 +146,11 @@ class _CannotStart(Exception):
         self.code = code
 
 
-async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
+async def _serve(config: Config, *, reuse_port: bool, index: int) -> int:
     try:
         # Whatever was started is stopped in reverse order, on a failed start as at SIGTERM.
         async with contextlib.AsyncExitStack() as running:
-            reloader = await _start(running, config, reuse_port=reuse_port, watch=watch)
+            reloader = await _start(running, config, reuse_port=reuse_port, index=index)
             tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -163,9 +173,12 @@ async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
 
 
 async def _start(
-    running: contextlib.AsyncExitStack, config: Config, *, reuse_port: bool, watch: bool
+    running: contextlib.AsyncExitStack, config: Config, *, reuse_port: bool, index: int
 ) -> Reloader:
-    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    # Counted only when someone can read the counts: without [metrics], nothing is.
+    telemetry = Telemetry() if config.metrics is not None else None
+    redis = config.redis
+    store = Store.from_url(redis.url, redis.prefix, redis.timeout_ms, telemetry)
     running.push_async_callback(store.close)
     try:
         await store.ping()
@@ -181,8 +194,8 @@ async def _start(
             " (docs/data-model.md, Upgrading)",
             2,
         )
-    journal = Journal(config.audit_dir)
-    service = Service(config, store, journal)
+    journal = Journal(config.audit_dir, telemetry)
+    service = Service(config, store, journal, telemetry=telemetry)
     running.push_async_callback(service.aclose)  # slot releases go out before the store closes
     await service.start()  # changes the journal holds and Redis never took: applied now
     server = FastAgiServer(service, config.server)
@@ -192,30 +205,32 @@ async def _start(
         where = f"{config.server.host}:{config.server.port}"
         raise _CannotStart(f"cannot listen on {where}: {exc.strerror}", 2) from None
     running.push_async_callback(server.stop)
+    sessions: dict[str, Callable[[], int]] = {"fastagi": lambda: server.sessions}
     ari_app: AriApp | None = None
     if config.ari:
-        ari_app = AriApp(service, config.ari, config.server)
+        ari = ari_app = AriApp(service, config.ari, config.server)
+        sessions["ari"] = lambda: ari.busy
         try:
-            await ari_app.start()
+            await ari.start()
         except AriError as exc:
             # Bad credentials or a wrong URL will not fix themselves: say so and stop. An
             # Asterisk not up yet is retried, as Redis is (calls fail closed meanwhile).
             if not isinstance(exc, AriUnavailable):
-                await ari_app.client.close()
+                await ari.client.close()
                 raise _CannotStart(str(exc), 1) from None
             log.error("ari_unavailable_at_start", error=str(exc))
-            await ari_app.start_retrying()
-        running.push_async_callback(ari_app.stop)
-    if config.metrics is not None and watch:  # one endpoint: the facts are not per process
+            await ari.start_retrying()
+        running.push_async_callback(ari.stop)
+    if config.metrics is not None:  # one endpoint per worker: the counters are per process
         from dialguard.metrics import start_metrics
 
         try:
-            metrics = await start_metrics(store, config, config.metrics)
+            metrics = await start_metrics(service, config.metrics, sessions=sessions, worker=index)
         except OSError as exc:
-            where = f"{config.metrics.host}:{config.metrics.port}"
+            where = f"{config.metrics.host}:{config.metrics.port + index}"
             raise _CannotStart(f"cannot serve metrics on {where}: {exc.strerror}", 2) from None
         running.push_async_callback(metrics.cleanup)
-    if watch:
+    if index == 0:
         # One process watches the registry checks' age: the others would only repeat it.
         watcher = asyncio.get_running_loop().create_task(watch_freshness(store, config))
         running.callback(watcher.cancel)
@@ -226,4 +241,4 @@ async def _start(
         if ari_app is not None:
             ari_app.server = new.server
 
-    return Reloader(config, journal, put_in_force, speaks=watch)
+    return Reloader(config, journal, put_in_force, speaks=index == 0)

@@ -39,8 +39,10 @@ from dialguard.numbers import InvalidNumber, Number, listable, normalise
 from dialguard.pending import Pending
 from dialguard.policy import Policy
 from dialguard.store import Store, StoreUnavailable
+from dialguard.telemetry import Telemetry
 
 __all__ = [
+    "UNKNOWN_CAMPAIGN",
     "OutcomeKind",
     "OutcomeResult",
     "OutcomeStatus",
@@ -51,6 +53,10 @@ __all__ = [
 ]
 
 log = structlog.get_logger("dialguard.service")
+
+# The campaign label of decisions for a campaign the configuration does not name (no
+# configured name starts with "_").
+UNKNOWN_CAMPAIGN = "_unknown"
 
 
 class OutcomeKind(enum.StrEnum):
@@ -126,6 +132,7 @@ class Service:
         store: Store,
         journal: Journal | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        telemetry: Telemetry | None = None,
     ) -> None:
         # Replaced whole by a reload (`reconfigure`); each decision reads it once, so a
         # decision under way finishes under the configuration it started with.
@@ -133,6 +140,7 @@ class Service:
         self.store = store
         self.journal = journal
         self.clock = clock  # the only place the time of a call comes from; tests set it
+        self.telemetry = telemetry  # None: decisions not counted (no metrics endpoint)
         self._background: set[asyncio.Future[None]] = set()
         # Changes the journal holds and Redis has not taken (see dialguard.pending).
         self.pending = Pending(store, journal.directory if journal is not None else None)
@@ -204,6 +212,15 @@ class Service:
                 if held and number is not None and campaign is not None:
                     self._release_soon(number, campaign.principal, decision_id)
                 raise
+        if self.telemetry is not None:
+            # Up to the record being durable: what the caller waits for. A campaign name
+            # the configuration does not know is one label, not one series per typo.
+            self.telemetry.decided(
+                decision.result.value,
+                decision.reason.value,
+                campaign.name if campaign is not None else UNKNOWN_CAMPAIGN,
+                (time.perf_counter_ns() - started) / 1e9,
+            )
         return Verdict(decision_id, decision, shadow)
 
     async def _decide_with_facts(
@@ -269,6 +286,8 @@ class Service:
         rules: Policy,
     ) -> Decision:
         log.warning("degraded_decision", reason=reason.value, detail=detail, campaign=campaign.name)
+        if self.telemetry is not None:
+            self.telemetry.degraded_decision(reason.value)
         known = self.pending.overlay(number.key, campaign.principal, Facts())
         if known != Facts():
             # What this node took while Redis was away holds even when failing open: a

@@ -41,6 +41,7 @@ from dialguard.numbers import normalise
 from dialguard.service import Service
 from dialguard.store import Store
 from dialguard.store.loading import load
+from dialguard.telemetry import Telemetry
 from tests.agi.asterisk_peer import SessionResult, parse_args, run_session
 from tests.journal import audit_records
 from tests.redis_server import RedisServer, free_port, running_redis
@@ -118,6 +119,7 @@ async def agi_server(
     redis_timeout_ms: int = 2000,
     campaign_from_accountcode: bool = False,
     configure: Callable[[Config], Config] = lambda config: config,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Agi]:
     # Generous deadlines unless a test is about them: a loaded 2-core machine must not turn
     # a slow turn of the event loop into a DEADLINE answer.
@@ -130,8 +132,9 @@ async def agi_server(
         campaign_from_accountcode=campaign_from_accountcode,
     )
     config = replace(config, server=settings)
-    store = Store.from_url(url, config.redis.prefix, redis_timeout_ms)
-    service = Service(config, store, Journal(audit_dir), clock=lambda: clock)
+    store = Store.from_url(url, config.redis.prefix, redis_timeout_ms, telemetry)
+    journal = Journal(audit_dir, telemetry)
+    service = Service(config, store, journal, clock=lambda: clock, telemetry=telemetry)
     server = FastAgiServer(service, settings)
     await server.start()
     try:
@@ -818,7 +821,7 @@ async def test_stop_waits_for_a_connection_accepted_just_before_it(agi: Agi) -> 
 # --- the real command ---------------------------------------------------------------------
 
 
-def write_serve_config(tmp_path: Path, port: int) -> Path:
+def write_serve_config(tmp_path: Path, port: int, extra: str = "") -> Path:
     policy = ROOT / "config" / "policy" / "france.toml"
     path = tmp_path / "dialguard.toml"
     path.write_text(
@@ -841,6 +844,7 @@ file = {json.dumps(str(policy))}
 principal = "ACME"
 purpose = "non_commercial"
 """
+        + extra
     )
     return path
 
@@ -870,11 +874,13 @@ class Served:
 
 
 @asynccontextmanager
-async def dialguard_serve(tmp_path: Path, redis_url: str, workers: int) -> AsyncIterator[Served]:
+async def dialguard_serve(
+    tmp_path: Path, redis_url: str, workers: int, extra_config: str = ""
+) -> AsyncIterator[Served]:
     port = free_port()
     env = {
         **os.environ,
-        "DIALGUARD_CONFIG": str(write_serve_config(tmp_path, port)),
+        "DIALGUARD_CONFIG": str(write_serve_config(tmp_path, port, extra_config)),
         "DIALGUARD_REDIS_URL": redis_url,
     }
     command = [str(Path(sys.executable).parent / "dialguard"), "serve", "--workers", str(workers)]

@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 import weakref
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +49,7 @@ from dialguard.audit.files import (
     unseal,
 )
 from dialguard.model import SHADOW_PREFIX, CallRequest, Campaign, Decision, Mode, Result
+from dialguard.telemetry import Telemetry
 
 __all__ = ["Journal", "decision_record"]
 
@@ -77,11 +79,21 @@ class Journal:
     one sequence across them).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, telemetry: Telemetry | None = None) -> None:
         self.directory = directory
-        self._writer = _Writer(directory)
+        self.telemetry = telemetry  # batch sizes, fsync times, failures (None: not counted)
+        self._writer = _Writer(directory, telemetry)
+        self._failure: str | None = None  # why the last batch failed; None once one succeeds
         self._reset()
         _journals.add(self)
+
+    def problem(self) -> str | None:
+        """Why an append would fail now, in one line, or None: the last batch failed, or
+        the directory cannot be written. Cheap (a few system calls, no record written)."""
+        failure = self._failure
+        if failure is not None:
+            return f"the last append failed: {failure}"
+        return _directory_problem(self.directory)
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
@@ -119,6 +131,11 @@ class Journal:
                 error = exc
             except Exception as exc:  # never leave a caller waiting forever
                 error = AuditUnavailable(f"{self.directory}: audit writer failed: {exc!r}")
+            self._failure = None if error is None else str(error)
+            if self.telemetry is not None:
+                self.telemetry.journal_batch.observe(len(batch))
+                if error is not None:
+                    self.telemetry.journal_errors += 1
             # One wake-up of each event loop per batch, not one per record.
             by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
             for *_, future in batch:
@@ -126,6 +143,25 @@ class Journal:
             for loop, futures in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                     loop.call_soon_threadsafe(_settle, futures, error)
+
+
+def _directory_problem(directory: Path) -> str | None:
+    # The directory is made at the first append: until then, its nearest existing
+    # ancestor must let it be made. Root passes os.access on a read-write file system
+    # whatever the modes; a file in the way or a read-only mount still show.
+    path = directory
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    try:
+        if not path.is_dir():
+            return f"{path}: not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{path}: not writable"
+        if os.statvfs(path).f_bavail == 0:
+            return f"{path}: no space left"
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return None
 
 
 def _settle(futures: list[asyncio.Future[None]], error: AuditUnavailable | None) -> None:
@@ -141,8 +177,9 @@ def _settle(futures: list[asyncio.Future[None]], error: AuditUnavailable | None)
 class _Writer:
     """The writer thread's files and its view of the chain's head (see the module doc)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, telemetry: Telemetry | None = None) -> None:
         self.directory = directory
+        self.telemetry = telemetry
         self.lock_fd = -1
         self.head_fd = -1
         self.fd = -1  # the newest journal file
@@ -216,7 +253,10 @@ class _Writer:
         view = memoryview(data)
         while view:
             view = view[os.write(self.fd, view) :]
+        started = time.perf_counter()
         os.fdatasync(self.fd)
+        if self.telemetry is not None:
+            self.telemetry.journal_fsync.observe(time.perf_counter() - started)
         self.size += len(data)
         # The index after the journal: an entry never points past a durable record.
         os.write(self.idx_fd, b"".join(entries))

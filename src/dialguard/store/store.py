@@ -34,6 +34,7 @@ from dialguard.store.facts import (
 )
 from dialguard.store.keys import Keys
 from dialguard.store.lists import Lists
+from dialguard.telemetry import Telemetry
 
 __all__ = ["APPLIED_KEPT_DAYS", "MAX_PENDING_CANCELS", "RELEASE_LINGER_S", "Store"]
 
@@ -113,8 +114,11 @@ CLOSE_WAIT_S = 1.0
 
 
 class Store:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, telemetry: Telemetry | None = None
+    ) -> None:
         self._redis = client
+        self.telemetry = telemetry  # None: nothing timed or counted (no metrics endpoint)
         self.keys = Keys(prefix)
         self._facts = client.register_script(FACTS)
         self._release = client.register_script(_RELEASE)
@@ -136,7 +140,9 @@ class Store:
         )
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, timeout_ms: int) -> Store:
+    def from_url(
+        cls, url: str, prefix: str, timeout_ms: int, telemetry: Telemetry | None = None
+    ) -> Store:
         timeout = timeout_ms / 1000
         client = aioredis.Redis.from_url(
             url,
@@ -146,7 +152,7 @@ class Store:
             # FastAGI node runs hundreds of sessions at once.
             max_connections=2048,
         )
-        return cls(client, prefix)
+        return cls(client, prefix, telemetry)
 
     async def close(self) -> None:
         """Send what still waits (slot releases, cancellations) for a moment, then close."""
@@ -171,10 +177,17 @@ class Store:
         return f"{number.key}|{principal}"
 
     async def ping(self) -> None:
+        started = time.perf_counter()
         try:
             await self._redis.ping()
         except (RedisError, OSError) as exc:
+            self._timed("ping", started, failed=True)
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        self._timed("ping", started)
+
+    def _timed(self, op: str, started: float, *, failed: bool = False) -> None:
+        if self.telemetry is not None:
+            self.telemetry.redis_call(op, time.perf_counter() - started, failed=failed)
 
     # --- the hot path ---------------------------------------------------------------------
 
@@ -249,12 +262,15 @@ class Store:
             keys = [*(key for key, _ in batch), self.keys.cancelled]
             args: list[str | int] = [attempt_id for _, attempt_id in batch]
             args += (int(time.time() * 1000), _TOMBSTONE_MS)
+            started = time.perf_counter()
             try:
                 await self._cancel(keys=keys, args=args)
             except (RedisError, OSError) as exc:
+                self._timed("cancel", started, failed=True)
                 delay = min(max(delay * 2, 0.05), 30.0)
                 log.warning("cancel_retry", pending=len(self._to_cancel), error=str(exc))
                 continue
+            self._timed("cancel", started)
             delay = 0.0
             for item in batch:
                 self._to_cancel.pop(item, None)
@@ -264,19 +280,25 @@ class Store:
         args = self._formats.copy()
         for number_key, pair, _, start, cap, attempt_id, now_ms, window_ms in requests:
             args += (number_key, pair, start, cap, attempt_id, now_ms, window_ms)
+        started = time.perf_counter()
         try:
             reply = await self._facts(keys=keys, args=args)
         except (RedisError, OSError) as exc:
+            self._timed("facts", started, failed=True)
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        self._timed("facts", started)
         return decode_batch(reply, len(requests), self._metas)
 
     async def _release_many(self, requests: list[tuple[str, str]]) -> list[int | Exception]:
+        started = time.perf_counter()
         try:
             await self._release(
                 keys=[key for key, _ in requests], args=[member for _, member in requests]
             )
         except (RedisError, OSError) as exc:
+            self._timed("release", started, failed=True)
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        self._timed("release", started)
         return [1] * len(requests)
 
     # --- live events ----------------------------------------------------------------------
@@ -310,6 +332,16 @@ class Store:
         """Apply one change from the journal and mark it applied, in one atomic step;
         whether it changed anything (False: applied before, or a removal of a number not
         listed). Applying it again changes nothing."""
+        started = time.perf_counter()
+        try:
+            applied = await self._apply(change)
+        except StoreUnavailable:
+            self._timed("apply", started, failed=True)
+            raise
+        self._timed("apply", started)
+        return applied
+
+    async def _apply(self, change: Change) -> bool:
         keys = self.keys
         now_ms = int(time.time() * 1000)
         oldest = now_ms - APPLIED_KEPT_DAYS * 86_400_000
@@ -341,10 +373,13 @@ class Store:
         """Which of these change ids Redis has taken."""
         if not ids:
             return set()
+        started = time.perf_counter()
         try:
             scores = await self._redis.zmscore(self.keys.applied, ids)
         except (RedisError, OSError) as exc:
+            self._timed("applied", started, failed=True)
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        self._timed("applied", started)
         return {i for i, score in zip(ids, scores, strict=True) if score is not None}
 
     async def _write(self, build: Callable[[Any], Any]) -> None:
