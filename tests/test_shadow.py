@@ -78,7 +78,7 @@ async def test_an_allowed_call_in_shadow_mode_is_answered_as_usual(
         assert record["mode"] == "shadow" and "answer" not in record
 
 
-async def test_shadow_calls_count_up_to_the_cap_and_the_cap_sees_them(
+async def test_every_shadow_call_counts_past_the_cap_and_the_cap_sees_them(
     clean_redis: RedisServer, tmp_path: Path
 ) -> None:
     audit = tmp_path / "audit"
@@ -87,11 +87,13 @@ async def test_shadow_calls_count_up_to_the_cap_and_the_cap_sees_them(
         assert {r.variables["DIALGUARD_RESULT"] for r in results} == {"ALLOW"}
         assert {r.variables["DIALGUARD_REASON"] for r in results} == {"SHADOW_NO_CONSENT"}
         await agi.drained()
-        assert await agi.attempts(NUMBER_RAW) == 4  # the calls placed, as far as the cap goes
-        # Once a consent arrives, the cap already holds the four calls shadow mode let out.
+        assert await agi.attempts(NUMBER_RAW) == 6  # every call placed, past the cap too
+        # Once a consent arrives, the cap already holds the calls shadow mode let out.
         await consent_given(agi.store)
         capped = await agi.call(NUMBER_RAW, "demo-prospecting")
         assert capped.variables["DIALGUARD_REASON"] == "SHADOW_FREQUENCY_CAP"
+        await agi.drained()
+        assert await agi.attempts(NUMBER_RAW) == 7
 
 
 async def test_redis_down_is_answered_allow_in_shadow_mode(tmp_path: Path) -> None:

@@ -236,9 +236,12 @@ class Service:
     ) -> Decision:
         prepared = policy.prepare(campaign, number, now, rules)
         reserve = None
-        # In shadow mode every call goes out, whatever the decision: it takes a slot
-        # (if one is left) so that the 30-day count holds the calls really placed.
-        if record and (prepared.would_count or shadow):
+        if record and shadow:
+            # In shadow mode every call goes out, whatever the decision, past the cap too:
+            # each is counted, so that once the campaign enforces, the 30-day count holds
+            # the calls really placed. (The cap's rule reads the count before this call.)
+            reserve = (_NO_CAP, decision_id)
+        elif record and prepared.would_count:
             reserve = (rules.max_attempts, decision_id)
         try:
             async with asyncio.timeout(deadline_s):
@@ -447,6 +450,9 @@ class Service:
             await asyncio.wait(set(self._background), timeout=timeout_s)
         await self.pending.aclose()
 
+
+# The cap a shadow call reserves under: none (every call placed is counted).
+_NO_CAP = 1 << 30
 
 # Reasons a change still waiting for Redis can give on its own.
 _PENDING_DENIALS = frozenset({Reason.INTERNAL_DNC, Reason.RECENT_REFUSAL, Reason.CONSENT_WITHDRAWN})
