@@ -19,6 +19,7 @@ from dialguard.changes import Change, ChangeKind
 from dialguard.import_files import DncRow
 from dialguard.model import CallRequest, FailMode, Reason, Result
 from dialguard.numbers import Number, normalise
+from dialguard.pending import PENDING_DAYS, journal_changes
 from dialguard.service import OutcomeKind, OutcomeStatus, Service
 from dialguard.store import Store
 from dialguard.store.keys import Keys
@@ -340,3 +341,29 @@ async def test_a_removal_file_does_not_undo_a_do_not_call_taken_while_it_loads(
     before = await store.facts(normalise("0622222222"), "ACME", MONDAY, 30)
     assert before.dnc is None  # the file's to remove
     await store.close()
+
+
+async def test_an_old_journal_file_restored_while_serving_is_not_replayed(tmp_path: Path) -> None:
+    """A backup of an old day copied back while `serve` runs: its removals (their applied
+    marks long gone from Redis) must not be applied again; a journal's new file is read."""
+    old_day, audit = tmp_path / "old", tmp_path / "audit"
+    config = make_config("redis://127.0.0.1:1/0", audit)  # Redis down: nothing is applied
+    long_ago = MONDAY - timedelta(days=60)
+    writer = Service(config, Store.from_url(config.redis.url, "dialguard:", 200), Journal(old_day))
+    await writer.dnc_remove(NUMBER, "a mistake", long_ago)
+    await writer.store.close()
+    now_writer = Service(
+        config, Store.from_url(config.redis.url, "dialguard:", 200), Journal(audit)
+    )
+    await now_writer.dnc_add("0611111111", "asked", MONDAY)
+    await now_writer.store.close()
+
+    positions: dict[Path, int] = {}
+    at_start = journal_changes(audit, PENDING_DAYS, MONDAY, positions)
+    newest = max(path.name for path in positions)
+    [restored] = [path for path in old_day.glob("audit-*.jsonl")]
+    (audit / restored.name).write_bytes(restored.read_bytes())
+    assert journal_changes(audit, PENDING_DAYS, MONDAY, positions, newest) == []
+    assert len(at_start) == 1
+    # A file named after the newest at start is read whole, whatever its day.
+    assert journal_changes(audit, PENDING_DAYS, MONDAY, {}, "") != []

@@ -24,7 +24,7 @@ from dialguard.audit import Journal
 from dialguard.config import Config, ConfigError, load_config
 from dialguard.model import Mode
 from dialguard.reload import Reloader, compare, in_force
-from dialguard.runfiles import PidFile, running_pid
+from dialguard.runfiles import PID_NAME, PidFile, running_service
 from tests.agi.asterisk_peer import run_session
 from tests.agi.test_server import NUMBER_RAW, agi_server
 from tests.cli_runner import run_dialguard
@@ -166,9 +166,10 @@ async def test_dialguard_reload_puts_a_new_policy_and_campaign_in_force(
         result = await asyncio.to_thread(reload_cli, site, "--operator", "alice")
         assert result.code == 0, result.err
         new_hash = load_config(site.config, env={}).policy.hash
-        assert result.out.startswith(f"reloaded (pid {running.process.pid}): policy france")
-        assert f"{old_hash} -> {new_hash}" in result.out
-        assert "campaign demo-prospecting changed" in result.out
+        assert result.out == (
+            f"reloaded (pid {running.process.pid}): policy france {old_hash} -> france-2027"
+            f" {new_hash}; campaign demo-prospecting: mode enforce -> shadow\n"
+        )
 
         after = await decide(site, "demo-prospecting")
         assert after["DIALGUARD_RESULT"] == "ALLOW"
@@ -200,24 +201,30 @@ async def test_a_bad_file_is_refused_with_the_start_up_message_and_nothing_chang
             load_config(site.config, env={})
         start_up_message = str(at_start.value)
 
-        # The command checks the file first: refused, the service never signalled.
-        refused = await asyncio.to_thread(reload_cli, site)
-        assert (refused.code, refused.err) == (1, f"dialguard: {start_up_message}\n")
-        assert not site.records("reload")
+        refused = await asyncio.to_thread(reload_cli, site, "--operator", "carol")
+        assert (refused.code, refused.err) == (
+            1,
+            f"dialguard: reload refused: {start_up_message}\n",
+        )
 
-        # A bare SIGHUP (kill -HUP, systemd's ExecReload): the service refuses it itself.
+        # A bare SIGHUP (kill -HUP, systemd's ExecReload): refused the same way.
         running.process.send_signal(signal.SIGHUP)
-        await wait_until(lambda: bool(running.events("reload_refused")), 10)
-        assert running.events("reload_refused")[0]["error"] == start_up_message
+        await wait_until(lambda: len(running.events("reload_refused")) == 2, 10)
+        assert {e["error"] for e in running.events("reload_refused")} == {start_up_message}
         assert running.process.poll() is None
         variables = await decide(site)
         assert variables["DIALGUARD_RESULT"] == "ALLOW"
         decision = {r["id"]: r for r in site.records("decision")}[variables["DIALGUARD_ID"]]
         assert decision["policy"]["hash"] == old_hash
-        [record] = site.records("reload")
-        assert record["applied"] is False and record["operator"] == "SIGHUP"
-        assert record["why"] == start_up_message
-        assert record["policy_to"]["hash"] == old_hash
+        records = site.records("reload")
+        assert [(r["applied"], r["operator"]) for r in records] == [
+            (False, "carol"),
+            (False, "SIGHUP"),
+        ]
+        assert {r["why"] for r in records} == {start_up_message}
+        assert {r["policy_to"]["hash"] for r in records} == {old_hash}
+        assert {r["config_to"] for r in records} == {records[0]["config_from"]}
+        assert not (site.audit / "reload.request").exists()  # cleared once answered
 
 
 async def test_reload_with_two_workers_reaches_both_and_records_once(
@@ -228,8 +235,11 @@ async def test_reload_with_two_workers_reaches_both_and_records_once(
         site.edit_policy('name = "france"', 'name = "france-b"')
         result = await asyncio.to_thread(reload_cli, site, "--operator", "bob")
         assert result.code == 0, result.err
-        await wait_until(lambda: len(running.events("reloaded")) == 2, 10)
-        assert len(site.records("reload")) == 1
+        assert result.out.startswith(f"reloaded (pid {running.process.pid}, 2 workers): ")
+        records = site.records("reload")
+        assert sorted(r["worker"] for r in records) == [0, 1]  # each says what it runs
+        assert {r["operator"] for r in records} == {"bob"}
+        assert len({r["pid"] for r in records}) == 2
         answers = await asyncio.gather(*(decide(site) for _ in range(20)))
         names = {
             r["policy"]["name"]
@@ -250,7 +260,8 @@ async def test_a_second_serve_on_the_same_journal_is_refused(
 ) -> None:
     with serving(site, clean_redis.url) as running:
         await started(running)
-        assert running_pid(site.audit) == running.process.pid
+        service = running_service(site.audit)
+        assert service is not None and (service.pid, service.workers) == (running.process.pid, 1)
         env = {**os.environ, "DIALGUARD_CONFIG": str(site.config)}
         env["DIALGUARD_REDIS_URL"] = clean_redis.url
         second = await asyncio.to_thread(
@@ -265,15 +276,49 @@ async def test_a_second_serve_on_the_same_journal_is_refused(
             f"dialguard: another dialguard serve (pid {running.process.pid}) runs"
         )
     # Gone (even killed): its pid file no longer names a running service.
-    assert running_pid(site.audit) is None
+    assert running_service(site.audit) is None
 
 
 def test_a_leftover_pid_file_names_nobody(tmp_path: Path) -> None:
-    held = PidFile.acquire(tmp_path)
-    assert running_pid(tmp_path) == os.getpid()
+    held = PidFile.acquire(tmp_path, 1)
+    assert (tmp_path / PID_NAME).read_text() == f"{os.getpid()}\n1\n"
     held.release()
-    (tmp_path / "serve.pid").write_text("1\n")  # pid 1 runs, but holds no lock on it
-    assert running_pid(tmp_path) is None
+    assert (tmp_path / PID_NAME).read_text() == ""  # emptied, never removed
+    (tmp_path / PID_NAME).write_text("1\n1\n")  # pid 1 runs, but holds no lock on it
+    assert running_service(tmp_path) is None
+
+
+async def test_a_sighup_during_start_up_is_held_until_the_service_can_reload(
+    clean_redis: RedisServer, site: Site
+) -> None:
+    with serving(site, clean_redis.url) as running:
+        pid_file = site.audit / PID_NAME
+        await wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", 20)
+        running.process.send_signal(signal.SIGHUP)  # before it listens
+        await started(running)
+        await wait_until(lambda: bool(running.events("reloaded")), 10)
+        assert running.process.poll() is None
+
+
+async def test_workers_stop_when_their_parent_is_killed(
+    clean_redis: RedisServer, site: Site
+) -> None:
+    with serving(site, clean_redis.url, workers=2) as running:
+        await started(running, workers=2)
+        workers = [e["pid"] for e in running.events("started")]
+        running.process.kill()
+        running.process.wait(5)
+
+        def gone(pid: int) -> bool:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                return True
+            return state in ("Z", "X")
+
+        await wait_until(lambda: all(map(gone, workers)), 10)
+        assert len(running.events("parent_gone")) == 2
+        assert running_service(site.audit) is None
 
 
 @asynccontextmanager
@@ -290,7 +335,7 @@ async def reloadable(redis: RedisServer, site: Site) -> AsyncIterator[tuple[Any,
             agi.server.reconfigure(new.server)
 
         config, journal = agi.service.config, Journal(site.audit)
-        yield agi, Reloader(config, journal, put_in_force, speaks=True, env=env)
+        yield agi, Reloader(config, journal, put_in_force, env=env)
 
 
 async def test_a_session_in_flight_finishes_under_the_configuration_it_started_with(
@@ -324,9 +369,43 @@ def test_what_only_a_restart_changes_is_kept_as_running(site: Site) -> None:
     )
     new = load_config(site.config, env={})
     changes = compare(old, new)
-    assert changes.applied == ("campaign demo-survey changed", "server.deadline_ms")
+    assert changes.applied == (
+        "campaign demo-survey: mode enforce -> shadow",
+        "server.deadline_ms 5000 -> 700",
+    )
     assert changes.restart_needed == ("server.port", "node")
     running = in_force(old, new)
     assert (running.server.port, running.node) == (old.server.port, old.node)
     assert running.server.deadline_ms == 700
     assert running.campaigns["demo-survey"].mode is Mode.SHADOW
+
+
+async def test_a_reload_that_cannot_be_recorded_changes_nothing(tmp_path: Path, site: Site) -> None:
+    with running_redis() as redis:
+        async with reloadable(redis, site) as (agi, _):
+            blocker = tmp_path / "not-a-directory"
+            blocker.write_text("")
+            config = agi.service.config
+
+            def put_in_force(new: Config) -> None:
+                agi.service.reconfigure(new)
+
+            env = {"DIALGUARD_REDIS_URL": redis.url}
+            unrecorded = Reloader(config, Journal(blocker / "audit"), put_in_force, env=env)
+            site.edit_policy('name = "france"', 'name = "france-unrecorded"')
+            result = await unrecorded.reload()
+            assert not result.applied
+            assert result.message.startswith("cannot write the reload's audit record")
+            assert agi.service.config is config
+
+
+async def test_any_error_reading_the_file_is_a_refusal_in_one_line(site: Site) -> None:
+    with running_redis() as redis:
+        async with reloadable(redis, site) as (agi, reloader):
+            config = agi.service.config
+            site.edit_config('file = "policy.toml"', 'file = "pol\\u0000icy.toml"')
+            result = await reloader.reload()
+            assert not result.applied and "\n" not in result.message
+            assert agi.service.config is config
+            [record] = [r for r in audit_records(site.audit) if r.get("kind") == "reload"]
+            assert record["applied"] is False and record["why"] == result.message

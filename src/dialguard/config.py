@@ -26,6 +26,7 @@ __all__ = [
     "AriSettings",
     "Config",
     "ConfigError",
+    "audit_dir_of",
     "load_config",
     "load_policy",
     "redact_url",
@@ -251,6 +252,15 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         metrics,
         hashlib.sha256(raw).hexdigest()[:16],
     )
+
+
+def audit_dir_of(path: Path) -> Path:
+    """The audit directory a configuration file names, read without the rest of it (to
+    find the service running with a file that no longer loads whole)."""
+    data, _ = _read_toml(path)
+    table = _Reader(path, data).table("audit")
+    directory: str = table.get("dir", str, "../var/audit")
+    return path.parent / directory
 
 
 def redact_url(url: str) -> str:

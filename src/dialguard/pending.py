@@ -43,18 +43,25 @@ FOLLOW_S = 0.5
 
 
 def journal_changes(
-    directory: Path, days: int, now: datetime, positions: dict[Path, int] | None = None
+    directory: Path,
+    days: int,
+    now: datetime,
+    positions: dict[Path, int] | None = None,
+    newer_than: str | None = None,
 ) -> list[Change]:
     """The change records of the journal files of the last `days` UTC days, in journal
     order (every day with `days=0`). `positions`: where each file was read up to (updated),
-    to read on from there; a file skipped for its age is positioned at its end."""
+    to read on from there; a file skipped for its age is positioned at its end.
+    `newer_than`: a file named after it is read whatever its day (a journal's first file,
+    written after the start with a record dated in the past)."""
     oldest = (now.astimezone(UTC).date().toordinal() - days + 1) if days else 0
     found: list[Change] = []
     for path, size in snapshot(directory).files:
         start = positions.get(path, 0) if positions is not None else 0
         if size <= start:
             continue
-        if positions is None or path not in positions:
+        new_file = newer_than is not None and path.name > newer_than
+        if (positions is None or path not in positions) and not new_file:
             with contextlib.suppress(ValueError):
                 day = datetime.strptime(path.name[6:16], "%Y-%m-%d").date().toordinal()
                 if day < oldest:
@@ -79,6 +86,11 @@ class Pending:
         self._queue: dict[str, Change] = {}  # id -> change, in journal order
         self._known: set[str] = set()  # ids met (applied or queued), not to queue twice
         self._positions: dict[Path, int] = {}
+        # The newest journal file at start: a file named after it appeared since, and is
+        # read whole. An older one appearing later (a backup restored) is new to us but
+        # not new: only its last PENDING_DAYS days are read, as at start, or its old
+        # removals would be applied again once their applied marks have aged out.
+        self._newest_at_start: str | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -174,6 +186,13 @@ class Pending:
         """Queue what the journal holds and Redis never took; then retry and follow."""
         if self._directory is not None:
             await self._read_journal(now, PENDING_DAYS)
+            try:
+                files = (await asyncio.to_thread(snapshot, self._directory)).files
+            except (AuditUnavailable, OSError):
+                # Unreadable: files of today on (UTC) count as new, nothing older.
+                self._newest_at_start = f"audit-{now.astimezone(UTC):%Y-%m-%d}"
+            else:
+                self._newest_at_start = max((path.name for path, _ in files), default="")
         self._tasks = [asyncio.get_running_loop().create_task(self._retry())]
         if self._directory is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self._follow()))
@@ -190,7 +209,12 @@ class Pending:
         assert self._directory is not None
         try:
             changes = await asyncio.to_thread(
-                journal_changes, self._directory, days, now, self._positions
+                journal_changes,
+                self._directory,
+                days,
+                now,
+                self._positions,
+                self._newest_at_start,
             )
         except AuditUnavailable as exc:
             log.error("journal_unreadable", error=str(exc))
@@ -209,9 +233,7 @@ class Pending:
         while True:
             await asyncio.sleep(FOLLOW_S)
             try:
-                # Every file seen at start is positioned: a file new since then is read
-                # whole whatever its name's day (a first record dated in the past).
-                await self._read_journal(datetime.now(UTC), 0)
+                await self._read_journal(datetime.now(UTC), PENDING_DAYS)
             except Exception:  # never stop following: the next turn may read again
                 log.exception("journal_follow_failed")
 

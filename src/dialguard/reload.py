@@ -5,16 +5,18 @@ A file that does not load is refused with the message `serve` would have given a
 start-up, and the running configuration stays. What a reload cannot change under a
 running service (where it listens, its Redis, its journal, its node name, ARI, metrics)
 keeps its running value until a restart, and the reload says so. Each reload, applied or
-refused, is an audit record of kind `reload`: who, the policy and configuration hashes
-before and after, what changed.
+refused, is an audit record of kind `reload`, one per worker process: who, the policy and
+configuration hashes before and after, each field that changed. The record is written
+before the change is put in force: a reload that cannot be recorded is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +24,8 @@ import structlog
 
 from dialguard.audit import AuditUnavailable, Journal
 from dialguard.config import Config, ConfigError, load_config
-from dialguard.runfiles import ReloadResult, take_request, write_result
+from dialguard.model import Campaign
+from dialguard.runfiles import ReloadResult, read_request, write_result
 from dialguard.service import new_id
 
 __all__ = ["Changes", "Reloader", "compare", "in_force"]
@@ -32,7 +35,7 @@ log = structlog.get_logger("dialguard.reload")
 
 @dataclass(frozen=True, slots=True)
 class Changes:
-    applied: tuple[str, ...]  # what the reload puts in force
+    applied: tuple[str, ...]  # what the reload puts in force, field by field
     restart_needed: tuple[str, ...]  # changed in the file, kept as running until a restart
 
 
@@ -40,17 +43,25 @@ def compare(old: Config, new: Config) -> Changes:
     """What differs between the running configuration and the one just read."""
     applied: list[str] = []
     if old.policy.hash != new.policy.hash:
-        applied.append(f"policy {old.policy.name} {old.policy.hash} -> {new.policy.hash}")
+        applied.append(
+            f"policy {old.policy.name} {old.policy.hash} -> {new.policy.name} {new.policy.hash}"
+        )
     for name in sorted(old.campaigns.keys() | new.campaigns.keys()):
         before, after = old.campaigns.get(name), new.campaigns.get(name)
-        if before != after:
-            what = "added" if before is None else "removed" if after is None else "changed"
-            applied.append(f"campaign {name} {what}")
+        if before is None:
+            assert after is not None
+            applied.append(f"campaign {name} added: {_describe(after)}")
+        elif after is None:
+            applied.append(f"campaign {name} removed")
+        elif before != after:
+            applied.append(f"campaign {name}: {_differences(before, after)}")
     for key in ("deadline_ms", "session_timeout_ms", "campaign_from_accountcode"):
-        if getattr(old.server, key) != getattr(new.server, key):
-            applied.append(f"server.{key}")
+        was, now = getattr(old.server, key), getattr(new.server, key)
+        if was != now:
+            applied.append(f"server.{key} {was} -> {now}")
     if old.audit_retention_days != new.audit_retention_days:
-        applied.append("audit.retention_days")
+        was_days, now_days = old.audit_retention_days, new.audit_retention_days
+        applied.append(f"audit.retention_days {was_days} -> {now_days}")
     restart: list[str] = []
     for key in ("host", "port", "workers"):
         if getattr(old.server, key) != getattr(new.server, key):
@@ -66,6 +77,27 @@ def compare(old: Config, new: Config) -> Changes:
     if old.metrics != new.metrics:
         restart.append("metrics")
     return Changes(tuple(applied), tuple(restart))
+
+
+def _describe(campaign: Campaign) -> str:
+    return ", ".join(
+        f"{f.name} {_plain(getattr(campaign, f.name))}"
+        for f in fields(campaign)
+        if f.name != "name"
+    )
+
+
+def _differences(before: Campaign, after: Campaign) -> str:
+    return ", ".join(
+        f"{f.name} {_plain(getattr(before, f.name))} -> {_plain(getattr(after, f.name))}"
+        for f in fields(before)
+        if getattr(before, f.name) != getattr(after, f.name)
+    )
+
+
+def _plain(value: object) -> str:
+    text = getattr(value, "value", value)
+    return repr(text) if text == "" else str(text)
 
 
 def in_force(old: Config, new: Config) -> Config:
@@ -86,8 +118,8 @@ def in_force(old: Config, new: Config) -> Config:
 
 class Reloader:
     """One process's reloads. `apply` is told the new configuration to put in force (the
-    service, the listeners); `speaks` for the process that answers `dialguard reload`
-    and writes the audit record (one per reload, however many workers)."""
+    service, the listeners). Each worker (`worker`: its index) answers `dialguard reload`
+    and writes its own record: each says what it runs."""
 
     def __init__(
         self,
@@ -95,13 +127,13 @@ class Reloader:
         journal: Journal,
         apply: Callable[[Config], None],
         *,
-        speaks: bool,
+        worker: int = 0,
         env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self._journal = journal
         self._apply = apply
-        self._speaks = speaks
+        self._worker = worker
         self._env = env
         self._lock = asyncio.Lock()
 
@@ -111,25 +143,39 @@ class Reloader:
 
     async def _reload(self) -> ReloadResult:
         old = self.config
-        directory = old.audit_dir
-        request = take_request(directory) if self._speaks else None
+        request = read_request(old.audit_dir)
+        request_id = request.id if request else ""
         operator = (request.operator if request else "") or "SIGHUP"
         try:
             # The same reading as at start-up: the same one-line messages.
             new = await asyncio.to_thread(load_config, old.path, self._env or dict(os.environ))
-        except ConfigError as exc:
-            result = ReloadResult(request.id if request else "", False, str(exc))
-            log.error("reload_refused", error=str(exc), operator=operator)
-            await self._record(old, old, Changes((), ()), operator, result)
-            return self._answer(result)
+        except Exception as exc:  # a ConfigError, or anything else: refused in one line
+            message = str(exc) if isinstance(exc, ConfigError) else f"{old.path}: {exc}"
+            message = " ".join(message.split())
+            log.error("reload_refused", error=message, operator=operator)
+            refused = ReloadResult(request_id, False, message, old.policy.hash, old.hash)
+            record = self._record(old, old, Changes((), ()), operator, refused)
+            record["config_to"] = _file_hash(old)
+            try:
+                await self._journal.append(record)
+            except AuditUnavailable as journal_error:
+                log.error("reload_unrecorded", error=str(journal_error))
+            return self._answer(refused)
         changes = compare(old, new)
         running = in_force(old, new)
-        self._apply(running)
-        self.config = running
         said = "; ".join(changes.applied) or "nothing changed"
         if changes.restart_needed:
             said += f"; kept until a restart: {', '.join(changes.restart_needed)}"
-        result = ReloadResult(request.id if request else "", True, said)
+        result = ReloadResult(request_id, True, said, running.policy.hash, running.hash)
+        try:
+            # Recorded before it is in force: no decision under it comes before its record.
+            await self._journal.append(self._record(old, running, changes, operator, result))
+        except AuditUnavailable as exc:
+            message = f"cannot write the reload's audit record, so nothing changed: {exc}"
+            log.error("reload_refused", error=message, operator=operator)
+            return self._answer(ReloadResult(request_id, False, message, old.policy.hash, old.hash))
+        self._apply(running)
+        self.config = running
         log.info(
             "reloaded",
             operator=operator,
@@ -138,30 +184,28 @@ class Reloader:
             changed=list(changes.applied),
             restart_needed=list(changes.restart_needed),
         )
-        await self._record(old, running, changes, operator, result)
         return self._answer(result)
 
     def _answer(self, result: ReloadResult) -> ReloadResult:
-        if self._speaks:
-            try:
-                write_result(self.config.audit_dir, result)
-            except OSError as exc:
-                log.error("reload_result_unwritable", error=str(exc))
+        try:
+            write_result(self.config.audit_dir, self._worker, result)
+        except OSError as exc:
+            log.error("reload_result_unwritable", error=str(exc))
         return result
 
-    async def _record(
+    def _record(
         self, old: Config, new: Config, changes: Changes, operator: str, result: ReloadResult
-    ) -> None:
-        if not self._speaks:
-            return
+    ) -> dict[str, Any]:
         now = datetime.now(UTC)
-        record: dict[str, Any] = {
+        return {
             "id": new_id(now),
             "ts": int(now.timestamp() * 1000),
             "node": old.node,
             "kind": "reload",
             "applied": result.applied,
             "operator": operator,
+            "worker": self._worker,
+            "pid": os.getpid(),
             "policy_from": {"name": old.policy.name, "hash": old.policy.hash},
             "policy_to": {"name": new.policy.name, "hash": new.policy.hash},
             "config_from": old.hash,
@@ -170,8 +214,11 @@ class Reloader:
             "restart_needed": list(changes.restart_needed),
             "why": "" if result.applied else result.message,
         }
-        try:
-            await self._journal.append(record)
-        except AuditUnavailable as exc:
-            # The decisions name their policy hash all the same: the reload stands.
-            log.error("reload_unrecorded", error=str(exc))
+
+
+def _file_hash(config: Config) -> str:
+    """The hash of the file a refused reload read (as Config.hash is made), "" if none."""
+    try:
+        return hashlib.sha256(config.path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""

@@ -43,10 +43,11 @@ def serve(config: Config, workers: int) -> int:
         )
         return 1
     # Until a process's handler is in place a SIGHUP would kill it (the default action):
-    # ignored meanwhile, by the workers too (they inherit it).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # held back meanwhile, by the workers too (they inherit the mask), and delivered once
+    # the handler is there, so that a `dialguard reload` during start-up is not lost.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
-        pid_file = PidFile.acquire(config.audit_dir)
+        pid_file = PidFile.acquire(config.audit_dir, workers)
     except AlreadyRunning as exc:
         print(f"dialguard: {exc}", file=sys.stderr)
         return 2
@@ -63,27 +64,35 @@ def serve(config: Config, workers: int) -> int:
 
 
 def _run_workers(config: Config, workers: int) -> int:
+    parent = os.getpid()
     children: list[int] = []
     for index in range(workers):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
-            # One ARI websocket per application: a second one would take the app over
-            # (ApplicationReplaced) and the two workers would keep stealing it back.
-            worker = config if index == 0 else replace(config, ari=None)
-            os._exit(_run_worker(worker, reuse_port=True, index=index))
+            code = 70  # EX_SOFTWARE, should anything escape the worker
+            try:
+                # One ARI websocket per application: a second one would take the app over
+                # (ApplicationReplaced) and the two workers would keep stealing it back.
+                worker = config if index == 0 else replace(config, ari=None)
+                code = _run_worker(worker, reuse_port=True, index=index, parent=parent)
+            finally:
+                os._exit(code)  # never back into the parent's code (its pid file, its loop)
         children.append(pid)
+    alive = set(children)
 
     def forward(signum: int, _frame: object) -> None:
-        for child in children:
+        for child in list(alive):  # never a reaped pid: it may be someone else's by now
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)  # each worker reloads; worker 0 answers for all
+    signal.signal(signal.SIGHUP, forward)  # every worker reloads and answers for itself
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     worst = 0
     for child in children:
         _, status = os.waitpid(child, 0)
+        alive.discard(child)
         code = os.waitstatus_to_exitcode(status)
         if code < 0:  # killed by a signal: a failure, reported the way a shell does
             log.error("worker_killed", pid=child, signal=-code)
@@ -129,13 +138,14 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def _run_worker(config: Config, *, reuse_port: bool, index: int) -> int:
+def _run_worker(config: Config, *, reuse_port: bool, index: int, parent: int = 0) -> int:
+    serving = _serve(config, reuse_port=reuse_port, index=index, parent=parent)
     # uvloop roughly halves the event loop's CPU per session (docs/benchmarks.md).
     if sys.platform != "win32":
         import uvloop
 
-        return uvloop.run(_serve(config, reuse_port=reuse_port, index=index))
-    return asyncio.run(_serve(config, reuse_port=reuse_port, index=index))  # pragma: no cover
+        return uvloop.run(serving)
+    return asyncio.run(serving)  # pragma: no cover
 
 
 class _CannotStart(Exception):
@@ -146,7 +156,11 @@ class _CannotStart(Exception):
         self.code = code
 
 
-async def _serve(config: Config, *, reuse_port: bool, index: int) -> int:
+# How often a worker looks whether its parent is still there.
+PARENT_CHECK_S = 1.0
+
+
+async def _serve(config: Config, *, reuse_port: bool, index: int, parent: int) -> int:
     try:
         # Whatever was started is stopped in reverse order, on a failed start as at SIGTERM.
         async with contextlib.AsyncExitStack() as running:
@@ -164,12 +178,26 @@ async def _serve(config: Config, *, reuse_port: bool, index: int) -> int:
                 task.add_done_callback(reloads.discard)
 
             loop.add_signal_handler(signal.SIGHUP, reload)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+            if parent:
+                orphan_watch = loop.create_task(_stop_when_orphaned(parent, stop))
+                running.callback(orphan_watch.cancel)
             log.info("started", node=config.node, policy=config.policy.name, pid=os.getpid())
             await stop.wait()
     except _CannotStart as exc:
         print(f"dialguard: {exc}", file=sys.stderr)
         return exc.code
     return 0
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose parent died (SIGKILL, the OOM killer) stops as at SIGTERM: nobody
+    would forward it a signal any more, and it would keep the pid file locked under a
+    pid that may soon be another process's."""
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK_S)
+    log.error("parent_gone", parent=parent)
+    stop.set()
 
 
 async def _start(
@@ -241,4 +269,4 @@ async def _start(
         if ari_app is not None:
             ari_app.server = new.server
 
-    return Reloader(config, journal, put_in_force, speaks=index == 0)
+    return Reloader(config, journal, put_in_force, worker=index)

@@ -16,8 +16,14 @@ from dialguard.cli.common import (
     errors_are_one_line,
     operator_option,
 )
-from dialguard.config import load_config
-from dialguard.runfiles import PID_NAME, read_result, running_pid, write_request
+from dialguard.config import DEFAULT_CONFIG, ConfigError, audit_dir_of, load_config
+from dialguard.runfiles import (
+    PID_NAME,
+    clear_request,
+    read_results,
+    running_service,
+    write_request,
+)
 
 __all__ = ["reload"]
 
@@ -36,19 +42,67 @@ __all__ = ["reload"]
 def reload(timeout: float, operator: str, config_path: Path | None) -> None:
     """Make the `serve` running with this configuration read it and its policy again.
 
-    The file is checked first: a bad one is refused here with the message `serve` would
-    give at start-up, and the service keeps running as it was. Calls under way finish
-    under the configuration they started with. The service answers what changed (exit
-    0) or why it refused (exit 1); the reload is an audit record either way."""
-    config = load_config(config_path)  # a bad file: its one line, exit 1, nothing signalled
-    directory = config.audit_dir
-    pid = running_pid(directory)
-    if pid is None:
+    A file that does not load is refused with the message `serve` would give at start-up
+    and the service keeps running as it was. Calls under way finish under the
+    configuration they started with. The service answers what changed (exit 0) or why it
+    refused (exit 1); each reload is an audit record, applied or not."""
+    path = config_path or Path(os.environ.get("DIALGUARD_CONFIG") or DEFAULT_CONFIG)
+    try:
+        directory = load_config(path).audit_dir
+    except ConfigError as exc:
+        # The service is the judge (its environment may hold what this shell lacks, an
+        # ARI password say): find it from the file's [audit] dir alone, if that reads.
+        try:
+            directory = audit_dir_of(path)
+        except ConfigError:
+            raise exc from None
+    try:
+        service = running_service(directory)
+    except OSError as exc:
         raise Failure(
-            f"no dialguard serve runs with {config.path} (no live {directory / PID_NAME})",
+            f"{directory / PID_NAME}: cannot read: {exc.strerror}: run as the service's user"
+            " or root",
+            EXIT_DEPENDENCY,
+        ) from None
+    if service is None:
+        raise Failure(
+            f"no dialguard serve runs with {path} (no live {directory / PID_NAME})",
             EXIT_DEPENDENCY,
         )
-    request = write_request(directory, operator)
+    try:
+        request = write_request(directory, operator)
+    except OSError as exc:
+        raise Failure(
+            f"{directory}: cannot write the reload request: {exc.strerror}", EXIT_DEPENDENCY
+        ) from None
+    try:
+        _signal(service.pid)
+        results = read_results(directory, request, service.workers, timeout)
+    finally:
+        clear_request(directory)
+    missing = [str(worker) for worker in range(service.workers) if worker not in results]
+    if missing:
+        raise Failure(
+            f"signalled dialguard serve (pid {service.pid}), no answer within {timeout:g} s"
+            f" from worker {', '.join(missing)}: see its log",
+            EXIT_DEPENDENCY,
+        )
+    refused = {worker: r for worker, r in results.items() if not r.applied}
+    if refused:
+        worker, first = min(refused.items())
+        which = "" if service.workers == 1 else f" by worker {worker} of {service.workers}"
+        raise Failure(f"reload refused{which}: {first.message}", EXIT_INPUT)
+    if len({(r.policy_hash, r.config_hash) for r in results.values()}) > 1:
+        # The file changed between two workers' reading: they now run different things.
+        raise Failure(
+            "the workers read different files (was it being written?): run dialguard reload again",
+            EXIT_INPUT,
+        )
+    workers = "" if service.workers == 1 else f", {service.workers} workers"
+    click.echo(f"reloaded (pid {service.pid}{workers}): {results[0].message}")
+
+
+def _signal(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
@@ -58,12 +112,3 @@ def reload(timeout: float, operator: str, config_path: Path | None) -> None:
             f"not allowed to signal dialguard serve (pid {pid}): run as its user or root",
             EXIT_DEPENDENCY,
         ) from None
-    result = read_result(directory, request, timeout)
-    if result is None:
-        raise Failure(
-            f"signalled dialguard serve (pid {pid}), no answer within {timeout:g} s: see its log",
-            EXIT_DEPENDENCY,
-        )
-    if not result.applied:
-        raise Failure(f"reload refused, still running as before: {result.message}", EXIT_INPUT)
-    click.echo(f"reloaded (pid {pid}): {result.message}")
