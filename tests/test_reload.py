@@ -188,6 +188,10 @@ async def test_dialguard_reload_puts_a_new_policy_and_campaign_in_force(
         assert record["node"] == "reload-test"
         # The journal's chain takes the record like any other.
         assert run_dialguard(["audit", "verify", "--dir", site.audit]).code == 0
+        listed = run_dialguard(
+            ["audit", "search", "--dir", site.audit, "--kind", "reload"], env={"COLUMNS": "200"}
+        )
+        assert f"RELOAD  policy france-2027 {new_hash}" in listed.out
 
 
 async def test_a_bad_file_is_refused_with_the_start_up_message_and_nothing_changes(

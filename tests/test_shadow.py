@@ -127,6 +127,11 @@ async def test_audit_stats_shows_what_would_have_been_blocked(
     assert campaigns["demo-energy"]["shadowed"] == 0
     human = run_dialguard(["audit", "stats", "--dir", audit])
     assert "2 of the denials were answered ALLOW in shadow mode" in human.out
+    found = run_dialguard(
+        ["audit", "search", "--dir", audit, "--campaign", "demo-prospecting"],
+        env={"COLUMNS": "200"},
+    )
+    assert found.out.count("INTERNAL_DNC (shadow: answered ALLOW)") == 2
 
 
 def test_check_says_what_shadow_mode_would_answer(tmp_path: Path) -> None:

@@ -150,7 +150,7 @@ class Query:
     result: str | None = None
     reason: str | None = None
     record_id: str | None = None
-    kind: str | None = None  # "decision" or "outcome"
+    kind: str | None = None  # a record kind: "decision", "outcome", "reload"...
 
     def matches(self, record: dict[str, Any]) -> bool:
         ts = record.get("ts")

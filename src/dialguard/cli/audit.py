@@ -43,6 +43,7 @@ CSV_FIELDS = [
     "id", "ts", "kind", "result", "reason", "mode", "answer", "outcome", "applied", "number",
     "number_raw", "campaign", "principal", "purpose", "sector", "local_time", "attempts_30d",
     "evidence", "rules", "policy", "degraded", "why", "operator", "adapter", "channel", "uniqueid",
+    "policy_from", "policy_to", "config_from", "config_to", "changed", "restart_needed",
     "callerid", "node",
     "latency_us", "prev", "hash",
 ]  # fmt: skip
@@ -128,7 +129,15 @@ def audit() -> None:
 @click.option("--result", type=click.Choice(["ALLOW", "DENY"]), default=None)
 @click.option("--reason", default=None, help="Reason code (docs/rules.md), e.g. OPTOUT_LISTED.")
 @click.option("--id", "record_id", default=None, help="Decision id (DIALGUARD_ID).")
-@click.option("--kind", type=click.Choice(["decision", "outcome"]), default=None)
+@click.option(
+    "--kind",
+    type=click.Choice(
+        ["decision", "outcome", "dnc-add", "dnc-remove", "consent-withdraw", "import",
+         "import-done", "reload"]
+    ),
+    default=None,
+    help="Only records of this kind (docs/audit.md).",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: the records as stored.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @dir_option
@@ -186,10 +195,19 @@ def _print_records(where: Where, records: list[dict[str, Any]]) -> None:
         "time (local)", "result", "reason", "number", "campaign", "principal", "id", box=None
     )
     for record in records:
-        if record.get("kind", "decision") == "outcome":
-            result, reason = "OUTCOME", str(record.get("outcome"))
-        else:
+        kind = record.get("kind", "decision")
+        if kind == "decision":
             result, reason = str(record.get("result")), str(record.get("reason"))
+            if "answer" in record:  # shadow mode: the call went out all the same
+                reason += f" (shadow: answered {record['answer'].get('result')})"
+        elif kind == "outcome":
+            result, reason = "OUTCOME", str(record.get("outcome"))
+        elif kind == "reload":
+            result = "RELOAD" if record.get("applied") else "RELOAD REFUSED"
+            policy = record.get("policy_to") or {}
+            reason = f"policy {policy.get('name')} {policy.get('hash')}"
+        else:
+            result, reason = str(kind).upper(), str(record.get("why") or "")
         colour = {"ALLOW": "green", "DENY": "red"}.get(result, "yellow")
         table.add_row(
             where.local(int(record["ts"])),

@@ -149,6 +149,8 @@ def _print(
         kind = str(record.get("kind", "decision"))
         if kind == "decision":
             event = f"{record.get('result')} {record.get('reason')}"
+            if "answer" in record:  # shadow mode: the call went out all the same
+                event += f" (shadow: answered {record['answer'].get('result')})"
         elif kind == "outcome":
             event = f"outcome {record.get('outcome')}"
         else:
