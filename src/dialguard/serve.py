@@ -105,18 +105,18 @@ def _run_workers(config: Config, workers: int) -> int:
 FRESHNESS_EVERY_S = 3600.0
 
 
-async def watch_freshness(store: Store, config: Config) -> None:
+async def watch_freshness(store: Store, configured: Callable[[], Config]) -> None:
     """Log, at start and then hourly, registry checks gone stale or going stale within a
     week, so an operator re-checks before calls start being denied OPTOUT_UNVERIFIED."""
-    zone = ZoneInfo(config.policy.default_timezone)
     while True:
         try:
             current = await store.lists.current("optout")
         except StoreUnavailable as exc:
             log.warning("freshness_unknown", error=str(exc))
         else:
-            today = datetime.now(UTC).astimezone(zone).date()
-            sets = registry_sets(current.meta, today, config.policy.optout_freshness_days)
+            policy = configured().policy
+            today = datetime.now(UTC).astimezone(ZoneInfo(policy.default_timezone)).date()
+            sets = registry_sets(current.meta, today, policy.optout_freshness_days)
             for event, fields in warnings(sets):
                 log.warning(event, **fields)
             newest = sets[0] if sets else None
@@ -260,7 +260,9 @@ async def _start(
         running.push_async_callback(metrics.cleanup)
     if index == 0:
         # One process watches the registry checks' age: the others would only repeat it.
-        watcher = asyncio.get_running_loop().create_task(watch_freshness(store, config))
+        # It reads the policy in force at each look (a reload may change it).
+        freshness = watch_freshness(store, lambda: service.config)
+        watcher = asyncio.get_running_loop().create_task(freshness)
         running.callback(watcher.cancel)
 
     def put_in_force(new: Config) -> None:
