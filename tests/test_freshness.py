@@ -91,7 +91,9 @@ async def test_the_service_logs_checks_going_stale(
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
         with structlog.testing.capture_logs() as logs:
-            task = asyncio.get_running_loop().create_task(serve.watch_freshness(store, config))
+            task = asyncio.get_running_loop().create_task(
+                serve.watch_freshness(store, lambda: config)
+            )
             try:
                 await wait_until(lambda: any(log["event"] == "registry_age" for log in logs), 5)
             finally:
