@@ -51,7 +51,7 @@ async def main(args: argparse.Namespace) -> None:
         audit_dir=Path(args.audit),
         server=replace(config.server, port=args.port, deadline_ms=args.deadline_ms),
     )
-    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    store = Store.from_settings(config.redis)
     journal = None if args.no_audit else Journal(config.audit_dir)
     service = Service(config, store, journal, clock=lambda: FIXED_NOW)
     await service.start()  # as `dialguard serve` does: pending changes, the journal followed

@@ -135,7 +135,7 @@ async def _serve(config: Config, *, reuse_port: bool, watch: bool) -> int:
 async def _start(
     running: contextlib.AsyncExitStack, config: Config, *, reuse_port: bool, watch: bool
 ) -> None:
-    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    store = Store.from_settings(config.redis)
     running.push_async_callback(store.close)
     try:
         await store.ping()
