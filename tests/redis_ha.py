@@ -10,9 +10,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -21,11 +22,11 @@ from tests.redis_server import RedisServer, free_port, running_redis
 SERVICE = "main"  # the primary's name in the sentinels' configuration
 
 
-def wait_for(predicate: object, what: str, timeout: float = 20.0) -> None:
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         with contextlib.suppress(redis.RedisError, OSError):
-            if predicate():  # type: ignore[operator]
+            if predicate():
                 return
         time.sleep(0.05)
     raise RuntimeError(f"{what}: not within {timeout} s")
@@ -34,6 +35,9 @@ def wait_for(predicate: object, what: str, timeout: float = 20.0) -> None:
 @contextlib.contextmanager
 def running_replica(primary: RedisServer) -> Iterator[RedisServer]:
     """A redis-server replicating `primary`, in sync when it is handed out."""
+    with redis.Redis(host="127.0.0.1", port=primary.port) as client:
+        # The primary waits 5 s by default for more replicas before a full sync.
+        client.config_set("repl-diskless-sync-delay", 0)
     with running_redis(args=["--replicaof", "127.0.0.1", str(primary.port)], acl=False) as replica:
         client = redis.Redis(host="127.0.0.1", port=replica.port)
         wait_for(
@@ -94,7 +98,7 @@ def running_sentinels(
             client = redis.Redis(host="127.0.0.1", port=port)
 
             def ready(client: redis.Redis = client) -> bool:
-                state = client.sentinel_master(SERVICE)
+                state: dict[str, Any] = client.sentinel_master(SERVICE)  # type: ignore[assignment]
                 return bool(
                     state["num-other-sentinels"] == count - 1 and state["num-slaves"] == replicas
                 )
