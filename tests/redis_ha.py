@@ -39,9 +39,10 @@ def running_replica(primary: RedisServer) -> Iterator[RedisServer]:
         # The primary waits 5 s by default for more replicas before a full sync.
         client.config_set("repl-diskless-sync-delay", 0)
     with running_redis(args=["--replicaof", "127.0.0.1", str(primary.port)], acl=False) as replica:
-        client = redis.Redis(host="127.0.0.1", port=replica.port)
+        # Online on both sides: the primary counts it in WAIT once it has acknowledged.
+        client = redis.Redis(host="127.0.0.1", port=primary.port)
         wait_for(
-            lambda: client.info("replication")["master_link_status"] == "up",
+            lambda: client.info("replication").get("slave0", {}).get("state") == "online",
             "the replica's link to its primary",
         )
         client.close()
