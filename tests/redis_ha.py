@@ -39,12 +39,16 @@ def running_replica(primary: RedisServer) -> Iterator[RedisServer]:
         # The primary waits 5 s by default for more replicas before a full sync.
         client.config_set("repl-diskless-sync-delay", 0)
     with running_redis(args=["--replicaof", "127.0.0.1", str(primary.port)], acl=False) as replica:
-        # Online on both sides: the primary counts it in WAIT once it has acknowledged.
-        client = redis.Redis(host="127.0.0.1", port=primary.port)
-        wait_for(
-            lambda: client.info("replication").get("slave0", {}).get("state") == "online",
-            "the replica's link to its primary",
-        )
+        # In sync as WAIT sees it: after a full sync the replica counts only once it has
+        # loaded the data and acknowledged an offset.
+        client = redis.Redis(host="127.0.0.1", port=primary.port, single_connection_client=True)
+
+        def acknowledged() -> bool:
+            client.set("test:replica-ready", 1)
+            return int(client.execute_command("WAIT", 1, 100)) == 1
+
+        wait_for(acknowledged, "the replica's link to its primary")
+        client.delete("test:replica-ready")
         client.close()
         yield replica
 

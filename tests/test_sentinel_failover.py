@@ -24,8 +24,10 @@ from dialguard.numbers import normalise
 from dialguard.store.keys import Keys
 from tests.agi.asterisk_peer import SessionResult, run_session
 from tests.agi.test_server import HOST, Agi, agi_server
+from tests.cli_runner import run_dialguard
 from tests.redis_ha import running_replica, running_sentinels
 from tests.redis_server import running_redis
+from tests.test_config_secrets import write_config
 
 RATE = 250  # sessions started per second
 BEFORE_KILL_S = 3.0
@@ -188,3 +190,26 @@ def _resumed_for(sessions: list[Session], killed_at: float) -> float:
     last = max(degraded)
     normal = [s.ended for s in done if s.started > last and s.answer[1] not in DEGRADED]
     return max(normal) - last if normal else 0.0
+
+
+def test_the_command_line_works_through_the_sentinels(tmp_path: Path) -> None:
+    """Imports (commands sent pre-encoded on a connection of the Sentinel pool: store/
+    wire.py), live changes acknowledged by the replica, and a decision."""
+    config = write_config(tmp_path)
+    dnc = tmp_path / "dnc.csv"
+    dnc.write_text("number\n0611111111\n", encoding="utf-8")
+    with (
+        running_redis(acl=False) as primary,
+        running_replica(primary),
+        running_sentinels(primary, replicas=1, count=1) as sentinels,
+    ):
+        env = {"DIALGUARD_CONFIG": str(config), "DIALGUARD_REDIS_URL": sentinels.url}
+        for args in (
+            ["import", "dnc", str(dnc), "--replace"],
+            ["dnc", "add", "0622222222", "--reason", "asked"],
+        ):
+            run = run_dialguard(args, env)
+            assert run.code == 0, run
+        for raw in ("0611111111", "0622222222"):
+            run = run_dialguard(["check", raw, "--campaign", CAMPAIGN, "--json"], env)
+            assert run.code == 0 and '"INTERNAL_DNC"' in run.out, run
