@@ -45,7 +45,7 @@ def running_replica(primary: RedisServer) -> Iterator[RedisServer]:
 
         def acknowledged() -> bool:
             client.set("test:replica-ready", 1)
-            return int(client.execute_command("WAIT", 1, 100)) == 1
+            return int(client.wait(1, 100)) == 1
 
         wait_for(acknowledged, "the replica's link to its primary")
         client.delete("test:replica-ready")
