@@ -12,11 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Tests and `make run` need a redis-server binary; install Debian's if missing.
+# Tests and `make run` need redis-server; the failover test needs redis-sentinel and the
+# TLS test openssl (its test CA). Install Debian's packages for whichever is missing.
+REDIS_PACKAGES = redis-server redis-sentinel openssl
 redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server (Debian package)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@missing=""; for p in $(REDIS_PACKAGES); do \
+	  command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	[ -z "$$missing" ] || { \
+	  echo "installing$$missing (Debian packages)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
 test: $(STAMP) redis-server
 	$(BIN)/ruff check src tests bench

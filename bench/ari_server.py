@@ -58,7 +58,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     password = os.environ["DIALGUARD_ARI_PASSWORD"]  # not on the command line (ps shows it)
     settings = AriSettings(args.ari, "dialguard", "dialguard", password, args.on_deny)
-    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    store = Store.from_settings(config.redis)
     service = Service(config, store, Journal(config.audit_dir), clock=lambda: FIXED_NOW)
     app_class = BareApp if args.mode == "bare" else AriApp
     app = app_class(service, settings, config.server)

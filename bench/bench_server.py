@@ -60,8 +60,7 @@ async def main(args: argparse.Namespace) -> None:
         server=replace(config.server, port=args.port, deadline_ms=args.deadline_ms),
     )
     telemetry = Telemetry() if args.metrics_port else None
-    redis = config.redis
-    store = Store.from_url(redis.url, redis.prefix, redis.timeout_ms, telemetry)
+    store = Store.from_settings(config.redis, telemetry=telemetry)
     journal = None if args.no_audit else Journal(config.audit_dir, telemetry)
     service = Service(config, store, journal, clock=lambda: FIXED_NOW, telemetry=telemetry)
     await service.start()  # as `dialguard serve` does: pending changes, the journal followed

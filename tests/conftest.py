@@ -19,13 +19,13 @@ def redis_server() -> Iterator[RedisServer]:
 def clean_redis(redis_server: RedisServer) -> RedisServer:
     """The session's Redis, emptied: what an earlier test left there must not answer for
     this one. Sync, so that sync tests (the CLI, the classic AGI script) can have it too."""
-    with redis.Redis.from_url(redis_server.url) as client:
+    with redis.Redis.from_url(redis_server.admin_url) as client:
         client.flushall()
     return redis_server
 
 
 @pytest.fixture
 async def redis_client(clean_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(clean_redis.url)
+    client = aioredis.Redis.from_url(clean_redis.admin_url)
     yield client
     await client.aclose()

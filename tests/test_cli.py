@@ -1267,7 +1267,7 @@ def test_lists_status_with_redis_down_is_one_line(cli: Cli) -> None:
 def test_serve_refuses_lists_left_in_the_old_layout(cli: Cli, redis_server: RedisServer) -> None:
     # An earlier version kept the do-not-call list in one hash: silently ignoring it would
     # let every number on it through.
-    client = redis.Redis.from_url(redis_server.url)
+    client = redis.Redis.from_url(redis_server.admin_url)
     client.hset("dialguard:dnc", "33612345678", "1700000000000|asked")
     # A process: were the refusal to regress, `serve` would start serving in pytest's own.
     (run,) = cli.processes(["serve"])
@@ -1378,7 +1378,9 @@ def test_an_import_is_recorded_and_its_file_kept(cli: Cli) -> None:
     assert ok(cli("audit", "verify")).code == 0
 
 
-def test_lists_rebuild_from_the_journal_gives_the_same_answers(cli: Cli) -> None:
+def test_lists_rebuild_from_the_journal_gives_the_same_answers(
+    cli: Cli, clean_redis: RedisServer
+) -> None:
     ok(cli("import", "dnc", cli.file("dnc.csv", "number\n0611111111\n0633333333\n"), "--replace"))
     ok(cli("dnc", "add", "0622222222", "--reason", "asked by phone"))
     ok(cli("dnc", "remove", "0633333333", "--reason", "a mistake"))
@@ -1406,7 +1408,7 @@ def test_lists_rebuild_from_the_journal_gives_the_same_answers(cli: Cli) -> None
         "RECENT_REFUSAL",
         "NO_CONSENT",  # only in the consent list that was replaced
     ]
-    with redis.Redis.from_url(cli.overrides["DIALGUARD_REDIS_URL"]) as client:
+    with redis.Redis.from_url(clean_redis.admin_url) as client:
         client.flushall()
     assert answers() != before
     rebuilt = cli("lists", "rebuild", "--from-journal")

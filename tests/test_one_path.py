@@ -36,7 +36,7 @@ async def service(
     # A PBX that puts 0 before every external number, as many do; failing open.
     prefixed = replace(config.campaigns["demo-press"], outside_prefix="0", fail_mode=FailMode.OPEN)
     config = replace(config, campaigns={**config.campaigns, "demo-press": prefixed})
-    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    store = Store.from_settings(config.redis)
     yield Service(config, store, Journal(config.audit_dir))
     await store.close()
 

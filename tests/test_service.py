@@ -38,7 +38,7 @@ def make_config(url: str, audit_dir: Path) -> Config:
 @pytest.fixture
 async def service(clean_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Service]:
     config = make_config(clean_redis.url, tmp_path / "audit")
-    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    store = Store.from_settings(config.redis)
     yield Service(config, store, Journal(config.audit_dir))
     await store.close()
 
@@ -205,7 +205,7 @@ async def test_concurrent_readers_never_see_a_half_replaced_list(
 
 async def test_redis_down_fails_closed_or_open_as_configured(tmp_path: Path) -> None:
     config = make_config("redis://127.0.0.1:1/0", tmp_path)
-    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    store = Store.from_settings(config.redis)
     service = Service(config, store, Journal(tmp_path))
     request = CallRequest("0612345678", "demo-prospecting")
     closed = await service.decide(request, now=MONDAY, record=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redis.connection import parse_url
@@ -26,9 +26,11 @@ __all__ = [
     "AriSettings",
     "Config",
     "ConfigError",
+    "RedisSettings",
     "audit_dir_of",
     "load_config",
     "load_policy",
+    "parse_sentinel_url",
     "redact_url",
 ]
 
@@ -46,9 +48,38 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
+    """How to reach Redis (`[redis]`): one server by its URL, or the primary that Redis
+    Sentinel names (then `sentinels` is not empty). dialguard.store.connect builds the
+    client from these."""
+
     url: str = field(repr=False)  # may hold the password: redact_url() to show it
     prefix: str
     timeout_ms: int
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str = ""  # the primary's name in the sentinels' configuration
+    db: int = 0  # with Sentinel (a plain URL carries its own)
+    username: str | None = None  # with Sentinel (a plain URL carries its own)
+    # From password_file or DIALGUARD_REDIS_PASSWORD, or a Sentinel URL's; never shown.
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False  # rediss:// or rediss+sentinel:// (sentinels and primary alike)
+    tls_ca_file: Path | None = None  # None: the system's CAs
+    tls_cert_file: Path | None = None  # a client certificate, when Redis asks for one
+    tls_key_file: Path | None = None
+    # A live change counts as taken once this many replicas have it too (WAIT): a
+    # failover then cannot lose it. 1 by default with Sentinel, 0 otherwise.
+    replicas_ack: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """`redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`."""
+
+    tls: bool
+    username: str | None
+    password: str | None = field(repr=False)
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,20 +213,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     top = _Reader(path, data)
     top.unknown_keys({"node", "redis", "server", "audit", "policy", "campaigns", "ari", "metrics"})
 
-    redis_table = top.table("redis")
-    redis_table.unknown_keys({"url", "prefix", "timeout_ms"})
-    url = env.get("DIALGUARD_REDIS_URL") or redis_table.get("url", str, "redis://127.0.0.1:6379/0")
-    problem = _redis_url_problem(url)
-    if problem:
-        # The URL may hold the password: messages show it redacted, never as written.
-        message = f"{redact_url(url)!r} {problem}"
-        if env.get("DIALGUARD_REDIS_URL"):
-            raise ConfigError(f"DIALGUARD_REDIS_URL: {message}")
-        raise redis_table.fail("url", message)
-    prefix = redis_table.get("prefix", str, "dialguard:")
-    if not re.match(r"^[A-Za-z0-9_.:-]{0,32}$", prefix):
-        raise redis_table.fail("prefix", f"{prefix!r} must be up to 32 of A-Z a-z 0-9 _ . : -")
-    redis = RedisSettings(url, prefix, redis_table.positive("timeout_ms", 250))
+    redis = _redis(top.table("redis"), env)
 
     server_table = top.table("server")
     server_table.unknown_keys(
@@ -263,6 +281,202 @@ def audit_dir_of(path: Path) -> Path:
     return path.parent / directory
 
 
+_REDIS_KEYS = {
+    "url",
+    "prefix",
+    "timeout_ms",
+    "sentinels",
+    "service_name",
+    "db",
+    "tls",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "password_file",
+    "replicas_ack",
+}
+_SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+
+
+def _redis(table: _Reader, env: Mapping[str, str]) -> RedisSettings:
+    table.unknown_keys(_REDIS_KEYS)
+    from_env = env.get("DIALGUARD_REDIS_URL", "")
+    listed = table.get("sentinels", list, [])
+    if listed and "url" in table.data and not from_env:
+        raise table.fail("sentinels", "give either url or sentinels, not both")
+    url = from_env or table.get("url", str, "redis://127.0.0.1:6379/0")
+
+    def bad_url(problem: str) -> ConfigError:
+        # The URL may hold the password: messages show it redacted, never as written.
+        message = f"{redact_url(url)!r} {problem}"
+        return (
+            ConfigError(f"DIALGUARD_REDIS_URL: {message}")
+            if from_env
+            else table.fail("url", message)
+        )
+
+    sentinel: SentinelUrl | None = None
+    if url.startswith(_SENTINEL_SCHEMES):
+        try:
+            sentinel = parse_sentinel_url(url)
+        except ValueError as exc:
+            raise bad_url(str(exc)) from None
+    elif listed and not from_env:
+        sentinel = _sentinel_keys(table, listed)
+        url = _sentinel_url_shown(sentinel)
+    elif problem := _redis_url_problem(url):
+        raise bad_url(problem)
+    for key in ("service_name", "db", "tls"):
+        if key in table.data and not listed:
+            raise table.fail(key, "only read with sentinels = [...] (a URL carries its own)")
+
+    prefix = table.get("prefix", str, "dialguard:")
+    if not re.match(r"^[A-Za-z0-9_.:-]{0,32}$", prefix):
+        raise table.fail("prefix", f"{prefix!r} must be up to 32 of A-Z a-z 0-9 _ . : -")
+    tls = url.startswith(("rediss://", "rediss+sentinel://")) or (
+        sentinel is not None and sentinel.tls
+    )
+    files = {key: _tls_file(table, key) for key in ("tls_ca_file", "tls_cert_file", "tls_key_file")}
+    for key, path in files.items():
+        if path is not None and not tls:
+            raise table.fail(key, "TLS is off: use a rediss:// or rediss+sentinel:// URL")
+    if (files["tls_cert_file"] is None) != (files["tls_key_file"] is None):
+        raise table.fail("tls_cert_file", "a client certificate needs tls_key_file too, and both")
+
+    password = _redis_password(table, env)
+    in_url = sentinel.password if sentinel is not None else _url_password(url)
+    if password is not None and in_url:
+        raise table.fail(
+            "password_file",
+            "the URL holds a password and so does password_file or DIALGUARD_REDIS_PASSWORD:"
+            " give it in one place only",
+        )
+    replicas_ack = table.get("replicas_ack", int, 1 if sentinel is not None else 0)
+    if not 0 <= replicas_ack <= 16:
+        raise table.fail("replicas_ack", f"{replicas_ack} must be from 0 to 16")
+    return RedisSettings(
+        url=url,
+        prefix=prefix,
+        timeout_ms=table.positive("timeout_ms", 250),
+        sentinels=sentinel.sentinels if sentinel else (),
+        service_name=sentinel.service_name if sentinel else "",
+        db=sentinel.db if sentinel else 0,
+        username=sentinel.username if sentinel else None,
+        password=password if password is not None else (sentinel.password if sentinel else None),
+        tls=tls,
+        tls_ca_file=files["tls_ca_file"],
+        tls_cert_file=files["tls_cert_file"],
+        tls_key_file=files["tls_key_file"],
+        replicas_ack=replicas_ack,
+    )
+
+
+def _sentinel_keys(table: _Reader, listed: list[Any]) -> SentinelUrl:
+    """`sentinels = ["host:port", ...]` with `service_name` (and `db`, `tls`)."""
+    sentinels = []
+    for item in listed:
+        address = _address(item) if isinstance(item, str) else None
+        if address is None:
+            raise table.fail("sentinels", f'{item!r} is not "host:port"')
+        sentinels.append(address)
+    if "service_name" not in table.data:
+        raise table.fail("service_name", "missing: the primary's name in the sentinels' setup")
+    db = table.get("db", int, 0)
+    if not 0 <= db <= 65535:
+        raise table.fail("db", f"{db} is not a Redis database number")
+    tls = table.get("tls", bool, False)
+    return SentinelUrl(tls, None, None, tuple(sentinels), table.name("service_name"), db)
+
+
+def _sentinel_url_shown(sentinel: SentinelUrl) -> str:
+    """The URL the sentinels = [...] form stands for, for messages (no password in it)."""
+    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in sentinel.sentinels)
+    scheme = "rediss+sentinel" if sentinel.tls else "redis+sentinel"
+    return f"{scheme}://{hosts}/{sentinel.service_name}/{sentinel.db}"
+
+
+def _address(text: str) -> tuple[str, int] | None:
+    """("host", port) of "host:port" or "[v6]:port"; None when it is neither."""
+    host, colon, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        return None
+    if any(c in host for c in "@/?#,[] "):
+        return None
+    return host, int(port)
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """Read `redis+sentinel://[user:password@]h1:p1[,h2:p2...]/service_name[/db]`
+    (`rediss+sentinel://`: TLS to the sentinels and the primary). ValueError says what is
+    wrong in words that never quote the URL (it may hold the password)."""
+    scheme, _, rest = url.partition("://")
+    netloc, _, path = rest.partition("/")
+    if "@" in path or "?" in rest or "#" in rest:
+        raise ValueError(
+            "is not a Sentinel URL: percent-encode '/', '?' and '#' in the user name and "
+            "password (%2F, %3F, %23); options go in [redis] keys, not after '?'"
+        )
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = []
+    for item in hosts.split(","):
+        address = _address(item)
+        if address is None:
+            raise ValueError('is not a Sentinel URL: each sentinel must be "host:port"')
+        sentinels.append(address)
+    service, _, db = path.partition("/")
+    if not _NAME.match(service):
+        raise ValueError(
+            "is not a Sentinel URL: the path must be /service_name[/db] (the primary's name"
+            " in the sentinels' setup)"
+        )
+    if db and not (db.isdigit() and int(db) <= 65535):
+        raise ValueError(
+            "is not a Sentinel URL: the database after the service name must be a number"
+        )
+    tls = scheme == "rediss+sentinel"
+    return SentinelUrl(tls, username, password, tuple(sentinels), service, int(db or 0))
+
+
+def _tls_file(table: _Reader, key: str) -> Path | None:
+    name: str = table.get(key, str, "")
+    if not name:
+        return None
+    path = table.path.parent / name
+    if not path.is_file():
+        raise table.fail(key, f"{path}: no such file")
+    return path
+
+
+def _redis_password(table: _Reader, env: Mapping[str, str]) -> str | None:
+    """The password from `password_file` (relative to the configuration file) or
+    DIALGUARD_REDIS_PASSWORD; None when neither gives one."""
+    name: str = table.get("password_file", str, "")
+    if name:
+        secret = table.path.parent / name
+        try:
+            text = secret.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise table.fail("password_file", f"{secret}: cannot read: {exc.strerror}") from None
+        if not text:
+            raise table.fail("password_file", f"{secret}: empty")
+        return text
+    return env.get("DIALGUARD_REDIS_PASSWORD") or None
+
+
+def _url_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
+
+
 def redact_url(url: str) -> str:
     """`url` with what follows the user name up to the host shown as `***`:
     `redis://user:***@host:6379/0`. Everything before the last `@` counts, so a password
@@ -287,7 +501,7 @@ def redact_url(url: str) -> str:
 def _redis_url_problem(url: str) -> str:
     """What is wrong with a Redis URL, in words that never quote it; "" if nothing."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        return "must start with redis://, rediss:// or unix://"
+        return "must start with redis://, rediss://, unix:// or redis+sentinel://"
     try:
         parts = urlsplit(url)
     except ValueError:  # an unbalanced [ of an IPv6 host, say

@@ -205,8 +205,7 @@ async def _start(
 ) -> Reloader:
     # Counted only when someone can read the counts: without [metrics], nothing is.
     telemetry = Telemetry() if config.metrics is not None else None
-    redis = config.redis
-    store = Store.from_url(redis.url, redis.prefix, redis.timeout_ms, telemetry)
+    store = Store.from_settings(config.redis, telemetry=telemetry)
     running.push_async_callback(store.close)
     try:
         await store.ping()

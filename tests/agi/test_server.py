@@ -69,14 +69,21 @@ def make_config(url: str, audit_dir: Path) -> Config:
     return replace(config, audit_dir=audit_dir, node="test-node")
 
 
+def admin_url(url: str) -> str:
+    """`url` without its user: the test's own default user, for what an operator would do
+    with the CLI (imports, direct writes) while the service runs as its ACL user."""
+    return re.sub(r"//[^@/]*@", "//", url, count=1)
+
+
 @dataclass
 class Agi:
     """One running FastAgiServer and what a test needs around it."""
 
     server: FastAgiServer
     service: Service
-    store: Store
+    store: Store  # the service's
     port: int
+    admin: Store  # the operator's: data a test sets up
 
     async def call(self, *args: str, script: str = "check", **options: Any) -> SessionResult:
         result: SessionResult = await run_session(
@@ -132,19 +139,22 @@ async def agi_server(
         campaign_from_accountcode=campaign_from_accountcode,
     )
     config = replace(config, server=settings)
-    store = Store.from_url(url, config.redis.prefix, redis_timeout_ms, telemetry)
+    store = Store.from_settings(config.redis, redis_timeout_ms, telemetry)
+    as_admin = replace(config.redis, url=admin_url(config.redis.url), username=None, password=None)
+    admin = Store.from_settings(as_admin, redis_timeout_ms)
     journal = Journal(audit_dir, telemetry)
     service = Service(config, store, journal, clock=lambda: clock, telemetry=telemetry)
     server = FastAgiServer(service, settings)
     await server.start()
     try:
         assert server.port > 0
-        yield Agi(server, service, store, server.port)
+        yield Agi(server, service, store, server.port, admin)
     finally:
         await server.stop(grace_s=5)
         with contextlib.suppress(AssertionError):  # Redis may be down or frozen here
             await wait_until(lambda: not getattr(service, "_background", ()), 2)
         await store.close()
+        await admin.close()
 
 
 @pytest.fixture
@@ -330,7 +340,7 @@ async def test_each_decision_reaches_the_dialplan_with_its_audit_record(
 ) -> None:
     audit_dir = tmp_path / "audit"
     async with agi_server(clean_redis.url, audit_dir, clock=clock) as agi:
-        await setup(agi.store)
+        await setup(agi.admin)
         result = await agi.call(number, campaign)
         record = assert_decision(agi, result, expected, reason, e164)
         assert record["campaign"] == campaign and record["number_raw"] == number
@@ -388,7 +398,7 @@ def assert_outcome(agi: Agi, result: SessionResult, kind: str, campaign: str) ->
 
 
 async def test_a_refusal_blocks_the_next_call(agi: Agi) -> None:
-    await load_consent(agi.store)
+    await load_consent(agi.admin)
     assert_decision(agi, await agi.call(NUMBER_RAW, "demo-prospecting"), "ALLOW", "CONSENT")
     outcome = await agi.call(NUMBER_RAW, "refused", "demo-prospecting", script="outcome")
     assert_outcome(agi, outcome, "refused", "demo-prospecting")
@@ -733,7 +743,7 @@ async def test_two_hundred_concurrent_sessions_each_get_their_own_answer(
     raws = [f"06{i:08d}" for i in range(1, 201)]
     numbers = [normalise(raw) for raw in raws]
     listed, capped = numbers[::3], numbers[1::3]
-    store = agi.store
+    store = agi.admin
     await load(store.lists, "dnc", [DncRow(n.key, "listed") for n in listed], "add")
     await asyncio.gather(
         *(

@@ -216,7 +216,7 @@ async def _answer(
     deadline: float,
     clock: Callable[[], datetime] | None,
 ) -> Variables:
-    store = Store.from_url(config.redis.url, config.redis.prefix, config.redis.timeout_ms)
+    store = Store.from_settings(config.redis)
     journal = Journal(config.audit_dir)
     service = (
         Service(config, store, journal)

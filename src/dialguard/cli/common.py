@@ -130,7 +130,7 @@ def run_with_store(
     timeout_ms = max(config.redis.timeout_ms, BULK_TIMEOUT_MS) if bulk else config.redis.timeout_ms
 
     async def main() -> R:
-        store = Store.from_url(config.redis.url, config.redis.prefix, timeout_ms)
+        store = Store.from_settings(config.redis, timeout_ms)
         try:
             return await body(store)
         finally:

@@ -156,7 +156,10 @@ _DNC_REMOVE = (
     _UNLIST
     + """
 local n, base, unlisted = ARGV[1], ARGV[4], ARGV[5]
-if ARGV[6] ~= '' and redis.call('ZSCORE', KEYS[4], ARGV[6]) then return 0 end
+if ARGV[6] ~= '' and redis.call('ZSCORE', KEYS[4], ARGV[6]) then
+  redis.call('ZADD', KEYS[4], ARGV[8], ARGV[6])  -- a write a WAIT can count (Store.apply)
+  return 0
+end
 local removed = 0
 -- A removal applied late never undoes a do-not-call taken after it (the live entry
 -- starts with the instant it was taken).
@@ -456,11 +459,15 @@ class Lists:
         return int(await self._call(self._contract_merge(keys=keys, args=args)))
 
     async def remove_dnc(
-        self, number_key: str, change: tuple[str, int, int, int] = ("", 0, 0, 0)
+        self,
+        number_key: str,
+        change: tuple[str, int, int, int] = ("", 0, 0, 0),
+        client: aioredis.Redis | None = None,
     ) -> bool:
         """A live removal: from the live entries, the list in force and the one being
         built by an import under way (or the import would bring the number back).
-        `change`: (id, ms, now, oldest mark kept) of the journal record it applies."""
+        `change`: (id, ms, now, oldest mark kept) of the journal record it applies;
+        `client`: the connection to send it on (Store.apply then WAITs on it)."""
         keys = self.keys
         args: list[str | int] = [
             number_key,
@@ -471,7 +478,7 @@ class Lists:
             *change,
         ]
         script_keys = [keys.dnc_live, keys.index, keys.lock("dnc"), keys.applied]
-        removed = await self._call(self._dnc_remove(keys=script_keys, args=args))
+        removed = await self._call(self._dnc_remove(keys=script_keys, args=args, client=client))
         return bool(removed)
 
     async def swap(

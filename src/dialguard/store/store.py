@@ -18,8 +18,10 @@ import structlog
 from redis.exceptions import RedisError
 
 from dialguard.changes import Change, ChangeKind
+from dialguard.config import RedisSettings
 from dialguard.model import Facts
 from dialguard.numbers import Number
+from dialguard.store.connect import client_for, close_client
 from dialguard.store.errors import StoreUnavailable
 from dialguard.store.facts import (
     FACTS,
@@ -71,14 +73,19 @@ return #KEYS
 # marked applied changes nothing, whoever applies it again (another worker, apply-pending,
 # a restart that could not read the marks). Each also keeps the latest instant it holds,
 # so changes applied out of order end as if applied in order. The mark is scored with the
-# applier's clock (marks are kept APPLIED_KEPT_DAYS after they are made, whatever instant
-# a change claims).
+# applier's clock (marks are kept APPLIED_KEPT_DAYS after they were last applied, whatever
+# instant a change claims). Applying a change again moves its mark to now: a write of this
+# connection, which a WAIT after it can count (Store.apply: the replica that acknowledges
+# it has everything written before, the first application included).
 #
 # A withdrawal or a refusal: KEYS: the hashes to set, then the applied marks. ARGV: the
 # field, the change's ms, its id, now and the oldest mark to keep (applier's ms).
 _LATEST = """
 local applied = KEYS[#KEYS]
-if redis.call('ZSCORE', applied, ARGV[3]) then return 0 end
+if redis.call('ZSCORE', applied, ARGV[3]) then
+  redis.call('ZADD', applied, ARGV[4], ARGV[3])
+  return 0
+end
 for i = 1, #KEYS - 1 do
   local old = redis.call('HGET', KEYS[i], ARGV[1])
   if not old or tonumber(old) < tonumber(ARGV[2]) then
@@ -93,7 +100,10 @@ return 1
 # KEYS: the live hash, the applied marks. ARGV: the number, the entry, the change's ms,
 # its id, now and the oldest mark to keep.
 _ADD_DNC = """
-if redis.call('ZSCORE', KEYS[2], ARGV[4]) then return 0 end
+if redis.call('ZSCORE', KEYS[2], ARGV[4]) then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+  return 0
+end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local added = old and tonumber(string.match(old, '^(%d+)|'))
 if not added or added <= tonumber(ARGV[3]) then
@@ -115,10 +125,18 @@ CLOSE_WAIT_S = 1.0
 
 class Store:
     def __init__(
-        self, client: aioredis.Redis, prefix: str, telemetry: Telemetry | None = None
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        telemetry: Telemetry | None = None,
+        *,
+        replicas_ack: int = 0,
+        ack_ms: int = 100,
     ) -> None:
         self._redis = client
         self.telemetry = telemetry  # None: nothing timed or counted (no metrics endpoint)
+        self._replicas_ack = replicas_ack  # see apply
+        self._ack_ms = ack_ms
         self.keys = Keys(prefix)
         self._facts = client.register_script(FACTS)
         self._release = client.register_script(_RELEASE)
@@ -140,19 +158,33 @@ class Store:
         )
 
     @classmethod
+    def from_settings(
+        cls,
+        settings: RedisSettings,
+        timeout_ms: int | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> Store:
+        """The store `[redis]` describes (a URL or Sentinel); `timeout_ms` overrides the
+        configured timeout (bulk commands)."""
+        timeout_ms = timeout_ms or settings.timeout_ms
+        client = client_for(settings, timeout_ms)
+        # WAIT blocks in Redis up to its timeout: keep it inside the socket's.
+        ack_ms = max(timeout_ms // 2, 1)
+        return cls(
+            client,
+            settings.prefix,
+            telemetry,
+            replicas_ack=settings.replicas_ack,
+            ack_ms=ack_ms,
+        )
+
+    @classmethod
     def from_url(
         cls, url: str, prefix: str, timeout_ms: int, telemetry: Telemetry | None = None
     ) -> Store:
-        timeout = timeout_ms / 1000
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # redis-py's default pool caps at 100 connections and then raises; a busy
-            # FastAGI node runs hundreds of sessions at once.
-            max_connections=2048,
-        )
-        return cls(client, prefix, telemetry)
+        """One Redis server by its URL (tests and benchmarks; the service uses
+        from_settings)."""
+        return cls.from_settings(RedisSettings(url, prefix, timeout_ms), telemetry=telemetry)
 
     async def close(self) -> None:
         """Send what still waits (slot releases, cancellations) for a moment, then close."""
@@ -161,7 +193,7 @@ class Store:
             await asyncio.wait({self._canceller}, timeout=CLOSE_WAIT_S)  # one last try
         if self._canceller is not None:
             self._canceller.cancel()
-        await self._redis.aclose()
+        await close_client(self._redis)
 
     @property
     def pending_cancels(self) -> int:
@@ -331,24 +363,51 @@ class Store:
     async def apply(self, change: Change) -> bool:
         """Apply one change from the journal and mark it applied, in one atomic step;
         whether it changed anything (False: applied before, or a removal of a number not
-        listed). Applying it again changes nothing."""
+        listed). Applying it again changes nothing.
+
+        With `replicas_ack` (Sentinel), the change is taken only once that many replicas
+        have it as well: replication is asynchronous, and a primary that dies before
+        passing a change on is replaced by a replica without it. Until then this raises
+        StoreUnavailable and the change stays pending (dialguard.pending), counted in
+        decisions and applied again (which changes nothing) until a replica acknowledges
+        it."""
         started = time.perf_counter()
         try:
-            applied = await self._apply(change)
+            applied = await self._apply_acknowledged(change)
         except StoreUnavailable:
             self._timed("apply", started, failed=True)
             raise
         self._timed("apply", started)
         return applied
 
-    async def _apply(self, change: Change) -> bool:
+    async def _apply_acknowledged(self, change: Change) -> bool:
+        if not self._replicas_ack:
+            return await self._apply(change, self._redis)
+        # WAIT counts the writes of the connection it is sent on: the same one.
+        connection = self._redis.client()
+        try:
+            changed = await self._apply(change, connection)
+            try:
+                acked = int(await connection.wait(self._replicas_ack, self._ack_ms))
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        finally:
+            await connection.aclose()
+        if acked < self._replicas_ack:
+            raise StoreUnavailable(
+                f"change {change.id} reached {acked} of the {self._replicas_ack} replica(s)"
+                f" it needs (replicas_ack) within {self._ack_ms} ms"
+            )
+        return changed
+
+    async def _apply(self, change: Change, client: aioredis.Redis) -> bool:
         keys = self.keys
         now_ms = int(time.time() * 1000)
         oldest = now_ms - APPLIED_KEPT_DAYS * 86_400_000
         try:
             if change.kind is ChangeKind.DNC_REMOVE:
                 mark = (change.id, change.ts_ms, now_ms, oldest)
-                return await self.lists.remove_dnc(change.number_key, mark)
+                return await self.lists.remove_dnc(change.number_key, mark, client)
             if change.adds_dnc:
                 entry = f"{change.ts_ms}|{change.why}"
                 args: list[str | int] = [
@@ -359,12 +418,16 @@ class Store:
                     now_ms,
                     oldest,
                 ]
-                return bool(await self._add_dnc(keys=[keys.dnc_live, keys.applied], args=args))
+                added = await self._add_dnc(
+                    keys=[keys.dnc_live, keys.applied], args=args, client=client
+                )
+                return bool(added)
             if change.withdraws:
                 hashes = [keys.refusal, keys.withdrawal] if change.refuses else [keys.withdrawal]
                 pair = f"{change.number_key}|{change.principal}"
                 args = [pair, change.ts_ms, change.id, now_ms, oldest]
-                return bool(await self._latest(keys=[*hashes, keys.applied], args=args))
+                latest = await self._latest(keys=[*hashes, keys.applied], args=args, client=client)
+                return bool(latest)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
         raise ValueError(f"change {change.id}: nothing to apply for {change.kind}")
