@@ -218,7 +218,7 @@ async def test_metrics_count_fastagi_decisions(clean_redis: RedisServer, tmp_pat
         assert before.value("dialguard_decision_latency_seconds_count") == 0
         assert before.value("dialguard_sessions_in_flight", adapter="fastagi") == 0
 
-        await load_consent(agi.store)
+        await load_consent(agi.admin)
         calls = [
             (NUMBER_RAW, "demo-prospecting", "ALLOW", "CONSENT"),
             (NUMBER_RAW, "demo-prospecting", "ALLOW", "CONSENT"),

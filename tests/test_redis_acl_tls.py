@@ -1,9 +1,9 @@
 """Least privilege and TLS to Redis.
 
 The ACL: config/redis-acl.conf is the rule docs/operations.md gives; the FastAGI tests
-(tests/agi/test_server.py: decisions, outcomes, pending changes, `dialguard serve`) and the
-metrics tests run again with the service logged in as its `dialguard` user, and fail on
-anything Redis refused it. TLS: a redis-server with a --tls-port and a certificate from a
+(tests/agi/test_server.py: decisions, outcomes, pending changes, `dialguard serve`), the
+metrics, health and shadow-mode tests run again with the service logged in as its
+`dialguard` user, and fail on anything Redis refused it. TLS: a redis-server with a --tls-port and a certificate from a
 CA the test makes; the service trusts that CA through [redis] tls_ca_file.
 """
 
@@ -31,7 +31,12 @@ from tests.redis_ha import TlsFiles, make_tls_files
 from tests.redis_server import ACL_ENV, free_port, running_redis
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["tests/agi/test_server.py", "tests/test_metrics.py"]
+MODULES = [
+    "tests/agi/test_server.py",
+    "tests/test_metrics.py",
+    "tests/test_health.py",
+    "tests/test_shadow.py",
+]
 
 
 def test_the_fastagi_tests_pass_as_the_acl_user_of_the_service() -> None:

@@ -46,7 +46,7 @@ async def test_a_denial_is_answered_allow_with_its_reason_and_audited_as_a_denia
 ) -> None:
     audit = tmp_path / "audit"
     async with agi_server(clean_redis.url, audit, configure=shadow("demo-prospecting")) as agi:
-        await agi.store.dnc_add(NUMBER, "asked during a call", MONDAY - timedelta(days=3))
+        await agi.admin.dnc_add(NUMBER, "asked during a call", MONDAY - timedelta(days=3))
         result = await agi.call(NUMBER_RAW, "demo-prospecting")
         assert_clean(result)
         assert result.variables["DIALGUARD_RESULT"] == "ALLOW"
@@ -70,7 +70,7 @@ async def test_an_allowed_call_in_shadow_mode_is_answered_as_usual(
 ) -> None:
     audit = tmp_path / "audit"
     async with agi_server(clean_redis.url, audit, configure=shadow("demo-prospecting")) as agi:
-        await consent_given(agi.store)
+        await consent_given(agi.admin)
         result = await agi.call(NUMBER_RAW, "demo-prospecting")
         assert result.variables["DIALGUARD_RESULT"] == "ALLOW"
         assert result.variables["DIALGUARD_REASON"] == "CONSENT"
@@ -89,7 +89,7 @@ async def test_every_shadow_call_counts_past_the_cap_and_the_cap_sees_them(
         await agi.drained()
         assert await agi.attempts(NUMBER_RAW) == 6  # every call placed, past the cap too
         # Once a consent arrives, the cap already holds the calls shadow mode let out.
-        await consent_given(agi.store)
+        await consent_given(agi.admin)
         capped = await agi.call(NUMBER_RAW, "demo-prospecting")
         assert capped.variables["DIALGUARD_REASON"] == "SHADOW_FREQUENCY_CAP"
         await agi.drained()
@@ -112,7 +112,7 @@ async def test_audit_stats_shows_what_would_have_been_blocked(
 ) -> None:
     audit = tmp_path / "audit"
     async with agi_server(clean_redis.url, audit, configure=shadow("demo-prospecting")) as agi:
-        await agi.store.dnc_add(NUMBER, "asked", MONDAY - timedelta(days=3))
+        await agi.admin.dnc_add(NUMBER, "asked", MONDAY - timedelta(days=3))
         await agi.call(NUMBER_RAW, "demo-prospecting")
         await agi.call(NUMBER_RAW, "demo-prospecting")
         await agi.call(NUMBER_RAW, "demo-energy")  # enforcing: a real denial
