@@ -3,8 +3,9 @@
 The ACL: config/redis-acl.conf is the rule docs/operations.md gives; the FastAGI tests
 (tests/agi/test_server.py: decisions, outcomes, pending changes, `dialguard serve`), the
 metrics, health and shadow-mode tests run again with the service logged in as its
-`dialguard` user, and fail on anything Redis refused it. TLS: a redis-server with a --tls-port and a certificate from a
-CA the test makes; the service trusts that CA through [redis] tls_ca_file.
+`dialguard` user, and fail on anything Redis refused it. TLS: a redis-server with a
+--tls-port and a certificate from a CA the test makes; the service trusts that CA through
+[redis] tls_ca_file.
 """
 
 from __future__ import annotations
