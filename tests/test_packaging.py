@@ -94,7 +94,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", home / "venv"], check=True)
     pip = subprocess.run(
         [home / "venv" / "bin" / "python", "-m", "pip", "install", "--quiet",
-         "--disable-pip-version-check", wheel],
+         "--disable-pip-version-check", "--no-compile", wheel],
         capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
     assert pip.returncode == 0, pip.stderr[-3000:]

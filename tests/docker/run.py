@@ -185,6 +185,7 @@ def base_tarball(fresh: bool) -> Path:
         log(f"base: cached {tarball.relative_to(ROOT)} (--fresh to make it again)")
         return tarball
     CACHE.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dialguard-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         log(f"base: debootstrap --variant=minbase {SUITE} (python3, python3-venv)")
@@ -205,6 +206,7 @@ def base_tarball(fresh: bool) -> Path:
         partial = tarball.with_suffix(".partial")
         run(["tar", "-C", rootfs, "-cf", partial, "."])
         partial.replace(tarball)
+    log(f"base: made in {time.monotonic() - started:.0f} s")
     return tarball
 
 
