@@ -10,7 +10,7 @@ No image registry is needed (none is reachable on the project's test machines):
    --variant=minbase` with `python3` and `python3-venv` (what `python:3.12-slim` gives the
    Dockerfile), imported with `docker import`. The root file system is cached as a tar
    file in build/docker/ (git-ignored): `--fresh` makes it again.
-3. The wheels: the project's built on the host (`pip wheel --no-deps .`), its dependencies
+3. The wheels: the project's built on the host (tests/wheel.py), its dependencies
    downloaded by pip running in the base image itself, so that they are chosen for the
    image's Python (environment markers such as `python_full_version < "3.11.3"` are
    evaluated by the interpreter that runs pip). The image is then built with
@@ -46,6 +46,7 @@ from pathlib import Path
 from types import FrameType
 
 from tests.agi.asterisk_peer import SessionResult, run_session
+from tests.wheel import build_wheel
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -221,10 +222,7 @@ def host_ca_bundle() -> Path | None:
 def build_wheels(daemon: Daemon) -> None:
     """build/wheels: dialguard's wheel and every dependency's, for the base's Python."""
     WHEELS.mkdir(parents=True, exist_ok=True)
-    for old in WHEELS.glob("dialguard-*.whl"):
-        old.unlink()
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", WHEELS, ROOT])
-    (wheel,) = WHEELS.glob("dialguard-*.whl")
+    wheel = build_wheel(WHEELS)  # from a clean copy of the sources, as tests/test_packaging.py
     mounts = ["-v", f"{WHEELS}:/wheels"]
     ca = host_ca_bundle()
     if ca is not None:
