@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck clean redis-server
+.PHONY: run test test-docker lint typecheck clean redis-server systemd-analyze
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,23 @@ redis-server:
 	  echo "installing$$missing (Debian packages)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }
 
-test: $(STAMP) redis-server
+# tests/test_packaging.py checks contrib/systemd/ with systemd-analyze (Debian's systemd).
+systemd-analyze:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  echo "installing systemd (Debian package, for systemd-analyze)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
+
+test: $(STAMP) redis-server systemd-analyze
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The Dockerfile and docker-compose.yml built and run on a private Docker daemon (root;
+# installs Debian's docker.io, docker-compose and debootstrap when missing; prints one
+# SKIPPED line where no daemon can be started). CI runs it after `make test`.
+test-docker: $(STAMP)
+	$(BIN)/python -m tests.docker.run
 
 run: $(STAMP) redis-server
 	$(BIN)/python scripts/run.py
