@@ -459,15 +459,23 @@ def _redis_password(table: _Reader, env: Mapping[str, str]) -> str | None:
     DIALGUARD_REDIS_PASSWORD; None when neither gives one."""
     name: str = table.get("password_file", str, "")
     if name:
-        secret = table.path.parent / name
-        try:
-            text = secret.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise table.fail("password_file", f"{secret}: cannot read: {exc.strerror}") from None
+        text = _secret_file(table, name)
         if not text:
-            raise table.fail("password_file", f"{secret}: empty")
+            raise table.fail("password_file", f"{table.path.parent / name}: empty")
         return text
     return env.get("DIALGUARD_REDIS_PASSWORD") or None
+
+
+def _secret_file(table: _Reader, name: str) -> str:
+    """The secret in the file `password_file` names (relative to the configuration file),
+    stripped; the error quotes the file, never its content."""
+    secret = table.path.parent / name
+    try:
+        return secret.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise table.fail("password_file", f"{secret}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise table.fail("password_file", f"{secret}: not UTF-8 text") from None
 
 
 def _url_password(url: str) -> bool:
@@ -544,11 +552,7 @@ def _ari(table: _Reader, env: Mapping[str, str]) -> AriSettings:
     password_env = table.get("password_env", str, "DIALGUARD_ARI_PASSWORD")
     password_file = table.get("password_file", str, "")
     if password_file:
-        secret = table.path.parent / password_file
-        try:
-            password = secret.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise table.fail("password_file", f"{secret}: cannot read: {exc.strerror}") from None
+        password = _secret_file(table, password_file)
     else:
         password = env.get(password_env, "")
     if not password:
