@@ -551,10 +551,7 @@ def _ari(table: _Reader, env: Mapping[str, str]) -> AriSettings:
         raise table.fail("url", f"{url!r} must start with http:// or https://")
     password_env = table.get("password_env", str, "DIALGUARD_ARI_PASSWORD")
     password_file = table.get("password_file", str, "")
-    if password_file:
-        password = _secret_file(table, password_file)
-    else:
-        password = env.get(password_env, "")
+    password = _secret_file(table, password_file) if password_file else env.get(password_env, "")
     if not password:
         raise table.fail(
             "password_env", f"no ARI password: set {password_env} or [ari] password_file"
