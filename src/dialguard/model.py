@@ -179,8 +179,15 @@ class RuleResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class PolicyRef:
+    """What audit records name: the policy, the version that decided (its effective
+    date), and the hash of the policy file's bytes."""
+
     name: str
+    version: str
     hash: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "hash": self.hash}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,13 @@ lets the later rules (days, hours, frequency) still apply.
 
 from __future__ import annotations
 
+import enum
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -40,20 +43,36 @@ __all__ = [
     "Finding",
     "Policy",
     "Prepared",
+    "Regime",
     "Rule",
     "RuleNeedsFacts",
+    "Version",
     "decide",
+    "differences",
     "prepare",
+    "retroactive",
     "would_count",
 ]
 
 
+class Regime(enum.StrEnum):
+    """The legal test for a consumer sales call (L223-1): the opt-out registry (Bloctel)
+    before 2026-08-11, the consumer's prior consent from then on."""
+
+    OPTOUT = "optout"
+    CONSENT = "consent"
+
+
 @dataclass(frozen=True, slots=True)
-class Policy:
-    name: str
-    hash: str
-    consent_regime_from: date
-    default_timezone: str
+class Version:
+    """The values of a policy in force from `effective_from` (a callee-local date) until
+    the next version's date. Everything but the first three fields is a value the rules
+    read; `differences` compares those."""
+
+    effective_from: date
+    source: str  # the text that puts these values in force
+    title: str
+    regime: Regime
     out_of_scope_kinds: frozenset[Kind]
     optout_freshness_days: int
     optout_suppress_in_consent_regime: bool
@@ -70,8 +89,88 @@ class Policy:
     sector_bans: Mapping[Sector, date]
 
     @property
-    def ref(self) -> PolicyRef:
-        return PolicyRef(self.name, self.hash)
+    def id(self) -> str:
+        """The version's name in audit records: its effective date."""
+        return self.effective_from.isoformat()
+
+
+# The fields of a Version that are values the rules read (not its date, source, title).
+VALUE_FIELDS = tuple(f.name for f in fields(Version))[3:]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A policy file: its versions by effective date. The version in force on a call's
+    callee-local date decides it (`at`); before the first version's date, the first."""
+
+    name: str
+    hash: str  # of the file's bytes
+    default_timezone: str  # not versioned: it places the call's date, which picks the version
+    versions: tuple[Version, ...]  # in date order, at least one
+    notes: tuple[str, ...] = ()  # what reading the file had to say (an old format...)
+    _starts: tuple[date, ...] = field(default=(), init=False, repr=False, compare=False)
+    _refs: tuple[PolicyRef, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.versions:
+            raise ValueError("a policy needs at least one version")
+        starts = tuple(v.effective_from for v in self.versions)
+        if any(a >= b for a, b in pairwise(starts)):
+            raise ValueError("policy versions must be in date order, one per date")
+        object.__setattr__(self, "_starts", starts)
+        refs = tuple(PolicyRef(self.name, v.id, self.hash) for v in self.versions)
+        object.__setattr__(self, "_refs", refs)
+
+    def index_at(self, day: date) -> int:
+        """The index of the version in force on `day` (O(log n))."""
+        return max(bisect_right(self._starts, day) - 1, 0)
+
+    def at(self, day: date) -> Version:
+        return self.versions[self.index_at(day)]
+
+    def on(self, moment: datetime) -> Version:
+        """The version in force at `moment`, dated in `default_timezone` (for what has no
+        callee: command-line defaults, reports)."""
+        return self.at(moment.astimezone(_zone(self.default_timezone)).date())
+
+    def ref_at(self, day: date) -> PolicyRef:
+        return self._refs[self.index_at(day)]
+
+    def with_values(self, **changes: Any) -> Policy:
+        """This policy with `changes` made to every version (tests, experiments)."""
+        versions = tuple(replace(v, **changes) for v in self.versions)
+        return Policy(self.name, self.hash, self.default_timezone, versions, self.notes)
+
+
+def differences(before: Version | None, after: Version) -> list[tuple[str, Any, Any]]:
+    """(field, before, after) for each value that differs; every value when no `before`."""
+    return [
+        (name, getattr(before, name) if before else None, getattr(after, name))
+        for name in VALUE_FIELDS
+        if before is None or getattr(before, name) != getattr(after, name)
+    ]
+
+
+def retroactive(old: Policy | None, new: Policy, today: date) -> list[str]:
+    """The versions of `new` that change what was in force on days already begun (up to
+    `today`, included): allowed, since they only decide new calls, but worth saying, as
+    calls already decided on those days were judged otherwise."""
+    if old is None:
+        return []
+    notes = []
+    dates = sorted({v.effective_from for v in (*old.versions, *new.versions)})
+    for day in dates:
+        if day > today:
+            break
+        was, now = old.at(day), new.at(day)
+        changed = differences(was, now)
+        if changed:
+            names = ", ".join(name for name, _, _ in changed)
+            notes.append(
+                f"version {now.id} changes what was in force from {day}, a day already "
+                f"begun ({names}): calls decided since then keep their decisions"
+            )
+    return notes
 
 
 @dataclass(slots=True)  # not frozen: built once per call, and frozen init is slow
@@ -81,8 +180,9 @@ class Context:
     number_error: str
     facts: Facts | Unavailable
     now: datetime  # aware, the instant of the call
-    policy: Policy
-    local: tuple[datetime, ...] = field(default=())  # the call's instant in each callee zone
+    policy: Version  # the version in force on the call's callee-local date
+    local: tuple[datetime, ...]  # the call's instant in each callee zone
+    ref: PolicyRef  # the policy, that version, the file's hash
 
     @property
     def local_date(self) -> date:
@@ -90,7 +190,7 @@ class Context:
 
     @property
     def consent_regime(self) -> bool:
-        return self.local_date >= self.policy.consent_regime_from
+        return self.policy.regime is Regime.CONSENT
 
 
 # What a rule finds: its outcome, the reason code when it settles or denies, a detail.
@@ -356,12 +456,16 @@ class Prepared:
     """The rules that need no facts, evaluated before the facts are read.
 
     In rule order, up to the first that does not pass: `decide` reuses them, and whether
-    they all pass tells the store to reserve the attempt's slot with the facts read.
+    they all pass tells the store to reserve the attempt's slot with the facts read. The
+    version in force on the call's date comes with them: its cap and window are the ones
+    the store counts with.
     """
 
     local: tuple[datetime, ...]
     results: Mapping[str, RuleResult]
     would_count: bool  # an attempt could be allowed and counted, as far as these rules tell
+    version: Version
+    ref: PolicyRef
 
 
 def _fact_free(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
@@ -382,8 +486,10 @@ def prepare(
     """Evaluate the rules of `rules` that need no facts, before the facts are read."""
     if now.tzinfo is None:
         raise ValueError("the instant of a call must carry its time zone")
-    local = _local_times(number, now, policy)
-    ctx = Context(campaign, number, number_error, _NOT_READ_YET, now, policy, local)
+    local = _local_times(number, now, policy.default_timezone)
+    index = policy.index_at(local[0].date())
+    version, ref = policy.versions[index], policy._refs[index]
+    ctx = Context(campaign, number, number_error, _NOT_READ_YET, now, version, local, ref)
     results: dict[str, RuleResult] = {}
     fact_free = _FACT_FREE_RULES if rules is RULES else _fact_free(rules)
     for rule in fact_free:
@@ -392,8 +498,8 @@ def prepare(
         except RuleNeedsFacts:
             raise RuleNeedsFacts(f"rule {rule.name} reads facts: set needs_facts") from None
         if result.outcome is not Outcome.PASS:
-            return Prepared(local, results, would_count=False)
-    return Prepared(local, results, would_count=True)
+            return Prepared(local, results, False, version, ref)
+    return Prepared(local, results, True, version, ref)
 
 
 def would_count(
@@ -415,7 +521,9 @@ def decide(
     """Evaluate the rules in order; the first that settles the call decides."""
     if prepared is None:
         prepared = prepare(campaign, number, now, policy, number_error)
-    ctx = Context(campaign, number, number_error, facts, now, policy, prepared.local)
+    ctx = Context(
+        campaign, number, number_error, facts, now, prepared.version, prepared.local, prepared.ref
+    )
     results: list[RuleResult] = []
     basis: Reason | None = None
     degraded = ""
@@ -463,7 +571,7 @@ def _decision(
         evidence=_evidence(facts) if facts is not None else {},
         number=ctx.number,
         local_time=ctx.local[0].isoformat(timespec="seconds") if ctx.number else "",
-        policy=ctx.policy.ref,
+        policy=ctx.ref,
         degraded=degraded,
         counts_attempt=counts_attempt,
         attempts_30d=facts.attempts_30d if facts is not None else None,
@@ -509,10 +617,10 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="seconds") if moment else None
 
 
-def _local_times(number: Number | None, now: datetime, policy: Policy) -> tuple[datetime, ...]:
+def _local_times(number: Number | None, now: datetime, default_zone: str) -> tuple[datetime, ...]:
     zones = number.timezones if number is not None and number.timezones else ()
     if not zones:
-        zones = (policy.default_timezone,)
+        zones = (default_zone,)
     return tuple(now.astimezone(_zone(z)) for z in zones)
 
 
@@ -521,7 +629,7 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def holiday_name(policy: Policy, territory: str, day: date) -> str:
+def holiday_name(policy: Version, territory: str, day: date) -> str:
     """The public holiday on `day` for a callee in `territory`, or ""."""
     local_days = policy.local_days.get(territory, ())
     calendar = _holidays_for(policy.holidays_national, policy.holidays_local, local_days, day.year)

@@ -242,11 +242,11 @@ class Service:
             # the calls really placed. (The cap's rule reads the count before this call.)
             reserve = (_NO_CAP, decision_id)
         elif record and prepared.would_count:
-            reserve = (rules.max_attempts, decision_id)
+            reserve = (prepared.version.max_attempts, decision_id)
         try:
             async with asyncio.timeout(deadline_s):
                 facts = await self.store.facts(
-                    number, campaign.principal, now, rules.window_days, reserve
+                    number, campaign.principal, now, prepared.version.window_days, reserve
                 )
         except (StoreUnavailable, TimeoutError) as exc:
             if reserve is not None:

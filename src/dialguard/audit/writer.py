@@ -479,7 +479,7 @@ def decision_record(
         "local_time": decision.local_time,
         "attempts_30d": decision.attempts_30d,
         "evidence": dict(decision.evidence),
-        "policy": {"name": decision.policy.name, "hash": decision.policy.hash},
+        "policy": decision.policy.as_json(),
         "channel": request.channel,
         "uniqueid": request.uniqueid,
         "callerid": request.callerid,

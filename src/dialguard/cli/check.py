@@ -84,7 +84,7 @@ def _decision_json(verdict: Verdict, request: CallRequest, recorded: bool) -> di
         "attempts_30d": decision.attempts_30d,
         "rules": [r.as_json() for r in decision.rules],
         "evidence": dict(decision.evidence),
-        "policy": {"name": decision.policy.name, "hash": decision.policy.hash},
+        "policy": decision.policy.as_json(),
         "degraded": decision.degraded,
         "recorded": recorded,
         "mode": "shadow" if verdict.shadow else "enforce",
@@ -111,4 +111,5 @@ def _print_decision(verdict: Verdict) -> None:
     if verdict.shadow:
         told = f"answered {result.value} {reason}" if reason != decision.reason else "answered so"
         console.print(f"shadow mode: {told}", style="yellow", highlight=False)
-    console.print(f"policy {decision.policy.name} {decision.policy.hash}", style="dim")
+    policy = decision.policy
+    console.print(f"policy {policy.name} version {policy.version} {policy.hash}", style="dim")
