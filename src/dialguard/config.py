@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redis.connection import parse_url
 
+from dialguard.callerids import BadCallerIds, CallerIds, parse_entry
 from dialguard.model import Campaign, FailMode, Mode, Purpose, Sector
 from dialguard.numbers import Kind
 from dialguard.policy import Policy, Regime, Version
@@ -574,6 +575,8 @@ def _campaign(campaigns: _Reader, name: str) -> Campaign:
             "outside_line_prefix",
             "honour_dnc",
             "mode",
+            "automated",
+            "caller_ids",
         }
     )
     prefix = table.get("outside_line_prefix", str, "")
@@ -588,7 +591,35 @@ def _campaign(campaigns: _Reader, name: str) -> Campaign:
         outside_prefix=prefix,
         honour_dnc=table.get("honour_dnc", bool, True),
         mode=table.choice("mode", Mode, "enforce"),
+        automated=table.get("automated", bool, False),
+        caller_ids=_caller_ids(table) if "caller_ids" in table.data else None,
     )
+
+
+def _caller_ids(table: _Reader) -> CallerIds:
+    """`caller_ids = ["01 62 00 00 00..01 62 00 09 99", {numbers = "+33 9 48 12 34 56",
+    ref = "ARCEP 2023-0042", valid_from = 2024-01-01, valid_until = 2026-12-31}]`."""
+    entries = []
+    for item in table.get("caller_ids", list):
+        if isinstance(item, str):
+            text, ref, valid_from, valid_until = item, "", None, None
+        elif isinstance(item, dict):
+            entry = _Reader(table.path, item, f"{table.prefix}caller_ids.")
+            entry.unknown_keys({"numbers", "ref", "valid_from", "valid_until"})
+            text = entry.get("numbers", str)
+            ref = entry.get("ref", str, "")
+            valid_from = _plain_date(entry, "valid_from") if "valid_from" in item else None
+            valid_until = _plain_date(entry, "valid_until") if "valid_until" in item else None
+        else:
+            raise table.fail(
+                "caller_ids",
+                f'{item!r} is not "NUMBER", "FROM..TO" or {{numbers = ..., ref = ...}}',
+            )
+        try:
+            entries.append(parse_entry(text, ref, valid_from, valid_until))
+        except BadCallerIds as exc:
+            raise table.fail("caller_ids", str(exc)) from None
+    return CallerIds(tuple(entries))
 
 
 # The keys of a [[versions]] entry: its date and source, then the values it sets (a later
@@ -606,6 +637,7 @@ _VERSION_KEYS = {
     "holidays",
     "frequency",
     "sectors",
+    "caller_id",
 }
 # The format before versions: the values at the top, the regime switch as one date.
 _OLD_FORMAT_KEYS = (_VERSION_KEYS - {"effective_from", "source", "title", "regime"}) | {
@@ -749,6 +781,11 @@ def _version(top: _Reader, effective_from: date, source: str, title: str) -> Ver
                 raise local_table.fail(territory, f'{spec!r} is not "MM-DD" or "good_friday"')
         local_days[territory] = specs
 
+    caller_id = top.table("caller_id")
+    caller_id.unknown_keys({"verified_prefixes", "special_excluded_prefixes"})
+    verified = _prefixes(caller_id, "verified_prefixes")
+    special_excluded = _prefixes(caller_id, "special_excluded_prefixes")
+
     sectors = top.table("sectors")
     bans: dict[Sector, date] = {}
     for sector_name in sectors.data:
@@ -780,7 +817,18 @@ def _version(top: _Reader, effective_from: date, source: str, title: str) -> Ver
         max_attempts=frequency.positive("max_attempts"),
         window_days=frequency.positive("window_days"),
         sector_bans=bans,
+        caller_id_verified_prefixes=verified,
+        caller_id_special_excluded=special_excluded,
     )
+
+
+def _prefixes(table: _Reader, key: str) -> tuple[str, ...]:
+    """National number prefixes ("0162", "09475"): a 0, then 1 to 9 digits."""
+    found = table.get(key, list, [])
+    for prefix in found:
+        if not isinstance(prefix, str) or not re.fullmatch(r"0[1-9]\d{0,8}", prefix):
+            raise table.fail(key, f'{prefix!r} is not the start of a national number ("0162")')
+    return tuple(found)
 
 
 def _day(hours: _Reader, value: object) -> int:

@@ -23,6 +23,7 @@ import holidays
 from dateutil.easter import easter
 
 from dialguard.model import (
+    CallerId,
     Campaign,
     Decision,
     Facts,
@@ -36,7 +37,7 @@ from dialguard.model import (
     Sector,
     Unavailable,
 )
-from dialguard.numbers import Kind, Number
+from dialguard.numbers import InvalidNumber, Kind, Number, normalise
 
 __all__ = [
     "RULES",
@@ -87,6 +88,11 @@ class Version:
     max_attempts: int
     window_days: int
     sector_bans: Mapping[Sector, date]
+    # Caller IDs an automated system may present (ARCEP 2022-1583): national numbers
+    # starting with these (the numéros polyvalents vérifiés), special-rate numbers but
+    # those starting with the excluded prefixes, and short numbers.
+    caller_id_verified_prefixes: tuple[str, ...] = ()
+    caller_id_special_excluded: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -183,6 +189,8 @@ class Context:
     policy: Version  # the version in force on the call's callee-local date
     local: tuple[datetime, ...]  # the call's instant in each callee zone
     ref: PolicyRef  # the policy, that version, the file's hash
+    caller: CallerId | None = None  # the caller ID presented, when the campaign checks it
+    caller_evidence: dict[str, Any] | None = None  # set by the caller-ID rule
 
     @property
     def local_date(self) -> date:
@@ -271,6 +279,81 @@ def check_number(ctx: Context) -> Finding:
     if ctx.number is None:
         return _deny(Reason.INVALID_NUMBER, ctx.number_error)
     return _pass(f"{ctx.number.e164} {ctx.number.kind} {ctx.number.territory}")
+
+
+_FRENCH_PLAN = ("33", "262", "590", "594", "596")
+
+
+@lru_cache(maxsize=4096)
+def _presented(raw: str) -> Number | None:
+    # A campaign presents a handful of numbers: each is normalised once.
+    try:
+        return normalise(raw)
+    except InvalidNumber:
+        return None
+
+
+def _national(number: Number) -> str:
+    """The ten-digit national form of a number of the French plan ("" for others)."""
+    key = number.key
+    if number.kind is Kind.FOREIGN or not key.startswith(_FRENCH_PLAN) or len(key) < 9:
+        return ""
+    return "0" + key[-9:]
+
+
+def _verified_for_automated(number: Number, version: Version) -> bool:
+    if number.never_blocked:  # a short number
+        return True
+    national = _national(number)
+    if not national:
+        return False
+    if number.kind is Kind.SPECIAL_RATE:
+        excluded = version.caller_id_special_excluded
+        return not (excluded and national.startswith(excluded))
+    verified = version.caller_id_verified_prefixes
+    return bool(verified) and national.startswith(verified)
+
+
+def check_caller_id(ctx: Context) -> Finding:
+    campaign = _campaign(ctx)
+    if not campaign.checks_caller_id:
+        return _pass("no caller-ID rule for this campaign")
+    caller = ctx.caller
+    if caller is None or caller.withheld:
+        shown = "restricted presentation" if caller and caller.restricted else "no number"
+        return _deny(Reason.CALLER_ID_MISSING, f"caller ID withheld ({shown})")
+    presented = _presented(caller.raw.strip())
+    if presented is None:
+        return _deny(Reason.CALLER_ID_NOT_AUTHORISED, f"{caller.raw!r} is not a number")
+    evidence = ctx.caller_evidence = {"number": presented.e164}
+    if presented.kind is Kind.MOBILE:
+        return _deny(
+            Reason.CALLER_ID_FORBIDDEN, f"{presented.e164}: a call centre never shows a mobile"
+        )
+    if campaign.automated and not _verified_for_automated(presented, ctx.policy):
+        return _deny(
+            Reason.CALLER_ID_FORBIDDEN,
+            f"{presented.e164}: not a verified number (NPV), special or short number, as an"
+            " automated system must show",
+        )
+    if campaign.caller_ids is None:
+        return _pass(f"{presented.e164}: a verified number for an automated system")
+    digits = presented.e164 if presented.never_blocked else presented.key
+    held, other = campaign.caller_ids.authorisation(digits, ctx.local_date)
+    if held is None:
+        if other is not None:
+            evidence["ref"] = other.ref
+            return _deny(
+                Reason.CALLER_ID_NOT_AUTHORISED,
+                f"{presented.e164}: authorisation {other.ref or other.text!r} does not hold on "
+                f"{ctx.local_date} ({other.valid_from or '...'} to {other.valid_until or '...'})",
+            )
+        return _deny(
+            Reason.CALLER_ID_NOT_AUTHORISED,
+            f"{presented.e164}: not among the caller IDs of campaign {campaign.name}",
+        )
+    evidence["ref"] = held.ref
+    return _pass(f"{presented.e164} authorised ({held.ref or held.text})")
 
 
 def check_internal_dnc(ctx: Context) -> Finding:
@@ -429,6 +512,12 @@ RULES: tuple[Rule, ...] = (
     Rule("emergency", "ARCEP numbering plan; CPCE emergency numbers", False, check_emergency),
     Rule("campaign", "dialguard configuration", False, check_campaign),
     Rule("number", "ARCEP national numbering plan", False, check_number),
+    Rule(
+        "caller_id",
+        "C. consommation L221-17; ARCEP décision 2022-1583",
+        False,
+        check_caller_id,
+    ),
     Rule("internal_dnc", "C. consommation L221-16 (right to object)", True, check_internal_dnc),
     Rule("scope", "C. consommation L223-1 (consumers only)", False, check_scope),
     Rule("purpose", "C. consommation L223-1, L223-5", False, check_purpose),
@@ -466,6 +555,7 @@ class Prepared:
     would_count: bool  # an attempt could be allowed and counted, as far as these rules tell
     version: Version
     ref: PolicyRef
+    caller_evidence: Mapping[str, Any] | None = None  # the caller ID and its authorisation
 
 
 def _fact_free(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
@@ -482,6 +572,7 @@ def prepare(
     policy: Policy,
     number_error: str = "",
     rules: tuple[Rule, ...] = RULES,
+    caller: CallerId | None = None,
 ) -> Prepared:
     """Evaluate the rules of `rules` that need no facts, before the facts are read."""
     if now.tzinfo is None:
@@ -489,7 +580,7 @@ def prepare(
     local = _local_times(number, now, policy.default_timezone)
     index = policy.index_at(local[0].date())
     version, ref = policy.versions[index], policy._refs[index]
-    ctx = Context(campaign, number, number_error, _NOT_READ_YET, now, version, local, ref)
+    ctx = Context(campaign, number, number_error, _NOT_READ_YET, now, version, local, ref, caller)
     results: dict[str, RuleResult] = {}
     fact_free = _FACT_FREE_RULES if rules is RULES else _fact_free(rules)
     for rule in fact_free:
@@ -498,8 +589,8 @@ def prepare(
         except RuleNeedsFacts:
             raise RuleNeedsFacts(f"rule {rule.name} reads facts: set needs_facts") from None
         if result.outcome is not Outcome.PASS:
-            return Prepared(local, results, False, version, ref)
-    return Prepared(local, results, True, version, ref)
+            return Prepared(local, results, False, version, ref, ctx.caller_evidence)
+    return Prepared(local, results, True, version, ref, ctx.caller_evidence)
 
 
 def would_count(
@@ -517,13 +608,17 @@ def decide(
     policy: Policy,
     number_error: str = "",
     prepared: Prepared | None = None,
+    caller: CallerId | None = None,
 ) -> Decision:
-    """Evaluate the rules in order; the first that settles the call decides."""
+    """Evaluate the rules in order; the first that settles the call decides. `caller`:
+    the caller ID presented (with `prepared`, the one it was prepared with)."""
     if prepared is None:
-        prepared = prepare(campaign, number, now, policy, number_error)
+        prepared = prepare(campaign, number, now, policy, number_error, caller=caller)
     ctx = Context(
         campaign, number, number_error, facts, now, prepared.version, prepared.local, prepared.ref
     )
+    if prepared.caller_evidence is not None:
+        ctx.caller_evidence = dict(prepared.caller_evidence)
     results: list[RuleResult] = []
     basis: Reason | None = None
     degraded = ""
@@ -564,11 +659,14 @@ def _decision(
     counts_attempt: bool = False,
 ) -> Decision:
     facts = ctx.facts if isinstance(ctx.facts, Facts) else None
+    evidence = _evidence(facts) if facts is not None else {}
+    if ctx.caller_evidence is not None:
+        evidence["caller_id"] = ctx.caller_evidence
     return Decision(
         result=result,
         reason=reason,
         rules=tuple(rules),
-        evidence=_evidence(facts) if facts is not None else {},
+        evidence=evidence,
         number=ctx.number,
         local_time=ctx.local[0].isoformat(timespec="seconds") if ctx.number else "",
         policy=ctx.ref,
