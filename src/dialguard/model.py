@@ -247,6 +247,10 @@ class Decision:
     counts_attempt: bool = False  # a real call would count against the 30-day cap
     attempts_30d: int | None = None
     detail: str = field(default="")
+    # What the rules read: the facts (for the audit record's snapshot, which a replay
+    # decides again from), and why the store could not be read, when it could not.
+    facts: Facts | None = None
+    unavailable: Unavailable | None = None
 
     @property
     def allowed(self) -> bool:

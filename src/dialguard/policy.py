@@ -49,6 +49,7 @@ __all__ = [
     "RuleNeedsFacts",
     "Version",
     "decide",
+    "decide_unavailable",
     "differences",
     "prepare",
     "retroactive",
@@ -326,6 +327,16 @@ def check_caller_id(ctx: Context) -> Finding:
     if presented is None:
         return _deny(Reason.CALLER_ID_NOT_AUTHORISED, f"{caller.raw!r} is not a number")
     evidence = ctx.caller_evidence = {"number": presented.e164}
+    # The authorisation first, for the evidence (and a replay under another policy): a
+    # forbidden number still wins over an unauthorised one.
+    held = other = None
+    if campaign.caller_ids is not None:
+        digits = presented.e164 if presented.never_blocked else presented.key
+        held, other = campaign.caller_ids.authorisation(digits, ctx.local_date)
+        evidence["authorised"] = held is not None
+        found = held or other
+        if found is not None:
+            evidence["ref"] = found.ref
     if presented.kind is Kind.MOBILE:
         return _deny(
             Reason.CALLER_ID_FORBIDDEN, f"{presented.e164}: a call centre never shows a mobile"
@@ -338,11 +349,8 @@ def check_caller_id(ctx: Context) -> Finding:
         )
     if campaign.caller_ids is None:
         return _pass(f"{presented.e164}: a verified number for an automated system")
-    digits = presented.e164 if presented.never_blocked else presented.key
-    held, other = campaign.caller_ids.authorisation(digits, ctx.local_date)
     if held is None:
         if other is not None:
-            evidence["ref"] = other.ref
             return _deny(
                 Reason.CALLER_ID_NOT_AUTHORISED,
                 f"{presented.e164}: authorisation {other.ref or other.text!r} does not hold on "
@@ -352,7 +360,6 @@ def check_caller_id(ctx: Context) -> Finding:
             Reason.CALLER_ID_NOT_AUTHORISED,
             f"{presented.e164}: not among the caller IDs of campaign {campaign.name}",
         )
-    evidence["ref"] = held.ref
     return _pass(f"{presented.e164} authorised ({held.ref or held.text})")
 
 
@@ -650,6 +657,35 @@ def decide(
     return _decision(ctx, Result.ALLOW, basis, results, degraded, counts_attempt=True)
 
 
+# Reasons a change still waiting for Redis can give on its own.
+PENDING_DENIALS = frozenset({Reason.INTERNAL_DNC, Reason.RECENT_REFUSAL, Reason.CONSENT_WITHDRAWN})
+
+
+def decide_unavailable(
+    campaign: Campaign,
+    number: Number,
+    known: Facts,
+    unavailable: Unavailable,
+    now: datetime,
+    policy: Policy,
+    caller: CallerId | None = None,
+) -> Decision:
+    """The decision when the store could not be read: what this node knows while Redis is
+    away (`known`: changes journalled and not yet applied) still denies, even failing
+    open (a do-not-call, a refusal, a withdrawal: deny-only, the rest is unknown); else
+    the campaign's fail mode decides."""
+    if known != _NO_FACTS:
+        decision = decide(campaign, number, known, now, policy, caller=caller)
+        withdrawn = decision.reason is Reason.NO_CONSENT and known.withdrawn_at is not None
+        if decision.reason in PENDING_DENIALS or withdrawn:
+            note = f"{unavailable.detail}; {decision.reason.value} pending in the journal"
+            return replace(decision, degraded=note, unavailable=unavailable)
+    return decide(campaign, number, unavailable, now, policy, caller=caller)
+
+
+_NO_FACTS = Facts()
+
+
 def _decision(
     ctx: Context,
     result: Result,
@@ -659,6 +695,7 @@ def _decision(
     counts_attempt: bool = False,
 ) -> Decision:
     facts = ctx.facts if isinstance(ctx.facts, Facts) else None
+    unavailable = ctx.facts if isinstance(ctx.facts, Unavailable) else None
     evidence = _evidence(facts) if facts is not None else {}
     if ctx.caller_evidence is not None:
         evidence["caller_id"] = ctx.caller_evidence
@@ -673,6 +710,8 @@ def _decision(
         degraded=degraded,
         counts_attempt=counts_attempt,
         attempts_30d=facts.attempts_30d if facts is not None else None,
+        facts=facts,
+        unavailable=unavailable,
     )
 
 

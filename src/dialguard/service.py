@@ -296,18 +296,12 @@ class Service:
         log.warning("degraded_decision", reason=reason.value, detail=detail, campaign=campaign.name)
         if self.telemetry is not None:
             self.telemetry.degraded_decision(reason.value)
+        # What this node took while Redis was away holds even when failing open: a
+        # do-not-call, a refusal, a withdrawal (policy.decide_unavailable). Counting is
+        # skipped: with the store out of reach, nothing can be counted.
         known = self.pending.overlay(number.key, campaign.principal, Facts())
-        if known != Facts():
-            # What this node took while Redis was away holds even when failing open: a
-            # do-not-call, a refusal, a withdrawal. Deny-only: the rest is unknown.
-            decision = policy.decide(campaign, number, known, now, rules, caller=caller)
-            withdrawn = decision.reason is Reason.NO_CONSENT and known.withdrawn_at is not None
-            if decision.reason in _PENDING_DENIALS or withdrawn:
-                note = f"{detail}; {decision.reason.value} pending in the journal"
-                return replace(decision, degraded=note)
         unavailable = Unavailable(reason, detail)
-        # Counting is skipped: with the store out of reach, nothing can be counted.
-        return policy.decide(campaign, number, unavailable, now, rules, caller=caller)
+        return policy.decide_unavailable(campaign, number, known, unavailable, now, rules, caller)
 
     async def record_outcome(
         self,
@@ -458,9 +452,6 @@ class Service:
 
 # The cap a shadow call reserves under: none (every call placed is counted).
 _NO_CAP = 1 << 30
-
-# Reasons a change still waiting for Redis can give on its own.
-_PENDING_DENIALS = frozenset({Reason.INTERNAL_DNC, Reason.RECENT_REFUSAL, Reason.CONSENT_WITHDRAWN})
 
 # The request behind a change made from the command line.
 _CLI = CallRequest("", "", adapter="cli")
