@@ -57,6 +57,26 @@ class Report:
     by_day: dict[str, Counter[str]] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
 
+    def merge(self, other: Report) -> None:
+        """Add `other`'s counts (another process's share of the records) to these."""
+        for name in (
+            "records", "replayed", "not_replayable", "unchanged", "newly_denied",
+            "newly_allowed", "reason_changed",
+        ):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.changes.update(other.changes)
+        for mine, theirs in ((self.by_campaign, other.by_campaign), (self.by_day, other.by_day)):
+            for key, counter in theirs.items():
+                mine.setdefault(key, Counter()).update(counter)
+        examples = sorted([*self.examples, *other.examples], key=lambda e: (e["ts"], e["id"]))
+        kept: Counter[tuple[str, str, str, str]] = Counter()
+        self.examples = []
+        for example in examples:
+            change = (*example["from"].values(), *example["to"].values())
+            kept[change] += 1
+            if kept[change] <= EXAMPLES_PER_CHANGE:
+                self.examples.append(example)
+
     @property
     def changed(self) -> int:
         return self.newly_denied + self.newly_allowed + self.reason_changed

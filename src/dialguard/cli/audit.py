@@ -14,6 +14,7 @@ import contextlib
 import csv
 import hashlib
 import hmac
+import multiprocessing
 import os
 import re
 import sys
@@ -35,6 +36,7 @@ from dialguard.cli.common import Failure, config_option, errors_are_one_line, op
 from dialguard.config import load_config, load_policy
 from dialguard.csv_cells import cell
 from dialguard.numbers import InvalidNumber, normalise
+from dialguard.policy import Policy
 from dialguard.replay import Report, replay
 from dialguard.service import new_id
 
@@ -665,6 +667,12 @@ def prune_command(dry_run: bool, config_path: Path | None) -> None:
 @until_option
 @click.option("--campaign", default=None, help="Only this campaign.")
 @click.option("--examples", type=click.IntRange(0, 1000), default=10, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes sharing the day files (default: one per CPU, at most 8).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @operator_option
 @dir_option
@@ -676,6 +684,7 @@ def replay_command(
     until: str | None,
     campaign: str | None,
     examples: int,
+    workers: int | None,
     as_json: bool,
     operator: str,
     directory: Path | None,
@@ -688,14 +697,20 @@ def replay_command(
     where = Where(config_path, directory)
     policy = load_policy(policy_file)
     start, stop = _range(where, since, until)
-    torn: list[Torn] = []
     query = Query(since_ms=start, until_ms=stop, campaign=campaign, kind="decision")
-    zone = where.zone
-    report = replay(
-        (record for _, record in search(where.directory, query, torn)),
-        policy,
-        lambda ms: datetime.fromtimestamp(ms / 1000, zone).date(),
-    )
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)), 8)
+    task = _ReplayPart(where.directory, query, policy, where.zone, workers)
+    if workers == 1:
+        parts = [task(0)]
+    else:
+        # Day files shared out between processes (forked: the policy goes as it is).
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(task, range(workers))
+    report, torn = parts[0]
+    for other, other_torn in parts[1:]:
+        report.merge(other)
+        torn += other_torn
     summary = report.as_json()
     summary["examples"] = summary["examples"][:examples]
     summary = {
@@ -703,7 +718,7 @@ def replay_command(
         "since": since,
         "until": until,
         "campaign": campaign,
-        "timezone": zone.key,
+        "timezone": where.zone.key,
         **summary,
     }
     recorded = None
@@ -715,6 +730,27 @@ def replay_command(
     else:
         _print_replay(summary, report)
     warn_torn(torn)
+
+
+class _ReplayPart:
+    """One process's share of a replay: every n-th day file of the range."""
+
+    def __init__(
+        self, directory: Path, query: Query, policy: Policy, zone: ZoneInfo, parts: int
+    ) -> None:
+        self.directory, self.query, self.policy, self.zone = directory, query, policy, zone
+        self.parts = parts
+
+    def __call__(self, index: int) -> tuple[Report, list[Torn]]:
+        torn: list[Torn] = []
+        zone = self.zone
+        found = search(self.directory, self.query, torn, (index, self.parts))
+        report = replay(
+            (record for _, record in found),
+            self.policy,
+            lambda ms: datetime.fromtimestamp(ms / 1000, zone).date(),
+        )
+        return report, torn
 
 
 def _record_replay(
