@@ -194,6 +194,7 @@ async def test_fastagi_checks_agi_callerid_and_the_dialplan_argument(
         assert record["callerid"] == "0948120042"
         assert record["evidence"]["caller_id"] == {
             "number": "+33948120042",
+            "authorised": True,
             "ref": "assignment ACME-2024-017",
         }
         # agi_callerid as Asterisk sends it by default in the tests: a geographic number.

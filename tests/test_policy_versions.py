@@ -203,7 +203,7 @@ BAD = [
     ("bad-value", FIRST + version("2026-08-11", "[versions.frequency]\nmax_attempts = 0"),
      "versions[1].frequency.max_attempts: 0 must be positive"),
     ("unknown-key", FIRST + version("2026-08-11", "regim = 'consent'"),
-     "versions[1].regim: unknown key (known: consent, effective_from, frequency, holidays, "),
+     "versions[1].regim: unknown key (known: caller_id, consent, effective_from, frequency, "),
     ("no-versions", "versions = []\n", "versions: at least one [[versions]] entry is needed"),
     ("mixed-formats", "consent_regime_from = 2026-08-11\n" + FIRST,
      "consent_regime_from: goes inside a [[versions]] entry, not at the top (docs/policy.md)"),

@@ -442,7 +442,7 @@ def pseudonym(number: str, key: bytes) -> str:
 # operator's do-not-call reason, a consent's proof reference) and the channel (Asterisk
 # names Local channels after the dialled digits). `callerid` is the call centre's own line.
 _NUMBER_FIELDS = ("number", "number_raw")
-_TEXT_FIELDS = ("rules", "evidence", "channel", "why")
+_TEXT_FIELDS = ("rules", "evidence", "facts", "channel", "why")
 
 
 def _masked(record: dict[str, Any], key: bytes) -> dict[str, Any]:
