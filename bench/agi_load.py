@@ -2,7 +2,7 @@
 FastAGI baseline (same loop, same protocol module, no decision), in one run.
 
     .venv/bin/python bench/agi_load.py [--duration 10] [--concurrency 200] [--rate 1000]
-                                       [--metrics]
+                                       [--metrics] [--campaign C] [--callerid N]
 
 It starts a private redis-server on a free port (never 6379), loads consents for a pool of
 numbers (so sessions are full decisions: facts, atomic count, durable audit), then for each
@@ -65,9 +65,18 @@ def free_port() -> int:
         return port
 
 
-def block(number: str, campaign: str, port: int, uniqueid: int) -> bytes:
-    """The agi_* block as Asterisk 22.10.1 sends it (shared/reference/asterisk.md)."""
-    env = agi_env("127.0.0.1", port, script="check", args=(number, campaign), session=uniqueid)
+def block(number: str, campaign: str, port: int, uniqueid: int, callerid: str = "") -> bytes:
+    """The agi_* block as Asterisk 22.10.1 sends it (shared/reference/asterisk.md);
+    `callerid`: agi_callerid (default: the peer's 0147000000)."""
+    overrides = {"agi_callerid": callerid} if callerid else None
+    env = agi_env(
+        "127.0.0.1",
+        port,
+        script="check",
+        args=(number, campaign),
+        session=uniqueid,
+        env_overrides=overrides,
+    )
     return b"".join(encode_block(env))
 
 
@@ -307,7 +316,10 @@ async def main(args: argparse.Namespace) -> list[Phase]:
                     if metrics_port:
                         url = f"http://127.0.0.1:{metrics_port}/metrics"
                         scraping = asyncio.create_task(scrape_every(url, args.scrape_every))
-                    blocks = [block(n, "demo-prospecting", port, i) for i, n in enumerate(numbers)]
+                    blocks = [
+                        block(n, args.campaign, port, i, args.callerid)
+                        for i, n in enumerate(numbers)
+                    ]
                     for mode in args.modes:
                         phase = await run_phase(label, mode, pid, partial(Load, port, blocks), args)
                         print(json.dumps(asdict(phase)), flush=True)
@@ -382,6 +394,12 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop offered rate")
     parser.add_argument("--servers", nargs="+", default=["bare", "dialguard"])
+    parser.add_argument(
+        "--campaign",
+        default="demo-prospecting",
+        help="campaign of every call (demo-dialer: the caller-ID rule checks each)",
+    )
+    parser.add_argument("--callerid", default="", help="agi_callerid (0948120042: an NPV)")
     parser.add_argument("--modes", nargs="+", default=["closed", "open"])
     parser.add_argument(
         "--metrics", action="store_true", help="agi_load: dialguard counts, serves /metrics"

@@ -67,7 +67,7 @@ JSON_FIELDS = {"result", "reason", "number", "local_time", "rules", "evidence", 
 
 
 def toml_dumps(data: Mapping[str, Any]) -> str:
-    """Enough TOML for a dialguard configuration: scalars, lists of scalars, tables."""
+    """Enough TOML for a dialguard configuration: scalars, lists, tables."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -80,6 +80,8 @@ def toml_dumps(data: Mapping[str, Any]) -> str:
             return v.isoformat()
         if isinstance(v, list):
             return "[" + ", ".join(value(item) for item in v) + "]"
+        if isinstance(v, dict):  # an inline table, inside a list
+            return "{" + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"cannot write {v!r} as TOML")
 
     def key(k: str) -> str:
@@ -345,10 +347,17 @@ def test_check_human_and_json_output(cli: Cli) -> None:
     assert data["attempts_30d"] == 0
     assert data["evidence"] == {"attempts_30d": 0}
     assert data["policy"]["name"] == "france"
+    assert data["policy"]["version"] == "2026-08-11"  # the consent regime's
     assert len(data["policy"]["hash"]) == 16
     assert (data["recorded"], data["degraded"]) == (False, "")
     rules = data["rules"]
-    assert [r["rule"] for r in rules][:4] == ["emergency", "campaign", "number", "internal_dnc"]
+    assert [r["rule"] for r in rules][:5] == [
+        "emergency",
+        "campaign",
+        "number",
+        "caller_id",
+        "internal_dnc",
+    ]
     assert rules[-1] == {
         "rule": "legal_basis",
         "outcome": "deny",

@@ -42,7 +42,7 @@ CAMPAIGN = "demo-prospecting"
 LISTED = "06 12 34 56 78"
 REASON = "asked on 0612345678 never to be called again"
 # Fields the mask may change; every other one must come out as the journal holds it.
-NUMBER_BEARING = {"number", "number_raw", "rules", "evidence", "channel", "why"}
+NUMBER_BEARING = {"number", "number_raw", "rules", "evidence", "facts", "channel", "why"}
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
@@ -145,6 +145,7 @@ def test_masked_jsonl_keeps_every_other_field_and_stays_json(
     alias = alias_of(records[4])
     assert listed["reason"] == "INTERNAL_DNC"
     assert listed["evidence"]["dnc"]["reason"] == f"asked on {alias} never to be called again"
+    assert listed["facts"]["dnc"][1] == f"asked on {alias} never to be called again"
     assert listed["channel"] == f"Local/{alias}@outbound-00000001;2"
     assert f"{alias} mobile FR" in [rule["detail"] for rule in listed["rules"]]
     assert refusal["kind"] == "outcome"

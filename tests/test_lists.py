@@ -22,6 +22,7 @@ from dialguard.config import load_config
 from dialguard.import_files import ConsentRow, ContractRow, DncRow, OptoutRow, parse
 from dialguard.model import CallRequest, Contract, Facts, Reason, Sector
 from dialguard.numbers import Number, normalise
+from dialguard.policy import Regime
 from dialguard.service import Service
 from dialguard.store import ListBusy, Store, loading
 from dialguard.store.buckets import INTSET_LIMIT
@@ -328,7 +329,7 @@ async def optout_reason(service: Service, key: str) -> Reason:
 
 
 async def test_registry_results_age_and_the_newest_check_wins(service: Service) -> None:
-    assert service.config.policy.consent_regime_from > TODAY
+    assert service.config.policy.at(TODAY).regime is Regime.OPTOUT
     store = service.store
     stale, fresh, never = "33611110001", "33611110002", "33611110003"
     flip, flop, both = "33611110004", "33611110005", "33611110006"

@@ -227,7 +227,10 @@ def test_each_reason(
 
 
 def test_every_reason_code_has_a_row() -> None:
+    from tests.test_caller_id import CASES  # the caller-ID rule's own table
+
     covered = {row[-1] for row in REASONS} | {Reason.INVALID_NUMBER, Reason.UNKNOWN_CAMPAIGN}
+    covered |= {row[-2] for row in CASES if row[-2] is not None}
     assert covered == set(Reason)
 
 
@@ -425,7 +428,7 @@ def test_consent_regime_registry_listing_needs_a_later_consent() -> None:
     after = Facts(consent=CONSENT, optout=listed)  # given 2026-10-01
     assert decide(facts=before).reason is Reason.OPTOUT_LISTED
     assert decide(facts=after).reason is Reason.CONSENT
-    relaxed = replace(POLICY, optout_suppress_in_consent_regime=False)
+    relaxed = POLICY.with_values(optout_suppress_in_consent_regime=False)
     assert decide(facts=before, rules=relaxed).reason is Reason.CONSENT
 
 
@@ -444,7 +447,7 @@ def test_refusal_blocks_sixty_full_days(refused: str, reason: Reason) -> None:
 
 def test_refusal_rule_can_be_switched_off() -> None:
     facts = Facts(consent=CONSENT, refused_at=paris("2026-11-20T10:00"))
-    assert decide(facts=facts, rules=replace(POLICY, refusal_enabled=False)).allowed
+    assert decide(facts=facts, rules=POLICY.with_values(refusal_enabled=False)).allowed
 
 
 # --- sectors and contracts ----------------------------------------------------------------
@@ -543,7 +546,7 @@ def test_national_holidays(day: str) -> None:
 def test_alsace_moselle_days_block_metropolitan_numbers_by_default() -> None:
     assert decide("2026-04-03T11:00", Facts(), PRESS).reason is Reason.HOLIDAY  # Good Friday
     assert decide("2025-12-26T11:00", Facts(), PRESS).reason is Reason.HOLIDAY  # a Friday
-    no_local = replace(POLICY, holidays_local=False)
+    no_local = POLICY.with_values(holidays_local=False)
     assert decide("2026-04-03T11:00", Facts(), PRESS, rules=no_local).allowed
     assert decide("2026-12-25T11:00", Facts(), PRESS, rules=no_local).reason is Reason.HOLIDAY
 

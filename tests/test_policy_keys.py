@@ -24,35 +24,54 @@ def policy_with(tmp_path: Path, after: str, line: str) -> Path:
 
 
 def test_the_shipped_policy_has_no_unknown_key() -> None:
-    assert load_policy(POLICY).refusal_enabled
+    policy = load_policy(POLICY)
+    assert policy.notes == ()
+    assert all(version.refusal_enabled for version in policy.versions)
 
 
 @pytest.mark.parametrize(
     ("after", "line", "message"),
     [
         (
-            "[refusal]",
+            "[versions.refusal]",
             "enabeld = false",
-            "refusal.enabeld: unknown key (known: block_days, enabled)",
+            "versions[0].refusal.enabeld: unknown key (known: block_days, enabled)",
         ),
         (
-            "[optout]",
+            "[versions.optout]",
             "freshness_day = 10",
-            "optout.freshness_day: unknown key (known: freshness_days, suppress_in_consent_regime)",
+            "versions[0].optout.freshness_day: unknown key (known: freshness_days, "
+            "suppress_in_consent_regime)",
         ),
-        ("[consent]", "max_validity = 90", "consent.max_validity: unknown key (known: "),
-        ("[hours]", 'day = ["mon"]', "hours.day: unknown key (known: days, windows)"),
-        ("[holidays]", "nationl = false", "holidays.nationl: unknown key (known: local, "),
-        ("[frequency]", "max_attempt = 2", "frequency.max_attempt: unknown key (known: "),
         (
-            "[sectors.cpf]",
+            "[versions.consent]",
+            "max_validity = 90",
+            "versions[0].consent.max_validity: unknown key (known: ",
+        ),
+        (
+            "[versions.hours]",
+            'day = ["mon"]',
+            "versions[0].hours.day: unknown key (known: days, windows)",
+        ),
+        (
+            "[versions.holidays]",
+            "nationl = false",
+            "versions[0].holidays.nationl: unknown key (known: local, ",
+        ),
+        (
+            "[versions.frequency]",
+            "max_attempt = 2",
+            "versions[0].frequency.max_attempt: unknown key (known: ",
+        ),
+        (
+            "[versions.sectors.cpf]",
             "banned_form = 2030-01-01",
-            "sectors.cpf.banned_form: unknown key (known: banned_from)",
+            "versions[0].sectors.cpf.banned_form: unknown key (known: banned_from)",
         ),
         (
-            "[holidays.local_days]",
+            "[versions.holidays.local_days]",
             're = ["12-20"]',
-            "holidays.local_days.re: not a territory code (ISO 3166, e.g. FR, RE)",
+            "versions[0].holidays.local_days.re: not a territory code (ISO 3166, e.g. FR, RE)",
         ),
     ],
 )
@@ -67,7 +86,7 @@ def test_an_unknown_key_in_a_policy_table_is_refused(
 
 
 def test_the_command_says_it_in_one_line(tmp_path: Path) -> None:
-    policy = policy_with(tmp_path, "[refusal]", "enabeld = false")
+    policy = policy_with(tmp_path, "[versions.refusal]", "enabeld = false")
     config = tmp_path / "dialguard.toml"
     text = (ROOT / "config" / "dialguard.toml").read_text(encoding="utf-8")
     config.write_text(text.replace('"policy/france.toml"', f'"{policy}"'), encoding="utf-8")
@@ -79,5 +98,6 @@ def test_the_command_says_it_in_one_line(tmp_path: Path) -> None:
     assert (run.code, run.out) == (1, "")
     assert (
         run.err
-        == f"dialguard: {policy}: refusal.enabeld: unknown key (known: block_days, enabled)\n"
+        == f"dialguard: {policy}: versions[0].refusal.enabeld: unknown key (known: block_days, "
+        "enabled)\n"
     )

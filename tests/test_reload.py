@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +176,15 @@ async def test_dialguard_reload_puts_a_new_policy_and_campaign_in_force(
         assert after["DIALGUARD_RESULT"] == "ALLOW"
         assert after["DIALGUARD_REASON"].startswith("SHADOW_")
         decisions = {r["id"]: r for r in site.records("decision")}
-        assert decisions[before["DIALGUARD_ID"]]["policy"] == {"name": "france", "hash": old_hash}
+        version = load_config(site.config, env={}).policy.on(datetime.now(UTC)).id
+        assert decisions[before["DIALGUARD_ID"]]["policy"] == {
+            "name": "france",
+            "version": version,
+            "hash": old_hash,
+        }
         assert decisions[after["DIALGUARD_ID"]]["policy"] == {
             "name": "france-2027",
+            "version": version,
             "hash": new_hash,
         }
         [record] = site.records("reload")

@@ -47,8 +47,9 @@ class ChannelCall:
     args: tuple[str, ...]
     channel: str = ""
     uniqueid: str = ""
-    callerid: str = ""
+    callerid: str = ""  # agi_callerid, the ARI channel's caller number
     accountcode: str = ""
+    callingpres: str = ""  # agi_callingpres ("" where the protocol does not tell)
 
     def arg(self, index: int) -> str:
         return self.args[index] if len(self.args) > index else ""
@@ -60,14 +61,28 @@ class ChannelCall:
             return self.accountcode
         return name
 
-    def request(self, number: str, campaign: str, adapter: str) -> CallRequest:
-        return CallRequest(number, campaign, self.channel, self.uniqueid, self.callerid, adapter)
+    def request(self, number: str, campaign: str, adapter: str, callerid: str = "") -> CallRequest:
+        """`callerid`: the number the dialplan says it presents, instead of the channel's."""
+        return CallRequest(
+            number,
+            campaign,
+            self.channel,
+            self.uniqueid,
+            callerid or self.callerid,
+            adapter,
+            self.callingpres,
+        )
 
 
 def agi_call(request: AgiRequest) -> ChannelCall:
     """FastAGI and classic AGI: the script's arguments and the agi_* block's identity."""
     return ChannelCall(
-        request.args, request.channel, request.uniqueid, request.callerid, request.accountcode
+        request.args,
+        request.channel,
+        request.uniqueid,
+        request.callerid,
+        request.accountcode,
+        request.env.get("agi_callingpres", ""),
     )
 
 
@@ -91,11 +106,13 @@ async def check_variables(
     deadline_s: float,
     unavailable: Unavailable | None = None,
 ) -> Variables:
-    """`check,NUMBER,CAMPAIGN`: decide, count, audit; the four DIALGUARD_* variables.
+    """`check,NUMBER,CAMPAIGN[,CALLERID]`: decide, count, audit; the four DIALGUARD_*
+    variables. CALLERID: the number the call presents, when the dialplan passes it (else
+    the channel's caller ID: agi_callerid, or the ARI channel's caller number).
 
     The deadline is floored at 1 ms: an answer already late still gets the store's
     chance (a local Redis can beat it); `unavailable` forces the fail mode instead."""
-    request = call.request(call.arg(0), call.campaign(1, settings), adapter)
+    request = call.request(call.arg(0), call.campaign(1, settings), adapter, call.arg(2))
     verdict = await service.decide(
         request, record=True, deadline_s=max(deadline_s, 0.001), unavailable=unavailable
     )

@@ -9,7 +9,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, time
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -17,9 +17,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redis.connection import parse_url
 
+from dialguard.callerids import BadCallerIds, CallerIds, parse_entry
 from dialguard.model import Campaign, FailMode, Mode, Purpose, Sector
 from dialguard.numbers import Kind
-from dialguard.policy import Policy
+from dialguard.policy import Policy, Regime, Version
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -575,6 +576,8 @@ def _campaign(campaigns: _Reader, name: str) -> Campaign:
             "outside_line_prefix",
             "honour_dnc",
             "mode",
+            "automated",
+            "caller_ids",
         }
     )
     prefix = table.get("outside_line_prefix", str, "")
@@ -589,32 +592,155 @@ def _campaign(campaigns: _Reader, name: str) -> Campaign:
         outside_prefix=prefix,
         honour_dnc=table.get("honour_dnc", bool, True),
         mode=table.choice("mode", Mode, "enforce"),
+        automated=table.get("automated", bool, False),
+        caller_ids=_caller_ids(table) if "caller_ids" in table.data else None,
     )
+
+
+def _caller_ids(table: _Reader) -> CallerIds:
+    """`caller_ids = ["01 62 00 00 00..01 62 00 09 99", {numbers = "+33 9 48 12 34 56",
+    ref = "ARCEP 2023-0042", valid_from = 2024-01-01, valid_until = 2026-12-31}]`."""
+    entries = []
+    for item in table.get("caller_ids", list):
+        if isinstance(item, str):
+            text, ref, valid_from, valid_until = item, "", None, None
+        elif isinstance(item, dict):
+            entry = _Reader(table.path, item, f"{table.prefix}caller_ids.")
+            entry.unknown_keys({"numbers", "ref", "valid_from", "valid_until"})
+            text = entry.get("numbers", str)
+            ref = entry.get("ref", str, "")
+            valid_from = _plain_date(entry, "valid_from") if "valid_from" in item else None
+            valid_until = _plain_date(entry, "valid_until") if "valid_until" in item else None
+        else:
+            raise table.fail(
+                "caller_ids",
+                f'{item!r} is not "NUMBER", "FROM..TO" or {{numbers = ..., ref = ...}}',
+            )
+        try:
+            entries.append(parse_entry(text, ref, valid_from, valid_until))
+        except BadCallerIds as exc:
+            raise table.fail("caller_ids", str(exc)) from None
+    return CallerIds(tuple(entries))
+
+
+# The keys of a [[versions]] entry: its date and source, then the values it sets (a later
+# version inherits every value it does not set from the version before it).
+_VERSION_KEYS = {
+    "effective_from",
+    "source",
+    "title",
+    "regime",
+    "out_of_scope_kinds",
+    "optout",
+    "consent",
+    "refusal",
+    "hours",
+    "holidays",
+    "frequency",
+    "sectors",
+    "caller_id",
+}
+# The format before versions: the values at the top, the regime switch as one date.
+_OLD_FORMAT_KEYS = (_VERSION_KEYS - {"effective_from", "source", "title", "regime"}) | {
+    "consent_regime_from"
+}
+# Where the old format's first version starts: the Bloctel opt-out regime (any date would
+# do: the first version also answers for the days before it).
+_OPTOUT_REGIME_FROM = date(2016, 6, 1)
 
 
 def load_policy(path: Path) -> Policy:
+    """Read a policy file: its versions by effective date (docs/policy.md)."""
     data, raw = _read_toml(path)
     top = _Reader(path, data)
-    top.unknown_keys(
-        {
-            "name",
-            "consent_regime_from",
-            "default_timezone",
-            "out_of_scope_kinds",
-            "optout",
-            "consent",
-            "refusal",
-            "hours",
-            "holidays",
-            "frequency",
-            "sectors",
-        }
-    )
+    top.unknown_keys({"name", "default_timezone", "versions", *_OLD_FORMAT_KEYS})
+    name = top.name("name")
     zone = top.get("default_timezone", str, "Europe/Paris")
     try:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise top.fail("default_timezone", f"{zone!r} is not an IANA time zone") from None
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    if "versions" not in data:
+        return _old_format_policy(top, name, digest, zone)
+    for key in sorted(_OLD_FORMAT_KEYS & data.keys()):
+        raise top.fail(key, "goes inside a [[versions]] entry, not at the top (docs/policy.md)")
+    entries = top.get("versions", list)
+    if not entries:
+        raise top.fail("versions", "at least one [[versions]] entry is needed")
+    merged: dict[str, Any] = {}
+    versions: list[Version] = []
+    for index, entry in enumerate(entries):
+        prefix = f"versions[{index}]."
+        if not isinstance(entry, dict):
+            raise top.fail(f"versions[{index}]", "must be a table ([[versions]])")
+        own = _Reader(path, entry, prefix)
+        own.unknown_keys(_VERSION_KEYS)
+        effective_from = _plain_date(own, "effective_from")
+        if versions and effective_from <= versions[-1].effective_from:
+            previous = versions[-1].effective_from
+            raise own.fail(
+                "effective_from",
+                f"{effective_from} is not after versions[{index - 1}]'s {previous}: "
+                "versions go in date order, one per date, each in force until the next",
+            )
+        source = own.get("source", str)
+        if not source.strip():
+            raise own.fail("source", "empty: name the text that puts this version in force")
+        title = own.get("title", str, "")
+        merged = _merge(merged, entry)
+        versions.append(_version(_Reader(path, merged, prefix), effective_from, source, title))
+    return Policy(name, digest, zone, tuple(versions))
+
+
+def _old_format_policy(top: _Reader, name: str, digest: str, zone: str) -> Policy:
+    """A file in the format before versions (`consent_regime_from` and the values at the
+    top): read as two versions with the same values, the opt-out regime, then the
+    consent regime from that date. Decisions are the same; `policy check` says how to
+    convert it."""
+    switch = _plain_date(top, "consent_regime_from")
+    values = {key: value for key, value in top.data.items() if key in _OLD_FORMAT_KEYS}
+    first = min(_OPTOUT_REGIME_FROM, switch - timedelta(days=1))
+    optout = _version(
+        _Reader(top.path, {**values, "regime": "optout"}),
+        first,
+        "C. consommation L223-1 (Bloctel opt-out regime)",
+        "opt-out regime (read from consent_regime_from)",
+    )
+    consent = _version(
+        _Reader(top.path, {**values, "regime": "consent"}),
+        switch,
+        "Loi n° 2025-594 art. 13 (consent regime)",
+        "consent regime (read from consent_regime_from)",
+    )
+    note = (
+        f"{top.path}: consent_regime_from: the format before versions, read as two versions "
+        f"(opt-out, then consent from {switch}); convert it to [[versions]] (docs/policy.md)"
+    )
+    return Policy(name, digest, zone, (optout, consent), notes=(note,))
+
+
+def _plain_date(table: _Reader, key: str) -> date:
+    value: date = table.get(key, date)
+    if isinstance(value, datetime):  # TOML date-times are dates too, to isinstance
+        raise table.fail(key, f"{value.isoformat()} must be a date (YYYY-MM-DD), no time")
+    return value
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `update`'s keys over it, tables merged key by key (a later version
+    states only what changes)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _version(top: _Reader, effective_from: date, source: str, title: str) -> Version:
+    """One version's values from `top` (a version's table merged over the ones before)."""
     kinds = top.get("out_of_scope_kinds", list, [])
     out_of_scope = set()
     for kind in kinds:
@@ -656,6 +782,11 @@ def load_policy(path: Path) -> Policy:
                 raise local_table.fail(territory, f'{spec!r} is not "MM-DD" or "good_friday"')
         local_days[territory] = specs
 
+    caller_id = top.table("caller_id")
+    caller_id.unknown_keys({"verified_prefixes", "special_excluded_prefixes"})
+    verified = _prefixes(caller_id, "verified_prefixes")
+    special_excluded = _prefixes(caller_id, "special_excluded_prefixes")
+
     sectors = top.table("sectors")
     bans: dict[Sector, date] = {}
     for sector_name in sectors.data:
@@ -666,13 +797,13 @@ def load_policy(path: Path) -> Policy:
             raise sectors.fail(sector_name, f"not one of {allowed}") from None
         ban = sectors.table(sector_name)
         ban.unknown_keys({"banned_from"})
-        bans[sector] = ban.get("banned_from", date)
+        bans[sector] = _plain_date(ban, "banned_from")
 
-    return Policy(
-        name=top.name("name"),
-        hash=hashlib.sha256(raw).hexdigest()[:16],
-        consent_regime_from=top.get("consent_regime_from", date),
-        default_timezone=zone,
+    return Version(
+        effective_from=effective_from,
+        source=source,
+        title=title,
+        regime=top.choice("regime", Regime),
         out_of_scope_kinds=frozenset(out_of_scope),
         optout_freshness_days=optout.positive("freshness_days"),
         optout_suppress_in_consent_regime=optout.get("suppress_in_consent_regime", bool, True),
@@ -687,7 +818,18 @@ def load_policy(path: Path) -> Policy:
         max_attempts=frequency.positive("max_attempts"),
         window_days=frequency.positive("window_days"),
         sector_bans=bans,
+        caller_id_verified_prefixes=verified,
+        caller_id_special_excluded=special_excluded,
     )
+
+
+def _prefixes(table: _Reader, key: str) -> tuple[str, ...]:
+    """National number prefixes ("0162", "09475"): a 0, then 1 to 9 digits."""
+    found = table.get(key, list, [])
+    for prefix in found:
+        if not isinstance(prefix, str) or not re.fullmatch(r"0[1-9]\d{0,8}", prefix):
+            raise table.fail(key, f'{prefix!r} is not the start of a national number ("0162")')
+    return tuple(found)
 
 
 def _day(hours: _Reader, value: object) -> int:

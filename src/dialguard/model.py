@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
+from dialguard.callerids import CallerIds
 from dialguard.numbers import Number
 
 
@@ -42,6 +43,9 @@ class Reason(enum.StrEnum):
     OUTSIDE_HOURS = "OUTSIDE_HOURS"
     HOLIDAY = "HOLIDAY"
     FREQUENCY_CAP = "FREQUENCY_CAP"
+    CALLER_ID_MISSING = "CALLER_ID_MISSING"
+    CALLER_ID_FORBIDDEN = "CALLER_ID_FORBIDDEN"
+    CALLER_ID_NOT_AUTHORISED = "CALLER_ID_NOT_AUTHORISED"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     DEADLINE = "DEADLINE"
 
@@ -87,6 +91,15 @@ class Campaign:
     outside_prefix: str = ""
     honour_dnc: bool = True
     mode: Mode = Mode.ENFORCE
+    # The caller-ID rule (L221-17; ARCEP 2022-1583): dialled by an automated system
+    # (predictive, progressive, robocall), and the numbers the company may present. A
+    # campaign with neither is judged on the other rules only.
+    automated: bool = False
+    caller_ids: CallerIds | None = None
+
+    @property
+    def checks_caller_id(self) -> bool:
+        return self.automated or self.caller_ids is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +108,39 @@ class CallRequest:
     campaign: str
     channel: str = ""
     uniqueid: str = ""
-    callerid: str = ""
+    callerid: str = ""  # the number presented: agi_callerid, or what the dialplan passes
     adapter: str = "cli"
+    callingpres: str = ""  # agi_callingpres (Asterisk's presentation value); "" unknown
+
+
+# Asterisk's presentation values (include/asterisk/callerid.h): bits 0x60 say whether the
+# number may be shown: 0x00 allowed, 0x20 restricted, 0x40 unavailable.
+_PRESENTATION_MASK = 0x60
+# What Asterisk and dialers write when there is no number to show.
+WITHHELD = frozenset({"", "unknown", "anonymous", "restricted", "private", "withheld"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallerId:
+    """The caller ID a call presents to the consumer."""
+
+    raw: str  # as presented ("unknown" when Asterisk has none)
+    restricted: bool = False  # presentation restricted or unavailable: shown as withheld
+
+    @classmethod
+    def of(cls, request: CallRequest) -> CallerId:
+        pres = request.callingpres.strip()
+        if not pres:
+            restricted = False  # not told (CLI, ARI): the number alone decides
+        elif pres.isdigit():
+            restricted = int(pres) & _PRESENTATION_MASK != 0
+        else:
+            restricted = True  # not a value Asterisk writes: not shown as allowed
+        return cls(request.callerid, restricted)
+
+    @property
+    def withheld(self) -> bool:
+        return self.restricted or self.raw.strip().lower() in WITHHELD
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +223,15 @@ class RuleResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class PolicyRef:
+    """What audit records name: the policy, the version that decided (its effective
+    date), and the hash of the policy file's bytes."""
+
     name: str
+    version: str
     hash: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "hash": self.hash}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +247,10 @@ class Decision:
     counts_attempt: bool = False  # a real call would count against the 30-day cap
     attempts_30d: int | None = None
     detail: str = field(default="")
+    # What the rules read: the facts (for the audit record's snapshot, which a replay
+    # decides again from), and why the store could not be read, when it could not.
+    facts: Facts | None = None
+    unavailable: Unavailable | None = None
 
     @property
     def allowed(self) -> bool:

@@ -9,10 +9,13 @@ lets the later rules (days, hours, frequency) still apply.
 
 from __future__ import annotations
 
+import enum
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,6 +23,7 @@ import holidays
 from dateutil.easter import easter
 
 from dialguard.model import (
+    CallerId,
     Campaign,
     Decision,
     Facts,
@@ -33,27 +37,44 @@ from dialguard.model import (
     Sector,
     Unavailable,
 )
-from dialguard.numbers import Kind, Number
+from dialguard.numbers import InvalidNumber, Kind, Number, normalise
 
 __all__ = [
     "RULES",
     "Finding",
     "Policy",
     "Prepared",
+    "Regime",
     "Rule",
     "RuleNeedsFacts",
+    "Version",
     "decide",
+    "decide_unavailable",
+    "differences",
     "prepare",
+    "retroactive",
     "would_count",
 ]
 
 
+class Regime(enum.StrEnum):
+    """The legal test for a consumer sales call (L223-1): the opt-out registry (Bloctel)
+    before 2026-08-11, the consumer's prior consent from then on."""
+
+    OPTOUT = "optout"
+    CONSENT = "consent"
+
+
 @dataclass(frozen=True, slots=True)
-class Policy:
-    name: str
-    hash: str
-    consent_regime_from: date
-    default_timezone: str
+class Version:
+    """The values of a policy in force from `effective_from` (a callee-local date) until
+    the next version's date. Everything but the first three fields is a value the rules
+    read; `differences` compares those."""
+
+    effective_from: date
+    source: str  # the text that puts these values in force
+    title: str
+    regime: Regime
     out_of_scope_kinds: frozenset[Kind]
     optout_freshness_days: int
     optout_suppress_in_consent_regime: bool
@@ -68,10 +89,95 @@ class Policy:
     max_attempts: int
     window_days: int
     sector_bans: Mapping[Sector, date]
+    # Caller IDs an automated system may present (ARCEP 2022-1583): national numbers
+    # starting with these (the numéros polyvalents vérifiés), special-rate numbers but
+    # those starting with the excluded prefixes, and short numbers.
+    caller_id_verified_prefixes: tuple[str, ...] = ()
+    caller_id_special_excluded: tuple[str, ...] = ()
 
     @property
-    def ref(self) -> PolicyRef:
-        return PolicyRef(self.name, self.hash)
+    def id(self) -> str:
+        """The version's name in audit records: its effective date."""
+        return self.effective_from.isoformat()
+
+
+# The fields of a Version that are values the rules read (not its date, source, title).
+VALUE_FIELDS = tuple(f.name for f in fields(Version))[3:]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A policy file: its versions by effective date. The version in force on a call's
+    callee-local date decides it (`at`); before the first version's date, the first."""
+
+    name: str
+    hash: str  # of the file's bytes
+    default_timezone: str  # not versioned: it places the call's date, which picks the version
+    versions: tuple[Version, ...]  # in date order, at least one
+    notes: tuple[str, ...] = ()  # what reading the file had to say (an old format...)
+    _starts: tuple[date, ...] = field(default=(), init=False, repr=False, compare=False)
+    _refs: tuple[PolicyRef, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.versions:
+            raise ValueError("a policy needs at least one version")
+        starts = tuple(v.effective_from for v in self.versions)
+        if any(a >= b for a, b in pairwise(starts)):
+            raise ValueError("policy versions must be in date order, one per date")
+        object.__setattr__(self, "_starts", starts)
+        refs = tuple(PolicyRef(self.name, v.id, self.hash) for v in self.versions)
+        object.__setattr__(self, "_refs", refs)
+
+    def index_at(self, day: date) -> int:
+        """The index of the version in force on `day` (O(log n))."""
+        return max(bisect_right(self._starts, day) - 1, 0)
+
+    def at(self, day: date) -> Version:
+        return self.versions[self.index_at(day)]
+
+    def on(self, moment: datetime) -> Version:
+        """The version in force at `moment`, dated in `default_timezone` (for what has no
+        callee: command-line defaults, reports)."""
+        return self.at(moment.astimezone(_zone(self.default_timezone)).date())
+
+    def ref_at(self, day: date) -> PolicyRef:
+        return self._refs[self.index_at(day)]
+
+    def with_values(self, **changes: Any) -> Policy:
+        """This policy with `changes` made to every version (tests, experiments)."""
+        versions = tuple(replace(v, **changes) for v in self.versions)
+        return Policy(self.name, self.hash, self.default_timezone, versions, self.notes)
+
+
+def differences(before: Version | None, after: Version) -> list[tuple[str, Any, Any]]:
+    """(field, before, after) for each value that differs; every value when no `before`."""
+    return [
+        (name, getattr(before, name) if before else None, getattr(after, name))
+        for name in VALUE_FIELDS
+        if before is None or getattr(before, name) != getattr(after, name)
+    ]
+
+
+def retroactive(old: Policy | None, new: Policy, today: date) -> list[str]:
+    """The versions of `new` that change what was in force on days already begun (up to
+    `today`, included): allowed, since they only decide new calls, but worth saying, as
+    calls already decided on those days were judged otherwise."""
+    if old is None:
+        return []
+    notes = []
+    dates = sorted({v.effective_from for v in (*old.versions, *new.versions)})
+    for day in dates:
+        if day > today:
+            break
+        was, now = old.at(day), new.at(day)
+        changed = differences(was, now)
+        if changed:
+            names = ", ".join(name for name, _, _ in changed)
+            notes.append(
+                f"version {now.id} changes what was in force from {day}, a day already "
+                f"begun ({names}): calls decided since then keep their decisions"
+            )
+    return notes
 
 
 @dataclass(slots=True)  # not frozen: built once per call, and frozen init is slow
@@ -81,8 +187,11 @@ class Context:
     number_error: str
     facts: Facts | Unavailable
     now: datetime  # aware, the instant of the call
-    policy: Policy
-    local: tuple[datetime, ...] = field(default=())  # the call's instant in each callee zone
+    policy: Version  # the version in force on the call's callee-local date
+    local: tuple[datetime, ...]  # the call's instant in each callee zone
+    ref: PolicyRef  # the policy, that version, the file's hash
+    caller: CallerId | None = None  # the caller ID presented, when the campaign checks it
+    caller_evidence: dict[str, Any] | None = None  # set by the caller-ID rule
 
     @property
     def local_date(self) -> date:
@@ -90,7 +199,7 @@ class Context:
 
     @property
     def consent_regime(self) -> bool:
-        return self.local_date >= self.policy.consent_regime_from
+        return self.policy.regime is Regime.CONSENT
 
 
 # What a rule finds: its outcome, the reason code when it settles or denies, a detail.
@@ -171,6 +280,87 @@ def check_number(ctx: Context) -> Finding:
     if ctx.number is None:
         return _deny(Reason.INVALID_NUMBER, ctx.number_error)
     return _pass(f"{ctx.number.e164} {ctx.number.kind} {ctx.number.territory}")
+
+
+_FRENCH_PLAN = ("33", "262", "590", "594", "596")
+
+
+@lru_cache(maxsize=4096)
+def _presented(raw: str) -> Number | None:
+    # A campaign presents a handful of numbers: each is normalised once.
+    try:
+        return normalise(raw)
+    except InvalidNumber:
+        return None
+
+
+def _national(number: Number) -> str:
+    """The ten-digit national form of a number of the French plan ("" for others)."""
+    key = number.key
+    if number.kind is Kind.FOREIGN or not key.startswith(_FRENCH_PLAN) or len(key) < 9:
+        return ""
+    return "0" + key[-9:]
+
+
+def _verified_for_automated(number: Number, version: Version) -> bool:
+    if number.never_blocked:  # a short number
+        return True
+    national = _national(number)
+    if not national:
+        return False
+    if number.kind is Kind.SPECIAL_RATE:
+        excluded = version.caller_id_special_excluded
+        return not (excluded and national.startswith(excluded))
+    verified = version.caller_id_verified_prefixes
+    return bool(verified) and national.startswith(verified)
+
+
+def check_caller_id(ctx: Context) -> Finding:
+    campaign = _campaign(ctx)
+    if not campaign.checks_caller_id:
+        return _pass("no caller-ID rule for this campaign")
+    caller = ctx.caller
+    if caller is None or caller.withheld:
+        shown = "restricted presentation" if caller and caller.restricted else "no number"
+        return _deny(Reason.CALLER_ID_MISSING, f"caller ID withheld ({shown})")
+    presented = _presented(caller.raw.strip())
+    if presented is None:
+        return _deny(Reason.CALLER_ID_NOT_AUTHORISED, f"{caller.raw!r} is not a number")
+    evidence = ctx.caller_evidence = {"number": presented.e164}
+    # The authorisation first, for the evidence (and a replay under another policy): a
+    # forbidden number still wins over an unauthorised one.
+    held = other = None
+    if campaign.caller_ids is not None:
+        digits = presented.e164 if presented.never_blocked else presented.key
+        held, other = campaign.caller_ids.authorisation(digits, ctx.local_date)
+        evidence["authorised"] = held is not None
+        found = held or other
+        if found is not None:
+            evidence["ref"] = found.ref
+    if presented.kind is Kind.MOBILE:
+        return _deny(
+            Reason.CALLER_ID_FORBIDDEN, f"{presented.e164}: a call centre never shows a mobile"
+        )
+    if campaign.automated and not _verified_for_automated(presented, ctx.policy):
+        return _deny(
+            Reason.CALLER_ID_FORBIDDEN,
+            f"{presented.e164}: not a verified number (NPV), special or short number, as an"
+            " automated system must show",
+        )
+    if campaign.caller_ids is None:
+        return _pass(f"{presented.e164}: a verified number for an automated system")
+    if held is None:
+        if other is not None:
+            return _deny(
+                Reason.CALLER_ID_NOT_AUTHORISED,
+                f"{presented.e164}: authorisation {other.ref or other.text!r} does not hold on "
+                f"{ctx.local_date} ({other.valid_from or '...'} to {other.valid_until or '...'})",
+            )
+        return _deny(
+            Reason.CALLER_ID_NOT_AUTHORISED,
+            f"{presented.e164}: not among the caller IDs of campaign {campaign.name}",
+        )
+    return _pass(f"{presented.e164} authorised ({held.ref or held.text})")
 
 
 def check_internal_dnc(ctx: Context) -> Finding:
@@ -329,6 +519,12 @@ RULES: tuple[Rule, ...] = (
     Rule("emergency", "ARCEP numbering plan; CPCE emergency numbers", False, check_emergency),
     Rule("campaign", "dialguard configuration", False, check_campaign),
     Rule("number", "ARCEP national numbering plan", False, check_number),
+    Rule(
+        "caller_id",
+        "C. consommation L221-17; ARCEP décision 2022-1583",
+        False,
+        check_caller_id,
+    ),
     Rule("internal_dnc", "C. consommation L221-16 (right to object)", True, check_internal_dnc),
     Rule("scope", "C. consommation L223-1 (consumers only)", False, check_scope),
     Rule("purpose", "C. consommation L223-1, L223-5", False, check_purpose),
@@ -356,12 +552,17 @@ class Prepared:
     """The rules that need no facts, evaluated before the facts are read.
 
     In rule order, up to the first that does not pass: `decide` reuses them, and whether
-    they all pass tells the store to reserve the attempt's slot with the facts read.
+    they all pass tells the store to reserve the attempt's slot with the facts read. The
+    version in force on the call's date comes with them: its cap and window are the ones
+    the store counts with.
     """
 
     local: tuple[datetime, ...]
     results: Mapping[str, RuleResult]
     would_count: bool  # an attempt could be allowed and counted, as far as these rules tell
+    version: Version
+    ref: PolicyRef
+    caller_evidence: Mapping[str, Any] | None = None  # the caller ID and its authorisation
 
 
 def _fact_free(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
@@ -378,12 +579,15 @@ def prepare(
     policy: Policy,
     number_error: str = "",
     rules: tuple[Rule, ...] = RULES,
+    caller: CallerId | None = None,
 ) -> Prepared:
     """Evaluate the rules of `rules` that need no facts, before the facts are read."""
     if now.tzinfo is None:
         raise ValueError("the instant of a call must carry its time zone")
-    local = _local_times(number, now, policy)
-    ctx = Context(campaign, number, number_error, _NOT_READ_YET, now, policy, local)
+    local = _local_times(number, now, policy.default_timezone)
+    index = policy.index_at(local[0].date())
+    version, ref = policy.versions[index], policy._refs[index]
+    ctx = Context(campaign, number, number_error, _NOT_READ_YET, now, version, local, ref, caller)
     results: dict[str, RuleResult] = {}
     fact_free = _FACT_FREE_RULES if rules is RULES else _fact_free(rules)
     for rule in fact_free:
@@ -392,8 +596,8 @@ def prepare(
         except RuleNeedsFacts:
             raise RuleNeedsFacts(f"rule {rule.name} reads facts: set needs_facts") from None
         if result.outcome is not Outcome.PASS:
-            return Prepared(local, results, would_count=False)
-    return Prepared(local, results, would_count=True)
+            return Prepared(local, results, False, version, ref, ctx.caller_evidence)
+    return Prepared(local, results, True, version, ref, ctx.caller_evidence)
 
 
 def would_count(
@@ -411,11 +615,17 @@ def decide(
     policy: Policy,
     number_error: str = "",
     prepared: Prepared | None = None,
+    caller: CallerId | None = None,
 ) -> Decision:
-    """Evaluate the rules in order; the first that settles the call decides."""
+    """Evaluate the rules in order; the first that settles the call decides. `caller`:
+    the caller ID presented (with `prepared`, the one it was prepared with)."""
     if prepared is None:
-        prepared = prepare(campaign, number, now, policy, number_error)
-    ctx = Context(campaign, number, number_error, facts, now, policy, prepared.local)
+        prepared = prepare(campaign, number, now, policy, number_error, caller=caller)
+    ctx = Context(
+        campaign, number, number_error, facts, now, prepared.version, prepared.local, prepared.ref
+    )
+    if prepared.caller_evidence is not None:
+        ctx.caller_evidence = dict(prepared.caller_evidence)
     results: list[RuleResult] = []
     basis: Reason | None = None
     degraded = ""
@@ -447,6 +657,35 @@ def decide(
     return _decision(ctx, Result.ALLOW, basis, results, degraded, counts_attempt=True)
 
 
+# Reasons a change still waiting for Redis can give on its own.
+PENDING_DENIALS = frozenset({Reason.INTERNAL_DNC, Reason.RECENT_REFUSAL, Reason.CONSENT_WITHDRAWN})
+
+
+def decide_unavailable(
+    campaign: Campaign,
+    number: Number,
+    known: Facts,
+    unavailable: Unavailable,
+    now: datetime,
+    policy: Policy,
+    caller: CallerId | None = None,
+) -> Decision:
+    """The decision when the store could not be read: what this node knows while Redis is
+    away (`known`: changes journalled and not yet applied) still denies, even failing
+    open (a do-not-call, a refusal, a withdrawal: deny-only, the rest is unknown); else
+    the campaign's fail mode decides."""
+    if known != _NO_FACTS:
+        decision = decide(campaign, number, known, now, policy, caller=caller)
+        withdrawn = decision.reason is Reason.NO_CONSENT and known.withdrawn_at is not None
+        if decision.reason in PENDING_DENIALS or withdrawn:
+            note = f"{unavailable.detail}; {decision.reason.value} pending in the journal"
+            return replace(decision, degraded=note, unavailable=unavailable)
+    return decide(campaign, number, unavailable, now, policy, caller=caller)
+
+
+_NO_FACTS = Facts()
+
+
 def _decision(
     ctx: Context,
     result: Result,
@@ -456,17 +695,23 @@ def _decision(
     counts_attempt: bool = False,
 ) -> Decision:
     facts = ctx.facts if isinstance(ctx.facts, Facts) else None
+    unavailable = ctx.facts if isinstance(ctx.facts, Unavailable) else None
+    evidence = _evidence(facts) if facts is not None else {}
+    if ctx.caller_evidence is not None:
+        evidence["caller_id"] = ctx.caller_evidence
     return Decision(
         result=result,
         reason=reason,
         rules=tuple(rules),
-        evidence=_evidence(facts) if facts is not None else {},
+        evidence=evidence,
         number=ctx.number,
         local_time=ctx.local[0].isoformat(timespec="seconds") if ctx.number else "",
-        policy=ctx.policy.ref,
+        policy=ctx.ref,
         degraded=degraded,
         counts_attempt=counts_attempt,
         attempts_30d=facts.attempts_30d if facts is not None else None,
+        facts=facts,
+        unavailable=unavailable,
     )
 
 
@@ -509,10 +754,10 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="seconds") if moment else None
 
 
-def _local_times(number: Number | None, now: datetime, policy: Policy) -> tuple[datetime, ...]:
+def _local_times(number: Number | None, now: datetime, default_zone: str) -> tuple[datetime, ...]:
     zones = number.timezones if number is not None and number.timezones else ()
     if not zones:
-        zones = (policy.default_timezone,)
+        zones = (default_zone,)
     return tuple(now.astimezone(_zone(z)) for z in zones)
 
 
@@ -521,7 +766,7 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def holiday_name(policy: Policy, territory: str, day: date) -> str:
+def holiday_name(policy: Version, territory: str, day: date) -> str:
     """The public holiday on `day` for a callee in `territory`, or ""."""
     local_days = policy.local_days.get(territory, ())
     calendar = _holidays_for(policy.holidays_national, policy.holidays_local, local_days, day.year)

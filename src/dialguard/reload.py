@@ -17,14 +17,16 @@ import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
 from dialguard.audit import AuditUnavailable, Journal
 from dialguard.config import Config, ConfigError, load_config
 from dialguard.model import Campaign
+from dialguard.policy import retroactive
 from dialguard.runfiles import ReloadResult, read_request, write_result
 from dialguard.service import new_id
 
@@ -39,13 +41,17 @@ class Changes:
     restart_needed: tuple[str, ...]  # changed in the file, kept as running until a restart
 
 
-def compare(old: Config, new: Config) -> Changes:
-    """What differs between the running configuration and the one just read."""
+def compare(old: Config, new: Config, today: date | None = None) -> Changes:
+    """What differs between the running configuration and the one just read. With
+    `today`, a policy version that changes days already begun is said too (allowed: it
+    decides only the calls from now on)."""
     applied: list[str] = []
     if old.policy.hash != new.policy.hash:
         applied.append(
             f"policy {old.policy.name} {old.policy.hash} -> {new.policy.name} {new.policy.hash}"
         )
+        if today is not None:
+            applied.extend(retroactive(old.policy, new.policy, today))
     for name in sorted(old.campaigns.keys() | new.campaigns.keys()):
         before, after = old.campaigns.get(name), new.campaigns.get(name)
         if before is None:
@@ -161,7 +167,8 @@ class Reloader:
             except AuditUnavailable as journal_error:
                 log.error("reload_unrecorded", error=str(journal_error))
             return self._answer(refused)
-        changes = compare(old, new)
+        zone = ZoneInfo(new.policy.default_timezone)
+        changes = compare(old, new, datetime.now(UTC).astimezone(zone).date())
         running = in_force(old, new)
         said = "; ".join(changes.applied) or "nothing changed"
         if changes.restart_needed:

@@ -116,7 +116,7 @@ async def watch_freshness(store: Store, configured: Callable[[], Config]) -> Non
         else:
             policy = configured().policy
             today = datetime.now(UTC).astimezone(ZoneInfo(policy.default_timezone)).date()
-            sets = registry_sets(current.meta, today, policy.optout_freshness_days)
+            sets = registry_sets(current.meta, today, policy.at(today).optout_freshness_days)
             for event, fields in warnings(sets):
                 log.warning(event, **fields)
             newest = sets[0] if sets else None

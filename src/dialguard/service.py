@@ -26,6 +26,7 @@ from dialguard.changes import Change, ChangeKind
 from dialguard.config import Config
 from dialguard.model import (
     SHADOW_PREFIX,
+    CallerId,
     CallRequest,
     Campaign,
     Decision,
@@ -175,17 +176,19 @@ class Service:
         campaign = config.campaigns.get(request.campaign)
         number, number_error = _normalise(request.number_raw, campaign)
         shadow = campaign is not None and campaign.mode is Mode.SHADOW
+        checks_caller = campaign is not None and campaign.checks_caller_id
+        caller = CallerId.of(request) if checks_caller else None
 
         if campaign is None or number is None or number.never_blocked:
             # The policy decides without reading anything.
             decision = policy.decide(campaign, number, Facts(), now, rules, number_error)
         elif unavailable is not None:
             decision = self._degraded(
-                campaign, number, now, unavailable.reason, unavailable.detail, rules
+                campaign, number, now, unavailable.reason, unavailable.detail, rules, caller
             )
         else:
             decision = await self._decide_with_facts(
-                campaign, number, now, decision_id, record, deadline_s, rules, shadow
+                campaign, number, now, decision_id, record, deadline_s, rules, shadow, caller
             )
 
         if record and self.journal is not None:
@@ -233,8 +236,9 @@ class Service:
         deadline_s: float | None,
         rules: Policy,
         shadow: bool,
+        caller: CallerId | None,
     ) -> Decision:
-        prepared = policy.prepare(campaign, number, now, rules)
+        prepared = policy.prepare(campaign, number, now, rules, caller=caller)
         reserve = None
         if record and shadow:
             # In shadow mode every call goes out, whatever the decision, past the cap too:
@@ -242,11 +246,11 @@ class Service:
             # the calls really placed. (The cap's rule reads the count before this call.)
             reserve = (_NO_CAP, decision_id)
         elif record and prepared.would_count:
-            reserve = (rules.max_attempts, decision_id)
+            reserve = (prepared.version.max_attempts, decision_id)
         try:
             async with asyncio.timeout(deadline_s):
                 facts = await self.store.facts(
-                    number, campaign.principal, now, rules.window_days, reserve
+                    number, campaign.principal, now, prepared.version.window_days, reserve
                 )
         except (StoreUnavailable, TimeoutError) as exc:
             if reserve is not None:
@@ -254,10 +258,10 @@ class Service:
                 self.store.cancel_later(number, campaign.principal, decision_id)
             if isinstance(exc, StoreUnavailable):
                 return self._degraded(
-                    campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc), rules
+                    campaign, number, now, Reason.STORE_UNAVAILABLE, str(exc), rules, caller
                 )
             detail = f"no decision within {(deadline_s or 0) * 1000:.0f} ms"
-            return self._degraded(campaign, number, now, Reason.DEADLINE, detail, rules)
+            return self._degraded(campaign, number, now, Reason.DEADLINE, detail, rules, caller)
         facts = self.pending.overlay(number.key, campaign.principal, facts)
         decision = policy.decide(campaign, number, facts, now, rules, prepared=prepared)
         if facts.reserved:
@@ -287,22 +291,17 @@ class Service:
         reason: Reason,
         detail: str,
         rules: Policy,
+        caller: CallerId | None = None,
     ) -> Decision:
         log.warning("degraded_decision", reason=reason.value, detail=detail, campaign=campaign.name)
         if self.telemetry is not None:
             self.telemetry.degraded_decision(reason.value)
+        # What this node took while Redis was away holds even when failing open: a
+        # do-not-call, a refusal, a withdrawal (policy.decide_unavailable). Counting is
+        # skipped: with the store out of reach, nothing can be counted.
         known = self.pending.overlay(number.key, campaign.principal, Facts())
-        if known != Facts():
-            # What this node took while Redis was away holds even when failing open: a
-            # do-not-call, a refusal, a withdrawal. Deny-only: the rest is unknown.
-            decision = policy.decide(campaign, number, known, now, rules)
-            withdrawn = decision.reason is Reason.NO_CONSENT and known.withdrawn_at is not None
-            if decision.reason in _PENDING_DENIALS or withdrawn:
-                note = f"{detail}; {decision.reason.value} pending in the journal"
-                return replace(decision, degraded=note)
         unavailable = Unavailable(reason, detail)
-        # Counting is skipped: with the store out of reach, nothing can be counted.
-        return policy.decide(campaign, number, unavailable, now, rules)
+        return policy.decide_unavailable(campaign, number, known, unavailable, now, rules, caller)
 
     async def record_outcome(
         self,
@@ -453,9 +452,6 @@ class Service:
 
 # The cap a shadow call reserves under: none (every call placed is counted).
 _NO_CAP = 1 << 30
-
-# Reasons a change still waiting for Redis can give on its own.
-_PENDING_DENIALS = frozenset({Reason.INTERNAL_DNC, Reason.RECENT_REFUSAL, Reason.CONSENT_WITHDRAWN})
 
 # The request behind a change made from the command line.
 _CLI = CallRequest("", "", adapter="cli")

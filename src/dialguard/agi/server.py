@@ -11,8 +11,10 @@ it has no read timeout of its own, so every wait here is bounded:
 
 Scripts (the path of `agi://host:port/SCRIPT,args`):
 
-- `check,NUMBER,CAMPAIGN`: decide, count the attempt, make the audit record durable, then
-  SET VARIABLE DIALGUARD_RESULT / _REASON / _ID / _NUMBER and close.
+- `check,NUMBER,CAMPAIGN[,CALLERID]`: decide, count the attempt, make the audit record
+  durable, then SET VARIABLE DIALGUARD_RESULT / _REASON / _ID / _NUMBER and close.
+  CALLERID: the number the call presents, when the dialplan passes it (else agi_callerid,
+  with agi_callingpres telling a withheld presentation).
 - `outcome,NUMBER,refused|do-not-call,CAMPAIGN`: record what the consumer said; sets
   DIALGUARD_OUTCOME (RECORDED, INVALID or PENDING) and DIALGUARD_ID.
 """

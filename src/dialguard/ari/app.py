@@ -1,6 +1,7 @@
 """The Stasis application: the same decisions as FastAGI, through ARI.
 
-Dialplan: `Stasis(dialguard,${NUMBER},${CAMPAIGN})`. On `StasisStart` the app decides (the
+Dialplan: `Stasis(dialguard,${NUMBER},${CAMPAIGN}[,${CALLERID(num)}])` (the caller ID the
+call presents; without it, the channel's caller number). On `StasisStart` the app decides (the
 deadline and the campaign's fail mode exactly as FastAGI), sets DIALGUARD_RESULT / _REASON
 / _ID / _NUMBER on the channel, then:
 

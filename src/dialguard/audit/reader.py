@@ -205,14 +205,15 @@ def _in_range(path: Path, first: date | None, last: date | None) -> bool:
 
 
 def search(
-    directory: Path, query: Query, torn: list[Torn]
+    directory: Path, query: Query, torn: list[Torn], part: tuple[int, int] = (0, 1)
 ) -> Iterator[tuple[bytes, dict[str, Any]]]:
-    """(line, record) of every matching record, in chain order."""
+    """(line, record) of every matching record, in chain order. `part` (i, n): only the
+    i-th of every n files of the range, for n processes sharing the work."""
     shot = snapshot(directory)
     first, last = query.day_range()
-    for path, size in shot.files:
-        if not _in_range(path, first, last):
-            continue
+    index, parts = part
+    chosen = [(p, s) for p, s in shot.files if _in_range(p, first, last)]
+    for path, size in chosen[index::parts]:
         if query.number is not None:
             found = _by_number(path, size, query, torn)
         else:

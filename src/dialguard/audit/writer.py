@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 import structlog
 
+from dialguard import snapshot
 from dialguard.audit.files import (
     GENESIS,
     HEAD_NAME,
@@ -48,7 +49,15 @@ from dialguard.audit.files import (
     seal,
     unseal,
 )
-from dialguard.model import SHADOW_PREFIX, CallRequest, Campaign, Decision, Mode, Result
+from dialguard.model import (
+    SHADOW_PREFIX,
+    CallerId,
+    CallRequest,
+    Campaign,
+    Decision,
+    Mode,
+    Result,
+)
 from dialguard.telemetry import Telemetry
 
 __all__ = ["Journal", "decision_record"]
@@ -479,13 +488,17 @@ def decision_record(
         "local_time": decision.local_time,
         "attempts_30d": decision.attempts_30d,
         "evidence": dict(decision.evidence),
-        "policy": {"name": decision.policy.name, "hash": decision.policy.hash},
+        "policy": decision.policy.as_json(),
         "channel": request.channel,
         "uniqueid": request.uniqueid,
         "callerid": request.callerid,
         "adapter": request.adapter,
         "latency_us": latency_us,
         "degraded": decision.degraded,
+        # What the rules read, for `audit replay` (dialguard.snapshot).
+        "facts": snapshot.encode(
+            decision, campaign, bool(request.callingpres) and _restricted(request)
+        ),
     }
     if shadow:
         record["mode"] = Mode.SHADOW.value
@@ -493,3 +506,7 @@ def decision_record(
             reason = SHADOW_PREFIX + decision.reason.value
             record["answer"] = {"result": Result.ALLOW.value, "reason": reason}
     return record
+
+
+def _restricted(request: CallRequest) -> bool:
+    return bool(request.callingpres) and CallerId.of(request).restricted

@@ -21,6 +21,7 @@ from dialguard.cli.imports import import_
 from dialguard.cli.lists import lists
 from dialguard.cli.live import consent, dnc, outcome
 from dialguard.cli.pending import apply_pending, pending
+from dialguard.cli.policy import policy
 from dialguard.cli.reload import reload
 from dialguard.cli.serve import serve
 from dialguard.config import redact_url
@@ -34,9 +35,9 @@ _URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+")
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 success (a DENY too), 1 bad input, 2 Redis or the journal"
     " unavailable, 3 audit chain broken, 4 internal error. Documentation: README.md;"
-    " docs/rules.md (rules, reason codes), docs/imports.md (file formats),"
-    " docs/data-model.md (what is kept in Redis), docs/supervisors.md and docs/audit.md"
-    " (the journal).",
+    " docs/rules.md (rules, reason codes), docs/policy.md (versions, replay),"
+    " docs/imports.md (file formats), docs/data-model.md (what is kept in Redis),"
+    " docs/supervisors.md and docs/audit.md (the journal).",
 )
 def cli() -> None:
     """dialguard: a dial-time compliance gate for outbound calls on Asterisk."""
@@ -44,7 +45,7 @@ def cli() -> None:
     configure_logging(logging.CRITICAL)
 
 
-for command in (check, serve, reload, dnc, consent, outcome, import_, audit, lists):
+for command in (check, serve, reload, dnc, consent, outcome, import_, audit, lists, policy):
     cli.add_command(command)
 audit.add_command(pending)
 audit.add_command(history)

@@ -9,10 +9,12 @@ distinct from 1 so that a typo in a cron line never looks like tampering.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import hashlib
 import hmac
+import multiprocessing
 import os
 import re
 import sys
@@ -29,10 +31,14 @@ from rich.table import Table
 
 from dialguard.audit.files import AuditUnavailable
 from dialguard.audit.reader import Query, Torn, follow, prune, search, stats, verify
-from dialguard.cli.common import Failure, config_option, errors_are_one_line
-from dialguard.config import load_config
+from dialguard.audit.writer import Journal
+from dialguard.cli.common import Failure, config_option, errors_are_one_line, operator_option
+from dialguard.config import load_config, load_policy
 from dialguard.csv_cells import cell
 from dialguard.numbers import InvalidNumber, normalise
+from dialguard.policy import Policy
+from dialguard.replay import Report, replay
+from dialguard.service import new_id
 
 __all__ = ["EXIT_BROKEN", "audit"]
 
@@ -60,6 +66,7 @@ class Where:
             config = load_config(config_path)
             self.directory, zone = config.audit_dir, config.policy.default_timezone
             self.retention_days = config.audit_retention_days
+            self.node = config.node
         try:
             self.zone = ZoneInfo(zone)
         except ZoneInfoNotFoundError:  # pragma: no cover - the configuration checks it
@@ -117,7 +124,7 @@ until_option = click.option(
 
 @click.group()
 def audit() -> None:
-    """The audit journal: search, stats, export, verify, tail, prune."""
+    """The audit journal: search, stats, export, verify, tail, prune, replay."""
 
 
 @audit.command("search")
@@ -133,7 +140,7 @@ def audit() -> None:
     "--kind",
     type=click.Choice(
         ["decision", "outcome", "dnc-add", "dnc-remove", "consent-withdraw", "import",
-         "import-done", "reload"]
+         "import-done", "reload", "replay"]
     ),
     default=None,
     help="Only records of this kind (docs/audit.md).",
@@ -206,6 +213,13 @@ def _print_records(where: Where, records: list[dict[str, Any]]) -> None:
             result = "RELOAD" if record.get("applied") else "RELOAD REFUSED"
             policy = record.get("policy_to") or {}
             reason = f"policy {policy.get('name')} {policy.get('hash')}"
+        elif kind == "replay":
+            result = "REPLAY"
+            policy = record.get("policy") or {}
+            reason = (
+                f"policy {policy.get('name')} {policy.get('hash')}: {record.get('changed')} of "
+                f"{record.get('replayed')} would change"
+            )
         else:
             result, reason = str(kind).upper(), str(record.get("why") or "")
         colour = {"ALLOW": "green", "DENY": "red"}.get(result, "yellow")
@@ -428,7 +442,7 @@ def pseudonym(number: str, key: bytes) -> str:
 # operator's do-not-call reason, a consent's proof reference) and the channel (Asterisk
 # names Local channels after the dialled digits). `callerid` is the call centre's own line.
 _NUMBER_FIELDS = ("number", "number_raw")
-_TEXT_FIELDS = ("rules", "evidence", "channel", "why")
+_TEXT_FIELDS = ("rules", "evidence", "facts", "channel", "why")
 
 
 def _masked(record: dict[str, Any], key: bytes) -> dict[str, Any]:
@@ -639,3 +653,188 @@ def prune_command(dry_run: bool, config_path: Path | None) -> None:
     verb = "would remove" if dry_run else "removed"
     names = ", ".join(path.name for path in removed) or "nothing"
     click.echo(f"{verb} {len(removed)} files older than {where.retention_days} days: {names}")
+
+
+@audit.command("replay")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The policy file to decide the past calls under.",
+)
+@since_option
+@until_option
+@click.option("--campaign", default=None, help="Only this campaign.")
+@click.option("--examples", type=click.IntRange(0, 1000), default=10, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes sharing the day files (default: one per CPU, at most 8).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@operator_option
+@dir_option
+@config_option
+@errors_are_one_line
+def replay_command(
+    policy_file: Path,
+    since: str | None,
+    until: str | None,
+    campaign: str | None,
+    examples: int,
+    workers: int | None,
+    as_json: bool,
+    operator: str,
+    directory: Path | None,
+    config_path: Path | None,
+) -> None:
+    """Decide past calls again under another policy (docs/policy.md): what would change.
+
+    Read-only: it writes one audit record of kind `replay` (the file's hash and the
+    counts) to the configured journal, none with --dir (a copy)."""
+    where = Where(config_path, directory)
+    policy = load_policy(policy_file)
+    start, stop = _range(where, since, until)
+    query = Query(since_ms=start, until_ms=stop, campaign=campaign, kind="decision")
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)), 8)
+    task = _ReplayPart(where.directory, query, policy, where.zone, workers)
+    if workers == 1:
+        parts = [task(0)]
+    else:
+        # Day files shared out between processes (forked: the policy goes as it is).
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(task, range(workers))
+    report, torn = parts[0]
+    for other, other_torn in parts[1:]:
+        report.merge(other)
+        torn += other_torn
+    summary = report.as_json()
+    summary["examples"] = summary["examples"][:examples]
+    summary = {
+        "policy": {"name": policy.name, "hash": policy.hash, "file": str(policy_file)},
+        "since": since,
+        "until": until,
+        "campaign": campaign,
+        "timezone": where.zone.key,
+        **summary,
+    }
+    recorded = None
+    if directory is None:
+        recorded = _record_replay(where, policy_file, summary, report, operator)
+    summary["record"] = recorded
+    if as_json:
+        click.echo(orjson.dumps(summary).decode())
+    else:
+        _print_replay(summary, report)
+    warn_torn(torn)
+
+
+class _ReplayPart:
+    """One process's share of a replay: every n-th day file of the range."""
+
+    def __init__(
+        self, directory: Path, query: Query, policy: Policy, zone: ZoneInfo, parts: int
+    ) -> None:
+        self.directory, self.query, self.policy, self.zone = directory, query, policy, zone
+        self.parts = parts
+
+    def __call__(self, index: int) -> tuple[Report, list[Torn]]:
+        torn: list[Torn] = []
+        zone = self.zone
+        found = search(self.directory, self.query, torn, (index, self.parts))
+        report = replay(
+            (record for _, record in found),
+            self.policy,
+            lambda ms: datetime.fromtimestamp(ms / 1000, zone).date(),
+        )
+        return report, torn
+
+
+def _record_replay(
+    where: Where, policy_file: Path, summary: dict[str, Any], report: Report, operator: str
+) -> str:
+
+    now = datetime.now(UTC)
+    record = {
+        "id": new_id(now),
+        "ts": int(now.timestamp() * 1000),
+        "node": where.node,
+        "kind": "replay",
+        "operator": operator,
+        "policy": {"name": summary["policy"]["name"], "hash": summary["policy"]["hash"]},
+        "file": str(policy_file),
+        "since": summary["since"],
+        "until": summary["until"],
+        "campaign": summary["campaign"],
+        "records": report.records,
+        "replayed": report.replayed,
+        "not_replayable": report.not_replayable,
+        "changed": report.changed,
+        "newly_denied": report.newly_denied,
+        "newly_allowed": report.newly_allowed,
+        "reason_changed": report.reason_changed,
+    }
+
+    async def append() -> None:
+        journal = Journal(where.directory)
+        await journal.append(record)
+
+    asyncio.run(append())
+    return str(record["id"])
+
+
+def _print_replay(summary: dict[str, Any], report: Report) -> None:
+    console = Console()
+    policy = summary["policy"]
+    console.print(
+        f"replayed [bold]{report.replayed:,}[/] of {report.records:,} decisions under policy "
+        f"{policy['name']} {policy['hash']} ({policy['file']}): "
+        f"[bold]{report.changed:,} would change[/] ([red]{report.newly_denied:,} newly "
+        f"denied[/], [green]{report.newly_allowed:,} newly allowed[/], "
+        f"{report.reason_changed:,} with another reason)",
+        highlight=False,
+    )
+    if report.not_replayable:
+        console.print(
+            f"[yellow]{report.not_replayable:,} not replayable[/] (recorded before decisions "
+            "kept a facts snapshot)",
+            highlight=False,
+        )
+    if summary["by_change"]:
+        table = Table("from", "to", "decisions", title="by change", box=None)
+        for row in summary["by_change"]:
+            table.add_row(row["from"], row["to"], f"{row['decisions']:,}")
+        console.print(table)
+    for title, rows, key in (
+        ("by campaign", summary["by_campaign"], "campaign"),
+        (f"by day ({summary['timezone']})", summary["by_day"], "day"),
+    ):
+        if not rows:
+            continue
+        table = Table(key, "newly denied", "newly allowed", "other reason", title=title, box=None)
+        for row in rows:
+            table.add_row(
+                row[key],
+                f"{row['newly_denied']:,}",
+                f"{row['newly_allowed']:,}",
+                f"{row['reason_changed']:,}",
+            )
+        console.print(table)
+    if summary["examples"]:
+        table = Table("id", "local time", "number", "campaign", "from", "to", "why", box=None)
+        for example in summary["examples"]:
+            table.add_row(
+                str(example["id"]),
+                str(example["local_time"]),
+                str(example["number"]),
+                example["campaign"],
+                f"{example['from']['result']} {example['from']['reason']}",
+                f"{example['to']['result']} {example['to']['reason']}",
+                f"{example['rule']}: {example['detail']}",
+            )
+        console.print(table, highlight=False)
+    if summary["record"]:
+        console.print(f"recorded as {summary['record']} (kind replay)", style="dim")

@@ -32,6 +32,12 @@ __all__ = ["check"]
 @click.argument("number")
 @click.option("--campaign", required=True, help="Campaign name from the configuration.")
 @click.option("--at", "when", default=None, help="Instant of the call, ISO 8601 (default: now).")
+@click.option(
+    "--caller-id",
+    "caller_id",
+    default="",
+    help="The number the call presents (campaigns with automated or caller_ids).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option(
     "--record", is_flag=True, help="Count the attempt and write the audit record, as a call would."
@@ -42,6 +48,7 @@ def check(
     number: str,
     campaign: str,
     when: str | None,
+    caller_id: str,
     as_json: bool,
     record: bool,
     config_path: Path | None,
@@ -50,7 +57,7 @@ def check(
     config = load_config(config_path)
     now = at(when, config)
     journal = Journal(config.audit_dir) if record else None
-    request = CallRequest(number_raw=number, campaign=campaign, adapter="cli")
+    request = CallRequest(number_raw=number, campaign=campaign, callerid=caller_id, adapter="cli")
     verdict = run_with_store(
         config,
         lambda store: Service(config, store, journal).decide(request, now=now, record=record),
@@ -80,11 +87,12 @@ def _decision_json(verdict: Verdict, request: CallRequest, recorded: bool) -> di
         "kind": decision.number.kind.value if decision.number else None,
         "territory": decision.number.territory if decision.number else None,
         "campaign": request.campaign,
+        "callerid": request.callerid,
         "local_time": decision.local_time,
         "attempts_30d": decision.attempts_30d,
         "rules": [r.as_json() for r in decision.rules],
         "evidence": dict(decision.evidence),
-        "policy": {"name": decision.policy.name, "hash": decision.policy.hash},
+        "policy": decision.policy.as_json(),
         "degraded": decision.degraded,
         "recorded": recorded,
         "mode": "shadow" if verdict.shadow else "enforce",
@@ -111,4 +119,5 @@ def _print_decision(verdict: Verdict) -> None:
     if verdict.shadow:
         told = f"answered {result.value} {reason}" if reason != decision.reason else "answered so"
         console.print(f"shadow mode: {told}", style="yellow", highlight=False)
-    console.print(f"policy {decision.policy.name} {decision.policy.hash}", style="dim")
+    policy = decision.policy
+    console.print(f"policy {policy.name} version {policy.version} {policy.hash}", style="dim")

@@ -75,7 +75,7 @@ async def _in_force(store: Store, config: Config, number: Number) -> list[dict[s
     principals = sorted({campaign.principal for campaign in config.campaigns.values()})
     seen_dnc = False
     for principal in principals:
-        facts = await store.facts(number, principal, now, config.policy.window_days)
+        facts = await store.facts(number, principal, now, config.policy.on(now).window_days)
         if facts.dnc is not None and not seen_dnc:
             seen_dnc = True
             entry: dict[str, Any] = {"kind": "in-force", "list": "dnc", "why": facts.dnc.reason}
@@ -116,7 +116,7 @@ async def _in_force(store: Store, config: Config, number: Number) -> list[dict[s
         if facts.refused_at is not None:
             found.append({**base, "list": "refusal", "at": _iso(facts.refused_at)})
         if facts.attempts_30d:
-            window = f"{config.policy.window_days} days"
+            window = f"{config.policy.on(now).window_days} days"
             found.append({**base, "list": "attempts", "count": facts.attempts_30d, "in": window})
     return found
 

@@ -127,7 +127,7 @@ def status(as_json: bool, config_path: Path | None) -> None:
     config = load_config(config_path)
     zone = ZoneInfo(config.policy.default_timezone)
     today = datetime.now(UTC).astimezone(zone).date()
-    freshness_days = config.policy.optout_freshness_days
+    freshness_days = config.policy.at(today).optout_freshness_days
     rows = run_with_store(
         config, lambda store: gather(store, today, freshness_days, zone), bulk=True
     )

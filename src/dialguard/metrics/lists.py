@@ -64,7 +64,7 @@ class ListAges:
             return
         self._up.set(1)
         today = now.astimezone(ZoneInfo(policy.default_timezone)).date()
-        sets = registry_sets(optout.meta, today, policy.optout_freshness_days)
+        sets = registry_sets(optout.meta, today, policy.at(today).optout_freshness_days)
         self._newest_age.set(sets[0].age_days if sets else math.nan)
         self._days_left.clear()
         for result_set in sets:
