@@ -104,7 +104,7 @@ def journal_view(directory: Path, after: str = "") -> tuple[list[tuple[Path, int
         if head is not None and path.name > head.name:
             break
         if head is not None and path.name == head.name:
-            view.append((path, head.size))
+            view.append((path, _line_end(path, head.size)))
             break
         # A copy without a head (an inspector's, a back-fill): every complete line.
         try:
@@ -112,6 +112,25 @@ def journal_view(directory: Path, after: str = "") -> tuple[list[tuple[Path, int
         except FileNotFoundError:  # pruned meanwhile
             continue
     return view, start
+
+
+def _line_end(path: Path, size: int) -> int:
+    """`size`, or the end of the line that holds byte size - 1 when it is not a newline.
+    A live journal's head always falls on a line's end; one that does not means the file
+    was edited before it (a field made longer, say): its last record is read whole, to be
+    checked and flagged, rather than reported as torn."""
+    if size == 0:
+        return 0
+    try:
+        with path.open("rb") as handle:
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return size
+            rest = handle.read(1 << 20)
+    except OSError:
+        return size
+    end = rest.find(b"\n")
+    return size if end < 0 else size + end + 1
 
 
 class Shipper:

@@ -243,7 +243,7 @@ class SqliteStore(CentralStore):
                 " ORDER BY file_day, file_offset"
             )
             for row in self.db.execute(query, (node,)):
-                yield row[0], row[1], row[2], bytes(row[3])
+                yield row[0], row[1], row[2], _bytes(row[3])
 
     def breaks(self, node: str, limit: int = 100) -> list[Break]:
         with self._errors():
@@ -283,7 +283,7 @@ class SqliteStore(CentralStore):
             args.append(until_ms)
         with self._errors():
             rows = self.db.execute(query + " ORDER BY ts DESC LIMIT ?", (*args, limit)).fetchall()
-        return [Found(row[0], row[1], row[2], bytes(row[3])) for row in rows]
+        return [Found(row[0], row[1], row[2], _bytes(row[3])) for row in rows]
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -300,3 +300,11 @@ def _cursor(row: Sequence[Any]) -> Cursor:
         error=row[7],
         breaks=int(row[8]),
     )
+
+
+def _bytes(value: object) -> bytes:
+    """A stored line: a blob as written, or text if someone rewrote it with SQL (SQLite
+    gives text back from replace() on a blob): its UTF-8 bytes, checked all the same."""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
