@@ -10,8 +10,9 @@ The journal stays the system of record: the store is a copy that can be rebuilt 
 journals (`dialguard audit ship --dir`), never the other way round.
 """
 
+from dialguard.central.connect import open_store
 from dialguard.central.errors import CentralUnavailable, CursorMoved
-from dialguard.central.store import Break, CentralStore, Cursor, Row, open_store
+from dialguard.central.store import Break, CentralStore, Cursor, Row
 
 __all__ = [
     "Break",

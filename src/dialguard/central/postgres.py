@@ -52,7 +52,7 @@ _LOCK_MIGRATE = 0x64676D31  # pg_advisory_xact_lock keys: "dgm1", "dgp1"
 _LOCK_PARTITION = 0x64677031
 
 _STAGING = b"""
-CREATE TEMPORARY TABLE IF NOT EXISTS staging (
+CREATE TEMPORARY TABLE staging (
     id text, ts bigint, file_day integer, file_offset bigint, kind text, result text,
     reason text, outcome text, number text, campaign text, principal text, shadowed boolean,
     hash text, prev text, line bytea
@@ -117,6 +117,8 @@ class PostgresStore(CentralStore):
         try:
             # Autocommit: every statement group below is an explicit transaction() block.
             self.db = psycopg.connect(url, autocommit=True, **options)
+            # The batches' staging table: this session's own, emptied at each commit.
+            self.db.execute(_STAGING)
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
         self._partitions: set[str] = set()
@@ -210,7 +212,6 @@ class PostgresStore(CentralStore):
         with self._errors():
             self._ensure_partitions(rows)
             with self.db.transaction(), self.db.cursor() as cur:
-                cur.execute(_STAGING)
                 found = cur.execute(
                     "SELECT file, file_offset, last_hash FROM cursors WHERE node = %s FOR UPDATE",
                     (node,),

@@ -49,8 +49,9 @@ from dialguard.audit.files import (
     unseal,
 )
 from dialguard.audit.reader import Torn, lines
+from dialguard.central.connect import open_store
 from dialguard.central.errors import CentralUnavailable, CursorMoved, JournalProblem
-from dialguard.central.store import Break, CentralStore, Position, Row, open_store
+from dialguard.central.store import Break, CentralStore, Position, Row
 from dialguard.config import CentralSettings
 
 __all__ = ["ShipReport", "Shipper", "follow", "journal_view"]
@@ -144,7 +145,10 @@ class Shipper:
         self.batch = batch
 
     def ship(self, stop: Callable[[], bool] = lambda: False) -> ShipReport:
-        """Ship every batch there is now; return when caught up (or `stop()` is true)."""
+        """Ship every batch there is now; return when caught up (a batch that was not
+        full), or `stop()` is true. Records written meanwhile wait for the next call: a
+        journal written to every millisecond would otherwise keep a follower committing
+        one record at a time."""
         report = ShipReport(self.node)
         while not stop():
             cursor = self.store.cursor(self.node)
@@ -170,6 +174,8 @@ class Shipper:
             report.duplicates += ingested.duplicates
             report.breaks += ingested.breaks
             report.position = batch.position
+            if batch.lines < self.batch:
+                break  # all there was: a follower waits for its next poll, not a record
         return report
 
     def _read(self, since: Position | None, report: ShipReport) -> _Batch | None:

@@ -4,7 +4,7 @@ One table of records (the journal lines as they were, with the fields searches n
 columns), rollup counters per UTC hour, one cursor per node, the chain breaks found at
 ingest, and the schema's version (docs/central.md has the schema). Two backends:
 `sqlite.SqliteStore` (a file, the standard library) and `postgres.PostgresStore`
-(psycopg 3); `open_store` picks one from the configuration.
+(psycopg 3); `connect.open_store` picks one from the configuration.
 
 Each batch is one transaction: the records, their rollup counts, the breaks found in them
 and the node's new cursor commit together or not at all. A shipper killed mid-batch
@@ -21,8 +21,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from dialguard.config import CentralSettings
-
 __all__ = [
     "CLASH",
     "ROW_COLUMNS",
@@ -35,7 +33,6 @@ __all__ = [
     "RollupRow",
     "Row",
     "hour_of",
-    "open_store",
     "rollup_filter",
     "rollup_key",
 ]
@@ -245,15 +242,3 @@ class CentralStore(abc.ABC):
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def open_store(settings: CentralSettings) -> CentralStore:
-    """The store the settings name, connected (the driver imported only when needed)."""
-    if settings.url:
-        from dialguard.central.postgres import PostgresStore
-
-        return PostgresStore(settings.url, settings.password)
-    from dialguard.central.sqlite import SqliteStore
-
-    assert settings.path is not None
-    return SqliteStore(settings.path)

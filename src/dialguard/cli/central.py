@@ -10,6 +10,7 @@ as `audit verify` does for a broken chain.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -185,6 +186,10 @@ def _follow(settings: CentralSettings, directory: Path, node: str, batch: int, p
     """What `serve` runs in a process of its own: JSON logs on stderr, SIGTERM or SIGINT
     finish the batch under way and stop."""
     configure_logging(logging.INFO)
+    if parent:
+        # Started by `serve`: background work, so the decisions' process comes first when
+        # both want the same core (the shipper catches up in the next poll).
+        os.nice(10)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
