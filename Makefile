@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-docker lint typecheck clean redis-server systemd-analyze
+.PHONY: run test test-docker lint typecheck clean redis-server systemd-analyze postgresql
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ systemd-analyze:
 	  echo "installing systemd (Debian package, for systemd-analyze)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
 
-test: $(STAMP) redis-server systemd-analyze
+# The central store's tests start a PostgreSQL of their own (initdb + pg_ctl, never the
+# machine's 5432): Debian's `postgresql` package, whose binaries live in
+# /usr/lib/postgresql/<version>/bin, off the PATH.
+postgresql:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: $(STAMP) redis-server systemd-analyze postgresql
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy

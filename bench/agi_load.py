@@ -265,10 +265,12 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 @contextmanager
 def bench_server(
-    mode: str, redis_url: str, workdir: Path, metrics_port: int = 0
+    mode: str, redis_url: str, workdir: Path, metrics_port: int = 0, ship: bool = False
 ) -> Iterator[tuple[int, int]]:
     port = free_port()
     metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
+    if ship and mode == "dialguard":
+        metrics.append("--ship")
     process = subprocess.Popen(
         ["taskset", "-c", str(SERVER_CORE), sys.executable, str(ROOT / "bench" / "bench_server.py"),
          "--mode", mode, "--port", str(port), "--config", str(ROOT / "config" / "dialguard.toml"),
@@ -311,7 +313,10 @@ async def main(args: argparse.Namespace) -> list[Phase]:
             for name in args.servers:
                 metrics_port = free_port() if args.metrics and name == "dialguard" else 0
                 label = f"{name}+metrics" if metrics_port else name
-                with bench_server(name, redis_url, workdir, metrics_port) as (pid, port):
+                with bench_server(name, redis_url, workdir, metrics_port, args.ship) as (
+                    pid,
+                    port,
+                ):
                     scraping = None
                     if metrics_port:
                         url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -403,6 +408,9 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", default=["closed", "open"])
     parser.add_argument(
         "--metrics", action="store_true", help="agi_load: dialguard counts, serves /metrics"
+    )
+    parser.add_argument(
+        "--ship", action="store_true", help="dialguard ships its journal (a [central] section)"
     )
     parser.add_argument("--scrape-every", type=float, default=5.0, help="seconds between scrapes")
     return parser.parse_args()

@@ -1,6 +1,9 @@
 """The server side of bench/agi_load.py: `dialguard serve` with a fixed clock, or the bare
 baseline (same FastAGI loop and protocol module, answers ALLOW without any check).
 
+`--ship`: worker 0's shipper runs beside it, as `dialguard serve` runs it with a
+[central] section (a child process shipping the journal into a SQLite store).
+
 `--metrics-port P`: with the counters and the [metrics] endpoint on P, as `dialguard
 serve` runs them when its configuration has a [metrics] section; without it, nothing is
 counted (no [metrics] section).
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import replace
@@ -28,7 +32,7 @@ from dialguard.audit import Journal
 from dialguard.cli.common import configure_logging
 from dialguard.config import MetricsSettings, ServerSettings, load_config
 from dialguard.metrics import start_metrics
-from dialguard.serve import tune_gc
+from dialguard.serve import supervise_shipper, tune_gc
 from dialguard.service import Service
 from dialguard.store import Store
 from dialguard.telemetry import Telemetry
@@ -71,6 +75,19 @@ async def main(args: argparse.Namespace) -> None:
         settings = MetricsSettings("127.0.0.1", args.metrics_port)
         sessions = {"fastagi": lambda: server.sessions}
         metrics = await start_metrics(service, settings, sessions=sessions)
+    shipping = None
+    if args.ship:
+        # As `serve` with a [central] section: worker 0's child process ships the journal
+        # into a SQLite store beside it (the child reads a configuration file: this one).
+        child = Path(args.audit).parent / f"central-{args.mode}.toml"
+        child.write_text(
+            f'node = "bench"\n[audit]\ndir = "{Path(args.audit).resolve()}"\n[policy]\n'
+            f'file = "{config.path.parent.resolve() / "policy" / "france.toml"}"\n'
+            f'[central]\npath = "central-{args.mode}.sqlite3"\n'
+            '[campaigns.c]\nprincipal = "ACME"\npurpose = "prospecting"\n',
+            encoding="utf-8",
+        )
+        shipping = asyncio.create_task(supervise_shipper(replace(config, path=child)))
     tune_gc()  # as `dialguard serve` does
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,6 +95,10 @@ async def main(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     print("ready", flush=True)
     await stop.wait()
+    if shipping is not None:
+        shipping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await shipping
     if args.metrics_port:
         await metrics.cleanup()
     await server.stop()
@@ -95,4 +116,5 @@ if __name__ == "__main__":
     parser.add_argument("--deadline-ms", type=int, default=300)
     parser.add_argument("--no-audit", action="store_true", help="to measure the journal's cost")
     parser.add_argument("--metrics-port", type=int, default=0, help="count and serve metrics")
+    parser.add_argument("--ship", action="store_true", help="ship the journal as serve does")
     uvloop.run(main(parser.parse_args()))

@@ -25,10 +25,12 @@ from dialguard.policy import Policy, Regime, Version
 __all__ = [
     "DEFAULT_CONFIG",
     "AriSettings",
+    "CentralSettings",
     "Config",
     "ConfigError",
     "RedisSettings",
     "audit_dir_of",
+    "central_settings",
     "load_config",
     "load_policy",
     "parse_sentinel_url",
@@ -115,6 +117,24 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CentralSettings:
+    """The central store (`[central]`, docs/central.md): a SQLite file (`path`) or a
+    PostgreSQL database (`url`), and how `serve` ships this node's journal into it."""
+
+    path: Path | None  # the SQLite file; None with a PostgreSQL url
+    url: str = field(default="", repr=False)  # postgresql://...: may hold the password
+    password: str | None = field(default=None, repr=False)  # password_file or the environment
+    ship: bool = True  # `serve` (worker 0) ships the journal as it is written
+    batch: int = 5000  # records per transaction
+    poll_ms: int = 500  # how often the shipper looks for new records once caught up
+
+    @property
+    def shown(self) -> str:
+        """Where the store is, for messages: the URL without its password, or the file."""
+        return redact_url(self.url) if self.url else str(self.path)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     node: str
@@ -127,6 +147,9 @@ class Config:
     ari: AriSettings | None = None  # None: the ARI application does not run
     metrics: MetricsSettings | None = None  # None: no metrics endpoint
     hash: str = ""  # of the configuration file's bytes (the policy has its own)
+    # None: no [central] section, and `serve` ships nothing (the commands that read the
+    # store then use central_settings(): the SQLite file beside the audit directory).
+    central: CentralSettings | None = None
 
 
 class _Reader:
@@ -212,7 +235,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         raise ConfigError(f"{path}: file not found (set DIALGUARD_CONFIG or --config)")
     data, raw = _read_toml(path)
     top = _Reader(path, data)
-    top.unknown_keys({"node", "redis", "server", "audit", "policy", "campaigns", "ari", "metrics"})
+    top.unknown_keys(
+        {"node", "redis", "server", "audit", "policy", "campaigns", "ari", "metrics", "central"}
+    )
 
     redis = _redis(top.table("redis"), env)
 
@@ -258,6 +283,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     node = top.get("node", str, "") or socket.gethostname()
     ari = _ari(top.table("ari"), env) if "ari" in data else None
     metrics = _metrics(top.table("metrics")) if "metrics" in data else None
+    central = _central(top.table("central"), audit_dir, env)
     return Config(
         path,
         node,
@@ -270,7 +296,17 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         ari,
         metrics,
         hashlib.sha256(raw).hexdigest()[:16],
+        central if "central" in data else None,
     )
+
+
+def central_settings(config: Config, env: Mapping[str, str] | None = None) -> CentralSettings:
+    """The central store the commands read and write: `[central]`, or without the section
+    the SQLite file beside the audit directory (DIALGUARD_CENTRAL_URL still applies)."""
+    if config.central is not None:
+        return config.central
+    env = os.environ if env is None else env
+    return _central(_Reader(config.path, {}, "central."), config.audit_dir, env)
 
 
 def audit_dir_of(path: Path) -> Path:
@@ -532,6 +568,86 @@ def _redis_url_problem(url: str) -> str:
     except ValueError as exc:
         # redis-py's remaining messages name a query option, never a value.
         return f"is not a Redis URL: {exc}"
+    return ""
+
+
+_CENTRAL_SCHEMES = ("postgresql://", "postgres://")
+# The SQLite file when neither `url` nor `path` is given: beside the audit directory, in
+# the node's data directory (var/central.sqlite3 with the sample configuration).
+CENTRAL_FILE = "central.sqlite3"
+
+
+def _central(table: _Reader, audit_dir: Path, env: Mapping[str, str]) -> CentralSettings:
+    table.unknown_keys({"url", "path", "password_file", "ship", "batch", "poll_ms"})
+    from_env = env.get("DIALGUARD_CENTRAL_URL", "")
+    url = from_env or table.get("url", str, "")
+    if url and "path" in table.data and not from_env:
+        raise table.fail("path", "give either url (PostgreSQL) or path (SQLite), not both")
+    if url:
+        if problem := _postgres_url_problem(url):
+            message = f"{redact_url(url)!r} {problem}"
+            if from_env:
+                raise ConfigError(f"DIALGUARD_CENTRAL_URL: {message}")
+            raise table.fail("url", message)
+        path = None
+    else:
+        name: str = table.get("path", str, "")
+        path = table.path.parent / name if name else audit_dir.parent / CENTRAL_FILE
+    password = None
+    secret_name: str = table.get("password_file", str, "")
+    if secret_name and not url:
+        raise table.fail("password_file", "only read with a PostgreSQL url")
+    if secret_name:
+        secret = table.path.parent / secret_name
+        try:
+            password = secret.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise table.fail("password_file", f"{secret}: cannot read: {exc.strerror}") from None
+        if not password:
+            raise table.fail("password_file", f"{secret}: empty")
+    elif url:
+        password = env.get("DIALGUARD_CENTRAL_PASSWORD") or None
+    if password is not None and _url_password(url):
+        raise table.fail(
+            "password_file",
+            "the URL holds a password and so does password_file or DIALGUARD_CENTRAL_PASSWORD:"
+            " give it in one place only",
+        )
+    batch = table.positive("batch", 5000)
+    if batch > 100_000:
+        raise table.fail("batch", f"{batch}: at most 100000 records a transaction")
+    poll_ms = table.positive("poll_ms", 500)
+    if poll_ms > 60_000:
+        raise table.fail("poll_ms", f"{poll_ms}: at most 60000 (a minute)")
+    return CentralSettings(
+        path=path,
+        url=url,
+        password=password,
+        ship=table.get("ship", bool, True),
+        batch=batch,
+        poll_ms=poll_ms,
+    )
+
+
+def _postgres_url_problem(url: str) -> str:
+    """What is wrong with a PostgreSQL URL, in words that never quote it; "" if nothing."""
+    if not url.startswith(_CENTRAL_SCHEMES):
+        return "must start with postgresql:// (leave url out for the SQLite file: [central] path)"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not a PostgreSQL URL: its host cannot be read"
+    if "@" in parts.path + parts.query + parts.fragment:
+        return (
+            "is not a PostgreSQL URL: percent-encode '/', '?', '#' and '@' in the user name"
+            " and password (%2F, %3F, %23, %40)"
+        )
+    try:
+        _ = parts.port
+    except ValueError:
+        return "is not a PostgreSQL URL: the port must be a number from 0 to 65535"
+    if parts.fragment:
+        return "is not a PostgreSQL URL: it has a '#' part"
     return ""
 
 

@@ -82,6 +82,8 @@ def compare(old: Config, new: Config, today: date | None = None) -> Changes:
         restart.append("ari")
     if old.metrics != new.metrics:
         restart.append("metrics")
+    if old.central != new.central:
+        restart.append("central")
     return Changes(tuple(applied), tuple(restart))
 
 
@@ -119,6 +121,7 @@ def in_force(old: Config, new: Config) -> Config:
         audit_dir=old.audit_dir,
         ari=old.ari,
         metrics=old.metrics,
+        central=old.central,
     )
 
 

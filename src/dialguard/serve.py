@@ -129,6 +129,49 @@ async def watch_freshness(store: Store, configured: Callable[[], Config]) -> Non
         await asyncio.sleep(FRESHNESS_EVERY_S)
 
 
+# A shipper that exits (it should not: it retries whatever fails) is started again after:
+SHIPPER_RESTART_S = 5.0
+SHIPPER_STOP_S = 10.0  # from SIGTERM to SIGKILL: a batch under way is rolled back anyway
+
+
+async def supervise_shipper(config: Config) -> None:
+    """`dialguard audit ship --follow` as a child process of worker 0, started again if it
+    ever exits. A process of its own: its parsing, hashing and database calls never hold
+    the decisions' event loop (or its GIL), and nothing it does can fail a decision. It
+    stops when this worker does, or by itself when this worker is gone (SIGKILL)."""
+    command = [
+        sys.executable, "-m", "dialguard", "audit", "ship", "--follow",
+        "--config", str(config.path), "--parent", str(os.getpid()),
+    ]  # fmt: skip
+    while True:
+        process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
+        log.info("shipper_started", pid=process.pid, store=_store_shown(config))
+        try:
+            code = await process.wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                await asyncio.wait_for(asyncio.shield(process.wait()), SHIPPER_STOP_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+            raise
+        log.error("shipper_exited", code=code, restart_in_s=SHIPPER_RESTART_S)
+        await asyncio.sleep(SHIPPER_RESTART_S)
+
+
+def _store_shown(config: Config) -> str:
+    return config.central.shown if config.central is not None else ""
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def tune_gc() -> None:
     """Once started: everything loaded so far lives as long as the process, so keep it out
     of the cyclic collector's scans, and collect young objects less often (a session
@@ -263,6 +306,9 @@ async def _start(
         freshness = watch_freshness(store, lambda: service.config)
         watcher = asyncio.get_running_loop().create_task(freshness)
         running.callback(watcher.cancel)
+        if config.central is not None and config.central.ship:
+            shipping = asyncio.get_running_loop().create_task(supervise_shipper(config))
+            running.push_async_callback(_cancelled, shipping)
 
     def put_in_force(new: Config) -> None:
         service.reconfigure(new)

@@ -1,7 +1,8 @@
 """The `dialguard` command: one group, one module per command or group of commands.
 
 Exit codes: 0 success (a DENY is a successful answer), 1 usage or input error, 2 a
-dependency (Redis, journal) unavailable, 3 `audit verify` found the chain broken, 4 an
+dependency (Redis, journal, central store) unavailable, 3 `audit verify` (or `audit
+ship`) found the chain broken, 4 an
 internal error (a bug: reported as one line, never a traceback).
 """
 
@@ -14,6 +15,7 @@ import sys
 import click
 
 from dialguard.cli.audit import audit
+from dialguard.cli.central import central, ship
 from dialguard.cli.check import check
 from dialguard.cli.common import EXIT_INPUT, EXIT_INTERNAL, configure_logging, fail
 from dialguard.cli.history import history
@@ -45,11 +47,24 @@ def cli() -> None:
     configure_logging(logging.CRITICAL)
 
 
-for command in (check, serve, reload, dnc, consent, outcome, import_, audit, lists, policy):
+for command in (
+    check,
+    serve,
+    reload,
+    dnc,
+    consent,
+    outcome,
+    import_,
+    audit,
+    lists,
+    policy,
+    central,
+):
     cli.add_command(command)
 audit.add_command(pending)
 audit.add_command(history)
 audit.add_command(apply_pending)
+audit.add_command(ship)
 
 
 def main() -> None:

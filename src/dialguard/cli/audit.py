@@ -32,6 +32,7 @@ from rich.table import Table
 from dialguard.audit.files import AuditUnavailable
 from dialguard.audit.reader import Query, Torn, follow, prune, search, stats, verify
 from dialguard.audit.writer import Journal
+from dialguard.cli.central import central_stats, central_verify
 from dialguard.cli.common import Failure, config_option, errors_are_one_line, operator_option
 from dialguard.config import load_config, load_policy
 from dialguard.csv_cells import cell
@@ -242,6 +243,8 @@ def _print_records(where: Where, records: list[dict[str, Any]]) -> None:
 @until_option
 @click.option("--campaign", default=None, help="Only this campaign.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--central", "from_central", is_flag=True, help="From the central store's counters.")
+@click.option("--node", default=None, help="With --central: only this node.")
 @dir_option
 @config_option
 @errors_are_one_line
@@ -250,15 +253,25 @@ def stats_command(
     until: str | None,
     campaign: str | None,
     as_json: bool,
+    from_central: bool,
+    node: str | None,
     directory: Path | None,
     config_path: Path | None,
 ) -> None:
     """Decisions, allowed, denied and deny rate; by reason, campaign and hour of day."""
+    if from_central and directory is not None:
+        raise Failure("--central reads the central store: leave --dir out")
+    if node is not None and not from_central:
+        raise Failure("--node goes with --central")
     where = Where(config_path, directory)
     start, stop = _range(where, since, until)
     torn: list[Torn] = []
-    query = Query(since_ms=start, until_ms=stop, campaign=campaign)
-    summary = stats((record for _, record in search(where.directory, query, torn)), where.zone)
+    if from_central:
+        summary = central_stats(config_path, start, stop, where.zone, campaign, node)
+    else:
+        query = Query(since_ms=start, until_ms=stop, campaign=campaign)
+        found = search(where.directory, query, torn)
+        summary = stats((record for _, record in found), where.zone)
     summary["since"], summary["until"] = since, until
     if as_json:
         click.echo(orjson.dumps(summary).decode())
@@ -548,6 +561,13 @@ def _write_csv(handle: TextIO, records: Iterator[dict[str, Any]], mask: bytes | 
 @since_option
 @until_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option(
+    "--central",
+    "in_central",
+    is_flag=True,
+    help="Check the central store's copy of every node's chain instead (docs/central.md).",
+)
+@click.option("--node", default=None, help="With --central: only this node.")
 @dir_option
 @config_option
 @errors_are_one_line
@@ -555,10 +575,19 @@ def verify_command(
     since: str | None,
     until: str | None,
     as_json: bool,
+    in_central: bool,
+    node: str | None,
     directory: Path | None,
     config_path: Path | None,
 ) -> None:
     """Check the hash chain (every file, or those of a range). Exit 0 intact, 3 not."""
+    if in_central:
+        if directory is not None or since is not None or until is not None:
+            raise Failure("--central checks whole chains: leave --dir, --since, --until out")
+        central_verify(config_path, node, as_json)
+        return
+    if node is not None:
+        raise Failure("--node goes with --central")
     where = Where(config_path, directory)
     start, stop = _range(where, since, until)
     # Whole files, one a UTC day: those that can hold a record of the range, as search reads.

@@ -19,6 +19,7 @@ import structlog
 
 from dialguard import import_files
 from dialguard.audit import AuditUnavailable
+from dialguard.central.errors import CentralUnavailable
 from dialguard.config import Config, ConfigError
 from dialguard.model import Campaign
 from dialguard.numbers import InvalidNumber
@@ -70,7 +71,7 @@ def errors_are_one_line(func: Callable[P, R]) -> Callable[P, R]:
             fail(str(exc), exc.code)
         except (ConfigError, InvalidNumber, import_files.BadImportFile, ListBusy) as exc:
             fail(str(exc), EXIT_INPUT)
-        except (StoreUnavailable, AuditUnavailable) as exc:
+        except (StoreUnavailable, AuditUnavailable, CentralUnavailable) as exc:
             fail(str(exc), EXIT_DEPENDENCY)
 
     return wrapper

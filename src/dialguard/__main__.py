@@ -1,0 +1,5 @@
+"""`python -m dialguard`: the `dialguard` command (how `serve` starts its shipper)."""
+
+from dialguard.cli import main
+
+main()

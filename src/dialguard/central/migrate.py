@@ -1,0 +1,145 @@
+"""The central store's schema, version by version (`dialguard central migrate`).
+
+Each migration is applied once, in its own transaction with its row in `schema_version`
+(both backends run DDL in transactions), under a lock that makes a second `migrate` at the
+same time wait and then find nothing to do: `serve` and the console run it at every start.
+A store at a version newer than this code knows is refused rather than written.
+
+Never edit a migration that has shipped: add the next one.
+
+Version 1, the tables (docs/central.md):
+
+- `records`: one row per journal record: `id`, `ts` (ms, UTC), `node`, where it was in the
+  node's journal (`file_day`: the file's UTC day as days since the epoch, `file_offset`:
+  the line's byte offset; together the chain's order), the fields searches filter on
+  (`kind`, `result`, `reason`, `outcome`, `number`, `campaign`, `principal`, `shadowed`),
+  `hash` and `prev`, the line itself as bytes (the chain is re-verified from them), and
+  `shipped_at` (ms). Indexes: (number, ts), (campaign, ts), (reason, ts), (ts), and
+  (node, file_day, file_offset) for `audit verify --central`. In PostgreSQL the table is
+  partitioned by month of `ts` (partitions made by the shipper as records need them), and
+  its key is (id, ts): a key of a partitioned table must hold the partition column, and a
+  record's `ts` is part of its hashed bytes, so a re-sent record has both the same.
+- `rollups`: counters per UTC hour, node, kind, campaign, result and reason (an outcome's
+  `outcome` for outcome records), with how many of them were shadow-mode denials.
+- `cursors`: per node, the next byte to ship, the chain's last hash, where it started.
+- `chain_breaks`: what ingest found wrong, per node and record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dialguard.central.errors import CentralUnavailable
+
+__all__ = ["LATEST", "MIGRATIONS", "Migration", "check_known", "pending"]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+_RECORD_COLUMNS = """
+    id text NOT NULL,
+    ts bigint NOT NULL,
+    node text NOT NULL,
+    file_day integer NOT NULL,
+    file_offset bigint NOT NULL,
+    kind text NOT NULL,
+    result text,
+    reason text,
+    outcome text,
+    number text,
+    campaign text,
+    principal text,
+    shadowed {boolean} NOT NULL,
+    hash text NOT NULL,
+    prev text NOT NULL,
+    line {bytes} NOT NULL,
+    shipped_at bigint NOT NULL"""
+
+_COMMON = (
+    """CREATE TABLE rollups (
+    hour integer NOT NULL,
+    node text NOT NULL,
+    kind text NOT NULL,
+    campaign text NOT NULL,
+    result text NOT NULL,
+    reason text NOT NULL,
+    n bigint NOT NULL,
+    shadowed bigint NOT NULL,
+    PRIMARY KEY (hour, node, kind, campaign, result, reason)
+)""",
+    """CREATE TABLE cursors (
+    node text PRIMARY KEY,
+    file text NOT NULL,
+    file_offset bigint NOT NULL,
+    last_hash text NOT NULL,
+    start_hash text NOT NULL,
+    records bigint NOT NULL,
+    shipped_at bigint NOT NULL,
+    error text NOT NULL DEFAULT ''
+)""",
+    "CREATE INDEX records_number ON records (number, ts)",
+    "CREATE INDEX records_campaign ON records (campaign, ts)",
+    "CREATE INDEX records_reason ON records (reason, ts)",
+    "CREATE INDEX records_ts ON records (ts)",
+    "CREATE INDEX records_chain ON records (node, file_day, file_offset)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "records, rollups, cursors, chain_breaks",
+        sqlite=(
+            "CREATE TABLE records ("
+            + _RECORD_COLUMNS.format(boolean="integer", bytes="blob")
+            + ",\n    UNIQUE (id)\n)",
+            *_COMMON,
+            """CREATE TABLE chain_breaks (
+    id integer PRIMARY KEY,
+    node text NOT NULL,
+    record_id text NOT NULL,
+    file text NOT NULL,
+    file_offset bigint NOT NULL,
+    problem text NOT NULL,
+    detected_at bigint NOT NULL
+)""",
+            "CREATE INDEX chain_breaks_node ON chain_breaks (node, id)",
+        ),
+        postgres=(
+            "CREATE TABLE records ("
+            + _RECORD_COLUMNS.format(boolean="boolean", bytes="bytea")
+            + ",\n    PRIMARY KEY (id, ts)\n) PARTITION BY RANGE (ts)",
+            *_COMMON,
+            """CREATE TABLE chain_breaks (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    node text NOT NULL,
+    record_id text NOT NULL,
+    file text NOT NULL,
+    file_offset bigint NOT NULL,
+    problem text NOT NULL,
+    detected_at bigint NOT NULL
+)""",
+            "CREATE INDEX chain_breaks_node ON chain_breaks (node, id)",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+
+def check_known(version: int, shown: str) -> None:
+    """Refuse a store written by a newer dialguard: its schema may mean other things."""
+    if version > LATEST:
+        raise CentralUnavailable(
+            f"{shown}: the central store's schema is at version {version}, newer than this"
+            f" dialguard knows ({LATEST}): upgrade dialguard on this node"
+        )
+
+
+def pending(version: int) -> list[Migration]:
+    return [migration for migration in MIGRATIONS if migration.version > version]

@@ -1,0 +1,345 @@
+"""The central store in PostgreSQL (psycopg 3): several nodes, one database.
+
+`records` is partitioned by month of `ts` (declarative partitioning): a month's records
+are one table, so retention drops a month whole and a search within dates reads only its
+months. The shipper makes a month's partition the first time a record needs it (under an
+advisory lock, in its own transaction, so two nodes making it at once do not collide).
+
+A batch: its rows are copied (COPY, binary) into a temporary table, then one statement
+inserts them into `records`, skipping ids already stored (ON CONFLICT DO NOTHING), and
+adds the rows it did insert, and only those, to the rollup counters (a data-modifying
+WITH: RETURNING feeds the counts). The node's cursor row is locked first (SELECT ... FOR
+UPDATE): two shippers of one node take turns, and the second finds the cursor moved.
+
+The password: in the URL (shown as *** in every message), from `[central]
+password_file` or DIALGUARD_CENTRAL_PASSWORD (passed to libpq, never in the URL), or
+libpq's own PGPASSWORD and ~/.pgpass. Messages from the driver are scrubbed of it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+from psycopg import sql
+
+from dialguard.audit.files import day_name
+from dialguard.central import migrate
+from dialguard.central.errors import CentralUnavailable, CursorMoved
+from dialguard.central.store import (
+    CLASH,
+    ROW_COLUMNS,
+    Break,
+    CentralStore,
+    Cursor,
+    Found,
+    Ingested,
+    Position,
+    RollupRow,
+    Row,
+    rollup_filter,
+)
+from dialguard.config import redact_url
+
+__all__ = ["PostgresStore", "month_bounds"]
+
+CONNECT_TIMEOUT_S = 10
+_LOCK_MIGRATE = 0x64676D31  # pg_advisory_xact_lock keys: "dgm1", "dgp1"
+_LOCK_PARTITION = 0x64677031
+
+_STAGING = b"""
+CREATE TEMPORARY TABLE staging (
+    id text, ts bigint, file_day integer, file_offset bigint, kind text, result text,
+    reason text, outcome text, number text, campaign text, principal text, shadowed boolean,
+    hash text, prev text, line bytea
+) ON COMMIT DELETE ROWS
+"""
+_STAGING_TYPES = [
+    "text", "int8", "int4", "int8", "text", "text", "text", "text", "text", "text", "text",
+    "bool", "text", "text", "bytea",
+]  # fmt: skip
+_COLUMNS = ", ".join(ROW_COLUMNS)
+_INSERT = f"""
+WITH inserted AS (
+    INSERT INTO records (node, {_COLUMNS}, shipped_at)
+    SELECT %(node)s, {_COLUMNS}, %(shipped_at)s FROM staging
+    ON CONFLICT DO NOTHING
+    RETURNING ts, kind, campaign, result, reason, outcome, shadowed
+), counted AS (
+    INSERT INTO rollups AS r (hour, node, kind, campaign, result, reason, n, shadowed)
+    SELECT (ts / 3600000)::integer, %(node)s, kind, coalesce(campaign, ''),
+           coalesce(result, ''), coalesce(reason, outcome, ''), count(*),
+           count(*) FILTER (WHERE shadowed)
+    FROM inserted GROUP BY 1, 3, 4, 5, 6
+    ON CONFLICT (hour, node, kind, campaign, result, reason)
+    DO UPDATE SET n = r.n + excluded.n, shadowed = r.shadowed + excluded.shadowed
+)
+SELECT count(*) FROM inserted
+""".encode()
+# After an insert that skipped rows: those whose id is stored with other bytes (a clash).
+_CLASHES = b"""
+SELECT s.id, s.file_day, s.file_offset FROM staging s
+WHERE EXISTS (SELECT 1 FROM records r WHERE r.id = s.id AND r.hash <> s.hash)
+"""
+_COPY = f"COPY staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)".encode()
+_CURSOR = """
+SELECT node, file, file_offset, last_hash, start_hash, records, shipped_at, error,
+       (SELECT count(*) FROM chain_breaks b WHERE b.node = c.node)
+FROM cursors c
+"""
+
+
+def month_bounds(ts_ms: int) -> tuple[str, int, int]:
+    """The partition of a record's month: its name and [start, end) in ms, UTC."""
+    moment = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
+    end = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
+    name = f"records_{moment.year:04d}_{moment.month:02d}"
+    return name, int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+
+class PostgresStore(CentralStore):
+    backend = "postgresql"
+
+    def __init__(self, url: str, password: str | None = None) -> None:
+        self.shown = redact_url(url)
+        self._secrets = [s for s in (password, _url_password(url)) if s]
+        options: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "dialguard",
+        }
+        if password:
+            options["password"] = password  # to libpq, never into a URL that is shown
+        try:
+            # Autocommit: every statement group below is an explicit transaction() block.
+            self.db = psycopg.connect(url, autocommit=True, **options)
+            # The batches' staging table: this session's own, emptied at each commit.
+            self.db.execute(_STAGING)
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from None
+        self._partitions: set[str] = set()
+
+    def _unavailable(self, exc: BaseException) -> CentralUnavailable:
+        detail = " ".join(str(exc).split())
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
+        return CentralUnavailable(f"{self.shown}: central store: {detail[:300]}")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                self.db.rollback()
+            raise self._unavailable(exc) from None
+
+    # --- schema ---------------------------------------------------------------------------
+
+    def version(self) -> int:
+        with self._errors(), self.db.transaction():
+            found = self.db.execute("SELECT to_regclass('schema_version')").fetchone()
+            if found is None or found[0] is None:
+                return 0
+            row = self.db.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(row[0] or 0) if row else 0
+
+    def migrate(self) -> tuple[int, list[int]]:
+        applied: list[int] = []
+        with self._errors(), self.db.transaction():
+            # One migrate at a time across every node; the others then find nothing to do.
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_MIGRATE,))
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY,"
+                " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = self.db.execute("SELECT max(version) FROM schema_version").fetchone()
+            current = int(row[0] or 0) if row else 0
+            migrate.check_known(current, self.shown)
+            for step in migrate.pending(current):
+                for statement in step.postgres:
+                    self.db.execute(statement.encode())
+                self.db.execute(
+                    "INSERT INTO schema_version (version, name) VALUES (%s, %s)",
+                    (step.version, step.name),
+                )
+                applied.append(step.version)
+                current = step.version
+        return current, applied
+
+    def _ensure_partitions(self, rows: Sequence[Row]) -> None:
+        months = {month_bounds(row.ts) for row in rows}
+        missing = [m for m in months if m[0] not in self._partitions]
+        if not missing:
+            return
+        with self.db.transaction():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_PARTITION,))
+            for name, start, end in sorted(missing):
+                self.db.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF records"
+                        " FOR VALUES FROM ({}) TO ({})"
+                    ).format(sql.Identifier(name), sql.Literal(start), sql.Literal(end))
+                )
+        self._partitions.update(m[0] for m in missing)
+
+    # --- shipping -------------------------------------------------------------------------
+
+    def cursor(self, node: str) -> Cursor | None:
+        with self._errors(), self.db.transaction():
+            row = self.db.execute((_CURSOR + " WHERE node = %s").encode(), (node,)).fetchone()
+        return None if row is None else _cursor(row)
+
+    def nodes(self) -> list[Cursor]:
+        with self._errors(), self.db.transaction():
+            rows = self.db.execute((_CURSOR + " ORDER BY node").encode()).fetchall()
+        return [_cursor(row) for row in rows]
+
+    def ingest(
+        self,
+        node: str,
+        since: Position | None,
+        start_hash: str,
+        rows: Sequence[Row],
+        breaks: Sequence[Break],
+        position: Position,
+        shipped_at: int,
+    ) -> Ingested:
+        with self._errors():
+            self._ensure_partitions(rows)
+            with self.db.transaction(), self.db.cursor() as cur:
+                found = cur.execute(
+                    "SELECT file, file_offset, last_hash FROM cursors WHERE node = %s FOR UPDATE",
+                    (node,),
+                ).fetchone()
+                if found is None:
+                    # The node's first batch: the row is made now, and a second shipper
+                    # making it at the same time waits for ours, then finds it taken.
+                    made = cur.execute(
+                        "INSERT INTO cursors (node, file, file_offset, last_hash, start_hash,"
+                        " records, shipped_at) VALUES (%s, '', 0, '', %s, 0, 0)"
+                        " ON CONFLICT DO NOTHING RETURNING node",
+                        (node, start_hash),
+                    ).fetchone()
+                    if made is None or since is not None:
+                        raise CursorMoved(node)
+                elif Position(found[0], found[1], found[2]) != since:
+                    raise CursorMoved(node)
+                with cur.copy(_COPY) as copy:
+                    copy.set_types(_STAGING_TYPES)
+                    for row in rows:
+                        copy.write_row(row)
+                counted = cur.execute(_INSERT, {"node": node, "shipped_at": shipped_at}).fetchone()
+                stored = int(counted[0]) if counted else 0
+                clashes: list[Break] = []
+                if stored < len(rows):
+                    for record_id, file_day, offset in cur.execute(_CLASHES).fetchall():
+                        clashes.append(Break(record_id, day_name(file_day), offset, CLASH))
+                flagged = [*breaks, *clashes]
+                if flagged:
+                    cur.executemany(
+                        "INSERT INTO chain_breaks (node, record_id, file, file_offset, problem,"
+                        " detected_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                        [
+                            (node, b.record_id, b.file, b.offset, b.problem, shipped_at)
+                            for b in flagged
+                        ],
+                    )
+                cur.execute(
+                    "UPDATE cursors SET file = %s, file_offset = %s, last_hash = %s,"
+                    " records = records + %s, shipped_at = %s, error = '' WHERE node = %s",
+                    (
+                        position.file,
+                        position.offset,
+                        position.last_hash,
+                        stored,
+                        shipped_at,
+                        node,
+                    ),
+                )
+        # A clash with another ts was stored all the same (the key is (id, ts)): flagged.
+        return Ingested(stored, max(0, len(rows) - stored - len(clashes)), flagged)
+
+    def note_error(self, node: str, error: str) -> None:
+        with self._errors(), self.db.transaction():
+            self.db.execute("UPDATE cursors SET error = %s WHERE node = %s", (error, node))
+
+    # --- reading --------------------------------------------------------------------------
+
+    def chain(self, node: str) -> Iterator[tuple[int, int, str, bytes]]:
+        # A server-side cursor: millions of rows, a few thousand in memory at a time.
+        with self._errors(), self.db.transaction(), self.db.cursor(name="chain") as cur:
+            cur.itersize = 2000
+            cur.execute(
+                "SELECT file_day, file_offset, id, line FROM records WHERE node = %s"
+                " ORDER BY node, file_day, file_offset",
+                (node,),
+            )
+            for file_day, offset, record_id, line in cur:
+                yield file_day, offset, record_id, bytes(line)
+
+    def breaks(self, node: str, limit: int = 100) -> list[Break]:
+        with self._errors(), self.db.transaction():
+            rows = self.db.execute(
+                "SELECT record_id, file, file_offset, problem FROM chain_breaks"
+                " WHERE node = %s ORDER BY id LIMIT %s",
+                (node, limit),
+            ).fetchall()
+        return [Break(*row) for row in rows]
+
+    def rollups(
+        self,
+        since_hour: int | None,
+        until_hour: int | None,
+        campaign: str | None = None,
+        node: str | None = None,
+    ) -> list[RollupRow]:
+        where, args = rollup_filter(since_hour, until_hour, campaign, node, "%s")
+        query = "SELECT hour, node, kind, campaign, result, reason, n, shadowed FROM rollups"
+        with self._errors(), self.db.transaction():
+            rows = self.db.execute((query + where).encode(), args).fetchall()
+        return [RollupRow(*row) for row in rows]
+
+    def search_number(
+        self, number: str, since_ms: int | None, until_ms: int | None, limit: int = 1000
+    ) -> list[Found]:
+        query = "SELECT node, id, ts, line FROM records WHERE number = %s"
+        args: list[Any] = [number]
+        if since_ms is not None:
+            query += " AND ts >= %s"
+            args.append(since_ms)
+        if until_ms is not None:
+            query += " AND ts < %s"
+            args.append(until_ms)
+        query += " ORDER BY ts DESC LIMIT %s"
+        with self._errors(), self.db.transaction():
+            rows = self.db.execute(query.encode(), (*args, limit)).fetchall()
+        return [Found(row[0], row[1], row[2], bytes(row[3])) for row in rows]
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self.db.close()
+
+
+def _url_password(url: str) -> str:
+    try:
+        secret = urlsplit(url).password
+    except ValueError:
+        return ""
+    return unquote(secret) if secret else ""
+
+
+def _cursor(row: Sequence[Any]) -> Cursor:
+    return Cursor(
+        node=row[0],
+        position=Position(row[1], int(row[2]), row[3]),
+        start_hash=row[4],
+        records=int(row[5]),
+        shipped_at=int(row[6]),
+        error=row[7],
+        breaks=int(row[8]),
+    )

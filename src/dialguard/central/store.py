@@ -1,0 +1,244 @@
+"""The central store's interface: what the shipper writes and the readers ask.
+
+One table of records (the journal lines as they were, with the fields searches need in
+columns), rollup counters per UTC hour, one cursor per node, the chain breaks found at
+ingest, and the schema's version (docs/central.md has the schema). Two backends:
+`sqlite.SqliteStore` (a file, the standard library) and `postgres.PostgresStore`
+(psycopg 3); `connect.open_store` picks one from the configuration.
+
+Each batch is one transaction: the records, their rollup counts, the breaks found in them
+and the node's new cursor commit together or not at all. A shipper killed mid-batch
+therefore leaves the store as it was before the batch, and the next one re-reads the
+batch from the cursor: at least once from the journal's side, exactly once in the store.
+Records are also unique by id (a record shipped twice, say from a copy of the journal, is
+stored once and counted once).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+__all__ = [
+    "CLASH",
+    "ROW_COLUMNS",
+    "Break",
+    "CentralStore",
+    "Cursor",
+    "Found",
+    "Ingested",
+    "Position",
+    "RollupRow",
+    "Row",
+    "hour_of",
+    "rollup_filter",
+    "rollup_key",
+]
+
+
+class Row(NamedTuple):
+    """One journal record as stored; the column order of the `records` table (but `node`
+    and `shipped_at`, which the batch gives)."""
+
+    id: str
+    ts: int  # ms since the epoch, UTC: the record's own `ts`
+    file_day: int  # the journal file it came from, as days since the epoch (its UTC day)
+    file_offset: int  # the line's byte offset in that file: (file_day, file_offset) is chain order
+    kind: str  # "decision" when the record has no `kind` (as the readers take it)
+    result: str | None
+    reason: str | None
+    outcome: str | None  # an outcome record's `outcome` (refused, do-not-call)
+    number: str | None
+    campaign: str | None
+    principal: str | None
+    shadowed: bool  # a denial answered ALLOW in shadow mode (`answer` in the record)
+    hash: str
+    prev: str
+    line: bytes  # the journal line, without its newline: what the hash covers
+
+
+ROW_COLUMNS = Row._fields
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a node's shipping stands: the next byte to read, and the chain's last hash."""
+
+    file: str  # a journal file name (audit-YYYY-MM-DD.jsonl)
+    offset: int
+    last_hash: str  # of the last line shipped ("" if it was not hash-chained)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A node's row of `cursors`: its position, where its chain started, and its state."""
+
+    node: str
+    position: Position
+    start_hash: str  # the `prev` the node's first record must have (zeros, or audit.start)
+    records: int  # records stored for the node
+    shipped_at: int  # ms, the last batch
+    breaks: int  # chain breaks flagged for the node
+    error: str  # why the last attempt to ship failed ("" once a batch goes in)
+
+
+@dataclass(frozen=True, slots=True)
+class Break:
+    """A chain break found at ingest: the record was stored (if it could be read) and
+    flagged, never silently accepted."""
+
+    record_id: str  # "" when the line is not a record with an id
+    file: str
+    offset: int
+    problem: str
+
+    def __str__(self) -> str:
+        named = f" (id {self.record_id})" if self.record_id else ""
+        return f"{self.file} byte {self.offset}{named}: {self.problem}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    stored: int  # rows inserted
+    duplicates: int  # rows already stored (same id, same hash): skipped, not counted again
+    breaks: list[Break]  # flagged in this batch, including a duplicate id with other bytes
+
+
+class RollupRow(NamedTuple):
+    hour: int  # hours since the epoch, UTC
+    node: str
+    kind: str
+    campaign: str
+    result: str
+    reason: str  # a decision's reason, an outcome's outcome, "" otherwise
+    n: int
+    shadowed: int
+
+
+class Found(NamedTuple):
+    """A record found by a search: where it came from and its line as stored."""
+
+    node: str
+    id: str
+    ts: int
+    line: bytes
+
+
+def hour_of(ts_ms: int) -> int:
+    return ts_ms // 3_600_000
+
+
+def rollup_key(node: str, row: Row) -> tuple[int, str, str, str, str, str]:
+    """The rollup counter a record adds one to. UTC hours: every time zone in use is a
+    whole number of hours from UTC, so the console re-buckets them into local days and
+    hours exactly (Europe/Paris by default), whatever zone it shows."""
+    reason = row.reason if row.reason is not None else row.outcome
+    return (
+        hour_of(row.ts),
+        node,
+        row.kind,
+        row.campaign or "",
+        row.result or "",
+        reason or "",
+    )
+
+
+CLASH = "its id is stored already with other content: two records share an id"
+
+
+def rollup_filter(
+    since_hour: int | None,
+    until_hour: int | None,
+    campaign: str | None,
+    node: str | None,
+    mark: str,
+) -> tuple[str, list[Any]]:
+    """The WHERE clause of a rollup query and its arguments (`mark`: the driver's `?`/`%s`)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for clause, value in (
+        (f"hour >= {mark}", since_hour),
+        (f"hour < {mark}", until_hour),
+        (f"campaign = {mark}", campaign),
+        (f"node = {mark}", node),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+class CentralStore(abc.ABC):
+    """A central store (SQLite or PostgreSQL). Every method raises CentralUnavailable
+    (one line, no password) when the database cannot do it."""
+
+    backend: str  # "sqlite" or "postgresql"
+    shown: str  # where it is, for messages (no password)
+
+    @abc.abstractmethod
+    def migrate(self) -> tuple[int, list[int]]:
+        """Bring the schema to the newest version; (version now, versions applied now).
+        Idempotent; several processes may run it at once."""
+
+    @abc.abstractmethod
+    def version(self) -> int:
+        """The schema version (0: never migrated)."""
+
+    @abc.abstractmethod
+    def cursor(self, node: str) -> Cursor | None: ...
+
+    @abc.abstractmethod
+    def ingest(
+        self,
+        node: str,
+        since: Position | None,
+        start_hash: str,
+        rows: Sequence[Row],
+        breaks: Sequence[Break],
+        position: Position,
+        shipped_at: int,
+    ) -> Ingested:
+        """Store one batch read from `since` (None: the node's first) up to `position`, in
+        one transaction with the node's cursor; CursorMoved if the cursor is no longer
+        `since` (another shipper of this node got there first: nothing is written)."""
+
+    @abc.abstractmethod
+    def note_error(self, node: str, error: str) -> None:
+        """Record on the node's cursor why shipping stopped ("" clears it)."""
+
+    @abc.abstractmethod
+    def nodes(self) -> list[Cursor]: ...
+
+    @abc.abstractmethod
+    def chain(self, node: str) -> Iterator[tuple[int, int, str, bytes]]:
+        """(file_day, file_offset, id, line) of the node's records in chain order."""
+
+    @abc.abstractmethod
+    def breaks(self, node: str, limit: int = 100) -> list[Break]: ...
+
+    @abc.abstractmethod
+    def rollups(
+        self,
+        since_hour: int | None,
+        until_hour: int | None,
+        campaign: str | None = None,
+        node: str | None = None,
+    ) -> list[RollupRow]:
+        """The counters of hours [since, until), summed over nothing (one row each)."""
+
+    @abc.abstractmethod
+    def search_number(
+        self, number: str, since_ms: int | None, until_ms: int | None, limit: int = 1000
+    ) -> list[Found]:
+        """Records of an E.164 number, newest first."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> CentralStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
