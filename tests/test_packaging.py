@@ -290,7 +290,15 @@ def test_the_container_configuration_is_the_shipped_one_but_where_it_says() -> N
     assert container["server"]["host"] == container["metrics"]["host"] == "0.0.0.0"
     assert container["audit"]["dir"] == "/var/lib/dialguard/audit"  # the image's VOLUME
     assert container["redis"]["url"] == "redis://redis:6379/0"  # the compose service
-    for table, key in (("server", "host"), ("metrics", "host"), ("audit", "dir"), ("redis", "url")):
+    assert container["central"]["path"] == "/var/lib/dialguard/central.sqlite3"  # the volume
+    differ = (
+        ("server", "host"),
+        ("metrics", "host"),
+        ("audit", "dir"),
+        ("redis", "url"),
+        ("central", "path"),
+    )
+    for table, key in differ:
         del shipped[table][key], container[table][key]
     assert container == shipped
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
