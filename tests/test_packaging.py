@@ -290,6 +290,9 @@ def test_the_container_configuration_is_the_shipped_one_but_where_it_says() -> N
     assert container["server"]["host"] == container["metrics"]["host"] == "0.0.0.0"
     assert container["audit"]["dir"] == "/var/lib/dialguard/audit"  # the image's VOLUME
     assert container["redis"]["url"] == "redis://redis:6379/0"  # the compose service
+    # Not loopback: allow is required; the host's port mapping is the boundary.
+    assert container["server"].pop("allow") == ["0.0.0.0/0", "::/0"]
+    assert "allow" not in shipped["server"]
     for table, key in (("server", "host"), ("metrics", "host"), ("audit", "dir"), ("redis", "url")):
         del shipped[table][key], container[table][key]
     assert container == shipped
