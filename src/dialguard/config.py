@@ -763,6 +763,10 @@ def _window(hours: _Reader, value: object) -> tuple[time, time]:
         start, end = (time.fromisoformat(part) for part in value)
     except (TypeError, ValueError):
         raise hours.fail("windows", f'{value!r} must be ["HH:MM", "HH:MM"]') from None
+    if start.tzinfo is not None or end.tzinfo is not None:
+        # The callee's local time is what counts (the numbers say which zone): an offset
+        # here would mean nothing, and comparing it with a plain time raised TypeError.
+        raise hours.fail("windows", f"{value!r}: local times, without a UTC offset")
     if start >= end:
         raise hours.fail("windows", f"{value!r}: the start must come before the end")
     return start, end
