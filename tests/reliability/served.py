@@ -191,6 +191,8 @@ class Calls:
     answers: dict[str, int] = field(default_factory=dict)  # "ALLOW NON_COMMERCIAL", ...
     failed: int = 0  # refused, closed without an answer, or out of time
     ids: list[str] = field(default_factory=list)  # DIALGUARD_ID of each answer
+    # (monotonic start, what it got: "ALLOW NON_COMMERCIAL", ..., or "" for no answer)
+    timeline: list[tuple[float, str]] = field(default_factory=list)
 
     def quantile_ms(self, q: float) -> float:
         if not self.latencies:
@@ -202,25 +204,46 @@ class Calls:
     def answered(self) -> int:
         return sum(self.answers.values())
 
+    def normal_again(self, since: float, normal: str = "ALLOW NON_COMMERCIAL") -> float:
+        """Seconds from `since` to the start of the first call after which every call
+        got `normal` (nan if the last did not)."""
+        ordered = sorted(self.timeline)
+        if not ordered or ordered[-1][1] != normal:
+            return float("nan")
+        first = len(ordered) - 1
+        while first > 0 and ordered[first - 1][1] == normal:
+            first -= 1
+        return max(0.0, ordered[first][0] - since)
+
     def got(self) -> str:
         parts = [f"{count} {answer}" for answer, count in sorted(self.answers.items())]
         return ", ".join(parts + ([f"{self.failed} no answer"] if self.failed else []))
 
 
-async def one_call(port: int, calls: Calls, campaign: str = "demo-survey") -> None:
+async def one_call(
+    port: int, calls: Calls, campaign: str = "demo-survey", number: str | None = None
+) -> None:
+    started = time.monotonic()
     try:
         result = await run_session(
-            HOST, port, args=(next_number(), campaign), read_timeout=6.0, session_timeout=6.0
+            HOST,
+            port,
+            args=(number or next_number(), campaign),
+            read_timeout=6.0,
+            session_timeout=6.0,
         )
     except OSError:
         calls.failed += 1
+        calls.timeline.append((started, ""))
         return
     variables = result.variables
     if result.dangerous or "DIALGUARD_RESULT" not in variables:
         calls.failed += 1
+        calls.timeline.append((started, ""))
         return
     calls.latencies.append(result.elapsed)
     answer = f"{variables['DIALGUARD_RESULT']} {variables['DIALGUARD_REASON']}"
+    calls.timeline.append((started, answer))
     calls.answers[answer] = calls.answers.get(answer, 0) + 1
     calls.ids.append(variables["DIALGUARD_ID"])
 
