@@ -90,6 +90,7 @@ class Served:
     stderr: Path
     port: int
     directory: Path
+    audit: Path  # the journal's directory
 
     @property
     def pid(self) -> int:
@@ -114,7 +115,7 @@ class Served:
         return [entry for entry in self.log() if entry.get("event") == name]
 
     def records(self) -> list[Record]:
-        return audit_records(self.directory / "audit")
+        return audit_records(self.audit)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -162,7 +163,7 @@ async def dialguard_serve(
             start_new_session=True,
             preexec_fn=limit,
         )
-    served = Served(process, stderr_path, port, directory)
+    served = Served(process, stderr_path, port, directory, directory / "audit")
     try:
         await wait_until(lambda: bool(served.events("started")) or not served.alive(), 20)
         assert served.alive(), stderr_path.read_text()
