@@ -9,6 +9,7 @@ credentials. Unquoted, `x/../../applications/dialguard` reached another endpoint
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable
 
 import pytest
 
@@ -28,14 +29,15 @@ async def test_a_channel_id_cannot_leave_its_path(channel_id: str) -> None:
     await fake.start()
     client = AriClient(AriSettings(f"http://127.0.0.1:{fake.port}", "dialguard", USER, PASSWORD))
     try:
-        for call in (
+        requests: list[Awaitable[object]] = [
             client.set_variable(channel_id, "DIALGUARD_RESULT", "DENY"),
             client.continue_in_dialplan(channel_id),
             client.hangup(channel_id, 21),
             client.channel(channel_id),
-        ):
+        ]
+        for request in requests:
             with contextlib.suppress(AriError):  # no such channel: 404, as it should
-                await call
+                await request
     finally:
         await client.close()
         await fake.stop()
