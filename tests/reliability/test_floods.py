@@ -51,7 +51,9 @@ class Size:
     ramp_s: float  # from the attacker's start to the measure
 
 
-SHORT = Size(rate=100, before_s=1, during_s=2, after_s=1, silent=10_000, abusers=100, ramp_s=0.5)
+SHORT = Size(
+    rate=100, before_s=0.5, during_s=2, after_s=0.5, silent=10_000, abusers=100, ramp_s=0.5
+)
 LONG = Size(rate=200, before_s=5, during_s=30, after_s=5, silent=10_000, abusers=500, ramp_s=2)
 
 

@@ -168,7 +168,11 @@ async def fault_under_load(
 
 @pytest.mark.parametrize(
     ("fault", "blocked_s"),
-    [("DEBUG SLEEP 1", 1.0), ("CLIENT PAUSE 1000 ALL", 1.0), ("CLIENT PAUSE 1000 WRITE", 1.0)],
+    [
+        ("DEBUG SLEEP 1", 1.0),
+        ("CLIENT PAUSE 1000 WRITE", 1.0),
+        pytest.param("CLIENT PAUSE 1000 ALL", 1.0, marks=pytest.mark.long),  # as DEBUG SLEEP
+    ],
 )
 async def test_redis_slowed(
     debug_redis: RedisServer, tmp_path: Path, fault: str, blocked_s: float
