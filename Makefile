@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-docker lint typecheck clean redis-server systemd-analyze postgresql
+.PHONY: run test test-reliability test-docker lint typecheck clean redis-server systemd-analyze \
+	postgresql
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,15 @@ test: $(STAMP) redis-server systemd-analyze postgresql
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# The long reliability runs (docs/reliability.md; not in CI, about two hours on 2 cores):
+# each fuzz target under atheris for DIALGUARD_FUZZ_SECONDS (600), the floods, Redis
+# limits and the 10 M import at full size, then the 30-minute soak at 1,000 decisions/s
+# (SOAK_MINUTES), which redraws docs/soak.png. Run it on a quiet machine.
+SOAK_MINUTES ?= 30
+test-reliability: $(STAMP) redis-server
+	$(BIN)/pytest tests/reliability -m long -s -p no:cacheprovider
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate 1000
 
 # The Dockerfile and docker-compose.yml built and run on a private Docker daemon (root;
 # installs Debian's docker.io, docker-compose and debootstrap when missing; prints one

@@ -291,6 +291,9 @@ def test_the_container_configuration_is_the_shipped_one_but_where_it_says() -> N
     assert container["audit"]["dir"] == "/var/lib/dialguard/audit"  # the image's VOLUME
     assert container["redis"]["url"] == "redis://redis:6379/0"  # the compose service
     assert container["central"]["path"] == "/var/lib/dialguard/central.sqlite3"  # the volume
+    # Not loopback: allow is required; the host's port mapping is the boundary.
+    assert container["server"].pop("allow") == ["0.0.0.0/0", "::/0"]
+    assert "allow" not in shipped["server"]
     differ = (
         ("server", "host"),
         ("metrics", "host"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import socket
@@ -85,6 +86,17 @@ class SentinelUrl:
     db: int
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Everything a listener on a loopback address can be reached from anyway.
+LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv6Network("::1/128"),
+)
+# A cap above what any call centre's Asterisk holds open at once (1,440 sessions/s at
+# most on 2 cores, each a few ms), far below the fd limit serve raises itself to.
+MAX_CONNECTIONS_LIMIT = 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str
@@ -93,6 +105,11 @@ class ServerSettings:
     session_timeout_ms: int = 5000
     workers: int = 1
     campaign_from_accountcode: bool = False
+    # Who may connect: a connection from elsewhere is closed before a byte is read.
+    allow: tuple[IPNetwork, ...] = LOOPBACK
+    # Connections open at once, per worker; beyond it the oldest still silent is cut, or
+    # the new one closed (dialguard.agi.server).
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +267,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
             "session_timeout_ms",
             "workers",
             "campaign_from_accountcode",
+            "allow",
+            "max_connections",
         }
     )
     port = server_table.positive("port", 4573)
@@ -258,13 +277,19 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     workers = server_table.positive("workers", 1)
     if workers > 64:
         raise server_table.fail("workers", f"{workers}: at most 64 worker processes")
+    host = server_table.get("host", str, "127.0.0.1")
+    max_connections = server_table.positive("max_connections", 4096)
+    if max_connections > MAX_CONNECTIONS_LIMIT:
+        raise server_table.fail("max_connections", f"{max_connections}: at most 1000000")
     server = ServerSettings(
-        host=server_table.get("host", str, "127.0.0.1"),
+        host=host,
         port=port,
         deadline_ms=server_table.positive("deadline_ms", 300),
         session_timeout_ms=server_table.positive("session_timeout_ms", 5000),
         workers=workers,
         campaign_from_accountcode=server_table.get("campaign_from_accountcode", bool, False),
+        allow=_allow(server_table, host),
+        max_connections=max_connections,
     )
 
     audit_table = top.table("audit")
@@ -307,6 +332,41 @@ def central_settings(config: Config, env: Mapping[str, str] | None = None) -> Ce
         return config.central
     env = os.environ if env is None else env
     return _central(_Reader(config.path, {}, "central."), config.audit_dir, env)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _allow(table: _Reader, host: str) -> tuple[IPNetwork, ...]:
+    """`[server] allow`: the networks Asterisk may connect from. On a loopback listener
+    it defaults to the loopback itself; on any other address it must be given, so that
+    nobody opens the port to a network without deciding who may use it."""
+    if "allow" not in table.data:
+        if is_loopback(host):
+            return LOOPBACK
+        raise table.fail(
+            "allow",
+            f"missing: host {host!r} is not a loopback address; list the networks Asterisk"
+            ' connects from, e.g. allow = ["10.0.0.5/32"] (["0.0.0.0/0", "::/0"]: anyone)',
+        )
+    networks: list[IPNetwork] = []
+    for item in table.get("allow", list):
+        if not isinstance(item, str):
+            raise table.fail("allow", f'{item!r} is not "address/prefix", e.g. "10.0.0.5/32"')
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise table.fail("allow", f"{item!r} is not an address/prefix: {exc}") from None
+    if not networks:
+        raise table.fail("allow", "empty: nobody could connect (remove it for the default)")
+    return tuple(networks)
 
 
 def audit_dir_of(path: Path) -> Path:
@@ -961,6 +1021,10 @@ def _window(hours: _Reader, value: object) -> tuple[time, time]:
         start, end = (time.fromisoformat(part) for part in value)
     except (TypeError, ValueError):
         raise hours.fail("windows", f'{value!r} must be ["HH:MM", "HH:MM"]') from None
+    if start.tzinfo is not None or end.tzinfo is not None:
+        # The callee's local time is what counts (the numbers say which zone): an offset
+        # here would mean nothing, and comparing it with a plain time raised TypeError.
+        raise hours.fail("windows", f"{value!r}: local times, without a UTC offset")
     if start >= end:
         raise hours.fail("windows", f"{value!r}: the start must come before the end")
     return start, end

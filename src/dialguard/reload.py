@@ -65,6 +65,12 @@ def compare(old: Config, new: Config, today: date | None = None) -> Changes:
         was, now = getattr(old.server, key), getattr(new.server, key)
         if was != now:
             applied.append(f"server.{key} {was} -> {now}")
+    if old.server.allow != new.server.allow:
+        shown = ", ".join(map(str, new.server.allow))
+        applied.append(f"server.allow -> {shown}")
+    if old.server.max_connections != new.server.max_connections:
+        was_cap, now_cap = old.server.max_connections, new.server.max_connections
+        applied.append(f"server.max_connections {was_cap} -> {now_cap}")
     if old.audit_retention_days != new.audit_retention_days:
         was_days, now_days = old.audit_retention_days, new.audit_retention_days
         applied.append(f"audit.retention_days {was_days} -> {now_days}")

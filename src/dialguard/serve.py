@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from dialguard.service import Service
 from dialguard.store import Store, StoreUnavailable
 from dialguard.telemetry import Telemetry
 
-__all__ = ["serve", "tune_gc"]
+__all__ = ["connection_room", "raise_fd_limit", "serve", "tune_gc"]
 
 log = structlog.get_logger("dialguard.serve")
 
@@ -46,6 +47,7 @@ def serve(config: Config, workers: int) -> int:
     # held back meanwhile, by the workers too (they inherit the mask), and delivered once
     # the handler is there, so that a `dialguard reload` during start-up is not lost.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    raise_fd_limit()  # before the workers start: they inherit it
     try:
         pid_file = PidFile.acquire(config.audit_dir, workers)
     except AlreadyRunning as exc:
@@ -99,6 +101,35 @@ def _run_workers(config: Config, workers: int) -> int:
             code = 128 - code
         worst = max(worst, code)
     return worst
+
+
+# Open files a worker needs besides its sessions and its Redis connections: the listening
+# sockets, the journal, the metrics endpoint, the ARI websocket, stdio, the pid file.
+FD_RESERVE = 64
+# Whatever systemd or Docker set as the hard limit, a worker never needs more than this.
+FD_TARGET_MAX = 1 << 20
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one (systemd's default soft limit is
+    1,024: a flood would meet it long before max_connections); return the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FD_TARGET_MAX if hard == resource.RLIM_INFINITY else min(hard, FD_TARGET_MAX)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("fd_limit_unchanged", soft=soft, hard=hard, error=str(exc))
+            return soft
+        log.info("fd_limit_raised", soft_was=soft, soft=target, hard=hard)
+        return target
+    return soft
+
+
+def connection_room(soft_limit: int) -> int:
+    """Connections a worker can hold within `soft_limit` open files: half of what the
+    reserve leaves, the other half for Redis connections (at most one per session)."""
+    return max(8, (soft_limit - FD_RESERVE) // 2)
 
 
 # How often the service looks at the registry checks' age (it changes once a day).
@@ -269,6 +300,17 @@ async def _start(
     running.push_async_callback(service.aclose)  # slot releases go out before the store closes
     await service.start()  # changes the journal holds and Redis never took: applied now
     server = FastAgiServer(service, config.server)
+    soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft_limit != resource.RLIM_INFINITY:
+        server.cap_connections(connection_room(soft_limit))
+        if server.max_connections < config.server.max_connections:
+            # Past the limit the event loop would close new connections without a word.
+            log.warning(
+                "max_connections_lowered",
+                configured=config.server.max_connections,
+                max_connections=server.max_connections,
+                open_files_limit=soft_limit,
+            )
     try:
         await server.start(reuse_port=reuse_port)
     except OSError as exc:

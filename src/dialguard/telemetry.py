@@ -35,6 +35,10 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REDIS_OPS = ("facts", "release", "cancel", "apply", "applied", "ping")
 # Why a decision was taken without the facts (each exists from the start at 0).
 DEGRADED_CAUSES = ("STORE_UNAVAILABLE", "DEADLINE")
+# Why a FastAGI connection was closed before its session began (dialguard.agi.server):
+# from outside [server] allow; at max_connections with no silent one to cut; or cut,
+# silent past its deadline, to make room for a new one.
+REFUSAL_CAUSES = ("not_allowed", "max_connections", "silent_cut")
 
 
 class Histogram:
@@ -84,12 +88,16 @@ class Telemetry:
         self.journal_batch = Histogram(BATCH_BUCKETS)
         self.journal_fsync = Histogram(IO_BUCKETS_S)
         self.journal_errors = 0
+        self.connections_refused: dict[str, int] = dict.fromkeys(REFUSAL_CAUSES, 0)
 
     def decided(self, result: str, reason: str, campaign: str, seconds: float) -> None:
         key = (result, reason, campaign)
         decisions = self.decisions
         decisions[key] = decisions.get(key, 0) + 1
         self.decision_latency.observe(seconds)
+
+    def connection_refused(self, cause: str) -> None:
+        self.connections_refused[cause] = self.connections_refused.get(cause, 0) + 1
 
     def degraded_decision(self, cause: str) -> None:
         self.degraded[cause] = self.degraded.get(cause, 0) + 1

@@ -55,6 +55,12 @@ MAX_ARGS = 128
 MAX_USAGE_BYTES = 64 * 1024
 
 
+# Asterisk sends an unrequested HANGUP line when the channel hangs up, and once more when
+# run_agi() ends (tests/agi/asterisk_peer.py does both): two in a session. More is not
+# Asterisk, and a peer repeating it for ever would keep us parsing until the session bound.
+MAX_HANGUPS = 4
+
+
 class ProtocolError(Exception):
     """The peer broke the AGI protocol (or we were asked to); the message is one line."""
 
@@ -311,6 +317,7 @@ class AgiConnection:
         self._pending_bytes = 0  # size of the block or of the 520 so far
         self.request: AgiRequest | None = None  # kept for logging even if an error follows
         self.hung_up = False  # a HANGUP line was seen: dead mode
+        self._hangups = 0
 
     @property
     def state(self) -> State:
@@ -448,9 +455,15 @@ class AgiConnection:
         # up. Anything else (a reply to nothing, or a block line after the empty line, e.g. a
         # caller name with an LF in it) would desynchronise replies, so we stop here.
         if line == "HANGUP":
-            self.hung_up = True
-            return Hangup()
+            return self._hangup()
         raise ProtocolError(f"unexpected line with no command in flight: {line[:80]!r}")
+
+    def _hangup(self) -> Hangup:
+        self._hangups += 1
+        if self._hangups > MAX_HANGUPS:
+            raise ProtocolError(f"more than {MAX_HANGUPS} HANGUP lines")
+        self.hung_up = True
+        return Hangup()
 
     def _on_reply_line(self, line: str, size: int) -> Event | None:
         if self._usage:  # inside a multi-line 520: every line is usage text, even "HANGUP"
@@ -464,8 +477,7 @@ class AgiConnection:
                 raise ProtocolError(f"520 usage text longer than {MAX_USAGE_BYTES} bytes")
             return None
         if line == "HANGUP":  # not the reply: the command's answer still follows
-            self.hung_up = True
-            return Hangup()
+            return self._hangup()
         if line.startswith("520-"):
             self._usage, self._pending_bytes = [line], size
             return None

@@ -9,6 +9,15 @@ it has no read timeout of its own, so every wait here is bounded:
   off after `session_timeout_ms`; closing the socket hands the call back to the dialplan,
   which then sees no DIALGUARD_RESULT and must fail closed.
 
+Who gets a session at all is settled in `connection_made`, before a byte is read:
+
+- a peer outside `[server] allow` is closed at once (docs/security.md);
+- beyond `max_connections` open at once, the oldest connection that has not sent its
+  block within `deadline_ms` is cut to make room (a real Asterisk sends it within a
+  millisecond: a flood of silent connections cannot lock the real calls out); with none
+  to cut, the new connection is closed at once. Either way a log line, at most one a
+  minute per address and cause, and `dialguard_connections_refused_total`.
+
 Scripts (the path of `agi://host:port/SCRIPT,args`):
 
 - `check,NUMBER,CAMPAIGN[,CALLERID]`: decide, count the attempt, make the audit record
@@ -22,6 +31,8 @@ Scripts (the path of `agi://host:port/SCRIPT,args`):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -34,6 +45,7 @@ from dialguard.agi.protocol import (
     Closed,
     ProtocolError,
     Reply,
+    State,
     UnsafeValue,
 )
 from dialguard.answers import (
@@ -44,7 +56,7 @@ from dialguard.answers import (
     outcome_variables,
 )
 from dialguard.audit import AuditUnavailable
-from dialguard.config import ServerSettings
+from dialguard.config import MAX_CONNECTIONS_LIMIT, IPNetwork, ServerSettings
 from dialguard.service import Service
 
 __all__ = ["FastAgiServer", "Variables"]
@@ -53,6 +65,15 @@ log = structlog.get_logger("dialguard.fastagi")
 
 Handler = Callable[[AgiRequest, float, ServerSettings], Awaitable[Variables]]
 
+# A refused address or cause is logged at most this often (a flood must not flood the log).
+REFUSAL_LOG_EVERY_S = 60.0
+# Bounds of the per-address memories (the allow-list's verdicts, the last log line): past
+# them they start again empty, which costs a parse or a log line, never a wrong answer.
+MAX_REMEMBERED = 4096
+# At the cap, how many of the oldest connections are looked at for a silent one to cut:
+# a few, so that an accept under a flood stays cheap.
+EVICT_LOOK_AT = 8
+
 
 class FastAgiServer:
     def __init__(self, service: Service, settings: ServerSettings) -> None:
@@ -60,10 +81,16 @@ class FastAgiServer:
         self.settings = settings
         self._server: asyncio.Server | None = None
         self._port = settings.port
-        self._sessions: set[_Session] = set()
+        # In the order accepted (a dict keeps it): the oldest come first when one is cut.
+        self._sessions: dict[_Session, None] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._routes: dict[str, Handler] = {"check": self._check, "outcome": self._outcome}
+        # cap_connections() lowers it when the open-file limit leaves no room for it.
+        self.max_connections = settings.max_connections
+        self._room = MAX_CONNECTIONS_LIMIT  # no limit of its own until cap_connections()
+        self._allowed: dict[str, bool] = {}  # peer address -> in [server] allow
+        self._refusals_logged: dict[tuple[str, str], tuple[float, int]] = {}
 
     @property
     def port(self) -> int:
@@ -79,6 +106,14 @@ class FastAgiServer:
         """Sessions accepted from now on run under `settings` (a reload: deadline, session
         bound, campaign from the account code); where it listens stays as started."""
         self.settings = replace(settings, host=self.settings.host, port=self.settings.port)
+        self.max_connections = min(settings.max_connections, self._room)
+        self._allowed.clear()
+
+    def cap_connections(self, room: int) -> None:
+        """Never more than `room` connections at once, whatever the configuration says:
+        what the open-file limit leaves room for (serve works it out at start)."""
+        self._room = room
+        self.max_connections = min(self.settings.max_connections, room)
 
     async def start(self, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -109,14 +144,72 @@ class FastAgiServer:
     def _new_session(self) -> _Session:
         # Counted from the accept itself, so that a stop() right after it waits for it.
         session = _Session(self)
-        self._sessions.add(session)
+        self._sessions[session] = None
         self._idle.clear()
         return session
 
     def _closed(self, session: _Session) -> None:
-        self._sessions.discard(session)
+        self._sessions.pop(session, None)
         if not self._sessions:
             self._idle.set()
+
+    def _admit(self, session: _Session, host: str, now: float) -> bool:
+        """Whether `session` (just accepted from `host`) may go on; if not, it is counted,
+        logged and forgotten, and the caller closes it."""
+        allowed = self._allowed.get(host)
+        if allowed is None:
+            if len(self._allowed) >= MAX_REMEMBERED:
+                self._allowed.clear()
+            allowed = self._allowed[host] = _in_networks(host, session.settings.allow)
+        if not allowed:
+            self._refused(session, "not_allowed", host, now)
+            return False
+        if len(self._sessions) > self.max_connections and not self._cut_silent(now):
+            self._refused(session, "max_connections", host, now)
+            return False
+        return True
+
+    def _cut_silent(self, now: float) -> bool:
+        """Close the oldest connection that has sent no block within its deadline."""
+        for old in itertools.islice(self._sessions, EVICT_LOOK_AT):
+            if old.conn.state is State.AWAITING_BLOCK and now > old.deadline:
+                self._count("silent_cut")
+                self._log_refusal("silent_cut", old.host, now)
+                old.closed = True
+                old.transport.abort()
+                self._sessions.pop(old, None)
+                return True
+        return False
+
+    def _refused(self, session: _Session, cause: str, host: str, now: float) -> None:
+        self._sessions.pop(session, None)
+        if not self._sessions:
+            self._idle.set()
+        self._count(cause)
+        self._log_refusal(cause, host, now)
+
+    def _count(self, cause: str) -> None:
+        telemetry = self.service.telemetry
+        if telemetry is not None:
+            telemetry.connection_refused(cause)
+
+    def _log_refusal(self, cause: str, host: str, now: float) -> None:
+        key = (cause, host)
+        last, since = self._refusals_logged.get(key, (-REFUSAL_LOG_EVERY_S, 0))
+        if now - last < REFUSAL_LOG_EVERY_S:
+            self._refusals_logged[key] = (last, since + 1)
+            return
+        if len(self._refusals_logged) >= MAX_REMEMBERED:
+            self._refusals_logged.clear()
+        self._refusals_logged[key] = (now, 0)
+        log.warning(
+            "connection_refused",
+            cause=cause,
+            peer=host,
+            open=len(self._sessions),
+            max_connections=self.max_connections,
+            more_since_last_line=since,
+        )
 
     async def _check(
         self, request: AgiRequest, deadline: float, settings: ServerSettings
@@ -154,6 +247,13 @@ class _Session(asyncio.Protocol):
         # The settings of the moment it arrived: a reload meanwhile does not change them.
         self.settings = settings = self.server.settings
         self.deadline = self.started + settings.deadline_ms / 1000
+        peer = transport.get_extra_info("peername")
+        self.host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if not self.server._admit(self, self.host, self.started):
+            # Before any parsing: not a byte of it is read.
+            self.closed = True
+            self.transport.abort()  # uvloop's are not asyncio.Transport subclasses
+            return
         # Asterisk has no read timeout: a client too slow to send its block, or to answer
         # our commands, would otherwise hold its call (and this session) for ever.
         self.timer = loop.call_at(
@@ -161,6 +261,8 @@ class _Session(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:  # refused or cut: what it still sends is not read
+            return
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as exc:
@@ -241,3 +343,14 @@ class _Session(asyncio.Protocol):
     def _peer(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+def _in_networks(host: str, networks: tuple[IPNetwork, ...]) -> bool:
+    """Whether the address `host` (as a socket names a peer) is in one of `networks`."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])  # fe80::1%eth0: no zone
+    except ValueError:
+        return False  # not an IP address (a UNIX socket): not in any network
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # an IPv4 peer on a dual-stack "::" listener
+    return any(address in network for network in networks)

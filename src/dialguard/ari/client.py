@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -184,18 +185,18 @@ class AriClient:
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
         await self._call(
-            "POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value}
+            "POST", f"{_channel(channel_id)}/variable", {"variable": name, "value": value}
         )
 
     async def continue_in_dialplan(self, channel_id: str) -> None:
         """Back to the dialplan at the next priority (no context/extension/priority given)."""
-        await self._call("POST", f"/channels/{channel_id}/continue")
+        await self._call("POST", f"{_channel(channel_id)}/continue")
 
     async def hangup(self, channel_id: str, reason_code: int) -> None:
-        await self._call("DELETE", f"/channels/{channel_id}", {"reason_code": str(reason_code)})
+        await self._call("DELETE", _channel(channel_id), {"reason_code": str(reason_code)})
 
     async def channel(self, channel_id: str) -> Channel:
-        return await self._get(f"/channels/{channel_id}", Channel.from_json)
+        return await self._get(_channel(channel_id), Channel.from_json)
 
     async def channels(self) -> list[Channel]:
         """Every channel of this Asterisk (`GET /channels`): one request for a whole sweep."""
@@ -333,6 +334,14 @@ class AriClient:
                     await self.disconnect()
             if not self._closing:
                 log.warning("ari_disconnected", url=self.settings.url)
+
+
+def _channel(channel_id: str) -> str:
+    """The REST path of a channel. Its id comes from Asterisk's events, and whoever
+    originates a call may choose it (ARI's and AMI's channelId): quoted whole, so that
+    "x/../../applications/..." or "a?b" stays one path segment of /channels and cannot
+    reach another endpoint with our credentials."""
+    return "/channels/" + quote(channel_id, safe="")
 
 
 def _object(value: object, what: str) -> Mapping[str, Any]:

@@ -70,6 +70,13 @@ class ServiceSeries(Collector):
             "Time of each fdatasync of the audit journal",
             t.journal_fsync,
         )
+        yield _counter(
+            "dialguard_connections_refused",
+            "FastAGI connections closed before their session: from outside [server] allow,"
+            " beyond max_connections, or cut silent to make room",
+            "cause",
+            t.connections_refused,
+        )
         yield CounterMetricFamily(
             "dialguard_journal_errors",
             "Journal batches that could not be made durable (their calls got no answer)",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["ListBusy", "StoreUnavailable"]
+from redis.exceptions import OutOfMemoryError
+
+__all__ = ["ListBusy", "StoreUnavailable", "unavailable"]
 
 
 class StoreUnavailable(Exception):
@@ -11,3 +13,14 @@ class StoreUnavailable(Exception):
 
 class ListBusy(Exception):
     """Another import of the same list is under way (one line)."""
+
+
+def unavailable(exc: Exception) -> StoreUnavailable:
+    """The one line for a Redis call that failed: Redis full (maxmemory, which refuses
+    every write until memory is freed) said as such, anything else as Redis's words."""
+    if isinstance(exc, OutOfMemoryError):
+        return StoreUnavailable(
+            "Redis is full (maxmemory reached, writes refused): raise maxmemory or free"
+            " memory (docs/operations.md); what this import had written is removed"
+        )
+    return StoreUnavailable(f"Redis unavailable: {exc}")

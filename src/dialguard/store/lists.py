@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from dialguard.store import resp, wire
 from dialguard.store.buckets import INTSET_LIMIT, Buckets
-from dialguard.store.errors import ListBusy, StoreUnavailable
+from dialguard.store.errors import ListBusy, unavailable
 from dialguard.store.keys import (
     HASH_KINDS,
     INDEX,
@@ -337,7 +337,7 @@ class Lists:
                 if len(buckets) >= _FREE_CHUNK:
                     await measure()
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+            raise unavailable(exc) from None
         await measure()
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.memory_usage(base + INDEX)
@@ -537,7 +537,7 @@ class Lists:
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+            raise unavailable(exc) from None
 
 
 def _text(value: bytes | str) -> str:
