@@ -24,7 +24,7 @@ from dialguard.cli.common import (
     operator_option,
     run_with_store,
 )
-from dialguard.config import ConfigError, load_config
+from dialguard.config import Config, ConfigError, load_config
 from dialguard.store import Store
 
 __all__ = ["import_", "report"]
@@ -182,7 +182,13 @@ def _check_callerids(file: Path, principal: str | None, config_path: Path | None
         entries = read_file(file, principal).entries
     except BadCallerIds as exc:
         raise Failure(str(exc)) from None
-    today = datetime.now(UTC).date()
+    unread = ""
+    try:
+        config: Config | None = load_config(config_path)
+    except ConfigError as exc:
+        config, unread = None, str(exc)
+    zone = ZoneInfo(config.policy.default_timezone if config else "Europe/Paris")
+    today = datetime.now(zone).date()  # authorisation dates are callee-local dates
     numbers = sum(e.high - e.low + 1 for e in entries)
     valid = sum(e.holds_on(today) for e in entries)
     ended = sum(e.valid_until is not None and e.valid_until < today for e in entries)
@@ -191,10 +197,8 @@ def _check_callerids(file: Path, principal: str | None, config_path: Path | None
         f"{file}: {len(entries)} entries{whose} ({numbers:,} numbers): {valid} valid today,"
         f" {ended} expired, {len(entries) - valid - ended} not valid yet"
     ]
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        lines.append(f"{file}: not compared with the configuration ({exc})")
+    if config is None:
+        lines.append(f"{file}: not compared with the configuration ({unread})")
         return lines
     readers = [
         name
