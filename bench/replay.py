@@ -2,14 +2,16 @@
 
     .venv/bin/python bench/replay.py build --records 1000000 --dir /tmp/dg-replay
     .venv/bin/python bench/replay.py run --dir /tmp/dg-replay [--runs 3] [--policy FILE]
+        [--before SRC]   # interleaved with runs of another checkout's src/ (git worktree)
 
 `build` writes decision records as the service writes them (`decision_record`, with the
 facts snapshot) into day files: 20,000 real decisions of the shipped policy (random
 mobile and overseas numbers, consents of random ages, do-not-call entries, refusals,
 attempt counts 0-5, calls from 08:00 to 21:00 over ten weekdays, three campaigns, one with
 caller IDs), repeated with fresh ids to N. Records are not hash-chained (replay does not
-read the chain). `run` times the whole command (`dialguard audit replay --dir DIR --json`,
-its start-up included) under a policy with a cap of 3, and prints records/s.
+read the chain). `run` times the whole command (`python -m dialguard audit replay --dir DIR
+--json --workers 2`, its start-up included) under a policy with a cap of 3, and prints
+records/s; with `--before SRC`, alternately with that src/ (the code before a change).
 """
 
 from __future__ import annotations
@@ -95,27 +97,35 @@ def build(records: int, directory: Path) -> None:
     print(f"{written:,} records in {len(files)} files, {size / 1e6:,.0f} MB: {directory}")
 
 
-def run(directory: Path, runs: int, policy_file: Path | None) -> None:
+def run(directory: Path, runs: int, policy_file: Path | None, before: Path | None) -> None:
     if policy_file is None:
         text = (ROOT / "config" / "policy" / "france.toml").read_text(encoding="utf-8")
         policy_file = Path(tempfile.mkdtemp()) / "cap3.toml"
         policy_file.write_text(text.replace("max_attempts = 4", "max_attempts = 3"))
     command = [
-        str(Path(sys.executable).parent / "dialguard"), "audit", "replay", "--policy",
-        str(policy_file), "--dir", str(directory), "--json", "--examples", "0",
+        sys.executable, "-m", "dialguard", "audit", "replay", "--policy", str(policy_file),
+        "--dir", str(directory), "--json", "--examples", "0", "--workers", "2",
     ]  # fmt: skip
-    times = []
+    sources = {"after": ROOT / "src"}
+    if before is not None:
+        sources = {"before": before, **sources}
+    times: dict[str, list[float]] = {name: [] for name in sources}
     for _ in range(runs):
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-        report = orjson.loads(done.stdout)
-        print(
-            f"{times[-1]:.2f} s: {report['records']:,} records, {report['changed']:,} would "
-            f"change, {report['records'] / times[-1]:,.0f} records/s"
-        )
-    best, median = min(times), statistics.median(times)
-    print(f"best {best:.2f} s, median {median:.2f} s ({report['records'] / median:,.0f} records/s)")
+        for name, src in sources.items():  # interleaved: the load changes under both alike
+            load = os.getloadavg()[0]
+            env = {**os.environ, "PYTHONPATH": str(src)}
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, check=True, env=env)
+            took = time.perf_counter() - start
+            times[name].append(took)
+            report = orjson.loads(done.stdout)
+            print(
+                f"{name}: {took:.2f} s: {report['records']:,} records, {report['changed']:,} "
+                f"would change, {report['records'] / took:,.0f} records/s (load {load:.2f})"
+            )
+    for name, taken in times.items():
+        median = statistics.median(taken)
+        print(f"{name}: median {median:.2f} s ({report['records'] / median:,.0f} records/s)")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 
@@ -131,8 +141,9 @@ if __name__ == "__main__":
     r.add_argument("--dir", type=Path, required=True)
     r.add_argument("--runs", type=int, default=3)
     r.add_argument("--policy", type=Path, default=None)
+    r.add_argument("--before", type=Path, default=None, help="another checkout's src/")
     args = parser.parse_args()
     if args.command == "build":
         build(args.records, args.dir)
     else:
-        run(args.dir, args.runs, args.policy)
+        run(args.dir, args.runs, args.policy, args.before)

@@ -219,3 +219,102 @@ async def test_fastagi_checks_agi_callerid_and_the_dialplan_argument(
         assert plain.variables["DIALGUARD_RESULT"] == "ALLOW", plain.variables
         await agi.drained()
         assert await agi.attempts("0612345678") == 3  # the denials took no slot
+
+
+# --- caller IDs imported from a file (caller_ids_file, `dialguard import callerid`) -------
+
+CALLERID_CSV = (
+    "number,ref,valid_from,valid_until,principal\n"
+    '"01 48 00 00 00..01 48 00 00 99",assignment ACME-2025-031,2025-01-01,,ACME\n'
+    "+33 1 49 00 00 00,assignment ACME-2019-004,2019-01-01,2020-12-31,ACME\n"
+    "01 50 00 00 00,assignment OTHER-1,,,OTHER\n"  # another company's number
+)
+
+
+def campaign_with_file(tmp_path: Path, csv_text: str) -> Path:
+    """The shipped configuration and a campaign `imported` reading callerids.csv."""
+    (tmp_path / "callerids.csv").write_text(csv_text, encoding="utf-8")
+    text = (ROOT / "config" / "dialguard.toml").read_text(encoding="utf-8")
+    text = text.replace('"policy/france.toml"', f'"{ROOT / "config" / "policy" / "france.toml"}"')
+    text += (
+        '\n[campaigns.imported]\nprincipal = "ACME"\npurpose = "prospecting"\n'
+        'caller_ids_file = "callerids.csv"\n'
+    )
+    path = tmp_path / "dialguard.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_campaign_takes_its_principals_numbers_from_the_file(tmp_path: Path) -> None:
+    config = load_config(campaign_with_file(tmp_path, CALLERID_CSV), env={})
+    campaign = config.campaigns["imported"]
+    assert campaign.caller_ids is not None and len(campaign.caller_ids.entries) == 2
+    number = normalise("0612345678")
+
+    def decide(shown: str) -> tuple[Result, Reason, dict[str, object]]:
+        caller = CallerId(shown)
+        made = policy.decide(campaign, number, FACTS, MONDAY, POLICY, caller=caller)
+        return made.result, made.reason, dict(made.evidence["caller_id"])
+
+    assert decide("01 48 00 00 42") == (
+        Result.ALLOW,
+        Reason.CONSENT,
+        {"number": "+33148000042", "authorised": True, "ref": "assignment ACME-2025-031"},
+    )
+    # Expired on 2020-12-31: denied, the authorisation named in the evidence.
+    assert decide("0149000000") == (
+        Result.DENY,
+        NOT_AUTHORISED,
+        {"number": "+33149000000", "authorised": False, "ref": "assignment ACME-2019-004"},
+    )
+    # Assigned to another company: not this campaign's to show.
+    assert decide("0150000000")[:2] == (Result.DENY, NOT_AUTHORISED)
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "message"),
+    [
+        ("number,ref\n0148000000,a\n", "line 1: header 'number,ref': expected"),
+        ("number,ref,valid_from,valid_until\n0148000000,,,\n", "line 2: no ref"),
+        ("number,ref,valid_from,valid_until\n0148000000,a,2025-13-01,\n", "line 2: valid_from"),
+        ("number,ref,valid_from,valid_until\n0148000000,a,,\n01 4x,b,,\n", "line 3: '01 4x'"),
+        ("number,ref,valid_from,valid_until\n0148000000,a\n", "line 2: 2 fields, expected 4"),
+        ("", "empty: expected a header"),
+    ],
+)
+def test_a_bad_caller_id_file_is_refused_in_one_line(
+    tmp_path: Path, csv_text: str, message: str
+) -> None:
+    path = campaign_with_file(tmp_path, csv_text)
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+    said = str(error.value)
+    assert said.startswith(f"{path}: campaigns.imported.caller_ids_file: {tmp_path}/callerids.csv")
+    assert message in said and "\n" not in said
+    run = run_dialguard(["import", "callerid", tmp_path / "callerids.csv"])
+    assert run.code == 1 and run.out == ""
+    assert run.err.startswith("dialguard: ") and message in run.err
+    assert run.err.count("\n") == 1
+
+
+def test_import_callerid_says_what_the_file_holds_and_who_reads_it(tmp_path: Path) -> None:
+    config = campaign_with_file(tmp_path, CALLERID_CSV)
+    run = run_dialguard(
+        [
+            "import",
+            "callerid",
+            tmp_path / "callerids.csv",
+            "--principal",
+            "ACME",
+            "--config",
+            config,
+        ]
+    )
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    assert lines[0].endswith(
+        "2 entries of ACME (101 numbers): 1 valid today, 1 expired, 0 not valid yet"
+    )
+    assert lines[1].endswith("read by campaigns imported (at start and on reload)")
+    refused = run_dialguard(["import", "callerid", tmp_path / "callerids.csv", "--replace"])
+    assert refused.code == 1 and "callerid takes --principal and --config only" in refused.err

@@ -240,3 +240,31 @@ def test_replay_writes_one_record_naming_the_file_and_the_counts(
         ["audit", "replay", "--policy", tmp_path / "none.toml", "--dir", journal.audit]
     )
     assert (bad.code, bad.err) == (1, f"dialguard: {tmp_path / 'none.toml'}: file not found\n")
+
+
+def test_the_quick_path_decides_every_record_as_decide(journal: Journalled, tmp_path: Path) -> None:
+    # What replay counts with (policy.outcome, records read without their rules) against
+    # the whole decision, for every record of the journal, under the three policies.
+    from dialguard.audit.reader import Query
+    from dialguard.config import load_policy
+    from dialguard.replay import _outcome, decisions, redecide
+
+    lines = [
+        line for path in sorted(journal.audit.glob("audit-*.jsonl"))
+        for line in path.read_bytes().splitlines()
+    ]  # fmt: skip
+    policies = [  # each loaded before the next one takes its file
+        load_policy(SHIPPED),
+        load_policy(policy_file(tmp_path, "max_attempts = 4", "max_attempts = 3")),
+        load_policy(policy_file(tmp_path, '["14:00", "20:00"]', '["14:00", "19:00"]')),
+    ]
+    records = list(decisions(lines, Query(kind="decision")))
+    assert len(records) == len(journal.ids) + 1
+    changed = 0
+    for policy in policies:
+        for record in records:
+            full = redecide(record, policy)
+            quick = _outcome(record, policy, {}, {}, {})
+            assert quick == (None if full is None else (full.result, full.reason))
+            changed += quick is not None and quick != (record["result"], record["reason"])
+    assert changed == 4  # tests b and c

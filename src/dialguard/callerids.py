@@ -10,13 +10,15 @@ is comparing the numbers.
 
 from __future__ import annotations
 
+import csv
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 from dialguard.numbers import InvalidNumber, normalise
 
-__all__ = ["Authorisation", "BadCallerIds", "CallerIds", "parse_entry"]
+__all__ = ["FILE_COLUMNS", "Authorisation", "BadCallerIds", "CallerIds", "parse_entry", "read_file"]
 
 RANGE = ".."
 # A range wider than this is a typo (a missing digit turns 10,000 numbers into 10 million).
@@ -107,3 +109,81 @@ class CallerIds:
             if entry.holds_on(day):
                 return entry, None
         return None, (found[0] if found else None)
+
+
+# The columns of a caller-ID file (`dialguard import callerid`, a campaign's
+# caller_ids_file): `principal` may be left out, the others are required.
+FILE_COLUMNS = ("number", "ref", "valid_from", "valid_until")
+OPTIONAL_COLUMNS = ("principal",)
+MAX_FILE_BYTES = 10_000_000  # hundreds of numbers in practice; past this, not such a file
+
+
+def read_file(path: Path, principal: str | None = None) -> CallerIds:
+    """The caller IDs of a CSV file with a header (`,` or `;`): number (a number or a range
+    FROM..TO, any spelling), ref (the authorisation's reference, required), valid_from and
+    valid_until (YYYY-MM-DD, either empty), and optionally principal: the company the
+    number is assigned to. Caller IDs belong to the company: with a principal column,
+    only the rows of `principal` are taken (None: all). BadCallerIds, in one line naming
+    the line, for the first thing wrong: the file is taken whole or not at all."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadCallerIds(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise BadCallerIds(f"{path}: more than {MAX_FILE_BYTES:,} bytes: not a caller-ID file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadCallerIds(f"{path}: not UTF-8 text") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise BadCallerIds(f"{path}: empty: expected a header {','.join(FILE_COLUMNS)}")
+    delimiter = ";" if lines[0].count(";") > lines[0].count(",") else ","
+    rows = csv.reader(lines, delimiter=delimiter)
+    header = [name.strip().lower() for name in next(rows)]
+    missing = [name for name in FILE_COLUMNS if name not in header]
+    unknown = [name for name in header if name not in (*FILE_COLUMNS, *OPTIONAL_COLUMNS)]
+    if missing or unknown or len(set(header)) != len(header):
+        raise BadCallerIds(
+            f"{path}: line 1: header {','.join(header)!r}: expected "
+            f"{','.join(FILE_COLUMNS)} and optionally principal"
+        )
+    at = {name: header.index(name) for name in header}
+    entries = []
+    for number, fields in enumerate(rows, start=2):
+        if not any(f.strip() for f in fields):
+            continue
+        where = f"{path}: line {number}"
+        if len(fields) != len(header):
+            raise BadCallerIds(f"{where}: {len(fields)} fields, expected {len(header)}")
+        cell = {name: fields[i].strip() for name, i in at.items()}
+        if principal is not None and "principal" in cell and cell["principal"] != principal:
+            continue
+        if not cell["ref"]:
+            raise BadCallerIds(f"{where}: no ref (the authorisation's reference)")
+        if len(cell["ref"]) > 200 or not cell["ref"].isprintable():
+            raise BadCallerIds(f"{where}: ref must be printable, at most 200 characters")
+        try:
+            entries.append(
+                parse_entry(
+                    cell["number"],
+                    cell["ref"],
+                    _day(cell["valid_from"], "valid_from"),
+                    _day(cell["valid_until"], "valid_until"),
+                )
+            )
+        except BadCallerIds as exc:
+            raise BadCallerIds(f"{where}: {exc}") from None
+    return CallerIds(tuple(entries))
+
+
+def _day(text: str, name: str) -> date | None:
+    if not text:
+        return None
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is None or len(text) != 10:  # 20261130 is a date to fromisoformat, not here
+        raise BadCallerIds(f"{name} {text!r} is not a date (YYYY-MM-DD)")
+    return day

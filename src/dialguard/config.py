@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redis.connection import parse_url
 
-from dialguard.callerids import BadCallerIds, CallerIds, parse_entry
+from dialguard.callerids import BadCallerIds, CallerIds, parse_entry, read_file
 from dialguard.model import Campaign, FailMode, Mode, Purpose, Sector
 from dialguard.numbers import Kind
 from dialguard.policy import Policy, Regime, Version
@@ -754,6 +754,7 @@ def _campaign(campaigns: _Reader, name: str) -> Campaign:
             "mode",
             "automated",
             "caller_ids",
+            "caller_ids_file",
         }
     )
     prefix = table.get("outside_line_prefix", str, "")
@@ -769,8 +770,28 @@ def _campaign(campaigns: _Reader, name: str) -> Campaign:
         honour_dnc=table.get("honour_dnc", bool, True),
         mode=table.choice("mode", Mode, "enforce"),
         automated=table.get("automated", bool, False),
-        caller_ids=_caller_ids(table) if "caller_ids" in table.data else None,
+        caller_ids=_all_caller_ids(table, table.name("principal")),
+        caller_ids_file=(
+            table.path.parent / table.get("caller_ids_file", str)
+            if "caller_ids_file" in table.data
+            else None
+        ),
     )
+
+
+def _all_caller_ids(table: _Reader, principal: str) -> CallerIds | None:
+    """The numbers of `caller_ids` and those of `caller_ids_file` (a CSV file beside the
+    configuration, read again on each reload: dialguard.callerids.read_file, the rows of
+    the campaign's principal); None when the campaign has neither."""
+    listed = _caller_ids(table) if "caller_ids" in table.data else None
+    if "caller_ids_file" not in table.data:
+        return listed
+    name = table.get("caller_ids_file", str)
+    try:
+        imported = read_file(table.path.parent / name, principal)
+    except BadCallerIds as exc:
+        raise table.fail("caller_ids_file", str(exc)) from None
+    return CallerIds((*(listed.entries if listed else ()), *imported.entries))
 
 
 def _caller_ids(table: _Reader) -> CallerIds:

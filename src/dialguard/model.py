@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from dialguard.callerids import CallerIds
@@ -96,6 +97,8 @@ class Campaign:
     # campaign with neither is judged on the other rules only.
     automated: bool = False
     caller_ids: CallerIds | None = None
+    # The file some of them come from (caller_ids_file): for reports, not for the rules.
+    caller_ids_file: Path | None = field(default=None, compare=False)
 
     @property
     def checks_caller_id(self) -> bool:

@@ -91,6 +91,9 @@ def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
+_day = date.fromisoformat
+
+
 def decode(snapshot: dict[str, Any]) -> tuple[Facts, Unavailable | None]:
     """The facts and the store's unavailability of a snapshot; ValueError (or KeyError,
     TypeError) when it is not one this version reads."""
@@ -103,10 +106,11 @@ def decode(snapshot: dict[str, Any]) -> tuple[Facts, Unavailable | None]:
         opt = OptoutResult(bool(raw[0]), date.fromisoformat(raw[1]), raw[2])
     if (raw := snapshot.get("con")) is not None:
         con = Consent(_at(raw[0]), _at(raw[1]) if raw[1] is not None else None, raw[2])
-    contracts = tuple(
-        Contract(c[0], Sector(c[1]), date.fromisoformat(c[2]), c[3] and date.fromisoformat(c[3]))
-        for c in snapshot.get("ctr", ())
-    )
+    contracts: tuple[Contract, ...] = ()
+    if ctr := snapshot.get("ctr"):
+        contracts = tuple(
+            Contract(c[0], Sector(c[1]), _day(c[2]), c[3] and _day(c[3])) for c in ctr
+        )
     wd, rf = snapshot.get("wd"), snapshot.get("rf")
     facts = Facts(
         dnc=dnc,

@@ -45,7 +45,9 @@ __all__ = [
     "Snapshot",
     "Torn",
     "Verification",
+    "files_of",
     "follow",
+    "lines",
     "prune",
     "search",
     "snapshot",
@@ -204,16 +206,24 @@ def _in_range(path: Path, first: date | None, last: date | None) -> bool:
     return (first is None or day >= first) and (last is None or day <= last)
 
 
+def files_of(
+    directory: Path, query: Query, part: tuple[int, int] = (0, 1)
+) -> list[tuple[Path, int]]:
+    """(path, size) of the day files that can hold records of `query`'s range; `part`
+    (i, n): only the i-th of every n, for n processes sharing the work."""
+    shot = snapshot(directory)
+    first, last = query.day_range()
+    index, parts = part
+    chosen = [(p, s) for p, s in shot.files if _in_range(p, first, last)]
+    return chosen[index::parts]
+
+
 def search(
     directory: Path, query: Query, torn: list[Torn], part: tuple[int, int] = (0, 1)
 ) -> Iterator[tuple[bytes, dict[str, Any]]]:
     """(line, record) of every matching record, in chain order. `part` (i, n): only the
     i-th of every n files of the range, for n processes sharing the work."""
-    shot = snapshot(directory)
-    first, last = query.day_range()
-    index, parts = part
-    chosen = [(p, s) for p, s in shot.files if _in_range(p, first, last)]
-    for path, size in chosen[index::parts]:
+    for path, size in files_of(directory, query, part):
         if query.number is not None:
             found = _by_number(path, size, query, torn)
         else:

@@ -30,7 +30,17 @@ from rich.console import Console
 from rich.table import Table
 
 from dialguard.audit.files import AuditUnavailable
-from dialguard.audit.reader import Query, Torn, follow, prune, search, stats, verify
+from dialguard.audit.reader import (
+    Query,
+    Torn,
+    files_of,
+    follow,
+    lines,
+    prune,
+    search,
+    stats,
+    verify,
+)
 from dialguard.audit.writer import Journal
 from dialguard.cli.central import central_stats, central_verify
 from dialguard.cli.common import Failure, config_option, errors_are_one_line, operator_option
@@ -38,7 +48,7 @@ from dialguard.config import load_config, load_policy
 from dialguard.csv_cells import cell
 from dialguard.numbers import InvalidNumber, normalise
 from dialguard.policy import Policy
-from dialguard.replay import Report, replay
+from dialguard.replay import Report, decisions, replay
 from dialguard.service import new_id
 
 __all__ = ["EXIT_BROKEN", "audit"]
@@ -773,9 +783,10 @@ class _ReplayPart:
     def __call__(self, index: int) -> tuple[Report, list[Torn]]:
         torn: list[Torn] = []
         zone = self.zone
-        found = search(self.directory, self.query, torn, (index, self.parts))
+        files = files_of(self.directory, self.query, (index, self.parts))
+        found = (line for path, size in files for _, line in lines(path, size, torn))
         report = replay(
-            (record for _, record in found),
+            decisions(found, self.query),
             self.policy,
             lambda ms: datetime.fromtimestamp(ms / 1000, zone).date(),
         )

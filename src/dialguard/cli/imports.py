@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from dialguard import import_files, importing
 from dialguard.audit import Journal
+from dialguard.callerids import BadCallerIds, read_file
 from dialguard.cli.common import (
     Failure,
     config_option,
@@ -23,7 +24,7 @@ from dialguard.cli.common import (
     operator_option,
     run_with_store,
 )
-from dialguard.config import load_config
+from dialguard.config import Config, ConfigError, load_config
 from dialguard.store import Store
 
 __all__ = ["import_", "report"]
@@ -67,7 +68,7 @@ class _Bar:
 
 
 @click.command("import")
-@click.argument("kind", type=click.Choice(import_files.KINDS))
+@click.argument("kind", type=click.Choice([*import_files.KINDS, "callerid"]))
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Swap the whole list for this file, atomically.")
 @click.option("--remove", is_flag=True, help="dnc only: take this file's numbers off the list.")
@@ -93,6 +94,9 @@ class _Bar:
     show_default=True,
     help="Load the good lines when at most this many are bad (they go to the rejects file).",
 )
+@click.option(
+    "--principal", default=None, help="callerid only: the rows of this company (principal)."
+)
 @operator_option
 @config_option
 @errors_are_one_line
@@ -106,15 +110,28 @@ def import_(
     dry_run: bool,
     rejects_path: Path | None,
     max_rejects: int,
+    principal: str | None,
     operator: str,
     config_path: Path | None,
 ) -> None:
-    """Load a CSV file (header row, `,` or `;`) of KIND: dnc, consent, contract, bloctel.
+    """Load a CSV file (header row, `,` or `;`) of KIND: dnc, consent, contract, bloctel;
+    or check a callerid file.
 
     Without --replace the rows are added to the list in force (--remove: taken off it).
     Each import is an audit record (file, SHA-256, counts, version, operator) and its file
-    is kept, compressed, in the audit directory's imports/ (docs/imports.md).
+    is kept, compressed, in the audit directory's imports/ (docs/imports.md). A callerid
+    file is not loaded into Redis: the campaigns name it (caller_ids_file), the
+    configuration reads it at start and on reload; this checks it and says what it holds.
     """
+    if kind == "callerid":
+        extra = replace or remove or checked_at or ref or rejects_path or max_rejects
+        if extra:
+            raise Failure("callerid takes --principal and --config only (docs/imports.md)")
+        for line in _check_callerids(file, principal, config_path):
+            click.echo(line)
+        return
+    if principal is not None:
+        raise Failure("--principal applies to callerid files only")
     config = load_config(config_path)
     if replace and remove:
         raise Failure("--replace and --remove exclude each other")
@@ -156,6 +173,41 @@ def import_(
         click.echo(line)
     if outcome.refusal:
         raise Failure(outcome.refusal.replace("nothing loaded", "it would be refused"))
+
+
+def _check_callerids(file: Path, principal: str | None, config_path: Path | None) -> list[str]:
+    """What a caller-ID file holds (BadCallerIds: refused, in one line), and which
+    campaigns of the configuration read it, when it can be read."""
+    try:
+        entries = read_file(file, principal).entries
+    except BadCallerIds as exc:
+        raise Failure(str(exc)) from None
+    unread = ""
+    try:
+        config: Config | None = load_config(config_path)
+    except ConfigError as exc:
+        config, unread = None, str(exc)
+    zone = ZoneInfo(config.policy.default_timezone if config else "Europe/Paris")
+    today = datetime.now(zone).date()  # authorisation dates are callee-local dates
+    numbers = sum(e.high - e.low + 1 for e in entries)
+    valid = sum(e.holds_on(today) for e in entries)
+    ended = sum(e.valid_until is not None and e.valid_until < today for e in entries)
+    whose = f" of {principal}" if principal else ""
+    lines = [
+        f"{file}: {len(entries)} entries{whose} ({numbers:,} numbers): {valid} valid today,"
+        f" {ended} expired, {len(entries) - valid - ended} not valid yet"
+    ]
+    if config is None:
+        lines.append(f"{file}: not compared with the configuration ({unread})")
+        return lines
+    readers = [
+        name
+        for name, campaign in sorted(config.campaigns.items())
+        if campaign.caller_ids_file is not None and campaign.caller_ids_file.samefile(file)
+    ]
+    said = ", ".join(readers) if readers else "none: name it in a campaign's caller_ids_file"
+    lines.append(f"{file}: read by campaigns {said} (at start and on reload)")
+    return lines
 
 
 def _checked_on(kind: str, checked_at: str | None, zone: ZoneInfo) -> date | None:
