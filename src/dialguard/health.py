@@ -3,8 +3,9 @@ CHECK_TIMEOUT_S with one line saying what is wrong; `/readyz` (dialguard.metrics
 them.
 
 - redis: a PING through the store's own connection pool;
-- journal: the last append did not fail and the directory can be written (no record is
-  written to find out);
+- journal: the directory can be written and the last append did not fail, or a probe
+  file written and flushed there since shows it would not now (no record is written to
+  find out);
 - pending: no journalled change has waited for Redis longer than `max_pending_s` (an
   opt-out Redis has not taken holds on this node alone);
 - policy: the policy in force (read from the service at each probe: a reload shows).

@@ -99,10 +99,16 @@ class Journal:
     def problem(self) -> str | None:
         """Why an append would fail now, in one line, or None: the last batch failed, or
         the directory cannot be written. Cheap (a few system calls, no record written)."""
+        problem = _directory_problem(self.directory)
+        if problem is not None:
+            return problem
         failure = self._failure
-        if failure is not None:
+        # A node found not ready gets no calls, so no append would ever clear the failure:
+        # a file written and flushed in the directory stands in for one. A fault of the
+        # journal file itself is then found again by the next call.
+        if failure is not None and _probe_write(self.directory) is not None:
             return f"the last append failed: {failure}"
-        return _directory_problem(self.directory)
+        return None
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
@@ -170,6 +176,24 @@ def _directory_problem(directory: Path) -> str | None:
             return f"{path}: no space left"
     except OSError as exc:
         return f"{path}: {exc.strerror or exc}"
+    return None
+
+
+def _probe_write(directory: Path) -> str | None:
+    """Why a small file cannot be written, flushed and removed in `directory`, or None."""
+    probe = directory / f".ready-probe.{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)  # as the first append would
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ready?\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    except OSError as exc:
+        return f"{directory}: {exc.strerror or exc}"
     return None
 
 
