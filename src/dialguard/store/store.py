@@ -203,6 +203,7 @@ class Store:
         keys = self.keys
         self._shared_keys = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal]
         self._shared_keys += (keys.cancelled, keys.consent_live, keys.contract_live)
+        self._shared_keys.append(keys.principals)
         assert len(self._shared_keys) == SHARED_KEYS
         self._formats: list[str | int] = list(facts_formats(keys))
         self._metas = Metas()
