@@ -22,7 +22,6 @@ from dialguard.store.packed import (
     DEFAULT_ENTRIES,
     DEFAULT_VALUE_BYTES,
     Gathered,
-    pack_contract_fields,
 )
 
 __all__ = ["LIST_OF_KIND", "MODES", "Loader", "Summary", "load"]
@@ -175,9 +174,7 @@ class Loader:
             self._counts["rows"] += len(rows)
             contracts = rows if type(rows[0]) is tuple else [contract_entry(r) for r in rows]
             ids = await self._ids({entry[1] for entry in contracts})
-            add = self._packed.add
-            for key, principal, contract_id, sector, start, end in contracts:
-                add(key, ids[principal], pack_contract_fields(contract_id, sector, start, end))
+            self._packed.add_contracts(contracts, ids)
             await self._after_feed()
 
     async def _ids(self, principals: set[str]) -> dict[str, int]:

@@ -260,6 +260,15 @@ class Store:
         """(entries, bytes) of the live do-not-call entries."""
         return await self.lists.hash_census(self.keys.dnc_live)
 
+    async def live_census(self, kind: str) -> tuple[int, int]:
+        """(entries, bytes) of what was added live to `kind` (dnc, consent, contract)."""
+        key = {
+            "dnc": self.keys.dnc_live,
+            "consent": self.keys.consent_live,
+            "contract": self.keys.contract_live,
+        }[kind]
+        return await self.lists.hash_census(key)
+
     @staticmethod
     def _pair(number: Number, principal: str) -> str:
         return f"{number.key}|{principal}"
