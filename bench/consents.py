@@ -23,7 +23,8 @@ an empty list), the version's MEMORY USAGE (every bucket, its index, the overflo
 another process) and SLOWLOG over 5 ms; then 2,000 entries of the file read back through
 `Store.facts` (the decision's script) and compared with the file.
 
-`--before SRC`: the same imports, first, with another checkout's src/ (`PYTHONPATH`), at
+`--before SRC`: the same imports, first, with another checkout's src/ (`PYTHONPATH`; this
+run's own code is the one this process imports, whatever its PYTHONPATH), at
 `--before-entries` rows (the one-hash layout took ~12 s and ~121 bytes per 1 M consents),
 as the baseline of the same run.
 """
@@ -342,6 +343,8 @@ async def measure(
                 for kind in args.only:
                     path = paths[kind](n)
                     sample = sample_rows(path, n) if code == "this" else []
+                    # The importer is a child: the code it runs is on its PYTHONPATH.
+                    saved = os.environ.get("PYTHONPATH")
                     if code == "before":
                         os.environ["PYTHONPATH"] = str(args.before)
                     try:
@@ -349,7 +352,10 @@ async def measure(
                             client, kind, path, n, config, work, pin, pid, port, code, sample
                         )
                     finally:
-                        os.environ.pop("PYTHONPATH", None)
+                        if saved is None:
+                            os.environ.pop("PYTHONPATH", None)
+                        else:
+                            os.environ["PYTHONPATH"] = saved
                     print_run(run)
                     runs.append(run)
     finally:
