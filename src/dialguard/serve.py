@@ -291,7 +291,7 @@ async def _start(
     if legacy:
         raise _CannotStart(
             f"Redis holds lists in an earlier layout ({', '.join(legacy)}) that this version"
-            " does not read; import them again, then delete those keys"
+            " does not read; import them again (--replace), then delete those keys left"
             " (docs/data-model.md, Upgrading)",
             2,
         )

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dialguard.audit.reader import Query, Torn, search
+from dialguard.changes import record_detail
 from dialguard.cli.audit import Where, dir_option, warn_torn
 from dialguard.cli.common import (
     EXIT_DEPENDENCY,
@@ -156,7 +157,7 @@ def _print(
         else:
             event = kind
         who = str(record.get("operator") or record.get("adapter") or "")
-        detail = str(record.get("why") or record.get("degraded") or "")
+        detail = record_detail(record) or str(record.get("degraded") or "")
         if kind == "decision":
             evidence = record.get("evidence") or {}
             detail = detail or ", ".join(sorted(k for k in evidence if k != "attempts_30d"))
