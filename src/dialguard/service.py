@@ -1,4 +1,4 @@
-"""The one path every adapter (CLI, FastAGI, ARI, classic AGI) goes through.
+"""The one path every adapter (CLI, FastAGI, ARI, classic AGI, HTTP) goes through.
 
 `decide`: normalise -> facts (one round trip) -> policy (pure) -> count the attempt
 (atomic) -> audit (durable) -> answer. `record_outcome` and the live list changes
@@ -350,36 +350,62 @@ class Service:
     # --- live changes to the lists --------------------------------------------------------
 
     async def dnc_add(
-        self, raw: str, reason: str, now: datetime | None = None, *, operator: str = ""
+        self,
+        raw: str,
+        reason: str,
+        now: datetime | None = None,
+        *,
+        operator: str = "",
+        adapter: str = "cli",
     ) -> tuple[Number, str, bool]:
         """Put a number on the company's do-not-call list, effective for the next call:
-        (the number, the audit record's id, whether Redis took it now)."""
+        (the number, the audit record's id, whether Redis took it now). `adapter`: who
+        asked (cli, http), in the audit record."""
         number = listable_number(raw)
         change_id, applied = await self._change(
-            ChangeKind.DNC_ADD, number, now or self.clock(), _CLI, operator, "", reason, {}
+            ChangeKind.DNC_ADD, number, now or self.clock(), _by(adapter), operator, "", reason, {}
         )
         return number, change_id, applied is not None
 
     async def dnc_remove(
-        self, raw: str, reason: str, now: datetime | None = None, *, operator: str = ""
+        self,
+        raw: str,
+        reason: str,
+        now: datetime | None = None,
+        *,
+        operator: str = "",
+        adapter: str = "cli",
     ) -> tuple[Number, str, bool | None]:
         """Take a number off the do-not-call list: (the number, the audit record's id,
         whether it was on it; None when Redis did not take the change yet)."""
         number = listable_number(raw)
         change_id, applied = await self._change(
-            ChangeKind.DNC_REMOVE, number, now or self.clock(), _CLI, operator, "", reason, {}
+            ChangeKind.DNC_REMOVE,
+            number,
+            now or self.clock(),
+            _by(adapter),
+            operator,
+            "",
+            reason,
+            {},
         )
         return number, change_id, applied
 
     async def withdraw_consent(
-        self, raw: str, principal: str, now: datetime | None = None, *, operator: str = ""
+        self,
+        raw: str,
+        principal: str,
+        now: datetime | None = None,
+        *,
+        operator: str = "",
+        adapter: str = "cli",
     ) -> tuple[Number, str, bool]:
         number = listable_number(raw)
         change_id, applied = await self._change(
             ChangeKind.CONSENT_WITHDRAW,
             number,
             now or self.clock(),
-            _CLI,
+            _by(adapter),
             operator,
             principal,
             "",
@@ -455,6 +481,11 @@ _NO_CAP = 1 << 30
 
 # The request behind a change made from the command line.
 _CLI = CallRequest("", "", adapter="cli")
+
+
+def _by(adapter: str) -> CallRequest:
+    """The request behind a live change that came through `adapter`."""
+    return _CLI if adapter == "cli" else CallRequest("", "", adapter=adapter)
 
 
 def _normalise(raw: str, campaign: Campaign | None) -> tuple[Number | None, str]:
