@@ -19,7 +19,7 @@ import structlog
 
 from dialguard.agi.server import FastAgiServer
 from dialguard.api.app import HttpApi
-from dialguard.api.tokens import BadTokens
+from dialguard.api.tokens import BadTokens, read_tokens
 from dialguard.ari.app import AriApp
 from dialguard.ari.client import AriError, AriUnavailable
 from dialguard.audit import Journal
@@ -46,6 +46,12 @@ def serve(config: Config, workers: int) -> int:
             file=sys.stderr,
         )
         return 1
+    if config.api is not None:
+        try:
+            read_tokens(config.api.tokens_file)  # once, before any worker: one line
+        except BadTokens as exc:
+            print(f"dialguard: {exc}", file=sys.stderr)
+            return 1
     # Until a process's handler is in place a SIGHUP would kill it (the default action):
     # held back meanwhile, by the workers too (they inherit the mask), and delivered once
     # the handler is there, so that a `dialguard reload` during start-up is not lost.

@@ -82,7 +82,9 @@ class Http:
     async def redis_keys(self) -> set[bytes]:
         client = aioredis.Redis.from_url(admin_url(self.redis_url))
         try:
-            return set(await client.keys("*"))
+            return {
+                key if isinstance(key, bytes) else key.encode() for key in await client.keys("*")
+            }
         finally:
             await client.aclose()
 
