@@ -22,7 +22,7 @@ from dialguard.cli.common import EXIT_INPUT, EXIT_INTERNAL, configure_logging, f
 from dialguard.cli.history import history
 from dialguard.cli.imports import import_
 from dialguard.cli.lists import lists
-from dialguard.cli.live import consent, dnc, outcome
+from dialguard.cli.live import consent, contract, dnc, outcome
 from dialguard.cli.pending import apply_pending, pending
 from dialguard.cli.policy import policy
 from dialguard.cli.reload import reload
@@ -54,6 +54,7 @@ for command in (
     reload,
     dnc,
     consent,
+    contract,
     outcome,
     import_,
     audit,

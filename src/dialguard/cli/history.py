@@ -16,6 +16,7 @@ from rich.table import Table
 
 from dialguard import history as story
 from dialguard.audit.reader import Torn
+from dialguard.changes import record_detail
 from dialguard.cli.audit import Where, dir_option, warn_torn
 from dialguard.cli.common import (
     EXIT_DEPENDENCY,
@@ -83,7 +84,7 @@ def _print(
         else:
             event = kind
         who = str(record.get("operator") or record.get("adapter") or "")
-        detail = str(record.get("why") or record.get("degraded") or "")
+        detail = record_detail(record) or str(record.get("degraded") or "")
         if kind == "decision":
             evidence = record.get("evidence") or {}
             detail = detail or ", ".join(sorted(k for k in evidence if k != "attempts_30d"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
 
@@ -31,8 +31,11 @@ __all__ = [
     "encode_consent",
     "encode_contract",
     "encode_dnc",
+    "encode_live_consent",
     "facts_formats",
     "from_ms",
+    "later_consent",
+    "merge_contracts",
     "ms",
 ]
 
@@ -45,6 +48,8 @@ LUA_LIST_FIELDS = (
 )
 # How many version formats lead ARGV (see facts_formats).
 FORMATS = 5
+# How many keys lead KEYS, before the attempts keys (see Store._shared_keys).
+SHARED_KEYS = 7
 
 # The facts for every decision waiting in one event-loop turn: one script call, one round
 # trip, one reply to parse, however many sessions are in flight.
@@ -65,17 +70,18 @@ FORMATS = 5
 # has the number answers, a listing winning within a set.
 #
 # KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the tombstones,
-# then one attempts key per request. ARGV: the formats of a version's key (dnc base,
-# registry listed and clear bases, consent and contract hashes: see keys.py), then per
-# request the number's key, the number|principal field, the start of the attempt window
-# (attempts at or before it are dropped), the cap (0: do not reserve), the attempt id,
-# now, the window length (the attempts key's lifetime), all in ms. The reply ends with the
-# do-not-call version and the registry result sets' metadata (dates and references for
-# the evidence).
+# the live consents and contracts, then one attempts key per request. ARGV: the formats
+# of a version's key (dnc base, registry listed and clear bases, consent and contract
+# hashes: see keys.py), then per request the number's key, the number|principal field,
+# the start of the attempt window (attempts at or before it are dropped), the cap (0: do
+# not reserve), the attempt id, now, the window length (the attempts key's lifetime), all
+# in ms. The reply ends with the do-not-call version and the registry result sets'
+# metadata (dates and references for the evidence).
 FACTS = (
     LUA_PARTS
     + LUA_LIST_FIELDS
     + f"local FORMATS = {FORMATS}\n"
+    + f"local FIRST = {SHARED_KEYS + 1}\n"
     + """
 local lists = redis.call('HMGET', KEYS[1], unpack(LIST_FIELDS))
 local dnc = lists[1] and string.format(ARGV[1], lists[1])
@@ -94,8 +100,8 @@ local function has(base, bucket, m)
     or redis.call('GETBIT', base .. BITMAP .. bucket, m) == 1
 end
 local out = {}
-for i = 6, #KEYS do
-  local a = FORMATS + (i - 6) * 7
+for i = FIRST, #KEYS do
+  local a = FORMATS + (i - FIRST) * 7
   local n, np, start, cap = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
   local attempts = KEYS[i]
   local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
@@ -129,13 +135,15 @@ for i = 6, #KEYS do
     out[#out + 1] = redis.call('ZCOUNT', attempts, '(' .. start, '+inf')
     out[#out + 1] = 0
   end
+  out[#out + 1] = redis.call('HGET', KEYS[6], np)
+  out[#out + 1] = redis.call('HGET', KEYS[7], np)
 end
 out[#out + 1] = lists[1] or false
 out[#out + 1] = lists[5] or false
 return out
 """
 )
-FACTS_PER_REQUEST = 8
+FACTS_PER_REQUEST = 10
 
 
 def facts_formats(keys: Keys) -> list[str]:
@@ -330,17 +338,73 @@ def decode_facts(reply: Sequence[Any], lists: ListsInForce) -> Facts | Exception
 
 
 def _decode_entries(reply: Sequence[Any], lists: ListsInForce) -> Facts:
-    dnc, optout, consent, withdrawal, contracts, refusal, attempts, reserved = reply
+    (
+        dnc,
+        optout,
+        consent,
+        withdrawal,
+        contracts,
+        refusal,
+        attempts,
+        reserved,
+        live_consent,
+        live_contracts,
+    ) = reply
+    imported = _decode_contracts(contracts) if contracts else ()
     return Facts(
         dnc=_decode_dnc(dnc, lists) if dnc else None,
         optout=_decode_optout(optout, lists) if optout else None,
-        consent=_decode_consent(consent) if consent else None,
+        consent=later_consent(
+            _decode_consent(consent) if consent else None,
+            _decode_consent(live_consent) if live_consent else None,
+        ),
         withdrawn_at=from_ms(withdrawal) if withdrawal else None,
-        contracts=_decode_contracts(contracts) if contracts else (),
+        contracts=merge_contracts(imported, live_contracts) if live_contracts else imported,
         refused_at=from_ms(refusal) if refusal else None,
         attempts_30d=int(attempts),
         reserved=bool(reserved),
     )
+
+
+def later_consent(imported: Consent | None, live: Consent | None) -> Consent | None:
+    """The consent given last: an imported list and the consents added live since both
+    hold one per number and principal, and the later word answers (a withdrawal between
+    the two is judged against it by the rules)."""
+    if imported is None or (live is not None and live.given_at >= imported.given_at):
+        return live
+    return imported
+
+
+def encode_live_consent(given_ms: int, expires_ms: int, proof_ref: str) -> str:
+    """The live consent hash's value (read back by _decode_consent)."""
+    return f"{given_ms}|{expires_ms or ''}|{proof_ref}"
+
+
+def merge_contracts(imported: tuple[Contract, ...], live: bytes | str) -> tuple[Contract, ...]:
+    """The imported contracts of a pair with what was added or ended live, by id.
+
+    The live entry keeps, per contract id, the latest `contract add` (sector, start, end,
+    when it was recorded) and the latest `contract end` (the last day, when it was
+    recorded): an end recorded after the add (or with no add: the imported contract)
+    brings its end date forward; an add recorded after an end stands as it is (the
+    contract was signed again)."""
+    contracts = {contract.contract_id: contract for contract in imported}
+    for contract_id, item in json.loads(live).items():
+        sector, start, end, add_ms, last_day, end_ms = item
+        contract = contracts.get(contract_id)
+        if int(add_ms):
+            contract = Contract(
+                contract_id,
+                Sector(sector),
+                date.fromisoformat(start),
+                date.fromisoformat(end) if end else None,
+            )
+        if contract is not None and int(end_ms) and int(end_ms) >= int(add_ms):
+            day = date.fromisoformat(last_day)
+            contract = replace(contract, end=min(contract.end or day, day))
+        if contract is not None:
+            contracts[contract_id] = contract
+    return tuple(contracts.values())
 
 
 def _decode_dnc(raw: bytes, lists: ListsInForce) -> DncEntry:

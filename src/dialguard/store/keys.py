@@ -65,6 +65,18 @@ class Keys:
         return self.prefix + "dnc:live"
 
     @property
+    def consent_live(self) -> str:
+        """Hash: ``number|principal`` -> ``given_ms|expires_ms|proof_ref``: consents added
+        live (`consent add`), beside the imported list; the later given answers."""
+        return self.prefix + "consent:live"
+
+    @property
+    def contract_live(self) -> str:
+        """Hash: ``number|principal`` -> JSON: contracts added or ended live, by id (see
+        store.facts.merge_contracts)."""
+        return self.prefix + "contract:live"
+
+    @property
     def withdrawal(self) -> str:
         """Hash: ``number|principal`` -> withdrawn_ms."""
         return self.prefix + "withdrawal"
