@@ -242,6 +242,79 @@ async def test_a_withdrawal_denies_the_next_call_within_the_same_second(http: Ht
     assert record["id"] == answer.body["id"] and record["adapter"] == "http"
 
 
+async def reason(http: Http, campaign: str, number: str = NUMBER_RAW) -> str:
+    """What the next FastAGI call is told."""
+    return (await http.agi.call(number, campaign)).variables["DIALGUARD_REASON"]
+
+
+async def test_a_consent_allows_the_next_fastagi_call_and_a_withdrawal_denies_it(
+    http: Http,
+) -> None:
+    """Speed to lead: the web form's consent reaches the dialer's next call, then the
+    consumer's withdrawal does, each within the same second."""
+    assert await reason(http, "demo-prospecting") == "NO_CONSENT"
+    consent = {
+        "number": "+33 6 12 34 56 78",
+        "principal": "ACME",
+        "proof_ref": "form-2026-0042",
+        "given_at": "2026-11-30T10:58:00",
+        "source": "web form",
+    }
+    started = time.monotonic()
+    added = await http.post("/v1/consents", consent, token="write-lists")
+    allowed = await http.agi.call(NUMBER_RAW, "demo-prospecting")
+    assert time.monotonic() - started < 1.0
+    assert added.status == 200 and added.body["status"] == "RECORDED"
+    record = assert_decision(http.agi, allowed, "ALLOW", "CONSENT")
+    assert record["evidence"]["consent"]["proof_ref"] == "form-2026-0042"
+    (journalled,) = http.records("consent-add")
+    assert (journalled["id"], journalled["adapter"], journalled["operator"]) == (
+        added.body["id"],
+        "http",
+        "write-lists",
+    )
+    assert (journalled["proof_ref"], journalled["source"]) == ("form-2026-0042", "web form")
+
+    started = time.monotonic()
+    withdrawn = await http.post(
+        "/v1/consents/withdrawals", {"number": NUMBER_RAW, "principal": "ACME"}
+    )
+    denied = await http.agi.call(NUMBER_RAW, "demo-prospecting")
+    assert time.monotonic() - started < 1.0
+    assert withdrawn.status == 200
+    assert_decision(http.agi, denied, "DENY", "CONSENT_WITHDRAWN")
+
+
+async def test_a_contract_opens_the_exception_and_its_end_closes_it(http: Http) -> None:
+    assert await reason(http, "demo-energy") == "SECTOR_BAN"
+    contract = {
+        "number": NUMBER_RAW,
+        "principal": "ACME",
+        "id": "CT-9",
+        "sector": "energy_renovation",
+        "start": "2026-01-01",
+    }
+    added = await http.post("/v1/contracts", contract)
+    assert (added.status, added.body["contract"]) == (200, "CT-9")
+    assert await reason(http, "demo-energy") == "CONTRACT"
+    end = {"number": NUMBER_RAW, "principal": "ACME", "id": "CT-9", "at": "2026-11-29"}
+    ended = await http.post("/v1/contracts/end", end)
+    assert ended.status == 200
+    assert await reason(http, "demo-energy") == "SECTOR_BAN"
+    kinds = [
+        (r["kind"], r.get("end"), r["adapter"])
+        for r in http.records()
+        if r["kind"].startswith("contract")
+    ]
+    assert kinds == [("contract-add", None, "http"), ("contract-end", "2026-11-29", "http")]
+    # Ended now (an instant): from today on.
+    await http.post("/v1/contracts", {**contract, "id": "CT-10"})
+    assert await reason(http, "demo-energy") == "CONTRACT"
+    now = {"number": NUMBER_RAW, "principal": "ACME", "id": "CT-10"}
+    assert (await http.post("/v1/contracts/end", now)).status == 200
+    assert await reason(http, "demo-energy") == "SECTOR_BAN"
+
+
 @pytest.mark.parametrize(
     ("path", "body", "code"),
     [
@@ -295,6 +368,73 @@ async def test_a_withdrawal_denies_the_next_call_within_the_same_second(http: Ht
             {"number": NUMBER_RAW, "principal": "ACME", "extra": 1},
             "invalid_request",
         ),
+        ("/v1/consents", {"number": NUMBER_RAW, "principal": "ACME"}, "invalid_request"),
+        (
+            "/v1/consents",
+            {"number": NUMBER_RAW, "principal": "ACME", "proof_ref": ""},
+            "invalid_request",
+        ),
+        (
+            "/v1/consents",
+            {"number": NUMBER_RAW, "principal": "ACME", "proof_ref": "a|b"},
+            "invalid_request",
+        ),
+        ("/v1/consents", {"number": "12", "principal": "ACME", "proof_ref": "p"}, "invalid_number"),
+        (
+            "/v1/consents",
+            {
+                "number": NUMBER_RAW,
+                "principal": "ACME",
+                "proof_ref": "p",
+                "given_at": "2026-12-30T10:00",
+            },
+            "invalid_request",
+        ),
+        (
+            "/v1/consents",
+            {
+                "number": NUMBER_RAW,
+                "principal": "ACME",
+                "proof_ref": "p",
+                "given_at": "2026-11-01T10:00",
+                "expires_at": "2026-10-01T10:00",
+            },
+            "invalid_request",
+        ),
+        (
+            "/v1/contracts",
+            {"number": NUMBER_RAW, "principal": "ACME", "id": "C", "sector": "gas"},
+            "invalid_request",
+        ),
+        (
+            "/v1/contracts",
+            {
+                "number": NUMBER_RAW,
+                "principal": "ACME",
+                "id": "C",
+                "sector": "cpf",
+                "start": "2026-13-01",
+            },
+            "invalid_request",
+        ),
+        (
+            "/v1/contracts",
+            {
+                "number": NUMBER_RAW,
+                "principal": "ACME",
+                "id": "C",
+                "sector": "cpf",
+                "start": "2026-06-01",
+                "end": "2026-01-01",
+            },
+            "invalid_request",
+        ),
+        ("/v1/contracts/end", {"number": NUMBER_RAW, "principal": "ACME"}, "invalid_request"),
+        (
+            "/v1/contracts/end",
+            {"number": NUMBER_RAW, "principal": "ACME", "id": "C", "at": "2027-01-01T10:00"},
+            "invalid_request",
+        ),
         ("/v1/decisions", {"number": 612345678, "campaign": "demo-press"}, "invalid_request"),
         (
             "/v1/decisions",
@@ -331,7 +471,14 @@ async def test_a_bad_request_is_one_line_and_changes_nothing(
 )
 async def test_bad_json_is_400_and_changes_nothing(http: Http, raw: bytes, why: str) -> None:
     before = await unchanged(http)
-    for path in ("/v1/decisions", "/v1/outcomes", "/v1/consents/withdrawals"):
+    for path in (
+        "/v1/decisions",
+        "/v1/outcomes",
+        "/v1/consents",
+        "/v1/consents/withdrawals",
+        "/v1/contracts",
+        "/v1/contracts/end",
+    ):
         assert_error(await http.post(path, raw=raw), "bad_json")
     assert await unchanged(http) == before
 
@@ -407,7 +554,10 @@ ENDPOINTS = [
     ("POST", "/v1/outcomes", "write-lists"),
     ("POST", f"/v1/dnc/{NUMBER_RAW}", "write-lists"),
     ("DELETE", f"/v1/dnc/{NUMBER_RAW}", "write-lists"),
+    ("POST", "/v1/consents", "write-lists"),
     ("POST", "/v1/consents/withdrawals", "write-lists"),
+    ("POST", "/v1/contracts", "write-lists"),
+    ("POST", "/v1/contracts/end", "write-lists"),
     ("GET", f"/v1/numbers/{NUMBER_RAW}/history", "read-audit"),
 ]
 

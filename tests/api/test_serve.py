@@ -29,9 +29,9 @@ SHIPPED = ROOT / "config" / "dialguard.toml"
 
 
 async def test_two_workers_answer_on_one_port_as_fastagi_does(
-    redis_server: RedisServer, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    with serving_api(tmp_path, redis_server.url, workers=2) as served:
+    with serving_api(tmp_path, clean_redis.url, workers=2) as served:
         assert len(served.events("api_listening")) == 2
         assert {e["port"] for e in served.events("api_listening")} == {served.api_port}
         headers = {"Authorization": f"Bearer {served.token}"}
@@ -76,9 +76,9 @@ async def test_two_workers_answer_on_one_port_as_fastagi_does(
 
 
 async def test_a_token_added_while_serving_is_taken_without_a_reload(
-    redis_server: RedisServer, tmp_path: Path
+    clean_redis: RedisServer, tmp_path: Path
 ) -> None:
-    with serving_api(tmp_path, redis_server.url) as served:
+    with serving_api(tmp_path, clean_redis.url) as served:
         run = await asyncio.to_thread(
             run_dialguard,
             ["api", "token", "add", "crm", "--scope", "write-lists", "--operator", "alice"],

@@ -23,6 +23,7 @@ from dialguard.api.routes import ROUTES, Call, Route
 from dialguard.api.schema import parse_json
 from dialguard.api.tokens import Token, TokenFile, find
 from dialguard.audit import AuditUnavailable
+from dialguard.changes import InvalidChange
 from dialguard.config import MAX_BODY_LIMIT, ApiSettings
 from dialguard.numbers import InvalidNumber
 from dialguard.service import Service
@@ -205,6 +206,8 @@ async def _run(route: Route, call: Call) -> Reply:
         return await route.handler(call)
     except InvalidNumber as exc:
         raise ApiError("invalid_number", str(exc)) from None
+    except InvalidChange as exc:  # what the service refuses to record, before writing
+        raise ApiError("invalid_request", str(exc)) from None
     except AuditUnavailable as exc:
         # Nothing was done: no change without its record, no answer without a durable
         # decision (a dialer must fail closed, as the dialplan does without an answer).

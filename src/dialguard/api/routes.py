@@ -24,6 +24,9 @@ from dialguard import history
 from dialguard.api.errors import ApiError
 from dialguard.api.idempotency import DECISION_REPLAY_S, Reply
 from dialguard.api.schema import (
+    ConsentBody,
+    ContractBody,
+    ContractEndBody,
     DecisionBody,
     OutcomeBody,
     WithdrawalBody,
@@ -190,6 +193,51 @@ async def withdraw_consent(call: Call) -> Reply:
     return _changed(change_id, number.e164, taken, principal=body.principal)
 
 
+async def add_consent(call: Call) -> Reply:
+    """The consumer's consent, in force for the next call (the web form's lead, called
+    within minutes: not tonight's import)."""
+    body = ConsentBody.parse(call.data, call.zone, call.now)
+    number, change_id, taken = await call.service.add_consent(
+        body.number,
+        body.principal,
+        body.proof_ref,
+        given_at=body.given_at,
+        expires_at=body.expires_at,
+        source=body.source,
+        operator=call.token.name,
+        adapter=ADAPTER,
+    )
+    return _changed(change_id, number.e164, taken, principal=body.principal)
+
+
+async def add_contract(call: Call) -> Reply:
+    body = ContractBody.parse(call.data)
+    number, change_id, taken = await call.service.add_contract(
+        body.number,
+        body.principal,
+        body.id,
+        body.sector,
+        start=body.start,
+        end=body.end,
+        operator=call.token.name,
+        adapter=ADAPTER,
+    )
+    return _changed(change_id, number.e164, taken, principal=body.principal, contract=body.id)
+
+
+async def end_contract(call: Call) -> Reply:
+    body = ContractEndBody.parse(call.data, call.zone, call.now)
+    number, change_id, taken = await call.service.end_contract(
+        body.number,
+        body.principal,
+        body.id,
+        ended_at=body.at,
+        operator=call.token.name,
+        adapter=ADAPTER,
+    )
+    return _changed(change_id, number.e164, taken, principal=body.principal, contract=body.id)
+
+
 # --- reads --------------------------------------------------------------------------------
 
 
@@ -230,7 +278,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/outcomes", "write-lists", outcome),
     Route("POST", "/v1/dnc/{number}", "write-lists", dnc_add, body="optional"),
     Route("DELETE", "/v1/dnc/{number}", "write-lists", dnc_remove, body="none"),
+    Route("POST", "/v1/consents", "write-lists", add_consent),
     Route("POST", "/v1/consents/withdrawals", "write-lists", withdraw_consent),
+    Route("POST", "/v1/contracts", "write-lists", add_contract),
+    Route("POST", "/v1/contracts/end", "write-lists", end_contract),
     Route("GET", "/v1/numbers/{number}/history", "read-audit", number_history, body="none"),
     Route("GET", "/v1/openapi.json", None, openapi, body="none"),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -18,9 +18,14 @@ import orjson
 
 from dialguard import import_files
 from dialguard.api.errors import ApiError
+from dialguard.changes import MAX_CONTRACT_ID, MAX_PROOF_REF, MAX_SOURCE
+from dialguard.model import Sector
 from dialguard.service import OutcomeKind
 
 __all__ = [
+    "ConsentBody",
+    "ContractBody",
+    "ContractEndBody",
     "DecisionBody",
     "OutcomeBody",
     "WithdrawalBody",
@@ -129,6 +134,25 @@ class Fields:
             raise invalid(name, f"{text!r} is in the future; a change is dated when it was made")
         return moment
 
+    def day(self, name: str) -> date | None:
+        """A calendar date, YYYY-MM-DD."""
+        if self.data.get(name) is None:
+            return None
+        text = self.text(name, 10)
+        try:
+            if len(text) != 10:
+                raise ValueError(text)
+            return date.fromisoformat(text)
+        except ValueError:
+            raise invalid(name, f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+    def day_or_instant(self, name: str, zone: ZoneInfo, now: datetime) -> date | datetime | None:
+        """A date (YYYY-MM-DD) or an ISO 8601 date-time, never ahead of the clock."""
+        value = self.data.get(name)
+        if isinstance(value, str) and len(value) == 10:
+            return self.day(name)
+        return self.instant(name, zone, now, past_only=True)
+
 
 def invalid(field: str, problem: str) -> ApiError:
     return ApiError("invalid_request", f"{field}: {problem}")
@@ -199,6 +223,76 @@ class WithdrawalBody:
             number=fields.text("number", NUMBER_CHARS),
             principal=fields.name("principal"),
             at=fields.instant("at", zone, now, past_only=True),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentBody:
+    number: str
+    principal: str
+    proof_ref: str
+    given_at: datetime | None = None
+    expires_at: datetime | None = None
+    source: str = ""
+
+    FIELDS = ("number", "principal", "proof_ref", "given_at", "expires_at", "source")
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], zone: ZoneInfo, now: datetime) -> ConsentBody:
+        # The service checks the rest (the proof reference's characters, the dates'
+        # order) and says it in one line: dialguard.changes.InvalidChange.
+        fields = Fields(data, cls.FIELDS)
+        return cls(
+            number=fields.text("number", NUMBER_CHARS),
+            principal=fields.name("principal"),
+            proof_ref=fields.text("proof_ref", MAX_PROOF_REF),
+            given_at=fields.instant("given_at", zone, now, past_only=True),
+            expires_at=fields.instant("expires_at", zone, now, past_only=False),
+            source=fields.text("source", MAX_SOURCE, ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ContractBody:
+    number: str
+    principal: str
+    id: str
+    sector: str
+    start: date | None = None
+    end: date | None = None
+
+    FIELDS = ("number", "principal", "id", "sector", "start", "end")
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> ContractBody:
+        fields = Fields(data, cls.FIELDS)
+        return cls(
+            number=fields.text("number", NUMBER_CHARS),
+            principal=fields.name("principal"),
+            id=fields.text("id", MAX_CONTRACT_ID),
+            sector=fields.choice("sector", tuple(sector.value for sector in Sector)),
+            start=fields.day("start"),
+            end=fields.day("end"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ContractEndBody:
+    number: str
+    principal: str
+    id: str
+    at: date | datetime | None = None
+
+    FIELDS = ("number", "principal", "id", "at")
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any], zone: ZoneInfo, now: datetime) -> ContractEndBody:
+        fields = Fields(data, cls.FIELDS)
+        return cls(
+            number=fields.text("number", NUMBER_CHARS),
+            principal=fields.name("principal"),
+            id=fields.text("id", MAX_CONTRACT_ID),
+            at=fields.day_or_instant("at", zone, now),
         )
 
 
