@@ -159,6 +159,7 @@ def test_the_key_names_are_the_documented_layout() -> None:
         names.lock("KIND"),
         names.unlisted("V"),
         names.seen("V"),
+        names.reply("DIGEST"),
         names.hash("consent", "V"),
         names.hash("contract", "V"),
         keys.bucket_set(names.base("dnc", "V"), "BUCKET"),

@@ -56,7 +56,7 @@ log = structlog.get_logger("dialguard.api")
 # contracts); read a number's history from the journal.
 SCOPES = ("decide", "write-lists", "read-audit")
 FORMAT = 1
-PREFIX = "dg_"
+TOKEN_PREFIX = "dg_"  # so that secret scanners (and people) recognise one
 # What an Authorization header may carry: a token of ours is 46 characters; anything
 # longer or of other characters is refused before it is hashed.
 _PRESENTED = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -89,7 +89,7 @@ class Token:
 
 
 def new_secret() -> str:
-    return PREFIX + secrets.token_urlsafe(32)
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def digest_of(secret: str) -> bytes:
