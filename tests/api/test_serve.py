@@ -108,6 +108,30 @@ async def test_a_token_added_while_serving_is_taken_without_a_reload(
             assert statuses[-1] == 200 and len(statuses) <= 30, statuses
 
 
+async def test_dialguard_reload_puts_a_new_body_limit_in_force(
+    clean_redis: RedisServer, tmp_path: Path
+) -> None:
+    with serving_api(tmp_path, clean_redis.url) as served:
+        config = tmp_path / "dialguard.toml"
+        text = config.read_text()
+        config.write_text(text.replace("[api]\n", "[api]\nmax_body_bytes = 100\n", 1))
+        env = {"DIALGUARD_CONFIG": str(config)}
+        run = await asyncio.to_thread(run_dialguard, ["reload", "--operator", "alice"], env)
+        assert run.code == 0, run
+        assert "api.max_body_bytes 16384 -> 100" in run.out
+        body = {"number": "0612345678", "campaign": "demo-survey", "channel": "x" * 200}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{served.base}/v1/decisions",
+                json=body,
+                headers={"Authorization": f"Bearer {served.token}"},
+            ) as response,
+        ):
+            assert response.status == 413
+            assert (await response.json())["code"] == "body_too_large"
+
+
 def test_a_bad_tokens_file_stops_serve_in_one_line(tmp_path: Path) -> None:
     from tests.agi.test_server import write_serve_config
     from tests.redis_server import free_port
