@@ -2,6 +2,7 @@
 
 The ACL: config/redis-acl.conf is the rule docs/operations.md gives; the FastAGI tests
 (tests/agi/test_server.py: decisions, outcomes, pending changes, `dialguard serve`), the
+HTTP API's (tests/api/test_api.py: its changes, Idempotency-Key answers), the
 metrics, health and shadow-mode tests run again with the service logged in as its
 `dialguard` user, and fail on anything Redis refused it. TLS: a redis-server with a
 --tls-port and a certificate from a CA the test makes; the service trusts that CA through
@@ -41,6 +42,7 @@ MODULES = [
     "tests/test_metrics.py",
     "tests/test_health.py",
     "tests/test_shadow.py",
+    "tests/api/test_api.py",
 ]
 
 

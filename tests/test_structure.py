@@ -165,6 +165,7 @@ def test_the_key_names_are_the_documented_layout() -> None:
         names.packed("contract", "V") + "LNUMBER",
         names.packed("consent", "V") + keys.INDEX,
         names.packed("consent", "V") + keys.OVERFLOW,
+        names.reply("DIGEST"),
         keys.bucket_set(names.base("dnc", "V"), "BUCKET"),
         keys.bucket_bitmap(names.base("dnc", "V"), "BUCKET"),
         names.base("dnc", "V") + keys.INDEX,

@@ -25,6 +25,7 @@ from dialguard.policy import Policy, Regime, Version
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "ApiSettings",
     "AriSettings",
     "CentralSettings",
     "Config",
@@ -136,6 +137,29 @@ class MetricsSettings:
     ready_max_pending_s: int = 60  # /readyz fails once a change waits for Redis longer
 
 
+# The tokens file when `[api] tokens_file` is not given: beside the audit directory, in the
+# node's data directory (the service only reads it; `dialguard api token` writes it).
+TOKENS_FILE = "api-tokens.json"
+# What `[api] max_body_bytes` may be raised to: a consent or a decision is a few hundred
+# bytes, and every byte of a body is held in memory before it is parsed.
+MAX_BODY_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The HTTP API (`[api]`, docs/api.md): `serve` answers it on host:port, every worker
+    on the same port (SO_REUSEPORT), each request authenticated by a bearer token from
+    `tokens_file`."""
+
+    tokens_file: Path
+    host: str = "127.0.0.1"
+    port: int = 8575
+    max_body_bytes: int = 16_384  # larger bodies: 413, not a byte of them parsed
+    # How long an Idempotency-Key's answer to a change is kept (a decision's: at most
+    # dialguard.api.idempotency.DECISION_REPLAY_S).
+    idempotency_hours: int = 24
+
+
 @dataclass(frozen=True, slots=True)
 class CentralSettings:
     """The central store (`[central]`, docs/central.md): a SQLite file (`path`) or a
@@ -170,6 +194,7 @@ class Config:
     # None: no [central] section, and `serve` ships nothing (the commands that read the
     # store then use central_settings(): the SQLite file beside the audit directory).
     central: CentralSettings | None = None
+    api: ApiSettings | None = None  # None: no HTTP API
 
 
 class _Reader:
@@ -256,7 +281,18 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     data, raw = _read_toml(path)
     top = _Reader(path, data)
     top.unknown_keys(
-        {"node", "redis", "server", "audit", "policy", "campaigns", "ari", "metrics", "central"}
+        {
+            "node",
+            "redis",
+            "server",
+            "audit",
+            "policy",
+            "campaigns",
+            "ari",
+            "metrics",
+            "central",
+            "api",
+        }
     )
 
     redis = _redis(top.table("redis"), env)
@@ -312,6 +348,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     ari = _ari(top.table("ari"), env) if "ari" in data else None
     metrics = _metrics(top.table("metrics")) if "metrics" in data else None
     central = _central(top.table("central"), audit_dir, env)
+    api = _api(top.table("api"), audit_dir) if "api" in data else None
     return Config(
         path,
         node,
@@ -325,6 +362,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         metrics,
         hashlib.sha256(raw).hexdigest()[:16],
         central if "central" in data else None,
+        api,
     )
 
 
@@ -738,6 +776,28 @@ def _metrics(table: _Reader) -> MetricsSettings:
         raise table.fail("port", f"{port} is not a TCP port")
     return MetricsSettings(
         table.get("host", str, "127.0.0.1"), port, table.positive("ready_max_pending_s", 60)
+    )
+
+
+def _api(table: _Reader, audit_dir: Path) -> ApiSettings:
+    table.unknown_keys({"host", "port", "tokens_file", "max_body_bytes", "idempotency_hours"})
+    port = table.positive("port", 8575)
+    if port > 65535:
+        raise table.fail("port", f"{port} is not a TCP port")
+    name: str = table.get("tokens_file", str, "")
+    tokens_file = table.path.parent / name if name else audit_dir.parent / TOKENS_FILE
+    max_body = table.positive("max_body_bytes", 16_384)
+    if max_body > MAX_BODY_LIMIT:
+        raise table.fail("max_body_bytes", f"{max_body}: at most {MAX_BODY_LIMIT} (1 MiB)")
+    hours = table.positive("idempotency_hours", 24)
+    if hours > 24 * 31:
+        raise table.fail("idempotency_hours", f"{hours}: at most {24 * 31} (a month)")
+    return ApiSettings(
+        tokens_file=tokens_file,
+        host=table.get("host", str, "127.0.0.1"),
+        port=port,
+        max_body_bytes=max_body,
+        idempotency_hours=hours,
     )
 
 

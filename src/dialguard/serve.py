@@ -1,4 +1,5 @@
-"""Run the FastAGI server: one process, or several sharing the port (SO_REUSEPORT)."""
+"""Run the FastAGI server (and the ARI app, the HTTP API, the metrics endpoint): one
+process, or several sharing the FastAGI and API ports (SO_REUSEPORT)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from dialguard.agi.server import FastAgiServer
+from dialguard.api.app import HttpApi
+from dialguard.api.tokens import BadTokens, read_tokens
 from dialguard.ari.app import AriApp
 from dialguard.ari.client import AriError, AriUnavailable
 from dialguard.audit import Journal
@@ -43,6 +46,12 @@ def serve(config: Config, workers: int) -> int:
             file=sys.stderr,
         )
         return 1
+    if config.api is not None:
+        try:
+            read_tokens(config.api.tokens_file)  # once, before any worker: one line
+        except BadTokens as exc:
+            print(f"dialguard: {exc}", file=sys.stderr)
+            return 1
     # Until a process's handler is in place a SIGHUP would kill it (the default action):
     # held back meanwhile, by the workers too (they inherit the mask), and delivered once
     # the handler is there, so that a `dialguard reload` during start-up is not lost.
@@ -333,6 +342,19 @@ async def _start(
             log.error("ari_unavailable_at_start", error=str(exc))
             await ari.start_retrying()
         running.push_async_callback(ari.stop)
+    api: HttpApi | None = None
+    if config.api is not None:
+        # Every worker on the one port, as FastAGI: the kernel spreads the connections.
+        http = api = HttpApi(service, config.api)
+        sessions["http"] = lambda: http.busy
+        try:
+            await http.start(reuse_port=reuse_port)
+        except BadTokens as exc:
+            raise _CannotStart(str(exc), 1) from None
+        except OSError as exc:
+            where = f"{config.api.host}:{config.api.port}"
+            raise _CannotStart(f"cannot serve the API on {where}: {exc.strerror}", 2) from None
+        running.push_async_callback(http.stop)
     if config.metrics is not None:  # one endpoint per worker: the counters are per process
         from dialguard.metrics import start_metrics
 
@@ -357,5 +379,7 @@ async def _start(
         server.reconfigure(new.server)
         if ari_app is not None:
             ari_app.server = new.server
+        if api is not None and new.api is not None:
+            api.reconfigure(new.api)
 
     return Reloader(config, journal, put_in_force, worker=index)

@@ -1,4 +1,4 @@
-"""The one path every adapter (CLI, FastAGI, ARI, classic AGI) goes through.
+"""The one path every adapter (CLI, FastAGI, ARI, classic AGI, HTTP) goes through.
 
 `decide`: normalise -> facts (one round trip) -> policy (pure) -> count the attempt
 (atomic) -> audit (durable) -> answer. `record_outcome` and the live list changes

@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from dialguard.cli.api import api
 from dialguard.cli.audit import audit
 from dialguard.cli.central import central, ship
 from dialguard.cli.check import check
@@ -60,6 +61,7 @@ for command in (
     lists,
     policy,
     central,
+    api,
 ):
     cli.add_command(command)
 audit.add_command(pending)

@@ -101,6 +101,11 @@ class Keys:
         (dialguard.changes; kept APPLIED_KEPT_DAYS)."""
         return self.prefix + "changes:applied"
 
+    def reply(self, digest: str) -> str:
+        """String: the answer kept for an HTTP request's Idempotency-Key (dialguard.api);
+        `digest` the hex SHA-256 of the token's name and the key, never the key itself."""
+        return f"{self.prefix}reply:{digest}"
+
     def attempts(self, principal: str, number_key: str) -> str:
         """Sorted set: one member per counted attempt, score its ms."""
         return f"{self.prefix}att:{principal}:{number_key}"

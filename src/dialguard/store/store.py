@@ -38,6 +38,7 @@ from dialguard.store.facts import (
 )
 from dialguard.store.keys import Keys
 from dialguard.store.lists import Lists
+from dialguard.store.replies import Replies
 from dialguard.telemetry import Telemetry
 
 __all__ = ["APPLIED_KEPT_DAYS", "MAX_PENDING_CANCELS", "RELEASE_LINGER_S", "Store"]
@@ -200,6 +201,7 @@ class Store:
         self._to_cancel: dict[tuple[str, str], float] = {}  # (attempts key, id) -> since
         self._canceller: asyncio.Task[None] | None = None
         self.lists = Lists(client, self.keys)
+        self.replies = Replies(client, self.keys)
         keys = self.keys
         self._shared_keys = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal]
         self._shared_keys += (keys.cancelled, keys.consent_live, keys.contract_live)
