@@ -166,7 +166,7 @@ class Pending:
         for change in self._queue.values():
             if change.number_key != number_key:
                 continue
-            if change.adds_dnc and facts.dnc is None:
+            if change.adds_dnc and facts.dnc is None and change.dnc_scope in ("", principal):
                 entry = DncEntry(reason=f"{change.why} (pending {change.id})", added_at=change.at)
                 facts = replace(facts, dnc=entry)
             elif change.kind is ChangeKind.DNC_REMOVE:

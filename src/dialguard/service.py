@@ -350,24 +350,57 @@ class Service:
     # --- live changes to the lists --------------------------------------------------------
 
     async def dnc_add(
-        self, raw: str, reason: str, now: datetime | None = None, *, operator: str = ""
+        self,
+        raw: str,
+        reason: str,
+        now: datetime | None = None,
+        *,
+        operator: str = "",
+        principal: str = "",
+        adapter: str = "cli",
+        fields: dict[str, str] | None = None,
     ) -> tuple[Number, str, bool]:
-        """Put a number on the company's do-not-call list, effective for the next call:
-        (the number, the audit record's id, whether Redis took it now)."""
+        """Put a number on the company's do-not-call list (or, with `principal`, on that
+        principal's own), effective for the next call: (the number, the audit record's id,
+        whether Redis took it now). `adapter` says where the change came from (the record's
+        `adapter`), `fields` adds to its record."""
         number = listable_number(raw)
         change_id, applied = await self._change(
-            ChangeKind.DNC_ADD, number, now or self.clock(), _CLI, operator, "", reason, {}
+            ChangeKind.DNC_ADD,
+            number,
+            now or self.clock(),
+            _request(adapter),
+            operator,
+            principal,
+            reason,
+            fields or {},
         )
         return number, change_id, applied is not None
 
     async def dnc_remove(
-        self, raw: str, reason: str, now: datetime | None = None, *, operator: str = ""
+        self,
+        raw: str,
+        reason: str,
+        now: datetime | None = None,
+        *,
+        operator: str = "",
+        principal: str = "",
+        adapter: str = "cli",
+        fields: dict[str, str] | None = None,
     ) -> tuple[Number, str, bool | None]:
-        """Take a number off the do-not-call list: (the number, the audit record's id,
-        whether it was on it; None when Redis did not take the change yet)."""
+        """Take a number off the do-not-call list (with `principal`: off that principal's
+        own): (the number, the audit record's id, whether it was on it; None when Redis did
+        not take the change yet)."""
         number = listable_number(raw)
         change_id, applied = await self._change(
-            ChangeKind.DNC_REMOVE, number, now or self.clock(), _CLI, operator, "", reason, {}
+            ChangeKind.DNC_REMOVE,
+            number,
+            now or self.clock(),
+            _request(adapter),
+            operator,
+            principal,
+            reason,
+            fields or {},
         )
         return number, change_id, applied
 
@@ -455,6 +488,11 @@ _NO_CAP = 1 << 30
 
 # The request behind a change made from the command line.
 _CLI = CallRequest("", "", adapter="cli")
+
+
+def _request(adapter: str) -> CallRequest:
+    """The request behind a change made outside a call (the CLI, a synchronisation)."""
+    return _CLI if adapter == "cli" else CallRequest("", "", adapter=adapter)
 
 
 def _normalise(raw: str, campaign: Campaign | None) -> tuple[Number | None, str]:

@@ -64,14 +64,17 @@ FORMATS = 5
 # or a bit of its bitmap. Registry result sets are read newest check first; the first that
 # has the number answers, a listing winning within a set.
 #
+# A number on the company's list (live, then imported) answers as such; otherwise a
+# do-not-call of the principal's own (dnc:principal) does.
+#
 # KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the tombstones,
-# then one attempts key per request. ARGV: the formats of a version's key (dnc base,
-# registry listed and clear bases, consent and contract hashes: see keys.py), then per
-# request the number's key, the number|principal field, the start of the attempt window
-# (attempts at or before it are dropped), the cap (0: do not reserve), the attempt id,
-# now, the window length (the attempts key's lifetime), all in ms. The reply ends with the
-# do-not-call version and the registry result sets' metadata (dates and references for
-# the evidence).
+# the principals' do-not-call hash, then one attempts key per request. ARGV: the formats
+# of a version's key (dnc base, registry listed and clear bases, consent and contract
+# hashes: see keys.py), then per request the number's key, the number|principal field,
+# the start of the attempt window (attempts at or before it are dropped), the cap (0: do
+# not reserve), the attempt id, now, the window length (the attempts key's lifetime), all
+# in ms. The reply ends with the do-not-call version and the registry result sets'
+# metadata (dates and references for the evidence).
 FACTS = (
     LUA_PARTS
     + LUA_LIST_FIELDS
@@ -94,8 +97,8 @@ local function has(base, bucket, m)
     or redis.call('GETBIT', base .. BITMAP .. bucket, m) == 1
 end
 local out = {}
-for i = 6, #KEYS do
-  local a = FORMATS + (i - 6) * 7
+for i = 7, #KEYS do
+  local a = FORMATS + (i - 7) * 7
   local n, np, start, cap = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
   local attempts = KEYS[i]
   local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
@@ -103,6 +106,7 @@ for i = 6, #KEYS do
   if not d and dnc and has(dnc, bucket, m) then
     d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
   end
+  if not d then d = redis.call('HGET', KEYS[6], np) end
   out[#out + 1] = d
   local o = false
   for k = 1, #sets do

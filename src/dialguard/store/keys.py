@@ -21,6 +21,7 @@ __all__ = [
     "LIST_FIELDS",
     "LIVE_DNC_LIST",
     "LUA_PARTS",
+    "PRINCIPAL_DNC_LIST",
     "Keys",
     "bucket_bitmap",
     "bucket_set",
@@ -41,6 +42,7 @@ LISTED, CLEAR = "L", "C"
 
 # How `lists status` names the live do-not-call entries (they are no version of a list).
 LIVE_DNC_LIST = "dnc:live"
+PRINCIPAL_DNC_LIST = "dnc:principal"
 
 LUA_PARTS = (
     f"local SET, BITMAP, INDEX, WHY, SCRATCH = '{SET}', '{BITMAP}', '{INDEX}', '{WHY}',"
@@ -63,6 +65,12 @@ class Keys:
     def dnc_live(self) -> str:
         """Hash: number -> ``added_ms|reason`` (``dnc add``, do-not-call outcomes)."""
         return self.prefix + "dnc:live"
+
+    @property
+    def dnc_principal(self) -> str:
+        """Hash: ``number|principal`` -> ``added_ms|reason``: a do-not-call that holds for
+        one principal's campaigns alone (a VICIdial campaign list, dialguard.vicidial)."""
+        return self.prefix + "dnc:principal"
 
     @property
     def withdrawal(self) -> str:
