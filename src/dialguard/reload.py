@@ -90,6 +90,8 @@ def compare(old: Config, new: Config, today: date | None = None) -> Changes:
         restart.append("metrics")
     if old.central != new.central:
         restart.append("central")
+    if old.vicidial != new.vicidial:
+        restart.append("vicidial")
     return Changes(tuple(applied), tuple(restart))
 
 
@@ -128,6 +130,7 @@ def in_force(old: Config, new: Config) -> Config:
         ari=old.ari,
         metrics=old.metrics,
         central=old.central,
+        vicidial=old.vicidial,
     )
 
 

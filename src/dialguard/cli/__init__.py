@@ -26,6 +26,7 @@ from dialguard.cli.pending import apply_pending, pending
 from dialguard.cli.policy import policy
 from dialguard.cli.reload import reload
 from dialguard.cli.serve import serve
+from dialguard.cli.vicidial import vicidial
 from dialguard.config import redact_url
 
 __all__ = ["cli", "main"]
@@ -59,6 +60,7 @@ for command in (
     lists,
     policy,
     central,
+    vicidial,
 ):
     cli.add_command(command)
 audit.add_command(pending)
