@@ -135,6 +135,13 @@ class Pending:
         self._wake.set()
         return None
 
+    def forget(self) -> None:
+        """Forget the ids of the changes met but those still waiting. They are kept to tell
+        this process's journal lines from others' when following the journal; a process
+        that never follows it (the VICIdial sync, thousands of changes a pass) would only
+        pile them up."""
+        self._known = set(self._queue)
+
     def queue(self, changes: Iterable[Change]) -> None:
         for change in changes:
             if change.id not in self._known:

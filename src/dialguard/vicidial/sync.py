@@ -123,6 +123,7 @@ class Sync:
             pushed = await self.push()
             pulled = await self.pull(accept_removals) if self.settings.pull else PullReport()
             pulled.pending = len(self.service.pending)
+            self.service.pending.forget()
             with self.state.transaction():
                 self.state.note("last_pass", self.service.clock().isoformat(timespec="seconds"))
                 self.state.note("held_removals", str(pulled.held))
