@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis.asyncio as aioredis
 
+from dialguard import snapshot
 from dialguard.audit import Journal
 from dialguard.changes import Change, ChangeKind
 from dialguard.model import CallRequest, Reason
@@ -48,6 +49,15 @@ async def test_it_denies_the_principals_campaigns_and_no_others(service: Service
     acme = await service.decide(CallRequest(NUMBER, "demo-survey"), now=MONDAY)
     assert acme.decision.reason is Reason.INTERNAL_DNC
     assert acme.decision.evidence["dnc"]["reason"] == "VICIdial campaign SALES1 DNC list"
+    assert acme.decision.evidence["dnc"]["principal_only"] is True
+    (rule,) = [r for r in acme.decision.rules if r.rule == "internal_dnc"]
+    assert rule.detail == "on ACME's own do-not-call list (VICIdial campaign SALES1 DNC list)"
+    # The record's facts snapshot keeps it: a replay reads the same entry back.
+    facts, _ = snapshot.decode(
+        snapshot.encode(acme.decision, service.campaign("demo-survey"), False)
+    )
+    assert acme.decision.facts is not None and facts.dnc == acme.decision.facts.dnc
+    assert facts.dnc is not None and facts.dnc.principal_only
     assert await reason(service, "other-survey") is Reason.NON_COMMERCIAL
 
     # The company's list answers for everyone, and first.

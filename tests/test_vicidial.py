@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from dialguard.config import load_config
 from dialguard.model import DncEntry
 from dialguard.numbers import normalise
 from dialguard.store import Store
@@ -380,6 +381,34 @@ def test_an_addition_made_while_vicidials_database_is_down_is_written_once_it_is
     assert site.synced()["pushed"] == 1
     assert vici.dnc() == ["0612345678"]
     assert site.synced()["pushed"] == 0
+
+
+def test_a_wrong_password_is_one_line_without_it(site: Site) -> None:
+    wrong = "wrong-s3cret-" + site.vici.server.password
+    result = site.sync(DIALGUARD_VICIDIAL_PASSWORD=wrong)
+    assert result.code == 2 and "Access denied for user 'cron'" in result.err, result
+    assert wrong not in result.err + result.out and len(result.err.splitlines()) == 1
+
+
+def test_the_shipped_example_loads_once_uncommented(tmp_path: Path) -> None:
+    """config/dialguard.toml's commented [vicidial] block is a working section."""
+    lines = (ROOT / "config" / "dialguard.toml").read_text().splitlines()
+    start = lines.index("# [vicidial]")
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("# SALES1"))
+
+    def uncommented(line: str) -> str:
+        setting = line.startswith("# ") and (" = " in line or line.startswith("# ["))
+        return line.removeprefix("# ") if setting else line
+
+    example = [uncommented(line) for line in lines[start : end + 1]]
+    text = "\n".join(lines[:start] + example + lines[end + 1 :])
+    text = text.replace('file = "policy/', f'file = "{ROOT}/config/policy/')
+    (tmp_path / "dialguard.toml").write_text(text)
+    config = load_config(tmp_path / "dialguard.toml", env={"DIALGUARD_VICIDIAL_PASSWORD": "x"})
+    assert config.vicidial is not None
+    assert config.vicidial.shown == "mysql://dialguard@127.0.0.1:3306/asterisk"
+    assert dict(config.vicidial.campaigns) == {"SALES1": "demo-prospecting"}
+    assert config.vicidial.state == tmp_path / "../var/vicidial.sqlite3"
 
 
 def test_changes_taken_while_redis_is_down_are_kept_and_not_recorded_twice(site: Site) -> None:

@@ -174,7 +174,8 @@ class Pending:
             if change.number_key != number_key:
                 continue
             if change.adds_dnc and facts.dnc is None and change.dnc_scope in ("", principal):
-                entry = DncEntry(reason=f"{change.why} (pending {change.id})", added_at=change.at)
+                why = f"{change.why} (pending {change.id})"
+                entry = DncEntry(why, change.at, principal_only=bool(change.dnc_scope))
                 facts = replace(facts, dnc=entry)
             elif change.kind is ChangeKind.DNC_REMOVE:
                 continue  # Redis's view stands until it is applied: the safer answer

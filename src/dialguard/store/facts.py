@@ -106,7 +106,10 @@ for i = 7, #KEYS do
   if not d and dnc and has(dnc, bucket, m) then
     d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
   end
-  if not d then d = redis.call('HGET', KEYS[6], np) end
+  if not d then
+    local own = redis.call('HGET', KEYS[6], np)
+    if own then d = 'P|' .. own end
+  end
   out[#out + 1] = d
   local o = false
   for k = 1, #sets do
@@ -351,6 +354,9 @@ def _decode_dnc(raw: bytes, lists: ListsInForce) -> DncEntry:
     first, _, reason = _text(raw).partition("|")
     if first == "I":  # on the imported list
         return DncEntry(reason=reason or "imported", added_at=None, list_version=lists.dnc_version)
+    if first == "P":  # the principal's own: P|added_ms|reason
+        added, _, reason = reason.partition("|")
+        return DncEntry(reason=reason, added_at=from_ms(added), principal_only=True)
     return DncEntry(reason=reason, added_at=from_ms(first) if first else None)
 
 
