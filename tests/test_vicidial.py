@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from dialguard.config import load_config
 from dialguard.model import DncEntry
 from dialguard.numbers import normalise
 from dialguard.store import Store
+from dialguard.store.keys import Keys
 from tests.cli_runner import Result, run_dialguard
 from tests.journal import audit_records
 from tests.mariadb_server import MariaDbServer, running_mariadb
@@ -30,6 +32,7 @@ from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSINT = "-SYSINT-"
+KEYS = Keys("dialguard:")  # the configuration's prefix
 
 CONFIG = """
 node = "vici-test"
@@ -553,8 +556,12 @@ async def test_serve_runs_the_sync_both_ways_and_stops_it(
         await wait_until(lambda: bool(running.events("vicidial_sync_started")), 10)
         helper = running.events("vicidial_sync_started")[0]["pid"]
         await asyncio.to_thread(vici.admin_adds, "0612345678")
-        await wait_until(lambda: bool(site.records("dnc-add")), 15)
+        # Journalled first, then in Redis: wait for Redis.
+        live = redis.Redis.from_url(clean_redis.admin_url)
+        await wait_until(lambda: bool(live.hexists(KEYS.dnc_live, "33612345678")), 15)
+        live.close()
         assert await asyncio.to_thread(checker.dnc, "0612345678") is not None
+        assert [r["adapter"] for r in site.records("dnc-add")] == ["vicidial"]
         added = await asyncio.to_thread(run_dialguard, ["dnc", "add", "0698765432"], checker.env())
         assert added.code == 0, added
         await wait_until(lambda: "0698765432" in vici.dnc(), 15)
