@@ -21,6 +21,7 @@ import redis
 from dialguard.config import load_config
 from dialguard.model import DncEntry
 from dialguard.numbers import normalise
+from dialguard.reload import compare, in_force
 from dialguard.store import Store
 from dialguard.store.keys import Keys
 from tests.cli_runner import Result, run_dialguard
@@ -524,6 +525,14 @@ def test_without_a_password_the_sync_and_serve_refuse_in_one_line(site: Site) ->
     )
     site.config.write_text(text)
     assert site.run("vicidial", "sync", "--once", DIALGUARD_VICIDIAL_PASSWORD="").code == 0
+
+
+def test_a_reload_keeps_the_vicidial_section_until_a_restart(site: Site) -> None:
+    old = load_config(site.config, env=site.env())
+    _with(site, interval_s=30)
+    new = load_config(site.config, env=site.env())
+    assert compare(old, new).restart_needed == ("vicidial",)
+    assert in_force(old, new).vicidial == old.vicidial
 
 
 def test_no_vicidial_section_is_one_line(tmp_path: Path, clean_redis: RedisServer) -> None:
