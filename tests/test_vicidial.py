@@ -316,6 +316,14 @@ def test_campaign_lists_hold_for_their_campaigns_principal_only(site: Site) -> N
     assert json.loads(acme_call.out)["reason"] == "INTERNAL_DNC", acme_call
     assert json.loads(other_call.out)["reason"] != "INTERNAL_DNC", other_call
 
+    # `audit history` names whose entry it is; `lists status` counts them apart.
+    history = site.run("audit", "history", "0611111111", "--json")
+    in_force = [json.loads(line) for line in history.out.splitlines()]
+    (entry,) = [e for e in in_force if e.get("kind") == "in-force" and e["list"] == "dnc"]
+    assert entry["principal"] == "ACME" and entry["why"].startswith("VICIdial campaign SALES1")
+    status = site.run("lists", "status", "--json")
+    assert '"dnc:principal"' in status.out, status
+
     # Two lists of one principal (SALES1, SALES2: both ACME) hold one entry between them.
     vici.admin_adds("0611111111", "SALES2")
     assert site.synced()["added"] == {}

@@ -69,10 +69,10 @@ async def gather(store: Store, today: date, freshness_days: int, zone: ZoneInfo)
         if kind == "dnc":
             live = await store.live_dnc_census()
             rows.append(Row(LIVE_DNC_LIST, "", live[0], live[1], "", "dnc add / outcomes"))
-            scoped = await store.principal_dnc_census()
-            if scoped[0]:  # only VICIdial's campaign lists make these (docs/vicidial.md)
-                source = "VICIdial campaign lists"
-                rows.append(Row(PRINCIPAL_DNC_LIST, "", scoped[0], scoped[1], "", source))
+    scoped = await store.principal_dnc_census()
+    if scoped[0]:  # only VICIdial's campaign lists make these (docs/vicidial.md)
+        source = "VICIdial campaign lists"
+        rows.append(Row(PRINCIPAL_DNC_LIST, "", scoped[0], scoped[1], "", source))
     current = await lists.current("optout")
     if not current.versions:
         rows.append(Row("bloctel", "", 0, 0, "", "", state="never imported"))
