@@ -149,6 +149,7 @@ def test_the_key_names_are_the_documented_layout() -> None:
     for key in (
         names.index,
         names.dnc_live,
+        names.dnc_principal,
         names.withdrawal,
         names.refusal,
         names.cancelled,

@@ -80,7 +80,9 @@ class Change:
     ts_ms: int
     kind: ChangeKind
     number_key: str  # E.164 digits
-    principal: str = ""  # outcomes and withdrawals: whose consent, whose refusal
+    # Outcomes and withdrawals: whose consent, whose refusal. A do-not-call added or
+    # removed with a principal is that principal's own entry (`dnc_scope`).
+    principal: str = ""
     outcome: str = ""  # outcomes: refused or do-not-call
     why: str = ""  # the do-not-call entry's reason, or why a number was removed
     # consent-add: the consent itself (ms since the epoch; expires_ms 0: no expiry)
@@ -103,6 +105,15 @@ class Change:
         return self.kind is ChangeKind.DNC_ADD or (
             self.kind is ChangeKind.OUTCOME and self.outcome == "do-not-call"
         )
+
+    @property
+    def dnc_scope(self) -> str:
+        """The principal a do-not-call entry (or its removal) is limited to; "" for the
+        company's list. An outcome's principal says whose call it was, not a scope: a
+        do-not-call said during a call goes on the company's list, as it always has."""
+        if self.kind is ChangeKind.DNC_ADD or self.kind is ChangeKind.DNC_REMOVE:
+            return self.principal
+        return ""
 
     @property
     def refuses(self) -> bool:

@@ -22,6 +22,7 @@ from dialguard.callerids import BadCallerIds, CallerIds, parse_entry, read_file
 from dialguard.model import Campaign, FailMode, Mode, Purpose, Sector
 from dialguard.numbers import Kind
 from dialguard.policy import Policy, Regime, Version
+from dialguard.vicidial.forms import NumberForm
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -31,6 +32,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "RedisSettings",
+    "VicidialSettings",
     "audit_dir_of",
     "central_settings",
     "load_config",
@@ -179,6 +181,34 @@ class CentralSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class VicidialSettings:
+    """VICIdial's database and how its do-not-call lists are kept in step with dialguard's
+    (`[vicidial]`, docs/vicidial.md)."""
+
+    host: str
+    port: int
+    user: str
+    database: str
+    # From password_file or DIALGUARD_VICIDIAL_PASSWORD; None when neither gives one (the
+    # sync then refuses to start, saying so). Never shown.
+    password: str | None = field(repr=False)
+    state: Path  # the sync's cursors (SQLite), beside the audit directory by default
+    number_form: NumberForm = NumberForm.NATIONAL
+    interval_s: int = 10
+    # VICIdial campaign_id -> dialguard campaign: whose campaign list is whose.
+    campaigns: Mapping[str, str] = field(default_factory=dict)
+    pull: bool = True  # read VICIdial's lists into dialguard's (false: write only)
+    # Removals a pass applies at most; beyond it they wait for `vicidial sync --once
+    # --accept-removals` (a table emptied by mistake must not empty dialguard's list).
+    max_removals: int = 1000
+
+    @property
+    def shown(self) -> str:
+        """Where VICIdial's database is, for messages (never with a password)."""
+        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     node: str
@@ -195,6 +225,7 @@ class Config:
     # store then use central_settings(): the SQLite file beside the audit directory).
     central: CentralSettings | None = None
     api: ApiSettings | None = None  # None: no HTTP API
+    vicidial: VicidialSettings | None = None  # None: no [vicidial] section, no sync
 
 
 class _Reader:
@@ -292,6 +323,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
             "metrics",
             "central",
             "api",
+            "vicidial",
         }
     )
 
@@ -349,6 +381,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     metrics = _metrics(top.table("metrics")) if "metrics" in data else None
     central = _central(top.table("central"), audit_dir, env)
     api = _api(top.table("api"), audit_dir) if "api" in data else None
+    vicidial = (
+        _vicidial(top.table("vicidial"), audit_dir, campaigns, env) if "vicidial" in data else None
+    )
     return Config(
         path,
         node,
@@ -363,6 +398,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         hashlib.sha256(raw).hexdigest()[:16],
         central if "central" in data else None,
         api,
+        vicidial,
     )
 
 
@@ -767,6 +803,100 @@ def _postgres_url_problem(url: str) -> str:
     if parts.fragment:
         return "is not a PostgreSQL URL: it has a '#' part"
     return ""
+
+
+# The sync's cursors when `state` is not given: beside the audit directory, as the
+# central store's SQLite file is.
+VICIDIAL_STATE_FILE = "vicidial.sqlite3"
+# VICIdial's campaign_id: VARCHAR(8), letters, digits and a few signs in its admin pages.
+_VICIDIAL_CAMPAIGN = re.compile(r"^[A-Za-z0-9_.-]{1,8}$")
+_MYSQL_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+
+
+def _vicidial(
+    table: _Reader, audit_dir: Path, campaigns: Mapping[str, Campaign], env: Mapping[str, str]
+) -> VicidialSettings:
+    table.unknown_keys(
+        {
+            "url",
+            "password_file",
+            "number_form",
+            "interval_s",
+            "campaigns",
+            "pull",
+            "max_removals",
+            "state",
+        }
+    )
+    url: str = table.get("url", str)
+    host, port, user, database = _mysql_url(table, url)
+    password_name: str = table.get("password_file", str, "")
+    if password_name:
+        password: str | None = _secret_file(table, password_name)
+        if not password:
+            raise table.fail("password_file", f"{table.path.parent / password_name}: empty")
+    else:
+        password = env.get("DIALGUARD_VICIDIAL_PASSWORD") or None
+    interval_s = table.positive("interval_s", 10)
+    if interval_s > 3600:
+        raise table.fail("interval_s", f"{interval_s}: at most 3600 (an hour)")
+    max_removals = table.get("max_removals", int, 1000)
+    if max_removals < 0:
+        raise table.fail("max_removals", f"{max_removals} must be 0 (no limit) or more")
+    mapping = table.table("campaigns")
+    mapped: dict[str, str] = {}
+    for campaign_id, name in mapping.data.items():
+        if not _VICIDIAL_CAMPAIGN.match(campaign_id) or campaign_id == "-SYSINT-":
+            raise mapping.fail(
+                campaign_id, "a VICIdial campaign_id is 1-8 letters, digits, '_', '.', '-'"
+            )
+        if not isinstance(name, str) or name not in campaigns:
+            known = ", ".join(sorted(campaigns))
+            raise mapping.fail(campaign_id, f"{name!r} is not a configured campaign ({known})")
+        mapped[campaign_id] = name
+    state_name: str = table.get("state", str, "")
+    return VicidialSettings(
+        host=host,
+        port=port,
+        user=user,
+        database=database,
+        password=password,
+        state=table.path.parent / state_name
+        if state_name
+        else audit_dir.parent / VICIDIAL_STATE_FILE,
+        number_form=table.choice("number_form", NumberForm, "national"),
+        interval_s=interval_s,
+        campaigns=mapped,
+        pull=table.get("pull", bool, True),
+        max_removals=max_removals,
+    )
+
+
+def _mysql_url(table: _Reader, url: str) -> tuple[str, int, str, str]:
+    """(host, port, user, database) of `mysql://user@host:port/database`; the error never
+    quotes the URL (it may hold a password)."""
+    if not url.startswith(("mysql://", "mariadb://")):
+        raise table.fail("url", "must start with mysql:// (mysql://user@host:3306/asterisk)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 3306
+    except ValueError:
+        raise table.fail("url", "is not a MySQL URL: host or port unreadable") from None
+    if parts.password is not None:
+        raise table.fail(
+            "url",
+            f"{redact_url(url)!r} holds a password: give it in password_file or"
+            " DIALGUARD_VICIDIAL_PASSWORD, never in this file",
+        )
+    if parts.query or parts.fragment:
+        raise table.fail("url", "is not a MySQL URL: it has a '?' or '#' part")
+    user = unquote(parts.username or "")
+    if not user or not parts.hostname:
+        raise table.fail("url", "needs a user and a host: mysql://user@host:3306/asterisk")
+    database = parts.path.lstrip("/")
+    if not _MYSQL_NAME.match(database):
+        raise table.fail("url", "needs the database VICIdial uses after the host (/asterisk)")
+    return parts.hostname, port, user, database
 
 
 def _metrics(table: _Reader) -> MetricsSettings:

@@ -15,6 +15,7 @@ from typing import Any
 
 from dialguard.audit.reader import Query, Torn, search
 from dialguard.config import Config
+from dialguard.model import DncEntry
 from dialguard.numbers import Number
 from dialguard.store import Store
 
@@ -37,11 +38,11 @@ async def in_force(store: Store, config: Config, number: Number) -> list[dict[st
     dnc_meta = (await store.lists.current("dnc")).meta
     consent_meta = (await store.lists.current("consent")).meta
     principals = sorted({campaign.principal for campaign in config.campaigns.values()})
-    seen_dnc = False
+    dnc_of: dict[str, DncEntry | None] = {}
     for principal in principals:
         facts = await store.facts(number, principal, now, config.policy.on(now).window_days)
-        if facts.dnc is not None and not seen_dnc:
-            seen_dnc = True
+        dnc_of[principal] = facts.dnc
+        if facts.dnc is not None and facts.dnc not in list(dnc_of.values())[:-1]:
             entry: dict[str, Any] = {"kind": "in-force", "list": "dnc", "why": facts.dnc.reason}
             if facts.dnc.list_version is not None:
                 entry.update(_imported(dnc_meta, facts.dnc.list_version))
@@ -82,6 +83,13 @@ async def in_force(store: Store, config: Config, number: Number) -> list[dict[st
         if facts.attempts_30d:
             window = f"{config.policy.on(now).window_days} days"
             found.append({**base, "list": "attempts", "count": facts.attempts_30d, "in": window})
+    if len(set(dnc_of.values())) > 1:
+        # Not the same for every principal: a principal's own entry (docs/vicidial.md).
+        for entry in found:
+            if entry["list"] == "dnc":
+                holders = [p for p, dnc in dnc_of.items() if dnc and dnc.reason == entry["why"]]
+                entry["principal"] = ", ".join(holders)
+                entry["source"] = "live, this principal only (VICIdial campaign list)"
     return found
 
 

@@ -149,6 +149,13 @@ class Pending:
         self._wake.set()
         return None
 
+    def forget(self) -> None:
+        """Forget the ids of the changes met but those still waiting. They are kept to tell
+        this process's journal lines from others' when following the journal; a process
+        that never follows it (the VICIdial sync, thousands of changes a pass) would only
+        pile them up."""
+        self._known = set(self._queue)
+
     def queue(self, changes: Iterable[Change]) -> None:
         for change in changes:
             if change.id not in self._known:
@@ -180,8 +187,9 @@ class Pending:
         for change in self._queue.values():
             if change.number_key != number_key:
                 continue
-            if change.adds_dnc and facts.dnc is None:
-                entry = DncEntry(reason=f"{change.why} (pending {change.id})", added_at=change.at)
+            if change.adds_dnc and facts.dnc is None and change.dnc_scope in ("", principal):
+                why = f"{change.why} (pending {change.id})"
+                entry = DncEntry(why, change.at, principal_only=bool(change.dnc_scope))
                 facts = replace(facts, dnc=entry)
             elif change.kind in _NOT_COUNTED:
                 continue  # Redis's view stands until it is applied: the safer answer

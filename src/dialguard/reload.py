@@ -100,6 +100,8 @@ def compare(old: Config, new: Config, today: date | None = None) -> Changes:
         restart.append("api")
     elif old.api is not None and new.api is not None:
         restart.extend(f"api.{key}" for key in ("host", "port") if _differs(old.api, new.api, key))
+    if old.vicidial != new.vicidial:
+        restart.append("vicidial")
     return Changes(tuple(applied), tuple(restart))
 
 
@@ -147,6 +149,7 @@ def in_force(old: Config, new: Config) -> Config:
         metrics=old.metrics,
         central=old.central,
         api=api,
+        vicidial=old.vicidial,
     )
 
 

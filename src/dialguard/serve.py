@@ -52,6 +52,14 @@ def serve(config: Config, workers: int) -> int:
         except BadTokens as exc:
             print(f"dialguard: {exc}", file=sys.stderr)
             return 1
+    if config.vicidial is not None and config.vicidial.password is None:
+        # The sync would start, fail and start again every few seconds: say it once.
+        print(
+            f"dialguard: {config.path}: vicidial: no password for {config.vicidial.shown}:"
+            " set DIALGUARD_VICIDIAL_PASSWORD or [vicidial] password_file",
+            file=sys.stderr,
+        )
+        return 1
     # Until a process's handler is in place a SIGHUP would kill it (the default action):
     # held back meanwhile, by the workers too (they inherit the mask), and delivered once
     # the handler is there, so that a `dialguard reload` during start-up is not lost.
@@ -169,37 +177,50 @@ async def watch_freshness(store: Store, configured: Callable[[], Config]) -> Non
         await asyncio.sleep(FRESHNESS_EVERY_S)
 
 
-# A shipper that exits (it should not: it retries whatever fails) is started again after:
-SHIPPER_RESTART_S = 5.0
-SHIPPER_STOP_S = 10.0  # from SIGTERM to SIGKILL: a batch under way is rolled back anyway
+# A helper process that exits (it should not: it retries whatever fails) is started again:
+HELPER_RESTART_S = 5.0
+HELPER_STOP_S = 10.0  # from SIGTERM to SIGKILL: a batch under way is rolled back anyway
 
 
 async def supervise_shipper(config: Config) -> None:
-    """`dialguard audit ship --follow` as a child process of worker 0, started again if it
-    ever exits. A process of its own: its parsing, hashing and database calls never hold
-    the decisions' event loop (or its GIL), and nothing it does can fail a decision. It
-    stops when this worker does, or by itself when this worker is gone (SIGKILL)."""
+    """`dialguard audit ship --follow` as a child process of worker 0 (see supervise)."""
+    command = ["audit", "ship", "--follow"]
+    await supervise(config, "shipper", command, store=_store_shown(config))
+
+
+async def supervise_vicidial(config: Config) -> None:
+    """`dialguard vicidial sync` as a child process of worker 0 (see supervise)."""
+    shown = config.vicidial.shown if config.vicidial is not None else ""
+    await supervise(config, "vicidial_sync", ["vicidial", "sync"], vicidial=shown)
+
+
+async def supervise(config: Config, role: str, args: list[str], **shown: str) -> None:
+    """`dialguard ARGS` as a child process of worker 0, started again if it ever exits
+    (`ROLE_started`, `ROLE_exited` in the log). A process of its own: its parsing, hashing
+    and database calls never hold the decisions' event loop (or its GIL), and nothing it
+    does can fail a decision. It stops when this worker does, or by itself when this
+    worker is gone (SIGKILL)."""
     command = [
-        sys.executable, "-m", "dialguard", "audit", "ship", "--follow",
+        sys.executable, "-m", "dialguard", *args,
         "--config", str(config.path), "--parent", str(os.getpid()),
     ]  # fmt: skip
     while True:
         process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
-        log.info("shipper_started", pid=process.pid, store=_store_shown(config))
+        log.info(f"{role}_started", pid=process.pid, **shown)
         try:
             code = await process.wait()
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
             try:
-                await asyncio.wait_for(asyncio.shield(process.wait()), SHIPPER_STOP_S)
+                await asyncio.wait_for(asyncio.shield(process.wait()), HELPER_STOP_S)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
             raise
-        log.error("shipper_exited", code=code, restart_in_s=SHIPPER_RESTART_S)
-        await asyncio.sleep(SHIPPER_RESTART_S)
+        log.error(f"{role}_exited", code=code, restart_in_s=HELPER_RESTART_S)
+        await asyncio.sleep(HELPER_RESTART_S)
 
 
 def _store_shown(config: Config) -> str:
@@ -373,6 +394,9 @@ async def _start(
         if config.central is not None and config.central.ship:
             shipping = asyncio.get_running_loop().create_task(supervise_shipper(config))
             running.push_async_callback(_cancelled, shipping)
+        if config.vicidial is not None:
+            syncing = asyncio.get_running_loop().create_task(supervise_vicidial(config))
+            running.push_async_callback(_cancelled, syncing)
 
     def put_in_force(new: Config) -> None:
         service.reconfigure(new)

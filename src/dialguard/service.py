@@ -377,13 +377,24 @@ class Service:
         now: datetime | None = None,
         *,
         operator: str = "",
+        principal: str = "",
         adapter: str = "cli",
+        fields: dict[str, str] | None = None,
     ) -> tuple[Number, str, bool]:
-        """Put a number on the company's do-not-call list, effective for the next call:
-        (the number, the audit record's id, whether Redis took it now)."""
+        """Put a number on the company's do-not-call list (or, with `principal`, on that
+        principal's own), effective for the next call: (the number, the audit record's id,
+        whether Redis took it now). `adapter` says where the change came from (the record's
+        `adapter`), `fields` adds to its record."""
         number = listable_number(raw)
         change_id, applied = await self._change(
-            ChangeKind.DNC_ADD, number, now or self.clock(), adapter, operator, "", reason
+            ChangeKind.DNC_ADD,
+            number,
+            now or self.clock(),
+            adapter,
+            operator,
+            principal,
+            reason,
+            fields or {},
         )
         return number, change_id, applied is not None
 
@@ -394,13 +405,23 @@ class Service:
         now: datetime | None = None,
         *,
         operator: str = "",
+        principal: str = "",
         adapter: str = "cli",
+        fields: dict[str, str] | None = None,
     ) -> tuple[Number, str, bool | None]:
-        """Take a number off the do-not-call list: (the number, the audit record's id,
-        whether it was on it; None when Redis did not take the change yet)."""
+        """Take a number off the do-not-call list (with `principal`: off that principal's
+        own): (the number, the audit record's id, whether it was on it; None when Redis did
+        not take the change yet)."""
         number = listable_number(raw)
         change_id, applied = await self._change(
-            ChangeKind.DNC_REMOVE, number, now or self.clock(), adapter, operator, "", reason
+            ChangeKind.DNC_REMOVE,
+            number,
+            now or self.clock(),
+            adapter,
+            operator,
+            principal,
+            reason,
+            fields or {},
         )
         return number, change_id, applied
 

@@ -27,6 +27,7 @@ from dialguard.cli.pending import apply_pending, pending
 from dialguard.cli.policy import policy
 from dialguard.cli.reload import reload
 from dialguard.cli.serve import serve
+from dialguard.cli.vicidial import vicidial
 from dialguard.config import redact_url
 
 __all__ = ["cli", "main"]
@@ -62,6 +63,7 @@ for command in (
     policy,
     central,
     api,
+    vicidial,
 ):
     cli.add_command(command)
 audit.add_command(pending)

@@ -47,7 +47,7 @@ LUA_LIST_FIELDS = (
 # How many version formats lead ARGV (see facts_formats).
 FORMATS = 5
 # How many keys lead KEYS, before the attempts keys (see Store._shared_keys).
-SHARED_KEYS = 8
+SHARED_KEYS = 9
 
 # The facts for every decision waiting in one event-loop turn: one script call, one round
 # trip, one reply to parse, however many sessions are in flight.
@@ -68,13 +68,16 @@ SHARED_KEYS = 8
 # has the number answers, a listing winning within a set. A consent or contract is an
 # entry of a small hash, found by the principal's id and the number (store/packed.py).
 #
+# A number on the company's list (live, then imported) answers as such; otherwise a
+# do-not-call of the principal's own (dnc:principal) does.
+#
 # KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the tombstones,
-# the live consents and contracts, the principals' ids, then one attempts key per
-# request. ARGV: the formats of a version's key (dnc base, registry listed and clear
-# bases, consent and contract bases: see keys.py), then per request the number's key,
-# the number|principal field, the start of the attempt window (attempts at or before it
-# are dropped), the cap (0: do not reserve), the attempt id, now, the window length (the
-# attempts key's lifetime), all in ms. The reply ends with the do-not-call version and
+# the live consents and contracts, the principals' ids, the principals' do-not-call
+# hash, then one attempts key per request. ARGV: the formats of a version's key (dnc
+# base, registry listed and clear bases, consent and contract bases: see keys.py), then
+# per request the number's key, the number|principal field, the start of the attempt
+# window (attempts at or before it are dropped), the cap (0: do not reserve), the attempt
+# id, now, the window length (the attempts key's lifetime), all in ms. The reply ends with the do-not-call version and
 # the registry result sets' metadata (dates and references for the evidence).
 FACTS = (
     LUA_PARTS
@@ -134,6 +137,10 @@ for i = FIRST, #KEYS do
   local d = redis.call('HGET', KEYS[2], n)
   if not d and dnc and has(dnc, bucket, m) then
     d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
+  end
+  if not d then
+    local own = redis.call('HGET', KEYS[9], np)
+    if own then d = 'P|' .. own end
   end
   out[#out + 1] = d
   local o = false
@@ -424,6 +431,9 @@ def _decode_dnc(raw: bytes, lists: ListsInForce) -> DncEntry:
     first, _, reason = _text(raw).partition("|")
     if first == "I":  # on the imported list
         return DncEntry(reason=reason or "imported", added_at=None, list_version=lists.dnc_version)
+    if first == "P":  # the principal's own: P|added_ms|reason
+        added, _, reason = reason.partition("|")
+        return DncEntry(reason=reason, added_at=from_ms(added), principal_only=True)
     return DncEntry(reason=reason, added_at=from_ms(first) if first else None)
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "LIVE_DNC_LIST",
     "LUA_PARTS",
     "OVERFLOW",
+    "PRINCIPAL_DNC_LIST",
     "Keys",
     "bucket_bitmap",
     "bucket_set",
@@ -45,6 +46,7 @@ LISTED, CLEAR = "L", "C"
 
 # How `lists status` names the live do-not-call entries (they are no version of a list).
 LIVE_DNC_LIST = "dnc:live"
+PRINCIPAL_DNC_LIST = "dnc:principal"
 
 LUA_PARTS = (
     f"local SET, BITMAP, INDEX, WHY, SCRATCH = '{SET}', '{BITMAP}', '{INDEX}', '{WHY}',"
@@ -79,6 +81,12 @@ class Keys:
         """Hash: ``number|principal`` -> JSON: contracts added or ended live, by id (see
         store.facts.merge_contracts)."""
         return self.prefix + "contract:live"
+
+    @property
+    def dnc_principal(self) -> str:
+        """Hash: ``number|principal`` -> ``added_ms|reason``: a do-not-call that holds for
+        one principal's campaigns alone (a VICIdial campaign list, dialguard.vicidial)."""
+        return self.prefix + "dnc:principal"
 
     @property
     def withdrawal(self) -> str:

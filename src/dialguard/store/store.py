@@ -166,6 +166,25 @@ redis.call('ZADD', KEYS[2], ARGV[9], ARGV[8])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[10])
 return changed
 """
+# A principal's own do-not-call taken off (the removal of a `_ADD_DNC` made with a
+# principal), unless the entry is newer than the removal. KEYS: the principals' hash, the
+# applied marks. ARGV: the number|principal field, the change's ms, its id, now and the
+# oldest mark to keep.
+_REMOVE_PRINCIPAL_DNC = """
+if redis.call('ZSCORE', KEYS[2], ARGV[3]) then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  return 0
+end
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+local added = entry and tonumber(string.match(entry, '^(%d+)|'))
+local removed = 0
+if entry and not (added and added > tonumber(ARGV[2])) then
+  removed = redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+return removed
+"""
 # Applied marks outlive any pending change the service looks for (PENDING_DAYS).
 APPLIED_KEPT_DAYS = 35
 
@@ -198,6 +217,7 @@ class Store:
         self._add_dnc = client.register_script(_ADD_DNC)
         self._add_consent = client.register_script(_ADD_CONSENT)
         self._contract = client.register_script(_CONTRACT)
+        self._remove_principal_dnc = client.register_script(_REMOVE_PRINCIPAL_DNC)
         self._to_cancel: dict[tuple[str, str], float] = {}  # (attempts key, id) -> since
         self._canceller: asyncio.Task[None] | None = None
         self.lists = Lists(client, self.keys)
@@ -205,7 +225,7 @@ class Store:
         keys = self.keys
         self._shared_keys = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal]
         self._shared_keys += (keys.cancelled, keys.consent_live, keys.contract_live)
-        self._shared_keys.append(keys.principals)
+        self._shared_keys += (keys.principals, keys.dnc_principal)
         assert len(self._shared_keys) == SHARED_KEYS
         self._formats: list[str | int] = list(facts_formats(keys))
         self._metas = Metas()
@@ -270,6 +290,10 @@ class Store:
             "contract": self.keys.contract_live,
         }[kind]
         return await self.lists.hash_census(key)
+
+    async def principal_dnc_census(self) -> tuple[int, int]:
+        """(entries, bytes) of the principals' own do-not-call entries."""
+        return await self.lists.hash_census(self.keys.dnc_principal)
 
     @staticmethod
     def _pair(number: Number, principal: str) -> str:
@@ -471,23 +495,31 @@ class Store:
         keys = self.keys
         now_ms = int(time.time() * 1000)
         oldest = now_ms - APPLIED_KEPT_DAYS * 86_400_000
+        # A principal's own do-not-call lives beside the company's list, never in it.
+        scope = change.dnc_scope
+        scoped = f"{change.number_key}|{scope}"
         try:
+            if change.kind is ChangeKind.DNC_REMOVE and scope:
+                args: list[str | int] = [scoped, change.ts_ms, change.id, now_ms, oldest]
+                removed = await self._remove_principal_dnc(
+                    keys=[keys.dnc_principal, keys.applied], args=args, client=client
+                )
+                return bool(removed)
             if change.kind is ChangeKind.DNC_REMOVE:
                 mark = (change.id, change.ts_ms, now_ms, oldest)
                 return await self.lists.remove_dnc(change.number_key, mark, client)
             if change.adds_dnc:
                 entry = f"{change.ts_ms}|{change.why}"
-                args: list[str | int] = [
-                    change.number_key,
+                args = [
+                    scoped if scope else change.number_key,
                     entry,
                     change.ts_ms,
                     change.id,
                     now_ms,
                     oldest,
                 ]
-                added = await self._add_dnc(
-                    keys=[keys.dnc_live, keys.applied], args=args, client=client
-                )
+                where = keys.dnc_principal if scope else keys.dnc_live
+                added = await self._add_dnc(keys=[where, keys.applied], args=args, client=client)
                 return bool(added)
             pair = f"{change.number_key}|{change.principal}"
             if change.withdraws:
