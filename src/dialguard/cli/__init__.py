@@ -25,6 +25,7 @@ from dialguard.cli.live import consent, dnc, outcome
 from dialguard.cli.pending import apply_pending, pending
 from dialguard.cli.policy import policy
 from dialguard.cli.reload import reload
+from dialguard.cli.scrub import scrub_command
 from dialguard.cli.serve import serve
 from dialguard.config import redact_url
 
@@ -59,6 +60,7 @@ for command in (
     lists,
     policy,
     central,
+    scrub_command,
 ):
     cli.add_command(command)
 audit.add_command(pending)

@@ -34,6 +34,7 @@ __all__ = [
     "facts_formats",
     "from_ms",
     "ms",
+    "shared_keys",
 ]
 
 # The lists index's fields the script reads: the version(s) in force of each kind, then
@@ -136,6 +137,12 @@ return out
 """
 )
 FACTS_PER_REQUEST = 8
+
+
+def shared_keys(keys: Keys) -> list[str]:
+    """The keys the facts script's KEYS start with, in its order (one attempts key per
+    request follows them)."""
+    return [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal, keys.cancelled]
 
 
 def facts_formats(keys: Keys) -> list[str]:

@@ -21,6 +21,7 @@ from dialguard.changes import Change, ChangeKind
 from dialguard.config import RedisSettings
 from dialguard.model import Facts
 from dialguard.numbers import Number
+from dialguard.store.bulk import BulkFacts
 from dialguard.store.connect import client_for, close_client
 from dialguard.store.errors import StoreUnavailable
 from dialguard.store.facts import (
@@ -33,6 +34,7 @@ from dialguard.store.facts import (
     encode_dnc,
     facts_formats,
     ms,
+    shared_keys,
 )
 from dialguard.store.keys import Keys
 from dialguard.store.lists import Lists
@@ -147,8 +149,9 @@ class Store:
         self._canceller: asyncio.Task[None] | None = None
         self.lists = Lists(client, self.keys)
         keys = self.keys
-        self._shared_keys = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal]
-        self._shared_keys.append(keys.cancelled)
+        self._shared_keys = shared_keys(keys)
+        # Many numbers at once, read only (a scrub).
+        self.bulk = BulkFacts(client, keys)
         self._formats: list[str | int] = list(facts_formats(keys))
         self._metas = Metas()
         self._facts_batch: Batcher[FactsRequest, Facts] = Batcher(self._facts_many)
