@@ -15,7 +15,9 @@ What time lifts, and where to look next:
   day: a new version's hours count from its date);
 - RECENT_REFUSAL: midnight (callee-local) of the day after the block's last day;
 - FREQUENCY_CAP: the instant enough attempts leave the window for one slot to be free
-  (an attempt made at T stops counting at T + window, as the store counts it).
+  (an attempt made at T stops counting at T + window, as the store counts it);
+- and for any of them, the first day of a later policy version (whose hours, block or
+  cap may differ).
 
 Everything else (do-not-call, registry, consent, sector ban, an invalid number, the
 caller-ID rules) is never lifted by time alone: no answer. The facts are taken as they
@@ -82,6 +84,10 @@ def callable_from(
         if reason not in TIME_LIFTS:
             return None
         later = _lifted(reason, number, at_moment, ordered, moment, policy)
+        # A new policy version may lift it sooner (a higher cap, a shorter block).
+        change = _next_version(number, moment, policy)
+        if change is not None and (later is None or change < later):
+            later = change
         if later is None or later <= moment or later > limit:
             return None
         moment = later
@@ -173,6 +179,16 @@ def _zones(number: Number, policy: Policy) -> tuple[str, ...]:
 def _version(policy: Policy, number: Number, moment: datetime) -> Version:
     # The version in force on the call's date in its first zone, as `policy.prepare` picks.
     return policy.at(moment.astimezone(_zone(_zones(number, policy)[0])).date())
+
+
+def _next_version(number: Number, moment: datetime, policy: Policy) -> datetime | None:
+    """The start of the first policy version after `moment` (callee-local midnight)."""
+    zone = _zone(_zones(number, policy)[0])
+    today = moment.astimezone(zone).date()
+    for version in policy.versions:
+        if version.effective_from > today:
+            return _midnight(version.effective_from, zone)
+    return None
 
 
 def _midnight(day: date, zone: ZoneInfo) -> datetime:

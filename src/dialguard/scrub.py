@@ -45,7 +45,7 @@ from dialguard.policy import Policy
 from dialguard.service import new_id
 from dialguard.store import Store
 from dialguard.store.bulk import MAX_BATCH
-from dialguard.store.facts import FACTS_PER_REQUEST, ListsInForce, decode_facts
+from dialguard.store.facts import FACTS_PER_REQUEST, Decoder, ListsInForce
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -103,24 +103,29 @@ class Outcome:
     header: LeadHeader | None = None
     record: str = ""  # the scrub record's id
     seconds: float = 0.0
+    # Leads by verdict while the file is read (most verdicts are shared: a count each).
+    tally: Counter[Verdict] = field(default_factory=Counter)
 
-    def count(self, verdict: Verdict) -> None:
-        self.leads += 1
-        self.by_reason[(verdict.result.value, verdict.reason.value)] += 1
-        if verdict.result is Result.ALLOW:
-            self.callable += 1
-            return
-        self.blocked += 1
-        when = verdict.callable_from
-        reason = verdict.reason.value
-        if when is None:
-            if verdict.reason in lawful.TIME_LIFTS:
-                self.never[reason] += 1
-            return
-        if reason not in self.earliest or when < self.earliest[reason]:
-            self.earliest[reason] = when
-        if reason not in self.latest or when > self.latest[reason]:
-            self.latest[reason] = when
+    def settle(self) -> None:
+        """The counts of the tally."""
+        for verdict, count in self.tally.items():
+            result, reason, when = verdict
+            self.leads += count
+            self.by_reason[(result.value, reason.value)] += count
+            if result is Result.ALLOW:
+                self.callable += count
+                continue
+            self.blocked += count
+            if when is None:
+                if reason in lawful.TIME_LIFTS:
+                    self.never[reason.value] += count
+                continue
+            name = reason.value
+            if name not in self.earliest or when < self.earliest[name]:
+                self.earliest[name] = when
+            if name not in self.latest or when > self.latest[name]:
+                self.latest[name] = when
+        self.tally.clear()
 
 
 def scrub_campaign(campaign: Campaign) -> Campaign:
@@ -143,7 +148,8 @@ class Judge:
         self._fast: dict[str, Number] = {}  # a key's first digits -> its kind of number
         self._kinds: dict[tuple[Any, ...], Number] = {}  # one Number for each kind
         self._windows: dict[int, int] = {}
-        self._decided: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
+        # Verdicts by (kind of number, the store's raw entries): see `keep`.
+        self.decided: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
         self._daily: dict[tuple[Any, ...], Any] = {}
 
     def number(self, cell: str) -> tuple[str, Number] | Verdict:
@@ -182,14 +188,12 @@ class Judge:
             days = self._windows[id(kind)] = version.window_days
         return days
 
-    def known(self, kind: Number, entry: tuple[Any, ...]) -> Verdict | None:
-        """The verdict of a lead of this kind whose facts the store read as `entry`."""
-        return self._decided.get((id(kind), entry))
-
     def keep(self, kind: Number, entry: tuple[Any, ...], verdict: Verdict) -> None:
-        if len(self._decided) >= KEPT_DECISIONS:
-            self._decided.clear()
-        self._decided[(id(kind), entry)] = verdict
+        """Keep the verdict of a lead of this kind whose facts the store read as `entry`:
+        every lead of its kind with those entries has it (`decided`)."""
+        if len(self.decided) >= KEPT_DECISIONS:
+            self.decided.clear()
+        self.decided[(id(kind), entry)] = verdict
 
     def needs_attempts(self, verdict: Verdict, facts: Facts) -> bool:
         """Whether `callable_from` needs the attempts' instants: only a count that some
@@ -253,20 +257,26 @@ async def run_scrub(
         size = os.fstat(handle.fileno()).st_size or 1
         progress.start("scrubbing", size)
         batches = _batches(leads.rows(lines, header), judge)
-        sent = 0
+        decoder = Decoder()
+        sent = rows = 0
+        tally = outcome.tally
+        write = outputs.write
         async with contextlib.aclosing(store.bulk.scan(principal, request.now, batches)) as answers:
             async for scanned in answers:
+                batch = scanned.payload
                 verdicts = await _decide(
-                    scanned.payload, scanned.entries, scanned.lists, judge, store, waiting
+                    batch, scanned.entries, scanned.lists, judge, decoder, store, waiting
                 )
-                for (raw, _, key, kind, _), verdict in zip(scanned.payload, verdicts, strict=True):
-                    outcome.count(verdict)
-                    outputs.write(raw, key, kind, verdict)
+                for (raw, _, key, kind, _), verdict in zip(batch, verdicts, strict=True):
+                    tally[verdict] += 1
+                    write(raw, key, kind, verdict)
+                rows += len(batch)
                 sent += 1
                 if sent % PROGRESS_EVERY == 0:
-                    progress.advance(handle.tell(), outcome.leads, time.monotonic() - started)
+                    progress.advance(handle.tell(), rows, time.monotonic() - started)
         outcome.bytes = handle.tell()
         outcome.sha256 = digest.hexdigest()
+        outcome.settle()
         progress.advance(size, outcome.leads, time.monotonic() - started)
         outputs.finish()
         if journal is not None:
@@ -315,13 +325,15 @@ async def _decide(
     entries: list[Any],
     lists: ListsInForce,
     judge: Judge,
+    decoder: Decoder,
     store: Store,
     waiting: _Waiting,
 ) -> list[Verdict]:
     """Each lead's verdict, in order."""
-    principal = judge.campaign.principal
     verdicts: list[Verdict] = []
     later: list[tuple[int, Number, Facts, str]] = []  # callable_from needs the attempts
+    decided = judge.decided
+    waiting_keys = waiting.keys
     at = 0
     for _, _, key, kind, verdict in batch:
         if verdict is not None:
@@ -330,17 +342,18 @@ async def _decide(
         assert kind is not None
         entry = tuple(entries[at : at + FACTS_PER_REQUEST - 1])  # all but "reserved"
         at += FACTS_PER_REQUEST
-        overlaid = key in waiting.keys
-        verdict = None if overlaid else judge.known(kind, entry)
-        if verdict is not None:
-            verdicts.append(verdict)
-            continue
-        facts = decode_facts((*entry, 0), lists)
+        overlaid = key in waiting_keys
+        if not overlaid:
+            verdict = decided.get((id(kind), entry))
+            if verdict is not None:
+                verdicts.append(verdict)
+                continue
+        facts = decoder.facts(entry, lists)
         if isinstance(facts, Exception):
             verdicts.append(judge.unreadable(kind, str(facts)))
             continue
         if overlaid:
-            facts = waiting.pending.overlay(key, principal, facts)
+            facts = waiting.pending.overlay(key, judge.campaign.principal, facts)
         verdict = judge.decide(kind, facts)
         if verdict.callable_from is None and judge.needs_attempts(verdict, facts):
             later.append((len(verdicts), kind, facts, key))
@@ -349,7 +362,7 @@ async def _decide(
         verdicts.append(verdict)
     if later:
         times = await store.bulk.attempt_times(
-            principal, [key for *_, key in later], judge.now, judge.longest_window
+            judge.campaign.principal, [key for *_, key in later], judge.now, judge.longest_window
         )
         for (index, kind, facts, _), attempts in zip(later, times, strict=True):
             verdicts[index] = judge.decide(kind, facts, attempts)

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from dialguard.store.errors import StoreUnavailable
 from dialguard.store.facts import (
     FACTS,
+    FACTS_ARGUMENTS,
     FACTS_PER_REQUEST,
     MAX_BATCH,
     ListsInForce,
@@ -80,9 +81,13 @@ class BulkFacts:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
         sha_bytes = sha.encode() if isinstance(sha, str) else bytes(sha)
-        shared = b"".join(bulk(key.encode()) for key in shared_keys(keys))
-        formats = b"".join(bulk(f.encode()) for f in facts_formats(keys))
-        head_count = len(shared_keys(keys))
+        head_keys = shared_keys(keys)
+        formats = facts_formats(keys)
+        shared = b"".join(bulk(key.encode()) for key in head_keys)
+        encoded_formats = b"".join(bulk(f.encode()) for f in formats)
+        # Every request: one attempts key, and FACTS_ARGUMENTS arguments (store.facts).
+        fixed = 3 + len(head_keys) + len(formats)
+        attempts_prefix = keys.attempts_prefix(principal).encode()
         pair_suffix = b"|" + principal.encode()
         tails: dict[int, bytes] = {}  # window days -> the arguments after the number's two
 
@@ -96,23 +101,28 @@ class BulkFacts:
                 if tail is None:
                     window_ms = window_days * 86_400_000
                     # start of the window, cap 0 (count only), no attempt id, now, window
-                    tail = tails[window_days] = b"".join(
-                        bulk(str(v).encode())
-                        for v in (now_ms - window_ms, 0, "", now_ms, window_ms)
-                    )
-                attempt_keys.append(bulk(keys.attempts(principal, number_key).encode()))
+                    values = (now_ms - window_ms, 0, "", now_ms, window_ms)
+                    tail = tails[window_days] = b"".join(bulk(str(v).encode()) for v in values)
                 key = number_key.encode()
-                arguments.append(bulk(key) + bulk(key + pair_suffix) + tail)
+                size = len(key)
+                attempt_keys.append(
+                    b"$%d\r\n%b%b\r\n" % (len(attempts_prefix) + size, attempts_prefix, key)
+                )
+                # the number's key, its number|principal field, then the tail
+                arguments.append(
+                    b"$%d\r\n%b\r\n$%d\r\n%b%b\r\n%b"
+                    % (size, key, size + len(pair_suffix), key, pair_suffix, tail)
+                )
             count = len(requests)
             return b"".join(
                 (
-                    b"*%d\r\n" % (3 + head_count + count + len(facts_formats(keys)) + 7 * count),
+                    b"*%d\r\n" % (fixed + count * (1 + FACTS_ARGUMENTS)),
                     bulk(b"EVALSHA"),
                     bulk(sha_bytes),
-                    bulk(b"%d" % (head_count + count)),
+                    bulk(b"%d" % (len(head_keys) + count)),
                     shared,
                     *attempt_keys,
-                    formats,
+                    encoded_formats,
                     *arguments,
                 )
             )

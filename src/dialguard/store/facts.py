@@ -20,9 +20,11 @@ from dialguard.store.keys import CLEAR, LIST_FIELDS, LISTED, LUA_PARTS, Keys, me
 
 __all__ = [
     "FACTS",
+    "FACTS_ARGUMENTS",
     "FACTS_PER_REQUEST",
     "MAX_BATCH",
     "Batcher",
+    "Decoder",
     "FactsRequest",
     "ListsInForce",
     "Metas",
@@ -137,6 +139,8 @@ return out
 """
 )
 FACTS_PER_REQUEST = 8
+# The ARGV of one request (after the formats): see the script's header.
+FACTS_ARGUMENTS = 7
 
 
 def shared_keys(keys: Keys) -> list[str]:
@@ -334,6 +338,53 @@ def decode_facts(reply: Sequence[Any], lists: ListsInForce) -> Facts | Exception
         return _decode_entries(reply, lists)
     except (ValueError, OverflowError, KeyError, IndexError, TypeError) as exc:
         return StoreUnavailable(f"undecodable entry in Redis: {exc}")
+
+
+class Decoder:
+    """`decode_facts` for many numbers in a row (a scrub): the entries that repeat from
+    number to number (an imported do-not-call list's, a registry result set's answers)
+    are decoded once while the lists in force stay the same."""
+
+    KEPT = 10_000  # distinct repeated entries: a list's reasons, its result sets
+
+    def __init__(self) -> None:
+        self._lists: ListsInForce | None = None
+        self._dnc: dict[bytes, DncEntry] = {}
+        self._optout: dict[bytes, OptoutResult] = {}
+
+    def facts(self, entry: Sequence[Any], lists: ListsInForce) -> Facts | Exception:
+        """The facts of one number's entries (the script's reply without `reserved`)."""
+        if lists is not self._lists:
+            self._lists = lists
+            self._dnc.clear()
+            self._optout.clear()
+        try:
+            dnc, optout, consent, withdrawal, contracts, refusal, attempts = entry
+            listed = None
+            if dnc:
+                listed = self._dnc.get(dnc)
+                if listed is None:
+                    listed = _decode_dnc(dnc, lists)
+                    if dnc[:2] == b"I|" and len(self._dnc) < self.KEPT:  # an imported list's
+                        self._dnc[dnc] = listed
+            registry = None
+            if optout:
+                registry = self._optout.get(optout)
+                if registry is None:
+                    registry = _decode_optout(optout, lists)
+                    if len(self._optout) < self.KEPT:
+                        self._optout[optout] = registry
+            return Facts(
+                dnc=listed,
+                optout=registry,
+                consent=_decode_consent(consent) if consent else None,
+                withdrawn_at=from_ms(withdrawal) if withdrawal else None,
+                contracts=_decode_contracts(contracts) if contracts else (),
+                refused_at=from_ms(refusal) if refusal else None,
+                attempts_30d=int(attempts),
+            )
+        except (ValueError, OverflowError, KeyError, IndexError, TypeError) as exc:
+            return StoreUnavailable(f"undecodable entry in Redis: {exc}")
 
 
 def _decode_entries(reply: Sequence[Any], lists: ListsInForce) -> Facts:
