@@ -59,7 +59,12 @@ def consented(now: str, **changes: object) -> Facts:
     return replace(Facts(consent=Consent(given_at, None, "crm:1")), **changes)  # type: ignore[arg-type]
 
 
-FOUR = [ms("2026-11-10T11:00"), ms("2026-11-12T12:00"), ms("2026-11-20T15:00"), ms("2026-12-01T16:00")]  # fmt: skip
+FOUR = [
+    ms("2026-11-10T11:00"),
+    ms("2026-11-12T12:00"),
+    ms("2026-11-20T15:00"),
+    ms("2026-12-01T16:00"),
+]
 
 # (case, number, campaign, facts, attempts (ms) or None, now (Paris), reason at now,
 #  callable_from (ISO with offset) or None)
@@ -203,7 +208,7 @@ def test_callable_from(
 
 def test_every_reason_time_lifts_has_a_case_with_an_answer() -> None:
     answered = {case[6] for case in CASES if case[7] is not None}
-    assert TIME_LIFTS <= answered
+    assert answered >= TIME_LIFTS
 
 
 def test_a_number_in_two_zones_waits_for_a_window_open_in_both() -> None:
