@@ -39,7 +39,8 @@ __all__ = [
 # Names a number column goes by (compared without case, accents, spaces, `_`, `-`, `.`).
 NUMBER_COLUMNS = (
     "number", "phone", "phonenumber", "phone_number", "telephone", "tel", "numero",
-    "numerodetelephone", "numerotelephone", "msisdn", "e164",
+    "numerodetelephone", "numerotelephone", "msisdn", "e164", "mobile", "portable", "gsm",
+    "cellphone",
 )  # fmt: skip
 _NUMBER_NAMES = frozenset(n.replace("_", "") for n in NUMBER_COLUMNS)
 
@@ -47,8 +48,9 @@ _NUMBER_NAMES = frozenset(n.replace("_", "") for n in NUMBER_COLUMNS)
 # spreadsheet's binary, one line without any break), refused before it is held whole.
 MAX_LINE_BYTES = 1 << 20
 # A row a quoted field spreads over several lines ends within this, or its quote was
-# never closed (the csv module's own limit on a field is 128 KiB).
-MAX_ROW_BYTES = 1 << 20
+# never closed (under the csv module's own limit on a field, 128 KiB, which would make
+# the rest of such a file rows of its own).
+MAX_ROW_BYTES = 100_000
 _BLOCK = 1 << 20
 _DELIMITERS = (",", ";", "\t")
 _BOM = b"\xef\xbb\xbf"
@@ -84,12 +86,14 @@ def without_newline(raw: bytes) -> bytes:
     return raw[:-1] if raw.endswith(b"\n") else raw
 
 
-def physical_lines(handle: IO[bytes], digest: hashlib._Hash | None = None) -> Iterator[bytes]:
+def physical_lines(
+    handle: IO[bytes], digest: hashlib._Hash | None = None, block_size: int = _BLOCK
+) -> Iterator[bytes]:
     """The file's lines, each with its `\\n` (none on a last line without one); `digest`
     takes every byte read. BadLeadFile for a line over MAX_LINE_BYTES."""
     carry = b""
     number = 0
-    while block := handle.read(_BLOCK):
+    while block := handle.read(block_size):
         if digest is not None:
             digest.update(block)
         lines = io.BytesIO(carry + block if carry else block).readlines()
@@ -136,13 +140,15 @@ def read_header(lines: Iterator[bytes], column: str | None = None) -> LeadHeader
             "line 1: a carriage return inside the line: lines end with CR alone (save the"
             " file with LF or CRLF line breaks)"
         )
-    text = _text(body.removeprefix(_BOM))
+    bom = _BOM if first.startswith(_BOM) else b""
+    text = _text(body.removeprefix(bom))
     delimiter = max(_DELIMITERS, key=text.count)  # ties go to ",": the first
-    raw, fields, problem = _record(first, lines, delimiter, 1)
+    raw, fields, problem = _record(first[len(bom) :], lines, delimiter, 1)
+    raw = bom + raw
     if problem:
         raise BadLeadFile(f"line 1: header is not CSV ({problem})")
     assert fields is not None
-    columns = tuple(_text(f.encode("latin-1")).removeprefix("\ufeff").strip() for f in fields)
+    columns = tuple(_text(f.encode("latin-1")).strip() for f in fields)
     if not any(columns):
         raise BadLeadFile("line 1: the header row has no column names")
     names = [_name(c) for c in columns]
