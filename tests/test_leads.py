@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -41,9 +42,13 @@ def lead_files(draw: st.DrawFn) -> tuple[bytes, list[list[str]], int, str]:
     column = draw(st.integers(0, width - 1))
     names = [f"col{i}" for i in range(width)]
     names[column] = draw(st.sampled_from(["phone", "Téléphone", "NUMBER", "tel", "msisdn"]))
-    data = draw(st.lists(st.lists(cells, min_size=0, max_size=width + 1), min_size=0, max_size=8))
+    data: list[list[str]] = draw(
+        st.lists(st.lists(cells, min_size=0, max_size=width + 1), min_size=0, max_size=8)
+    )
     newline = draw(st.sampled_from(["\n", "\r\n"]))
-    quoting = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]))
+    quoting: Literal[0, 1, 2] = draw(
+        st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC])
+    )
     if newline == "\n" and quoting == csv.QUOTE_MINIMAL:
         # This writer leaves a carriage return alone unquoted: a line break for readers
         # of the whole text, not CSV for a reader of lines (test_a_carriage_return...).
@@ -55,7 +60,8 @@ def lead_files(draw: st.DrawFn) -> tuple[bytes, list[list[str]], int, str]:
     content = text.getvalue().encode("utf-8")
     if draw(st.booleans()):
         content = b"\xef\xbb\xbf" + content
-    if data and draw(st.booleans()):  # a last line without its line break
+    cut = draw(st.booleans())
+    if data and cut:  # a last line without its line break
         content = content.removesuffix(b"\n").removesuffix(b"\r")
     expected = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline=""),
                                delimiter=delimiter))  # fmt: skip
