@@ -20,6 +20,7 @@ No terminal here: the CLI (dialguard.cli.scrub) draws the progress and the summa
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import os
 import time
@@ -411,6 +412,7 @@ class _Outputs:
         self._report: IO[bytes] | None = None
         self._sep = b","
         self._newline = b"\n"
+        self._width = 1
         self._cells: dict[tuple[str, datetime | None, tuple[str, ...]], tuple[bytes, bytes]] = {}
 
     @staticmethod
@@ -429,6 +431,7 @@ class _Outputs:
     def open(self, header: LeadHeader) -> None:
         self._sep = header.delimiter.encode()
         self._newline = header.newline
+        self._width = len(header.columns)
         if self._out_path is not None:
             self._out = self._create(self._out_path)
             self._out.write(header.raw)
@@ -451,7 +454,19 @@ class _Outputs:
         # A number a spreadsheet would take for a formula ("+33...") gets its quote.
         e164 = str(cell("+" + key)).encode() if key else b""
         sep = self._sep
+        missing = self._width - self._fields(body)
+        if missing > 0:  # a short row: its cells, empty ones, then ours under our names
+            body += sep * missing
         self._report.write(body + sep + added[0] + sep + e164 + sep + added[1] + ending)
+
+    def _fields(self, body: bytes) -> int:
+        if b'"' not in body:
+            return body.count(self._sep) + 1
+        try:
+            text = body.decode("latin-1")  # the csv module sees the bytes (leads.py)
+            return len(next(csv.reader([text], delimiter=self._sep.decode()), []))
+        except csv.Error:
+            return body.count(self._sep) + 1
 
     def _added(self, verdict: Verdict, zones: tuple[str, ...]) -> tuple[bytes, bytes]:
         """(result and reason, callable_from) cells, kept: few distinct values."""
