@@ -415,7 +415,7 @@ def test_the_judge_decides_every_lead_as_decide(
             decision = rules.decide(lead_campaign, number, Facts(), now, policy, error)
             assert (found.result, found.reason) == (decision.result, decision.reason)
             continue
-        key, kind = found
+        key, kind, window = found
         assert number is not None and key == number.key
         known = facts_at(known, attempts, now, policy, number)
         verdict = judge.decide(kind, known, attempts)
@@ -423,10 +423,8 @@ def test_the_judge_decides_every_lead_as_decide(
         assert (verdict.result, verdict.reason) == (decision.result, decision.reason), cell
         when = lawful.callable_from(lead_campaign, number, known, now, policy, attempts)
         assert verdict.callable_from == (when if not decision.allowed else None)
-        assert (
-            judge.window_days(kind)
-            == policy.at(now.astimezone(ZoneInfo(number.timezones[0])).date()).window_days
-        )
+        zone = ZoneInfo(number.timezones[0])
+        assert window == policy.at(now.astimezone(zone).date()).window_days
 
 
 def test_a_lead_is_judged_without_the_caller_id_rule() -> None:

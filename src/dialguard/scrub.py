@@ -146,26 +146,29 @@ class Judge:
         self.now = now
         self.min_cap = min(v.max_attempts for v in policy.versions)
         self.longest_window = max(v.window_days for v in policy.versions)
-        self._fast: dict[str, Number] = {}  # a key's first digits -> its kind of number
+        self._moment = rules.Moment(self.campaign, policy, now)
+        # A key's first digits -> the Number standing for its kind, and its window.
+        self._fast: dict[str, tuple[Number, int]] = {}
         self._kinds: dict[tuple[Any, ...], Number] = {}  # one Number for each kind
-        self._windows: dict[int, int] = {}
         # Verdicts by (kind of number, the store's raw entries): see `keep`.
         self.decided: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
         self._daily: dict[tuple[Any, ...], Any] = {}
 
-    def number(self, cell: str) -> tuple[str, Number] | Verdict:
-        """(store key, the Number standing for its kind) of a lead's number, or the
-        verdict of one decided without facts (invalid, emergency or short)."""
+    def number(self, cell: str) -> tuple[str, Number, int] | Verdict:
+        """(store key, the Number standing for its kind, the attempts window in days) of
+        a lead's number, or the verdict of one decided without facts (invalid, emergency
+        or short)."""
         text = cell.strip()
         key = fast_key(text.replace(" ", "") if " " in text else text)
         if key is not None:
             # The key's country code and first five digits of the national number fix its
             # kind, territory and zones (numbers._territory): one Number stands for them.
             prefix = key[:-4]
-            kind = self._fast.get(prefix)
-            if kind is None:
-                kind = self._fast[prefix] = self._kind(normalise("+" + key))
-            return key, kind
+            known = self._fast.get(prefix)
+            if known is None:
+                kind = self._kind(normalise("+" + key))
+                known = self._fast[prefix] = (kind, self.window_days(kind))
+            return key, known[0], known[1]
         try:
             number = normalise(text)
         except InvalidNumber as exc:
@@ -174,7 +177,8 @@ class Judge:
         if number.never_blocked:
             decision = rules.decide(self.campaign, number, Facts(), self.now, self.policy)
             return Verdict(decision.result, decision.reason)
-        return number.key, self._kind(number)
+        kind = self._kind(number)
+        return number.key, kind, self.window_days(kind)
 
     def _kind(self, number: Number) -> Number:
         # What the rules read of a number besides its key: kind, territory, zones.
@@ -182,12 +186,8 @@ class Judge:
 
     def window_days(self, kind: Number) -> int:
         """The attempts window of the version in force on the lead's date."""
-        days = self._windows.get(id(kind))
-        if days is None:
-            zone = ZoneInfo((kind.timezones or (self.policy.default_timezone,))[0])
-            version = self.policy.at(self.now.astimezone(zone).date())
-            days = self._windows[id(kind)] = version.window_days
-        return days
+        zone = ZoneInfo((kind.timezones or (self.policy.default_timezone,))[0])
+        return self.policy.at(self.now.astimezone(zone).date()).window_days
 
     def keep(self, kind: Number, entry: tuple[Any, ...], verdict: Verdict) -> None:
         """Keep the verdict of a lead of this kind whose facts the store read as `entry`:
@@ -204,13 +204,14 @@ class Judge:
     def decide(self, kind: Number, facts: Facts, attempts_ms: list[int] | None = None) -> Verdict:
         """A lead's verdict from its facts; callable_from for a denial time lifts (without
         `attempts_ms` when `needs_attempts` says so: None)."""
-        campaign, now, policy, daily = self.campaign, self.now, self.policy, self._daily
-        result, reason = rules.outcome(campaign, kind, facts, now, policy, None, daily)
+        result, reason = self._moment.outcome(kind, facts)
         if result is Result.ALLOW or reason not in lawful.TIME_LIFTS:
             return Verdict(result, reason)
         if attempts_ms is None and facts.attempts_30d >= self.min_cap:
             return Verdict(result, reason)
-        when = lawful.callable_from(campaign, kind, facts, now, policy, attempts_ms, daily)
+        when = lawful.callable_from(
+            self.campaign, kind, facts, self.now, self.policy, attempts_ms, self._daily
+        )
         return Verdict(result, reason, when)
 
     def unreadable(self, kind: Number, detail: str) -> Verdict:
@@ -223,9 +224,9 @@ class Judge:
         return Verdict(decision.result, decision.reason)
 
 
-# One lead of a batch: its raw bytes, the line it starts on, its store key (or ""), its
-# Number of its kind, and its verdict when decided without facts.
-_Lead = tuple[bytes, int, str, Number | None, Verdict | None]
+# One lead of a batch: its raw bytes, its store key (or ""), the Number of its kind, and
+# its verdict when decided without facts.
+_Lead = tuple[bytes, str, Number | None, Verdict | None]
 
 
 async def run_scrub(
@@ -268,7 +269,7 @@ async def run_scrub(
                 verdicts = await _decide(
                     batch, scanned.entries, scanned.lists, judge, decoder, store, waiting
                 )
-                for (raw, _, key, kind, _), verdict in zip(batch, verdicts, strict=True):
+                for (raw, key, kind, _), verdict in zip(batch, verdicts, strict=True):
                     tally[verdict] += 1
                     write(raw, key, kind, verdict)
                 rows += len(batch)
@@ -300,20 +301,20 @@ def _batches(
     lines left out), and those requests: (store key, window days)."""
     payload: list[_Lead] = []
     requests: list[tuple[str, int]] = []
-    for row in rows:
-        if row.number is None:
-            if not row.problem:
-                continue  # a blank line: no lead
-            verdict = Verdict(Result.DENY, Reason.INVALID_NUMBER)
-            payload.append((row.raw, row.line, "", None, verdict))
-            continue
-        found = judge.number(row.number)
+    number_of = judge.number
+    invalid = Verdict(Result.DENY, Reason.INVALID_NUMBER)
+    for _, raw, text, problem in rows:
+        if text is None:
+            if problem:
+                payload.append((raw, "", None, invalid))
+            continue  # else a blank line: no lead
+        found = number_of(text)
         if isinstance(found, Verdict):
-            payload.append((row.raw, row.line, "", None, found))
+            payload.append((raw, "", None, found))
             continue
-        key, kind = found
-        payload.append((row.raw, row.line, key, kind, None))
-        requests.append((key, judge.window_days(kind)))
+        key, kind, window = found
+        payload.append((raw, key, kind, None))
+        requests.append((key, window))
         if len(requests) == MAX_BATCH:
             yield payload, requests
             payload, requests = [], []
@@ -336,7 +337,7 @@ async def _decide(
     decided = judge.decided
     waiting_keys = waiting.keys
     at = 0
-    for _, _, key, kind, verdict in batch:
+    for _, key, kind, verdict in batch:
         if verdict is not None:
             verdicts.append(verdict)
             continue
