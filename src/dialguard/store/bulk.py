@@ -39,8 +39,8 @@ from dialguard.store.resp import bulk
 
 __all__ = ["IN_FLIGHT", "MAX_BATCH", "BulkFacts", "Scanned"]
 
-# Script calls sent ahead of the one being read. Measured on 2 cores: 2 left Redis idle
-# while the client decided a batch; past 4, nothing more.
+# Script calls sent ahead of the one being read: enough that Redis always has one to run
+# while the client decides the batch before (each call holds a few milliseconds of work).
 IN_FLIGHT = 4
 
 T = TypeVar("T")
