@@ -45,8 +45,8 @@ from dialguard.pending import PENDING_DAYS, Pending, journal_changes
 from dialguard.policy import Policy
 from dialguard.service import new_id
 from dialguard.store import Store
-from dialguard.store.bulk import MAX_BATCH
-from dialguard.store.facts import FACTS_PER_REQUEST, Decoder, ListsInForce
+from dialguard.store.bulk import MAX_BATCH, PER_NUMBER
+from dialguard.store.facts import Decoder, ListsInForce
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -336,14 +336,15 @@ async def _decide(
     later: list[tuple[int, Number, Facts, str]] = []  # callable_from needs the attempts
     decided = judge.decided
     waiting_keys = waiting.keys
-    at = 0
+    each = iter(entries)
+    # One number's entries a tuple (zip of one iterator, PER_NUMBER times: no slicing).
+    numbers = zip(*(each,) * PER_NUMBER, strict=False)
     for _, key, kind, verdict in batch:
         if verdict is not None:
             verdicts.append(verdict)
             continue
         assert kind is not None
-        entry = tuple(entries[at : at + FACTS_PER_REQUEST - 1])  # all but "reserved"
-        at += FACTS_PER_REQUEST
+        entry = next(numbers)
         overlaid = key in waiting_keys
         if not overlaid:
             verdict = decided.get((id(kind), entry))

@@ -1,15 +1,18 @@
 """The facts of many numbers at once, read only: a lead file scrubbed before a campaign.
 
-The decision's own script (store.facts.FACTS) reads them, so a scrub sees what a call
-would: the lists in force, whole, the live entries, the attempts in the window. No slot is
-reserved (a cap of 0: the script then only counts, ZCOUNT) and nothing is written.
+A million numbers must be read in seconds, and the decision's script (store.facts.FACTS)
+spends most of its time per number in a dozen calls from Lua into Redis. SCAN_FACTS
+reads the same keys the same way (the lists in force, whole, in one atomic step; the live
+entries; the attempts in the window) and gives the same answers, but gets the live
+do-not-call entries, consents, withdrawals, contracts and refusals of a whole batch with
+one HMGET each. It reserves nothing and writes nothing. tests/test_scrub_facts.py holds
+its answers equal to the decision script's.
 
-A million numbers must be read in seconds. The requests go pre-encoded (RESP: redis-py
-encoding eight arguments a number cost more than the rest of the scrub), MAX_BATCH to a
-script call, and several calls are in flight on one connection: Redis runs one while the
-client decides the numbers of the one before. A call is kept as short as a busy node's own
-(MAX_BATCH numbers: a few milliseconds of Redis), so a scrub run beside `serve` delays its
-decisions by at most that much at a time.
+The requests go pre-encoded (RESP: redis-py encoding each argument cost more than the
+rest of the scrub), MAX_BATCH numbers to a call, and several calls are in flight on one
+connection: Redis runs one while the client decides the numbers of the one before. A
+call is kept as short as a busy node's own batches, so a scrub run beside `serve` delays
+its decisions by at most that much at a time.
 """
 
 from __future__ import annotations
@@ -24,31 +27,99 @@ from redis.exceptions import RedisError
 
 from dialguard.store.errors import StoreUnavailable
 from dialguard.store.facts import (
-    FACTS,
-    FACTS_ARGUMENTS,
-    FACTS_PER_REQUEST,
+    FORMATS,
+    LUA_LIST_FIELDS,
     MAX_BATCH,
     ListsInForce,
     Metas,
     facts_formats,
     ms,
-    shared_keys,
 )
-from dialguard.store.keys import Keys
+from dialguard.store.keys import LUA_PARTS, Keys
 from dialguard.store.resp import bulk
 
-__all__ = ["IN_FLIGHT", "MAX_BATCH", "BulkFacts", "Scanned"]
+__all__ = ["IN_FLIGHT", "MAX_BATCH", "PER_NUMBER", "SCAN_FACTS", "BulkFacts", "Scanned"]
 
 # Script calls sent ahead of the one being read: enough that Redis always has one to run
 # while the client decides the batch before (each call holds a few milliseconds of work).
 IN_FLIGHT = 4
 
+# KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, then one
+# attempts key per number. ARGV: the version formats (store.facts.facts_formats), the
+# `|principal` that makes a number's key its consents' field, then per number its key and
+# the start of its attempt window (ms; attempts at or before it are not counted). The
+# reply: per number, as FACTS gives them, the do-not-call entry, the registry answer, the
+# consent, the withdrawal, the contracts, the refusal and the attempts counted; then the
+# do-not-call version and the registry result sets' metadata.
+SCAN_FACTS = (
+    LUA_PARTS
+    + LUA_LIST_FIELDS
+    + f"local FORMATS = {FORMATS}\n"
+    + """
+local lists = redis.call('HMGET', KEYS[1], unpack(LIST_FIELDS))
+local dnc = lists[1] and string.format(ARGV[1], lists[1])
+local sets, listed, clear = {}, {}, {}
+if lists[2] then
+  for v in string.gmatch(lists[2], '[^,]+') do
+    sets[#sets + 1] = v
+    listed[#sets] = string.format(ARGV[2], v)
+    clear[#sets] = string.format(ARGV[3], v)
+  end
+end
+local consent = lists[3] and string.format(ARGV[4], lists[3])
+local contract = lists[4] and string.format(ARGV[5], lists[4])
+local function has(base, bucket, m)
+  return redis.call('SISMEMBER', base .. SET .. bucket, m) == 1
+    or redis.call('GETBIT', base .. BITMAP .. bucket, m) == 1
+end
+local suffix = ARGV[FORMATS + 1]
+local count = #KEYS - 4
+local numbers, pairs = {}, {}
+for i = 1, count do
+  local n = ARGV[FORMATS + 2 * i]
+  numbers[i] = n
+  pairs[i] = n .. suffix
+end
+local live = redis.call('HMGET', KEYS[2], unpack(numbers))
+local withdrawals = redis.call('HMGET', KEYS[3], unpack(pairs))
+local refusals = redis.call('HMGET', KEYS[4], unpack(pairs))
+local consents = consent and redis.call('HMGET', consent, unpack(pairs)) or {}
+local contracts = contract and redis.call('HMGET', contract, unpack(pairs)) or {}
+local out = {}
+for i = 1, count do
+  local n = numbers[i]
+  local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
+  local d = live[i]
+  if not d and dnc and has(dnc, bucket, m) then
+    d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
+  end
+  out[#out + 1] = d
+  local o = false
+  for k = 1, #sets do
+    if has(listed[k], bucket, m) then o = sets[k] .. '|L' break end
+    if has(clear[k], bucket, m) then o = sets[k] .. '|C' break end
+  end
+  out[#out + 1] = o
+  out[#out + 1] = consents[i] or false
+  out[#out + 1] = withdrawals[i]
+  out[#out + 1] = contracts[i] or false
+  out[#out + 1] = refusals[i]
+  out[#out + 1] = redis.call('ZCOUNT', KEYS[4 + i], '(' .. ARGV[FORMATS + 1 + 2 * i], '+inf')
+end
+out[#out + 1] = lists[1] or false
+out[#out + 1] = lists[5] or false
+return out
+"""
+)
+# Entries of the reply per number.
+PER_NUMBER = 7
+
 T = TypeVar("T")
 
 
 class Scanned(Generic[T]):
-    """One batch's answer: the caller's payload, the script's reply (FACTS_PER_REQUEST
-    entries per number, in order) and the lists in force it read."""
+    """One batch's answer: the caller's payload, the script's reply (PER_NUMBER entries
+    per number, in order) and the lists in force it read."""
 
     __slots__ = ("entries", "lists", "payload")
 
@@ -77,19 +148,17 @@ class BulkFacts:
         keys = self._keys
         now_ms = ms(now)
         try:
-            sha = await self._redis.script_load(FACTS)
+            sha = await self._redis.script_load(SCAN_FACTS)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
         sha_bytes = sha.encode() if isinstance(sha, str) else bytes(sha)
-        head_keys = shared_keys(keys)
-        formats = facts_formats(keys)
-        shared = b"".join(bulk(key.encode()) for key in head_keys)
-        encoded_formats = b"".join(bulk(f.encode()) for f in formats)
-        # Every request: one attempts key, and FACTS_ARGUMENTS arguments (store.facts).
-        fixed = 3 + len(head_keys) + len(formats)
+        shared = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal]
+        keys_head = b"".join(bulk(key.encode()) for key in shared)
+        arguments_head = b"".join(bulk(f.encode()) for f in facts_formats(keys))
+        arguments_head += bulk(b"|" + principal.encode())
+        fixed = 3 + len(shared) + FORMATS + 1  # EVALSHA, its sha, numkeys, the heads
         attempts_prefix = keys.attempts_prefix(principal).encode()
-        pair_suffix = b"|" + principal.encode()
-        tails: dict[int, bytes] = {}  # window days -> the arguments after the number's two
+        starts: dict[int, bytes] = {}  # window days -> the window's start, encoded
 
         def command(requests: Sequence[tuple[str, int]]) -> bytes:
             if len(requests) > MAX_BATCH:
@@ -97,32 +166,26 @@ class BulkFacts:
             attempt_keys = []
             arguments = []
             for number_key, window_days in requests:
-                tail = tails.get(window_days)
-                if tail is None:
-                    window_ms = window_days * 86_400_000
-                    # start of the window, cap 0 (count only), no attempt id, now, window
-                    values = (now_ms - window_ms, 0, "", now_ms, window_ms)
-                    tail = tails[window_days] = b"".join(bulk(str(v).encode()) for v in values)
+                start = starts.get(window_days)
+                if start is None:
+                    start_ms = now_ms - window_days * 86_400_000
+                    start = starts[window_days] = bulk(b"%d" % start_ms)
                 key = number_key.encode()
                 size = len(key)
                 attempt_keys.append(
                     b"$%d\r\n%b%b\r\n" % (len(attempts_prefix) + size, attempts_prefix, key)
                 )
-                # the number's key, its number|principal field, then the tail
-                arguments.append(
-                    b"$%d\r\n%b\r\n$%d\r\n%b%b\r\n%b"
-                    % (size, key, size + len(pair_suffix), key, pair_suffix, tail)
-                )
+                arguments.append(b"$%d\r\n%b\r\n%b" % (size, key, start))
             count = len(requests)
             return b"".join(
                 (
-                    b"*%d\r\n" % (fixed + count * (1 + FACTS_ARGUMENTS)),
+                    b"*%d\r\n" % (fixed + 3 * count),
                     bulk(b"EVALSHA"),
                     bulk(sha_bytes),
-                    bulk(b"%d" % (len(head_keys) + count)),
-                    shared,
+                    bulk(b"%d" % (len(shared) + count)),
+                    keys_head,
                     *attempt_keys,
-                    encoded_formats,
+                    arguments_head,
                     *arguments,
                 )
             )
@@ -160,7 +223,7 @@ class BulkFacts:
         if not count:
             return Scanned(payload, [], lists), lists
         reply = await connection.read_response()
-        if not isinstance(reply, list) or len(reply) != count * FACTS_PER_REQUEST + 2:
+        if not isinstance(reply, list) or len(reply) != count * PER_NUMBER + 2:
             size = len(reply) if isinstance(reply, list) else type(reply).__name__
             raise StoreUnavailable(f"unexpected facts reply from Redis ({size})")
         try:

@@ -20,7 +20,6 @@ from dialguard.store.keys import CLEAR, LIST_FIELDS, LISTED, LUA_PARTS, Keys, me
 
 __all__ = [
     "FACTS",
-    "FACTS_ARGUMENTS",
     "FACTS_PER_REQUEST",
     "MAX_BATCH",
     "Batcher",
@@ -36,7 +35,6 @@ __all__ = [
     "facts_formats",
     "from_ms",
     "ms",
-    "shared_keys",
 ]
 
 # The lists index's fields the script reads: the version(s) in force of each kind, then
@@ -139,14 +137,6 @@ return out
 """
 )
 FACTS_PER_REQUEST = 8
-# The ARGV of one request (after the formats): see the script's header.
-FACTS_ARGUMENTS = 7
-
-
-def shared_keys(keys: Keys) -> list[str]:
-    """The keys the facts script's KEYS start with, in its order (one attempts key per
-    request follows them)."""
-    return [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal, keys.cancelled]
 
 
 def facts_formats(keys: Keys) -> list[str]:

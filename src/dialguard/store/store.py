@@ -34,7 +34,6 @@ from dialguard.store.facts import (
     encode_dnc,
     facts_formats,
     ms,
-    shared_keys,
 )
 from dialguard.store.keys import Keys
 from dialguard.store.lists import Lists
@@ -149,7 +148,8 @@ class Store:
         self._canceller: asyncio.Task[None] | None = None
         self.lists = Lists(client, self.keys)
         keys = self.keys
-        self._shared_keys = shared_keys(keys)
+        self._shared_keys = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal]
+        self._shared_keys.append(keys.cancelled)
         # Many numbers at once, read only (a scrub).
         self.bulk = BulkFacts(client, keys)
         self._formats: list[str | int] = list(facts_formats(keys))
