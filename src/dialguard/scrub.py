@@ -59,9 +59,10 @@ __all__ = [
 ]
 
 REPORT_COLUMNS = ("result", "reason", "number_e164", "callable_from")
-# Decisions kept (per kind of number and raw facts): far more than the shapes a file has
-# (no facts, listed, clear, on the do-not-call list...); past it, the memory is given back.
-KEPT_DECISIONS = 200_000
+# Decisions kept (per kind of number and raw facts shared by many numbers): far more
+# than the shapes a file has (no facts, listed, clear, on the imported do-not-call list
+# with one of its reasons...); past it, the memory is given back.
+KEPT_DECISIONS = 20_000
 # How often (batches) the progress is told.
 PROGRESS_EVERY = 16
 
@@ -190,8 +191,14 @@ class Judge:
         return self.policy.at(self.now.astimezone(zone).date()).window_days
 
     def keep(self, kind: Number, entry: tuple[Any, ...], verdict: Verdict) -> None:
-        """Keep the verdict of a lead of this kind whose facts the store read as `entry`:
-        every lead of its kind with those entries has it (`decided`)."""
+        """Keep the verdict of a lead of this kind whose facts the store read as `entry`,
+        when other leads may have those entries too: every lead of its kind with them
+        has it (`decided`). Entries of one number alone (a consent's, a withdrawal's, a
+        refusal's instants, a contract, a live do-not-call entry) are not kept: they
+        would come back for no other lead, and hold memory that grows with the file."""
+        dnc, _, consent, withdrawal, contracts, refusal, _ = entry
+        if consent or withdrawal or contracts or refusal or (dnc and dnc[:2] != b"I|"):
+            return
         if len(self.decided) >= KEPT_DECISIONS:
             self.decided.clear()
         self.decided[(id(kind), entry)] = verdict
