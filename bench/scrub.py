@@ -350,6 +350,12 @@ def run(directory: Path, runs: int, check_sample: int, decide_sample: int) -> No
     leads, small = directory / "leads.csv", directory / "leads-100k.csv"
     count = sum(1 for _ in leads.open("rb")) - 1
     workdir = Path(tempfile.mkdtemp(prefix="dg-scrub-run-"))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()  # fmt: skip
+    print(f"commit {commit}{' (src modified)' if dirty else ''}; Python {sys.version.split()[0]}")
     print(f"{count:,} leads; at {AT}; load average {os.getloadavg()[0]:.2f}")
     try:
         with redis_server(workdir) as port:
