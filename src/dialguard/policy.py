@@ -42,6 +42,7 @@ from dialguard.numbers import InvalidNumber, Kind, Number, normalise
 __all__ = [
     "RULES",
     "Finding",
+    "Moment",
     "Policy",
     "Prepared",
     "Regime",
@@ -676,8 +677,14 @@ _DAILY = frozenset(r.name for r in RULES if not r.needs_facts and r.name != "hou
 _DAILY_RULES = tuple(r for r in RULES if r.name in _DAILY)
 # Each rule of the table in order: its name, its check, its sufficient condition to pass,
 # and for a daily rule its place among the day's findings (else -1).
-_OUTCOME_WALK: tuple[tuple[str, RuleCheck, Callable[[Context], bool] | None, int], ...] = tuple(
+_Walk = tuple[tuple[str, RuleCheck, Callable[[Context], bool] | None, int], ...]
+_OUTCOME_WALK: _Walk = tuple(
     (r.name, r.check, _PASSES.get(r.name), _DAILY_RULES.index(r) if r.name in _DAILY else -1)
+    for r in RULES
+)
+# At one instant (Moment), every rule that needs no facts holds for a kind of number.
+_MOMENT_WALK: _Walk = tuple(
+    (r.name, r.check, _PASSES.get(r.name), -1 if r.needs_facts else _FACT_FREE_RULES.index(r))
     for r in RULES
 )
 _Found = tuple[Finding, ...]
@@ -710,8 +717,13 @@ def outcome(
         found = tuple(rule.check(ctx) for rule in _DAILY_RULES)
         if daily is not None:
             daily[key] = found
+    return _walk(ctx, found)
+
+
+def _walk(ctx: Context, found: _Found, walk: _Walk = _OUTCOME_WALK) -> tuple[Result, Reason]:
+    """`outcome`'s walk of the rules, the findings of `walk`'s fixed rules given."""
     basis: Reason | None = None
-    for _, check, passes, at in _OUTCOME_WALK:
+    for _, check, passes, at in walk:
         if at >= 0:
             verdict, reason, _ = found[at]
         elif passes is not None and passes(ctx):
@@ -729,6 +741,36 @@ def outcome(
         basis = reason  # BASIS: later rules still apply
     assert basis is not None  # with facts read, the legal-basis rule denies or gives one
     return Result.ALLOW, basis
+
+
+class Moment:
+    """`outcome` for many calls of one campaign at one instant (a scrub: a million leads
+    as of one instant): what depends on the number's kind alone (its local times, the
+    version in force, the findings of the rules that need no facts, the hours included)
+    is found once per kind, and each call only walks the rules that read its facts."""
+
+    def __init__(self, campaign: Campaign, policy: Policy, now: datetime) -> None:
+        if now.tzinfo is None:
+            raise ValueError("the instant of a call must carry its time zone")
+        self._campaign, self._policy, self._now = campaign, policy, now
+        self._kinds: dict[tuple[Any, ...], tuple[Context, _Found]] = {}
+
+    def outcome(self, number: Number, facts: Facts) -> tuple[Result, Reason]:
+        """`outcome(campaign, number, facts, now, policy)`, no caller ID."""
+        kind = (number.kind, number.territory, number.timezones)
+        known = self._kinds.get(kind)
+        if known is None:
+            local = _local_times(number, self._now, self._policy.default_timezone)
+            index = self._policy.index_at(local[0].date())
+            version, ref = self._policy.versions[index], self._policy._refs[index]
+            ctx = Context(self._campaign, number, "", facts, self._now, version, local, ref)
+            fixed = tuple(rule.check(ctx) for rule in _FACT_FREE_RULES)
+            known = self._kinds[kind] = (ctx, fixed)
+        ctx, found = known
+        # The context of a kind is reused: only its facts change (the rules above read
+        # none; the caller-ID evidence they may set is the same for every call).
+        ctx.facts = facts
+        return _walk(ctx, found, _MOMENT_WALK)
 
 
 # Reasons a change still waiting for Redis can give on its own.

@@ -26,6 +26,7 @@ from dialguard.cli.live import consent, contract, dnc, outcome
 from dialguard.cli.pending import apply_pending, pending
 from dialguard.cli.policy import policy
 from dialguard.cli.reload import reload
+from dialguard.cli.scrub import scrub_command
 from dialguard.cli.serve import serve
 from dialguard.cli.vicidial import vicidial
 from dialguard.config import redact_url
@@ -64,6 +65,7 @@ for command in (
     central,
     api,
     vicidial,
+    scrub_command,
 ):
     cli.add_command(command)
 audit.add_command(pending)

@@ -62,6 +62,7 @@ CSV_FIELDS = [
     "number_raw", "campaign", "principal", "purpose", "sector", "local_time", "attempts_30d",
     "evidence", "rules", "policy", "degraded", "why", "operator", "adapter", "channel", "uniqueid",
     "policy_from", "policy_to", "config_from", "config_to", "changed", "restart_needed",
+    "file", "sha256", "at", "leads", "callable", "blocked", "by_reason",
     "callerid", "node",
     "latency_us", "prev", "hash",
 ]  # fmt: skip
@@ -152,7 +153,7 @@ def audit() -> None:
     "--kind",
     type=click.Choice(
         ["decision", "outcome", "dnc-add", "dnc-remove", "consent-add", "consent-withdraw",
-         "contract-add", "contract-end", "import", "import-done", "reload", "replay"]
+         "contract-add", "contract-end", "import", "import-done", "reload", "replay", "scrub"]
     ),
     default=None,
     help="Only records of this kind (docs/audit.md).",
@@ -225,6 +226,12 @@ def _print_records(where: Where, records: list[dict[str, Any]]) -> None:
             result = "RELOAD" if record.get("applied") else "RELOAD REFUSED"
             policy = record.get("policy_to") or {}
             reason = f"policy {policy.get('name')} {policy.get('hash')}"
+        elif kind == "scrub":
+            result = "SCRUB"
+            reason = (
+                f"{record.get('file')}: {record.get('callable')} of {record.get('leads')} leads"
+                f" callable at {record.get('at')}"
+            )
         elif kind == "replay":
             result = "REPLAY"
             policy = record.get("policy") or {}
@@ -667,8 +674,11 @@ def _one_line(where: Where, line: bytes) -> str:
     except orjson.JSONDecodeError:
         return f"(unreadable line) {line[:80]!r}"
     when = where.local(int(record.get("ts", 0)))
-    if record.get("kind", "decision") == "outcome":
+    kind = record.get("kind", "decision")
+    if kind == "outcome":
         head = f"OUTCOME {record.get('outcome')}"
+    elif kind == "scrub":
+        head = f"SCRUB {record.get('callable')}/{record.get('leads')} callable"
     else:
         head = f"{record.get('result')} {record.get('reason')}"
     return (

@@ -11,8 +11,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from dialguard import import_files, importing
 from dialguard.audit import Journal
@@ -24,6 +22,7 @@ from dialguard.cli.common import (
     operator_option,
     run_with_store,
 )
+from dialguard.cli.progress import Bar
 from dialguard.config import Config, ConfigError, load_config
 from dialguard.store import Store
 
@@ -32,39 +31,6 @@ __all__ = ["import_", "report"]
 
 def _to_stderr(message: str) -> None:
     click.echo(message, err=True)
-
-
-class _Bar:
-    """importing.Progress as a rich bar with rows/s and the time left; nothing when
-    stderr is not a terminal."""
-
-    def __init__(self) -> None:
-        console = Console(stderr=True)
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not console.is_terminal,
-            transient=True,
-        )
-        self._task: Any = None
-
-    def start(self, label: str, total_bytes: int) -> None:
-        if self._task is None:
-            self._progress.start()
-        else:
-            self._progress.remove_task(self._task)
-        self._task = self._progress.add_task(label, total=total_bytes, rate="")
-
-    def advance(self, position: int, rows: int, seconds: float) -> None:
-        rate = f"{rows / max(seconds, 1e-6):,.0f} rows/s"
-        self._progress.update(self._task, completed=position, rate=rate)
-
-    def finish(self) -> None:
-        self._progress.stop()
 
 
 @click.command("import")
@@ -159,7 +125,7 @@ def import_(
 
     def run(store: Store | None) -> Coroutine[Any, Any, importing.Outcome]:
         return importing.run_import(
-            request, store, notify=_to_stderr, progress=_Bar(), accounting=accounting
+            request, store, notify=_to_stderr, progress=Bar(), accounting=accounting
         )
 
     try:

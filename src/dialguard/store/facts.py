@@ -23,6 +23,7 @@ __all__ = [
     "FACTS_PER_REQUEST",
     "MAX_BATCH",
     "Batcher",
+    "Decoder",
     "FactsRequest",
     "ListsInForce",
     "Metas",
@@ -47,6 +48,25 @@ LUA_LIST_FIELDS = (
 # How many version formats lead ARGV (see facts_formats).
 FORMATS = 5
 # How many keys lead KEYS, before the attempts keys (see Store._shared_keys).
+# An entry of a packed list (store/packed.py), from the top bucket down the split ones:
+# the decision's script and a scrub's (store/bulk.py) read consents and contracts alike.
+LUA_PACKED_LOOKUP = """
+local function packed(base, n, id)
+  if not base or not id then return false end
+  local level = TOP
+  while true do
+    local off = level > 0 and tonumber(string.sub(n, -level)) or 0
+    local key = base .. level .. string.sub(n, 1, #n - level)
+    local r = redis.call('HMGET', key, string.format('%d', id * 10 ^ level + off), SPLIT)
+    if r[1] then
+      if r[1] == STUB then return redis.call('HGET', base .. OVERFLOW, n .. '|' .. id) end
+      return r[1]
+    end
+    if not r[2] or level == 0 then return false end
+    level = level - 1
+  end
+end
+"""
 SHARED_KEYS = 9
 
 # The facts for every decision waiting in one event-loop turn: one script call, one round
@@ -77,11 +97,13 @@ SHARED_KEYS = 9
 # base, registry listed and clear bases, consent and contract bases: see keys.py), then
 # per request the number's key, the number|principal field, the start of the attempt
 # window (attempts at or before it are dropped), the cap (0: do not reserve), the attempt
-# id, now, the window length (the attempts key's lifetime), all in ms. The reply ends with the do-not-call version and
-# the registry result sets' metadata (dates and references for the evidence).
+# id, now, the window length (the attempts key's lifetime), all in ms. The reply ends
+# with the do-not-call version and the registry result sets' metadata (dates and
+# references for the evidence).
 FACTS = (
     LUA_PARTS
     + LUA_PACKED
+    + LUA_PACKED_LOOKUP
     + LUA_LIST_FIELDS
     + f"local FORMATS = {FORMATS}\n"
     + f"local FIRST = {SHARED_KEYS + 1}\n"
@@ -111,22 +133,6 @@ local function id_of(principal)
     ids[principal] = id
   end
   return id
-end
--- An entry of a packed list (store/packed.py): from the top bucket down the split ones.
-local function packed(base, n, id)
-  if not base or not id then return false end
-  local level = TOP
-  while true do
-    local off = level > 0 and tonumber(string.sub(n, -level)) or 0
-    local key = base .. level .. string.sub(n, 1, #n - level)
-    local r = redis.call('HMGET', key, string.format('%d', id * 10 ^ level + off), SPLIT)
-    if r[1] then
-      if r[1] == STUB then return redis.call('HGET', base .. OVERFLOW, n .. '|' .. id) end
-      return r[1]
-    end
-    if not r[2] or level == 0 then return false end
-    level = level - 1
-  end
 end
 local out = {}
 for i = FIRST, #KEYS do
@@ -357,6 +363,63 @@ def decode_facts(reply: Sequence[Any], lists: ListsInForce) -> Facts | Exception
         return StoreUnavailable(f"undecodable entry in Redis: {exc}")
 
 
+class Decoder:
+    """`decode_facts` for many numbers in a row (a scrub): the entries that repeat from
+    number to number (an imported do-not-call list's, a registry result set's answers)
+    are decoded once while the lists in force stay the same."""
+
+    KEPT = 10_000  # distinct repeated entries: a list's reasons, its result sets
+
+    def __init__(self) -> None:
+        self._lists: ListsInForce | None = None
+        self._dnc: dict[bytes, DncEntry] = {}
+        self._optout: dict[bytes, OptoutResult] = {}
+
+    def facts(self, entry: Sequence[Any], lists: ListsInForce) -> Facts | Exception:
+        """The facts of one number's entries (the script's reply without `reserved`)."""
+        if lists is not self._lists:
+            self._lists = lists
+            self._dnc.clear()
+            self._optout.clear()
+        try:
+            dnc, optout, consent, withdrawal, contracts, refusal, attempts, live, live_contracts = (
+                entry
+            )
+            listed = None
+            if dnc:
+                listed = self._dnc.get(dnc)
+                if listed is None:
+                    listed = _decode_dnc(dnc, lists)
+                    if dnc[:2] == b"I|" and len(self._dnc) < self.KEPT:  # an imported list's
+                        self._dnc[dnc] = listed
+            registry = None
+            if optout:
+                registry = self._optout.get(optout)
+                if registry is None:
+                    registry = _decode_optout(optout, lists)
+                    if len(self._optout) < self.KEPT:
+                        self._optout[optout] = registry
+            return Facts(
+                dnc=listed,
+                optout=registry,
+                consent=later_consent(
+                    unpack_consent(consent) if consent else None,
+                    _decode_consent(live) if live else None,
+                ),
+                withdrawn_at=from_ms(withdrawal) if withdrawal else None,
+                contracts=_contracts(contracts, live_contracts),
+                refused_at=from_ms(refusal) if refusal else None,
+                attempts_30d=int(attempts),
+            )
+        except (ValueError, OverflowError, KeyError, IndexError, TypeError) as exc:
+            return StoreUnavailable(f"undecodable entry in Redis: {exc}")
+
+
+def _contracts(imported: bytes | None, live: bytes | None) -> tuple[Contract, ...]:
+    contracts = unpack_contracts(imported) if imported else ()
+    return merge_contracts(contracts, live) if live else contracts
+
+
 def _decode_entries(reply: Sequence[Any], lists: ListsInForce) -> Facts:
     (
         dnc,
@@ -370,7 +433,6 @@ def _decode_entries(reply: Sequence[Any], lists: ListsInForce) -> Facts:
         live_consent,
         live_contracts,
     ) = reply
-    imported = unpack_contracts(contracts) if contracts else ()
     return Facts(
         dnc=_decode_dnc(dnc, lists) if dnc else None,
         optout=_decode_optout(optout, lists) if optout else None,
@@ -379,7 +441,7 @@ def _decode_entries(reply: Sequence[Any], lists: ListsInForce) -> Facts:
             _decode_consent(live_consent) if live_consent else None,
         ),
         withdrawn_at=from_ms(withdrawal) if withdrawal else None,
-        contracts=merge_contracts(imported, live_contracts) if live_contracts else imported,
+        contracts=_contracts(contracts, live_contracts),
         refused_at=from_ms(refusal) if refusal else None,
         attempts_30d=int(attempts),
         reserved=bool(reserved),

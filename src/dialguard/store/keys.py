@@ -116,7 +116,12 @@ class Keys:
 
     def attempts(self, principal: str, number_key: str) -> str:
         """Sorted set: one member per counted attempt, score its ms."""
-        return f"{self.prefix}att:{principal}:{number_key}"
+        return self.attempts_prefix(principal) + number_key
+
+    def attempts_prefix(self, principal: str) -> str:
+        """What every attempts key of `principal` starts with, the number's key after it
+        (a scrub builds a million of them)."""
+        return f"{self.prefix}att:{principal}:"
 
     # --- the imported lists ---------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from dialguard.changes import Change, ChangeKind
 from dialguard.config import RedisSettings
 from dialguard.model import Facts
 from dialguard.numbers import Number
+from dialguard.store.bulk import BulkFacts
 from dialguard.store.connect import client_for, close_client
 from dialguard.store.errors import StoreUnavailable
 from dialguard.store.facts import (
@@ -227,6 +228,8 @@ class Store:
         self._shared_keys += (keys.cancelled, keys.consent_live, keys.contract_live)
         self._shared_keys += (keys.principals, keys.dnc_principal)
         assert len(self._shared_keys) == SHARED_KEYS
+        # Many numbers at once, read only (a scrub).
+        self.bulk = BulkFacts(client, keys)
         self._formats: list[str | int] = list(facts_formats(keys))
         self._metas = Metas()
         self._facts_batch: Batcher[FactsRequest, Facts] = Batcher(self._facts_many)

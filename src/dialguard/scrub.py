@@ -1,0 +1,567 @@
+"""Scrub a lead file before a campaign: every lead decided as a call to it would be at one
+instant, without calling, counting or recording a decision (`dialguard scrub`, docs/scrub.md).
+
+The same rules (`policy.outcome`, held equal to `policy.decide` by tests), the same facts
+(the decision's script, store.bulk), the same changes still waiting for Redis in the
+journal. What differs from a call: nothing is counted and no decision record is written
+(one `scrub` record for the whole file), the caller-ID rule is left out (it judges the
+call's presentation, not the lead: `check --caller-id` tries it), and a number is read as
+a lead file writes it (no outside-line prefix).
+
+A million leads must take seconds, so a lead is mostly a few dictionary lookups: every
+number of one kind, territory and zones is decided alike for the same facts, so the
+decision of each (kind of number, the script's raw reply) is kept; only a lead with facts
+never met (a consent's own dates, say) is decided afresh. No Number is made on the common
+path: `fast_key` gives the store key, and its first digits the kind of number.
+
+No terminal here: the CLI (dialguard.cli.scrub) draws the progress and the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+from zoneinfo import ZoneInfo
+
+from dialguard import lawful, leads
+from dialguard import policy as rules
+from dialguard.audit import Journal
+from dialguard.changes import Change
+from dialguard.csv_cells import cell
+from dialguard.importing import NoProgress, Progress
+from dialguard.leads import LeadHeader, without_newline
+from dialguard.model import Campaign, Facts, Reason, Result, Unavailable
+from dialguard.numbers import InvalidNumber, Number, fast_key, normalise
+from dialguard.pending import PENDING_DAYS, Pending, journal_changes
+from dialguard.policy import Policy
+from dialguard.service import new_id
+from dialguard.store import Store
+from dialguard.store.bulk import MAX_BATCH, PER_NUMBER
+from dialguard.store.facts import Decoder, ListsInForce
+
+__all__ = [
+    "REPORT_COLUMNS",
+    "Judge",
+    "Outcome",
+    "Request",
+    "ScrubFailed",
+    "Verdict",
+    "run_scrub",
+]
+
+REPORT_COLUMNS = ("result", "reason", "number_e164", "callable_from")
+# Decisions kept (per kind of number and raw facts shared by many numbers): far more
+# than the shapes a file has (no facts, listed, clear, on the imported do-not-call list
+# with one of its reasons...); past it, the memory is given back.
+KEPT_DECISIONS = 20_000
+# How often (batches) the progress is told.
+PROGRESS_EVERY = 16
+
+
+class ScrubFailed(Exception):
+    """One line for the user; nothing was written."""
+
+
+class Verdict(NamedTuple):
+    result: Result
+    reason: Reason
+    callable_from: datetime | None = None  # blocked by what time lifts: when it is lawful
+
+
+@dataclass(frozen=True)
+class Request:
+    path: Path
+    campaign: Campaign
+    now: datetime
+    column: str | None = None
+    out: Path | None = None  # the callable leads
+    report: Path | None = None  # the blocked leads, and why
+    operator: str = ""
+
+
+@dataclass
+class Outcome:
+    file: str
+    sha256: str = ""
+    bytes: int = 0
+    leads: int = 0
+    callable: int = 0
+    blocked: int = 0
+    by_reason: Counter[tuple[str, str]] = field(default_factory=Counter)  # (result, reason)
+    # The earliest and latest callable_from of each reason (blocked leads only).
+    earliest: dict[str, datetime] = field(default_factory=dict)
+    latest: dict[str, datetime] = field(default_factory=dict)
+    never: Counter[str] = field(default_factory=Counter)  # blocked by time, no answer found
+    pending: int = 0  # changes waiting for Redis in the journal, counted
+    header: LeadHeader | None = None
+    record: str = ""  # the scrub record's id
+    seconds: float = 0.0
+    # Leads by verdict while the file is read (most verdicts are shared: a count each).
+    tally: Counter[Verdict] = field(default_factory=Counter)
+
+    def settle(self) -> None:
+        """The counts of the tally."""
+        for verdict, count in self.tally.items():
+            result, reason, when = verdict
+            self.leads += count
+            self.by_reason[(result.value, reason.value)] += count
+            if result is Result.ALLOW:
+                self.callable += count
+                continue
+            self.blocked += count
+            if when is None:
+                if reason in lawful.TIME_LIFTS:
+                    self.never[reason.value] += count
+                continue
+            name = reason.value
+            if name not in self.earliest or when < self.earliest[name]:
+                self.earliest[name] = when
+            if name not in self.latest or when > self.latest[name]:
+                self.latest[name] = when
+        self.tally.clear()
+
+
+def scrub_campaign(campaign: Campaign) -> Campaign:
+    """The campaign a lead is judged for: without the caller-ID rule (the presented
+    number is the call's, the same for every lead; `check --caller-id` judges it)."""
+    return replace(campaign, automated=False, caller_ids=None)
+
+
+class Judge:
+    """A lead's decision, with what decides it kept: pure (the facts are arguments)."""
+
+    def __init__(self, campaign: Campaign, policy: Policy, now: datetime) -> None:
+        if now.tzinfo is None:
+            raise ValueError("the instant must carry its time zone")
+        self.campaign = scrub_campaign(campaign)
+        self.policy = policy
+        self.now = now
+        self.min_cap = min(v.max_attempts for v in policy.versions)
+        self.longest_window = max(v.window_days for v in policy.versions)
+        self._moment = rules.Moment(self.campaign, policy, now)
+        # A key's first digits -> the Number standing for its kind, and its window.
+        self._fast: dict[str, tuple[Number, int]] = {}
+        self._kinds: dict[tuple[Any, ...], Number] = {}  # one Number for each kind
+        # Verdicts by (kind of number, the store's raw entries): see `keep`.
+        self.decided: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
+        self._daily: dict[tuple[Any, ...], Any] = {}
+
+    def number(self, cell: str) -> tuple[str, Number, int] | Verdict:
+        """(store key, the Number standing for its kind, the attempts window in days) of
+        a lead's number, or the verdict of one decided without facts (invalid, emergency
+        or short)."""
+        text = cell.strip()
+        key = fast_key(text.replace(" ", "") if " " in text else text)
+        if key is not None:
+            # The key's country code and first five digits of the national number fix its
+            # kind, territory and zones (numbers._territory): one Number stands for them.
+            prefix = key[:-4]
+            known = self._fast.get(prefix)
+            if known is None:
+                kind = self._kind(normalise("+" + key))
+                known = self._fast[prefix] = (kind, self.window_days(kind))
+            return key, known[0], known[1]
+        try:
+            number = normalise(text)
+        except InvalidNumber as exc:
+            decision = rules.decide(self.campaign, None, Facts(), self.now, self.policy, str(exc))
+            return Verdict(decision.result, decision.reason)
+        if number.never_blocked:
+            decision = rules.decide(self.campaign, number, Facts(), self.now, self.policy)
+            return Verdict(decision.result, decision.reason)
+        kind = self._kind(number)
+        return number.key, kind, self.window_days(kind)
+
+    def _kind(self, number: Number) -> Number:
+        # What the rules read of a number besides its key: kind, territory, zones.
+        return self._kinds.setdefault((number.kind, number.territory, number.timezones), number)
+
+    def window_days(self, kind: Number) -> int:
+        """The attempts window of the version in force on the lead's date."""
+        zone = ZoneInfo((kind.timezones or (self.policy.default_timezone,))[0])
+        return self.policy.at(self.now.astimezone(zone).date()).window_days
+
+    def keep(self, kind: Number, entry: tuple[Any, ...], verdict: Verdict) -> None:
+        """Keep the verdict of a lead of this kind whose facts the store read as `entry`,
+        when other leads may have those entries too: every lead of its kind with them
+        has it (`decided`). Entries of one number alone (a consent's, a withdrawal's, a
+        refusal's instants, a contract, a live entry) are not kept: they
+        would come back for no other lead, and hold memory that grows with the file."""
+        dnc, _, consent, withdrawal, contracts, refusal, _, live, live_contracts = entry
+        if consent or withdrawal or contracts or refusal or live or live_contracts:
+            return
+        if dnc and dnc[:2] != b"I|":
+            return
+        if len(self.decided) >= KEPT_DECISIONS:
+            self.decided.clear()
+        self.decided[(id(kind), entry)] = verdict
+
+    def needs_attempts(self, verdict: Verdict, facts: Facts) -> bool:
+        """Whether `callable_from` needs the attempts' instants: only a count that some
+        version's cap could stop (below every cap, the count can only fall)."""
+        return verdict.reason in lawful.TIME_LIFTS and facts.attempts_30d >= self.min_cap
+
+    def decide(self, kind: Number, facts: Facts, attempts_ms: list[int] | None = None) -> Verdict:
+        """A lead's verdict from its facts; callable_from for a denial time lifts (without
+        `attempts_ms` when `needs_attempts` says so: None)."""
+        result, reason = self._moment.outcome(kind, facts)
+        if result is Result.ALLOW or reason not in lawful.TIME_LIFTS:
+            return Verdict(result, reason)
+        if attempts_ms is None and facts.attempts_30d >= self.min_cap:
+            return Verdict(result, reason)
+        when = lawful.callable_from(
+            self.campaign, kind, facts, self.now, self.policy, attempts_ms, self._daily
+        )
+        return Verdict(result, reason, when)
+
+    def unreadable(self, kind: Number, detail: str) -> Verdict:
+        """An entry the store holds but cannot decode: the campaign's fail mode decides,
+        as for that call."""
+        gone = Unavailable(Reason.STORE_UNAVAILABLE, f"undecodable entry in Redis: {detail}")
+        decision = rules.decide_unavailable(
+            self.campaign, kind, Facts(), gone, self.now, self.policy
+        )
+        return Verdict(decision.result, decision.reason)
+
+
+# One lead of a batch: its raw bytes, its store key (or ""), the Number of its kind, and
+# its verdict when decided without facts.
+_Lead = tuple[bytes, str, Number | None, Verdict | None]
+
+
+async def run_scrub(
+    request: Request,
+    policy: Policy,
+    store: Store,
+    journal: Journal | None,
+    node: str,
+    *,
+    progress: Progress | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Outcome:
+    """Scrub one file: read every lead, decide it, write the outputs, then the `scrub`
+    record (`journal`), then put the outputs in place. leads.BadLeadFile (one line) for
+    a file that is not a lead file; ScrubFailed for one that cannot be read or written.
+    Nothing is left behind on failure."""
+    progress = progress or NoProgress()
+    started = time.monotonic()
+    judge = Judge(request.campaign, policy, request.now)
+    principal = request.campaign.principal
+    waiting = await _waiting(store, journal)
+    outcome = Outcome(file=request.path.name, pending=len(waiting.pending))
+    digest = hashlib.sha256()
+    handle = _open(request.path)
+    outputs = _Outputs(request)
+    try:
+        lines = leads.physical_lines(handle, digest)
+        header = outcome.header = leads.read_header(lines, request.column)
+        outputs.open(header)
+        size = os.fstat(handle.fileno()).st_size or 1
+        progress.start("scrubbing", size)
+        batches = _batches(leads.rows(lines, header), judge)
+        decoder = Decoder()
+        sent = rows = 0
+        tally = outcome.tally
+        write = outputs.write
+        async with contextlib.aclosing(store.bulk.scan(principal, request.now, batches)) as answers:
+            async for scanned in answers:
+                batch = scanned.payload
+                verdicts = await _decide(
+                    batch, scanned.entries, scanned.lists, judge, decoder, store, waiting
+                )
+                for (raw, key, kind, _), verdict in zip(batch, verdicts, strict=True):
+                    tally[verdict] += 1
+                    write(raw, key, kind, verdict)
+                rows += len(batch)
+                sent += 1
+                if sent % PROGRESS_EVERY == 0:
+                    progress.advance(handle.tell(), rows, time.monotonic() - started)
+        outcome.bytes = handle.tell()
+        outcome.sha256 = digest.hexdigest()
+        outcome.settle()
+        progress.advance(size, outcome.leads, time.monotonic() - started)
+        outputs.finish()
+        if journal is not None:
+            outcome.record = await _account(journal, node, request, policy, outcome, clock())
+        outputs.publish()
+    except BaseException:
+        outputs.abandon()
+        raise
+    finally:
+        handle.close()
+        progress.finish()
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _batches(
+    rows: Iterator[leads.Row], judge: Judge
+) -> Iterator[tuple[list[_Lead], list[tuple[str, int]]]]:
+    """The leads in batches of at most MAX_BATCH that need the store's facts (blank
+    lines left out), and those requests: (store key, window days)."""
+    payload: list[_Lead] = []
+    requests: list[tuple[str, int]] = []
+    number_of = judge.number
+    invalid = Verdict(Result.DENY, Reason.INVALID_NUMBER)
+    for _, raw, text, problem in rows:
+        if text is None:
+            if problem:
+                payload.append((raw, "", None, invalid))
+            continue  # else a blank line: no lead
+        found = number_of(text)
+        if isinstance(found, Verdict):
+            payload.append((raw, "", None, found))
+            continue
+        key, kind, window = found
+        payload.append((raw, key, kind, None))
+        requests.append((key, window))
+        if len(requests) == MAX_BATCH:
+            yield payload, requests
+            payload, requests = [], []
+    if payload:
+        yield payload, requests
+
+
+async def _decide(
+    batch: list[_Lead],
+    entries: list[Any],
+    lists: ListsInForce,
+    judge: Judge,
+    decoder: Decoder,
+    store: Store,
+    waiting: _Waiting,
+) -> list[Verdict]:
+    """Each lead's verdict, in order."""
+    verdicts: list[Verdict] = []
+    later: list[tuple[int, Number, Facts, str]] = []  # callable_from needs the attempts
+    decided = judge.decided
+    waiting_keys = waiting.keys
+    each = iter(entries)
+    # One number's entries a tuple (zip of one iterator, PER_NUMBER times: no slicing).
+    numbers = zip(*(each,) * PER_NUMBER, strict=False)
+    for _, key, kind, verdict in batch:
+        if verdict is not None:
+            verdicts.append(verdict)
+            continue
+        assert kind is not None
+        entry = next(numbers)
+        overlaid = key in waiting_keys
+        if not overlaid:
+            verdict = decided.get((id(kind), entry))
+            if verdict is not None:
+                verdicts.append(verdict)
+                continue
+        facts = decoder.facts(entry, lists)
+        if isinstance(facts, Exception):
+            verdicts.append(judge.unreadable(kind, str(facts)))
+            continue
+        if overlaid:
+            facts = waiting.pending.overlay(key, judge.campaign.principal, facts)
+        verdict = judge.decide(kind, facts)
+        if verdict.callable_from is None and judge.needs_attempts(verdict, facts):
+            later.append((len(verdicts), kind, facts, key))
+        elif not overlaid:
+            judge.keep(kind, entry, verdict)
+        verdicts.append(verdict)
+    if later:
+        times = await store.bulk.attempt_times(
+            judge.campaign.principal, [key for *_, key in later], judge.now, judge.longest_window
+        )
+        for (index, kind, facts, _), attempts in zip(later, times, strict=True):
+            verdicts[index] = judge.decide(kind, facts, attempts)
+    return verdicts
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    pending: Pending
+    keys: frozenset[str]  # the numbers they are about
+
+
+async def _waiting(store: Store, journal: Journal | None) -> _Waiting:
+    """The changes the journal holds and Redis has not taken (a do-not-call asked for
+    while Redis was down): a scrub counts them, as decisions do."""
+    pending = Pending(store, None)
+    if journal is None or not journal.directory.is_dir():
+        return _Waiting(pending, frozenset())
+    changes = journal_changes(journal.directory, PENDING_DAYS, datetime.now(UTC))
+    applied = await store.applied([change.id for change in changes])
+    waiting: list[Change] = [change for change in changes if change.id not in applied]
+    pending.queue(waiting)
+    return _Waiting(pending, frozenset(change.number_key for change in waiting))
+
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise ScrubFailed(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ScrubFailed(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise ScrubFailed(f"{path}: cannot read: {exc.strerror}") from None
+
+
+class _Outputs:
+    """CALLABLE and REPORT, written beside their final names and put there at the end:
+    a scrub that fails leaves neither, nor half of one."""
+
+    def __init__(self, request: Request) -> None:
+        self._targets = [p for p in (request.out, request.report) if p is not None]
+        self._out_path = request.out
+        self._report_path = request.report
+        self._out: IO[bytes] | None = None
+        self._report: IO[bytes] | None = None
+        self._sep = b","
+        self._newline = b"\n"
+        self._width = 1
+        self._cells: dict[tuple[str, datetime | None, tuple[str, ...]], tuple[bytes, bytes]] = {}
+
+    @staticmethod
+    def _partial(path: Path) -> Path:
+        return path.with_name(path.name + ".part")
+
+    def _create(self, path: Path) -> IO[bytes]:
+        partial = self._partial(path)
+        try:
+            # 0600: a lead file is personal data, as the journal and its exports are.
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ScrubFailed(f"{path}: cannot write: {exc.strerror}") from None
+        return open(fd, "wb", buffering=1 << 20)
+
+    def open(self, header: LeadHeader) -> None:
+        self._sep = header.delimiter.encode()
+        self._newline = header.newline
+        self._width = len(header.columns)
+        if self._out_path is not None:
+            self._out = self._create(self._out_path)
+            self._out.write(header.raw)
+        if self._report_path is not None:
+            self._report = self._create(self._report_path)
+            added = self._sep.join(name.encode() for name in REPORT_COLUMNS)
+            self._report.write(without_newline(header.raw) + self._sep + added + self._newline)
+
+    def write(self, raw: bytes, key: str, kind: Number | None, verdict: Verdict) -> None:
+        if verdict.result is Result.ALLOW:
+            if self._out is not None:
+                self._out.write(raw)
+            return
+        if self._report is None:
+            return
+        body = without_newline(raw)
+        ending = raw[len(body) :] or self._newline
+        zones = kind.timezones if kind is not None else ()
+        added = self._added(verdict, zones)
+        # A number a spreadsheet would take for a formula ("+33...") gets its quote.
+        e164 = str(cell("+" + key)).encode() if key else b""
+        sep = self._sep
+        missing = self._width - self._fields(body)
+        if missing > 0:  # a short row: its cells, empty ones, then ours under our names
+            body += sep * missing
+        self._report.write(body + sep + added[0] + sep + e164 + sep + added[1] + ending)
+
+    def _fields(self, body: bytes) -> int:
+        if b'"' not in body:
+            return body.count(self._sep) + 1
+        try:
+            text = body.decode("latin-1")  # the csv module sees the bytes (leads.py)
+            return len(next(csv.reader([text], delimiter=self._sep.decode()), []))
+        except csv.Error:
+            return body.count(self._sep) + 1
+
+    def _added(self, verdict: Verdict, zones: tuple[str, ...]) -> tuple[bytes, bytes]:
+        """(result and reason, callable_from) cells, kept: few distinct values."""
+        when = verdict.callable_from
+        cache_key = (verdict.reason.value, when, zones)
+        found = self._cells.get(cache_key)
+        if found is None:
+            if len(self._cells) > 10_000:
+                self._cells.clear()
+            head = verdict.result.value.encode() + self._sep + verdict.reason.value.encode()
+            local = b""
+            if when is not None:
+                # In the callee's zone, with its offset: what the campaign manager plans by.
+                zone = ZoneInfo(zones[0]) if zones else UTC
+                local = when.astimezone(zone).isoformat(timespec="seconds").encode()
+            found = self._cells[cache_key] = (head, local)
+        return found
+
+    def finish(self) -> None:
+        """Everything on disk (fsync), still under the partial names."""
+        for handle in (self._out, self._report):
+            if handle is None:
+                continue
+            try:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+            except OSError as exc:
+                raise ScrubFailed(f"{handle.name}: cannot write: {exc.strerror}") from None
+
+    def publish(self) -> None:
+        for path in self._targets:
+            try:
+                os.replace(self._partial(path), path)
+            except OSError as exc:
+                raise ScrubFailed(f"{path}: cannot write: {exc.strerror}") from None
+
+    def abandon(self) -> None:
+        for handle in (self._out, self._report):
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.close()
+        for path in self._targets:
+            with contextlib.suppress(OSError):
+                self._partial(path).unlink()
+
+
+async def _account(
+    journal: Journal,
+    node: str,
+    request: Request,
+    policy: Policy,
+    outcome: Outcome,
+    now: datetime,
+) -> str:
+    """The one audit record of a scrub: which file, for which campaign, as of when, what
+    it found. Written before the outputs are put in place."""
+    ref = policy.ref_at(request.now.astimezone(ZoneInfo(policy.default_timezone)).date())
+    record_id = new_id(now)
+    await journal.append(
+        {
+            "id": record_id,
+            "ts": int(now.timestamp() * 1000),
+            "node": node,
+            "kind": "scrub",
+            "campaign": request.campaign.name,
+            "principal": request.campaign.principal,
+            "at": request.now.isoformat(),
+            "policy": ref.as_json(),
+            "file": request.path.name,
+            "sha256": outcome.sha256,
+            "bytes": outcome.bytes,
+            "column": outcome.header.number_name if outcome.header else None,
+            "leads": outcome.leads,
+            "callable": outcome.callable,
+            "blocked": outcome.blocked,
+            "by_reason": {
+                reason: count for (_, reason), count in sorted(outcome.by_reason.items())
+            },
+            "pending": outcome.pending,
+            "out": request.out.name if request.out else None,
+            "report": request.report.name if request.report else None,
+            "operator": request.operator,
+            "adapter": "cli",
+        }
+    )
+    return record_id

@@ -1,0 +1,269 @@
+"""The facts of many numbers at once, read only: a lead file scrubbed before a campaign.
+
+A million numbers must be read in seconds, and the decision's script (store.facts.FACTS)
+spends most of its time per number in a dozen calls from Lua into Redis. SCAN_FACTS
+reads the same keys the same way (the lists in force, whole, in one atomic step; the live
+entries; the attempts in the window) and gives the same answers, but gets the live
+do-not-call entries, consents, withdrawals, contracts and refusals of a whole batch with
+one HMGET each. It reserves nothing and writes nothing. tests/test_scrub_facts.py holds
+its answers equal to the decision script's.
+
+The requests go pre-encoded (RESP: redis-py encoding each argument cost more than the
+rest of the scrub), MAX_BATCH numbers to a call, and several calls are in flight on one
+connection: Redis runs one while the client decides the numbers of the one before. A
+call is kept as short as a busy node's own batches, so a scrub run beside `serve` delays
+its decisions by at most that much at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from dialguard.store.errors import StoreUnavailable
+from dialguard.store.facts import (
+    FORMATS,
+    LUA_LIST_FIELDS,
+    LUA_PACKED_LOOKUP,
+    MAX_BATCH,
+    ListsInForce,
+    Metas,
+    facts_formats,
+    ms,
+)
+from dialguard.store.keys import LUA_PARTS, Keys
+from dialguard.store.packed import LUA_PACKED
+from dialguard.store.resp import bulk
+
+__all__ = ["IN_FLIGHT", "MAX_BATCH", "PER_NUMBER", "SCAN_FACTS", "BulkFacts", "Scanned"]
+
+# Script calls sent ahead of the one being read: enough that Redis always has one to run
+# while the client decides the batch before (each call holds a few milliseconds of work).
+IN_FLIGHT = 4
+SCAN_SHARED_KEYS = 8
+
+# KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the live
+# consents and contracts, the principals' ids, the principals' own do-not-call entries,
+# then one attempts key per number. ARGV: the version formats
+# (store.facts.facts_formats), the principal, then per number its key and the start of
+# its attempt window (ms; attempts at or before it are not counted). The reply: per
+# number, as FACTS gives them, the do-not-call entry, the registry answer, the imported
+# consent, the withdrawal, the imported contracts, the refusal, the attempts counted, the
+# live consent and the live contracts; then the do-not-call version and the registry
+# result sets' metadata.
+SCAN_FACTS = (
+    LUA_PARTS
+    + LUA_PACKED
+    + LUA_PACKED_LOOKUP
+    + LUA_LIST_FIELDS
+    + f"local FORMATS = {FORMATS}\n"
+    + f"local SHARED = {SCAN_SHARED_KEYS}\n"
+    + """
+local lists = redis.call('HMGET', KEYS[1], unpack(LIST_FIELDS))
+local dnc = lists[1] and string.format(ARGV[1], lists[1])
+local sets, listed, clear = {}, {}, {}
+if lists[2] then
+  for v in string.gmatch(lists[2], '[^,]+') do
+    sets[#sets + 1] = v
+    listed[#sets] = string.format(ARGV[2], v)
+    clear[#sets] = string.format(ARGV[3], v)
+  end
+end
+local consent = lists[3] and string.format(ARGV[4], lists[3])
+local contract = lists[4] and string.format(ARGV[5], lists[4])
+local function has(base, bucket, m)
+  return redis.call('SISMEMBER', base .. SET .. bucket, m) == 1
+    or redis.call('GETBIT', base .. BITMAP .. bucket, m) == 1
+end
+local principal = ARGV[FORMATS + 1]
+local suffix = '|' .. principal
+local id = (consent or contract) and redis.call('HGET', KEYS[7], principal)
+id = id and tonumber(id) or false
+local count = #KEYS - SHARED
+local numbers, pairs = {}, {}
+for i = 1, count do
+  local n = ARGV[FORMATS + 2 * i]
+  numbers[i] = n
+  pairs[i] = n .. suffix
+end
+local live = redis.call('HMGET', KEYS[2], unpack(numbers))
+local withdrawals = redis.call('HMGET', KEYS[3], unpack(pairs))
+local refusals = redis.call('HMGET', KEYS[4], unpack(pairs))
+local live_consents = redis.call('HMGET', KEYS[5], unpack(pairs))
+local live_contracts = redis.call('HMGET', KEYS[6], unpack(pairs))
+local own = redis.call('HMGET', KEYS[8], unpack(pairs))
+local out = {}
+for i = 1, count do
+  local n = numbers[i]
+  local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
+  local d = live[i]
+  if not d and dnc and has(dnc, bucket, m) then
+    d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
+  end
+  if not d and own[i] then d = 'P|' .. own[i] end
+  out[#out + 1] = d
+  local o = false
+  for k = 1, #sets do
+    if has(listed[k], bucket, m) then o = sets[k] .. '|L' break end
+    if has(clear[k], bucket, m) then o = sets[k] .. '|C' break end
+  end
+  out[#out + 1] = o
+  out[#out + 1] = packed(consent, n, id)
+  out[#out + 1] = withdrawals[i]
+  out[#out + 1] = packed(contract, n, id)
+  out[#out + 1] = refusals[i]
+  out[#out + 1] = redis.call('ZCOUNT', KEYS[SHARED + i], '(' .. ARGV[FORMATS + 1 + 2 * i], '+inf')
+  out[#out + 1] = live_consents[i]
+  out[#out + 1] = live_contracts[i]
+end
+out[#out + 1] = lists[1] or false
+out[#out + 1] = lists[5] or false
+return out
+"""
+)
+# Entries of the reply per number.
+PER_NUMBER = 9
+
+T = TypeVar("T")
+
+
+class Scanned(Generic[T]):
+    """One batch's answer: the caller's payload, the script's reply (PER_NUMBER entries
+    per number, in order) and the lists in force it read."""
+
+    __slots__ = ("entries", "lists", "payload")
+
+    def __init__(self, payload: T, entries: list[Any], lists: ListsInForce) -> None:
+        self.payload = payload
+        self.entries = entries
+        self.lists = lists
+
+
+class BulkFacts:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self._redis = client
+        self._keys = keys
+        self._metas = Metas()
+
+    async def scan(
+        self,
+        principal: str,
+        now: datetime,
+        batches: Iterable[tuple[T, Sequence[tuple[str, int]]]],
+        in_flight: int = IN_FLIGHT,
+    ) -> AsyncGenerator[Scanned[T], None]:
+        """The facts for `principal` at `now` of each batch of (number key, window in
+        days), at most MAX_BATCH a batch, in the order of `batches` (an empty batch comes
+        back in its turn without a call). StoreUnavailable when Redis fails."""
+        keys = self._keys
+        now_ms = ms(now)
+        try:
+            sha = await self._redis.script_load(SCAN_FACTS)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        sha_bytes = sha.encode() if isinstance(sha, str) else bytes(sha)
+        shared = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal, keys.consent_live]
+        shared += (keys.contract_live, keys.principals, keys.dnc_principal)
+        assert len(shared) == SCAN_SHARED_KEYS
+        keys_head = b"".join(bulk(key.encode()) for key in shared)
+        arguments_head = b"".join(bulk(f.encode()) for f in facts_formats(keys))
+        arguments_head += bulk(principal.encode())
+        fixed = 3 + len(shared) + FORMATS + 1  # EVALSHA, its sha, numkeys, the heads
+        attempts_prefix = keys.attempts_prefix(principal).encode()
+        starts: dict[int, bytes] = {}  # window days -> the window's start, encoded
+
+        def command(requests: Sequence[tuple[str, int]]) -> bytes:
+            if len(requests) > MAX_BATCH:
+                raise ValueError(f"at most {MAX_BATCH} numbers a batch")
+            attempt_keys = []
+            arguments = []
+            for number_key, window_days in requests:
+                start = starts.get(window_days)
+                if start is None:
+                    start_ms = now_ms - window_days * 86_400_000
+                    start = starts[window_days] = bulk(b"%d" % start_ms)
+                key = number_key.encode()
+                size = len(key)
+                attempt_keys.append(
+                    b"$%d\r\n%b%b\r\n" % (len(attempts_prefix) + size, attempts_prefix, key)
+                )
+                arguments.append(b"$%d\r\n%b\r\n%b" % (size, key, start))
+            count = len(requests)
+            return b"".join(
+                (
+                    b"*%d\r\n" % (fixed + 3 * count),
+                    bulk(b"EVALSHA"),
+                    bulk(sha_bytes),
+                    bulk(b"%d" % (len(shared) + count)),
+                    keys_head,
+                    *attempt_keys,
+                    arguments_head,
+                    *arguments,
+                )
+            )
+
+        pool: Any = self._redis.connection_pool  # get_connection is untyped in redis-py
+        try:
+            connection: Any = await pool.get_connection()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        waiting: deque[tuple[T, int]] = deque()  # payload, numbers (0: nothing sent)
+        lists = ListsInForce("", {})
+        try:
+            for payload, requests in batches:
+                if requests:
+                    await connection.send_packed_command(command(requests))
+                waiting.append((payload, len(requests)))
+                while len(waiting) > in_flight or (waiting and not waiting[0][1]):
+                    scanned, lists = await self._answer(connection, *waiting.popleft(), lists)
+                    yield scanned
+            while waiting:
+                scanned, lists = await self._answer(connection, *waiting.popleft(), lists)
+                yield scanned
+        except (RedisError, OSError) as exc:
+            await connection.disconnect()
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        except BaseException:
+            await connection.disconnect()  # replies may still be on their way
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def _answer(
+        self, connection: Any, payload: T, count: int, lists: ListsInForce
+    ) -> tuple[Scanned[T], ListsInForce]:
+        if not count:
+            return Scanned(payload, [], lists), lists
+        reply = await connection.read_response()
+        if not isinstance(reply, list) or len(reply) != count * PER_NUMBER + 2:
+            size = len(reply) if isinstance(reply, list) else type(reply).__name__
+            raise StoreUnavailable(f"unexpected facts reply from Redis ({size})")
+        try:
+            lists = self._metas.decode(reply[-2], reply[-1])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreUnavailable(f"undecodable list metadata in Redis: {exc}") from None
+        del reply[-2:]
+        return Scanned(payload, reply, lists), lists
+
+    async def attempt_times(
+        self, principal: str, number_keys: Sequence[str], now: datetime, window_days: int
+    ) -> list[list[int]]:
+        """The instants (ms) of the attempts counted in the window before `now`, for each
+        number, as the facts script counts them (after the window's start, any later)."""
+        if not number_keys:
+            return []
+        start = f"({ms(now) - window_days * 86_400_000}"
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for number_key in number_keys:
+                    key = self._keys.attempts(principal, number_key)
+                    pipe.zrangebyscore(key, start, "+inf", withscores=True)
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
+        return [sorted(int(score) for _, score in reply) for reply in replies]
