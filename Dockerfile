@@ -54,8 +54,8 @@ ENV PATH=/opt/dialguard/bin:$PATH \
 VOLUME ["/var/lib/dialguard"]
 USER dialguard:dialguard
 WORKDIR /var/lib/dialguard
-# FastAGI, then health and metrics.
-EXPOSE 4573 9573
+# FastAGI, health and metrics, the HTTP API.
+EXPOSE 4573 9573 8575
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9573/healthz', timeout=2)"]
 ENTRYPOINT ["dialguard"]

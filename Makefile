@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-reliability test-docker lint typecheck clean redis-server systemd-analyze \
-	postgresql
+	postgresql mariadb
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,15 @@ postgresql:
 	  echo "installing postgresql (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-test: $(STAMP) redis-server systemd-analyze postgresql
+# The VICIdial sync's tests start a MariaDB of their own (mariadb-install-db + mariadbd on a
+# private port and socket, never the machine's 3306): Debian's `mariadb-server` package.
+mariadb:
+	@{ command -v mariadbd || ls /usr/sbin/mariadbd; } >/dev/null 2>&1 && \
+	  { command -v mariadb-install-db || ls /usr/bin/mariadb-install-db; } >/dev/null 2>&1 || { \
+	  echo "installing mariadb-server (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null; }
+
+test: $(STAMP) redis-server systemd-analyze postgresql mariadb
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy

@@ -104,6 +104,7 @@ def make_config(audit_dir: Path, **campaign_overrides: dict[str, Any]) -> dict[s
     data = tomllib.loads(SHIPPED_CONFIG.read_text(encoding="utf-8"))
     data["node"] = "test-node"
     data.pop("metrics", None)  # a fixed port: two test runs on one machine would collide
+    data.pop("api", None)  # the same
     data.pop("central", None)  # its SQLite file is beside the configuration, outside tmp_path
     data.setdefault("redis", {})["timeout_ms"] = 2000
     data.setdefault("audit", {})["dir"] = str(audit_dir)

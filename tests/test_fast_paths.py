@@ -13,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialguard.import_files import DncRow, OptoutRow, Rejected, chunks, read_header, records
+from dialguard.import_files import (
+    DncRow,
+    OptoutRow,
+    Rejected,
+    chunks,
+    consent_entry,
+    contract_entry,
+    read_header,
+    records,
+)
 from dialguard.numbers import InvalidNumber, fast_key, import_key, normalise
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -134,3 +143,86 @@ def test_chunks_are_cut_at_the_size_and_keep_line_numbers() -> None:
     assert [len(c) for c in got] == [2, 1]
     assert got[0].rejected[0][0] == 3  # the header is line 1
     assert got[-1].last_line == 6
+
+
+# --- consents and contracts: plain lines take a fast path, the same rows come out ------------
+
+consent_numbers = st.one_of(
+    st.sampled_from(["0612345678", "+33612345678", "0033612345678", "0692123456", "112"]),
+    near,
+)
+principals = st.sampled_from(["ACME", "acme.fr", "A B", "", " ACME", "x" * 65, "é"])
+instants = st.sampled_from(
+    [
+        "2026-09-01",
+        "2026-09-01T12:30:00+02:00",
+        "2026-09-01T12:30:00Z",
+        "2026-09-01T12:30:00",
+        "2026-09-01T12:30:00.123456+02:00",
+        "2026-03-29T02:30:00",  # a time the clocks skip in Paris
+        " 2026-09-01",
+        "2026-9-1",
+        "1969-12-31",
+        "1970-01-01",
+        "2199-12-31T23:59:59+00:00",
+        "2200-01-01",
+        "yesterday",
+        "",
+    ]
+)
+texts = st.one_of(
+    st.sampled_from(["crm:42", "WEB-0000000001", "", " x", "x ", "a|b", "é", "x" * 200, "x" * 201]),
+    st.text(max_size=12),
+)
+
+
+def _rows(kind: str, header: str, body: list[str], size: int) -> tuple[list[str], list[str]]:
+    got = _by_chunks(kind, header, body, size)
+    as_entry = consent_entry if kind == "consent" else contract_entry
+    expected = [
+        item if isinstance(item, tuple) else as_entry(item)  # type: ignore[arg-type]
+        for item in _by_records(kind, header, body)
+    ]
+    return sorted(map(_key_of, got)), sorted(map(_key_of, expected))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(consent_numbers, principals, instants, instants, texts), min_size=1, max_size=8
+    ),
+    st.sampled_from([",", ";"]),
+    st.integers(1, 4),
+)
+def test_consent_chunks_hold_what_records_give(
+    rows: list[tuple[str, str, str, str, str]], sep: str, size: int
+) -> None:
+    header = sep.join(["number", "principal", "given_at", "expires_at", "proof_ref"])
+    body = [sep.join(row) + "\n" for row in rows]
+    got, expected = _rows("consent", header, body, size)
+    assert got == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            consent_numbers,
+            principals,
+            texts,
+            st.sampled_from(["general", "cpf", "energy_renovation", "CPF", "gas", ""]),
+            instants,
+            instants,
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(1, 4),
+)
+def test_contract_chunks_hold_what_records_give(
+    rows: list[tuple[str, str, str, str, str, str]], size: int
+) -> None:
+    header = "number,principal,contract_id,sector,start,end"
+    body = [",".join(row) + "\r\n" for row in rows]
+    got, expected = _rows("contract", header, body, size)
+    assert got == expected

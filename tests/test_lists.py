@@ -73,7 +73,8 @@ async def keys_like(client: aioredis.Redis, pattern: str) -> list[str]:
 
 
 async def version_keys(client: aioredis.Redis, kind: str, version: str) -> list[str]:
-    """Every key of one version of a list (dense kinds: `P kind:V:...`; hashes: `P kind:V`)."""
+    """Every key of one version of a list (`P kind:V:...`, and `P kind:V`: the one hash
+    of an earlier version's consents and contracts)."""
     return [
         *await keys_like(client, f"{PREFIX}{kind}:{version}:*"),
         *await keys_like(client, f"{PREFIX}{kind}:{version}"),
@@ -644,9 +645,9 @@ async def test_a_replace_frees_every_key_of_the_old_version(
     number = num("33611111111")
     row = ConsentRow(number, "ACME", NOW - timedelta(days=1), None, "p")
     c1 = await load(store, "consent", [row], "replace")
-    assert await redis_client.exists(f"{PREFIX}consent:{c1.version}") == 1
+    assert await version_keys(redis_client, "consent", c1.version) != []
     c2 = await load(store, "consent", [row], "replace")
-    assert await redis_client.exists(f"{PREFIX}consent:{c1.version}") == 0
+    assert await version_keys(redis_client, "consent", c1.version) == []
     assert (await store.facts(number, "ACME", NOW, 30)).consent is not None
     assert c2.version != c1.version
 

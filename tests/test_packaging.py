@@ -55,6 +55,7 @@ class Installed:
         self.agi_port, self.metrics_port = free_port(), free_port()
         data["server"]["port"] = self.agi_port
         data["metrics"]["port"] = self.metrics_port
+        data["api"]["port"] = free_port()
         data["audit"]["dir"] = str(home / "audit")
         config.write_text(toml_dumps(data), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DIALGUARD_", "PYTHON"))}
@@ -288,6 +289,8 @@ def test_the_container_configuration_is_the_shipped_one_but_where_it_says() -> N
     shipped = _toml(ROOT / "config" / "dialguard.toml")
     container = _toml(ROOT / "contrib" / "docker" / "dialguard.toml")
     assert container["server"]["host"] == container["metrics"]["host"] == "0.0.0.0"
+    assert container["api"]["host"] == "0.0.0.0"
+    assert container["api"]["tokens_file"] == "/var/lib/dialguard/api-tokens.json"  # the volume
     assert container["audit"]["dir"] == "/var/lib/dialguard/audit"  # the image's VOLUME
     assert container["redis"]["url"] == "redis://redis:6379/0"  # the compose service
     assert container["central"]["path"] == "/var/lib/dialguard/central.sqlite3"  # the volume
@@ -300,10 +303,12 @@ def test_the_container_configuration_is_the_shipped_one_but_where_it_says() -> N
         ("audit", "dir"),
         ("redis", "url"),
         ("central", "path"),
+        ("api", "host"),
+        ("api", "tokens_file"),
     )
     for table, key in differ:
         del shipped[table][key], container[table][key]
     assert container == shipped
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert 'VOLUME ["/var/lib/dialguard"]' in dockerfile
-    assert "EXPOSE 4573 9573" in dockerfile
+    assert "EXPOSE 4573 9573 8575" in dockerfile

@@ -2,6 +2,7 @@
 
 The ACL: config/redis-acl.conf is the rule docs/operations.md gives; the FastAGI tests
 (tests/agi/test_server.py: decisions, outcomes, pending changes, `dialguard serve`), the
+HTTP API's (tests/api/test_api.py: its changes, Idempotency-Key answers), the
 metrics, health and shadow-mode tests run again with the service logged in as its
 `dialguard` user, and fail on anything Redis refused it. TLS: a redis-server with a
 --tls-port and a certificate from a CA the test makes; the service trusts that CA through
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,13 +25,16 @@ from redis.exceptions import NoPermissionError
 
 from dialguard.audit import Journal
 from dialguard.config import Config, load_config
-from dialguard.model import CallRequest, Reason
+from dialguard.import_files import ConsentRow, ContractRow
+from dialguard.model import CallRequest, Contract, Reason, Sector
+from dialguard.numbers import normalise
 from dialguard.service import Service, Verdict
 from dialguard.store import Store
+from dialguard.store.loading import load
 from tests.agi.test_server import MONDAY, make_config
 from tests.cli_runner import run_dialguard
 from tests.redis_ha import TlsFiles, make_tls_files
-from tests.redis_server import ACL_ENV, free_port, running_redis
+from tests.redis_server import ACL_ENV, SERVICE_USER, free_port, running_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = [
@@ -37,6 +42,7 @@ MODULES = [
     "tests/test_metrics.py",
     "tests/test_health.py",
     "tests/test_shadow.py",
+    "tests/api/test_api.py",
 ]
 
 
@@ -94,6 +100,39 @@ async def test_live_changes_and_their_late_application_as_the_service_user(
         assert len(service.pending) == 0
         await service.aclose()
         await store.close()
+
+
+async def test_consents_and_contracts_load_and_read_as_their_users() -> None:
+    """An import as the CLI's user (no CONFIG: Redis's default listpack limits), a bucket
+    split past them and a value sent to the overflow hash; read back as the service's."""
+    with running_redis(acl=True) as server:
+        cli_url = server.url.replace(f"//{SERVICE_USER}:", "//dialguard-cli:")
+        operator = Store.from_url(cli_url, "dialguard:", 5000)
+        service = Store.from_url(server.url, "dialguard:", 5000)
+        given = MONDAY - timedelta(days=3)
+        rows = [
+            ConsentRow(normalise(f"06123450{i:02d}"), "ACME", given, None, f"p{i}")
+            for i in range(100)
+        ]
+        rows += [
+            ConsentRow(normalise(f"06123450{i:02d}"), "OTHER", given, None, "x" * (60 + i))
+            for i in range(60)
+        ]
+        contract = Contract("K-1", Sector.CPF, date(2025, 1, 1), None)
+        try:
+            # 100 consents in one bucket, then 60 more: it splits as it merges them.
+            await load(operator.lists, "consent", rows[:100], "replace")
+            await load(operator.lists, "consent", rows[100:], "add")
+            await load(operator.lists, "contract", [ContractRow(rows[0].number, "ACME", contract)])
+            assert (await operator.lists.census("consent", "1")).entries == len(rows)
+            for row in rows[::9]:
+                facts = await service.facts(row.number, row.principal, MONDAY, 30)
+                assert facts.consent is not None and facts.consent.proof_ref == row.proof_ref
+            facts = await service.facts(rows[0].number, "ACME", MONDAY, 30)
+            assert facts.contracts == (contract,)
+        finally:
+            await operator.close()
+            await service.close()
 
 
 # --- TLS ----------------------------------------------------------------------------------

@@ -315,7 +315,10 @@ async def test_an_undecodable_entry_fails_that_decision_closed(
 ) -> None:
     row = ConsentRow(NUMBER, "ACME", datetime(2026, 10, 1, tzinfo=PARIS), None, "crm:42")
     version = (await load(service.store.lists, "consent", [row], "add")).version
-    await redis_client.hset(f"dialguard:consent:{version}", f"{NUMBER.key}|ACME", "garbage")
+    bucket = f"dialguard:consent:{version}:3{NUMBER.key[:-3]}"
+    field = int(NUMBER.key[-3:])  # the first principal's id is 0 (store/packed.py)
+    assert await redis_client.hexists(bucket, field)
+    await redis_client.hset(bucket, field, "garbage")
     request = CallRequest("0612345678", "demo-prospecting")
     other = CallRequest("0622222222", "demo-press")
     broken, fine = await asyncio.gather(

@@ -22,14 +22,17 @@ from dialguard.callerids import BadCallerIds, CallerIds, parse_entry, read_file
 from dialguard.model import Campaign, FailMode, Mode, Purpose, Sector
 from dialguard.numbers import Kind
 from dialguard.policy import Policy, Regime, Version
+from dialguard.vicidial.forms import NumberForm
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "ApiSettings",
     "AriSettings",
     "CentralSettings",
     "Config",
     "ConfigError",
     "RedisSettings",
+    "VicidialSettings",
     "audit_dir_of",
     "central_settings",
     "load_config",
@@ -72,6 +75,9 @@ class RedisSettings:
     # A live change counts as taken once this many replicas have it too (WAIT): a
     # failover then cannot lose it. 1 by default with Sentinel, 0 otherwise.
     replicas_ack: int = 0
+    # The sentinels' own `requirepass` (sentinel_password_file or
+    # DIALGUARD_REDIS_SENTINEL_PASSWORD), which may differ from the data nodes'.
+    sentinel_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +139,29 @@ class MetricsSettings:
     ready_max_pending_s: int = 60  # /readyz fails once a change waits for Redis longer
 
 
+# The tokens file when `[api] tokens_file` is not given: beside the audit directory, in the
+# node's data directory (the service only reads it; `dialguard api token` writes it).
+TOKENS_FILE = "api-tokens.json"
+# What `[api] max_body_bytes` may be raised to: a consent or a decision is a few hundred
+# bytes, and every byte of a body is held in memory before it is parsed.
+MAX_BODY_LIMIT = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The HTTP API (`[api]`, docs/api.md): `serve` answers it on host:port, every worker
+    on the same port (SO_REUSEPORT), each request authenticated by a bearer token from
+    `tokens_file`."""
+
+    tokens_file: Path
+    host: str = "127.0.0.1"
+    port: int = 8575
+    max_body_bytes: int = 16_384  # larger bodies: 413, not a byte of them parsed
+    # How long an Idempotency-Key's answer to a change is kept (a decision's: at most
+    # dialguard.api.idempotency.DECISION_REPLAY_S).
+    idempotency_hours: int = 24
+
+
 @dataclass(frozen=True, slots=True)
 class CentralSettings:
     """The central store (`[central]`, docs/central.md): a SQLite file (`path`) or a
@@ -152,6 +181,34 @@ class CentralSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class VicidialSettings:
+    """VICIdial's database and how its do-not-call lists are kept in step with dialguard's
+    (`[vicidial]`, docs/vicidial.md)."""
+
+    host: str
+    port: int
+    user: str
+    database: str
+    # From password_file or DIALGUARD_VICIDIAL_PASSWORD; None when neither gives one (the
+    # sync then refuses to start, saying so). Never shown.
+    password: str | None = field(repr=False)
+    state: Path  # the sync's cursors (SQLite), beside the audit directory by default
+    number_form: NumberForm = NumberForm.NATIONAL
+    interval_s: int = 10
+    # VICIdial campaign_id -> dialguard campaign: whose campaign list is whose.
+    campaigns: Mapping[str, str] = field(default_factory=dict)
+    pull: bool = True  # read VICIdial's lists into dialguard's (false: write only)
+    # Removals a pass applies at most; beyond it they wait for `vicidial sync --once
+    # --accept-removals` (a table emptied by mistake must not empty dialguard's list).
+    max_removals: int = 1000
+
+    @property
+    def shown(self) -> str:
+        """Where VICIdial's database is, for messages (never with a password)."""
+        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     node: str
@@ -167,6 +224,8 @@ class Config:
     # None: no [central] section, and `serve` ships nothing (the commands that read the
     # store then use central_settings(): the SQLite file beside the audit directory).
     central: CentralSettings | None = None
+    api: ApiSettings | None = None  # None: no HTTP API
+    vicidial: VicidialSettings | None = None  # None: no [vicidial] section, no sync
 
 
 class _Reader:
@@ -253,7 +312,19 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     data, raw = _read_toml(path)
     top = _Reader(path, data)
     top.unknown_keys(
-        {"node", "redis", "server", "audit", "policy", "campaigns", "ari", "metrics", "central"}
+        {
+            "node",
+            "redis",
+            "server",
+            "audit",
+            "policy",
+            "campaigns",
+            "ari",
+            "metrics",
+            "central",
+            "api",
+            "vicidial",
+        }
     )
 
     redis = _redis(top.table("redis"), env)
@@ -309,6 +380,10 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     ari = _ari(top.table("ari"), env) if "ari" in data else None
     metrics = _metrics(top.table("metrics")) if "metrics" in data else None
     central = _central(top.table("central"), audit_dir, env)
+    api = _api(top.table("api"), audit_dir) if "api" in data else None
+    vicidial = (
+        _vicidial(top.table("vicidial"), audit_dir, campaigns, env) if "vicidial" in data else None
+    )
     return Config(
         path,
         node,
@@ -322,6 +397,8 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         metrics,
         hashlib.sha256(raw).hexdigest()[:16],
         central if "central" in data else None,
+        api,
+        vicidial,
     )
 
 
@@ -390,6 +467,7 @@ _REDIS_KEYS = {
     "tls_cert_file",
     "tls_key_file",
     "password_file",
+    "sentinel_password_file",
     "replicas_ack",
 }
 _SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
@@ -448,6 +526,15 @@ def _redis(table: _Reader, env: Mapping[str, str]) -> RedisSettings:
             "the URL holds a password and so does password_file or DIALGUARD_REDIS_PASSWORD:"
             " give it in one place only",
         )
+    sentinel_password = _secret(
+        table, env, "sentinel_password_file", "DIALGUARD_REDIS_SENTINEL_PASSWORD"
+    )
+    if sentinel_password is not None and sentinel is None:
+        raise table.fail(
+            "sentinel_password_file",
+            "a Sentinel password is only read with sentinels (a redis+sentinel:// URL or"
+            " sentinels = [...])",
+        )
     replicas_ack = table.get("replicas_ack", int, 1 if sentinel is not None else 0)
     if not 0 <= replicas_ack <= 16:
         raise table.fail("replicas_ack", f"{replicas_ack} must be from 0 to 16")
@@ -465,6 +552,7 @@ def _redis(table: _Reader, env: Mapping[str, str]) -> RedisSettings:
         tls_cert_file=files["tls_cert_file"],
         tls_key_file=files["tls_key_file"],
         replicas_ack=replicas_ack,
+        sentinel_password=sentinel_password,
     )
 
 
@@ -554,25 +642,31 @@ def _tls_file(table: _Reader, key: str) -> Path | None:
 def _redis_password(table: _Reader, env: Mapping[str, str]) -> str | None:
     """The password from `password_file` (relative to the configuration file) or
     DIALGUARD_REDIS_PASSWORD; None when neither gives one."""
-    name: str = table.get("password_file", str, "")
+    return _secret(table, env, "password_file", "DIALGUARD_REDIS_PASSWORD")
+
+
+def _secret(table: _Reader, env: Mapping[str, str], key: str, variable: str) -> str | None:
+    """The secret in the file `key` names (relative to the configuration file), else in
+    the environment's `variable`; None when neither gives one."""
+    name: str = table.get(key, str, "")
     if name:
-        text = _secret_file(table, name)
+        text = _secret_file(table, name, key)
         if not text:
-            raise table.fail("password_file", f"{table.path.parent / name}: empty")
+            raise table.fail(key, f"{table.path.parent / name}: empty")
         return text
-    return env.get("DIALGUARD_REDIS_PASSWORD") or None
+    return env.get(variable) or None
 
 
-def _secret_file(table: _Reader, name: str) -> str:
-    """The secret in the file `password_file` names (relative to the configuration file),
-    stripped; the error quotes the file, never its content."""
+def _secret_file(table: _Reader, name: str, key: str = "password_file") -> str:
+    """The secret in the file `key` names (relative to the configuration file), stripped;
+    the error quotes the file, never its content."""
     secret = table.path.parent / name
     try:
         return secret.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise table.fail("password_file", f"{secret}: cannot read: {exc.strerror}") from None
+        raise table.fail(key, f"{secret}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise table.fail("password_file", f"{secret}: not UTF-8 text") from None
+        raise table.fail(key, f"{secret}: not UTF-8 text") from None
 
 
 def _url_password(url: str) -> bool:
@@ -711,6 +805,100 @@ def _postgres_url_problem(url: str) -> str:
     return ""
 
 
+# The sync's cursors when `state` is not given: beside the audit directory, as the
+# central store's SQLite file is.
+VICIDIAL_STATE_FILE = "vicidial.sqlite3"
+# VICIdial's campaign_id: VARCHAR(8), letters, digits and a few signs in its admin pages.
+_VICIDIAL_CAMPAIGN = re.compile(r"^[A-Za-z0-9_.-]{1,8}$")
+_MYSQL_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+
+
+def _vicidial(
+    table: _Reader, audit_dir: Path, campaigns: Mapping[str, Campaign], env: Mapping[str, str]
+) -> VicidialSettings:
+    table.unknown_keys(
+        {
+            "url",
+            "password_file",
+            "number_form",
+            "interval_s",
+            "campaigns",
+            "pull",
+            "max_removals",
+            "state",
+        }
+    )
+    url: str = table.get("url", str)
+    host, port, user, database = _mysql_url(table, url)
+    password_name: str = table.get("password_file", str, "")
+    if password_name:
+        password: str | None = _secret_file(table, password_name)
+        if not password:
+            raise table.fail("password_file", f"{table.path.parent / password_name}: empty")
+    else:
+        password = env.get("DIALGUARD_VICIDIAL_PASSWORD") or None
+    interval_s = table.positive("interval_s", 10)
+    if interval_s > 3600:
+        raise table.fail("interval_s", f"{interval_s}: at most 3600 (an hour)")
+    max_removals = table.get("max_removals", int, 1000)
+    if max_removals < 0:
+        raise table.fail("max_removals", f"{max_removals} must be 0 (no limit) or more")
+    mapping = table.table("campaigns")
+    mapped: dict[str, str] = {}
+    for campaign_id, name in mapping.data.items():
+        if not _VICIDIAL_CAMPAIGN.match(campaign_id) or campaign_id == "-SYSINT-":
+            raise mapping.fail(
+                campaign_id, "a VICIdial campaign_id is 1-8 letters, digits, '_', '.', '-'"
+            )
+        if not isinstance(name, str) or name not in campaigns:
+            known = ", ".join(sorted(campaigns))
+            raise mapping.fail(campaign_id, f"{name!r} is not a configured campaign ({known})")
+        mapped[campaign_id] = name
+    state_name: str = table.get("state", str, "")
+    return VicidialSettings(
+        host=host,
+        port=port,
+        user=user,
+        database=database,
+        password=password,
+        state=table.path.parent / state_name
+        if state_name
+        else audit_dir.parent / VICIDIAL_STATE_FILE,
+        number_form=table.choice("number_form", NumberForm, "national"),
+        interval_s=interval_s,
+        campaigns=mapped,
+        pull=table.get("pull", bool, True),
+        max_removals=max_removals,
+    )
+
+
+def _mysql_url(table: _Reader, url: str) -> tuple[str, int, str, str]:
+    """(host, port, user, database) of `mysql://user@host:port/database`; the error never
+    quotes the URL (it may hold a password)."""
+    if not url.startswith(("mysql://", "mariadb://")):
+        raise table.fail("url", "must start with mysql:// (mysql://user@host:3306/asterisk)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 3306
+    except ValueError:
+        raise table.fail("url", "is not a MySQL URL: host or port unreadable") from None
+    if parts.password is not None:
+        raise table.fail(
+            "url",
+            f"{redact_url(url)!r} holds a password: give it in password_file or"
+            " DIALGUARD_VICIDIAL_PASSWORD, never in this file",
+        )
+    if parts.query or parts.fragment:
+        raise table.fail("url", "is not a MySQL URL: it has a '?' or '#' part")
+    user = unquote(parts.username or "")
+    if not user or not parts.hostname:
+        raise table.fail("url", "needs a user and a host: mysql://user@host:3306/asterisk")
+    database = parts.path.lstrip("/")
+    if not _MYSQL_NAME.match(database):
+        raise table.fail("url", "needs the database VICIdial uses after the host (/asterisk)")
+    return parts.hostname, port, user, database
+
+
 def _metrics(table: _Reader) -> MetricsSettings:
     table.unknown_keys({"host", "port", "ready_max_pending_s"})
     port = table.positive("port", 9573)
@@ -718,6 +906,28 @@ def _metrics(table: _Reader) -> MetricsSettings:
         raise table.fail("port", f"{port} is not a TCP port")
     return MetricsSettings(
         table.get("host", str, "127.0.0.1"), port, table.positive("ready_max_pending_s", 60)
+    )
+
+
+def _api(table: _Reader, audit_dir: Path) -> ApiSettings:
+    table.unknown_keys({"host", "port", "tokens_file", "max_body_bytes", "idempotency_hours"})
+    port = table.positive("port", 8575)
+    if port > 65535:
+        raise table.fail("port", f"{port} is not a TCP port")
+    name: str = table.get("tokens_file", str, "")
+    tokens_file = table.path.parent / name if name else audit_dir.parent / TOKENS_FILE
+    max_body = table.positive("max_body_bytes", 16_384)
+    if max_body > MAX_BODY_LIMIT:
+        raise table.fail("max_body_bytes", f"{max_body}: at most {MAX_BODY_LIMIT} (1 MiB)")
+    hours = table.positive("idempotency_hours", 24)
+    if hours > 24 * 31:
+        raise table.fail("idempotency_hours", f"{hours}: at most {24 * 31} (a month)")
+    return ApiSettings(
+        tokens_file=tokens_file,
+        host=table.get("host", str, "127.0.0.1"),
+        port=port,
+        max_body_bytes=max_body,
+        idempotency_hours=hours,
     )
 
 

@@ -8,6 +8,7 @@ are documented in docs/imports.md.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,9 @@ __all__ = [
     "KINDS",
     "BadImportFile",
     "Chunk",
+    "ConsentEntry",
     "ConsentRow",
+    "ContractEntry",
     "ContractRow",
     "DncRow",
     "Header",
@@ -31,6 +34,7 @@ __all__ = [
     "Rejected",
     "chunks",
     "in_supported_years",
+    "ms_exact",
     "parse",
     "quoted",
     "read_header",
@@ -84,6 +88,12 @@ class Parsed(Generic[T]):
 
 class _BadLine(ValueError):
     pass
+
+
+def ms_exact(moment: datetime) -> int:
+    """Milliseconds since 1970 of an aware instant of the supported years, rounded down,
+    without the float rounding of `timestamp() * 1000`."""
+    return math.floor(moment.timestamp()) * 1000 + moment.microsecond // 1000
 
 
 def in_supported_years(moment: datetime) -> bool:
@@ -223,9 +233,25 @@ def chunks(header: Header, lines: Iterable[str], zone: ZoneInfo, size: int) -> I
     kind, width, delimiter = header.kind, len(header.columns), header.delimiter
     dnc = kind == "dnc" and width == 1
     bloctel = kind == "bloctel"
+    fast = _FastRows(header, zone)
+    packed: Callable[[str], Any] | None = None
+    as_entry: Callable[[Any], Any] | None = None
+    if kind == "consent":
+        packed, as_entry = fast.consent, consent_entry
+    elif kind == "contract":
+        packed, as_entry = fast.contract, contract_entry
     number = 1
     for number, line in enumerate(lines, start=2):
-        if dnc:
+        if packed is not None:
+            entry = packed(line)
+            if entry is not None:
+                chunk.rows.append(entry)
+                if len(chunk.rows) >= size:
+                    chunk.last_line = number
+                    yield chunk
+                    chunk = Chunk()
+                continue
+        elif dnc:
             key = fast_key(line.rstrip("\r\n"))
             if key is not None:
                 chunk.keys.append(key)
@@ -257,7 +283,7 @@ def chunks(header: Header, lines: Iterable[str], zone: ZoneInfo, size: int) -> I
         if bloctel:
             (chunk.listed if row.listed else chunk.keys).append(row.key)
         else:
-            chunk.rows.append(row)
+            chunk.rows.append(as_entry(row) if as_entry is not None else row)
         if len(chunk) >= size:
             chunk.last_line = number
             yield chunk
@@ -354,6 +380,168 @@ class ContractRow:
     number: Number
     principal: str
     contract: Contract
+
+
+# What an import of consents or contracts loads, one plain tuple a row (ten million of
+# them go through): (number key, principal, given-at ms, expires-at ms or 0, proof
+# reference) and (number key, principal, contract id, sector, start, end or None).
+ConsentEntry = tuple[str, str, int, int, str]
+ContractEntry = tuple[str, str, str, Sector, date, date | None]
+
+
+def consent_entry(row: ConsentRow | ConsentEntry) -> ConsentEntry:
+    if isinstance(row, tuple):
+        return row
+    expires = ms_exact(row.expires_at) if row.expires_at else 0
+    return (row.number.key, row.principal, ms_exact(row.given_at), expires, row.proof_ref)
+
+
+def contract_entry(row: ContractRow | ContractEntry) -> ContractEntry:
+    if isinstance(row, tuple):
+        return row
+    c = row.contract
+    return (row.number.key, row.principal, c.contract_id, c.sector, c.start, c.end)
+
+
+_SECTOR_OF = {sector.value: sector for sector in Sector}
+# Parsed instants and dates kept for the lines that repeat them (a file's dates mostly
+# do); past this many the cache starts again.
+_CACHED = 65_536
+
+
+class _FastRows:
+    """Consent and contract lines in their plain form (no quotes, no spaces around a
+    value, a number `fast_key` reads), parsed in a few microseconds. Anything else, valid
+    or not, is None: the general path decides, with its message. What this accepts, the
+    general path accepts the same (tests/test_imports.py holds the two together)."""
+
+    def __init__(self, header: Header, zone: ZoneInfo) -> None:
+        self._delimiter = header.delimiter
+        self._zone = zone
+        self._principals: set[str] = set()
+        self._instants: dict[str, int | None] = {}
+        self._days: dict[str, date | None] = {}
+        self._midnights: dict[str, int] = {}  # "DAY" + "OFFSET" -> ms (or _NOT_AN_INSTANT)
+        self._clocks: dict[str, int] = {}  # "HH:MM:SS" -> seconds into the day (or -1)
+
+    def consent(self, line: str) -> ConsentEntry | None:
+        if '"' in line:
+            return None
+        fields = line.rstrip("\r\n").split(self._delimiter)
+        if len(fields) != 5:
+            return None
+        number, principal, given, expires, proof = fields
+        key = fast_key(number)
+        if key is None or not self._principal(principal) or not _plain_ref(proof):
+            return None
+        given_ms = self._instant(given)
+        if given_ms is None:
+            return None
+        if not expires:
+            return (key, principal, given_ms, 0, proof)
+        expires_ms = self._instant(expires)
+        if expires_ms is None or expires_ms <= given_ms:
+            return None
+        return (key, principal, given_ms, expires_ms, proof)
+
+    def contract(self, line: str) -> ContractEntry | None:
+        if '"' in line:
+            return None
+        fields = line.rstrip("\r\n").split(self._delimiter)
+        if len(fields) != 6:
+            return None
+        number, principal, contract_id, sector_name, start_day, end_day = fields
+        key = fast_key(number)
+        sector = _SECTOR_OF.get(sector_name)
+        if key is None or sector is None or not self._principal(principal):
+            return None
+        if not _plain_ref(contract_id):
+            return None
+        start = self._day(start_day)
+        end = self._day(end_day) if end_day else None
+        if start is None or (end_day and (end is None or end < start)):
+            return None
+        return (key, principal, contract_id, sector, start, end)
+
+    def _principal(self, value: str) -> bool:
+        if value in self._principals:
+            return True
+        if not _PRINCIPAL.match(value):
+            return False
+        self._principals.add(value)
+        return True
+
+    def _instant(self, value: str) -> int | None:
+        size = len(value)
+        if (size == 25 or size == 20) and value[10] == "T":
+            # An API's ISO 8601, "2026-03-14T10:22:31+01:00" or "...31Z": the day with its
+            # offset, and the time of day, each parsed once (every line has its own second).
+            clock, midnight = self._clocks, self._midnights
+            time_of_day, zone_day = value[11:19], value[:10] + value[19:]
+            seconds = clock.get(time_of_day)
+            if seconds is None:
+                if len(clock) >= _CACHED:
+                    clock.clear()
+                seconds = clock[time_of_day] = _seconds_into_day(time_of_day)
+            start = midnight.get(zone_day)
+            if start is None:
+                if len(midnight) >= _CACHED:
+                    midnight.clear()
+                start = midnight[zone_day] = self._midnight(value[:10], value[19:])
+            if seconds >= 0 and start != _NOT_AN_INSTANT:
+                return start + seconds * 1000
+            return None
+        cache = self._instants
+        if value in cache:
+            return cache[value]
+        try:
+            found: int | None = ms_exact(_instant("", value, self._zone))
+        except _BadLine:
+            found = None
+        if len(cache) >= _CACHED:
+            cache.clear()
+        cache[value] = found
+        return found
+
+    def _midnight(self, day: str, offset: str) -> int:
+        try:
+            return ms_exact(_instant("", f"{day}T00:00:00{offset}", self._zone))
+        except _BadLine:
+            return _NOT_AN_INSTANT
+
+    def _day(self, value: str) -> date | None:
+        cache = self._days
+        if value in cache:
+            return cache[value]
+        try:
+            found: date | None = _date("", value)
+        except _BadLine:
+            found = None
+        if len(cache) >= _CACHED:
+            cache.clear()
+        cache[value] = found
+        return found
+
+
+_NOT_AN_INSTANT = -(1 << 62)
+
+
+def _seconds_into_day(text: str) -> int:
+    """ "HH:MM:SS" as `datetime.fromisoformat` reads it, or -1."""
+    hours, minutes, seconds = text[:2], text[3:5], text[6:]
+    digits = hours + minutes + seconds
+    if text[2:3] != ":" or text[5:6] != ":" or not (digits.isdigit() and digits.isascii()):
+        return -1
+    if int(hours) > 23 or int(minutes) > 59 or int(seconds) > 59:
+        return -1
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds)
+
+
+def _plain_ref(value: str) -> bool:
+    """A proof reference or contract id as the general path keeps it: non-empty, at most
+    200 printable characters, no '|', nothing to strip."""
+    plain = value.isprintable() and "|" not in value and value.strip() == value
+    return 0 < len(value) <= 200 and plain
 
 
 def _key(value: str) -> str:

@@ -26,7 +26,7 @@ from dialguard.audit import Journal
 from dialguard.csv_cells import cells
 from dialguard.import_files import Header, Rejected
 from dialguard.service import new_id
-from dialguard.store import ListBusy, Store
+from dialguard.store import ListBusy, OldLayout, Store
 from dialguard.store.loading import Loader, Summary
 
 __all__ = [
@@ -268,7 +268,7 @@ async def run_import(
         )
         try:
             await loader.open()
-        except ListBusy as exc:
+        except (ListBusy, OldLayout) as exc:
             raise ImportFailed(str(exc)) from None
         recorded: list[str] = []
         try:

@@ -151,6 +151,8 @@ class DncEntry:
     reason: str
     added_at: datetime | None  # live entries; an imported list keeps no date per number
     list_version: str | None = None  # set when the entry comes from an imported list
+    # The principal's own entry (a VICIdial campaign list), not the company's list.
+    principal_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

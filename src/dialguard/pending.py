@@ -7,9 +7,10 @@ retries until Redis answers. Changes written by another process on this node (th
 worker) are found by following the journal; at start-up, the journal files of the last
 PENDING_DAYS days are read and every change Redis has no applied mark for is queued.
 
-While a change waits, a decision about its number treats it as done: a pending
-do-not-call is a do-not-call hit, a pending refusal or withdrawal counts from its instant.
-So no call goes out in the gap.
+While a change waits, a decision about its number treats it as done when it denies: a
+pending do-not-call is a do-not-call hit, a pending refusal or withdrawal counts from its
+instant, a pending contract end ends the contract. So no call goes out in the gap. What
+would let a call through (a removal, a consent or a contract added) waits for Redis.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import structlog
@@ -26,7 +27,7 @@ import structlog
 from dialguard.audit.files import AuditUnavailable
 from dialguard.audit.reader import lines, snapshot
 from dialguard.changes import Change, ChangeKind, change_in
-from dialguard.model import DncEntry, Facts
+from dialguard.model import Contract, DncEntry, Facts
 from dialguard.store import Store, StoreUnavailable
 
 __all__ = ["PENDING_DAYS", "Pending", "journal_changes"]
@@ -77,6 +78,19 @@ def journal_changes(
         if positions is not None:
             positions[path] = end
     return found
+
+
+# Changes that would let a call through: while they wait, Redis's view stands.
+_NOT_COUNTED = frozenset({ChangeKind.DNC_REMOVE, ChangeKind.CONSENT_ADD, ChangeKind.CONTRACT_ADD})
+
+
+def _ended(contracts: tuple[Contract, ...], change: Change) -> tuple[Contract, ...]:
+    last_day = date.fromisoformat(change.end)
+    ended = change.contract_id
+    return tuple(
+        replace(c, end=min(c.end or last_day, last_day)) if c.contract_id == ended else c
+        for c in contracts
+    )
 
 
 class Pending:
@@ -135,6 +149,13 @@ class Pending:
         self._wake.set()
         return None
 
+    def forget(self) -> None:
+        """Forget the ids of the changes met but those still waiting. They are kept to tell
+        this process's journal lines from others' when following the journal; a process
+        that never follows it (the VICIdial sync, thousands of changes a pass) would only
+        pile them up."""
+        self._known = set(self._queue)
+
     def queue(self, changes: Iterable[Change]) -> None:
         for change in changes:
             if change.id not in self._known:
@@ -166,11 +187,14 @@ class Pending:
         for change in self._queue.values():
             if change.number_key != number_key:
                 continue
-            if change.adds_dnc and facts.dnc is None:
-                entry = DncEntry(reason=f"{change.why} (pending {change.id})", added_at=change.at)
+            if change.adds_dnc and facts.dnc is None and change.dnc_scope in ("", principal):
+                why = f"{change.why} (pending {change.id})"
+                entry = DncEntry(why, change.at, principal_only=bool(change.dnc_scope))
                 facts = replace(facts, dnc=entry)
-            elif change.kind is ChangeKind.DNC_REMOVE:
+            elif change.kind in _NOT_COUNTED:
                 continue  # Redis's view stands until it is applied: the safer answer
+            elif change.kind is ChangeKind.CONTRACT_END and change.principal == principal:
+                facts = replace(facts, contracts=_ended(facts.contracts, change))
             elif change.principal == principal:
                 if change.refuses and (facts.refused_at is None or facts.refused_at < change.at):
                     facts = replace(facts, refused_at=change.at)

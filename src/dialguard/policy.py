@@ -371,6 +371,9 @@ def check_internal_dnc(ctx: Context) -> Finding:
         return _pass("not on the company's list")
     if not _campaign(ctx).honour_dnc:
         return _pass("listed, but this campaign does not honour the list")
+    if dnc.principal_only:
+        principal = _campaign(ctx).principal
+        return _deny(Reason.INTERNAL_DNC, f"on {principal}'s own do-not-call list ({dnc.reason})")
     return _deny(Reason.INTERNAL_DNC, f"on the company's list ({dnc.reason})")
 
 
@@ -834,6 +837,8 @@ def _evidence(facts: Facts) -> dict[str, Any]:
         evidence["dnc"] = {"reason": facts.dnc.reason, "added_at": _iso(facts.dnc.added_at)}
         if facts.dnc.list_version is not None:
             evidence["dnc"]["list_version"] = facts.dnc.list_version
+        if facts.dnc.principal_only:
+            evidence["dnc"]["principal_only"] = True
     if facts.optout is not None:
         evidence["optout"] = {
             "listed": facts.optout.listed,

@@ -3,7 +3,8 @@ and what changed put in force for the calls that start from then on.
 
 A file that does not load is refused with the message `serve` would have given at
 start-up, and the running configuration stays. What a reload cannot change under a
-running service (where it listens, its Redis, its journal, its node name, ARI, metrics)
+running service (where it listens, the API's listener included, its Redis, its journal,
+its node name, ARI, metrics)
 keeps its running value until a restart, and the reload says so. Each reload, applied or
 refused, is an audit record of kind `reload`, one per worker process: who, the policy and
 configuration hashes before and after, each field that changed. The record is written
@@ -74,6 +75,11 @@ def compare(old: Config, new: Config, today: date | None = None) -> Changes:
     if old.audit_retention_days != new.audit_retention_days:
         was_days, now_days = old.audit_retention_days, new.audit_retention_days
         applied.append(f"audit.retention_days {was_days} -> {now_days}")
+    if old.api is not None and new.api is not None:
+        for key in ("tokens_file", "max_body_bytes", "idempotency_hours"):
+            was, now = getattr(old.api, key), getattr(new.api, key)
+            if was != now:
+                applied.append(f"api.{key} {was} -> {now}")
     restart: list[str] = []
     for key in ("host", "port", "workers"):
         if getattr(old.server, key) != getattr(new.server, key):
@@ -90,7 +96,17 @@ def compare(old: Config, new: Config, today: date | None = None) -> Changes:
         restart.append("metrics")
     if old.central != new.central:
         restart.append("central")
+    if (old.api is None) != (new.api is None):
+        restart.append("api")
+    elif old.api is not None and new.api is not None:
+        restart.extend(f"api.{key}" for key in ("host", "port") if _differs(old.api, new.api, key))
+    if old.vicidial != new.vicidial:
+        restart.append("vicidial")
     return Changes(tuple(applied), tuple(restart))
+
+
+def _differs(old: object, new: object, key: str) -> bool:
+    return bool(getattr(old, key) != getattr(new, key))
 
 
 def _describe(campaign: Campaign) -> str:
@@ -119,6 +135,10 @@ def in_force(old: Config, new: Config) -> Config:
     server = replace(
         new.server, host=old.server.host, port=old.server.port, workers=old.server.workers
     )
+    # The API's listener stays as started; its tokens, limits and replies follow the file.
+    api = old.api
+    if old.api is not None and new.api is not None:
+        api = replace(new.api, host=old.api.host, port=old.api.port)
     return replace(
         new,
         node=old.node,
@@ -128,6 +148,8 @@ def in_force(old: Config, new: Config) -> Config:
         ari=old.ari,
         metrics=old.metrics,
         central=old.central,
+        api=api,
+        vicidial=old.vicidial,
     )
 
 

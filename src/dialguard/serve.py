@@ -1,4 +1,5 @@
-"""Run the FastAGI server: one process, or several sharing the port (SO_REUSEPORT)."""
+"""Run the FastAGI server (and the ARI app, the HTTP API, the metrics endpoint): one
+process, or several sharing the FastAGI and API ports (SO_REUSEPORT)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from dialguard.agi.server import FastAgiServer
+from dialguard.api.app import HttpApi
+from dialguard.api.tokens import BadTokens, read_tokens
 from dialguard.ari.app import AriApp
 from dialguard.ari.client import AriError, AriUnavailable
 from dialguard.audit import Journal
@@ -40,6 +43,20 @@ def serve(config: Config, workers: int) -> int:
             f"dialguard: {config.path}: metrics.port: {config.metrics.port}: worker"
             f" {workers - 1} would serve on {config.metrics.port + workers - 1},"
             " not a TCP port",
+            file=sys.stderr,
+        )
+        return 1
+    if config.api is not None:
+        try:
+            read_tokens(config.api.tokens_file)  # once, before any worker: one line
+        except BadTokens as exc:
+            print(f"dialguard: {exc}", file=sys.stderr)
+            return 1
+    if config.vicidial is not None and config.vicidial.password is None:
+        # The sync would start, fail and start again every few seconds: say it once.
+        print(
+            f"dialguard: {config.path}: vicidial: no password for {config.vicidial.shown}:"
+            " set DIALGUARD_VICIDIAL_PASSWORD or [vicidial] password_file",
             file=sys.stderr,
         )
         return 1
@@ -160,37 +177,50 @@ async def watch_freshness(store: Store, configured: Callable[[], Config]) -> Non
         await asyncio.sleep(FRESHNESS_EVERY_S)
 
 
-# A shipper that exits (it should not: it retries whatever fails) is started again after:
-SHIPPER_RESTART_S = 5.0
-SHIPPER_STOP_S = 10.0  # from SIGTERM to SIGKILL: a batch under way is rolled back anyway
+# A helper process that exits (it should not: it retries whatever fails) is started again:
+HELPER_RESTART_S = 5.0
+HELPER_STOP_S = 10.0  # from SIGTERM to SIGKILL: a batch under way is rolled back anyway
 
 
 async def supervise_shipper(config: Config) -> None:
-    """`dialguard audit ship --follow` as a child process of worker 0, started again if it
-    ever exits. A process of its own: its parsing, hashing and database calls never hold
-    the decisions' event loop (or its GIL), and nothing it does can fail a decision. It
-    stops when this worker does, or by itself when this worker is gone (SIGKILL)."""
+    """`dialguard audit ship --follow` as a child process of worker 0 (see supervise)."""
+    command = ["audit", "ship", "--follow"]
+    await supervise(config, "shipper", command, store=_store_shown(config))
+
+
+async def supervise_vicidial(config: Config) -> None:
+    """`dialguard vicidial sync` as a child process of worker 0 (see supervise)."""
+    shown = config.vicidial.shown if config.vicidial is not None else ""
+    await supervise(config, "vicidial_sync", ["vicidial", "sync"], vicidial=shown)
+
+
+async def supervise(config: Config, role: str, args: list[str], **shown: str) -> None:
+    """`dialguard ARGS` as a child process of worker 0, started again if it ever exits
+    (`ROLE_started`, `ROLE_exited` in the log). A process of its own: its parsing, hashing
+    and database calls never hold the decisions' event loop (or its GIL), and nothing it
+    does can fail a decision. It stops when this worker does, or by itself when this
+    worker is gone (SIGKILL)."""
     command = [
-        sys.executable, "-m", "dialguard", "audit", "ship", "--follow",
+        sys.executable, "-m", "dialguard", *args,
         "--config", str(config.path), "--parent", str(os.getpid()),
     ]  # fmt: skip
     while True:
         process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
-        log.info("shipper_started", pid=process.pid, store=_store_shown(config))
+        log.info(f"{role}_started", pid=process.pid, **shown)
         try:
             code = await process.wait()
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
             try:
-                await asyncio.wait_for(asyncio.shield(process.wait()), SHIPPER_STOP_S)
+                await asyncio.wait_for(asyncio.shield(process.wait()), HELPER_STOP_S)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
             raise
-        log.error("shipper_exited", code=code, restart_in_s=SHIPPER_RESTART_S)
-        await asyncio.sleep(SHIPPER_RESTART_S)
+        log.error(f"{role}_exited", code=code, restart_in_s=HELPER_RESTART_S)
+        await asyncio.sleep(HELPER_RESTART_S)
 
 
 def _store_shown(config: Config) -> str:
@@ -291,7 +321,7 @@ async def _start(
     if legacy:
         raise _CannotStart(
             f"Redis holds lists in an earlier layout ({', '.join(legacy)}) that this version"
-            " does not read; import them again, then delete those keys"
+            " does not read; import them again (--replace), then delete those keys left"
             " (docs/data-model.md, Upgrading)",
             2,
         )
@@ -333,6 +363,19 @@ async def _start(
             log.error("ari_unavailable_at_start", error=str(exc))
             await ari.start_retrying()
         running.push_async_callback(ari.stop)
+    api: HttpApi | None = None
+    if config.api is not None:
+        # Every worker on the one port, as FastAGI: the kernel spreads the connections.
+        http = api = HttpApi(service, config.api)
+        sessions["http"] = lambda: http.busy
+        try:
+            await http.start(reuse_port=reuse_port)
+        except BadTokens as exc:
+            raise _CannotStart(str(exc), 1) from None
+        except OSError as exc:
+            where = f"{config.api.host}:{config.api.port}"
+            raise _CannotStart(f"cannot serve the API on {where}: {exc.strerror}", 2) from None
+        running.push_async_callback(http.stop)
     if config.metrics is not None:  # one endpoint per worker: the counters are per process
         from dialguard.metrics import start_metrics
 
@@ -351,11 +394,16 @@ async def _start(
         if config.central is not None and config.central.ship:
             shipping = asyncio.get_running_loop().create_task(supervise_shipper(config))
             running.push_async_callback(_cancelled, shipping)
+        if config.vicidial is not None:
+            syncing = asyncio.get_running_loop().create_task(supervise_vicidial(config))
+            running.push_async_callback(_cancelled, syncing)
 
     def put_in_force(new: Config) -> None:
         service.reconfigure(new)
         server.reconfigure(new.server)
         if ari_app is not None:
             ari_app.server = new.server
+        if api is not None and new.api is not None:
+            api.reconfigure(new.api)
 
     return Reloader(config, journal, put_in_force, worker=index)

@@ -1,9 +1,10 @@
-"""The one path every adapter (CLI, FastAGI, ARI, classic AGI) goes through.
+"""The one path every adapter (CLI, FastAGI, ARI, classic AGI, HTTP) goes through.
 
 `decide`: normalise -> facts (one round trip) -> policy (pure) -> count the attempt
 (atomic) -> audit (durable) -> answer. `record_outcome` and the live list changes
-(`dnc_add`, `dnc_remove`, `withdraw_consent`) normalise the same way and refuse the same
-numbers, whoever asks.
+(`dnc_add`, `dnc_remove`, `add_consent`, `withdraw_consent`, `add_contract`,
+`end_contract`) normalise the same way and refuse the same numbers, whoever asks (the CLI,
+the HTTP API): each is a journal record first, then Redis, effective for the next call.
 """
 
 from __future__ import annotations
@@ -16,14 +17,28 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
 from dialguard import policy
 from dialguard.audit import AuditUnavailable, Journal, decision_record
-from dialguard.changes import Change, ChangeKind
+from dialguard.changes import (
+    FUTURE_SLACK,
+    Change,
+    ChangeKind,
+    InvalidChange,
+    checked_contract_id,
+    checked_principal,
+    checked_proof_ref,
+    checked_source,
+    iso_ms,
+    ms_of,
+)
 from dialguard.config import Config
+from dialguard.import_files import in_supported_years
 from dialguard.model import (
     SHADOW_PREFIX,
     CallerId,
@@ -34,6 +49,7 @@ from dialguard.model import (
     Mode,
     Reason,
     Result,
+    Sector,
     Unavailable,
 )
 from dialguard.numbers import InvalidNumber, Number, listable, normalise
@@ -348,62 +364,257 @@ class Service:
         return OutcomeResult(OutcomeStatus.RECORDED, change_id, number, campaign.principal)
 
     # --- live changes to the lists --------------------------------------------------------
+    #
+    # Each returns (the number, the audit record's id, whether Redis took it now: False
+    # means it waits in the journal and is applied once Redis answers). A number is
+    # refused as a call to it would be (InvalidNumber, one line); anything else asked
+    # wrongly raises InvalidChange (one line). Nothing is written either way.
 
     async def dnc_add(
-        self, raw: str, reason: str, now: datetime | None = None, *, operator: str = ""
+        self,
+        raw: str,
+        reason: str,
+        now: datetime | None = None,
+        *,
+        operator: str = "",
+        principal: str = "",
+        adapter: str = "cli",
+        fields: dict[str, str] | None = None,
     ) -> tuple[Number, str, bool]:
-        """Put a number on the company's do-not-call list, effective for the next call:
-        (the number, the audit record's id, whether Redis took it now)."""
+        """Put a number on the company's do-not-call list (or, with `principal`, on that
+        principal's own), effective for the next call: (the number, the audit record's id,
+        whether Redis took it now). `adapter` says where the change came from (the record's
+        `adapter`), `fields` adds to its record."""
         number = listable_number(raw)
         change_id, applied = await self._change(
-            ChangeKind.DNC_ADD, number, now or self.clock(), _CLI, operator, "", reason, {}
+            ChangeKind.DNC_ADD,
+            number,
+            now or self.clock(),
+            adapter,
+            operator,
+            principal,
+            reason,
+            fields or {},
         )
         return number, change_id, applied is not None
 
     async def dnc_remove(
-        self, raw: str, reason: str, now: datetime | None = None, *, operator: str = ""
+        self,
+        raw: str,
+        reason: str,
+        now: datetime | None = None,
+        *,
+        operator: str = "",
+        principal: str = "",
+        adapter: str = "cli",
+        fields: dict[str, str] | None = None,
     ) -> tuple[Number, str, bool | None]:
-        """Take a number off the do-not-call list: (the number, the audit record's id,
-        whether it was on it; None when Redis did not take the change yet)."""
+        """Take a number off the do-not-call list (with `principal`: off that principal's
+        own): (the number, the audit record's id, whether it was on it; None when Redis did
+        not take the change yet)."""
         number = listable_number(raw)
         change_id, applied = await self._change(
-            ChangeKind.DNC_REMOVE, number, now or self.clock(), _CLI, operator, "", reason, {}
+            ChangeKind.DNC_REMOVE,
+            number,
+            now or self.clock(),
+            adapter,
+            operator,
+            principal,
+            reason,
+            fields or {},
         )
         return number, change_id, applied
 
-    async def withdraw_consent(
-        self, raw: str, principal: str, now: datetime | None = None, *, operator: str = ""
+    async def add_consent(
+        self,
+        raw: str,
+        principal: str,
+        proof_ref: str,
+        *,
+        given_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        source: str = "",
+        now: datetime | None = None,
+        operator: str = "",
+        adapter: str = "cli",
     ) -> tuple[Number, str, bool]:
+        """Record the consent the consumer gave `principal` (at `given_at`, default now;
+        until `expires_at`, default the policy's longest validity), proven by `proof_ref`.
+
+        The pair keeps the consent given last, whatever order changes arrive in; a
+        withdrawal dated after `given_at` beats it, a consent given after a withdrawal
+        makes the number callable again (docs/rules.md)."""
+        now = now or self.clock()
+        principal = checked_principal(principal)
+        proof_ref = checked_proof_ref(proof_ref)
+        source = checked_source(source)
+        given = _instant("given_at", given_at or now)
+        if given > now + FUTURE_SLACK:
+            raise InvalidChange(f"given_at {iso_ms(given)} is in the future")
+        fields: dict[str, Any] = {
+            "given_at": iso_ms(given),
+            "expires_at": None,
+            "proof_ref": proof_ref,
+            "source": source,
+        }
+        if expires_at is not None:
+            fields["expires_at"] = iso_ms(_instant("expires_at", expires_at))
+            if ms_of(fields["expires_at"]) <= ms_of(fields["given_at"]):
+                raise InvalidChange("expires_at must come after given_at")
+        number = listable_number(raw)
+        details = {
+            "given_ms": ms_of(fields["given_at"]),
+            "expires_ms": ms_of(fields["expires_at"]) if fields["expires_at"] else 0,
+            "proof_ref": proof_ref,
+            "source": source,
+        }
+        change_id, applied = await self._change(
+            ChangeKind.CONSENT_ADD, number, now, adapter, operator, principal, "", fields, details
+        )
+        return number, change_id, applied is not None
+
+    async def withdraw_consent(
+        self,
+        raw: str,
+        principal: str,
+        now: datetime | None = None,
+        *,
+        operator: str = "",
+        adapter: str = "cli",
+    ) -> tuple[Number, str, bool]:
+        """Record that the consumer withdrew the consent given to `principal` at `now`."""
         number = listable_number(raw)
         change_id, applied = await self._change(
             ChangeKind.CONSENT_WITHDRAW,
             number,
             now or self.clock(),
-            _CLI,
+            adapter,
             operator,
-            principal,
-            "",
-            {},
+            checked_principal(principal),
         )
         return number, change_id, applied is not None
+
+    async def add_contract(
+        self,
+        raw: str,
+        principal: str,
+        contract_id: str,
+        sector: Sector | str,
+        *,
+        start: date | None = None,
+        end: date | None = None,
+        now: datetime | None = None,
+        operator: str = "",
+        adapter: str = "cli",
+    ) -> tuple[Number, str, bool]:
+        """Record a contract between the consumer and `principal`, performed from `start`
+        (default today in the policy's time zone) to `end` included (None: ongoing). Its
+        sector opens the ongoing-contract exception (docs/rules.md). The same id again
+        replaces it; an add recorded after an end of the same id signs it again."""
+        now = now or self.clock()
+        principal = checked_principal(principal)
+        contract_id = checked_contract_id(contract_id)
+        try:
+            sector = Sector(sector)
+        except ValueError:
+            allowed = ", ".join(s.value for s in Sector)
+            raise InvalidChange(f"sector {sector!r} is not one of {allowed}") from None
+        start = start or self._today(now)
+        for name, day in (("start", start), ("end", end)):
+            if day is not None and not in_supported_years(datetime(day.year, 1, 1)):
+                raise InvalidChange(f"{name} {day} is outside the years the rules are kept for")
+        if end is not None and end < start:
+            raise InvalidChange("end must not come before start")
+        fields = {
+            "contract_id": contract_id,
+            "sector": sector.value,
+            "start": start.isoformat(),
+            "end": end.isoformat() if end else None,
+        }
+        details = {
+            "contract_id": contract_id,
+            "sector": sector.value,
+            "start": start.isoformat(),
+            "end": end.isoformat() if end else "",
+        }
+        number = listable_number(raw)
+        change_id, applied = await self._change(
+            ChangeKind.CONTRACT_ADD, number, now, adapter, operator, principal, "", fields, details
+        )
+        return number, change_id, applied is not None
+
+    async def end_contract(
+        self,
+        raw: str,
+        principal: str,
+        contract_id: str,
+        *,
+        ended_at: datetime | date | None = None,
+        now: datetime | None = None,
+        operator: str = "",
+        adapter: str = "cli",
+    ) -> tuple[Number, str, bool]:
+        """Record the end of a contract (imported or added live). `ended_at`: a date is
+        the contract's last day (as the `end` column of a contract file); an instant
+        (default now) ends it from that day on, in the policy's time zone: calls from that
+        day no longer count it. Ending a contract nobody recorded changes nothing."""
+        now = now or self.clock()
+        principal = checked_principal(principal)
+        contract_id = checked_contract_id(contract_id)
+        when: datetime | date = ended_at or now
+        if isinstance(when, datetime):
+            when = _instant("ended_at", when)
+            if when > now + FUTURE_SLACK:
+                raise InvalidChange(
+                    f"ended_at {iso_ms(when)} is in the future; give a date for its last day"
+                )
+            last_day = self._today(when) - timedelta(days=1)
+            said = iso_ms(when)
+        else:
+            if not in_supported_years(datetime(when.year, 1, 1)):
+                raise InvalidChange(f"ended_at {when} is outside the years the rules are kept for")
+            last_day, said = when, when.isoformat()
+        fields = {"contract_id": contract_id, "ended_at": said, "end": last_day.isoformat()}
+        details = {"contract_id": contract_id, "end": last_day.isoformat()}
+        number = listable_number(raw)
+        change_id, applied = await self._change(
+            ChangeKind.CONTRACT_END, number, now, adapter, operator, principal, "", fields, details
+        )
+        return number, change_id, applied is not None
+
+    def _today(self, moment: datetime) -> date:
+        return moment.astimezone(ZoneInfo(self.config.policy.default_timezone)).date()
 
     async def _change(
         self,
         kind: ChangeKind,
         number: Number,
         now: datetime,
-        request: CallRequest,
+        request: CallRequest | str,
         operator: str,
         principal: str,
-        why: str,
-        fields: dict[str, str],
+        why: str = "",
+        fields: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> tuple[str, bool | None]:
         """Journal a change, then apply it: (its id, what Redis said: see Pending.submit).
-        Without a journal (tests of the store alone) the change is applied directly."""
+        `request`: the call it came from, or the adapter's name; `fields`: the record's
+        own fields; `details`: the Change's. Without a journal (tests of the store alone)
+        the change is applied directly."""
+        if isinstance(request, str):
+            request = CallRequest("", "", adapter=request)
+        fields = fields or {}
         change_id = new_id(now)
         ts_ms = int(now.timestamp() * 1000)
         change = Change(
-            change_id, ts_ms, kind, number.key, principal, fields.get("outcome", ""), why
+            change_id,
+            ts_ms,
+            kind,
+            number.key,
+            principal,
+            str(fields.get("outcome", "")),
+            why,
+            **(details or {}),
         )
         self.pending.expect(change_id)
         if self.journal is not None:
@@ -453,8 +664,13 @@ class Service:
 # The cap a shadow call reserves under: none (every call placed is counted).
 _NO_CAP = 1 << 30
 
-# The request behind a change made from the command line.
-_CLI = CallRequest("", "", adapter="cli")
+
+def _instant(name: str, moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise InvalidChange(f"{name} {moment.isoformat()} needs its UTC offset")
+    if not in_supported_years(moment):
+        raise InvalidChange(f"{name} {moment.isoformat()} is outside the years 1970-2199")
+    return moment
 
 
 def _normalise(raw: str, campaign: Campaign | None) -> tuple[Number | None, str]:

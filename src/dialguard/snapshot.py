@@ -6,7 +6,7 @@ Pure. A record's `facts` field (version 1), every key optional:
     "v": 1
     "c": [fail_mode, honour_dnc, automated, has caller_ids]     the campaign's settings
     "att": attempts in the window before this call
-    "dnc": [added_at ms | null, reason, list version | null]
+    "dnc": [added_at ms | null, reason, list version | null, 1 (the principal's own only)?]
     "opt": [listed 0|1, "checked_on", ref]                     the registry result
     "con": [given_at ms, expires_at ms | null, proof_ref]
     "wd": withdrawal ms    "rf": refusal ms
@@ -64,6 +64,8 @@ def encode(decision: Decision, campaign: Campaign | None, restricted: bool) -> d
             dnc = facts.dnc
             added = _ms(dnc.added_at) if dnc.added_at else None
             out["dnc"] = [added, dnc.reason, dnc.list_version]
+            if dnc.principal_only:
+                out["dnc"].append(1)  # a fourth item only then: older snapshots have three
         if facts.optout is not None:
             opt = facts.optout
             out["opt"] = [1 if opt.listed else 0, opt.checked_on.isoformat(), opt.ref]
@@ -101,7 +103,12 @@ def decode(snapshot: dict[str, Any]) -> tuple[Facts, Unavailable | None]:
         raise ValueError(f"facts snapshot version {snapshot.get('v')!r}")
     dnc = opt = con = None
     if (raw := snapshot.get("dnc")) is not None:
-        dnc = DncEntry(raw[1], _at(raw[0]) if raw[0] is not None else None, raw[2])
+        dnc = DncEntry(
+            raw[1],
+            _at(raw[0]) if raw[0] is not None else None,
+            raw[2],
+            bool(len(raw) > 3 and raw[3]),
+        )
     if (raw := snapshot.get("opt")) is not None:
         opt = OptoutResult(bool(raw[0]), date.fromisoformat(raw[1]), raw[2])
     if (raw := snapshot.get("con")) is not None:

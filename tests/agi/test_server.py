@@ -414,6 +414,29 @@ async def test_a_do_not_call_request_blocks_every_campaign(agi: Agi) -> None:
         assert_decision(agi, await agi.call(NUMBER_RAW, campaign), "DENY", "INTERNAL_DNC")
 
 
+async def test_consents_and_contracts_added_live_decide_the_next_call(agi: Agi) -> None:
+    """The Service methods the CLI and the HTTP API share (here as the service's Redis user
+    when tests/test_redis_acl_tls.py runs this module)."""
+    service, given = agi.service, MONDAY - timedelta(days=3)
+    assert_decision(agi, await agi.call(NUMBER_RAW, "demo-prospecting"), "DENY", "NO_CONSENT")
+    await service.add_consent(NUMBER_RAW, "ACME", "form:1", given_at=given, adapter="http")
+    assert_decision(agi, await agi.call(NUMBER_RAW, "demo-prospecting"), "ALLOW", "CONSENT")
+    await service.withdraw_consent(NUMBER_RAW, "ACME", MONDAY - timedelta(days=1))
+    after = await agi.call(NUMBER_RAW, "demo-prospecting")
+    assert_decision(agi, after, "DENY", "CONSENT_WITHDRAWN")
+    other = normalise("0622222222")  # a number with every slot of its 30-day cap free
+
+    async def energy() -> SessionResult:
+        return await agi.call(other.raw, "demo-energy")
+
+    assert_decision(agi, await energy(), "DENY", "SECTOR_BAN", other.e164)
+    await service.add_contract(other.raw, "ACME", "CT-1", "energy_renovation")
+    assert_decision(agi, await energy(), "ALLOW", "CONTRACT", other.e164)
+    await service.end_contract(other.raw, "ACME", "CT-1")
+    assert_decision(agi, await energy(), "DENY", "SECTOR_BAN", other.e164)
+    assert not len(service.pending)  # Redis took each at once
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -307,7 +307,9 @@ def agi_call(port: int, number: str, campaign: str) -> SessionResult:
     return result
 
 
-def exercise(daemon: Daemon, compose: Compose, agi_port: int, metrics_port: int) -> None:
+def exercise(
+    daemon: Daemon, compose: Compose, agi_port: int, metrics_port: int, api_port: int
+) -> None:
     log("docker compose up")
     compose("up", "--detach")
     loader = compose("ps", "-q", "sample-data").split()
@@ -344,7 +346,8 @@ def exercise(daemon: Daemon, compose: Compose, agi_port: int, metrics_port: int)
         for port in bindings.values()
         for binding in port or ()
     )
-    expect("published", published, sorted([("127.0.0.1", agi_port), ("127.0.0.1", metrics_port)]))
+    ports = (agi_port, metrics_port, api_port)
+    expect("published", published, sorted(("127.0.0.1", port) for port in ports))
 
     redis = compose.container("redis")
     aof = daemon.docker("exec", redis, "redis-cli", "config", "get", "appendonly").split()
@@ -426,7 +429,7 @@ def main() -> int:
                 "--build-arg", f"WHEELS={WHEELS.relative_to(ROOT)}", "-t", IMAGE, ROOT,
             )  # fmt: skip
             log(f"ok: image built in {time.monotonic() - build_started:.0f} s")
-            agi_port, metrics_port = free_port(), free_port()
+            agi_port, metrics_port, api_port = free_port(), free_port(), free_port()
             compose = Compose(
                 daemon,
                 {
@@ -434,9 +437,10 @@ def main() -> int:
                     "REDIS_IMAGE": REDIS_IMAGE,
                     "DIALGUARD_AGI_PORT": str(agi_port),
                     "DIALGUARD_METRICS_PORT": str(metrics_port),
+                    "DIALGUARD_API_PORT": str(api_port),
                 },
             )
-            exercise(daemon, compose, agi_port, metrics_port)
+            exercise(daemon, compose, agi_port, metrics_port, api_port)
             size = int(daemon.docker("image", "inspect", "-f", "{{.Size}}", IMAGE))
             base = int(daemon.docker("image", "inspect", "-f", "{{.Size}}", BASE_IMAGE))
             log(

@@ -47,6 +47,8 @@ from dialguard.import_files import (
     OptoutRow,
     Rejected,
     chunks,
+    consent_entry,
+    contract_entry,
     read_header,
     records,
 )
@@ -183,6 +185,11 @@ def imports(data: bytes) -> None:
         clear = sorted(r.key for r in optout if not r.listed)
         assert sorted(k for c in fast for k in c.listed) == listed
         assert sorted(k for c in fast for k in c.keys) == clear
+    elif kind == "consent":
+        # Consents and contracts come out of chunks as the loader's plain tuples.
+        assert [r for c in fast for r in c.rows] == [consent_entry(r) for r in rows]
+    elif kind == "contract":
+        assert [r for c in fast for r in c.rows] == [contract_entry(r) for r in rows]
     else:
         assert [r for c in fast for r in c.rows] == rows
     for _, row in general:

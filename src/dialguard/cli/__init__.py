@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from dialguard.cli.api import api
 from dialguard.cli.audit import audit
 from dialguard.cli.central import central, ship
 from dialguard.cli.check import check
@@ -21,12 +22,13 @@ from dialguard.cli.common import EXIT_INPUT, EXIT_INTERNAL, configure_logging, f
 from dialguard.cli.history import history
 from dialguard.cli.imports import import_
 from dialguard.cli.lists import lists
-from dialguard.cli.live import consent, dnc, outcome
+from dialguard.cli.live import consent, contract, dnc, outcome
 from dialguard.cli.pending import apply_pending, pending
 from dialguard.cli.policy import policy
 from dialguard.cli.reload import reload
 from dialguard.cli.scrub import scrub_command
 from dialguard.cli.serve import serve
+from dialguard.cli.vicidial import vicidial
 from dialguard.config import redact_url
 
 __all__ = ["cli", "main"]
@@ -54,12 +56,15 @@ for command in (
     reload,
     dnc,
     consent,
+    contract,
     outcome,
     import_,
     audit,
     lists,
     policy,
     central,
+    api,
+    vicidial,
     scrub_command,
 ):
     cli.add_command(command)

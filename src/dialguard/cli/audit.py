@@ -42,6 +42,7 @@ from dialguard.audit.reader import (
     verify,
 )
 from dialguard.audit.writer import Journal
+from dialguard.changes import record_detail
 from dialguard.cli.central import central_stats, central_verify
 from dialguard.cli.common import Failure, config_option, errors_are_one_line, operator_option
 from dialguard.config import load_config, load_policy
@@ -151,8 +152,8 @@ def audit() -> None:
 @click.option(
     "--kind",
     type=click.Choice(
-        ["decision", "outcome", "dnc-add", "dnc-remove", "consent-withdraw", "import",
-         "import-done", "reload", "replay", "scrub"]
+        ["decision", "outcome", "dnc-add", "dnc-remove", "consent-add", "consent-withdraw",
+         "contract-add", "contract-end", "import", "import-done", "reload", "replay", "scrub"]
     ),
     default=None,
     help="Only records of this kind (docs/audit.md).",
@@ -239,7 +240,7 @@ def _print_records(where: Where, records: list[dict[str, Any]]) -> None:
                 f"{record.get('replayed')} would change"
             )
         else:
-            result, reason = str(kind).upper(), str(record.get("why") or "")
+            result, reason = str(kind).upper(), record_detail(record)
         colour = {"ALLOW": "green", "DENY": "red"}.get(result, "yellow")
         table.add_row(
             where.local(int(record["ts"])),

@@ -8,7 +8,7 @@ import getpass
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import NoReturn, ParamSpec, TypeVar
@@ -20,6 +20,7 @@ import structlog
 from dialguard import import_files
 from dialguard.audit import AuditUnavailable
 from dialguard.central.errors import CentralUnavailable
+from dialguard.changes import FUTURE_SLACK, InvalidChange
 from dialguard.config import Config, ConfigError
 from dialguard.model import Campaign
 from dialguard.numbers import InvalidNumber
@@ -69,7 +70,13 @@ def errors_are_one_line(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except Failure as exc:
             fail(str(exc), exc.code)
-        except (ConfigError, InvalidNumber, import_files.BadImportFile, ListBusy) as exc:
+        except (
+            ConfigError,
+            InvalidNumber,
+            InvalidChange,
+            import_files.BadImportFile,
+            ListBusy,
+        ) as exc:
             fail(str(exc), EXIT_INPUT)
         except (StoreUnavailable, AuditUnavailable, CentralUnavailable) as exc:
             fail(str(exc), EXIT_DEPENDENCY)
@@ -108,11 +115,6 @@ def at(value: str | None, config: Config) -> datetime:
     return (
         moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(config.policy.default_timezone))
     )
-
-
-# A change dated ahead of the clock is a typo (or a lie): its record must say when it was
-# learned, at the latest now. A few minutes of clock skew between machines are allowed.
-FUTURE_SLACK = timedelta(minutes=5)
 
 
 def change_at(value: str | None, config: Config) -> datetime:

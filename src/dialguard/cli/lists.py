@@ -19,9 +19,16 @@ from dialguard.cli.common import Failure, config_option, errors_are_one_line, ru
 from dialguard.config import load_config
 from dialguard.freshness import SOON_DAYS, registry_sets
 from dialguard.store import Store
-from dialguard.store.keys import CLEAR, LISTED, LIVE_DNC_LIST
+from dialguard.store.keys import CLEAR, LISTED, PRINCIPAL_DNC_LIST
 
 __all__ = ["lists"]
+
+# What writes the live entries `lists status` shows beside each imported list.
+_LIVE_SOURCES = {
+    "dnc": "dnc add / outcomes",
+    "consent": "consent add",
+    "contract": "contract add / end",
+}
 
 
 @dataclass
@@ -66,9 +73,13 @@ async def gather(store: Store, today: date, freshness_days: int, zone: ZoneInfo)
                 age_days=age_days(meta.get("updated_at") or meta.get("loaded_at"), today, zone),
             )
         )
-        if kind == "dnc":
-            live = await store.live_dnc_census()
-            rows.append(Row(LIVE_DNC_LIST, "", live[0], live[1], "", "dnc add / outcomes"))
+        live = await store.live_census(kind)
+        if kind == "dnc" or live[0]:
+            rows.append(Row(f"{kind}:live", "", live[0], live[1], "", _LIVE_SOURCES[kind]))
+    scoped = await store.principal_dnc_census()
+    if scoped[0]:  # only VICIdial's campaign lists make these (docs/vicidial.md)
+        source = "VICIdial campaign lists"
+        rows.append(Row(PRINCIPAL_DNC_LIST, "", scoped[0], scoped[1], "", source))
     current = await lists.current("optout")
     if not current.versions:
         rows.append(Row("bloctel", "", 0, 0, "", "", state="never imported"))

@@ -1,11 +1,12 @@
-"""Live changes, effective for the very next call: `dnc add|remove`, `consent withdraw`,
-`outcome`. Each goes through the service, which normalises and refuses numbers the way a
-call would (docs/rules.md)."""
+"""Live changes, effective for the very next call: `dnc add|remove`, `consent
+add|withdraw`, `contract add|end`, `outcome`. Each goes through the service, which
+normalises and refuses numbers the way a call would (docs/rules.md) and checks the rest
+(one-line errors, nothing written)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,6 +17,7 @@ from dialguard.audit import Journal
 from dialguard.cli.common import (
     EXIT_DEPENDENCY,
     Failure,
+    at,
     campaign_named,
     change_at,
     config_option,
@@ -24,10 +26,10 @@ from dialguard.cli.common import (
     run_with_store,
 )
 from dialguard.config import Config, load_config
-from dialguard.model import CallRequest
+from dialguard.model import CallRequest, Sector
 from dialguard.service import OutcomeKind, OutcomeStatus, Service
 
-__all__ = ["consent", "dnc", "outcome"]
+__all__ = ["consent", "contract", "dnc", "outcome"]
 
 T = TypeVar("T")
 
@@ -124,6 +126,155 @@ def consent_withdraw(
         f"consent of {target.e164} to {principal} withdrawn at {now.isoformat()}"
         f" (audit id {record_id})"
     )
+
+
+@consent.command("add")
+@click.argument("number")
+@click.option("--principal", required=True, help="The professional the consent is given to.")
+@click.option(
+    "--proof-ref", required=True, help="Where the proof is kept (form id, recording, ...)."
+)
+@click.option(
+    "--given-at",
+    default=None,
+    help="When it was given, ISO 8601 (default: now; a date means its midnight).",
+)
+@click.option(
+    "--expires-at", default=None, help="When it lapses, ISO 8601 (default: the policy's longest)."
+)
+@click.option("--source", default="", help="Where it came from (web form, CRM), kept as evidence.")
+@operator_option
+@config_option
+@errors_are_one_line
+def consent_add(
+    number: str,
+    principal: str,
+    proof_ref: str,
+    given_at: str | None,
+    expires_at: str | None,
+    source: str,
+    operator: str,
+    config_path: Path | None,
+) -> None:
+    """Record the consent the consumer gave PRINCIPAL; effective for the very next call."""
+    config = load_config(config_path)
+    given = change_at(given_at, config) if given_at is not None else None
+    expires = _instant("--expires-at", expires_at, config)
+    target, record_id, applied = _through_service(
+        config,
+        lambda service: service.add_consent(
+            number,
+            principal,
+            proof_ref,
+            given_at=given,
+            expires_at=expires,
+            source=source,
+            operator=operator,
+        ),
+    )
+    if not applied:
+        raise _pending(record_id)
+    click.echo(f"consent of {target.e164} to {principal} recorded (audit id {record_id})")
+
+
+@click.group()
+def contract() -> None:
+    """Contracts (live changes, each an audit record): the ongoing-contract exception."""
+
+
+@contract.command("add")
+@click.argument("number")
+@click.option("--principal", required=True, help="The professional the contract is with.")
+@click.option("--id", "contract_id", required=True, help="The contract's reference.")
+@click.option("--sector", required=True, type=click.Choice([s.value for s in Sector]))
+@click.option("--start", default=None, help="First day, YYYY-MM-DD (default: today).")
+@click.option("--end", default=None, help="Last day, YYYY-MM-DD (default: ongoing).")
+@operator_option
+@config_option
+@errors_are_one_line
+def contract_add(
+    number: str,
+    principal: str,
+    contract_id: str,
+    sector: str,
+    start: str | None,
+    end: str | None,
+    operator: str,
+    config_path: Path | None,
+) -> None:
+    """Record a contract with PRINCIPAL; effective for the very next call."""
+    config = load_config(config_path)
+    first, last = _day("--start", start), _day("--end", end)
+    target, record_id, applied = _through_service(
+        config,
+        lambda service: service.add_contract(
+            number, principal, contract_id, sector, start=first, end=last, operator=operator
+        ),
+    )
+    if not applied:
+        raise _pending(record_id)
+    click.echo(
+        f"contract {contract_id} of {target.e164} with {principal} recorded (audit id {record_id})"
+    )
+
+
+@contract.command("end")
+@click.argument("number")
+@click.option("--principal", required=True, help="The professional the contract is with.")
+@click.option("--id", "contract_id", required=True, help="The contract's reference.")
+@click.option(
+    "--at",
+    "when",
+    default=None,
+    help="Its last day (YYYY-MM-DD), or when it ended (ISO 8601 date-time, default now:"
+    " calls from that day on no longer count it).",
+)
+@operator_option
+@config_option
+@errors_are_one_line
+def contract_end(
+    number: str,
+    principal: str,
+    contract_id: str,
+    when: str | None,
+    operator: str,
+    config_path: Path | None,
+) -> None:
+    """Record that the contract ended; effective for the very next call."""
+    config = load_config(config_path)
+    ended: datetime | date | None = None
+    if when is not None:
+        ended = _day("--at", when) if len(when) == 10 else change_at(when, config)
+    target, record_id, applied = _through_service(
+        config,
+        lambda service: service.end_contract(
+            number, principal, contract_id, ended_at=ended, operator=operator
+        ),
+    )
+    if not applied:
+        raise _pending(record_id)
+    click.echo(
+        f"contract {contract_id} of {target.e164} with {principal} ended (audit id {record_id})"
+    )
+
+
+def _day(option: str, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise Failure(f"{option} {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _instant(option: str, value: str | None, config: Config) -> datetime | None:
+    """An instant any time (a date: its midnight in the policy's zone)."""
+    if value is None:
+        return None
+    try:
+        return at(value, config)
+    except Failure as exc:
+        raise Failure(str(exc).replace("--at", option, 1)) from None
 
 
 @click.command()

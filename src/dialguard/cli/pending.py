@@ -40,8 +40,8 @@ async def _waiting(store: Store, config: Config, days: int) -> list[Change]:
 @config_option
 @errors_are_one_line
 def pending(days: int, as_json: bool, config_path: Path | None) -> None:
-    """The changes (outcomes, dnc add/remove, withdrawals) Redis has not taken yet, in
-    journal order. Exit 0 whether or not any wait."""
+    """The changes (outcomes, dnc add/remove, consents, withdrawals, contracts) Redis has
+    not taken yet, in journal order. Exit 0 whether or not any wait."""
     config = load_config(config_path)
     waiting = run_with_store(config, lambda store: _waiting(store, config, days))
     if as_json:
@@ -51,7 +51,7 @@ def pending(days: int, as_json: bool, config_path: Path | None) -> None:
     if not waiting:
         click.echo(f"no change waits for Redis (journal of the last {days} days)")
         return
-    table = Table("id", "at (UTC)", "kind", "number", "principal", "outcome / why", box=None)
+    table = Table("id", "at (UTC)", "kind", "number", "principal", "what", box=None)
     for change in waiting:
         row = _as_json(change)
         table.add_row(
@@ -60,7 +60,7 @@ def pending(days: int, as_json: bool, config_path: Path | None) -> None:
             change.kind.value,
             str(row["number"]),
             change.principal,
-            change.outcome or change.why,
+            change.detail,
         )
     Console().print(table)
 
@@ -92,4 +92,5 @@ def _as_json(change: Change) -> dict[str, object]:
         "principal": change.principal,
         "outcome": change.outcome,
         "why": change.why,
+        "detail": change.detail,
     }

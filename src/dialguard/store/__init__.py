@@ -5,7 +5,7 @@ docs/data-model.md is the one description of the layout; nothing outside this pa
 names a Redis key.
 """
 
-from dialguard.store.errors import ListBusy, StoreUnavailable
+from dialguard.store.errors import ListBusy, OldLayout, StoreUnavailable
 from dialguard.store.store import Store
 
-__all__ = ["ListBusy", "Store", "StoreUnavailable"]
+__all__ = ["ListBusy", "OldLayout", "Store", "StoreUnavailable"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.exceptions import OutOfMemoryError
 
-__all__ = ["ListBusy", "StoreUnavailable", "unavailable"]
+__all__ = ["ListBusy", "OldLayout", "StoreUnavailable", "unavailable"]
 
 
 class StoreUnavailable(Exception):
@@ -13,6 +13,11 @@ class StoreUnavailable(Exception):
 
 class ListBusy(Exception):
     """Another import of the same list is under way (one line)."""
+
+
+class OldLayout(Exception):
+    """Redis holds a list in the layout of an earlier version, which this one does not
+    read (one line, saying what to do: docs/data-model.md, Upgrading)."""
 
 
 def unavailable(exc: Exception) -> StoreUnavailable:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
 
-from dialguard.import_files import ConsentRow, ContractRow
 from dialguard.model import Consent, Contract, DncEntry, Facts, OptoutResult, Sector
 from dialguard.store.errors import StoreUnavailable
 from dialguard.store.keys import CLEAR, LIST_FIELDS, LISTED, LUA_PARTS, Keys, meta_field
+from dialguard.store.packed import LUA_PACKED, unpack_consent, unpack_contracts
 
 __all__ = [
     "FACTS",
@@ -29,11 +29,12 @@ __all__ = [
     "Metas",
     "decode_batch",
     "decode_facts",
-    "encode_consent",
-    "encode_contract",
     "encode_dnc",
+    "encode_live_consent",
     "facts_formats",
     "from_ms",
+    "later_consent",
+    "merge_contracts",
     "ms",
 ]
 
@@ -46,6 +47,8 @@ LUA_LIST_FIELDS = (
 )
 # How many version formats lead ARGV (see facts_formats).
 FORMATS = 5
+# How many keys lead KEYS, before the attempts keys (see Store._shared_keys).
+SHARED_KEYS = 9
 
 # The facts for every decision waiting in one event-loop turn: one script call, one round
 # trip, one reply to parse, however many sessions are in flight.
@@ -63,20 +66,26 @@ FORMATS = 5
 # versions are in force and then their buckets, all in one atomic step, so a decision
 # sees one version of each list, whole. A number is in a bucket as a member of its intset
 # or a bit of its bitmap. Registry result sets are read newest check first; the first that
-# has the number answers, a listing winning within a set.
+# has the number answers, a listing winning within a set. A consent or contract is an
+# entry of a small hash, found by the principal's id and the number (store/packed.py).
+#
+# A number on the company's list (live, then imported) answers as such; otherwise a
+# do-not-call of the principal's own (dnc:principal) does.
 #
 # KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the tombstones,
-# then one attempts key per request. ARGV: the formats of a version's key (dnc base,
-# registry listed and clear bases, consent and contract hashes: see keys.py), then per
-# request the number's key, the number|principal field, the start of the attempt window
-# (attempts at or before it are dropped), the cap (0: do not reserve), the attempt id,
-# now, the window length (the attempts key's lifetime), all in ms. The reply ends with the
-# do-not-call version and the registry result sets' metadata (dates and references for
-# the evidence).
+# the live consents and contracts, the principals' ids, the principals' do-not-call
+# hash, then one attempts key per request. ARGV: the formats of a version's key (dnc
+# base, registry listed and clear bases, consent and contract bases: see keys.py), then
+# per request the number's key, the number|principal field, the start of the attempt
+# window (attempts at or before it are dropped), the cap (0: do not reserve), the attempt
+# id, now, the window length (the attempts key's lifetime), all in ms. The reply ends with the do-not-call version and
+# the registry result sets' metadata (dates and references for the evidence).
 FACTS = (
     LUA_PARTS
+    + LUA_PACKED
     + LUA_LIST_FIELDS
     + f"local FORMATS = {FORMATS}\n"
+    + f"local FIRST = {SHARED_KEYS + 1}\n"
     + """
 local lists = redis.call('HMGET', KEYS[1], unpack(LIST_FIELDS))
 local dnc = lists[1] and string.format(ARGV[1], lists[1])
@@ -94,15 +103,45 @@ local function has(base, bucket, m)
   return redis.call('SISMEMBER', base .. SET .. bucket, m) == 1
     or redis.call('GETBIT', base .. BITMAP .. bucket, m) == 1
 end
+local ids = {}
+local function id_of(principal)
+  local id = ids[principal]
+  if id == nil then
+    id = redis.call('HGET', KEYS[8], principal)
+    id = id and tonumber(id) or false
+    ids[principal] = id
+  end
+  return id
+end
+-- An entry of a packed list (store/packed.py): from the top bucket down the split ones.
+local function packed(base, n, id)
+  if not base or not id then return false end
+  local level = TOP
+  while true do
+    local off = level > 0 and tonumber(string.sub(n, -level)) or 0
+    local key = base .. level .. string.sub(n, 1, #n - level)
+    local r = redis.call('HMGET', key, string.format('%d', id * 10 ^ level + off), SPLIT)
+    if r[1] then
+      if r[1] == STUB then return redis.call('HGET', base .. OVERFLOW, n .. '|' .. id) end
+      return r[1]
+    end
+    if not r[2] or level == 0 then return false end
+    level = level - 1
+  end
+end
 local out = {}
-for i = 6, #KEYS do
-  local a = FORMATS + (i - 6) * 7
+for i = FIRST, #KEYS do
+  local a = FORMATS + (i - FIRST) * 7
   local n, np, start, cap = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
   local attempts = KEYS[i]
   local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
   local d = redis.call('HGET', KEYS[2], n)
   if not d and dnc and has(dnc, bucket, m) then
     d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
+  end
+  if not d then
+    local own = redis.call('HGET', KEYS[9], np)
+    if own then d = 'P|' .. own end
   end
   out[#out + 1] = d
   local o = false
@@ -111,9 +150,10 @@ for i = 6, #KEYS do
     if has(clear[k], bucket, m) then o = sets[k] .. '|C' break end
   end
   out[#out + 1] = o
-  out[#out + 1] = (consent and redis.call('HGET', consent, np)) or false
+  local id = (consent or contract) and id_of(string.sub(np, #n + 2))
+  out[#out + 1] = packed(consent, n, id)
   out[#out + 1] = redis.call('HGET', KEYS[3], np)
-  out[#out + 1] = (contract and redis.call('HGET', contract, np)) or false
+  out[#out + 1] = packed(contract, n, id)
   out[#out + 1] = redis.call('HGET', KEYS[4], np)
   if cap > 0 and not redis.call('ZSCORE', KEYS[5], ARGV[a + 5]) then
     redis.call('ZREMRANGEBYSCORE', attempts, '-inf', start)
@@ -130,13 +170,15 @@ for i = 6, #KEYS do
     out[#out + 1] = redis.call('ZCOUNT', attempts, '(' .. start, '+inf')
     out[#out + 1] = 0
   end
+  out[#out + 1] = redis.call('HGET', KEYS[6], np)
+  out[#out + 1] = redis.call('HGET', KEYS[7], np)
 end
 out[#out + 1] = lists[1] or false
 out[#out + 1] = lists[5] or false
 return out
 """
 )
-FACTS_PER_REQUEST = 8
+FACTS_PER_REQUEST = 10
 
 
 def facts_formats(keys: Keys) -> list[str]:
@@ -145,8 +187,8 @@ def facts_formats(keys: Keys) -> list[str]:
         keys.base_format("dnc"),
         keys.base_format("optout", LISTED),
         keys.base_format("optout", CLEAR),
-        keys.hash_format("consent"),
-        keys.hash_format("contract"),
+        keys.packed_format("consent"),
+        keys.packed_format("contract"),
     ]
 
 
@@ -261,20 +303,6 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def encode_consent(row: ConsentRow) -> tuple[str, str]:
-    """The consent hash's field and value for a row (read back by _decode_consent)."""
-    expires = ms(row.expires_at) if row.expires_at else ""
-    return f"{row.number.key}|{row.principal}", f"{ms(row.given_at)}|{expires}|{row.proof_ref}"
-
-
-def encode_contract(row: ContractRow) -> tuple[str, str]:
-    """The contract hash's field and one item of its value (read by _decode_contracts)."""
-    c = row.contract
-    end = c.end.isoformat() if c.end else None
-    item = [c.contract_id, c.sector.value, c.start.isoformat(), end]
-    return f"{row.number.key}|{row.principal}", json.dumps(item, separators=(",", ":"))
-
-
 def encode_dnc(reason: str, now: datetime) -> str:
     return f"{ms(now)}|{reason}"
 
@@ -378,23 +406,82 @@ class Decoder:
 
 
 def _decode_entries(reply: Sequence[Any], lists: ListsInForce) -> Facts:
-    dnc, optout, consent, withdrawal, contracts, refusal, attempts, reserved = reply
+    (
+        dnc,
+        optout,
+        consent,
+        withdrawal,
+        contracts,
+        refusal,
+        attempts,
+        reserved,
+        live_consent,
+        live_contracts,
+    ) = reply
+    imported = unpack_contracts(contracts) if contracts else ()
     return Facts(
         dnc=_decode_dnc(dnc, lists) if dnc else None,
         optout=_decode_optout(optout, lists) if optout else None,
-        consent=_decode_consent(consent) if consent else None,
+        consent=later_consent(
+            unpack_consent(consent) if consent else None,
+            _decode_consent(live_consent) if live_consent else None,
+        ),
         withdrawn_at=from_ms(withdrawal) if withdrawal else None,
-        contracts=_decode_contracts(contracts) if contracts else (),
+        contracts=merge_contracts(imported, live_contracts) if live_contracts else imported,
         refused_at=from_ms(refusal) if refusal else None,
         attempts_30d=int(attempts),
         reserved=bool(reserved),
     )
 
 
+def later_consent(imported: Consent | None, live: Consent | None) -> Consent | None:
+    """The consent given last: an imported list and the consents added live since both
+    hold one per number and principal, and the later word answers (a withdrawal between
+    the two is judged against it by the rules)."""
+    if imported is None or (live is not None and live.given_at >= imported.given_at):
+        return live
+    return imported
+
+
+def encode_live_consent(given_ms: int, expires_ms: int, proof_ref: str) -> str:
+    """The live consent hash's value (read back by _decode_consent)."""
+    return f"{given_ms}|{expires_ms or ''}|{proof_ref}"
+
+
+def merge_contracts(imported: tuple[Contract, ...], live: bytes | str) -> tuple[Contract, ...]:
+    """The imported contracts of a pair with what was added or ended live, by id.
+
+    The live entry keeps, per contract id, the latest `contract add` (sector, start, end,
+    when it was recorded) and the latest `contract end` (the last day, when it was
+    recorded): an end recorded after the add (or with no add: the imported contract)
+    brings its end date forward; an add recorded after an end stands as it is (the
+    contract was signed again)."""
+    contracts = {contract.contract_id: contract for contract in imported}
+    for contract_id, item in json.loads(live).items():
+        sector, start, end, add_ms, last_day, end_ms = item
+        contract = contracts.get(contract_id)
+        if int(add_ms):
+            contract = Contract(
+                contract_id,
+                Sector(sector),
+                date.fromisoformat(start),
+                date.fromisoformat(end) if end else None,
+            )
+        if contract is not None and int(end_ms) and int(end_ms) >= int(add_ms):
+            day = date.fromisoformat(last_day)
+            contract = replace(contract, end=min(contract.end or day, day))
+        if contract is not None:
+            contracts[contract_id] = contract
+    return tuple(contracts.values())
+
+
 def _decode_dnc(raw: bytes, lists: ListsInForce) -> DncEntry:
     first, _, reason = _text(raw).partition("|")
     if first == "I":  # on the imported list
         return DncEntry(reason=reason or "imported", added_at=None, list_version=lists.dnc_version)
+    if first == "P":  # the principal's own: P|added_ms|reason
+        added, _, reason = reason.partition("|")
+        return DncEntry(reason=reason, added_at=from_ms(added), principal_only=True)
     return DncEntry(reason=reason, added_at=from_ms(first) if first else None)
 
 
@@ -409,21 +496,10 @@ def _decode_optout(raw: bytes, lists: ListsInForce) -> OptoutResult:
 
 
 def _decode_consent(raw: bytes) -> Consent:
+    """A live consent (`given_ms|expires_ms|proof_ref`)."""
     given, expires, proof = _text(raw).split("|", 2)
     return Consent(
         given_at=from_ms(given),
         expires_at=from_ms(expires) if expires else None,
         proof_ref=proof,
-    )
-
-
-def _decode_contracts(raw: bytes) -> tuple[Contract, ...]:
-    return tuple(
-        Contract(
-            contract_id=item[0],
-            sector=Sector(item[1]),
-            start=date.fromisoformat(item[2]),
-            end=date.fromisoformat(item[3]) if item[3] else None,
-        )
-        for item in json.loads(raw)
     )

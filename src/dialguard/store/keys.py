@@ -21,13 +21,16 @@ __all__ = [
     "LIST_FIELDS",
     "LIVE_DNC_LIST",
     "LUA_PARTS",
+    "OVERFLOW",
+    "PRINCIPAL_DNC_LIST",
     "Keys",
     "bucket_bitmap",
     "bucket_set",
     "meta_field",
 ]
 
-# The imported lists: bucketed numbers, or hashes keyed ``number|principal``.
+# The imported lists: bucketed numbers, or small hashes of packed entries per number
+# prefix and principal (store/packed.py).
 DENSE_KINDS = ("dnc", "optout")
 HASH_KINDS = ("consent", "contract")
 # Fields of the lists index: the version(s) in force of each kind, and ``KIND:meta``.
@@ -36,15 +39,18 @@ LIST_FIELDS = (*DENSE_KINDS, *HASH_KINDS)
 # The keys under a dense version's base: a bucket's intset or bitmap, the index of its
 # buckets, the reasons a file gave, and a scratch key for merging bitmaps.
 SET, BITMAP, INDEX, WHY, SCRATCH = "s:", "b:", "idx", "why", "tmp"
+# Under a packed version's base (store/packed.py): values too long for a bucket.
+OVERFLOW = "x"
 # A registry result set holds two dense lists: listed numbers and numbers checked clear.
 LISTED, CLEAR = "L", "C"
 
 # How `lists status` names the live do-not-call entries (they are no version of a list).
 LIVE_DNC_LIST = "dnc:live"
+PRINCIPAL_DNC_LIST = "dnc:principal"
 
 LUA_PARTS = (
     f"local SET, BITMAP, INDEX, WHY, SCRATCH = '{SET}', '{BITMAP}', '{INDEX}', '{WHY}',"
-    f" '{SCRATCH}'\n"
+    f" '{SCRATCH}'\nlocal OVERFLOW = '{OVERFLOW}'\n"
 )
 
 
@@ -63,6 +69,24 @@ class Keys:
     def dnc_live(self) -> str:
         """Hash: number -> ``added_ms|reason`` (``dnc add``, do-not-call outcomes)."""
         return self.prefix + "dnc:live"
+
+    @property
+    def consent_live(self) -> str:
+        """Hash: ``number|principal`` -> ``given_ms|expires_ms|proof_ref``: consents added
+        live (`consent add`), beside the imported list; the later given answers."""
+        return self.prefix + "consent:live"
+
+    @property
+    def contract_live(self) -> str:
+        """Hash: ``number|principal`` -> JSON: contracts added or ended live, by id (see
+        store.facts.merge_contracts)."""
+        return self.prefix + "contract:live"
+
+    @property
+    def dnc_principal(self) -> str:
+        """Hash: ``number|principal`` -> ``added_ms|reason``: a do-not-call that holds for
+        one principal's campaigns alone (a VICIdial campaign list, dialguard.vicidial)."""
+        return self.prefix + "dnc:principal"
 
     @property
     def withdrawal(self) -> str:
@@ -84,6 +108,11 @@ class Keys:
         """Sorted set: ids of the journal's change records Redis has taken, score their ms
         (dialguard.changes; kept APPLIED_KEPT_DAYS)."""
         return self.prefix + "changes:applied"
+
+    def reply(self, digest: str) -> str:
+        """String: the answer kept for an HTTP request's Idempotency-Key (dialguard.api);
+        `digest` the hex SHA-256 of the token's name and the key, never the key itself."""
+        return f"{self.prefix}reply:{digest}"
 
     def attempts(self, principal: str, number_key: str) -> str:
         """Sorted set: one member per counted attempt, score its ms."""
@@ -117,13 +146,21 @@ class Keys:
         """Numbers removed live while the import holding `lock_version` ran."""
         return self.unlisted_format % lock_version
 
-    def seen(self, lock_version: str) -> str:
-        """The pairs a contract import has met (its first row of a pair replaces)."""
-        return f"{self.prefix}lists:seen:{lock_version}"
+    def packed(self, kind: str, version: str) -> str:
+        """The key prefix of one version of a packed list (consent, contract): its
+        buckets (``LNUMBER``: a level digit and the number's leading digits), ``idx``
+        (the set of its buckets) and ``x`` (the overflow hash): store/packed.py."""
+        return self.packed_format(kind) % version
 
-    def hash(self, kind: str, version: str) -> str:
-        """One version of a hash list (consent, contract)."""
-        return self.hash_format(kind) % version
+    @property
+    def principals(self) -> str:
+        """Hash: principal -> the id the packed lists know it by (never reused)."""
+        return self.prefix + "principals"
+
+    def one_hash(self, kind: str, version: str) -> str:
+        """One version of a consent or contract list in the one-hash-per-version layout
+        of earlier versions (``number|principal`` -> text), which is no longer read."""
+        return f"{self.prefix}{kind}:{version}"
 
     def base(self, kind: str, version: str, part: str = "") -> str:
         """The key prefix of one version of a dense list (`part`: LISTED or CLEAR for
@@ -146,8 +183,8 @@ class Keys:
     def base_format(self, kind: str, part: str = "") -> str:
         return f"{self._escaped}{kind}:%s:" + (f"{part}:" if part else "")
 
-    def hash_format(self, kind: str) -> str:
-        return f"{self._escaped}{kind}:%s"
+    def packed_format(self, kind: str) -> str:
+        return f"{self._escaped}{kind}:%s:"
 
     @property
     def unlisted_format(self) -> str:

@@ -9,7 +9,7 @@ never a half-built one.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -23,11 +23,20 @@ from dialguard.store.keys import (
     HASH_KINDS,
     INDEX,
     LUA_PARTS,
+    OVERFLOW,
     WHY,
     Keys,
     bucket_bitmap,
     bucket_set,
     meta_field,
+)
+from dialguard.store.packed import (
+    DEFAULT_ENTRIES,
+    DEFAULT_VALUE_BYTES,
+    LUA_PACKED,
+    MAX_ENTRIES,
+    SPLIT,
+    Gathered,
 )
 
 __all__ = ["LOCK_MS", "Census", "Current", "Lists"]
@@ -206,42 +215,218 @@ return 1
 """
 )
 
-# Keep the consent given last for each pair, whatever order rows arrive in (a file's own
-# rows, or a merge over what is stored). KEYS[1]: the consent hash; ARGV: (pair, value)
-# pairs, each value starting with its given-at milliseconds. Returns how many were kept.
-_CONSENT_MERGE = """
-local kept = 0
-for i = 1, #ARGV, 2 do
-  local old = redis.call('HGET', KEYS[1], ARGV[i])
-  local given = tonumber(string.match(ARGV[i + 1], '^(-?%d+)|'))
-  if not old or tonumber(string.match(old, '^(-?%d+)|')) <= given then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    kept = kept + 1
-  end
-end
-return kept
-"""
+# Write gathered consents or contracts into one version (store/packed.py: the layout and
+# why). ARGV: the version's base key, the most entries a bucket holds, the longest value
+# kept in a bucket, the kind, then per top bucket: its name, a mode, a count n, and n
+# (field, value) pairs. Mode N: the values as they are, each merged the kind's way
+# (consents: the one given last; contracts: the pair's contracts replaced); a new bucket
+# of at most the limit is one HSET. Mode X: each value starts with its operation (M:
+# given last, R: replace, A: add to the pair's contracts, one with the same id replaced).
+# A bucket that would grow past the limit is split, ten buckets one digit longer; a value
+# past the value limit goes to the overflow hash (field NUMBER|PRINCIPAL_ID), the bucket
+# holding STUB. Returns {entries written, entries new}.
+_PACKED_WRITE = (
+    LUA_PARTS
+    + LUA_PACKED
+    + """
+local base, limit, vlimit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local contracts = ARGV[4] == 'contract'
+local idx, over = base .. INDEX, base .. OVERFLOW
+local written, new = 0, 0
 
-# Contracts: a file holds the whole set of contracts of each pair it names, so the first
-# row of a pair in an import replaces what is stored for it, and its other rows add to
-# it (a contract id met twice: the later row). KEYS: the contract hash, the import's set
-# of pairs met so far. ARGV: (pair, JSON item) pairs. Returns the contracts written.
-_CONTRACT_MERGE = """
-for i = 1, #ARGV, 2 do
-  local item = cjson.decode(ARGV[i + 1])
-  local items = {}
-  if redis.call('SADD', KEYS[2], ARGV[i]) == 0 then
-    items = cjson.decode(redis.call('HGET', KEYS[1], ARGV[i]))
-  end
-  local found = false
-  for k = 1, #items do
-    if items[k][1] == item[1] then items[k] = item; found = true end
-  end
-  if not found then items[#items + 1] = item end
-  redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(items))
+local function overflow_field(level, prefix, f)
+  local span = 10 ^ level
+  local pid = math.floor(f / span)
+  if level == 0 then return prefix .. '|' .. pid end
+  return prefix .. string.format('%0' .. level .. 'd', f - pid * span) .. '|' .. pid
 end
-redis.call('PEXPIRE', KEYS[2], 86400000)
-return #ARGV / 2
+
+local function given(v)
+  local width = (math.floor(v:byte(1) / WIDE) % 2 == 1) and 5 or 4
+  local g = 0
+  for i = 2, 1 + width do g = g * 256 + v:byte(i) end
+  return g
+end
+
+local function items(v)
+  local list, at = {}, 1
+  while at <= #v do
+    local id = at + ((math.floor(v:byte(at) / HAS_END) % 2 == 1) and 7 or 4)
+    local size = v:byte(id)
+    if size == LONG_ID then
+      size = v:byte(id + 1) * 256 + v:byte(id + 2)
+      id = id + 3
+    else
+      id = id + 1
+    end
+    list[#list + 1] = {v:sub(id, id + size - 1), v:sub(at, id + size - 1)}
+    at = id + size
+  end
+  return list
+end
+
+local function added_to(old, v)
+  local list = items(old)
+  for _, item in ipairs(items(v)) do
+    local found = false
+    for k = 1, #list do
+      if list[k][1] == item[1] then list[k] = item; found = true; break end
+    end
+    if not found then list[#list + 1] = item end
+  end
+  local out = {}
+  for k = 1, #list do out[k] = list[k][2] end
+  return table.concat(out)
+end
+
+-- What a field keeps: nil for what is stored (`old`, read through the overflow hash).
+local function merged(old, op, v)
+  if not old or op == 'R' then return v end
+  if op == 'A' then return added_to(old, v) end
+  if given(old) > given(v) then return nil end
+  return v
+end
+
+-- Entries one level down, by their next digit: {digit: {fields, values[, ops]}}.
+local function by_digit(level, fs, vs, ops)
+  local unit = 10 ^ (level - 1)
+  local span = unit * 10
+  local groups = {}
+  for i = 1, #fs do
+    local f = tonumber(fs[i])
+    local pid = math.floor(f / span)
+    local off = f - pid * span
+    local d = math.floor(off / unit)
+    local g = groups[d]
+    if not g then g = {{}, {}, {}}; groups[d] = g end
+    g[1][#g[1] + 1] = string.format('%d', pid * unit + off - d * unit)
+    g[2][#g[2] + 1] = vs[i]
+    if ops then g[3][#g[3] + 1] = ops[i] end
+  end
+  return groups
+end
+
+-- Write entries into a bucket that holds none of them (new, or emptied to be split).
+local function place(level, prefix, fs, vs)
+  local name = level .. prefix
+  local key = base .. name
+  redis.call('SADD', idx, name)
+  if level > 0 and #fs > limit then
+    redis.call('HSET', key, SPLIT, '1')
+    for d, g in pairs(by_digit(level, fs, vs)) do
+      place(level - 1, prefix .. d, g[1], g[2])
+    end
+    return
+  end
+  local args = {}
+  for i = 1, #fs do
+    local v = vs[i]
+    if #v > vlimit then
+      redis.call('HSET', over, overflow_field(level, prefix, tonumber(fs[i])), v)
+      v = STUB
+    end
+    args[#args + 1] = fs[i]
+    args[#args + 1] = v
+  end
+  for j = 1, #args, 1000 do
+    redis.call('HSET', key, unpack(args, j, math.min(j + 999, #args)))
+  end
+end
+
+local function put(level, prefix, fs, ops, vs)
+  local key = base .. level .. prefix
+  if redis.call('EXISTS', key) == 0 then
+    written = written + #fs
+    new = new + #fs
+    place(level, prefix, fs, vs)
+    return
+  end
+  local olds = redis.call('HMGET', key, SPLIT, unpack(fs))
+  if olds[1] then
+    for d, g in pairs(by_digit(level, fs, vs, ops)) do
+      put(level - 1, prefix .. d, g[1], g[3], g[2])
+    end
+    return
+  end
+  local wf, wv, fresh = {}, {}, 0
+  for i = 1, #fs do
+    local old = olds[i + 1]
+    if old == STUB then
+      old = redis.call('HGET', over, overflow_field(level, prefix, tonumber(fs[i])))
+    end
+    local v = merged(old, ops[i], vs[i])
+    if v then
+      wf[#wf + 1], wv[#wv + 1] = fs[i], v
+      if not old then fresh = fresh + 1 end
+      if olds[i + 1] == STUB and #v <= vlimit then
+        redis.call('HDEL', over, overflow_field(level, prefix, tonumber(fs[i])))
+      end
+    end
+  end
+  written = written + #wf
+  new = new + fresh
+  if #wf == 0 then return end
+  if level > 0 and redis.call('HLEN', key) + fresh > limit then
+    local all, at, af, av = redis.call('HGETALL', key), {}, {}, {}
+    for i = 1, #all, 2 do
+      af[#af + 1], av[#av + 1] = all[i], all[i + 1]
+      at[all[i]] = #af
+    end
+    for i = 1, #wf do
+      local k = at[wf[i]]
+      if k then av[k] = wv[i] else af[#af + 1], av[#av + 1] = wf[i], wv[i] end
+    end
+    redis.call('DEL', key)
+    place(level, prefix, af, av)
+  else
+    place(level, prefix, wf, wv)
+  end
+end
+
+local default = contracts and 'R' or 'M'
+local i = 5
+while i <= #ARGV do
+  local name, mode, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local first, last = i + 3, i + 2 + 2 * n
+  i = last + 1
+  local key = base .. name
+  if mode == 'N' and n <= limit and redis.call('EXISTS', key) == 0 then
+    for j = first, last, 1000 do
+      redis.call('HSET', key, unpack(ARGV, j, math.min(j + 999, last)))
+    end
+    redis.call('SADD', idx, name)
+    written = written + n
+    new = new + n
+  else
+    local fs, ops, vs = {}, {}, {}
+    for j = first, last, 2 do
+      fs[#fs + 1] = ARGV[j]
+      if mode == 'N' then
+        ops[#ops + 1], vs[#vs + 1] = default, ARGV[j + 1]
+      else
+        ops[#ops + 1], vs[#vs + 1] = string.sub(ARGV[j + 1], 1, 1), string.sub(ARGV[j + 1], 2)
+      end
+    end
+    put(tonumber(string.sub(name, 1, 1)), string.sub(name, 2), fs, ops, vs)
+  end
+end
+return {written, new}
+"""
+)
+
+# The ids of principals, given the first time a list names one (ids are never reused,
+# so a version keeps meaning what it meant). KEYS[1]: the ids; ARGV: names.
+_PRINCIPAL_IDS = """
+local ids = {}
+for i = 1, #ARGV do
+  local id = redis.call('HGET', KEYS[1], ARGV[i])
+  if not id then
+    id = redis.call('HLEN', KEYS[1])
+    redis.call('HSET', KEYS[1], ARGV[i], id)
+  end
+  ids[i] = tonumber(id)
+end
+return ids
 """
 
 # Give a lock back only if it is still ours.
@@ -289,8 +474,7 @@ class Lists:
         self._write = client.register_script(_WRITE)
         self._remove = client.register_script(_REMOVE)
         self._dnc_remove = client.register_script(_DNC_REMOVE)
-        self._consent_merge = client.register_script(_CONSENT_MERGE)
-        self._contract_merge = client.register_script(_CONTRACT_MERGE)
+        self._principal_ids = client.register_script(_PRINCIPAL_IDS)
         self._renew = client.register_script(_RENEW)
         self._unlock = client.register_script(_UNLOCK)
         self._swap = client.register_script(_SWAP)
@@ -307,11 +491,9 @@ class Lists:
     async def census(self, kind: str, version: str, part: str = "") -> Census:
         """Entries and bytes of Redis memory of one version (an optout version: its
         `part`, LISTED or CLEAR), counted now: a few commands per bucket, pipelined, so it
-        takes a second or two at ten million numbers. Hashes: exact entries, memory
-        estimated by Redis from a sample."""
+        takes a second or two at ten million numbers."""
         if kind in HASH_KINDS:
-            entries, used = await self.hash_census(self.keys.hash(kind, version))
-            return Census(entries, used)
+            return await self._packed_census(self.keys.packed(kind, version))
         base = self.keys.base(kind, version, part)
         census = Census()
         buckets: list[str] = []
@@ -346,6 +528,42 @@ class Lists:
         census.bytes += sum(int(x or 0) for x in extra)
         return census
 
+    async def _packed_census(self, base: str) -> Census:
+        """A packed version: its entries (a split bucket holds none), the memory of its
+        buckets, index and overflow hash; `bitmaps` counts the split buckets."""
+        census = Census()
+        buckets: list[str] = []
+
+        async def measure() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for bucket in buckets:
+                    pipe.hlen(base + bucket)
+                    pipe.hget(base + bucket, SPLIT)
+                    pipe.memory_usage(base + bucket, samples=0)
+                replies = await self._call(pipe.execute())
+            for i in range(0, len(replies), 3):
+                split = replies[i + 1] is not None
+                census.entries += 0 if split else int(replies[i])
+                census.bitmaps += split
+                census.bytes += int(replies[i + 2] or 0)
+            census.buckets += len(buckets)
+            buckets.clear()
+
+        try:
+            async for bucket in self._redis.sscan_iter(base + INDEX, count=_FREE_CHUNK):
+                buckets.append(_text(bucket))
+                if len(buckets) >= _FREE_CHUNK:
+                    await measure()
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from None
+        await measure()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.memory_usage(base + INDEX, samples=0)
+            pipe.memory_usage(base + OVERFLOW, samples=0)
+            extra = await self._call(pipe.execute())
+        census.bytes += sum(int(x or 0) for x in extra)
+        return census
+
     async def hash_census(self, key: str) -> tuple[int, int]:
         """(entries, bytes) of one hash, its memory estimated by Redis from a sample."""
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -355,13 +573,38 @@ class Lists:
         return int(size), int(used or 0)
 
     async def legacy_keys(self) -> list[str]:
-        """Keys of the one-hash-per-list layout of earlier versions, which this one does
-        not read: a do-not-call list left there would be silently ignored."""
+        """Keys of the layouts of earlier versions, which this one does not read: the
+        one hash per list (a do-not-call list left there would be silently ignored), and
+        a consent or contract version in force kept as one hash (`number|principal` ->
+        text) rather than packed (its consents would read as missing)."""
         names = [self.keys.legacy(kind) for kind in ("dnc", "optout", "consent", "contract")]
+        for kind in HASH_KINDS:
+            names += [self.keys.one_hash(kind, v) for v in (await self.current(kind)).versions]
         found = await self._call(self._redis.exists(*names))
         if not found:
             return []
         return [name for name in names if await self._call(self._redis.exists(name))]
+
+    async def listpack_limits(self) -> tuple[int, int]:
+        """(entries, value bytes) a hash keeps in the listpack encoding here, at most
+        packed.MAX_ENTRIES entries: Redis's `hash-max-listpack-*` (`hash-max-ziplist-*`
+        before Redis 7), its defaults (128, 64) when it refuses CONFIG."""
+        entries, value = DEFAULT_ENTRIES, DEFAULT_VALUE_BYTES
+        try:
+            for name in ("ziplist", "listpack"):  # Redis 7 answers both: the newer wins
+                reply = await self._redis.config_get(f"hash-max-{name}-*")
+                entries = int(reply.get(f"hash-max-{name}-entries") or entries)
+                value = int(reply.get(f"hash-max-{name}-value") or value)
+        except (RedisError, OSError, ValueError):
+            return DEFAULT_ENTRIES, DEFAULT_VALUE_BYTES
+        return max(1, min(entries, MAX_ENTRIES)), max(0, value)
+
+    async def principal_ids(self, names: Sequence[str]) -> list[int]:
+        """The ids of principals (validated names), given now to those never met."""
+        if not names:
+            return []
+        ids = await self._call(self._principal_ids(keys=[self.keys.principals], args=names))
+        return [int(i) for i in ids]
 
     # --- building -------------------------------------------------------------------------
 
@@ -407,11 +650,7 @@ class Lists:
     async def release(self, kind: str, version: str) -> None:
         """Forget the build of `version` (swapped in or freed) and give the lock back."""
         await self._call(self._redis.srem(self.keys.building, f"{kind}:{version}"))
-        await self._call(self._redis.unlink(self.keys.seen(version)))
         await self._call(self._unlock(keys=[self.keys.lock(kind)], args=[version]))
-
-    async def hash_size(self, kind: str, version: str) -> int:
-        return int(await self._call(self._redis.hlen(self.keys.hash(kind, version))))
 
     async def write(self, base: str, buckets: Buckets, limit: int = INTSET_LIMIT) -> int:
         """Write gathered buckets into a version; how many numbers were new there.
@@ -443,20 +682,24 @@ class Lists:
         if reasons:
             await self._call(self._redis.hset(base + WHY, mapping=cast(Any, reasons)))
 
-    async def merge_consents(self, key: str, fields: Sequence[tuple[str, str]]) -> int:
-        if not fields:
-            return 0
-        args = [value for pair in fields for value in pair]
-        return int(await self._call(self._consent_merge(keys=[key], args=args)))
-
-    async def merge_contracts(
-        self, key: str, lock_version: str, fields: Sequence[tuple[str, str]]
-    ) -> int:
-        if not fields:
-            return 0
-        args = [value for pair in fields for value in pair]
-        keys = [key, self.keys.seen(lock_version)]
-        return int(await self._call(self._contract_merge(keys=keys, args=args)))
+    async def write_packed(
+        self, base: str, gathered: Gathered, limits: tuple[int, int]
+    ) -> tuple[int, int]:
+        """Write gathered consents or contracts into a version: (entries written, entries
+        new there). Two writes in flight, as `write`."""
+        sha = await self._call(self._redis.script_load(_PACKED_WRITE))
+        head = (
+            base.encode(),
+            str(limits[0]).encode(),
+            str(limits[1]).encode(),
+            gathered.kind.encode(),
+        )
+        commands = (
+            resp.evalsha(_text(sha), head, count, arguments)
+            for count, arguments in gathered.writes()
+        )
+        replies = await self._call(wire.pipelined(self._redis, commands, in_flight=2))
+        return sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies)
 
     async def remove_dnc(
         self,
@@ -513,25 +756,31 @@ class Lists:
         """Delete one version a few hundred small keys at a time (UNLINK: a big hash is
         freed by a background thread), so Redis never stalls on it."""
         if kind in HASH_KINDS:
-            await self._call(self._redis.unlink(self.keys.hash(kind, version)))
+            # And the one hash an earlier version kept it in (docs/data-model.md).
+            await self._call(self._redis.unlink(self.keys.one_hash(kind, version)))
+            base = self.keys.packed(kind, version)
+            await self._free_buckets(base, _packed_keys)
+            await self._call(self._redis.unlink(base + INDEX, base + OVERFLOW))
             return
         for base in self.keys.bases(kind, version):
-            index = base + INDEX
-            while True:
-                # A bucket leaves the index only once its keys are gone: stopped half-way,
-                # a later free finds what is left.
-                buckets = await self._call(self._redis.srandmember(index, _FREE_CHUNK))
-                if not buckets:
-                    break
-                names = [_text(b) for b in buckets]
-                await self._call(
-                    self._redis.unlink(
-                        *(bucket_set(base, b) for b in names),
-                        *(bucket_bitmap(base, b) for b in names),
-                    )
-                )
-                await self._call(self._redis.srem(index, *names))
-            await self._call(self._redis.unlink(index, base + WHY))
+            await self._free_buckets(base, _dense_keys)
+            await self._call(self._redis.unlink(base + INDEX, base + WHY))
+
+    async def _free_buckets(
+        self, base: str, keys_of: Callable[[str, str], tuple[str, ...]]
+    ) -> None:
+        index = base + INDEX
+        while True:
+            # A bucket leaves the index only once its keys are gone: stopped half-way, a
+            # later free finds what is left.
+            buckets = await self._call(self._redis.srandmember(index, _FREE_CHUNK))
+            if not buckets:
+                break
+            names = [_text(b) for b in buckets]
+            await self._call(
+                self._redis.unlink(*(k for name in names for k in keys_of(base, name)))
+            )
+            await self._call(self._redis.srem(index, *names))
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -542,3 +791,11 @@ class Lists:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _packed_keys(base: str, bucket: str) -> tuple[str, ...]:
+    return (base + bucket,)
+
+
+def _dense_keys(base: str, bucket: str) -> tuple[str, ...]:
+    return (bucket_set(base, bucket), bucket_bitmap(base, bucket))

@@ -13,17 +13,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from dialguard.import_files import Chunk
+from dialguard.import_files import Chunk, consent_entry, contract_entry
 from dialguard.store.buckets import INTSET_LIMIT, MAX_GATHERED, Buckets
-from dialguard.store.facts import encode_consent, encode_contract
-from dialguard.store.keys import CLEAR, LISTED
+from dialguard.store.errors import OldLayout
+from dialguard.store.keys import CLEAR, HASH_KINDS, LISTED
 from dialguard.store.lists import Lists
+from dialguard.store.packed import (
+    DEFAULT_ENTRIES,
+    DEFAULT_VALUE_BYTES,
+    Gathered,
+)
 
 __all__ = ["LIST_OF_KIND", "MODES", "Loader", "Summary", "load"]
 
 MODES = ("replace", "add", "remove")
 # Import kind -> the list it feeds.
 LIST_OF_KIND = {"dnc": "dnc", "bloctel": "optout", "consent": "consent", "contract": "contract"}
+# Consents or contracts gathered before they are written (~30 bytes each here): a file of
+# up to this many goes out once, at the end, each bucket in one command. A bigger one is
+# written in parts, each merged into what the earlier ones wrote (more work for Redis).
+MAX_PACKED = 12_000_000
 
 
 @dataclass
@@ -80,14 +89,30 @@ class Loader:
         self._swapped = False
         # Dense lists gather numbers per bucket and write them out in bulk.
         self._gathered = {"dnc": Buckets(), LISTED: Buckets(), CLEAR: Buckets()}
-        self._counts = {"changed": 0, "rows": 0, "listed": 0, "clear": 0, "removed": 0}
+        self._counts = {"changed": 0, "rows": 0, "listed": 0, "clear": 0, "removed": 0, "new": 0}
+        # Consents and contracts: packed per bucket (store/packed.py).
+        self._limits = (DEFAULT_ENTRIES, DEFAULT_VALUE_BYTES)
+        self._packed = Gathered(self.list if self.list in HASH_KINDS else "consent")
+        self._principal_ids: dict[str, int] = {}
 
     async def open(self) -> None:
         self._limit = await self._lists.intset_limit(self._limit)
+        if self.list in HASH_KINDS:
+            self._limits = await self._lists.listpack_limits()
+            self._packed = Gathered(self.list, self._limits[1])
         self._lock_version = await self._lists.acquire(self.list)
         current = await self._lists.current(self.list)
         self._previous, self._meta = current.versions, current.meta
         in_place = self.mode != "replace" and self.list != "optout" and current.versions
+        if in_place and self.list in HASH_KINDS:
+            old = [k for k in await self._lists.legacy_keys() if k.endswith(current.versions[0])]
+            if old:
+                await self._lists.release(self.list, self._lock_version)
+                raise OldLayout(
+                    f"the {self.list} list in force is kept in the layout of an earlier"
+                    f" version ({old[0]}): load it whole with --replace first"
+                    " (docs/data-model.md, Upgrading)"
+                )
         if in_place:
             self.target = current.versions[0]
         elif self.mode == "remove":
@@ -140,23 +165,45 @@ class Loader:
             await self.feed_keys([row.key for row in rows])
         elif self.kind == "consent":
             self._counts["rows"] += len(rows)
-            fields = [encode_consent(row) for row in rows]
-            key = lists.keys.hash("consent", self.target)
-            self._counts["changed"] += await lists.merge_consents(key, fields)
+            # A file's chunks come as entries already; rows from a program may not.
+            entries = rows if type(rows[0]) is tuple else [consent_entry(row) for row in rows]
+            ids = await self._ids({entry[1] for entry in entries})
+            self._packed.add_consents(entries, ids)
             await self._after_feed()
         else:
             self._counts["rows"] += len(rows)
-            fields = [encode_contract(row) for row in rows]
-            key = lists.keys.hash("contract", self.target)
-            self._counts["changed"] += await lists.merge_contracts(key, self._lock_version, fields)
+            contracts = rows if type(rows[0]) is tuple else [contract_entry(r) for r in rows]
+            ids = await self._ids({entry[1] for entry in contracts})
+            self._packed.add_contracts(contracts, ids)
             await self._after_feed()
+
+    async def _ids(self, principals: set[str]) -> dict[str, int]:
+        """The ids of principals (store/packed.py), asked of Redis once per import."""
+        known = self._principal_ids
+        new = sorted(principals - known.keys())
+        if new:
+            known.update(zip(new, await self._lists.principal_ids(new), strict=True))
+        return known
 
     async def _after_feed(self) -> None:
         if sum(len(b) for b in self._gathered.values()) >= MAX_GATHERED:
             await self._write_gathered()
+        if len(self._packed) >= MAX_PACKED:
+            await self._write_packed()
         await self._lists.renew(self.list, self._lock_version)
 
+    async def _write_packed(self) -> None:
+        if not len(self._packed):
+            return
+        base = self._lists.keys.packed(self.list, self.target)
+        written, new = await self._lists.write_packed(base, self._packed, self._limits)
+        self._counts["new"] += new
+        # Consents: a row older than the consent kept for its pair changes nothing.
+        # Contracts: every row is written (the file holds each pair's whole set).
+        self._counts["changed"] += written if self.kind == "consent" else 0
+
     async def _write_gathered(self) -> None:
+        await self._write_packed()
         lists = self._lists
         for part, buckets in self._gathered.items():
             if not buckets:
@@ -179,6 +226,8 @@ class Loader:
         lists = self._lists
         counts = self._counts
         await self._write_gathered()
+        if self.kind == "contract":
+            counts["changed"] = counts["rows"]
         summary = Summary(self.kind, self.mode, rows=counts["rows"], changed=counts["changed"])
         announced = False
 
@@ -271,9 +320,9 @@ class Loader:
             await self._lists.release(self.list, self._lock_version)
 
     async def _size(self, meta: dict[str, Any]) -> int:
-        if self.list in ("consent", "contract"):
-            return await self._lists.hash_size(self.list, self.target)
         before = 0 if self.building else int(meta.get("size", 0))
+        if self.list in HASH_KINDS:
+            return before + self._counts["new"]
         if self.mode == "remove":
             return max(before - self._counts["removed"], 0)
         return before + self._counts["changed"]

@@ -27,16 +27,19 @@ from dialguard.store.errors import StoreUnavailable
 from dialguard.store.facts import (
     FACTS,
     MAX_BATCH,
+    SHARED_KEYS,
     Batcher,
     FactsRequest,
     Metas,
     decode_batch,
     encode_dnc,
+    encode_live_consent,
     facts_formats,
     ms,
 )
 from dialguard.store.keys import Keys
 from dialguard.store.lists import Lists
+from dialguard.store.replies import Replies
 from dialguard.telemetry import Telemetry
 
 __all__ = ["APPLIED_KEPT_DAYS", "MAX_PENDING_CANCELS", "RELEASE_LINGER_S", "Store"]
@@ -114,6 +117,75 @@ redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[6])
 return 1
 """
+# A consent added live: the pair keeps the consent given last (its value starts with its
+# given-at ms; two given at the same instant: the greater value, so that the order they
+# are applied in never matters). KEYS: the live consents, the applied marks. ARGV: the
+# pair, the value, its given-at ms, the change's id, now and the oldest mark to keep.
+_ADD_CONSENT = """
+if redis.call('ZSCORE', KEYS[2], ARGV[4]) then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+  return 0
+end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local given = old and tonumber(string.match(old, '^(-?%d+)|'))
+local changed = 0
+if not given or given < tonumber(ARGV[3]) or (given == tonumber(ARGV[3]) and old < ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  changed = 1
+end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[6])
+return changed
+"""
+# A contract added or ended live. The pair's value is a JSON object: contract id ->
+# [sector, start, end, add ms, last day, end ms] (strings; '0': none). An add replaces the
+# add part if recorded later than the one kept, an end the end part: either order of
+# application ends the same (store.facts.merge_contracts reads the two parts together).
+# KEYS: the live contracts, the applied marks. ARGV: the pair, the contract id, 'add' or
+# 'end', the sector, start, end (add) or the last day (end), the change's ms, its id, now
+# and the oldest mark to keep.
+_CONTRACT = """
+if redis.call('ZSCORE', KEYS[2], ARGV[8]) then
+  redis.call('ZADD', KEYS[2], ARGV[9], ARGV[8])
+  return 0
+end
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local all = raw and cjson.decode(raw) or {}
+local item = all[ARGV[2]] or {'', '', '', '0', '', '0'}
+local at = tonumber(ARGV[7])
+local changed = 0
+if ARGV[3] == 'add' and tonumber(item[4]) <= at then
+  item[1], item[2], item[3], item[4] = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+  changed = 1
+elseif ARGV[3] == 'end' and tonumber(item[6]) <= at then
+  item[5], item[6] = ARGV[6], ARGV[7]
+  changed = 1
+end
+all[ARGV[2]] = item
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(all))
+redis.call('ZADD', KEYS[2], ARGV[9], ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[10])
+return changed
+"""
+# A principal's own do-not-call taken off (the removal of a `_ADD_DNC` made with a
+# principal), unless the entry is newer than the removal. KEYS: the principals' hash, the
+# applied marks. ARGV: the number|principal field, the change's ms, its id, now and the
+# oldest mark to keep.
+_REMOVE_PRINCIPAL_DNC = """
+if redis.call('ZSCORE', KEYS[2], ARGV[3]) then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  return 0
+end
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
+local added = entry and tonumber(string.match(entry, '^(%d+)|'))
+local removed = 0
+if entry and not (added and added > tonumber(ARGV[2])) then
+  removed = redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+return removed
+"""
 # Applied marks outlive any pending change the service looks for (PENDING_DAYS).
 APPLIED_KEPT_DAYS = 35
 
@@ -144,12 +216,18 @@ class Store:
         self._cancel = client.register_script(_CANCEL)
         self._latest = client.register_script(_LATEST)
         self._add_dnc = client.register_script(_ADD_DNC)
+        self._add_consent = client.register_script(_ADD_CONSENT)
+        self._contract = client.register_script(_CONTRACT)
+        self._remove_principal_dnc = client.register_script(_REMOVE_PRINCIPAL_DNC)
         self._to_cancel: dict[tuple[str, str], float] = {}  # (attempts key, id) -> since
         self._canceller: asyncio.Task[None] | None = None
         self.lists = Lists(client, self.keys)
+        self.replies = Replies(client, self.keys)
         keys = self.keys
         self._shared_keys = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal]
-        self._shared_keys.append(keys.cancelled)
+        self._shared_keys += (keys.cancelled, keys.consent_live, keys.contract_live)
+        self._shared_keys += (keys.principals, keys.dnc_principal)
+        assert len(self._shared_keys) == SHARED_KEYS
         # Many numbers at once, read only (a scrub).
         self.bulk = BulkFacts(client, keys)
         self._formats: list[str | int] = list(facts_formats(keys))
@@ -206,6 +284,19 @@ class Store:
     async def live_dnc_census(self) -> tuple[int, int]:
         """(entries, bytes) of the live do-not-call entries."""
         return await self.lists.hash_census(self.keys.dnc_live)
+
+    async def live_census(self, kind: str) -> tuple[int, int]:
+        """(entries, bytes) of what was added live to `kind` (dnc, consent, contract)."""
+        key = {
+            "dnc": self.keys.dnc_live,
+            "consent": self.keys.consent_live,
+            "contract": self.keys.contract_live,
+        }[kind]
+        return await self.lists.hash_census(key)
+
+    async def principal_dnc_census(self) -> tuple[int, int]:
+        """(entries, bytes) of the principals' own do-not-call entries."""
+        return await self.lists.hash_census(self.keys.dnc_principal)
 
     @staticmethod
     def _pair(number: Number, principal: str) -> str:
@@ -407,30 +498,63 @@ class Store:
         keys = self.keys
         now_ms = int(time.time() * 1000)
         oldest = now_ms - APPLIED_KEPT_DAYS * 86_400_000
+        # A principal's own do-not-call lives beside the company's list, never in it.
+        scope = change.dnc_scope
+        scoped = f"{change.number_key}|{scope}"
         try:
+            if change.kind is ChangeKind.DNC_REMOVE and scope:
+                args: list[str | int] = [scoped, change.ts_ms, change.id, now_ms, oldest]
+                removed = await self._remove_principal_dnc(
+                    keys=[keys.dnc_principal, keys.applied], args=args, client=client
+                )
+                return bool(removed)
             if change.kind is ChangeKind.DNC_REMOVE:
                 mark = (change.id, change.ts_ms, now_ms, oldest)
                 return await self.lists.remove_dnc(change.number_key, mark, client)
             if change.adds_dnc:
                 entry = f"{change.ts_ms}|{change.why}"
-                args: list[str | int] = [
-                    change.number_key,
+                args = [
+                    scoped if scope else change.number_key,
                     entry,
                     change.ts_ms,
                     change.id,
                     now_ms,
                     oldest,
                 ]
-                added = await self._add_dnc(
-                    keys=[keys.dnc_live, keys.applied], args=args, client=client
-                )
+                where = keys.dnc_principal if scope else keys.dnc_live
+                added = await self._add_dnc(keys=[where, keys.applied], args=args, client=client)
                 return bool(added)
+            pair = f"{change.number_key}|{change.principal}"
             if change.withdraws:
                 hashes = [keys.refusal, keys.withdrawal] if change.refuses else [keys.withdrawal]
-                pair = f"{change.number_key}|{change.principal}"
                 args = [pair, change.ts_ms, change.id, now_ms, oldest]
                 latest = await self._latest(keys=[*hashes, keys.applied], args=args, client=client)
                 return bool(latest)
+            if change.kind is ChangeKind.CONSENT_ADD:
+                value = encode_live_consent(change.given_ms, change.expires_ms, change.proof_ref)
+                args = [pair, value, change.given_ms, change.id, now_ms, oldest]
+                added = await self._add_consent(
+                    keys=[keys.consent_live, keys.applied], args=args, client=client
+                )
+                return bool(added)
+            if change.kind in (ChangeKind.CONTRACT_ADD, ChangeKind.CONTRACT_END):
+                adds = change.kind is ChangeKind.CONTRACT_ADD
+                args = [
+                    pair,
+                    change.contract_id,
+                    "add" if adds else "end",
+                    change.sector,
+                    change.start,
+                    change.end,
+                    change.ts_ms,
+                    change.id,
+                    now_ms,
+                    oldest,
+                ]
+                kept = await self._contract(
+                    keys=[keys.contract_live, keys.applied], args=args, client=client
+                )
+                return bool(kept)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
         raise ValueError(f"change {change.id}: nothing to apply for {change.kind}")

@@ -1,0 +1,394 @@
+"""Consents and contracts packed into small hashes (pure: no I/O).
+
+A consent or contract is kept per number and principal, in a hash of the numbers that
+share every digit but the last TOP_LEVEL ("a bucket"): the field is the principal's id
+and the number's last digits as one integer (Redis stores it as a 1-4 byte integer), the
+value a few packed bytes. Small hashes stay in Redis's listpack encoding, ~30 bytes an
+entry where a hash field `number|principal` and a text value cost ~120 (docs/data-model.md
+gives the figures).
+
+- A bucket never holds more than the listpack's entry limit (`hash-max-listpack-entries`,
+  and at most MAX_ENTRIES): past it Redis would turn it silently into a hashtable of
+  ~100 bytes an entry, and a lookup in a long listpack is a linear scan. A bucket that
+  would grow past it is **split** into ten buckets one digit longer, and keeps only the
+  SPLIT field to say so; a lookup walks down from the top bucket (one HMGET per level).
+- A value longer than the listpack's value limit (`hash-max-listpack-value`, 64 bytes by
+  default: a consent with a proof reference over ~50 characters, a pair with several
+  contracts) is kept whole in the version's overflow hash, the bucket holding STUB.
+
+Values (big-endian; instants in whole seconds since 1969-12-31, dates in days since
+1970-01-01):
+
+- consent: a flags byte (EXPIRES: an expiry follows; WIDE: instants on 5 bytes, for
+  those after 2106), given-at, [expires-at], then the proof reference (UTF-8).
+- contracts of a pair, one after the other: a flags byte (the sector's index in
+  SECTORS, HAS_END), start (3 bytes), [end (3 bytes)], the id's length (1 byte; LONG_ID:
+  on the next two), the id (UTF-8).
+
+The Lua side (the write script in store/lists.py, the lookup in store/facts.py) reads
+these constants from LUA_PACKED.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, date, datetime, timedelta
+
+from dialguard.import_files import ConsentEntry, ContractEntry
+from dialguard.model import Consent, Contract, Sector
+from dialguard.store.resp import bulk
+
+__all__ = [
+    "LUA_PACKED",
+    "MAX_ENTRIES",
+    "SECTORS",
+    "SPLIT",
+    "STUB",
+    "TOP_LEVEL",
+    "Gathered",
+    "bucket_name",
+    "pack_consent",
+    "pack_contract",
+    "pack_contract_fields",
+    "unpack_consent",
+    "unpack_contracts",
+]
+
+# A top bucket holds 10**TOP_LEVEL numbers: at ten million French mobile consents (5 %
+# of the 200 M numbers of 06 and 07), ~50 entries a bucket, ~200,000 buckets.
+TOP_LEVEL = 3
+# Entries a bucket holds at most, whatever Redis allows: a lookup scans the listpack
+# (~7 ns an entry), and Redis's default (128) keeps it under a microsecond.
+MAX_ENTRIES = 128
+# Redis's defaults, used when CONFIG GET is refused (the ACL of docs/operations.md).
+DEFAULT_ENTRIES = 128
+DEFAULT_VALUE_BYTES = 64
+SPLIT = "s"  # the one field of a bucket that was split
+STUB = b"\x80"  # the value of an entry kept whole in the overflow hash
+
+SECTORS = tuple(Sector)
+_SECTOR_INDEX = {sector: i for i, sector in enumerate(SECTORS)}
+EXPIRES, WIDE = 1, 2
+HAS_END = 8
+LONG_ID = 255  # an id's length byte: the length is on the next two
+_NARROW = 1 << 32  # seconds that fit 4 bytes: up to 2106-02-06
+# Instants are kept from a day before 1970: midnight of 1970-01-01 in Paris (the first
+# instant imports accept) is before 1970 in UTC.
+_BIAS_S = 86_400
+_GIVEN = struct.Struct(">BI")
+_GIVEN_EXPIRES = struct.Struct(">BII")
+_DAYS = struct.Struct(">I")  # the last three bytes: a day
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+LUA_PACKED = (
+    f"local TOP, SPLIT, STUB = {TOP_LEVEL}, '{SPLIT}', '\\128'\n"
+    f"local EXPIRES, WIDE, HAS_END, LONG_ID = {EXPIRES}, {WIDE}, {HAS_END}, {LONG_ID}\n"
+)
+
+
+def bucket_name(level: int, number_key: str) -> str:
+    """The bucket (its key's last part) holding `number_key` at `level`: the level's
+    digit, then every digit of the number but the last `level`."""
+    return f"{level}{number_key[: len(number_key) - level]}"
+
+
+# --- values -----------------------------------------------------------------------------
+
+
+def pack_consent(given_ms: int, expires_ms: int, proof_ref: str) -> bytes:
+    """A consent's value. Instants are kept to the second, rounded down: a consent then
+    reads as given (and expiring) up to a second earlier, never later."""
+    given = given_ms // 1000 + _BIAS_S
+    expires = expires_ms // 1000 + _BIAS_S
+    if given < _NARROW and expires < _NARROW:
+        flags, width = 0, 4
+    else:
+        flags, width = WIDE, 5
+    head = given.to_bytes(width, "big")
+    if expires_ms:
+        flags |= EXPIRES
+        head += expires.to_bytes(width, "big")
+    return bytes((flags,)) + head + proof_ref.encode("utf-8")
+
+
+def unpack_consent(value: bytes) -> Consent:
+    """ValueError for bytes no version of pack_consent wrote (a value set by hand)."""
+    flags = value[0]
+    width = 5 if flags & WIDE else 4
+    if flags & ~(EXPIRES | WIDE) or len(value) <= 1 + width * (1 + (flags & EXPIRES)):
+        raise ValueError(f"not a packed consent: {value[:16]!r}")
+    given = int.from_bytes(value[1 : 1 + width], "big") - _BIAS_S
+    at = 1 + width
+    expires = None
+    if flags & EXPIRES:
+        seconds = int.from_bytes(value[at : at + width], "big") - _BIAS_S
+        expires = _EPOCH + timedelta(seconds=seconds)
+        at += width
+    return Consent(
+        given_at=_EPOCH + timedelta(seconds=given),
+        expires_at=expires,
+        proof_ref=value[at:].decode("utf-8"),
+    )
+
+
+def pack_contract(contract: Contract) -> bytes:
+    """One contract of a pair's value."""
+    return pack_contract_fields(contract.contract_id, contract.sector, contract.start, contract.end)
+
+
+def pack_contract_fields(contract_id: str, sector: Sector, start: date, end: date | None) -> bytes:
+    ident = contract_id.encode("utf-8")
+    flags = _SECTOR_INDEX[sector]
+    days = _DAYS.pack(start.toordinal() - _EPOCH_DAY)[1:]
+    if end is not None:
+        flags |= HAS_END
+        days += _DAYS.pack(end.toordinal() - _EPOCH_DAY)[1:]
+    if len(ident) < LONG_ID:
+        return bytes((flags, *days, len(ident))) + ident
+    # 200 characters of UTF-8 may take up to 800 bytes.
+    return bytes((flags, *days, LONG_ID)) + len(ident).to_bytes(2, "big") + ident
+
+
+def unpack_contracts(value: bytes) -> tuple[Contract, ...]:
+    """ValueError for bytes no version of pack_contract wrote (a value set by hand)."""
+    found: list[Contract] = []
+    at = 0
+    while at < len(value):
+        flags = value[at]
+        if flags & ~(HAS_END | 7) or flags & 7 >= len(SECTORS) or len(value) < at + 5:
+            raise ValueError(f"not packed contracts: {value[:16]!r}")
+        start = date.fromordinal(_EPOCH_DAY + int.from_bytes(value[at + 1 : at + 4], "big"))
+        at += 4
+        end = None
+        if flags & HAS_END:
+            end = date.fromordinal(_EPOCH_DAY + int.from_bytes(value[at : at + 3], "big"))
+            at += 3
+        size, at = _id_size(value, at)
+        if at + size > len(value):
+            raise ValueError(f"not packed contracts: {value[:16]!r}")
+        ident = value[at : at + size].decode("utf-8")
+        at += size
+        found.append(Contract(ident, SECTORS[flags & 7], start, end))
+    return tuple(found)
+
+
+def _id_size(value: bytes, at: int) -> tuple[int, int]:
+    """The length of the id whose length starts at `at`, and where the id starts."""
+    if value[at] < LONG_ID:
+        return value[at], at + 1
+    return int.from_bytes(value[at + 1 : at + 3], "big"), at + 3
+
+
+def _contract_items(value: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(id, item bytes) of each contract of a value."""
+    at = 0
+    while at < len(value):
+        size, ident = _id_size(value, at + (7 if value[at] & HAS_END else 4))
+        yield value[ident : ident + size], value[at : ident + size]
+        at = ident + size
+
+
+def merge_contract_values(old: bytes, new: bytes) -> bytes:
+    """`new`'s contracts added to `old`'s: one with the same id replaces it."""
+    items = dict(_contract_items(old))
+    items.update(_contract_items(new))
+    return b"".join(items.values())
+
+
+def _given(value: bytes) -> int:
+    width = 5 if value[0] & WIDE else 4
+    return int.from_bytes(value[1 : 1 + width], "big")
+
+
+# --- gathering an import ------------------------------------------------------------------
+
+# What the write script is told about a bucket's entries (see Gathered.writes).
+PLAIN, OPS = b"N", b"X"
+# Per entry of an OPS bucket: merge by given-at (consents), replace the pair's contracts
+# (the first row of a pair this import meets), add to them (its next rows).
+MERGE, REPLACE, ADD = b"M", b"R", b"A"
+_PLAIN_BULK = bulk(PLAIN)
+_OPS_BULK = bulk(OPS)
+# Work per write: ~1 ms of Redis (an entry costs ~0.2 µs written to a new bucket, a
+# bucket a few µs); lookups keep going between writes.
+_WRITE_ENTRIES = 4_000
+_BUCKET_WEIGHT = 10
+
+
+class Gathered:
+    """An import's consents or contracts, gathered per top bucket, then written in the
+    fewest commands (pure: the commands are bytes in Redis's wire format).
+
+    Per bucket (the number's digits but the last TOP_LEVEL, as text): its entries already
+    encoded as the write script's arguments (field and value), and their fields apart
+    (an array of integers: a repeated pair is found without decoding anything). Ten
+    million entries take ~40 bytes each here. The field of each principal and last digits
+    is encoded once (`_fields_of`): at ten million rows, each step of the inner loop
+    shows."""
+
+    def __init__(self, kind: str, value_limit: int = DEFAULT_VALUE_BYTES) -> None:
+        if kind not in ("consent", "contract"):
+            raise ValueError(kind)
+        self.kind = kind
+        self.value_limit = value_limit
+        self._buckets: dict[str, tuple[bytearray, array[int]]] = {}
+        self._long: set[str] = set()  # buckets with a value for the overflow hash
+        # Contracts: the fields each bucket sent in earlier writes of this import (a
+        # pair met again adds to what its first rows wrote, which replaced the pair).
+        self._sent: dict[str, set[int]] = {}
+        self._tables: dict[int, dict[str, tuple[bytes, int]]] = {}
+        self.entries = 0  # gathered since the last writes()
+        self.repeated = 0  # rows that met their pair again before it was written
+
+    def __len__(self) -> int:
+        return self.entries
+
+    def _fields_of(self, principal_id: int) -> dict[str, tuple[bytes, int]]:
+        """A principal's fields by the number's last digits: (encoded, integer)."""
+        table = self._tables.get(principal_id)
+        if table is None:
+            table = self._tables[principal_id] = {}
+            for offset in range(_TOP_SPAN):
+                field = principal_id * _TOP_SPAN + offset
+                table[f"{offset:0{TOP_LEVEL}d}"] = (bulk(b"%d" % field), field)
+        return table
+
+    def add_consents(self, rows: Iterable[ConsentEntry], ids: Mapping[str, int]) -> None:
+        """Gather consents (every principal in `ids`): the import's inner loop, so the
+        packing (pack_consent) is written out here."""
+        buckets, limit, long = self._buckets, self.value_limit, self._long
+        tables = {principal: self._fields_of(i) for principal, i in ids.items()}
+        narrow, bias, expiring = _NARROW, _BIAS_S, EXPIRES
+        head_of, both_of = _GIVEN.pack, _GIVEN_EXPIRES.pack
+        count = 0
+        for key, principal, given_ms, expires_ms, proof_ref in rows:
+            field, number = tables[principal][key[-TOP_LEVEL:]]
+            given = given_ms // 1000 + bias
+            if expires_ms:
+                expires = expires_ms // 1000 + bias
+                if given < narrow and expires < narrow:
+                    head = both_of(expiring, given, expires)
+                else:
+                    head = pack_consent(given_ms, expires_ms, "")
+            elif given < narrow:
+                head = head_of(0, given)
+            else:
+                head = pack_consent(given_ms, expires_ms, "")
+            proof = proof_ref.encode()
+            size = len(head) + len(proof)
+            bucket = key[:-TOP_LEVEL]
+            slot = buckets.get(bucket)
+            if slot is None:
+                slot = buckets[bucket] = (bytearray(), array("Q"))
+            slot[0].extend(b"%b$%d\r\n%b%b\r\n" % (field, size, head, proof))
+            slot[1].append(number)
+            if size > limit:
+                long.add(bucket)
+            count += 1
+        self.entries += count
+
+    def add_contracts(self, rows: Iterable[ContractEntry], ids: Mapping[str, int]) -> None:
+        """Gather contracts (every principal in `ids`), one row one contract."""
+        buckets, limit, long = self._buckets, self.value_limit, self._long
+        tables = {principal: self._fields_of(i) for principal, i in ids.items()}
+        pack = pack_contract_fields
+        count = 0
+        for key, principal, contract_id, sector, start, end in rows:
+            field, number = tables[principal][key[-TOP_LEVEL:]]
+            value = pack(contract_id, sector, start, end)
+            bucket = key[:-TOP_LEVEL]
+            slot = buckets.get(bucket)
+            if slot is None:
+                slot = buckets[bucket] = (bytearray(), array("Q"))
+            slot[0].extend(b"%b$%d\r\n%b\r\n" % (field, len(value), value))
+            slot[1].append(number)
+            if len(value) > limit:
+                long.add(bucket)
+            count += 1
+        self.entries += count
+
+    def add(self, number_key: str, principal_id: int, value: bytes) -> None:
+        field, number = self._fields_of(principal_id)[number_key[-TOP_LEVEL:]]
+        bucket = number_key[:-TOP_LEVEL]
+        slot = self._buckets.get(bucket)
+        if slot is None:
+            slot = self._buckets[bucket] = (bytearray(), array("Q"))
+        slot[0].extend(b"%b$%d\r\n%b\r\n" % (field, len(value), value))
+        slot[1].append(number)
+        if len(value) > self.value_limit:
+            self._long.add(bucket)
+        self.entries += 1
+
+    def writes(self) -> Iterator[tuple[int, bytes]]:
+        """The write script's arguments after its head, ~_WRITE_ENTRIES entries per
+        write: (how many, the bytes). Empties self."""
+        parts: list[bytes] = []
+        count = weight = 0
+        contracts = self.kind == "contract"
+        for bucket, (encoded, fields) in self._buckets.items():
+            sent = self._sent.get(bucket) if contracts else None
+            name = bulk(f"{TOP_LEVEL}{bucket}".encode())
+            if sent or bucket in self._long or len(set(fields)) != len(fields):
+                pairs = self._resolved(encoded, sent)
+                parts += (name, _OPS_BULK, bulk(b"%d" % len(pairs)))
+                for field, op, value in pairs:
+                    parts += (bulk(b"%d" % field), bulk(op + value))
+                size = len(pairs)
+            else:
+                parts += (name, _PLAIN_BULK, bulk(b"%d" % len(fields)), bytes(encoded))
+                size = len(fields)
+            if contracts:
+                self._sent.setdefault(bucket, set()).update(fields)
+            count += 3 + 2 * size
+            weight += size + _BUCKET_WEIGHT
+            if weight >= _WRITE_ENTRIES:
+                yield count, b"".join(parts)
+                parts, count, weight = [], 0, 0
+        if parts:
+            yield count, b"".join(parts)
+        self._buckets, self._long, self.entries = {}, set(), 0
+
+    def _resolved(
+        self, encoded: bytearray, sent: set[int] | None
+    ) -> list[tuple[int, bytes, bytes]]:
+        """A bucket's entries one per pair, each with its operation: the slow way, for a
+        bucket with a repeated pair, a long value, or pairs an earlier write sent."""
+        kept: dict[int, bytes] = {}
+        for field, value in _decoded(encoded):
+            old = kept.get(field)
+            if old is None:
+                kept[field] = value
+                continue
+            self.repeated += 1
+            if self.kind == "contract":
+                kept[field] = merge_contract_values(old, value)
+            elif _given(value) >= _given(old):  # given at the same instant: the later row
+                kept[field] = value
+        if self.kind == "consent":
+            return [(field, MERGE, value) for field, value in kept.items()]
+        return [
+            (field, ADD if sent and field in sent else REPLACE, value)
+            for field, value in kept.items()
+        ]
+
+
+_TOP_SPAN = 10**TOP_LEVEL
+
+
+def _decoded(encoded: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
+    """The (field, value) pairs of a bucket's encoded entries."""
+    at = 0
+    view = bytes(encoded)
+    while at < len(view):
+        end = view.index(b"\r\n", at)
+        size = int(view[at + 1 : end])
+        field = int(view[end + 2 : end + 2 + size])
+        at = end + 2 + size + 2
+        end = view.index(b"\r\n", at)
+        size = int(view[at + 1 : end])
+        value = view[end + 2 : end + 2 + size]
+        at = end + 2 + size + 2
+        yield field, value

@@ -1,0 +1,274 @@
+"""Consents and contracts packed in Redis (store/packed.py) against a real Redis: every
+field form an import takes reads back as the decision reads it, buckets stay listpacks
+whatever Redis's limits, live changes still win over an imported version, and a list
+kept in the layout of an earlier version is never silently ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from dialguard.changes import Change, ChangeKind
+from dialguard.import_files import ConsentRow, ContractRow
+from dialguard.model import Contract, Sector
+from dialguard.numbers import normalise
+from dialguard.store import OldLayout, Store, loading
+from dialguard.store.keys import Keys
+from dialguard.store.loading import load
+from dialguard.store.packed import SPLIT, STUB
+from tests.redis_server import RedisServer
+from tests.test_cli import CONSENT_HEADER, Cli, decision, ok, one_line_error
+
+PREFIX = "dialguard:"
+KEYS = Keys(PREFIX)
+PARIS = ZoneInfo("Europe/Paris")
+NOW = datetime(2026, 12, 1, 10, 30, tzinfo=PARIS)
+
+
+@pytest.fixture
+def cli(tmp_path: Path, clean_redis: RedisServer) -> Cli:
+    return Cli(tmp_path, clean_redis.url)
+
+
+@pytest.fixture
+async def store(clean_redis: RedisServer) -> AsyncIterator[Store]:
+    opened = Store.from_url(clean_redis.admin_url, PREFIX, 5000)
+    yield opened
+    await opened.close()
+
+
+@contextmanager
+def listpack_limits(server: RedisServer, entries: int, value: int) -> Iterator[None]:
+    """This Redis configured to keep smaller hashes as listpacks, for the test."""
+    client = redis.Redis.from_url(server.admin_url)
+    saved = client.config_get("hash-max-listpack-*")
+    client.config_set("hash-max-listpack-entries", entries)
+    client.config_set("hash-max-listpack-value", value)
+    try:
+        yield
+    finally:
+        for name, setting in saved.items():
+            client.config_set(str(name), str(setting))
+        client.close()
+
+
+async def packed_keys(client: aioredis.Redis, kind: str, version: str) -> dict[str, bytes]:
+    """Every bucket of a version and its encoding."""
+    base = KEYS.packed(kind, version)
+    found: dict[str, bytes] = {}
+    async for key in client.scan_iter(match=f"{base}*", count=1000):
+        name = key.decode()[len(base) :]
+        if name[:1].isdigit():
+            found[name] = await client.object("encoding", key)
+    return found
+
+
+def consent(key: str, days: int, proof: str, principal: str = "ACME") -> ConsentRow:
+    return ConsentRow(normalise("+" + key), principal, NOW - timedelta(days=days), None, proof)
+
+
+# --- every field form, through the CLI -------------------------------------------------------
+
+
+def test_an_import_of_consents_in_every_form_reads_back_as_written(cli: Cli) -> None:
+    long_proof = "https://crm.example.com/consents/2026/09/01/" + "a" * 60
+    lines = [
+        ("0612345601", "ACME", "2026-09-01", "", "date; no expiry"),
+        ("06 12 34 56 02", "ACME", "2026-09-01T12:30:00+02:00", "2027-09-01", "offset"),
+        ("+33612345603", "ACME", "2026-09-01T10:30:00Z", "2027-03-01T08:00:00Z", "utc"),
+        ("0033612345604", "ACME", "2026-09-01T12:30:00", "", "no offset: Paris time"),
+        ("0612345605", "ACME", "2026-09-01T12:30:00.999+02:00", "", "milliseconds"),
+        ("0612345606", "ACME", "2026-09-01", "", long_proof),
+        ("0612345607", "ACME", "2026-09-01", "", "preuve signée é"),
+        ("0612345608", "acme.fr", "2026-09-01", "", "another principal"),
+        ("0612345609", "ACME", '"2026-09-01"', "", '"quoted, with a comma"'),
+        ("0612345610", "ACME", " 2026-09-01 ", "", " spaces around "),
+        ("0692123456", "ACME", "2026-09-01", "", "Réunion"),
+        ("+4915112345678", "ACME", "2026-09-01", "", "German mobile"),
+    ]
+    body = "".join(",".join(fields) + "\n" for fields in lines)
+    ok(cli("import", "consent", cli.file("c.csv", CONSENT_HEADER + body), "--replace"))
+    expected = {
+        "0612345601": ("2026-08-31T22:00:00+00:00", None),
+        "06 12 34 56 02": ("2026-09-01T10:30:00+00:00", "2027-08-31T22:00:00+00:00"),
+        "+33612345603": ("2026-09-01T10:30:00+00:00", "2027-03-01T08:00:00+00:00"),
+        "0033612345604": ("2026-09-01T10:30:00+00:00", None),
+        "0612345605": ("2026-09-01T10:30:00+00:00", None),  # kept to the second
+    }
+    for number, principal, _, _, proof in lines:
+        if principal != "ACME":  # history reads the principals of the configuration
+            continue
+        # What Redis holds for the number now, as `audit history` shows it.
+        events = map(json.loads, ok(cli("audit", "history", number, "--json")).out.splitlines())
+        (held,) = [e for e in events if e.get("list") == "consent"]
+        assert held["principal"] == principal
+        assert held["proof_ref"] == proof.strip().strip('"'), number
+        if number in expected:
+            assert (held["given_at"], held["expires_at"]) == expected[number], number
+    status = map(json.loads, ok(cli("lists", "status", "--json")).out.splitlines())
+    (row,) = [row for row in status if row["list"] == "consent"]
+    assert row["entries"] == len(lines)
+
+
+# --- buckets: listpacks, split, overflow ------------------------------------------------------
+
+
+async def test_buckets_split_before_they_outgrow_a_listpack(
+    store: Store, redis_client: aioredis.Redis, clean_redis: RedisServer
+) -> None:
+    # 300 consents of one bucket (one thousand numbers), two principals: past the default
+    # 128 entries, the bucket splits one digit down, and further where needed.
+    rows = [consent(f"33612345{i:03d}", 30, f"p{i}") for i in range(0, 1000, 4)]
+    rows += [consent(f"33612345{i:03d}", 30, f"q{i}", "OTHER") for i in range(0, 200, 4)]
+    summary = await load(store.lists, "consent", rows, "replace")
+    assert summary.size == len(rows)
+    buckets = await packed_keys(redis_client, "consent", summary.version)
+    assert buckets["333612345"] == b"listpack"
+    assert await redis_client.hgetall(KEYS.packed("consent", summary.version) + "333612345") == {
+        SPLIT.encode(): b"1"
+    }
+    assert set(buckets.values()) == {b"listpack"}
+    assert {f"233612345{d}" for d in range(10)} <= set(buckets)  # ten a digit longer
+    for row in rows[::7]:
+        facts = await store.facts(row.number, row.principal, NOW, 30)
+        assert facts.consent is not None and facts.consent.proof_ref == row.proof_ref
+    absent = await store.facts(normalise("+33612345001"), "ACME", NOW, 30)
+    assert absent.consent is None
+    census = await store.lists.census("consent", summary.version)
+    assert census.entries == len(rows) and census.bitmaps >= 1  # split buckets counted
+
+
+async def test_buckets_follow_the_limits_of_this_redis(
+    store: Store, redis_client: aioredis.Redis, clean_redis: RedisServer
+) -> None:
+    with listpack_limits(clean_redis, entries=8, value=24):
+        rows = [consent(f"336123450{i:02d}", 30, f"p{i}") for i in range(40)]
+        rows.append(consent("33612345099", 30, "a proof reference longer than 24 bytes"))
+        summary = await load(store.lists, "consent", rows, "replace")
+        buckets = await packed_keys(redis_client, "consent", summary.version)
+        assert set(buckets.values()) == {b"listpack"}, buckets
+        base = KEYS.packed("consent", summary.version)
+        for name in buckets:
+            assert await redis_client.hlen(base + name) <= 8
+        # The long value: STUB in its bucket, the value in the overflow hash.
+        overflow = await redis_client.hgetall(base + "x")
+        assert list(overflow) == [b"33612345099|0"]
+        for row in rows:
+            facts = await store.facts(row.number, "ACME", NOW, 30)
+            assert facts.consent is not None and facts.consent.proof_ref == row.proof_ref
+        # An add merging into the split buckets, a shorter proof replacing the long one.
+        newer = [consent("33612345099", 1, "short"), consent("33612345003", 60, "older")]
+        await load(store.lists, "consent", newer, "add")
+        assert await redis_client.hlen(base + "x") == 0
+        facts = await store.facts(newer[0].number, "ACME", NOW, 30)
+        assert facts.consent is not None and facts.consent.proof_ref == "short"
+        facts = await store.facts(newer[1].number, "ACME", NOW, 30)
+        assert facts.consent is not None and facts.consent.proof_ref == "p3"  # given later
+        assert set((await packed_keys(redis_client, "consent", summary.version)).values()) == {
+            b"listpack"
+        }
+    assert STUB == b"\x80"
+
+
+async def test_an_import_written_in_parts_gives_what_one_write_gives(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loading, "MAX_PACKED", 3)
+    early, late = NOW - timedelta(days=40), NOW - timedelta(days=10)
+    number = normalise("0612345678")
+    rows = [
+        ConsentRow(number, "ACME", late, None, "late"),
+        *(consent(f"3361234500{i}", 30, f"p{i}") for i in range(5)),
+        ConsentRow(number, "ACME", early, None, "early"),  # a later write, an older consent
+    ]
+    summary = await load(store.lists, "consent", rows, "replace", chunk=2)
+    assert summary.size == 6
+    facts = await store.facts(number, "ACME", NOW, 30)
+    assert facts.consent is not None and facts.consent.proof_ref == "late"
+    # Contracts: a pair's rows in several writes are its whole set, the first replacing.
+    k1 = Contract("K-1", Sector.GENERAL, date(2025, 1, 1), None)
+    k2 = Contract("K-2", Sector.CPF, date(2025, 1, 1), None)
+    k3 = Contract("K-3", Sector.CPF, date(2025, 1, 1), None)
+    await load(store.lists, "contract", [ContractRow(number, "ACME", k3)], "replace")
+    spread = [ContractRow(number, "ACME", k1)]
+    spread += [ContractRow(normalise(f"+3361234500{i}"), "ACME", k1) for i in range(4)]
+    spread += [ContractRow(number, "ACME", k2)]
+    await load(store.lists, "contract", spread, "add", chunk=2)
+    assert (await store.facts(number, "ACME", NOW, 30)).contracts == (k1, k2)
+
+
+# --- live changes over an imported version -----------------------------------------------------
+
+
+async def test_live_consents_and_withdrawals_over_an_imported_version(store: Store) -> None:
+    rows = [consent(f"336123450{i:02d}", 30, f"file-{i}") for i in range(50)]
+    await load(store.lists, "consent", rows, "replace")
+    ms = int(NOW.timestamp() * 1000)
+    withdrawn = Change(
+        "w1", ms - 86_400_000, ChangeKind.CONSENT_WITHDRAW, rows[0].number.key, "ACME"
+    )
+    added = Change(
+        "a1",
+        ms,
+        ChangeKind.CONSENT_ADD,
+        rows[1].number.key,
+        "ACME",
+        given_ms=ms - 3_600_000,
+        proof_ref="live",
+    )
+    await store.apply(withdrawn)
+    await store.apply(added)
+    facts = await asyncio.gather(*(store.facts(row.number, "ACME", NOW, 30) for row in rows[:3]))
+    assert facts[0].withdrawn_at is not None and facts[0].consent is not None
+    assert facts[0].withdrawn_at > facts[0].consent.given_at  # CONSENT_WITHDRAWN
+    assert facts[1].consent is not None and facts[1].consent.proof_ref == "live"
+    assert facts[2].consent is not None and facts[2].consent.proof_ref == "file-2"
+    # The nightly --replace, made before the live consent: the live one still answers.
+    await load(store.lists, "consent", rows, "replace")
+    again = await store.facts(rows[1].number, "ACME", NOW, 30)
+    assert again.consent is not None and again.consent.proof_ref == "live"
+
+
+# --- the layout of earlier versions -----------------------------------------------------------
+
+
+async def test_a_list_in_the_one_hash_layout_is_refused_until_replaced(
+    store: Store, redis_client: aioredis.Redis
+) -> None:
+    summary = await load(store.lists, "consent", [consent("33612345678", 3, "p")], "replace")
+    old = KEYS.one_hash("consent", summary.version)
+    await redis_client.hset(old, "33612345679|ACME", "1790000000000||old")
+    assert await store.lists.legacy_keys() == [old]
+    with pytest.raises(OldLayout, match="--replace"):
+        await load(store.lists, "consent", [consent("33612345670", 3, "p")], "add")
+    await load(store.lists, "consent", [consent("33612345670", 3, "p")], "replace")
+    assert await redis_client.exists(old) == 0
+    assert await store.lists.legacy_keys() == []
+
+
+def test_serve_and_imports_say_what_to_do_with_the_old_layout(
+    cli: Cli, clean_redis: RedisServer
+) -> None:
+    first = cli.file("c.csv", CONSENT_HEADER + "0612345678,ACME,2026-09-01,,p\n")
+    ok(cli("import", "consent", first, "--replace"))
+    client = redis.Redis.from_url(clean_redis.admin_url)
+    version = client.hget(KEYS.index, "consent")
+    assert isinstance(version, bytes)
+    client.hset(
+        KEYS.one_hash("consent", version.decode()), "33612345679|ACME", "1790000000000||old"
+    )
+    client.close()
+    second = cli.file("d.csv", CONSENT_HEADER + "0612345670,ACME,2026-09-01,,p\n")
+    one_line_error(cli("import", "consent", second), 1, "layout of an earlier version", "--replace")
+    assert decision(cli(*cli.check("0612345678"))) == ("ALLOW", "CONSENT")
+    ok(cli("import", "consent", second, "--replace"))  # frees the old version whole
+    assert decision(cli(*cli.check("0612345670"))) == ("ALLOW", "CONSENT")
