@@ -345,6 +345,10 @@ def test_redis_down_is_exit_2_and_nothing_written(site: Site, tmp_path: Path) ->
     assert done.err.startswith("dialguard: Redis unavailable") and len(done.err.splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob("*.part"))
     assert len(audit_records(cli.audit_dir)) == records
+    # A file that is no lead file is said so first: the fix is the file's.
+    bad = cli.file("bad.csv", b"name,city\n")
+    refused = cli("scrub", bad, "--campaign", PROSPECT, env={"DIALGUARD_REDIS_URL": REDIS_DOWN})
+    assert refused.code == 1 and "no number column" in refused.err
 
 
 def test_an_unwritable_journal_is_exit_2_before_any_work(site: Site, tmp_path: Path) -> None:

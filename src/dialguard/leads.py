@@ -152,7 +152,7 @@ def read_header(lines: Iterator[bytes], column: str | None = None) -> LeadHeader
     if not any(columns):
         raise BadLeadFile("line 1: the header row has no column names")
     names = [_name(c) for c in columns]
-    listed = ", ".join(repr(c) for c in columns[:12]) + (", ..." if len(columns) > 12 else "")
+    listed = ", ".join(quoted(c) for c in columns[:12]) + (", ..." if len(columns) > 12 else "")
     if column is not None:
         found = [i for i, n in enumerate(names) if n == _name(column) and n]
         if not found:
@@ -165,11 +165,9 @@ def read_header(lines: Iterator[bytes], column: str | None = None) -> LeadHeader
                 " telephone, or give --column NAME (a header row is required)"
             )
     if len(found) > 1:
-        both = ", ".join(repr(columns[i]) for i in found)
+        both = ", ".join(quoted(columns[i]) for i in found)
         raise BadLeadFile(f"line 1: several number columns ({both}): choose one with --column")
-    newline = first[len(without_newline(first)) :] or b"\n"
-    if raw != first:  # the header ran over several lines: its break is the last one's
-        newline = raw[len(without_newline(raw)) :] or b"\n"
+    newline = raw[len(without_newline(raw)) :] or b"\n"  # a header alone may have none
     return LeadHeader(raw, columns, delimiter, found[0], newline)
 
 

@@ -256,14 +256,16 @@ async def run_scrub(
     started = time.monotonic()
     judge = Judge(request.campaign, policy, request.now)
     principal = request.campaign.principal
-    waiting = await _waiting(store, journal)
-    outcome = Outcome(file=request.path.name, pending=len(waiting.pending))
+    outcome = Outcome(file=request.path.name)
     digest = hashlib.sha256()
     handle = _open(request.path)
     outputs = _Outputs(request)
     try:
         lines = leads.physical_lines(handle, digest)
+        # The file first: a file that is no lead file is said so, whatever Redis does.
         header = outcome.header = leads.read_header(lines, request.column)
+        waiting = await _waiting(store, journal)
+        outcome.pending = len(waiting.pending)
         outputs.open(header)
         size = os.fstat(handle.fileno()).st_size or 1
         progress.start("scrubbing", size)

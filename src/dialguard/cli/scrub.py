@@ -78,8 +78,8 @@ def scrub_command(
     _check_paths(file, out, report)
     journal = Journal(config.audit_dir)
     problem = journal.problem()
-    if problem is not None:  # before the work, not after it
-        raise AuditUnavailable(f"{config.audit_dir}: {problem}")
+    if problem is not None:  # before the work, not after it: the record could not be kept
+        raise AuditUnavailable(f"audit journal: {problem}")
     request = scrub.Request(file, chosen, now, column, out, report, operator)
 
     async def body(store: Store) -> scrub.Outcome:
