@@ -300,6 +300,12 @@ def stats_command(
             " mode: the calls dialguard would have blocked[/]",
             highlight=False,
         )
+    if summary["degraded"]:
+        console.print(
+            f"[yellow]{summary['degraded']:,} decisions were taken by the campaign's fail mode"
+            " (Redis unreachable or the deadline passed): degraded[/]",
+            highlight=False,
+        )
     if summary["outcomes"]:
         told = ", ".join(f"{k} {v:,}" for k, v in summary["outcomes"].items())
         console.print(f"outcomes recorded: {told}", highlight=False)
