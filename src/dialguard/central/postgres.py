@@ -305,8 +305,7 @@ class PostgresStore(CentralStore):
     ) -> list[RollupRow]:
         where, args = rollup_filter(since_hour, until_hour, campaign, node, "%s")
         query = (
-            "SELECT hour, node, kind, campaign, result, reason, n, shadowed, degraded"
-            " FROM rollups"
+            "SELECT hour, node, kind, campaign, result, reason, n, shadowed, degraded FROM rollups"
         )
         with self._errors(), self.db.transaction():
             rows = self.db.execute((query + where).encode(), args).fetchall()

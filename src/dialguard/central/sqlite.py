@@ -311,8 +311,7 @@ class SqliteStore(CentralStore):
 
     def last_shipped(self, node: str) -> int | None:
         query = (
-            "SELECT ts FROM records WHERE node = ?"
-            " ORDER BY file_day DESC, file_offset DESC LIMIT 1"
+            "SELECT ts FROM records WHERE node = ? ORDER BY file_day DESC, file_offset DESC LIMIT 1"
         )
         with self._errors():
             row = self.db.execute(query, (node,)).fetchone()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,10 @@ from dialguard.cli.common import (
     fail,
     run_with_store,
 )
-from dialguard.config import Config, load_config
+from dialguard.config import load_config
+from dialguard.in_force import in_force
 from dialguard.numbers import Number, normalise
-from dialguard.store import Store, StoreUnavailable
+from dialguard.store import StoreUnavailable
 
 __all__ = ["history"]
 
@@ -47,92 +47,22 @@ def history(number: str, as_json: bool, directory: Path | None, config_path: Pat
     # Time order; events of the same instant in the order they were recorded.
     found = search(where.directory, Query(number=target.e164), torn)
     events = sorted((record for _, record in found), key=lambda record: int(record["ts"]))
-    in_force: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
     unavailable = ""
     if directory is None:  # an inspector's copy of a journal comes without a Redis
         config = load_config(config_path)
         try:
-            in_force = run_with_store(config, lambda store: _in_force(store, config, target))
+            held = run_with_store(config, lambda store: in_force(store, config, target))
         except StoreUnavailable as exc:
             unavailable = str(exc)
     if as_json:
-        for event in [*events, *in_force]:
+        for event in [*events, *held]:
             click.echo(json.dumps(event, ensure_ascii=False))
     else:
-        _print(where, target, events, in_force)
+        _print(where, target, events, held)
     warn_torn(torn)
     if unavailable:
         fail(f"{unavailable}; the lists in force are not shown", EXIT_DEPENDENCY)
-
-
-async def _in_force(store: Store, config: Config, number: Number) -> list[dict[str, Any]]:
-    """What Redis holds for the number now, per principal of the configuration, with the
-    import that holds it (one facts read per principal: the decision's own script)."""
-    now = datetime.now(UTC)
-    found: list[dict[str, Any]] = []
-    dnc_meta = (await store.lists.current("dnc")).meta
-    consent_meta = (await store.lists.current("consent")).meta
-    principals = sorted({campaign.principal for campaign in config.campaigns.values()})
-    seen_dnc = False
-    for principal in principals:
-        facts = await store.facts(number, principal, now, config.policy.on(now).window_days)
-        if facts.dnc is not None and not seen_dnc:
-            seen_dnc = True
-            entry: dict[str, Any] = {"kind": "in-force", "list": "dnc", "why": facts.dnc.reason}
-            if facts.dnc.list_version is not None:
-                entry.update(_imported(dnc_meta, facts.dnc.list_version))
-            else:
-                entry["added_at"] = _iso(facts.dnc.added_at)
-                entry["source"] = "live (dnc add, outcome)"
-            found.append(entry)
-        if facts.optout is not None and principal == principals[0]:
-            found.append(
-                {
-                    "kind": "in-force",
-                    "list": "bloctel",
-                    "listed": facts.optout.listed,
-                    "checked_on": facts.optout.checked_on.isoformat(),
-                    "ref": facts.optout.ref,
-                }
-            )
-        base = {"kind": "in-force", "principal": principal}
-        if facts.consent is not None:
-            found.append(
-                {
-                    **base,
-                    "list": "consent",
-                    "proof_ref": facts.consent.proof_ref,
-                    "given_at": _iso(facts.consent.given_at),
-                    "expires_at": _iso(facts.consent.expires_at),
-                    **_imported(consent_meta, str(consent_meta.get("version", ""))),
-                }
-            )
-        for contract in facts.contracts:
-            found.append(
-                {**base, "list": "contract", "id": contract.contract_id, "end": str(contract.end)}
-            )
-        if facts.withdrawn_at is not None:
-            found.append({**base, "list": "withdrawal", "at": _iso(facts.withdrawn_at)})
-        if facts.refused_at is not None:
-            found.append({**base, "list": "refusal", "at": _iso(facts.refused_at)})
-        if facts.attempts_30d:
-            window = f"{config.policy.on(now).window_days} days"
-            found.append({**base, "list": "attempts", "count": facts.attempts_30d, "in": window})
-    return found
-
-
-def _imported(meta: Any, version: str) -> dict[str, Any]:
-    if not isinstance(meta, dict):
-        return {"version": version}
-    return {
-        "version": version,
-        "source": meta.get("source", ""),
-        "loaded_at": meta.get("loaded_at", ""),
-    }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.astimezone(UTC).isoformat(timespec="seconds") if moment else None
 
 
 def _print(
