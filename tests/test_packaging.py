@@ -288,6 +288,7 @@ def test_the_container_configuration_is_the_shipped_one_but_where_it_says() -> N
     shipped = _toml(ROOT / "config" / "dialguard.toml")
     container = _toml(ROOT / "contrib" / "docker" / "dialguard.toml")
     assert container["server"]["host"] == container["metrics"]["host"] == "0.0.0.0"
+    assert container["console"]["host"] == "0.0.0.0"
     assert container["audit"]["dir"] == "/var/lib/dialguard/audit"  # the image's VOLUME
     assert container["redis"]["url"] == "redis://redis:6379/0"  # the compose service
     assert container["central"]["path"] == "/var/lib/dialguard/central.sqlite3"  # the volume
@@ -297,6 +298,7 @@ def test_the_container_configuration_is_the_shipped_one_but_where_it_says() -> N
     differ = (
         ("server", "host"),
         ("metrics", "host"),
+        ("console", "host"),
         ("audit", "dir"),
         ("redis", "url"),
         ("central", "path"),

@@ -18,6 +18,7 @@ from dialguard.cli.audit import audit
 from dialguard.cli.central import central, ship
 from dialguard.cli.check import check
 from dialguard.cli.common import EXIT_INPUT, EXIT_INTERNAL, configure_logging, fail
+from dialguard.cli.console import console
 from dialguard.cli.history import history
 from dialguard.cli.imports import import_
 from dialguard.cli.lists import lists
@@ -59,6 +60,7 @@ for command in (
     lists,
     policy,
     central,
+    console,
 ):
     cli.add_command(command)
 audit.add_command(pending)
