@@ -11,6 +11,7 @@ import click
 import orjson
 
 from dialguard.cli.common import Failure, config_option, configure_logging, errors_are_one_line
+from dialguard.cli.common import at as common_at
 from dialguard.config import console_settings, load_config
 
 __all__ = ["console"]
@@ -21,11 +22,16 @@ __all__ = ["console"]
 @click.option(
     "--port", type=click.IntRange(1, 65535), default=None, help="Default: [console] port, 8574."
 )
+@click.option("--at", default=None, hidden=True)  # "now" for Today (the docs' screenshots)
 @config_option
 @click.pass_context
 @errors_are_one_line
 def console(
-    ctx: click.Context, host: str | None, port: int | None, config_path: Path | None
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    at: str | None,
+    config_path: Path | None,
 ) -> None:
     """Serve the console (pages in a browser, read from the central store and Redis)
     until SIGTERM; `console user ...` manages who may log in."""
@@ -34,8 +40,9 @@ def console(
     from dialguard.console.server import serve_console  # keeps the other commands light
 
     config = load_config(config_path)
+    moment = common_at(at, config) if at is not None else None
     configure_logging(logging.INFO)
-    sys.exit(serve_console(config, host, port))
+    sys.exit(serve_console(config, host, port, moment))
 
 
 @console.group("user")

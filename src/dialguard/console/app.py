@@ -31,7 +31,16 @@ from dialguard.config import Config, central_settings, console_settings
 from dialguard.console import exports, i18n, pages
 from dialguard.console.reader import Reader
 from dialguard.console.sessions import LoginLimiter, Sessions, hash_digest, same_token, token
-from dialguard.console.state import CONSOLE, Console, console_of, error_page, render, session_of
+from dialguard.console.state import (
+    CONSOLE,
+    Console,
+    begin_visit,
+    console_of,
+    error_page,
+    render,
+    session_of,
+    visit_of,
+)
 from dialguard.console.users import BadUsers, Users
 from dialguard.store import StoreUnavailable
 
@@ -95,6 +104,7 @@ def make_app(console: Console) -> web.Application:
 @web.middleware
 async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
+    begin_visit()
     try:
         response = await handler(request)
     except web.HTTPException as exc:  # a redirect, a refusal: the same headers
@@ -113,11 +123,7 @@ def _secure(request: web.Request, response: web.StreamResponse, started: float) 
     headers["Referrer-Policy"] = "no-referrer"
     if not request.path.startswith("/static/"):
         headers["Cache-Control"] = "no-store"
-    timings = [
-        f"{name};dur={request[name + '_ms']:.1f}"
-        for name in ("db", "redis")
-        if name + "_ms" in request
-    ]
+    timings = [f"{name};dur={spent:.1f}" for name, spent in visit_of(request).timings.items()]
     headers["Server-Timing"] = ", ".join([*timings, f"total;dur={total:.1f}"])
 
 
@@ -154,8 +160,8 @@ async def _authenticated(request: web.Request, handler: Handler) -> web.StreamRe
         console.sessions.close(session.id)
         session = user = None
     if session is not None and user is not None:
-        request["session"] = session
-        request["user"] = user
+        visit = visit_of(request)
+        visit.session, visit.user = session, user
     elif not public:
         if request.method in ("GET", "HEAD"):
             raise web.HTTPSeeOther("/login?" + urlencode({"next": request.path_qs}))
@@ -230,7 +236,7 @@ async def login_page(request: web.Request, error: str = "", status: int = 200) -
         error=error,
         login_csrf=login_csrf,
         next=local_path(request.query.get("next")),
-        name=request.get("login_name", ""),
+        name=visit_of(request).login_name,
         no_users=not console.users.current(),
     )
     _cookie(response, console, LOGIN_COOKIE, login_csrf, path="/login")
@@ -256,7 +262,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         )
     address = request.remote or ""
     translate = i18n.translator(i18n.language_of(request))
-    request["login_name"] = name
+    visit_of(request).login_name = name
     wait = console.limiter.wait(address, name)
     if wait > 0:
         log.warning("console_login_limited", user=name, address=address, wait_s=round(wait))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from datetime import datetime
 
 import structlog
 from aiohttp import web
@@ -19,9 +20,12 @@ __all__ = ["serve_console"]
 log = structlog.get_logger("dialguard.console")
 
 
-def serve_console(config: Config, host: str | None = None, port: int | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; the exit code (2: the store or the port)."""
-    console = make_console(config)
+def serve_console(
+    config: Config, host: str | None = None, port: int | None = None, at: datetime | None = None
+) -> int:
+    """Serve until SIGTERM or SIGINT; the exit code (2: the store or the port). `at`: the
+    instant the pages take for now (fixed), instead of the clock."""
+    console = make_console(config, clock=(lambda: at) if at is not None else None)
     settings = console.settings
     host = host or settings.host
     port = port or settings.port

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,20 +86,47 @@ def console_of(request: web.Request) -> Console:
     return request.app[CONSOLE]
 
 
+@dataclass
+class Visit:
+    """What the middlewares learn of a request for its handler: who is in, and where
+    the time went (Server-Timing)."""
+
+    session: Session | None = None
+    user: User | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    login_name: str = ""
+
+
+# Each request is handled in a task of its own, middlewares and handler alike: a context
+# variable is the request's own (and needs nothing of aiohttp's request storage).
+_VISIT: ContextVar[Visit] = ContextVar("dialguard_console_visit")
+
+
+def begin_visit() -> Visit:
+    visit = Visit()
+    _VISIT.set(visit)
+    return visit
+
+
+def visit_of(_request: web.Request) -> Visit:
+    return _VISIT.get()
+
+
 def user_of(request: web.Request) -> User:
-    user: User = request["user"]
+    user = visit_of(request).user
+    assert user is not None  # the authentication middleware let the request in
     return user
 
 
 def session_of(request: web.Request) -> Session | None:
-    session: Session | None = request.get("session")
-    return session
+    return visit_of(request).session
 
 
 async def db(request: web.Request, query: Callable[[CentralStore], T]) -> T:
     """Run a store query for this request; its time counts in Server-Timing's `db`."""
     result, elapsed = await console_of(request).reader.run(query)
-    request["db_ms"] = request.get("db_ms", 0.0) + elapsed
+    timings = visit_of(request).timings
+    timings["db"] = timings.get("db", 0.0) + elapsed
     return result
 
 
@@ -108,9 +136,8 @@ async def timed(request: web.Request, name: str, call: Awaitable[T]) -> T:
     try:
         return await call
     finally:
-        request[f"{name}_ms"] = (
-            request.get(f"{name}_ms", 0.0) + (time.perf_counter() - started) * 1000
-        )
+        timings = visit_of(request).timings
+        timings[name] = timings.get(name, 0.0) + (time.perf_counter() - started) * 1000
 
 
 def render(request: web.Request, template: str, status: int = 200, **values: Any) -> web.Response:
@@ -121,7 +148,7 @@ def render(request: web.Request, template: str, status: int = 200, **values: Any
     context = {
         "lang": lang,
         "_": i18n.translator(lang),
-        "user": request.get("user"),
+        "user": visit_of(request).user,
         "csrf": session.csrf if session is not None else "",
         "here": request.path_qs,
         "page": "",
