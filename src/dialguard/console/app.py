@@ -135,11 +135,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except web.HTTPException:
         raise
-    except CentralUnavailable as exc:
-        return error_page(request, 503, "Unavailable", str(exc))
-    except StoreUnavailable as exc:
-        return error_page(request, 503, "Unavailable", str(exc))
-    except BadUsers as exc:
+    except (CentralUnavailable, StoreUnavailable, BadUsers) as exc:
         return error_page(request, 503, "Unavailable", str(exc))
     except Exception as exc:
         log.exception("console_error", path=request.path, error=f"{type(exc).__name__}: {exc}")
@@ -176,18 +172,18 @@ async def _csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
         form = await request.post()
         given = form.get("csrf")
         if session is None or not isinstance(given, str) or not same_token(given, session.csrf):
-            log.warning("console_csrf_refused", path=request.path, address=request.remote)
-            translate = i18n.translator(i18n.language_of(request))
-            return error_page(
-                request,
-                403,
-                "Forbidden",
-                translate(
-                    "This form has expired or did not come from the console (CSRF check):"
-                    " reload the page and send it again."
-                ),
-            )
+            return _csrf_refused(request)
     return await handler(request)
+
+
+def _csrf_refused(request: web.Request) -> web.Response:
+    log.warning("console_csrf_refused", path=request.path, address=request.remote)
+    translate = i18n.translator(i18n.language_of(request))
+    message = translate(
+        "This form has expired or did not come from the console (CSRF check): reload the page"
+        " and send it again."
+    )
+    return error_page(request, 403, "Forbidden", message)
 
 
 def local_path(value: str | None) -> str:
@@ -249,17 +245,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     name, password = str(form.get("user", ""))[:64], str(form.get("password", ""))
     given = form.get("csrf")
     if not isinstance(given, str) or not same_token(given, request.cookies.get(LOGIN_COOKIE, "")):
-        log.warning("console_csrf_refused", path=request.path, address=request.remote)
-        translate = i18n.translator(i18n.language_of(request))
-        return error_page(
-            request,
-            403,
-            "Forbidden",
-            translate(
-                "This form has expired or did not come from the console (CSRF check):"
-                " reload the page and send it again."
-            ),
-        )
+        return _csrf_refused(request)
     address = request.remote or ""
     translate = i18n.translator(i18n.language_of(request))
     visit_of(request).login_name = name

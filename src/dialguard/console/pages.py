@@ -7,6 +7,7 @@ what holds now (the lists, the changes Redis has taken).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,6 +23,7 @@ from dialguard.console import exports, i18n
 from dialguard.console.state import console_of, db, error_page, render, timed, user_of
 from dialguard.console.views import (
     PAGE_SIZE,
+    SEARCH_FIELDS,
     BadInput,
     day_bounds,
     event_of,
@@ -63,7 +65,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/exports/{file}/manifest", export_manifest)
 
 
-def _translate(request: web.Request) -> Any:
+def _translate(request: web.Request) -> Callable[[str], str]:
     return i18n.translator(i18n.language_of(request))
 
 
@@ -178,7 +180,7 @@ def _duration(ms: int) -> str:
     return f"{ms / 3_600_000:.1f} h"
 
 
-def _charts(figures: dict[str, Any], translate: Any) -> dict[str, Any]:
+def _charts(figures: dict[str, Any], translate: Callable[[str], str]) -> dict[str, Any]:
     """The charts' data (console.js draws them; the tables under them say the same)."""
     hours = {row["hour"]: row for row in figures["by_hour"]}
     return {
@@ -208,7 +210,7 @@ async def search(request: web.Request) -> web.Response:
     console = console_of(request)
     translate = _translate(request)
     whole = user_of(request).may_export
-    common = {
+    common: dict[str, Any] = {
         "page": "search",
         "title": translate("Search"),
         "kinds": ["decision", "outcome", "dnc-add", "dnc-remove", "consent-withdraw", "export"],
@@ -219,22 +221,7 @@ async def search(request: web.Request) -> web.Response:
     try:
         asked = parse_search(request.query, console.zone)
     except BadInput as exc:
-        shown = {
-            name: request.query.get(name, "")
-            for name in (
-                "number",
-                "campaign",
-                "principal",
-                "result",
-                "reason",
-                "node",
-                "kind",
-                "since",
-                "until",
-                "degraded",
-                "order",
-            )
-        }
+        shown = {name: request.query.get(name, "") for name in SEARCH_FIELDS}
         return render(
             request, "search.html", 400, error=exc.message, shown=shown, rows=None, **common
         )

@@ -22,6 +22,7 @@ from dialguard.numbers import InvalidNumber, normalise
 
 __all__ = [
     "PAGE_SIZE",
+    "SEARCH_FIELDS",
     "BadInput",
     "Search",
     "day_bounds",
@@ -147,14 +148,14 @@ class Search:
         return "/search?" + urlencode(kept) if kept else "/search"
 
 
-_SEARCH_FIELDS = (
+SEARCH_FIELDS = (
     "number", "campaign", "principal", "result", "reason", "node", "kind", "since", "until",
     "degraded", "order",
 )  # fmt: skip
 
 
 def _filters(query: Mapping[str, str], zone: ZoneInfo) -> tuple[Filters, dict[str, str]]:
-    shown = {name: query.get(name, "").strip() for name in _SEARCH_FIELDS}
+    shown = {name: query.get(name, "").strip() for name in SEARCH_FIELDS}
     number = _text(query, "number")
     e164 = None
     if number is not None:
