@@ -71,10 +71,16 @@ class Sentinels:
 
 @contextlib.contextmanager
 def running_sentinels(
-    primary: RedisServer, replicas: int, *, count: int = 3, down_after_ms: int = 1000
+    primary: RedisServer,
+    replicas: int,
+    *,
+    count: int = 3,
+    down_after_ms: int = 1000,
+    password: str | None = None,
 ) -> Iterator[Sentinels]:
     """`count` redis-sentinel processes watching `primary` (quorum: a majority), each
-    knowing the others and the `replicas` replicas when handed out."""
+    knowing the others and the `replicas` replicas when handed out; with `password`, each
+    asks clients for it (`requirepass`) and gives it to the others."""
     binary = shutil.which("redis-sentinel")
     if binary is None:
         raise RuntimeError("redis-sentinel not found: run the tests through `make test`")
@@ -91,7 +97,12 @@ def running_sentinels(
                 f"sentinel down-after-milliseconds {SERVICE} {down_after_ms}\n"
                 # A split vote is tried again after this, not after the default 3 minutes.
                 f"sentinel failover-timeout {SERVICE} 3000\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n",
+                f"sentinel parallel-syncs {SERVICE} 1\n"
+                + (
+                    f"requirepass {password}\nsentinel sentinel-pass {password}\n"
+                    if password
+                    else ""
+                ),
                 encoding="utf-8",
             )
             processes.append(
@@ -100,7 +111,7 @@ def running_sentinels(
                 )
             )
         for port in ports:
-            client = redis.Redis(host="127.0.0.1", port=port)
+            client = redis.Redis(host="127.0.0.1", port=port, password=password)
 
             def ready(client: redis.Redis = client) -> bool:
                 state: dict[str, Any] = client.sentinel_master(SERVICE)  # type: ignore[assignment]

@@ -134,6 +134,28 @@ def test_a_late_record_never_reopens_a_closed_day(tmp_path: Path) -> None:
     assert verify(tmp_path).intact
 
 
+def test_a_change_dated_days_back_is_found_by_a_search_of_its_day(tmp_path: Path) -> None:
+    """A withdrawal reported with `--at` a week back goes to the newest file: a search of
+    its day, or stats and exports of it, must look there (the `.late` file says so)."""
+    week_back = DAY1 - 7 * 86_400_000
+    withdrawal = record(3, week_back, kind="consent-withdraw", result=None, reason=None)
+    write(tmp_path, [record(1, DAY1), record(2, DAY2), withdrawal, record(4, DAY2 + 1)])
+    assert [p.name for p in sorted(tmp_path.glob("audit-*"))] == [
+        "audit-2026-11-30.idx",
+        "audit-2026-11-30.jsonl",
+        "audit-2026-12-01.idx",
+        "audit-2026-12-01.jsonl",
+        "audit-2026-12-01.late",
+    ]
+    assert (tmp_path / "audit-2026-12-01.late").read_text() == "2026-11-23\n"
+    base: list[str | Path] = ["audit", "search", "--dir", tmp_path, "--json"]
+    code, out, _ = run(*base, "--since", "2026-11-23", "--until", "2026-11-23")
+    assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == [withdrawal["id"]]
+    assert run(*base, "--since", "2026-11-24", "--until", "2026-11-29")[1] == ""
+    # A record a few hours late (a lagging clock) needs no note: readers allow a day.
+    assert verify(tmp_path).intact
+
+
 def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

@@ -105,6 +105,16 @@ def test_the_password_comes_from_a_file_or_the_environment(tmp_path: Path) -> No
     assert from_env.password == SECRET
 
 
+def test_the_sentinels_password_is_their_own(tmp_path: Path) -> None:
+    (tmp_path / "sentinel.secret").write_text(SECRET + "\n")
+    sentinel = '[redis]\nurl = "redis+sentinel://h:1/main"\n'
+    from_file = settings(tmp_path, sentinel + 'sentinel_password_file = "sentinel.secret"\n')
+    assert (from_file.sentinel_password, from_file.password) == (SECRET, None)
+    assert SECRET not in repr(from_file)
+    env = {"DIALGUARD_REDIS_SENTINEL_PASSWORD": SECRET}
+    assert settings(tmp_path, sentinel, env).sentinel_password == SECRET
+
+
 BAD = [
     (
         'url = "redis+sentinel://u:S3cr3tPw@h1:26379/main?x=1"',
@@ -126,6 +136,14 @@ BAD = [
         "redis.tls_cert_file: a client certificate needs tls_key_file",
     ),
     ('url = "redis://h:1/0"\npassword_file = "nowhere"', "redis.password_file: "),
+    (
+        'url = "redis://h:1/0"\nsentinel_password_file = "dialguard.toml"',
+        "redis.sentinel_password_file: a Sentinel password is only read with sentinels",
+    ),
+    (
+        'url = "redis+sentinel://h:1/m"\nsentinel_password_file = "nowhere"',
+        "redis.sentinel_password_file: ",
+    ),
     ('url = "redis://h:1/0"\nreplicas_ack = 17', "redis.replicas_ack: 17 must be from 0 to 16"),
     ('url = "redis://h:1/0"\nreplica_ack = 1', "redis.replica_ack: unknown key"),
     ('url = "rediz+sentinel://u:S3cr3tPw@h:1/m"', "must start with redis://"),

@@ -213,3 +213,34 @@ def test_the_command_line_works_through_the_sentinels(tmp_path: Path) -> None:
         for raw in ("0611111111", "0622222222"):
             run = run_dialguard(["check", raw, "--campaign", CAMPAIGN, "--json"], env)
             assert run.code == 0 and '"INTERNAL_DNC"' in run.out, run
+
+
+def test_sentinels_with_a_password_of_their_own(tmp_path: Path) -> None:
+    """Sentinel's `requirepass`: without DIALGUARD_REDIS_SENTINEL_PASSWORD the sentinels
+    refuse to say where the primary is (one line, exit 2); with it, the same command works.
+    The data nodes have no password here: the two are separate."""
+    config = write_config(tmp_path)
+    with (
+        running_redis(acl=False) as primary,
+        running_replica(primary),
+        running_sentinels(primary, replicas=1, count=1, password="sentinel-secret") as sentinels,
+    ):
+        env = {"DIALGUARD_CONFIG": str(config), "DIALGUARD_REDIS_URL": sentinels.url}
+        check = ["check", "0611111111", "--campaign", CAMPAIGN, "--json"]
+        refused = run_dialguard(["dnc", "add", "0611111111", "--reason", "asked"], env)
+        assert refused.code != 0 and "Traceback" not in refused.err, refused
+        assert len(refused.err.strip().splitlines()) == 1, refused
+        run = run_dialguard(check, env)
+        assert run.code == 2 and '"STORE_UNAVAILABLE"' in run.out, run
+        assert run.err == (
+            f"dialguard: Redis unavailable: the sentinels (127.0.0.1:{sentinels.ports[0]})"
+            " name no primary 'main': a sentinel refused us without the right password (its"
+            " requirepass: sentinel_password_file or DIALGUARD_REDIS_SENTINEL_PASSWORD);"
+            " failing closed\n"
+        )
+        assert "sentinel-secret" not in refused.err + refused.out
+        env["DIALGUARD_REDIS_SENTINEL_PASSWORD"] = "sentinel-secret"
+        added = run_dialguard(["dnc", "add", "0611111111", "--reason", "asked"], env)
+        assert added.code == 0, added
+        run = run_dialguard(check, env)
+        assert run.code == 0 and '"INTERNAL_DNC"' in run.out, run

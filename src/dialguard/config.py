@@ -74,6 +74,9 @@ class RedisSettings:
     # A live change counts as taken once this many replicas have it too (WAIT): a
     # failover then cannot lose it. 1 by default with Sentinel, 0 otherwise.
     replicas_ack: int = 0
+    # The sentinels' own `requirepass` (sentinel_password_file or
+    # DIALGUARD_REDIS_SENTINEL_PASSWORD), which may differ from the data nodes'.
+    sentinel_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +436,7 @@ _REDIS_KEYS = {
     "tls_cert_file",
     "tls_key_file",
     "password_file",
+    "sentinel_password_file",
     "replicas_ack",
 }
 _SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
@@ -491,6 +495,15 @@ def _redis(table: _Reader, env: Mapping[str, str]) -> RedisSettings:
             "the URL holds a password and so does password_file or DIALGUARD_REDIS_PASSWORD:"
             " give it in one place only",
         )
+    sentinel_password = _secret(
+        table, env, "sentinel_password_file", "DIALGUARD_REDIS_SENTINEL_PASSWORD"
+    )
+    if sentinel_password is not None and sentinel is None:
+        raise table.fail(
+            "sentinel_password_file",
+            "a Sentinel password is only read with sentinels (a redis+sentinel:// URL or"
+            " sentinels = [...])",
+        )
     replicas_ack = table.get("replicas_ack", int, 1 if sentinel is not None else 0)
     if not 0 <= replicas_ack <= 16:
         raise table.fail("replicas_ack", f"{replicas_ack} must be from 0 to 16")
@@ -508,6 +521,7 @@ def _redis(table: _Reader, env: Mapping[str, str]) -> RedisSettings:
         tls_cert_file=files["tls_cert_file"],
         tls_key_file=files["tls_key_file"],
         replicas_ack=replicas_ack,
+        sentinel_password=sentinel_password,
     )
 
 
@@ -597,25 +611,31 @@ def _tls_file(table: _Reader, key: str) -> Path | None:
 def _redis_password(table: _Reader, env: Mapping[str, str]) -> str | None:
     """The password from `password_file` (relative to the configuration file) or
     DIALGUARD_REDIS_PASSWORD; None when neither gives one."""
-    name: str = table.get("password_file", str, "")
+    return _secret(table, env, "password_file", "DIALGUARD_REDIS_PASSWORD")
+
+
+def _secret(table: _Reader, env: Mapping[str, str], key: str, variable: str) -> str | None:
+    """The secret in the file `key` names (relative to the configuration file), else in
+    the environment's `variable`; None when neither gives one."""
+    name: str = table.get(key, str, "")
     if name:
-        text = _secret_file(table, name)
+        text = _secret_file(table, name, key)
         if not text:
-            raise table.fail("password_file", f"{table.path.parent / name}: empty")
+            raise table.fail(key, f"{table.path.parent / name}: empty")
         return text
-    return env.get("DIALGUARD_REDIS_PASSWORD") or None
+    return env.get(variable) or None
 
 
-def _secret_file(table: _Reader, name: str) -> str:
-    """The secret in the file `password_file` names (relative to the configuration file),
-    stripped; the error quotes the file, never its content."""
+def _secret_file(table: _Reader, name: str, key: str = "password_file") -> str:
+    """The secret in the file `key` names (relative to the configuration file), stripped;
+    the error quotes the file, never its content."""
     secret = table.path.parent / name
     try:
         return secret.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise table.fail("password_file", f"{secret}: cannot read: {exc.strerror}") from None
+        raise table.fail(key, f"{secret}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
-        raise table.fail("password_file", f"{secret}: not UTF-8 text") from None
+        raise table.fail(key, f"{secret}: not UTF-8 text") from None
 
 
 def _url_password(url: str) -> bool:

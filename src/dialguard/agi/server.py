@@ -58,10 +58,12 @@ from dialguard.answers import (
 from dialguard.audit import AuditUnavailable
 from dialguard.config import MAX_CONNECTIONS_LIMIT, IPNetwork, ServerSettings
 from dialguard.service import Service
+from dialguard.throttle import Throttle
 
 __all__ = ["FastAgiServer", "Variables"]
 
 log = structlog.get_logger("dialguard.fastagi")
+_AUDIT_ERRORS = Throttle()  # one line per 10 s while the journal cannot be written
 
 Handler = Callable[[AgiRequest, float, ServerSettings], Awaitable[Variables]]
 
@@ -304,7 +306,9 @@ class _Session(asyncio.Protocol):
             variables = await handler(request, self.deadline, self.settings)
         except AuditUnavailable as exc:
             # No durable record, no answer: the dialplan sees no result and fails closed.
-            log.error("audit_unavailable", error=str(exc))
+            suppressed = _AUDIT_ERRORS.due()
+            if suppressed is not None:
+                log.error("audit_unavailable", error=str(exc), suppressed=suppressed)
             self._close()
             return
         except Exception:

@@ -62,6 +62,7 @@ from dialguard.audit import AuditUnavailable
 from dialguard.config import AriSettings, ServerSettings
 from dialguard.model import Reason, Result, Unavailable
 from dialguard.service import Service
+from dialguard.throttle import Throttle
 
 __all__ = ["RECOVER_WITHIN_S", "SETTLED_MEMORY_S", "AriApp"]
 
@@ -115,6 +116,7 @@ class AriApp:
         self.recover_within_s = recover_within_s
         self.wall = wall  # the age of a recovered channel; the policy's clock is the service's
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._audit_errors = Throttle()
         self._undelivered: dict[str, tuple[_Answer, int]] = {}
         self._settled: dict[str, float] = {}  # channel id -> monotonic time, oldest first
         self._runner: asyncio.Task[None] | None = None
@@ -257,7 +259,11 @@ class AriApp:
         except AuditUnavailable as exc:
             # No durable record, no answer, as FastAGI: nothing is set, so a dialplan that
             # gets the channel back sees an empty DIALGUARD_RESULT and fails closed.
-            log.error("audit_unavailable", error=str(exc), channel=channel.name)
+            suppressed = self._audit_errors.due()
+            if suppressed is not None:
+                log.error(
+                    "audit_unavailable", error=str(exc), channel=channel.name, suppressed=suppressed
+                )
             answer = self._no_answer
         except Exception:
             log.exception("ari_decision_failed", channel=channel.name)

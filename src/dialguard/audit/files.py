@@ -16,6 +16,10 @@ A directory holds:
 - `audit.lock`: flock'd around each batch by every writing process.
 - `audit.start`: written by `audit prune`: the last hash of the newest removed file, where
   the remaining chain starts.
+- `audit-YYYY-MM-DD.late`: the UTC days (`YYYY-MM-DD`, one a line) of the records that
+  file holds from more than a day before its own: a change dated in the past (`consent
+  withdraw --at`, an outcome reported late) goes to the newest file, and a search of its
+  day must still find it. Written and fsync'd before those records; rare, tiny.
 - `audit-YYYY-MM-DD.jsonl.torn`: bytes of a record cut short by a crash, moved aside by
   the next writer (that record's decision was never answered: it was not fsync'd).
 
@@ -45,6 +49,8 @@ __all__ = [
     "index_key",
     "index_path",
     "journal_files",
+    "late_days",
+    "late_path",
     "parse_head",
     "seal",
     "unseal",
@@ -108,6 +114,25 @@ def day_of(name: str) -> date:
 
 def index_path(journal: Path) -> Path:
     return journal.with_suffix(".idx")
+
+
+def late_path(journal: Path) -> Path:
+    return journal.with_suffix(".late")
+
+
+def late_days(journal: Path) -> set[date]:
+    """The days of the records `journal` holds from more than a day before its own."""
+    try:
+        raw = late_path(journal).read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return set()
+    days = set()
+    for line in raw.split():
+        try:
+            days.add(date.fromisoformat(line))
+        except ValueError:  # a line cut by a crash: its records were never written
+            continue
+    return days
 
 
 def journal_files(directory: Path) -> list[Path]:

@@ -36,6 +36,8 @@ from dialguard.audit.files import (
     index_key,
     index_path,
     journal_files,
+    late_days,
+    late_path,
     parse_head,
     unseal,
 )
@@ -206,6 +208,13 @@ def _in_range(path: Path, first: date | None, last: date | None) -> bool:
     return (first is None or day >= first) and (last is None or day <= last)
 
 
+def _late_in(path: Path, first: date | None, last: date | None) -> bool:
+    """Whether a file after the range holds records dated in it (files.py, `.late`)."""
+    if last is None or day_of(path.name) <= last:
+        return False
+    return any((first is None or day >= first) and day <= last for day in late_days(path))
+
+
 def files_of(
     directory: Path, query: Query, part: tuple[int, int] = (0, 1)
 ) -> list[tuple[Path, int]]:
@@ -214,7 +223,9 @@ def files_of(
     shot = snapshot(directory)
     first, last = query.day_range()
     index, parts = part
-    chosen = [(p, s) for p, s in shot.files if _in_range(p, first, last)]
+    chosen = [
+        (p, s) for p, s in shot.files if _in_range(p, first, last) or _late_in(p, first, last)
+    ]
     return chosen[index::parts]
 
 
@@ -396,7 +407,9 @@ def verify(directory: Path, first: date | None = None, last: date | None = None)
     shot = snapshot(directory)
     result = Verification()
     everything = [path for path, _ in shot.files]
-    chosen = [(p, s) for p, s in shot.files if _in_range(p, first, last)]
+    chosen = [
+        (p, s) for p, s in shot.files if _in_range(p, first, last) or _late_in(p, first, last)
+    ]
     if not chosen:
         return result
     position = everything.index(chosen[0][0])
@@ -536,7 +549,7 @@ def prune(directory: Path, retention_days: int, today: date, *, dry_run: bool) -
         os.chmod(temporary, 0o600)
         os.replace(temporary, start)
         for path in old:
-            for doomed in (path, index_path(path), Path(f"{path}.torn")):
+            for doomed in (path, index_path(path), late_path(path), Path(f"{path}.torn")):
                 with contextlib.suppress(FileNotFoundError):
                     doomed.unlink()
         return old

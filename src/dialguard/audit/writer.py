@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import weakref
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from dialguard.audit.files import (
     AuditUnavailable,
     Head,
     day_name,
+    day_of,
     index_key,
     journal_files,
     parse_head,
@@ -160,6 +161,9 @@ class Journal:
                     loop.call_soon_threadsafe(_settle, futures, error)
 
 
+_EPOCH_DAY = date(1970, 1, 1)
+
+
 def _directory_problem(directory: Path) -> str | None:
     # The directory is made at the first append: until then, its nearest existing
     # ancestor must let it be made. Root passes os.access on a read-write file system
@@ -218,6 +222,7 @@ class _Writer:
         self.fd = -1  # the newest journal file
         self.idx_fd = -1
         self.name = ""  # its name; "" before the first record of a journal
+        self.day = 0  # its UTC day, as days since 1970-01-01
         self.size = 0  # its size after our last batch
         self.last = GENESIS  # the chain's last hash after our last batch
 
@@ -264,24 +269,29 @@ class _Writer:
     def _write(self, batch: list[tuple[int, bytes, object]]) -> None:
         lines: list[bytes] = []
         entries: list[bytes] = []
+        late: set[int] = set()
         offset = self.size
         for day, body, number in batch:
             name = day_name(day)
             if name > self.name:  # a new day (never back to a closed one: see files.py)
-                self._flush(lines, entries)
-                lines, entries = [], []
+                self._flush(lines, entries, late)
+                lines, entries, late = [], [], set()
                 self._switch(name)
                 offset = self.size
+            elif day < self.day - 1:  # beyond the readers' day of slack (files.py)
+                late.add(day)
             line, self.last = seal(body, self.last)
             entries.append(INDEX_ENTRY.pack(index_key(number), offset))
             offset += len(line)
             lines.append(line)
-        self._flush(lines, entries)
+        self._flush(lines, entries, late)
         self._write_head()
 
-    def _flush(self, lines: list[bytes], entries: list[bytes]) -> None:
+    def _flush(self, lines: list[bytes], entries: list[bytes], late: set[int]) -> None:
         if not lines:
             return
+        if late:
+            self._note_late(late)
         data = b"".join(lines)
         view = memoryview(data)
         while view:
@@ -293,6 +303,20 @@ class _Writer:
         self.size += len(data)
         # The index after the journal: an entry never points past a durable record.
         os.write(self.idx_fd, b"".join(entries))
+
+    def _note_late(self, days: set[int]) -> None:
+        """Name the late records' days before they are durable: a record found on disk
+        always has its day here (a day named for records never written costs a reader one
+        file more)."""
+        text = "".join(day_name(day)[6:16] + "\n" for day in sorted(days))
+        fd = self._open(
+            self.name.removesuffix(".jsonl") + ".late", os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        )
+        try:
+            os.write(fd, text.encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _write_head(self) -> None:
         os.pwrite(self.head_fd, Head(self.name, self.size, self.last).encode(), 0)
@@ -323,6 +347,7 @@ class _Writer:
         index = name.removesuffix(".jsonl") + ".idx"
         self.idx_fd = self._open(index, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         self.name = name
+        self.day = (day_of(name) - _EPOCH_DAY).days
         self._recover()
 
     def _sync_head(self) -> None:

@@ -10,11 +10,12 @@ waits in dialguard.pending, which retries it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from dialguard.config import RedisSettings
@@ -46,9 +47,12 @@ def client_for(settings: RedisSettings, timeout_ms: int | None = None) -> aiored
         )
     if settings.username is not None:
         credentials["username"] = settings.username
-    # The sentinels are asked without credentials (Sentinel's own requirepass is not
-    # supported yet), under the same timeouts and TLS as the primary.
-    sentinel = Sentinel(settings.sentinels, sentinel_kwargs={**common, **tls})
+    # The sentinels are asked under the same timeouts and TLS as the primary, with their
+    # own password when they have one (Sentinel's `requirepass`; no ACL user).
+    asking: dict[str, Any] = {**common, **tls}
+    if settings.sentinel_password is not None:
+        asking["password"] = settings.sentinel_password
+    sentinel = _Sentinel(settings.sentinels, sentinel_kwargs=asking)
     client: aioredis.Redis = sentinel.master_for(
         settings.service_name,
         db=settings.db,
@@ -66,6 +70,32 @@ async def close_client(client: aioredis.Redis) -> None:
     await client.aclose()
     if isinstance(pool, SentinelConnectionPool):
         await pool.sentinel_manager.aclose()
+
+
+class _Sentinel(Sentinel):
+    async def discover_master(self, service_name: str) -> Any:
+        try:
+            return await super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            raise MasterNotFoundError(_briefly(service_name, str(exc))) from None
+
+
+_ADDRESS = re.compile(r"host=([^,>]+),port=(\d+)")
+_REFUSED_AUTH = ("AuthenticationError", "NOAUTH", "WRONGPASS", "invalid password")
+
+
+def _briefly(service_name: str, said: str) -> str:
+    """redis-py's message names each sentinel by its client's repr (a thousand characters
+    each, into every degraded decision's audit record): one line instead, which says
+    what to do when the sentinels want a password."""
+    asked = ", ".join(dict.fromkeys(f"{host}:{port}" for host, port in _ADDRESS.findall(said)))
+    line = f"the sentinels ({asked or 'none answered'}) name no primary {service_name!r}"
+    if any(word in said for word in _REFUSED_AUTH):
+        line += (
+            ": a sentinel refused us without the right password (its requirepass:"
+            " sentinel_password_file or DIALGUARD_REDIS_SENTINEL_PASSWORD)"
+        )
+    return line
 
 
 def _tls(settings: RedisSettings) -> dict[str, Any]:
