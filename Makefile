@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-reliability test-docker lint typecheck clean redis-server systemd-analyze \
-	postgresql mariadb
+	postgresql mariadb chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,18 @@ mariadb:
 	  echo "installing mariadb-server (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null; }
 
-test: $(STAMP) redis-server systemd-analyze postgresql mariadb
+
+# The console's browser test (tests/console/test_browser.py) drives Debian's headless
+# `chromium` through Playwright (the Python package brings its driver; no browser is
+# downloaded). Where it cannot be installed (no root, no package), the test says so in one
+# line and is skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package, for the console's browser test)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium could not be installed: the console's browser test will be skipped"; }
+
+test: $(STAMP) redis-server systemd-analyze postgresql mariadb chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy

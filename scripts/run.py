@@ -1,14 +1,20 @@
-"""`make run`: a Redis if none is configured, the sample data, then the service.
+"""`make run`: a Redis if none is configured, the sample data, then the service and the
+supervisors' console.
 
 Without DIALGUARD_REDIS_URL, a redis-server of the project's own is started on
 127.0.0.1:6390 with its data under .run/redis (append-only file on: do-not-call entries
 must survive a restart), and left running for the next `make run`.
+
+`dialguard serve` (FastAGI, health and metrics; it ships the journal into the central
+store) and `dialguard console` (http://127.0.0.1:8574/) run side by side until Ctrl-C or
+SIGTERM, which stops both; either one stopping stops the other.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -80,6 +86,18 @@ def _drop_old_sample_layout(url: str, config: Path) -> None:
     client.close()
 
 
+def _console_hint(env: dict[str, str]) -> None:
+    from dialguard.config import console_settings, load_config
+
+    settings = console_settings(load_config(Path(env["DIALGUARD_CONFIG"]), env=env))
+    print(f"make run: the console on http://{settings.host}:{settings.port}/")
+    if not settings.users_file.exists():
+        print(
+            "make run: no console user yet; in another terminal:\n"
+            "    .venv/bin/dialguard console user add NAME --role compliance"
+        )
+
+
 def main() -> None:
     env = dict(os.environ)
     env.setdefault("DIALGUARD_CONFIG", str(ROOT / "config" / "dialguard.toml"))
@@ -91,7 +109,28 @@ def main() -> None:
         path = ROOT / "config" / "sample" / name
         if path.exists():
             subprocess.run([dialguard, "import", kind, str(path), *extra], env=env, check=True)
-    os.execve(dialguard, [dialguard, "serve"], env)
+    _console_hint(env)
+    service = subprocess.Popen([dialguard, "serve"], env=env)
+    console = subprocess.Popen([dialguard, "console"], env=env)
+    children = (service, console)
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    # Ctrl-C reaches the children by themselves (one process group); SIGTERM to this
+    # process is passed on.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        child.wait()
+    sys.exit(service.returncode or console.returncode or 0)
 
 
 if __name__ == "__main__":

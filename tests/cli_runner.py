@@ -27,9 +27,12 @@ class Result:
     err: str
 
 
-def run_dialguard(args: Sequence[str | Path], env: Mapping[str, str] | None = None) -> Result:
+def run_dialguard(
+    args: Sequence[str | Path], env: Mapping[str, str] | None = None, stdin: str | None = None
+) -> Result:
     """`dialguard ARGS` with this process's environment, every DIALGUARD_* variable removed
-    but those in `env` (a developer's own settings must not reach the tests)."""
+    but those in `env` (a developer's own settings must not reach the tests); `stdin`:
+    what standard input holds."""
     overrides: dict[str, str | None] = {k: None for k in os.environ if k.startswith("DIALGUARD_")}
     overrides.update(env or {})
     # The group configures structlog for the command's stderr, a stream that dies with
@@ -37,7 +40,7 @@ def run_dialguard(args: Sequence[str | Path], env: Mapping[str, str] | None = No
     saved_logging = structlog.get_config()
     try:
         with (
-            CliRunner().isolation(env=overrides) as (out, err, _),
+            CliRunner().isolation(input=stdin, env=overrides) as (out, err, _),
             mock.patch.object(sys, "argv", ["dialguard", *map(str, args)]),
         ):
             try:

@@ -26,6 +26,7 @@ import pytest
 
 from dialguard.audit.files import GENESIS, HEAD_NAME, Head, day_name, seal
 from dialguard.central import CentralStore, CentralUnavailable, open_store
+from dialguard.central.migrate import LATEST, MIGRATIONS
 from dialguard.central.ship import Shipper
 from dialguard.central.verify import verify_node
 from dialguard.config import CentralSettings, central_settings, load_config
@@ -141,6 +142,10 @@ def varied(count: int, start: int = DAY1, step_ms: int = 7 * 60_000) -> list[dic
         if n % 11 == 0 and fields["result"] == "DENY":
             fields["mode"] = "shadow"
             fields["answer"] = {"result": "ALLOW", "reason": "SHADOW_" + reason}
+        if n % 19 == 7:  # the fail mode decided (what the writer puts; "" otherwise)
+            fields["degraded"] = "Redis unavailable: timeout; failing closed"
+        elif n % 19 == 8:
+            fields["degraded"] = ""
         if n % 13 == 5:
             fields = {"kind": "outcome", "outcome": "refused", "campaign": "demo-press"}
             fields |= {"result": None, "reason": None}
@@ -466,11 +471,13 @@ def test_records_removed_from_the_store_are_caught_by_verify(target: Target) -> 
 
 def test_migrations_run_twice_change_nothing(target: Target) -> None:
     first = target.run("central", "migrate")
-    assert first.code == 0 and first.out.endswith("schema at version 1 (applied now: 1)\n"), first
+    every = ", ".join(str(step.version) for step in MIGRATIONS)
+    assert first.code == 0, first
+    assert first.out.endswith(f"schema at version {LATEST} (applied now: {every})\n"), first
     schema = target.schema()
     versions = target.sql("SELECT version, name FROM schema_version")
     second = target.run("central", "migrate")
-    assert second.code == 0 and "schema at version 1 already; nothing to do" in second.out
+    assert second.code == 0 and f"version {LATEST} already; nothing to do" in second.out
     assert target.schema() == schema
     assert target.sql("SELECT version, name FROM schema_version") == versions
     assert "records_number" in schema and "rollups" in schema and "chain_breaks" in schema
@@ -480,6 +487,24 @@ def test_migrations_run_twice_change_nothing(target: Target) -> None:
     shipped_schema = target.schema()
     assert target.run("central", "migrate").code == 0
     assert target.schema() == shipped_schema
+
+
+def test_version_2_counts_the_degraded_decisions_stored_before_it(target: Target) -> None:
+    write(target.config.parent / "audit", varied(400))
+    assert target.run("audit", "ship").code == 0
+    rollups, marked = target.sql(ROLLUPS), target.sql(DEGRADED)
+    assert 0 < len(marked) < 400 and sum(row[-1] for row in rollups) == len(marked)
+    # The store as version 1 left it: no degraded column, no index of the events.
+    target.sql("DROP INDEX records_events")
+    target.sql("ALTER TABLE records DROP COLUMN degraded")
+    target.sql("ALTER TABLE rollups DROP COLUMN degraded")
+    target.sql("DELETE FROM schema_version WHERE version = 2")
+    migrated = target.run("central", "migrate")
+    assert migrated.code == 0 and "(applied now: 2)" in migrated.out, migrated
+    assert target.sql(ROLLUPS) == rollups and target.sql(DEGRADED) == marked
+
+
+DEGRADED = "SELECT id FROM records WHERE degraded ORDER BY id"
 
 
 def test_a_store_from_a_newer_dialguard_is_refused(target: Target) -> None:
@@ -495,7 +520,7 @@ def test_a_store_from_a_newer_dialguard_is_refused(target: Target) -> None:
     refused = target.run("audit", "ship")
     assert refused.code == 2, refused
     assert refused.err.startswith("dialguard: ") and len(refused.err.splitlines()) == 1
-    assert "schema is at version 99, newer than this dialguard knows (1)" in refused.err
+    assert f"schema is at version 99, newer than this dialguard knows ({LATEST})" in refused.err
 
 
 def test_postgres_records_are_partitioned_by_month(

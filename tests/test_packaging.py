@@ -89,6 +89,11 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         scripts = archive.read(entry_points).decode()
     assert "dialguard/py.typed" in names
+    # The console's pages and static files, its vendored chart library with its licence.
+    for data in ("templates/today.html", "templates/base.html", "static/console.css",
+                 "static/console.js", "static/vendor/chart.umd.min.js",
+                 "static/vendor/LICENSE.md"):  # fmt: skip
+        assert f"dialguard/console/{data}" in names, data
     name, version = wheel.name.split("-")[:2]
     assert {n.split("/")[0] for n in names} == {"dialguard", f"{name}-{version}.dist-info"}
     assert "dialguard = dialguard.cli:main" in scripts
@@ -152,7 +157,7 @@ def test_the_wheel_runs_from_a_fresh_virtualenv(installed: Installed) -> None:
 
     helped = installed.run("--help")
     assert helped.returncode == 0, helped
-    for command in ("check", "serve", "import", "audit", "reload"):
+    for command in ("check", "serve", "import", "audit", "reload", "console"):
         assert f"  {command} " in helped.stdout, helped.stdout
 
     imported = installed.run("import", "dnc", ROOT / "config" / "sample" / "dnc.csv")
@@ -291,6 +296,7 @@ def test_the_container_configuration_is_the_shipped_one_but_where_it_says() -> N
     assert container["server"]["host"] == container["metrics"]["host"] == "0.0.0.0"
     assert container["api"]["host"] == "0.0.0.0"
     assert container["api"]["tokens_file"] == "/var/lib/dialguard/api-tokens.json"  # the volume
+    assert container["console"]["host"] == "0.0.0.0"
     assert container["audit"]["dir"] == "/var/lib/dialguard/audit"  # the image's VOLUME
     assert container["redis"]["url"] == "redis://redis:6379/0"  # the compose service
     assert container["central"]["path"] == "/var/lib/dialguard/central.sqlite3"  # the volume
@@ -300,6 +306,7 @@ def test_the_container_configuration_is_the_shipped_one_but_where_it_says() -> N
     differ = (
         ("server", "host"),
         ("metrics", "host"),
+        ("console", "host"),
         ("audit", "dir"),
         ("redis", "url"),
         ("central", "path"),

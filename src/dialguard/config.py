@@ -31,10 +31,12 @@ __all__ = [
     "CentralSettings",
     "Config",
     "ConfigError",
+    "ConsoleSettings",
     "RedisSettings",
     "VicidialSettings",
     "audit_dir_of",
     "central_settings",
+    "console_settings",
     "load_config",
     "load_policy",
     "parse_sentinel_url",
@@ -209,6 +211,24 @@ class VicidialSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """The supervisors' console (`[console]`, docs/console.md): where it listens, its users
+    and its exports; the data it shows come from the central store and Redis."""
+
+    users_file: Path  # console users and their argon2 hashes (`dialguard console user add`)
+    exports_dir: Path  # the exports made in the console, until exports_keep_hours
+    host: str = "127.0.0.1"
+    port: int = 8574
+    # Cookies sent over HTTPS only: true when the console is reached through HTTPS (a
+    # reverse proxy ends TLS in front of it); false serves plain http on the loopback.
+    secure_cookies: bool = False
+    session_hours: int = 12  # a session ends this long after its login, whatever happens
+    idle_minutes: int = 30  # ...or after this long without a request
+    exports_keep_hours: int = 24  # an export's files are removed after this
+    mask_key_file: Path | None = None  # the key of masked exports (or the environment's)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     node: str
@@ -226,6 +246,8 @@ class Config:
     central: CentralSettings | None = None
     api: ApiSettings | None = None  # None: no HTTP API
     vicidial: VicidialSettings | None = None  # None: no [vicidial] section, no sync
+    # None: no [console] section (`dialguard console` then uses console_settings()).
+    console: ConsoleSettings | None = None
 
 
 class _Reader:
@@ -324,6 +346,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
             "central",
             "api",
             "vicidial",
+            "console",
         }
     )
 
@@ -384,6 +407,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     vicidial = (
         _vicidial(top.table("vicidial"), audit_dir, campaigns, env) if "vicidial" in data else None
     )
+    console = _console(top.table("console"), audit_dir)
     return Config(
         path,
         node,
@@ -399,6 +423,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         central if "central" in data else None,
         api,
         vicidial,
+        console if "console" in data else None,
     )
 
 
@@ -409,6 +434,14 @@ def central_settings(config: Config, env: Mapping[str, str] | None = None) -> Ce
         return config.central
     env = os.environ if env is None else env
     return _central(_Reader(config.path, {}, "central."), config.audit_dir, env)
+
+
+def console_settings(config: Config) -> ConsoleSettings:
+    """The console's settings: `[console]`, or without the section the defaults (its
+    files in the data directory, beside the audit directory)."""
+    if config.console is not None:
+        return config.console
+    return _console(_Reader(config.path, {}, "console."), config.audit_dir)
 
 
 def is_loopback(host: str) -> bool:
@@ -897,6 +930,54 @@ def _mysql_url(table: _Reader, url: str) -> tuple[str, int, str, str]:
     if not _MYSQL_NAME.match(database):
         raise table.fail("url", "needs the database VICIdial uses after the host (/asterisk)")
     return parts.hostname, port, user, database
+
+
+# The console's files when the section names none: in the node's data directory, beside
+# the audit directory (var/ with the sample configuration), as the central store's file.
+CONSOLE_USERS_FILE = "console-users.json"
+CONSOLE_EXPORTS_DIR = "exports"
+
+
+def _console(table: _Reader, audit_dir: Path) -> ConsoleSettings:
+    table.unknown_keys(
+        {
+            "host",
+            "port",
+            "users_file",
+            "exports_dir",
+            "secure_cookies",
+            "session_hours",
+            "idle_minutes",
+            "exports_keep_hours",
+            "mask_key_file",
+        }
+    )
+    port = table.positive("port", 8574)
+    if port > 65535:
+        raise table.fail("port", f"{port} is not a TCP port")
+
+    def place(key: str, default: Path) -> Path:
+        name: str = table.get(key, str, "")
+        return table.path.parent / name if name else default
+
+    session_hours = table.positive("session_hours", 12)
+    if session_hours > 24 * 7:
+        raise table.fail("session_hours", f"{session_hours}: at most 168 (a week)")
+    idle_minutes = table.positive("idle_minutes", 30)
+    if idle_minutes > session_hours * 60:
+        raise table.fail("idle_minutes", f"{idle_minutes}: longer than session_hours")
+    mask_key: str = table.get("mask_key_file", str, "")
+    return ConsoleSettings(
+        users_file=place("users_file", audit_dir.parent / CONSOLE_USERS_FILE),
+        exports_dir=place("exports_dir", audit_dir.parent / CONSOLE_EXPORTS_DIR),
+        host=table.get("host", str, "127.0.0.1"),
+        port=port,
+        secure_cookies=table.get("secure_cookies", bool, False),
+        session_hours=session_hours,
+        idle_minutes=idle_minutes,
+        exports_keep_hours=table.positive("exports_keep_hours", 24),
+        mask_key_file=table.path.parent / mask_key if mask_key else None,
+    )
 
 
 def _metrics(table: _Reader) -> MetricsSettings:

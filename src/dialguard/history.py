@@ -29,11 +29,13 @@ def events(directory: Path, number: Number, torn: list[Torn]) -> list[dict[str, 
     return sorted((record for _, record in found), key=lambda record: int(record["ts"]))
 
 
-async def in_force(store: Store, config: Config, number: Number) -> list[dict[str, Any]]:
+async def in_force(
+    store: Store, config: Config, number: Number, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """What Redis holds for the number now, per principal of the configuration, with the
     import that holds it (one facts read per principal: the decision's own script).
     StoreUnavailable when Redis does not answer."""
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     found: list[dict[str, Any]] = []
     dnc_meta = (await store.lists.current("dnc")).meta
     consent_meta = (await store.lists.current("consent")).meta

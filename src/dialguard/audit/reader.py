@@ -306,8 +306,9 @@ def stats(records: Iterator[dict[str, Any]], zone: ZoneInfo) -> dict[str, Any]:
     """Decisions, allowed, denied, deny rate; by reason, by campaign, by local hour.
 
     A denial in shadow mode counts as denied (it is what the law says) and as `shadowed`:
-    what would have been blocked, had the campaign been enforcing."""
-    allowed = denied = shadowed = 0
+    what would have been blocked, had the campaign been enforcing. `degraded`: decisions
+    the campaign's fail mode took (Redis unreachable, the deadline passed)."""
+    allowed = denied = shadowed = degraded = 0
     reasons: Counter[tuple[str, str]] = Counter()
     shadowed_reasons: Counter[str] = Counter()
     campaigns: dict[str, Counter[str]] = {}
@@ -333,6 +334,8 @@ def stats(records: Iterator[dict[str, Any]], zone: ZoneInfo) -> dict[str, Any]:
             shadowed += 1
             shadowed_reasons[reason] += 1
             by_campaign["shadowed"] += 1
+        if record.get("degraded"):
+            degraded += 1
         hours[hour_of(int(record["ts"]))][result] += 1
     total = allowed + denied
     return {
@@ -341,6 +344,7 @@ def stats(records: Iterator[dict[str, Any]], zone: ZoneInfo) -> dict[str, Any]:
         "denied": denied,
         "deny_rate": round(denied / total, 4) if total else 0.0,
         "shadowed": shadowed,
+        "degraded": degraded,
         "by_reason": [
             {
                 "result": result,

@@ -23,6 +23,18 @@ Version 1, the tables (docs/central.md):
   `outcome` for outcome records), with how many of them were shadow-mode denials.
 - `cursors`: per node, the next byte to ship, the chain's last hash, where it started.
 - `chain_breaks`: what ingest found wrong, per node and record.
+
+Version 2, for the console:
+
+- `records.degraded` and `rollups.degraded`: decisions the campaign's fail mode took
+  (Redis unreachable, the deadline passed; the record's `degraded` is set), counted as
+  `shadowed` is, so *Today* shows them from the counters. Records stored before are
+  marked from their lines (the byte string `"degraded":"` followed by anything but `"`:
+  inside a JSON string a quote is escaped, so the key can only be the record's own) and
+  their counters recomputed, once.
+- `records_events`: an index on `ts` of the records that are not decisions (changes,
+  imports, reloads, exports: a few among millions), for the changes of the last days that
+  *Today* checks against Redis, without reading the decisions around them.
 """
 
 from __future__ import annotations
@@ -125,6 +137,52 @@ MIGRATIONS: tuple[Migration, ...] = (
     detected_at bigint NOT NULL
 )""",
             "CREATE INDEX chain_breaks_node ON chain_breaks (node, id)",
+        ),
+    ),
+)
+
+# The byte strings a degraded decision's line holds, and an undegraded one's (`""`), as
+# hexadecimal for each backend's literal (a blob, a bytea): lines are compared undecoded.
+_DEGRADED_HEX = b'"degraded":"'.hex()
+_UNDEGRADED_HEX = b'"degraded":""'.hex()
+
+
+def _recount(hour: str) -> str:
+    """The degraded counters of the rollups, from the records marked (`hour`: the
+    backend's expression of a record's UTC hour)."""
+    return f"""UPDATE rollups SET degraded = d.n FROM (
+    SELECT {hour} AS hour, node, kind, coalesce(campaign, '') AS campaign,
+           coalesce(result, '') AS result, coalesce(reason, outcome, '') AS reason,
+           count(*) AS n
+    FROM records WHERE degraded GROUP BY 1, 2, 3, 4, 5, 6
+) AS d
+WHERE rollups.hour = d.hour AND rollups.node = d.node AND rollups.kind = d.kind
+  AND rollups.campaign = d.campaign AND rollups.result = d.result
+  AND rollups.reason = d.reason"""
+
+
+_EVENTS_INDEX = "CREATE INDEX records_events ON records (ts) WHERE kind <> 'decision'"
+
+MIGRATIONS += (
+    Migration(
+        2,
+        "degraded decisions counted; records_events",
+        sqlite=(
+            "ALTER TABLE records ADD COLUMN degraded integer NOT NULL DEFAULT 0",
+            "ALTER TABLE rollups ADD COLUMN degraded bigint NOT NULL DEFAULT 0",
+            f"""UPDATE records SET degraded = 1 WHERE kind = 'decision'
+    AND instr(line, X'{_DEGRADED_HEX}') > 0 AND instr(line, X'{_UNDEGRADED_HEX}') = 0""",
+            _recount("ts / 3600000"),
+            _EVENTS_INDEX,
+        ),
+        postgres=(
+            "ALTER TABLE records ADD COLUMN degraded boolean NOT NULL DEFAULT false",
+            "ALTER TABLE rollups ADD COLUMN degraded bigint NOT NULL DEFAULT 0",
+            f"""UPDATE records SET degraded = true WHERE kind = 'decision'
+    AND position('\\x{_DEGRADED_HEX}'::bytea IN line) > 0
+    AND position('\\x{_UNDEGRADED_HEX}'::bytea IN line) = 0""",
+            _recount("(ts / 3600000)::integer"),
+            _EVENTS_INDEX,
         ),
     ),
 )

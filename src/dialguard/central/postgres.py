@@ -36,12 +36,16 @@ from dialguard.central.store import (
     Break,
     CentralStore,
     Cursor,
+    Filters,
     Found,
     Ingested,
     Position,
     RollupRow,
     Row,
+    events_query,
+    export_query,
     rollup_filter,
+    search_query,
 )
 from dialguard.config import redact_url
 
@@ -55,12 +59,12 @@ _STAGING = b"""
 CREATE TEMPORARY TABLE staging (
     id text, ts bigint, file_day integer, file_offset bigint, kind text, result text,
     reason text, outcome text, number text, campaign text, principal text, shadowed boolean,
-    hash text, prev text, line bytea
+    degraded boolean, hash text, prev text, line bytea
 ) ON COMMIT DELETE ROWS
 """
 _STAGING_TYPES = [
     "text", "int8", "int4", "int8", "text", "text", "text", "text", "text", "text", "text",
-    "bool", "text", "text", "bytea",
+    "bool", "bool", "text", "text", "bytea",
 ]  # fmt: skip
 _COLUMNS = ", ".join(ROW_COLUMNS)
 _INSERT = f"""
@@ -68,15 +72,16 @@ WITH inserted AS (
     INSERT INTO records (node, {_COLUMNS}, shipped_at)
     SELECT %(node)s, {_COLUMNS}, %(shipped_at)s FROM staging
     ON CONFLICT DO NOTHING
-    RETURNING ts, kind, campaign, result, reason, outcome, shadowed
+    RETURNING ts, kind, campaign, result, reason, outcome, shadowed, degraded
 ), counted AS (
-    INSERT INTO rollups AS r (hour, node, kind, campaign, result, reason, n, shadowed)
+    INSERT INTO rollups AS r (hour, node, kind, campaign, result, reason, n, shadowed, degraded)
     SELECT (ts / 3600000)::integer, %(node)s, kind, coalesce(campaign, ''),
            coalesce(result, ''), coalesce(reason, outcome, ''), count(*),
-           count(*) FILTER (WHERE shadowed)
+           count(*) FILTER (WHERE shadowed), count(*) FILTER (WHERE degraded)
     FROM inserted GROUP BY 1, 3, 4, 5, 6
     ON CONFLICT (hour, node, kind, campaign, result, reason)
-    DO UPDATE SET n = r.n + excluded.n, shadowed = r.shadowed + excluded.shadowed
+    DO UPDATE SET n = r.n + excluded.n, shadowed = r.shadowed + excluded.shadowed,
+                  degraded = r.degraded + excluded.degraded
 )
 SELECT count(*) FROM inserted
 """.encode()
@@ -299,7 +304,9 @@ class PostgresStore(CentralStore):
         node: str | None = None,
     ) -> list[RollupRow]:
         where, args = rollup_filter(since_hour, until_hour, campaign, node, "%s")
-        query = "SELECT hour, node, kind, campaign, result, reason, n, shadowed FROM rollups"
+        query = (
+            "SELECT hour, node, kind, campaign, result, reason, n, shadowed, degraded FROM rollups"
+        )
         with self._errors(), self.db.transaction():
             rows = self.db.execute((query + where).encode(), args).fetchall()
         return [RollupRow(*row) for row in rows]
@@ -318,6 +325,49 @@ class PostgresStore(CentralStore):
         query += " ORDER BY ts DESC LIMIT %s"
         with self._errors(), self.db.transaction():
             rows = self.db.execute(query.encode(), (*args, limit)).fetchall()
+        return [Found(row[0], row[1], row[2], bytes(row[3])) for row in rows]
+
+    def search(
+        self,
+        filters: Filters,
+        newest_first: bool = True,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[Found]:
+        query, args = search_query(filters, newest_first, after, limit, "%s")
+        return self._found(query, args)
+
+    def record(self, record_id: str) -> Found | None:
+        # The key is (id, ts): id leads it, so each month's partition answers from its
+        # index (a few partitions, a lookup each).
+        found = self._found("SELECT node, id, ts, line FROM records WHERE id = %s", [record_id])
+        return found[0] if found else None
+
+    def last_shipped(self, node: str) -> int | None:
+        query = (
+            b"SELECT ts FROM records WHERE node = %s"
+            b" ORDER BY node DESC, file_day DESC, file_offset DESC LIMIT 1"
+        )
+        with self._errors(), self.db.transaction():
+            row = self.db.execute(query, (node,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def events(self, since_ms: int, kinds: Sequence[str]) -> list[Found]:
+        query, args = events_query(since_ms, kinds, "%s")
+        return self._found(query, args)
+
+    def export(self, filters: Filters) -> Iterator[Found]:
+        query, args = export_query(filters, "%s")
+        # A server-side cursor: an export of millions, a few thousand rows in memory.
+        with self._errors(), self.db.transaction(), self.db.cursor(name="export") as cur:
+            cur.itersize = 2000
+            cur.execute(query.encode(), args)
+            for node, record_id, ts, line in cur:
+                yield Found(node, record_id, ts, bytes(line))
+
+    def _found(self, query: str, args: Sequence[Any]) -> list[Found]:
+        with self._errors(), self.db.transaction():
+            rows = self.db.execute(query.encode(), args).fetchall()
         return [Found(row[0], row[1], row[2], bytes(row[3])) for row in rows]
 
     def close(self) -> None:

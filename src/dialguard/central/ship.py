@@ -255,12 +255,13 @@ def _check(line: bytes, expected: bytes | None) -> tuple[Row | None, str, bytes 
     record_id, ts = record.get("id"), record.get("ts")
     if not isinstance(record_id, str) or not record_id or type(ts) is not int:
         return None, problem, digest
+    kind = _text(record.get("kind")) or "decision"
     row = Row(
         id=record_id,
         ts=ts,
         file_day=0,
         file_offset=0,
-        kind=_text(record.get("kind")) or "decision",
+        kind=kind,
         result=_text(record.get("result")),
         reason=_text(record.get("reason")),
         outcome=_text(record.get("outcome")),
@@ -268,6 +269,7 @@ def _check(line: bytes, expected: bytes | None) -> tuple[Row | None, str, bytes 
         campaign=_text(record.get("campaign")),
         principal=_text(record.get("principal")),
         shadowed="answer" in record,
+        degraded=kind == "decision" and bool(record.get("degraded")),
         hash=(digest or b"").decode(),
         prev=prev.decode(),
         line=line,

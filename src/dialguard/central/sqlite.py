@@ -30,13 +30,17 @@ from dialguard.central.store import (
     Break,
     CentralStore,
     Cursor,
+    Filters,
     Found,
     Ingested,
     Position,
     RollupRow,
     Row,
+    events_query,
+    export_query,
     rollup_filter,
     rollup_key,
+    search_query,
 )
 
 __all__ = ["SqliteStore"]
@@ -48,10 +52,11 @@ _COLUMNS = ", ".join(("node", *ROW_COLUMNS, "shipped_at"))
 _INSERT = f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * (len(ROW_COLUMNS) + 2))})"
 _INSERT_OR_IGNORE = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO")
 _ROLLUP = """
-INSERT INTO rollups (hour, node, kind, campaign, result, reason, n, shadowed)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO rollups (hour, node, kind, campaign, result, reason, n, shadowed, degraded)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (hour, node, kind, campaign, result, reason)
-DO UPDATE SET n = n + excluded.n, shadowed = shadowed + excluded.shadowed
+DO UPDATE SET n = n + excluded.n, shadowed = shadowed + excluded.shadowed,
+              degraded = degraded + excluded.degraded
 """
 _CURSOR = """
 SELECT node, file, file_offset, last_hash, start_hash, records, shipped_at, error,
@@ -174,13 +179,18 @@ class SqliteStore(CentralStore):
                 db.executemany(_INSERT, [(node, *row, shipped_at) for row in fresh])
             counts: Counter[tuple[int, str, str, str, str, str]] = Counter()
             shadowed: Counter[tuple[int, str, str, str, str, str]] = Counter()
+            degraded: Counter[tuple[int, str, str, str, str, str]] = Counter()
             for row in fresh:
                 key = rollup_key(node, row)
                 counts[key] += 1
                 if row.shadowed:
                     shadowed[key] += 1
+                if row.degraded:
+                    degraded[key] += 1
             db.execute("RELEASE rows")
-            db.executemany(_ROLLUP, [(*key, n, shadowed[key]) for key, n in counts.items()])
+            db.executemany(
+                _ROLLUP, [(*key, n, shadowed[key], degraded[key]) for key, n in counts.items()]
+            )
             flagged = [*breaks, *clashes]
             db.executemany(
                 "INSERT INTO chain_breaks (node, record_id, file, file_offset, problem,"
@@ -264,8 +274,8 @@ class SqliteStore(CentralStore):
         where, args = rollup_filter(since_hour, until_hour, campaign, node, "?")
         with self._errors():
             rows = self.db.execute(
-                "SELECT hour, node, kind, campaign, result, reason, n, shadowed FROM rollups"
-                + where,
+                "SELECT hour, node, kind, campaign, result, reason, n, shadowed, degraded"
+                " FROM rollups" + where,
                 args,
             ).fetchall()
         return [RollupRow(*row) for row in rows]
@@ -283,6 +293,43 @@ class SqliteStore(CentralStore):
             args.append(until_ms)
         with self._errors():
             rows = self.db.execute(query + " ORDER BY ts DESC LIMIT ?", (*args, limit)).fetchall()
+        return [Found(row[0], row[1], row[2], _bytes(row[3])) for row in rows]
+
+    def search(
+        self,
+        filters: Filters,
+        newest_first: bool = True,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[Found]:
+        query, args = search_query(filters, newest_first, after, limit, "?")
+        return self._found(query, args)
+
+    def record(self, record_id: str) -> Found | None:
+        found = self._found("SELECT node, id, ts, line FROM records WHERE id = ?", [record_id])
+        return found[0] if found else None
+
+    def last_shipped(self, node: str) -> int | None:
+        query = (
+            "SELECT ts FROM records WHERE node = ? ORDER BY file_day DESC, file_offset DESC LIMIT 1"
+        )
+        with self._errors():
+            row = self.db.execute(query, (node,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def events(self, since_ms: int, kinds: Sequence[str]) -> list[Found]:
+        query, args = events_query(since_ms, kinds, "?")
+        return self._found(query, args)
+
+    def export(self, filters: Filters) -> Iterator[Found]:
+        query, args = export_query(filters, "?")
+        with self._errors():
+            for row in self.db.execute(query, args):
+                yield Found(row[0], row[1], row[2], _bytes(row[3]))
+
+    def _found(self, query: str, args: Sequence[Any]) -> list[Found]:
+        with self._errors():
+            rows = self.db.execute(query, args).fetchall()
         return [Found(row[0], row[1], row[2], _bytes(row[3])) for row in rows]
 
     def close(self) -> None:

@@ -39,7 +39,7 @@ def summary(
         node,
     )
     local_hour = _local_hours(zone)
-    allowed = denied = shadowed = 0
+    allowed = denied = shadowed = degraded = 0
     reasons: Counter[tuple[str, str]] = Counter()
     shadowed_reasons: Counter[str] = Counter()
     campaigns: dict[str, Counter[str]] = {}
@@ -60,6 +60,7 @@ def summary(
         by_campaign["shadowed"] += row.shadowed
         shadowed += row.shadowed
         shadowed_reasons[row.reason] += row.shadowed
+        degraded += row.degraded
         hours[local_hour(row.hour)][row.result] += row.n
     total = allowed + denied
     return {
@@ -68,6 +69,7 @@ def summary(
         "denied": denied,
         "deny_rate": round(denied / total, 4) if total else 0.0,
         "shadowed": shadowed,
+        "degraded": degraded,
         "by_reason": [
             {
                 "result": result,

@@ -27,14 +27,19 @@ __all__ = [
     "Break",
     "CentralStore",
     "Cursor",
+    "Filters",
     "Found",
     "Ingested",
     "Position",
     "RollupRow",
     "Row",
+    "events_query",
+    "export_query",
     "hour_of",
+    "record_filter",
     "rollup_filter",
     "rollup_key",
+    "search_query",
 ]
 
 
@@ -54,6 +59,7 @@ class Row(NamedTuple):
     campaign: str | None
     principal: str | None
     shadowed: bool  # a denial answered ALLOW in shadow mode (`answer` in the record)
+    degraded: bool  # a decision the fail mode took (`degraded` set: Redis or the deadline)
     hash: str
     prev: str
     line: bytes  # the journal line, without its newline: what the hash covers
@@ -115,6 +121,7 @@ class RollupRow(NamedTuple):
     reason: str  # a decision's reason, an outcome's outcome, "" otherwise
     n: int
     shadowed: int
+    degraded: int
 
 
 class Found(NamedTuple):
@@ -124,6 +131,94 @@ class Found(NamedTuple):
     id: str
     ts: int
     line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What a search or an export selects; None (False) selects any. Each is a column of
+    `records`, so a search is one query on its indexes."""
+
+    since_ms: int | None = None  # inclusive
+    until_ms: int | None = None  # exclusive
+    number: str | None = None  # E.164, as normalised
+    campaign: str | None = None
+    principal: str | None = None
+    result: str | None = None
+    reason: str | None = None  # a decision's reason
+    node: str | None = None
+    kind: str | None = None
+    degraded: bool = False  # only the decisions the fail mode took
+
+
+def record_filter(filters: Filters, mark: str) -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of a search and their arguments (`mark`: `?` or `%s`)."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    for clause, value in (
+        (f"ts >= {mark}", filters.since_ms),
+        (f"ts < {mark}", filters.until_ms),
+        (f"number = {mark}", filters.number),
+        (f"campaign = {mark}", filters.campaign),
+        (f"principal = {mark}", filters.principal),
+        (f"result = {mark}", filters.result),
+        (f"reason = {mark}", filters.reason),
+        (f"node = {mark}", filters.node),
+        (f"kind = {mark}", filters.kind),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
+    if filters.degraded:
+        clauses.append("degraded")
+    return clauses, args
+
+
+def search_query(
+    filters: Filters, newest_first: bool, after: tuple[int, str] | None, limit: int, mark: str
+) -> tuple[str, list[Any]]:
+    """One page of a search, in time order (ts, then id: ids are unique), from `after`
+    (the last row of the page before: keyset paging, so page 1,000 costs what page 1
+    does). The bound is also written `ts <= t` alone, which every (column, ts) index
+    serves as a range."""
+    clauses, args = record_filter(filters, mark)
+    if after is not None:
+        ts, record_id = after
+        if newest_first:
+            clauses.append(f"ts <= {mark} AND (ts < {mark} OR id < {mark})")
+        else:
+            clauses.append(f"ts >= {mark} AND (ts > {mark} OR id > {mark})")
+        args += [ts, ts, record_id]
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    order = "DESC" if newest_first else "ASC"
+    query = (
+        f"SELECT node, id, ts, line FROM records{where}"
+        f" ORDER BY ts {order}, id {order} LIMIT {mark}"
+    )
+    return query, [*args, limit]
+
+
+def export_query(filters: Filters, mark: str) -> tuple[str, list[Any]]:
+    """The records of an export, each node's in its chain order (as `audit export` writes
+    one journal: a node's records then verify link by link where nothing is filtered)."""
+    clauses, args = record_filter(filters, mark)
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    return (
+        f"SELECT node, id, ts, line FROM records{where} ORDER BY node, file_day, file_offset",
+        args,
+    )
+
+
+def events_query(since_ms: int, kinds: Sequence[str], mark: str) -> tuple[str, list[Any]]:
+    """Records of `kinds` since `since_ms`. `kind <> 'decision'` is the partial index's own
+    predicate, written out so that both planners see the index applies."""
+    if "decision" in kinds or not kinds:
+        raise ValueError("events are the records that are not decisions")
+    marks = ", ".join(mark for _ in kinds)
+    return (
+        "SELECT node, id, ts, line FROM records WHERE kind <> 'decision'"
+        f" AND ts >= {mark} AND kind IN ({marks}) ORDER BY ts, id",
+        [since_ms, *kinds],
+    )
 
 
 def hour_of(ts_ms: int) -> int:
@@ -233,6 +328,36 @@ class CentralStore(abc.ABC):
         self, number: str, since_ms: int | None, until_ms: int | None, limit: int = 1000
     ) -> list[Found]:
         """Records of an E.164 number, newest first."""
+
+    # --- what the console reads (each a single indexed query) ----------------------------
+
+    @abc.abstractmethod
+    def search(
+        self,
+        filters: Filters,
+        newest_first: bool = True,
+        after: tuple[int, str] | None = None,
+        limit: int = 50,
+    ) -> list[Found]:
+        """A page of the records `filters` selects, in time order from `after` (the
+        (ts, id) of the last row of the page before)."""
+
+    @abc.abstractmethod
+    def record(self, record_id: str) -> Found | None:
+        """The record of this id (its key's index)."""
+
+    @abc.abstractmethod
+    def last_shipped(self, node: str) -> int | None:
+        """The `ts` of the node's last record in chain order (the chain's index), or None."""
+
+    @abc.abstractmethod
+    def events(self, since_ms: int, kinds: Sequence[str]) -> list[Found]:
+        """The records of these kinds (none of them `decision`) since `since_ms`, oldest
+        first: the index of the records that are not decisions."""
+
+    @abc.abstractmethod
+    def export(self, filters: Filters) -> Iterator[Found]:
+        """Every record `filters` selects, node by node in chain order, streamed."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -19,6 +19,7 @@ from dialguard.cli.audit import audit
 from dialguard.cli.central import central, ship
 from dialguard.cli.check import check
 from dialguard.cli.common import EXIT_INPUT, EXIT_INTERNAL, configure_logging, fail
+from dialguard.cli.console import console
 from dialguard.cli.history import history
 from dialguard.cli.imports import import_
 from dialguard.cli.lists import lists
@@ -66,6 +67,7 @@ for command in (
     api,
     vicidial,
     scrub_command,
+    console,
 ):
     cli.add_command(command)
 audit.add_command(pending)

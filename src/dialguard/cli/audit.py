@@ -10,18 +10,13 @@ distinct from 1 so that a typo in a cron line never looks like tampering.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import csv
-import hashlib
-import hmac
 import multiprocessing
 import os
 import re
 import sys
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
@@ -29,6 +24,14 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from dialguard.audit.export import (
+    MASK_KEY_ENV,
+    MIN_KEY_BYTES,
+    created_now,
+    pseudonym,
+    write_csv,
+    write_export,
+)
 from dialguard.audit.files import AuditUnavailable
 from dialguard.audit.reader import (
     Query,
@@ -46,26 +49,15 @@ from dialguard.changes import record_detail
 from dialguard.cli.central import central_stats, central_verify
 from dialguard.cli.common import Failure, config_option, errors_are_one_line, operator_option
 from dialguard.config import load_config, load_policy
-from dialguard.csv_cells import cell
-from dialguard.numbers import InvalidNumber, normalise
+from dialguard.numbers import normalise
 from dialguard.policy import Policy
 from dialguard.replay import Report, decisions, replay
 from dialguard.service import new_id
 
-__all__ = ["EXIT_BROKEN", "audit"]
+__all__ = ["EXIT_BROKEN", "audit", "pseudonym"]
 
 EXIT_BROKEN = 3
-MASK_KEY_ENV = "DIALGUARD_AUDIT_MASK_KEY"
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-CSV_FIELDS = [
-    "id", "ts", "kind", "result", "reason", "mode", "answer", "outcome", "applied", "number",
-    "number_raw", "campaign", "principal", "purpose", "sector", "local_time", "attempts_30d",
-    "evidence", "rules", "policy", "degraded", "why", "operator", "adapter", "channel", "uniqueid",
-    "policy_from", "policy_to", "config_from", "config_to", "changed", "restart_needed",
-    "file", "sha256", "at", "leads", "callable", "blocked", "by_reason",
-    "callerid", "node",
-    "latency_us", "prev", "hash",
-]  # fmt: skip
 
 
 class Where:
@@ -202,7 +194,7 @@ def search_command(
             out.write(line + b"\n")
         out.flush()
     elif as_csv:
-        _write_csv(sys.stdout, (record for _, record in found), mask=None)
+        write_csv(sys.stdout, (record for _, record in found), mask=None)
     else:
         records = [record for _, record in found]
         _print_records(where, records)
@@ -308,6 +300,12 @@ def stats_command(
             " mode: the calls dialguard would have blocked[/]",
             highlight=False,
         )
+    if summary["degraded"]:
+        console.print(
+            f"[yellow]{summary['degraded']:,} decisions were taken by the campaign's fail mode"
+            " (Redis unreachable or the deadline passed): degraded[/]",
+            highlight=False,
+        )
     if summary["outcomes"]:
         told = ", ".join(f"{k} {v:,}" for k, v in summary["outcomes"].items())
         console.print(f"outcomes recorded: {told}", highlight=False)
@@ -386,36 +384,21 @@ def export_command(
         raise Failure("--mask-key-file goes with --mask")
     torn: list[Torn] = []
     found = search(where.directory, Query(since_ms=start, until_ms=stop), torn)
-    tally = _Tally(found)
-    digest = hashlib.sha256()
     try:
-        # 0600 like the journal: an export holds the same personal data.
-        descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with open(descriptor, "w", encoding="utf-8", newline="") as handle:
-            if fmt == "csv":
-                _write_csv(handle, tally.records(), mask=key)
-            else:
-                for line, record in tally:
-                    if key is not None:
-                        line = orjson.dumps(_masked(record, key))
-                    handle.write(line.decode() + "\n")
-        digest.update(out.read_bytes())
+        tally, sha256 = write_export(out, fmt, found, key)
     except OSError as exc:
         raise Failure(f"{out}: cannot write: {exc.strerror}") from None
     manifest = {
         "file": out.name,
         "format": fmt,
-        "sha256": digest.hexdigest(),
-        "records": tally.count,
-        "first_hash": tally.first_hash,
-        "last_hash": tally.last_hash,
-        "first_prev": tally.first_prev,
+        "sha256": sha256,
+        **tally.ends,
         "since": since,
         "until": until,
         "timezone": where.zone.key,
         "masked": key is not None,
         "journal": str(where.directory),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": created_now(),
     }
     manifest_path = out.with_name(out.name + ".manifest.json")
     try:
@@ -426,27 +409,6 @@ def export_command(
     warn_torn(torn)
 
 
-class _Tally:
-    """Passes the records through, counting them and noting the chain's ends."""
-
-    def __init__(self, found: Iterator[tuple[bytes, dict[str, Any]]]) -> None:
-        self._found = found
-        self.count = 0
-        self.first_hash = self.last_hash = self.first_prev = ""
-
-    def __iter__(self) -> Iterator[tuple[bytes, dict[str, Any]]]:
-        for line, record in self._found:
-            if not self.count:
-                self.first_hash = str(record.get("hash"))
-                self.first_prev = str(record.get("prev"))
-            self.last_hash = str(record.get("hash"))
-            self.count += 1
-            yield line, record
-
-    def records(self) -> Iterator[dict[str, Any]]:
-        return (record for _, record in self)
-
-
 def _mask_key(path: Path | None) -> bytes:
     if path is not None:
         try:
@@ -455,124 +417,12 @@ def _mask_key(path: Path | None) -> bytes:
             raise Failure(f"{path}: cannot read the mask key: {exc.strerror}") from None
     else:
         key = os.environ.get(MASK_KEY_ENV, "").encode()
-    if len(key) < 16:
+    if len(key) < MIN_KEY_BYTES:
         raise Failure(
             f"--mask needs a key of at least 16 bytes in ${MASK_KEY_ENV} or --mask-key-file "
             "(keep it: the same key gives the same pseudonyms across exports)"
         )
     return key
-
-
-def pseudonym(number: str, key: bytes) -> str:
-    """HMAC-SHA-256 of the E.164 number under the key: stable, not reversible without it."""
-    return "p-" + hmac.new(key, number.encode(), hashlib.sha256).hexdigest()[:20]
-
-
-# The fields whose whole value is the callee's number, and those whose text can name it
-# among other words: a rule's detail (the number rule quotes it), the evidence (an
-# operator's do-not-call reason, a consent's proof reference) and the channel (Asterisk
-# names Local channels after the dialled digits). `callerid` is the call centre's own line.
-_NUMBER_FIELDS = ("number", "number_raw")
-_TEXT_FIELDS = ("rules", "evidence", "facts", "channel", "why")
-
-
-def _masked(record: dict[str, Any], key: bytes) -> dict[str, Any]:
-    """The record with the callee's number replaced by its pseudonym in the fields that
-    carry it; every other field, and every key, as it was."""
-    number, raw = record.get("number"), record.get("number_raw")
-    subject = number if isinstance(number, str) and number else raw
-    if not isinstance(subject, str) or not subject:
-        return record
-    alias = pseudonym(subject, key)
-    spellings = _spellings(number, raw)
-    masked = dict(record)
-    for name in _NUMBER_FIELDS:
-        if isinstance(masked.get(name), str) and masked[name]:
-            masked[name] = alias
-    # Messages quote a number as Python does ('0612 34' or 'a'); a number with digits also
-    # stands bare ("+33612345678 mobile FR"), but never inside a longer run of digits (a
-    # channel's "-00000015" is not the emergency number 15).
-    forms = [(repr(s), repr(alias), False) for s in spellings]
-    forms += [(s, alias, True) for s in spellings if any(c in _DIGITS for c in s)]
-    for name in _TEXT_FIELDS:
-        if name in masked:
-            masked[name] = _mask_strings(masked[name], forms)
-    return masked
-
-
-_DIGITS = "0123456789"
-
-
-def _spellings(number: object, raw: object) -> list[str]:
-    """How a record's text may write its number: as dialled, E.164, its digits alone, and
-    the national ten digits a dialplan dials (`Local/0612345678@...`)."""
-    found = [s for s in (number, raw) if isinstance(s, str) and s]
-    if isinstance(raw, str):
-        found.append("".join(c for c in raw if c in _DIGITS))
-    if isinstance(number, str) and number.startswith("+"):
-        found.append(number[1:])
-        national = "0" + number[-9:]
-        with contextlib.suppress(InvalidNumber):
-            if normalise(national).e164 == number:
-                found.append(national)
-    return list(dict.fromkeys(s for s in found if s))
-
-
-_Form = tuple[str, str, bool]  # what to find, what replaces it, whether digits may not touch it
-
-
-def _mask_strings(value: Any, forms: list[_Form]) -> Any:
-    if isinstance(value, str):
-        return _mask_text(value, forms)
-    if isinstance(value, dict):
-        return {name: _mask_strings(item, forms) for name, item in value.items()}
-    if isinstance(value, list):
-        return [_mask_strings(item, forms) for item in value]
-    return value
-
-
-def _mask_text(text: str, forms: list[_Form]) -> str:
-    # One pass over the original text (str.find, not a regular expression: compiling one
-    # per record would cost more than the rest of the export): a replacement is never
-    # searched again, and where two forms start at one place the longer wins.
-    hits: list[tuple[int, int, int, str]] = []
-    for literal, replacement, bare in forms:
-        at = text.find(literal)
-        while at >= 0:
-            end = at + len(literal)
-            alone = not bare or (
-                (at == 0 or text[at - 1] not in _DIGITS)
-                and (end == len(text) or text[end] not in _DIGITS)
-            )
-            if alone:
-                hits.append((at, -len(literal), end, replacement))
-            at = text.find(literal, at + 1)
-    if not hits:
-        return text
-    parts: list[str] = []
-    done = 0
-    for at, _, end, replacement in sorted(hits):
-        if at >= done:
-            parts += (text[done:at], replacement)
-            done = end
-    parts.append(text[done:])
-    return "".join(parts)
-
-
-def _write_csv(handle: TextIO, records: Iterator[dict[str, Any]], mask: bytes | None) -> None:
-    writer = csv.DictWriter(handle, CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for record in records:
-        row = _masked(record, mask) if mask is not None else record
-        # Masked first: the pseudonyms replace the number as the journal spells it.
-        flat = {
-            name: orjson.dumps(value).decode() if isinstance(value, dict | list) else cell(value)
-            for name, value in row.items()
-        }
-        flat["ts"] = datetime.fromtimestamp(record["ts"] / 1000, UTC).isoformat(
-            timespec="milliseconds"
-        )
-        writer.writerow(flat)
 
 
 @audit.command("verify")
