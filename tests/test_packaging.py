@@ -55,7 +55,7 @@ class Installed:
         self.agi_port, self.metrics_port = free_port(), free_port()
         data["server"]["port"] = self.agi_port
         data["metrics"]["port"] = self.metrics_port
-        data["api"]["port"] = free_port()
+        self.api_port = data["api"]["port"] = free_port()
         data["audit"]["dir"] = str(home / "audit")
         config.write_text(toml_dumps(data), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DIALGUARD_", "PYTHON"))}
@@ -94,6 +94,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  "static/console.js", "static/vendor/chart.umd.min.js",
                  "static/vendor/LICENSE.md"):  # fmt: skip
         assert f"dialguard/console/{data}" in names, data
+    assert "dialguard/api/openapi.json" in names  # served at GET /v1/openapi.json
     name, version = wheel.name.split("-")[:2]
     assert {n.split("/")[0] for n in names} == {"dialguard", f"{name}-{version}.dist-info"}
     assert "dialguard = dialguard.cli:main" in scripts
@@ -192,6 +193,16 @@ def test_the_installed_service_answers_fastagi(
     url = f"http://127.0.0.1:{installed.metrics_port}/healthz"
     with urllib.request.urlopen(url, timeout=5) as answer:
         assert answer.status == 200
+    # The HTTP API: a token made by the installed command, taken by the running service.
+    made = installed.run("api", "token", "add", "ops", "--scope", "read-audit")
+    assert made.returncode == 0, made.stderr
+    document = urllib.request.Request(
+        f"http://127.0.0.1:{installed.api_port}/v1/openapi.json",
+        headers={"Authorization": f"Bearer {made.stdout.splitlines()[-1]}"},
+    )
+    time.sleep(1.1)  # the service looks at the tokens file once a second
+    with urllib.request.urlopen(document, timeout=5) as answer:
+        assert json.load(answer)["openapi"] == "3.1.0"
 
     serving.send_signal(signal.SIGTERM)
     _, err = serving.communicate(timeout=30)
