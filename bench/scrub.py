@@ -390,7 +390,7 @@ def run(directory: Path, runs: int, check_sample: int, decide_sample: int) -> No
             )
             print(
                 f"check, one process a lead: median {per_check * 1000:.0f} ms"
-                f" ({check_sample} leads) -> {count} leads in {per_check * count / 3600:,.1f} h"
+                f" ({check_sample} leads) -> {count:,} leads in {per_check * count / 3600:,.1f} h"
                 f" ({per_check * count / t_big:,.0f} times the scrub)"
             )
             print(

@@ -81,18 +81,18 @@ def test_rows_are_what_csv_reads_and_their_bytes_are_the_file(
     assert header.number_column == column
     assert list(header.columns) == [c.strip() for c in expected[0]]
     found = list(rows(lines, header))
-    assert header.raw + b"".join(row.raw for row in found) == content
+    assert header.raw + b"".join(raw for _, raw, _, _ in found) == content
     assert digest.hexdigest() == hashlib.sha256(content).hexdigest()
     assert len(found) == len(expected) - 1
-    for row, cells_read in zip(found, expected[1:], strict=True):
+    for (_, _, number, problem), cells_read in zip(found, expected[1:], strict=True):
         if not cells_read:
-            assert (row.number, row.problem) == (None, "")  # a blank line
+            assert (number, problem) == (None, "")  # a blank line
         elif len(cells_read) > column:
-            assert row.number == cells_read[column]
-            assert row.problem == ""
+            assert number == cells_read[column]
+            assert problem == ""
         else:
-            assert row.number is None
-            assert row.problem.startswith(f"no {header.number_name!r} cell")
+            assert number is None
+            assert problem.startswith(f"no {header.number_name!r} cell")
 
 
 Found = list[tuple[int, str | None, str]]
@@ -101,7 +101,7 @@ Found = list[tuple[int, str | None, str]]
 def read(content: bytes, column: str | None = None) -> tuple[LeadHeader, Found]:
     lines = physical_lines(io.BytesIO(content))
     header = read_header(lines, column)
-    return header, [(r.line, r.number, r.problem) for r in rows(lines, header)]
+    return header, [(line, number, problem) for line, _, number, problem in rows(lines, header)]
 
 
 def test_line_numbers_count_physical_lines() -> None:

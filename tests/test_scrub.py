@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 from dialguard import lawful
 from dialguard import policy as rules
 from dialguard.config import load_config, load_policy
-from dialguard.model import Campaign, Facts
+from dialguard.model import Campaign, Facts, Purpose, Sector
 from dialguard.numbers import InvalidNumber, normalise
-from dialguard.scrub import Judge, Verdict, scrub_campaign
+from dialguard.scrub import Judge, Verdict, _batches, scrub_campaign
 from dialguard.store import Store
 from tests.journal import audit_records
 from tests.redis_server import RedisServer, running_redis
@@ -429,6 +429,31 @@ def test_the_judge_decides_every_lead_as_decide(
         assert verdict.callable_from == (when if not decision.allowed else None)
         zone = ZoneInfo(number.timezones[0])
         assert window == policy.at(now.astimezone(zone).date()).window_days
+
+
+def test_the_files_loop_reads_each_number_as_normalise() -> None:
+    """The loop's quick path for "0612345678" (what the first number of its six first
+    characters gave) and the judge's own reading give what normalise gives."""
+    now = datetime(2026, 12, 7, 10, 30, tzinfo=PARIS)
+    judge = Judge(Campaign("c", "ACME", Purpose.PROSPECTING, Sector.GENERAL), SHIPPED, now)
+    cells = [*SPELLINGS, "0612345679", "0699999999", "0692000000", "0590999999", "0012345678",
+             "0612 34567", "٠٦١٢٣٤٥٦٧٨", "06123456789"] * 2  # fmt: skip
+    rows = [(i, b"row", cell, "") for i, cell in enumerate(cells)]
+    read = [lead for payload, _ in _batches(iter(rows), judge) for lead in payload]
+    assert len(read) == len(cells)
+    for cell, (_, key, kind, verdict) in zip(cells, read, strict=True):
+        try:
+            number = normalise(cell.strip())
+        except InvalidNumber:
+            assert verdict is not None and verdict.reason == "INVALID_NUMBER", cell
+            continue
+        if number.never_blocked:
+            assert verdict is not None and verdict.reason == "EMERGENCY", cell
+            continue
+        assert kind is not None and key == number.key, cell
+        assert (kind.kind, kind.territory, kind.timezones) == (
+            number.kind, number.territory, number.timezones,
+        ), cell  # fmt: skip
 
 
 def test_a_lead_is_judged_without_the_caller_id_rule() -> None:

@@ -20,7 +20,7 @@ import io
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, NamedTuple
+from typing import IO
 
 from dialguard.import_files import quoted
 
@@ -73,11 +73,11 @@ class LeadHeader:
         return self.columns[self.number_column]
 
 
-class Row(NamedTuple):
-    line: int  # the physical line it starts on (the header is line 1)
-    raw: bytes  # as in the file, line break included (none on a last line without one)
-    number: str | None  # the number column's cell; None when the row has none
-    problem: str  # why there is no number ('' when there is one)
+# One row: (the physical line it starts on, the header being line 1; its bytes as in
+# the file, line break included, none on a last line without one; the number column's
+# cell, None when the row has none; why there is no number, '' when there is one or the
+# row is a blank line). A plain tuple: a million of them are made.
+Row = tuple[int, bytes, str | None, str]
 
 
 def without_newline(raw: bytes) -> bytes:
@@ -184,25 +184,25 @@ def rows(lines: Iterator[bytes], header: LeadHeader, first_line: int = 2) -> Ite
         if b'"' not in body and b"\r" not in body:
             # What the csv module makes of a line without quotes, done by split.
             if not body:
-                yield Row(number, line, None, "")
+                yield (number, line, None, "")
                 continue
             cells = body.split(sep, column + 1)
             if len(cells) > column:
-                yield Row(number, line, _text(cells[column]), "")
+                yield (number, line, _text(cells[column]), "")
             else:
-                yield Row(number, line, None, _short(len(cells), header))
+                yield (number, line, None, _short(len(cells), header))
             continue
         start = number
         raw, fields, problem = _record(line, lines, delimiter, start)
         number += raw.count(b"\n") - (1 if raw.endswith(b"\n") else 0)
         if problem:
-            yield Row(start, raw, None, f"not CSV ({problem})")
+            yield (start, raw, None, f"not CSV ({problem})")
         elif not fields:
-            yield Row(start, raw, None, "")
+            yield (start, raw, None, "")
         elif len(fields) > column:
-            yield Row(start, raw, _text(fields[column].encode("latin-1")), "")
+            yield (start, raw, _text(fields[column].encode("latin-1")), "")
         else:
-            yield Row(start, raw, None, _short(len(fields), header))
+            yield (start, raw, None, _short(len(fields), header))
 
 
 def _short(count: int, header: LeadHeader) -> str:

@@ -3,10 +3,11 @@
 A million numbers must be read in seconds, and the decision's script (store.facts.FACTS)
 spends most of its time per number in a dozen calls from Lua into Redis. SCAN_FACTS
 reads the same keys the same way (the lists in force, whole, in one atomic step; the live
-entries; the attempts in the window) and gives the same answers, but gets the live
-do-not-call entries, consents, withdrawals, contracts and refusals of a whole batch with
-one HMGET each. It reserves nothing and writes nothing. tests/test_scrub_facts.py holds
-its answers equal to the decision script's.
+entries; the attempts in the window) and gives the same answers, but gets a whole
+batch's live entries (do-not-call, a principal's own do-not-call, consents, contracts),
+withdrawals and refusals with one HMGET each; the lists' buckets, the packed consents
+and contracts and the attempts stay number by number. It reserves nothing and writes
+nothing. tests/test_scrub_facts.py holds its answers equal to the decision script's.
 
 The requests go pre-encoded (RESP: redis-py encoding each argument cost more than the
 rest of the scrub), MAX_BATCH numbers to a call, and several calls are in flight on one
