@@ -319,6 +319,7 @@ class Sync:
                     self.state.unmark_seen(name, done)
             if len(todo) > len(failed):
                 counts[name] = counts.get(name, 0) + len(todo) - len(failed)
+            self.service.pending.forget()  # a first pass makes a million changes, say
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
