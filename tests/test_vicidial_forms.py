@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dialguard.numbers import normalise
-from dialguard.vicidial.forms import NumberForm, from_vicidial, to_vicidial, vicidial_forms
+from dialguard.vicidial.forms import (
+    NumberForm,
+    from_vicidial,
+    to_vicidial,
+    vicidial_forms,
+    vicidial_key,
+)
 
 # A national significant number: nine digits, not starting with 0.
 NSN = st.from_regex(r"\A[1-9][0-9]{8}\Z", fullmatch=True)
@@ -33,6 +39,12 @@ def test_any_entry_is_a_french_number_or_none_never_an_error(raw: str) -> None:
         assert written is not None
         again = from_vicidial(written)
         assert again is not None and again.e164 == number.e164
+
+
+@given(st.one_of(st.text(max_size=14), st.from_regex(r"\A0?[0-9]{8,10}\Z", fullmatch=True)))
+def test_the_fast_key_is_the_slow_one(raw: str) -> None:
+    number = from_vicidial(raw)
+    assert vicidial_key(raw) == (number.key if number is not None else None)
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,16 @@ from __future__ import annotations
 import enum
 import re
 
-from dialguard.numbers import InvalidNumber, Number, listable
+from dialguard.numbers import InvalidNumber, Number, fast_key, listable
 
-__all__ = ["FRENCH_PLAN_CODES", "NumberForm", "from_vicidial", "to_vicidial", "vicidial_forms"]
+__all__ = [
+    "FRENCH_PLAN_CODES",
+    "NumberForm",
+    "from_vicidial",
+    "to_vicidial",
+    "vicidial_forms",
+    "vicidial_key",
+]
 
 
 class NumberForm(enum.StrEnum):
@@ -61,6 +68,22 @@ def from_vicidial(raw: str) -> Number | None:
     except InvalidNumber:
         return None
     return number if _nsn(number.key) is not None else None
+
+
+def vicidial_key(raw: str) -> str | None:
+    """`from_vicidial(raw).key` (None likewise), a few times faster for the two plain
+    forms: a list is read whole each time it changes (a property test holds the two
+    together)."""
+    if len(raw) == 10:
+        key = fast_key(raw)
+    elif len(raw) == 9 and raw[0] != "0":
+        key = fast_key("0" + raw)
+    else:
+        key = None
+    if key is not None:
+        return key
+    number = from_vicidial(raw)
+    return number.key if number is not None else None
 
 
 def to_vicidial(key: str, form: NumberForm) -> str | None:

@@ -56,6 +56,8 @@ class State:
             self.db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = FULL")  # a cursor must not move back
+            # The scratch table of a pass (a list read whole) never needs to reach a disk.
+            self.db.execute("PRAGMA temp_store = MEMORY")
             self.db.executescript(_SCHEMA)
             known = self._meta("database")
         except (OSError, sqlite3.Error) as exc:

@@ -37,7 +37,7 @@ from dialguard.changes import change_in
 from dialguard.config import Config, VicidialSettings
 from dialguard.service import Service
 from dialguard.store import StoreUnavailable
-from dialguard.vicidial.forms import from_vicidial, to_vicidial, vicidial_forms
+from dialguard.vicidial.forms import to_vicidial, vicidial_forms, vicidial_key
 from dialguard.vicidial.state import Cursor, State
 from dialguard.vicidial.tables import (
     SYSTEM_LIST,
@@ -286,13 +286,8 @@ class Sync:
             page = await asyncio.to_thread(next, pages, None)
             if page is None:
                 return
-            keys = []
-            for raw in page:
-                number = from_vicidial(raw)
-                if number is None:
-                    report.unreadable += 1
-                else:
-                    keys.append(number.key)
+            keys = [key for key in map(vicidial_key, page) if key is not None]
+            report.unreadable += len(page) - len(keys)
             self.state.read(name, keys)
 
     async def _apply(self, name: str, action: str, logged: bool, report: PullReport) -> None:
@@ -324,6 +319,7 @@ class Sync:
                     self.state.unmark_seen(name, done)
             if len(todo) > len(failed):
                 counts[name] = counts.get(name, 0) + len(todo) - len(failed)
+            self.service.pending.forget()  # a first pass makes a million changes, say
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
