@@ -23,6 +23,12 @@ Version 1, the tables (docs/central.md):
   `outcome` for outcome records), with how many of them were shadow-mode denials.
 - `cursors`: per node, the next byte to ship, the chain's last hash, where it started.
 - `chain_breaks`: what ingest found wrong, per node and record.
+
+Version 2, retention (`dialguard central prune`):
+
+- `prunes`: each prune of a node's records: every record from the journal files before
+  `before_day` removed, how many, and the last one removed (file day, byte offset, hash:
+  where the node's chain now starts, also written to its cursor's `start_hash`).
 """
 
 from __future__ import annotations
@@ -90,6 +96,18 @@ _COMMON = (
     "CREATE INDEX records_chain ON records (node, file_day, file_offset)",
 )
 
+_PRUNES = """CREATE TABLE prunes (
+    id {key},
+    node text NOT NULL,
+    before_day integer NOT NULL,
+    records bigint NOT NULL,
+    last_day integer NOT NULL,
+    last_offset bigint NOT NULL,
+    last_hash text NOT NULL,
+    pruned_at bigint NOT NULL
+)"""
+_PRUNES_NODE = "CREATE INDEX prunes_node ON prunes (node, id)"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -125,6 +143,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     detected_at bigint NOT NULL
 )""",
             "CREATE INDEX chain_breaks_node ON chain_breaks (node, id)",
+        ),
+    ),
+    Migration(
+        2,
+        "prunes",
+        sqlite=(_PRUNES.format(key="integer PRIMARY KEY"), _PRUNES_NODE),
+        postgres=(
+            _PRUNES.format(key="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+            _PRUNES_NODE,
         ),
     ),
 )

@@ -30,6 +30,8 @@ __all__ = [
     "Found",
     "Ingested",
     "Position",
+    "Pruned",
+    "Pruning",
     "RollupRow",
     "Row",
     "hour_of",
@@ -104,6 +106,28 @@ class Ingested:
     stored: int  # rows inserted
     duplicates: int  # rows already stored (same id, same hash): skipped, not counted again
     breaks: list[Break]  # flagged in this batch, including a duplicate id with other bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """A node's records removed by `central prune`: every one from the journal files
+    before `before`, so that what is left is the node's chain from that file's first
+    record on, which follows the last record removed (`last_hash`, now the cursor's
+    `start_hash`: `audit verify --central` checks the rest from there)."""
+
+    node: str
+    before: str  # the first journal file kept (audit-YYYY-MM-DD.jsonl)
+    records: int
+    last_file: str  # the last record removed: its file, its byte offset, its hash
+    last_offset: int
+    last_hash: str
+    pruned_at: int  # ms
+
+
+@dataclass(frozen=True, slots=True)
+class Pruning:
+    nodes: list[Pruned]  # the nodes that had records to remove
+    dropped: list[str]  # PostgreSQL: the monthly partitions dropped whole
 
 
 class RollupRow(NamedTuple):
@@ -207,6 +231,17 @@ class CentralStore(abc.ABC):
     @abc.abstractmethod
     def note_error(self, node: str, error: str) -> None:
         """Record on the node's cursor why shipping stopped ("" clears it)."""
+
+    @abc.abstractmethod
+    def prune(self, before_day: int, pruned_at: int, dry_run: bool = False) -> Pruning:
+        """Remove every record from the journal files of the days before `before_day` (days
+        since the epoch: a month's first day), each node's cursor moved to start after
+        them, in steps that each leave a store `audit verify --central` passes; with
+        `dry_run`, only say what would go. Rollups are kept (counts, no personal data)."""
+
+    @abc.abstractmethod
+    def pruned(self, node: str) -> Pruned | None:
+        """The node's prunes: the last one's `before` and last record, the records of all."""
 
     @abc.abstractmethod
     def nodes(self) -> list[Cursor]: ...
