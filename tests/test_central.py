@@ -466,7 +466,8 @@ def test_records_removed_from_the_store_are_caught_by_verify(target: Target) -> 
 
 def test_migrations_run_twice_change_nothing(target: Target) -> None:
     first = target.run("central", "migrate")
-    assert first.code == 0 and first.out.endswith("schema at version 2 (applied now: 1, 2)\n"), first
+    assert first.code == 0, first
+    assert first.out.endswith("schema at version 2 (applied now: 1, 2)\n"), first
     schema = target.schema()
     versions = target.sql("SELECT version, name FROM schema_version")
     second = target.run("central", "migrate")
