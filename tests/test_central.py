@@ -614,6 +614,8 @@ async def test_serve_ships_as_it_decides_and_its_shipper_stops_with_it(
         await started(running)
         await wait_until(lambda: bool(running.events("shipper_started")), 10)
         shipper = running.events("shipper_started")[0]["pid"]
+        # Background work: never on a CPU a decision wants (cli/central.lowest_priority).
+        await wait_until(lambda: os.sched_getscheduler(shipper) == os.SCHED_IDLE, 10)
         for _ in range(5):
             assert (await decide(site))["DIALGUARD_RESULT"] == "ALLOW"
         store = open_store(CentralSettings(tmp_path / "central.sqlite3"))

@@ -232,13 +232,24 @@ def _follow(settings: CentralSettings, directory: Path, node: str, batch: int, p
     finish the batch under way and stop."""
     configure_logging(logging.INFO)
     if parent:
-        # Started by `serve`: background work, so the decisions' process comes first when
-        # both want the same core (the shipper catches up in the next poll).
-        os.nice(10)
+        lowest_priority()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     follow(replace(settings, batch=batch), directory, node, stop, parent)
+
+
+def lowest_priority() -> None:
+    """Started by `serve`: background work. SCHED_IDLE runs it only on a CPU nothing else
+    wants, and a decision waking up takes the CPU from it at once; a nice value (10 before)
+    only lowers its share, so each of its batches still delayed the decisions on its core
+    by milliseconds (docs/benchmarks.md). On a CPU busy for long it waits: the journal
+    keeps every record meanwhile, and the lag shows in `central status`. Where the policy
+    cannot be had, the lowest nice value."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
 
 
 # --- read by cli/audit.py ---------------------------------------------------------------
