@@ -8,6 +8,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dialguard.central.ship import Shipper
 from dialguard.central.verify import verify_node
 from tests import test_central
@@ -57,3 +59,21 @@ def test_the_loader_stores_what_the_shipper_stores(target: Target, tmp_path: Pat
         assert load(store, corpus, batch=700) == total
         assert all(verify_node(store, node).intact for node, _ in NODES)
     assert contents(target) == shipped
+
+
+def test_rollups_are_summed_by_the_database_and_only_by_their_columns(target: Target) -> None:
+    with target.open() as store:
+        store.migrate()
+        assert load(store, Corpus(600, 3, date(2026, 12, 4))) > 600
+        rows = store.rollups(None, None)
+        by_node = store.rollup_sums(("node",), None, None)
+        assert sorted(by_node) == sorted(
+            (node, sum(r.n for r in rows if r.node == node),
+             sum(r.shadowed for r in rows if r.node == node))
+            for node in {r.node for r in rows}
+        )  # fmt: skip
+        assert sum(n for *_, n, _ in store.rollup_sums(("hour",), None, None, kind="outcome")) == (
+            sum(r.n for r in rows if r.kind == "outcome")
+        )
+        with pytest.raises(ValueError, match="summed by some of"):
+            store.rollup_sums(("node; DROP TABLE records",), None, None)

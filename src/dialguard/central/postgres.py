@@ -121,6 +121,7 @@ def month_bounds(ts_ms: int) -> tuple[str, int, int]:
 
 class PostgresStore(CentralStore):
     backend = "postgresql"
+    mark = "%s"
 
     def __init__(self, url: str, password: str | None = None) -> None:
         self.shown = redact_url(url)
@@ -426,6 +427,10 @@ class PostgresStore(CentralStore):
         with self._errors(), self.db.transaction():
             rows = self.db.execute((query + where).encode(), args).fetchall()
         return [RollupRow(*row) for row in rows]
+
+    def _select(self, query: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._errors(), self.db.transaction():
+            return list(self.db.execute(query.encode(), args).fetchall())
 
     def search_number(
         self, number: str, since_ms: int | None, until_ms: int | None, limit: int = 1000

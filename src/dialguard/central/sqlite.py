@@ -68,6 +68,7 @@ FROM cursors c
 
 class SqliteStore(CentralStore):
     backend = "sqlite"
+    mark = "?"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -362,6 +363,10 @@ class SqliteStore(CentralStore):
                 args,
             ).fetchall()
         return [RollupRow(*row) for row in rows]
+
+    def _select(self, query: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._errors():
+            return list(self.db.execute(query, args).fetchall())
 
     def search_number(
         self, number: str, since_ms: int | None, until_ms: int | None, limit: int = 1000

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "CLASH",
+    "ROLLUP_GROUPS",
     "ROW_COLUMNS",
     "Break",
     "CentralStore",
@@ -170,6 +171,8 @@ def rollup_key(node: str, row: Row) -> tuple[int, str, str, str, str, str]:
 
 
 CLASH = "its id is stored already with other content: two records share an id"
+# The columns rollup counters are summed by (`CentralStore.rollup_sums`).
+ROLLUP_GROUPS = frozenset(("hour", "node", "kind", "campaign", "result", "reason"))
 
 
 def rollup_filter(
@@ -200,6 +203,11 @@ class CentralStore(abc.ABC):
 
     backend: str  # "sqlite" or "postgresql"
     shown: str  # where it is, for messages (no password)
+    mark: str  # the driver's parameter mark
+
+    @abc.abstractmethod
+    def _select(self, query: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query written with `mark`."""
 
     @abc.abstractmethod
     def migrate(self) -> tuple[int, list[int]]:
@@ -262,6 +270,31 @@ class CentralStore(abc.ABC):
         node: str | None = None,
     ) -> list[RollupRow]:
         """The counters of hours [since, until), summed over nothing (one row each)."""
+
+    def rollup_sums(
+        self,
+        by: Sequence[str],
+        since_hour: int | None,
+        until_hour: int | None,
+        campaign: str | None = None,
+        node: str | None = None,
+        kind: str | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """The counters of hours [since, until) summed by the database over what `by`
+        leaves out: rows of `by`'s values, then n and shadowed. A month of counters is
+        ~100,000 rows at 130,000 calls a day; a chart needs a few hundred."""
+        if not by or not set(by) <= ROLLUP_GROUPS:
+            raise ValueError(f"rollups are summed by some of {sorted(ROLLUP_GROUPS)}: {by}")
+        where, args = rollup_filter(since_hour, until_hour, campaign, node, self.mark)
+        if kind is not None:
+            where += (" AND " if where else " WHERE ") + f"kind = {self.mark}"
+            args.append(kind)
+        columns = ", ".join(by)
+        return self._select(
+            f"SELECT {columns}, CAST(sum(n) AS bigint), CAST(sum(shadowed) AS bigint)"
+            f" FROM rollups{where} GROUP BY {columns}",
+            args,
+        )
 
     @abc.abstractmethod
     def search_number(
