@@ -289,12 +289,17 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 @contextmanager
 def bench_server(
-    mode: str, redis_url: str, workdir: Path, metrics_port: int = 0, ship: bool = False
+    mode: str,
+    redis_url: str,
+    workdir: Path,
+    metrics_port: int = 0,
+    ship: bool = False,
+    shipping: tuple[str, ...] = (),
 ) -> Iterator[tuple[int, int]]:
     port = free_port()
     metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
     if ship and mode == "dialguard":
-        metrics.append("--ship")
+        metrics += ["--ship", *shipping]
     process = subprocess.Popen(
         ["taskset", "-c", str(SERVER_CORE), sys.executable, str(ROOT / "bench" / "bench_server.py"),
          "--mode", mode, "--port", str(port), "--config", str(ROOT / "config" / "dialguard.toml"),
@@ -341,7 +346,12 @@ async def main(args: argparse.Namespace) -> list[Phase]:
                     # Journal records the shipper has not shipped yet (a store back after an
                     # outage): it ships them while the decisions run.
                     build(workdir / "audit-dialguard", args.backlog, per_day=args.backlog)
-                with bench_server(name, redis_url, workdir, metrics_port, args.ship) as (
+                shipping: tuple[str, ...] = ("--ship-poll-ms", str(args.ship_poll_ms))
+                if args.ship_store:
+                    shipping += ("--ship-store", args.ship_store)
+                if args.ship_cpus:
+                    shipping += ("--ship-cpus", args.ship_cpus)
+                with bench_server(name, redis_url, workdir, metrics_port, args.ship, shipping) as (
                     pid,
                     port,
                 ):
@@ -443,6 +453,9 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument(
         "--backlog", type=int, default=0, help="with --ship: journal records not shipped yet"
     )
+    parser.add_argument("--ship-store", default="", help="with --ship: the SQLite file")
+    parser.add_argument("--ship-poll-ms", type=int, default=500, help="with --ship")
+    parser.add_argument("--ship-cpus", default="", help="with --ship: its CPUs (e.g. 1)")
     parser.add_argument("--scrape-every", type=float, default=5.0, help="seconds between scrapes")
     return parser.parse_args()
 

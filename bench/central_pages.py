@@ -3,7 +3,8 @@ console's pages make on it, timed (docs/benchmarks.md, "Central store at scale")
 
 The search pages' SQL is written here as the console needs it (filters on indexed
 columns, a date range, newest first, 50 rows, the next page after the last row's
-(ts, id): keyset paging, whose cost does not grow with the page number as OFFSET's does).
+(ts, id): keyset paging, whose cost does not grow with the page number as OFFSET's does),
+in the shape of the console's own query (its branch's `search_query`).
 """
 
 from __future__ import annotations
@@ -154,19 +155,21 @@ def page(
     after: tuple[int, str] | None = None,
 ) -> list[tuple[Any, ...]]:
     """A search page: the records matching every filter in [since, until), newest first,
-    PAGE of them, after the last row of the previous page."""
+    PAGE of them, after the last row (ts, id) of the page before. The console's search
+    query has this shape: the keyset bound is written `ts <= t AND (ts < t OR id < i)`,
+    so every (column, ts) index serves `ts <= t` as a range."""
     clauses = [f"{column} = ?" for column in filters if column in FILTERS]
     assert len(clauses) == len(filters), filters  # column names never come from outside
     args: list[Any] = [*filters.values(), since_ms, until_ms]
     clauses += ["ts >= ?", "ts < ?"]
     if after is not None:
-        clauses.append("(ts, id) < (?, ?)")
-        args += after
+        clauses.append("ts <= ? AND (ts < ? OR id < ?)")
+        args += [after[0], after[0], after[1]]
     query = (
         "SELECT node, id, ts, line FROM records WHERE " + " AND ".join(clauses)
-        + f" ORDER BY ts DESC, id DESC LIMIT {PAGE}"
+        + " ORDER BY ts DESC, id DESC LIMIT ?"
     )  # fmt: skip
-    return sql(store, query, tuple(args))
+    return sql(store, query, (*args, PAGE))
 
 
 def by_id(store: CentralStore, record_id: str) -> list[tuple[Any, ...]]:
@@ -293,7 +296,7 @@ def plans(store: CentralStore, month: int, until: int) -> None:
     if store.backend == "postgresql":
         explain = "EXPLAIN (ANALYZE, BUFFERS) "
     columns = "SELECT node, id, ts, line FROM records WHERE "
-    order = f" AND ts >= ? AND ts < ? ORDER BY ts DESC, id DESC LIMIT {PAGE}"
+    order = f" AND ts >= ? AND ts < ? ORDER BY ts DESC, id DESC LIMIT {PAGE}"  # page 1
     for label, query, args in (
         ("campaign+reason", "campaign = ? AND reason = ?", ("vins-grands-crus", "CONSENT_EXPIRED")),
         ("principal", "principal = ?", ("CAVEAVIN",)),

@@ -26,6 +26,7 @@ import pytest
 
 from dialguard.audit.files import GENESIS, HEAD_NAME, Head, day_name, seal
 from dialguard.central import CentralStore, CentralUnavailable, open_store
+from dialguard.central.migrate import LATEST, MIGRATIONS
 from dialguard.central.ship import Shipper
 from dialguard.central.verify import verify_node
 from dialguard.config import CentralSettings, central_settings, load_config
@@ -467,11 +468,12 @@ def test_records_removed_from_the_store_are_caught_by_verify(target: Target) -> 
 def test_migrations_run_twice_change_nothing(target: Target) -> None:
     first = target.run("central", "migrate")
     assert first.code == 0, first
-    assert first.out.endswith("schema at version 2 (applied now: 1, 2)\n"), first
+    applied = ", ".join(str(step.version) for step in MIGRATIONS)
+    assert first.out.endswith(f"schema at version {LATEST} (applied now: {applied})\n"), first
     schema = target.schema()
     versions = target.sql("SELECT version, name FROM schema_version")
     second = target.run("central", "migrate")
-    assert second.code == 0 and "schema at version 2 already; nothing to do" in second.out
+    assert second.code == 0 and f"schema at version {LATEST} already; nothing to do" in second.out
     assert target.schema() == schema
     assert target.sql("SELECT version, name FROM schema_version") == versions
     assert "records_number" in schema and "rollups" in schema and "chain_breaks" in schema
@@ -496,7 +498,7 @@ def test_a_store_from_a_newer_dialguard_is_refused(target: Target) -> None:
     refused = target.run("audit", "ship")
     assert refused.code == 2, refused
     assert refused.err.startswith("dialguard: ") and len(refused.err.splitlines()) == 1
-    assert "schema is at version 99, newer than this dialguard knows (2)" in refused.err
+    assert f"schema is at version 99, newer than this dialguard knows ({LATEST})" in refused.err
 
 
 def test_postgres_records_are_partitioned_by_month(

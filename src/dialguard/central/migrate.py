@@ -24,7 +24,7 @@ Version 1, the tables (docs/central.md):
 - `cursors`: per node, the next byte to ship, the chain's last hash, where it started.
 - `chain_breaks`: what ingest found wrong, per node and record.
 
-Version 2, retention (`dialguard central prune`):
+Version 3, retention (`dialguard central prune`; version 2 is the console's):
 
 - `prunes`: each prune of a node's records: every record from the journal files before
   `before_day` removed, how many, and the last one removed (file day, byte offset, hash:
@@ -146,7 +146,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        2,
+        3,
         "prunes",
         sqlite=(_PRUNES.format(key="integer PRIMARY KEY"), _PRUNES_NODE),
         postgres=(
