@@ -32,6 +32,8 @@ At scale (the console's pages over 10 M records in PostgreSQL, 1 M in SQLite):
   cursor: what the shippers would have stored, without writing and reading back a
   journal of 18 GB first. The PostgreSQL cluster is kept in `--store` (its own, on a free
   port, fsync on) to be measured again; delete the directory when done.
+- migrate: `central migrate` on it (a new version's steps over millions of records);
+  prune: `central prune` of the months before `--before`, then `audit verify --central`.
 - pages: restarts the cluster (its buffers cold; the OS's page cache is not emptied), then
   times each query a console page needs, the first run and the median of `--runs`: a
   number's records, the Today figures (rollups of the day, per-node cursor, newest
@@ -52,7 +54,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -60,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from audit_bench import build, number_of, sample_record  # noqa: E402
-from central_pages import load_store, pages  # noqa: E402
+from central_pages import load_store, migrate_store, pages, prune_store  # noqa: E402
 
 from dialguard.audit import Journal  # noqa: E402
 from dialguard.central import CentralStore, open_store  # noqa: E402
@@ -271,6 +273,13 @@ def main() -> None:
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--explain", action="store_true", help="PostgreSQL: print each plan")
+    p = sub.add_parser("migrate")
+    p.add_argument("--backend", choices=BACKENDS, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p = sub.add_parser("prune")
+    p.add_argument("--backend", choices=BACKENDS, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--before", type=date.fromisoformat, required=True, help="a month's first day")
     args = parser.parse_args()
     if args.what == "ship":
         ship(args.records, args.runs, args.batch)
@@ -280,6 +289,10 @@ def main() -> None:
         query(args.records, args.days, args.batch)
     elif args.what == "load":
         load_store(args.backend, args.store, args.records, args.days, args.batch)
+    elif args.what == "migrate":
+        migrate_store(args.backend, args.store)
+    elif args.what == "prune":
+        prune_store(args.backend, args.store, args.before)
     else:
         pages(args.backend, args.store, args.runs, args.explain)
 

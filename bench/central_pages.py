@@ -21,7 +21,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from dialguard.central import CentralStore, open_store
+from dialguard.central.retention import day_number
 from dialguard.central.stats import summary
+from dialguard.central.verify import verify_node
 from dialguard.config import CentralSettings
 from tests.central_corpus import Corpus, last_weekday, load
 from tests.postgres_server import running_postgres
@@ -259,6 +261,9 @@ def _checks(
     def search(filters: dict[str, str], start: int = month, after: Any = None) -> int:
         return len(page(store, filters, start, until, after))
 
+    def hours(start: int) -> tuple[int, int]:
+        return start // 3_600_000, until // 3_600_000
+
     def day(start: int) -> int:
         return int(summary(store, start, until, PARIS)["decisions"])
 
@@ -274,6 +279,7 @@ def _checks(
         ("Today: each node's newest record", lambda: sum(len(newest(store, n)) for n in nodes)),
         ("Today: the whole page", lambda: today(store, since, until)),
         ("30 days of stats (rollups)", lambda: day(month)),
+        ("  (before: each counter row fetched)", lambda: len(store.rollups(*hours(month)))),
         ("a decision by id (30 days old)", lambda: len(by_id(store, old))),
         ("a decision by id (today's)", lambda: len(by_id(store, new))),
         ("a decision by id and its ts", lambda: len(by_id_and_ts(store, old))),
@@ -305,3 +311,34 @@ def plans(store: CentralStore, month: int, until: int) -> None:
         print(f"-- {label}")
         for row in sql(store, explain + columns + query + order, (*args, month, until)):
             print("   ", " ".join(str(part) for part in row))
+
+
+def migrate_store(backend: str, directory: Path) -> None:
+    """`central migrate` on the big store: how long a new version's steps take there."""
+    with opened(backend, directory) as store:
+        before = store.version()
+        began = time.perf_counter()
+        version, applied = store.migrate()
+        print(f"migrate {backend}: version {before} -> {version} (applied {applied}) in"
+              f" {time.perf_counter() - began:.1f} s")  # fmt: skip
+        if backend == "postgresql":
+            sql_autocommit(store, "ANALYZE")
+        sizes(store, directory)
+
+
+def prune_store(backend: str, directory: Path, before: date) -> None:
+    """`central prune` of the months before `before`, then `audit verify --central`."""
+    with opened(backend, directory) as store:
+        store.migrate()
+        sizes(store, directory)
+        began = time.perf_counter()
+        pruning = store.prune(day_number(before), int(time.time() * 1000))
+        elapsed = time.perf_counter() - began
+        removed = sum(item.records for item in pruning.nodes)
+        print(f"prune {backend}: {removed:,} records before {before} removed in {elapsed:.1f} s"
+              f" (dropped: {', '.join(pruning.dropped) or '-'})")  # fmt: skip
+        sizes(store, directory)
+        for cursor in store.nodes():
+            began = time.perf_counter()
+            result = verify_node(store, cursor.node)
+            print(f"verify: {result.summary()} in {time.perf_counter() - began:.0f} s", flush=True)

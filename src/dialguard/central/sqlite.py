@@ -279,11 +279,12 @@ class SqliteStore(CentralStore):
         prune_id = None
         while True:
             with self._transaction() as db:
-                step = db.execute(
-                    select + chain + " LIMIT 1 OFFSET ?", (node, before_day, PRUNE_BATCH - 1)
-                ).fetchone() or db.execute(select + last_first + " LIMIT 1", (node, before_day))
-                if not isinstance(step, tuple):
-                    step = step.fetchone()
+                # The batch's last record: the PRUNE_BATCH-th in chain order, or the last.
+                step = (
+                    db.execute(select + chain + " LIMIT 1 OFFSET ?", (node, before_day,
+                                                                      PRUNE_BATCH - 1)).fetchone()
+                    or db.execute(select + last_first + " LIMIT 1", (node, before_day)).fetchone()
+                )  # fmt: skip
                 if step is None:
                     break
                 edge = step
