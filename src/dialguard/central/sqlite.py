@@ -280,11 +280,11 @@ class SqliteStore(CentralStore):
         while True:
             with self._transaction() as db:
                 # The batch's last record: the PRUNE_BATCH-th in chain order, or the last.
+                nth = (node, before_day, PRUNE_BATCH - 1)
                 step = (
-                    db.execute(select + chain + " LIMIT 1 OFFSET ?", (node, before_day,
-                                                                      PRUNE_BATCH - 1)).fetchone()
-                    or db.execute(select + last_first + " LIMIT 1", (node, before_day)).fetchone()
-                )  # fmt: skip
+                    db.execute(select + chain + " LIMIT 1 OFFSET ?", nth).fetchone()
+                    or db.execute(select + last_first + " LIMIT 1", nth[:2]).fetchone()
+                )
                 if step is None:
                     break
                 edge = step
