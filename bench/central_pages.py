@@ -294,6 +294,11 @@ def _checks(
         ("principal, 30 days", lambda: search({"principal": "CAVEAVIN"})),
         ("a rare reason, one day", lambda: search({"reason": "DEADLINE"}, since)),
         ("no filter, 30 days", lambda: search({})),
+        # What nothing matches costs most: every candidate row is read to find none.
+        ("none: a principal with no calls, 30 days", lambda: search({"principal": "NOBODY"})),
+        ("none: campaign+reason that never meet",
+         lambda: search({"campaign": "fibre-idf", "reason": "SECTOR_BAN"})),
+        ("none: a node with no calls, 30 days", lambda: search({"node": "node-gone"})),
     ]  # fmt: skip
 
 
