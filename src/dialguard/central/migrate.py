@@ -24,11 +24,15 @@ Version 1, the tables (docs/central.md):
 - `cursors`: per node, the next byte to ship, the chain's last hash, where it started.
 - `chain_breaks`: what ingest found wrong, per node and record.
 
-Version 3, retention (`dialguard central prune`; version 2 is the console's):
+Version 3, retention and the console's searches at scale (version 2 is the console's):
 
 - `prunes`: each prune of a node's records: every record from the journal files before
   `before_day` removed, how many, and the last one removed (file day, byte offset, hash:
   where the node's chain now starts, also written to its cursor's `start_hash`).
+- indexes for searches the others served badly at 1-10 M records (docs/benchmarks.md,
+  "Central store at scale"): (principal, ts) (a principal with few calls or none read
+  every record of the range), (node, ts) (SQLite read all of a node's records and sorted
+  them), (campaign, reason, ts) (a campaign and a reason that seldom meet).
 """
 
 from __future__ import annotations
@@ -107,6 +111,11 @@ _PRUNES = """CREATE TABLE prunes (
     pruned_at bigint NOT NULL
 )"""
 _PRUNES_NODE = "CREATE INDEX prunes_node ON prunes (node, id)"
+_SEARCH_INDEXES = (
+    "CREATE INDEX records_principal ON records (principal, ts)",
+    "CREATE INDEX records_node ON records (node, ts)",
+    "CREATE INDEX records_campaign_reason ON records (campaign, reason, ts)",
+)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -147,11 +156,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         3,
-        "prunes",
-        sqlite=(_PRUNES.format(key="integer PRIMARY KEY"), _PRUNES_NODE),
+        "prunes; search indexes",
+        sqlite=(_PRUNES.format(key="integer PRIMARY KEY"), _PRUNES_NODE, *_SEARCH_INDEXES),
         postgres=(
             _PRUNES.format(key="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
             _PRUNES_NODE,
+            *_SEARCH_INDEXES,
         ),
     ),
 )
