@@ -12,6 +12,11 @@ server cannot hide its queue). The server is pinned to core 0, the load generato
 Redis to core 1. Reports sessions/s, connect-to-close p50/p99/p99.9, server CPU per
 session and the load generator's own CPU (to show it is not the bottleneck).
 
+`--ship`: worker 0's shipper runs beside the server, into a SQLite store (as `serve`
+with a [central] section); `--backlog N` gives its journal N records not shipped yet (a
+store back after an outage), shipped while the decisions run. "children CPU" is the
+shipper's share of a core over the phase.
+
 `--metrics`: the dialguard server counts and serves /metrics (as with a [metrics] section),
 scraped every `--scrape-every` seconds during the run; its decision count is checked
 against the audit journal's at the end. Compare runs with and without it, interleaved.
@@ -51,6 +56,9 @@ from dialguard.numbers import normalise  # noqa: E402
 from dialguard.store import Store  # noqa: E402
 from dialguard.store.loading import load  # noqa: E402
 from tests.agi.asterisk_peer import agi_env, encode_block  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from audit_bench import build  # noqa: E402
 
 SERVER_CORE = 0
 LOADGEN_CORE = 1
@@ -125,6 +133,7 @@ class Phase:
     p999_ms: float = 0.0
     server_cpu_us: float = 0.0
     loadgen_cpu_pct: float = 0.0
+    children_cpu_pct: float = 0.0  # the server's child processes (the shipper) over the phase
 
 
 class Pacing:
@@ -200,6 +209,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def children_cpu(pid: int) -> float:
+    """CPU seconds of the server's live child processes (worker 0's shipper)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += cpu_seconds(int(child))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return total
+
+
 def quantile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -214,12 +235,14 @@ async def run_phase(
     await warmup.closed_loop(min(args.concurrency, 50), 1.0)
     load = make_load()
     cpu_before = cpu_seconds(pid)
+    children_before = children_cpu(pid)
     own_before = time.process_time()
     if mode == "closed":
         seconds = await load.closed_loop(args.concurrency, args.duration)
     else:
         seconds = await load.open_loop(args.rate, args.duration)
     server_cpu = cpu_seconds(pid) - cpu_before
+    children = children_cpu(pid) - children_before
     own_cpu = time.process_time() - own_before
     done = len(load.latencies)
     return Phase(
@@ -236,6 +259,7 @@ async def run_phase(
         p999_ms=round(quantile(load.latencies, 0.999) * 1000, 2),
         server_cpu_us=round(server_cpu / max(done, 1) * 1e6, 1),
         loadgen_cpu_pct=round(own_cpu / seconds * 100, 1),
+        children_cpu_pct=round(children / seconds * 100, 1),
     )
 
 
@@ -265,12 +289,17 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 @contextmanager
 def bench_server(
-    mode: str, redis_url: str, workdir: Path, metrics_port: int = 0, ship: bool = False
+    mode: str,
+    redis_url: str,
+    workdir: Path,
+    metrics_port: int = 0,
+    ship: bool = False,
+    shipping: tuple[str, ...] = (),
 ) -> Iterator[tuple[int, int]]:
     port = free_port()
     metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
     if ship and mode == "dialguard":
-        metrics.append("--ship")
+        metrics += ["--ship", *shipping]
     process = subprocess.Popen(
         ["taskset", "-c", str(SERVER_CORE), sys.executable, str(ROOT / "bench" / "bench_server.py"),
          "--mode", mode, "--port", str(port), "--config", str(ROOT / "config" / "dialguard.toml"),
@@ -313,7 +342,16 @@ async def main(args: argparse.Namespace) -> list[Phase]:
             for name in args.servers:
                 metrics_port = free_port() if args.metrics and name == "dialguard" else 0
                 label = f"{name}+metrics" if metrics_port else name
-                with bench_server(name, redis_url, workdir, metrics_port, args.ship) as (
+                if name == "dialguard" and args.backlog:
+                    # Journal records the shipper has not shipped yet (a store back after an
+                    # outage): it ships them while the decisions run.
+                    build(workdir / "audit-dialguard", args.backlog, per_day=args.backlog)
+                shipping: tuple[str, ...] = ("--ship-poll-ms", str(args.ship_poll_ms))
+                if args.ship_store:
+                    shipping += ("--ship-store", args.ship_store)
+                if args.ship_cpus:
+                    shipping += ("--ship-cpus", args.ship_cpus)
+                with bench_server(name, redis_url, workdir, metrics_port, args.ship, shipping) as (
                     pid,
                     port,
                 ):
@@ -377,13 +415,13 @@ def report(
     print()
     print(
         f"| {first} | {load} | {rate} | p50 ms | p99 ms | p99.9 ms | {cpu} "
-        "| loadgen CPU | failed | allow/deny |"
+        "| loadgen CPU | children CPU | failed | allow/deny |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for p in phases:
         print(
             f"| {p.server} | {p.mode} | {p.rate:,.0f} | {p.p50_ms} | {p.p99_ms} | {p.p999_ms} "
-            f"| {p.server_cpu_us} | {p.loadgen_cpu_pct} % | {p.failed} "
+            f"| {p.server_cpu_us} | {p.loadgen_cpu_pct} % | {p.children_cpu_pct} % | {p.failed} "
             f"| {p.allowed}/{p.denied} |"
         )
     closed = {p.server: p for p in phases if p.mode.startswith("closed")}
@@ -412,6 +450,12 @@ def arguments(description: str) -> argparse.Namespace:
     parser.add_argument(
         "--ship", action="store_true", help="dialguard ships its journal (a [central] section)"
     )
+    parser.add_argument(
+        "--backlog", type=int, default=0, help="with --ship: journal records not shipped yet"
+    )
+    parser.add_argument("--ship-store", default="", help="with --ship: the SQLite file")
+    parser.add_argument("--ship-poll-ms", type=int, default=500, help="with --ship")
+    parser.add_argument("--ship-cpus", default="", help="with --ship: its CPUs (e.g. 1)")
     parser.add_argument("--scrape-every", type=float, default=5.0, help="seconds between scrapes")
     return parser.parse_args()
 

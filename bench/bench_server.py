@@ -3,6 +3,9 @@ baseline (same FastAGI loop and protocol module, answers ALLOW without any check
 
 `--ship`: worker 0's shipper runs beside it, as `dialguard serve` runs it with a
 [central] section (a child process shipping the journal into a SQLite store).
+`--ship-store FILE` puts that store elsewhere (/dev/shm: no disk), `--ship-poll-ms` sets
+its poll, `--ship-cpus 1` moves the shipper off the server's CPU set (the server is
+pinned by agi_load; a child inherits the pinning).
 
 `--metrics-port P`: with the counters and the [metrics] endpoint on P, as `dialguard
 serve` runs them when its configuration has a [metrics] section; without it, nothing is
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from dataclasses import replace
 from datetime import datetime
@@ -80,14 +84,18 @@ async def main(args: argparse.Namespace) -> None:
         # As `serve` with a [central] section: worker 0's child process ships the journal
         # into a SQLite store beside it (the child reads a configuration file: this one).
         child = Path(args.audit).parent / f"central-{args.mode}.toml"
+        store_file = args.ship_store or f"central-{args.mode}.sqlite3"
         child.write_text(
             f'node = "bench"\n[audit]\ndir = "{Path(args.audit).resolve()}"\n[policy]\n'
             f'file = "{config.path.parent.resolve() / "policy" / "france.toml"}"\n'
-            f'[central]\npath = "central-{args.mode}.sqlite3"\n'
+            f'[central]\npath = "{store_file}"\npoll_ms = {args.ship_poll_ms}\n'
             '[campaigns.c]\nprincipal = "ACME"\npurpose = "prospecting"\n',
             encoding="utf-8",
         )
         shipping = asyncio.create_task(supervise_shipper(replace(config, path=child)))
+        if args.ship_cpus:
+            cpus = {int(cpu) for cpu in args.ship_cpus.split(",")}
+            moving = asyncio.create_task(_move_children(cpus))
     tune_gc()  # as `dialguard serve` does
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,6 +103,8 @@ async def main(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     print("ready", flush=True)
     await stop.wait()
+    if args.ship_cpus:
+        moving.cancel()
     if shipping is not None:
         shipping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -104,6 +114,16 @@ async def main(args: argparse.Namespace) -> None:
     await server.stop()
     await service.aclose()
     await store.close()
+
+
+async def _move_children(cpus: set[int]) -> None:
+    """Keep this process's children (the shipper, restarted or not) on `cpus`."""
+    while True:
+        for task in Path("/proc/self/task").iterdir():
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.sched_setaffinity(int(child), cpus)
+        await asyncio.sleep(0.2)
 
 
 if __name__ == "__main__":
@@ -117,4 +137,7 @@ if __name__ == "__main__":
     parser.add_argument("--no-audit", action="store_true", help="to measure the journal's cost")
     parser.add_argument("--metrics-port", type=int, default=0, help="count and serve metrics")
     parser.add_argument("--ship", action="store_true", help="ship the journal as serve does")
+    parser.add_argument("--ship-store", default="", help="the shipper's SQLite file")
+    parser.add_argument("--ship-poll-ms", type=int, default=500)
+    parser.add_argument("--ship-cpus", default="", help="CPUs for the shipper (e.g. 1)")
     uvloop.run(main(parser.parse_args()))

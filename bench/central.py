@@ -18,6 +18,28 @@ fsync on, never the machine's 5432) and uses a SQLite file in a temporary direct
 - query: N records over D days shipped into each store, then `search_number` (the
   console's search by number, newest first) and `stats.summary` over the last 30 days
   (from the rollups only), each timed 5 times in-process.
+
+At scale (the console's pages over 10 M records in PostgreSQL, 1 M in SQLite):
+
+    .venv/bin/python bench/central.py load --backend postgresql --records 10000000 \
+        --days 75 --store /var/tmp/central-10m
+    .venv/bin/python bench/central.py pages --backend postgresql --store /var/tmp/central-10m
+    .venv/bin/python bench/central.py load --backend sqlite --records 1000000 --store ...
+
+- load: a realistic store (tests/central_corpus.py: 3 nodes, 15 campaigns, weekdays'
+  calling hours, a long tail of numbers and some called thousands of times, ~1.8 KB
+  records) stored through the store's own `ingest`, batch by batch with each node's
+  cursor: what the shippers would have stored, without writing and reading back a
+  journal of 18 GB first. The PostgreSQL cluster is kept in `--store` (its own, on a free
+  port, fsync on) to be measured again; delete the directory when done.
+- migrate: `central migrate` on it (a new version's steps over millions of records);
+  prune: `central prune` of the months before `--before`, then `audit verify --central`.
+- pages: restarts the cluster (its buffers cold; the OS's page cache is not emptied), then
+  times each query a console page needs, the first run and the median of `--runs`: a
+  number's records, the Today figures (rollups of the day, per-node cursor, newest
+  record, breaks), 30 days of stats, one record by id, and search pages filtered by
+  campaign, reason, result, node, principal and dates, newest first, 50 a page, the next
+  page from the last row's (ts, id).
 """
 
 from __future__ import annotations
@@ -32,7 +54,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -40,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from audit_bench import build, number_of, sample_record  # noqa: E402
+from central_pages import load_store, migrate_store, pages, prune_store  # noqa: E402
 
 from dialguard.audit import Journal  # noqa: E402
 from dialguard.central import CentralStore, open_store  # noqa: E402
@@ -239,13 +262,39 @@ def main() -> None:
     p.add_argument("--records", type=int, default=2_000_000)
     p.add_argument("--days", type=int, default=60)
     p.add_argument("--batch", type=int, default=5000)
+    p = sub.add_parser("load")
+    p.add_argument("--backend", choices=BACKENDS, required=True)
+    p.add_argument("--records", type=int, default=10_000_000)
+    p.add_argument("--days", type=int, default=75)
+    p.add_argument("--batch", type=int, default=5000)
+    p.add_argument("--store", type=Path, required=True, help="a directory: the store stays")
+    p = sub.add_parser("pages")
+    p.add_argument("--backend", choices=BACKENDS, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--explain", action="store_true", help="PostgreSQL: print each plan")
+    p = sub.add_parser("migrate")
+    p.add_argument("--backend", choices=BACKENDS, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p = sub.add_parser("prune")
+    p.add_argument("--backend", choices=BACKENDS, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--before", type=date.fromisoformat, required=True, help="a month's first day")
     args = parser.parse_args()
     if args.what == "ship":
         ship(args.records, args.runs, args.batch)
     elif args.what == "lag":
         lag(args.rate, args.seconds, args.poll_ms)
-    else:
+    elif args.what == "query":
         query(args.records, args.days, args.batch)
+    elif args.what == "load":
+        load_store(args.backend, args.store, args.records, args.days, args.batch)
+    elif args.what == "migrate":
+        migrate_store(args.backend, args.store)
+    elif args.what == "prune":
+        prune_store(args.backend, args.store, args.before)
+    else:
+        pages(args.backend, args.store, args.runs, args.explain)
 
 
 if __name__ == "__main__":

@@ -99,20 +99,28 @@ def _as_owner(command: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
+def running_postgres(
+    *, durable: bool = False, kept: Path | None = None
+) -> Iterator[PostgresServer]:
     """A fresh cluster. `durable`: fsync on (benchmarks); off by default, for speed (a test
-    never survives a power cut)."""
+    never survives a power cut). `kept`: the cluster lives in that directory and stays
+    there after it stops (a benchmark's 10 M-record store, built once, measured often):
+    made there the first time, started again from it the next."""
     binaries = bin_dir()
-    workdir = Path(tempfile.mkdtemp(prefix="dialguard-pg-"))
-    password = secrets.token_hex(12)
+    reused = kept is not None and (kept / "data").is_dir()
+    if kept is not None:
+        kept.mkdir(parents=True, exist_ok=True)
+    workdir = kept if kept is not None else Path(tempfile.mkdtemp(prefix="dialguard-pg-"))
+    secret = workdir / "pwfile"
+    password = secret.read_text(encoding="utf-8").strip() if reused else secrets.token_hex(12)
     if os.geteuid() == 0:
         owner = pwd.getpwnam("postgres")
         os.chown(workdir, owner.pw_uid, owner.pw_gid)
-    secret = workdir / "pwfile"
-    secret.write_text(password + "\n", encoding="utf-8")
-    secret.chmod(0o600)
-    if os.geteuid() == 0:
-        os.chown(secret, owner.pw_uid, owner.pw_gid)
+    if not reused:
+        secret.write_text(password + "\n", encoding="utf-8")
+        secret.chmod(0o600)
+        if os.geteuid() == 0:
+            os.chown(secret, owner.pw_uid, owner.pw_gid)
     port = free_port()
     if port == 5432:  # pragma: no cover - the kernel would have to hand it out
         port = free_port()
@@ -125,15 +133,16 @@ def running_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
     ]
     if not durable:
         settings += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-    subprocess.run(
-        _as_owner(
-            [str(binaries / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={secret}",
-             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-             "--locale=C", "--no-sync"]
-        ),
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    if not reused:
+        subprocess.run(
+            _as_owner(
+                [str(binaries / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={secret}",
+                 "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                 "--locale=C", "--no-sync"]
+            ),
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
     log = workdir / "server.log"
     try:
         subprocess.run(
@@ -150,4 +159,5 @@ def running_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
             _as_owner([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
             capture_output=True,
         )
-        shutil.rmtree(workdir, ignore_errors=True)
+        if kept is None:
+            shutil.rmtree(workdir, ignore_errors=True)

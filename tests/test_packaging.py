@@ -280,7 +280,7 @@ def test_systemd_service_is_confined_to_its_journal(tmp_path: Path) -> None:
     assert service["ReadWritePaths"] == ["/var/lib/dialguard"]
     assert service["Environment"] == ["DIALGUARD_CONFIG=/etc/dialguard/dialguard.toml"]
     prune = _directives(UNITS / "dialguard-prune.service")
-    assert prune["ExecStart"] == [f"{EXEC} audit prune"]
+    assert prune["ExecStart"] == [f"{EXEC} audit prune", f"{EXEC} central prune"]
     assert prune["ReadWritePaths"] == ["/var/lib/dialguard"]
     assert _directives(UNITS / "dialguard-prune.timer")["Persistent"] == ["true"]
 

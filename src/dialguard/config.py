@@ -175,6 +175,8 @@ class CentralSettings:
     ship: bool = True  # `serve` (worker 0) ships the journal as it is written
     batch: int = 5000  # records per transaction
     poll_ms: int = 500  # how often the shipper looks for new records once caught up
+    # `central prune` removes the months older than this (default: [audit] retention_days).
+    keep_days: int = 3 * 365 + 1
 
     @property
     def shown(self) -> str:
@@ -402,7 +404,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
     node = top.get("node", str, "") or socket.gethostname()
     ari = _ari(top.table("ari"), env) if "ari" in data else None
     metrics = _metrics(top.table("metrics")) if "metrics" in data else None
-    central = _central(top.table("central"), audit_dir, env)
+    central = _central(top.table("central"), audit_dir, env, retention_days)
     api = _api(top.table("api"), audit_dir) if "api" in data else None
     vicidial = (
         _vicidial(top.table("vicidial"), audit_dir, campaigns, env) if "vicidial" in data else None
@@ -433,7 +435,9 @@ def central_settings(config: Config, env: Mapping[str, str] | None = None) -> Ce
     if config.central is not None:
         return config.central
     env = os.environ if env is None else env
-    return _central(_Reader(config.path, {}, "central."), config.audit_dir, env)
+    return _central(
+        _Reader(config.path, {}, "central."), config.audit_dir, env, config.audit_retention_days
+    )
 
 
 def console_settings(config: Config) -> ConsoleSettings:
@@ -764,8 +768,10 @@ _CENTRAL_SCHEMES = ("postgresql://", "postgres://")
 CENTRAL_FILE = "central.sqlite3"
 
 
-def _central(table: _Reader, audit_dir: Path, env: Mapping[str, str]) -> CentralSettings:
-    table.unknown_keys({"url", "path", "password_file", "ship", "batch", "poll_ms"})
+def _central(
+    table: _Reader, audit_dir: Path, env: Mapping[str, str], retention_days: int
+) -> CentralSettings:
+    table.unknown_keys({"url", "path", "password_file", "ship", "batch", "poll_ms", "keep_days"})
     from_env = env.get("DIALGUARD_CENTRAL_URL", "")
     url = from_env or table.get("url", str, "")
     if url and "path" in table.data and not from_env:
@@ -813,6 +819,8 @@ def _central(table: _Reader, audit_dir: Path, env: Mapping[str, str]) -> Central
         ship=table.get("ship", bool, True),
         batch=batch,
         poll_ms=poll_ms,
+        # The store is a copy of the journal: by default it keeps what the journal keeps.
+        keep_days=table.positive("keep_days", retention_days),
     )
 
 

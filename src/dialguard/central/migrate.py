@@ -35,6 +35,16 @@ Version 2, for the console:
 - `records_events`: an index on `ts` of the records that are not decisions (changes,
   imports, reloads, exports: a few among millions), for the changes of the last days that
   *Today* checks against Redis, without reading the decisions around them.
+
+Version 3, retention and the console's searches at scale:
+
+- `prunes`: each prune of a node's records: every record from the journal files before
+  `before_day` removed, how many, and the last one removed (file day, byte offset, hash:
+  where the node's chain now starts, also written to its cursor's `start_hash`).
+- indexes for searches the others served badly at 1-10 M records (docs/benchmarks.md,
+  "Central store at scale"): (principal, ts) (a principal with few calls or none read
+  every record of the range), (node, ts) (SQLite read all of a node's records and sorted
+  them), (campaign, reason, ts) (a campaign and a reason that seldom meet).
 """
 
 from __future__ import annotations
@@ -100,6 +110,23 @@ _COMMON = (
     "CREATE INDEX records_reason ON records (reason, ts)",
     "CREATE INDEX records_ts ON records (ts)",
     "CREATE INDEX records_chain ON records (node, file_day, file_offset)",
+)
+
+_PRUNES = """CREATE TABLE prunes (
+    id {key},
+    node text NOT NULL,
+    before_day integer NOT NULL,
+    records bigint NOT NULL,
+    last_day integer NOT NULL,
+    last_offset bigint NOT NULL,
+    last_hash text NOT NULL,
+    pruned_at bigint NOT NULL
+)"""
+_PRUNES_NODE = "CREATE INDEX prunes_node ON prunes (node, id)"
+_SEARCH_INDEXES = (
+    "CREATE INDEX records_principal ON records (principal, ts)",
+    "CREATE INDEX records_node ON records (node, ts)",
+    "CREATE INDEX records_campaign_reason ON records (campaign, reason, ts)",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -185,9 +212,20 @@ MIGRATIONS += (
             _EVENTS_INDEX,
         ),
     ),
+    Migration(
+        3,
+        "prunes; search indexes",
+        sqlite=(_PRUNES.format(key="integer PRIMARY KEY"), _PRUNES_NODE, *_SEARCH_INDEXES),
+        postgres=(
+            _PRUNES.format(key="bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+            _PRUNES_NODE,
+            *_SEARCH_INDEXES,
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
+assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1))
 
 
 def check_known(version: int, shown: str) -> None:

@@ -19,6 +19,7 @@ libpq's own PGPASSWORD and ~/.pgpass. Messages from the driver are scrubbed of i
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -27,9 +28,10 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from psycopg import sql
 
-from dialguard.audit.files import day_name
+from dialguard.audit.files import day_name, day_of
 from dialguard.central import migrate
 from dialguard.central.errors import CentralUnavailable, CursorMoved
+from dialguard.central.retention import day_number
 from dialguard.central.store import (
     CLASH,
     ROW_COLUMNS,
@@ -40,6 +42,8 @@ from dialguard.central.store import (
     Found,
     Ingested,
     Position,
+    Pruned,
+    Pruning,
     RollupRow,
     Row,
     events_query,
@@ -52,6 +56,10 @@ from dialguard.config import redact_url
 __all__ = ["PostgresStore", "month_bounds"]
 
 CONNECT_TIMEOUT_S = 10
+# A prune waits this long for a long query on `records` (an export, `audit verify
+# --central`) before it gives up and says so: meanwhile every other query waits behind it.
+PRUNE_LOCK_TIMEOUT = "10s"
+_MONTH = re.compile(r"records_(\d{4})_(\d{2})")
 _LOCK_MIGRATE = 0x64676D31  # pg_advisory_xact_lock keys: "dgm1", "dgp1"
 _LOCK_PARTITION = 0x64677031
 
@@ -98,6 +106,15 @@ FROM cursors c
 """
 
 
+def _month_of(name: str) -> tuple[str, int, int] | None:
+    """The bounds of a partition this store made (records_YYYY_MM); None for another."""
+    match = _MONTH.fullmatch(name)
+    if match is None:
+        return None
+    first = datetime(int(match[1]), int(match[2]), 1, tzinfo=UTC)
+    return month_bounds(int(first.timestamp() * 1000))
+
+
 def month_bounds(ts_ms: int) -> tuple[str, int, int]:
     """The partition of a record's month: its name and [start, end) in ms, UTC."""
     moment = datetime.fromtimestamp(ts_ms / 1000, UTC)
@@ -109,6 +126,7 @@ def month_bounds(ts_ms: int) -> tuple[str, int, int]:
 
 class PostgresStore(CentralStore):
     backend = "postgresql"
+    mark = "%s"
 
     def __init__(self, url: str, password: str | None = None) -> None:
         self.shown = redact_url(url)
@@ -178,19 +196,22 @@ class PostgresStore(CentralStore):
 
     def _ensure_partitions(self, rows: Sequence[Row]) -> None:
         months = {month_bounds(row.ts) for row in rows}
-        missing = [m for m in months if m[0] not in self._partitions]
+        missing = {m for m in months if m[0] not in self._partitions}
         if not missing:
             return
         with self.db.transaction():
             self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_PARTITION,))
-            for name, start, end in sorted(missing):
-                self.db.execute(
-                    sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF records"
-                        " FOR VALUES FROM ({}) TO ({})"
-                    ).format(sql.Identifier(name), sql.Literal(start), sql.Literal(end))
-                )
-        self._partitions.update(m[0] for m in missing)
+            self._make_partitions(missing)
+
+    def _make_partitions(self, months: set[tuple[str, int, int]]) -> None:
+        for name, start, end in sorted(months):
+            self.db.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF records"
+                    " FOR VALUES FROM ({}) TO ({})"
+                ).format(sql.Identifier(name), sql.Literal(start), sql.Literal(end))
+            )
+        self._partitions.update(m[0] for m in months)
 
     # --- shipping -------------------------------------------------------------------------
 
@@ -273,6 +294,109 @@ class PostgresStore(CentralStore):
         with self._errors(), self.db.transaction():
             self.db.execute("UPDATE cursors SET error = %s WHERE node = %s", (error, node))
 
+    # --- retention ------------------------------------------------------------------------
+
+    def prune(self, before_day: int, pruned_at: int, dry_run: bool = False) -> Pruning:
+        """One transaction: the months before `before_day` dropped whole, after the few
+        records of theirs that sit in a kept journal file were set aside (a record stamped
+        just before midnight and written after it) and are put back; each node's cursor and
+        its row in `prunes` first (the cursors are the rows every shipper locks first: taken
+        in that order, a prune and a shipper never deadlock)."""
+        cutoff = before_day * 86_400_000
+        with self._errors(), self.db.transaction(), self.db.cursor() as cur:
+            if not dry_run:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_PARTITION,))
+            months = [
+                (name, bounds[2])
+                for (name,) in cur.execute(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = 'records'::regclass ORDER BY 1"
+                ).fetchall()
+                if (bounds := _month_of(name)) is not None
+            ]
+            # A month before the cutoff holding only records of kept files (put back by
+            # an earlier prune) stays: nothing in it is to go.
+            doomed = [
+                name
+                for name, end in months
+                if end <= cutoff
+                and cur.execute(
+                    sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE file_day < %s)").format(
+                        sql.Identifier(name)
+                    ),
+                    (before_day,),
+                ).fetchone()
+                == (True,)
+            ]
+            found = []
+            nodes = cur.execute("SELECT node FROM cursors ORDER BY node").fetchall()
+            for (node,) in nodes:
+                (count,) = cur.execute(
+                    "SELECT count(*) FROM records WHERE node = %s AND file_day < %s",
+                    (node, before_day),
+                ).fetchone() or (0,)
+                if not count:
+                    continue
+                last = cur.execute(
+                    "SELECT file_day, file_offset, hash FROM records WHERE node = %s"
+                    " AND file_day < %s ORDER BY file_day DESC, file_offset DESC LIMIT 1",
+                    (node, before_day),
+                ).fetchone()
+                assert last is not None
+                found.append(
+                    Pruned(node, day_name(before_day), int(count), day_name(last[0]), last[1],
+                           last[2], pruned_at)
+                )  # fmt: skip
+            if dry_run:
+                return Pruning(found, doomed)
+            cur.execute(f"SET LOCAL lock_timeout = '{PRUNE_LOCK_TIMEOUT}'".encode())
+            for item in found:
+                cur.execute(
+                    "UPDATE cursors SET start_hash = %s, records = records - %s WHERE node = %s",
+                    (item.last_hash, item.records, item.node),
+                )
+                cur.execute(
+                    "INSERT INTO prunes (node, before_day, records, last_day, last_offset,"
+                    " last_hash, pruned_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (item.node, before_day, item.records, day_number(day_of(item.last_file)),
+                     item.last_offset, item.last_hash, pruned_at),
+                )  # fmt: skip
+            if doomed:
+                # Records of a dropped month that belong to a kept journal file: found by
+                # node through the chain index, a handful at most.
+                cur.execute(b"CREATE TEMPORARY TABLE prune_kept (LIKE records) ON COMMIT DROP")
+                for (node,) in nodes:
+                    cur.execute(
+                        "INSERT INTO prune_kept SELECT * FROM records WHERE node = %s"
+                        " AND file_day >= %s AND ts < %s",
+                        (node, before_day, cutoff),
+                    )
+                for name in doomed:
+                    cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+                self._partitions.difference_update(doomed)
+                kept = [row[0] for row in cur.execute(b"SELECT ts FROM prune_kept").fetchall()]
+                if kept:
+                    self._make_partitions({month_bounds(ts) for ts in kept})
+                    cur.execute(b"INSERT INTO records SELECT * FROM prune_kept")
+            for item in found:  # those of a kept month (none from a journal the writer wrote)
+                cur.execute(
+                    "DELETE FROM records WHERE node = %s AND file_day < %s", (item.node, before_day)
+                )
+        return Pruning(found, doomed)
+
+    def pruned(self, node: str) -> Pruned | None:
+        with self._errors(), self.db.transaction():
+            row = self.db.execute(
+                "SELECT before_day, last_day, last_offset, last_hash, pruned_at,"
+                " (SELECT sum(records) FROM prunes WHERE node = %s)"
+                " FROM prunes WHERE node = %s ORDER BY id DESC LIMIT 1",
+                (node, node),
+            ).fetchone()
+        if row is None:
+            return None
+        return Pruned(node, day_name(row[0]), int(row[5]), day_name(row[1]), row[2], row[3],
+                      row[4])  # fmt: skip
+
     # --- reading --------------------------------------------------------------------------
 
     def chain(self, node: str) -> Iterator[tuple[int, int, str, bytes]]:
@@ -310,6 +434,10 @@ class PostgresStore(CentralStore):
         with self._errors(), self.db.transaction():
             rows = self.db.execute((query + where).encode(), args).fetchall()
         return [RollupRow(*row) for row in rows]
+
+    def _select(self, query: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._errors(), self.db.transaction():
+            return list(self.db.execute(query.encode(), args).fetchall())
 
     def search_number(
         self, number: str, since_ms: int | None, until_ms: int | None, limit: int = 1000

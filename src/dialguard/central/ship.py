@@ -10,15 +10,16 @@ link as `audit verify` checks it, and written in one transaction with the new cu
   ids already stored are skipped and not counted again;
 - **in journal order**, and only what the journal made durable: the newest file is read
   up to the size `audit.head` gives (written after the batch's fdatasync, read under the
-  journal's shared lock), never a record still being written;
+  journal's shared lock, or checked against the line it points to), never a record still
+  being written;
 - **checked**: each line's hash must match its bytes, and its `prev` the hash before it
   (the node's last shipped hash; for its first record, zeros or `audit.start`). A line
   that fails is still stored (when it is a record with an id) and flagged in
   `chain_breaks`; shipping goes on. A journal file shorter than what was shipped from it
   stops this node's shipping with one line (JournalProblem): the journal was truncated.
 
-The journal is not changed or locked beyond that instant: a shipper can never slow or
-stop the node's decisions.
+The journal is never changed, and locked only when its head cannot be read without (see
+`read_head`): a shipper can never slow or stop the node's decisions.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from dialguard.audit.files import (
     LOCK_NAME,
     START_NAME,
     AuditUnavailable,
+    Head,
     day_of,
     journal_files,
     parse_head,
@@ -54,7 +56,7 @@ from dialguard.central.errors import CentralUnavailable, CursorMoved, JournalPro
 from dialguard.central.store import Break, CentralStore, Position, Row
 from dialguard.config import CentralSettings
 
-__all__ = ["ShipReport", "Shipper", "follow", "journal_view"]
+__all__ = ["ShipReport", "Shipper", "follow", "journal_view", "read_head"]
 
 log = structlog.get_logger("dialguard.central")
 
@@ -82,19 +84,7 @@ def journal_view(directory: Path, after: str = "") -> tuple[list[tuple[Path, int
     back to an earlier day), so they are read whole; the head's file up to the head's
     size; later ones not yet (the head is written after the batch's fdatasync)."""
     files = [path for path in journal_files(directory) if path.name >= after]
-    head_raw = b""
-    lock_fd = -1
-    with contextlib.suppress(OSError):
-        lock_fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if lock_fd >= 0:
-            fcntl.flock(lock_fd, fcntl.LOCK_SH)  # between two batches: an instant
-        with contextlib.suppress(FileNotFoundError):
-            head_raw = (directory / HEAD_NAME).read_bytes()[:128]
-    finally:
-        if lock_fd >= 0:
-            os.close(lock_fd)
-    head = parse_head(head_raw)
+    head = read_head(directory)
     try:
         raw = (directory / START_NAME).read_bytes().split()
         start = raw[-1] if raw else GENESIS
@@ -113,6 +103,62 @@ def journal_view(directory: Path, after: str = "") -> tuple[list[tuple[Path, int
         except FileNotFoundError:  # pruned meanwhile
             continue
     return view, start
+
+
+# Lock-free reads of the head tried before taking the journal's lock (a torn read is
+# retried at once: the writer's pwrite of ~100 bytes takes a microsecond).
+HEAD_TRIES = 3
+
+
+def read_head(directory: Path) -> Head | None:
+    """The journal's head, read without the journal's lock when it proves itself: the
+    line that ends at its size in its file must end with its hash. A read torn by the
+    writer's pwrite (some bytes old, some new) pairs a size with a hash it does not end
+    with, so it is read again; only a head the writer wrote can pass, and the writer
+    writes it after the bytes it covers are durable.
+
+    Why not simply the shared lock, as other readers do: the shipper runs with the lowest
+    CPU priority (SCHED_IDLE, so that it never delays a decision), and a process of that
+    priority holding the lock can be kept off the CPU as long as others are busy, while
+    the writer of every decision waits for the lock. The lock is taken only when a
+    lock-free read does not prove itself (no head yet, a head at a file's start, a
+    journal written before the chain, or three torn reads in a row)."""
+    for _ in range(HEAD_TRIES):
+        try:
+            head = parse_head((directory / HEAD_NAME).read_bytes()[:128])
+        except FileNotFoundError:
+            break
+        if head is not None and _ends_with(directory / head.name, head.size, head.hash):
+            return head
+    return _read_head_locked(directory)
+
+
+def _ends_with(path: Path, size: int, digest: bytes) -> bool:
+    tail = b'"' + digest + b'"}\n'
+    if size < len(tail):
+        return False
+    try:
+        with path.open("rb") as handle:
+            handle.seek(size - len(tail))
+            return handle.read(len(tail)) == tail
+    except OSError:
+        return False
+
+
+def _read_head_locked(directory: Path) -> Head | None:
+    head_raw = b""
+    lock_fd = -1
+    with contextlib.suppress(OSError):
+        lock_fd = os.open(directory / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if lock_fd >= 0:
+            fcntl.flock(lock_fd, fcntl.LOCK_SH)  # between two batches
+        with contextlib.suppress(FileNotFoundError):
+            head_raw = (directory / HEAD_NAME).read_bytes()[:128]
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+    return parse_head(head_raw)
 
 
 def _line_end(path: Path, size: int) -> int:

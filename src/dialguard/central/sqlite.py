@@ -34,6 +34,8 @@ from dialguard.central.store import (
     Found,
     Ingested,
     Position,
+    Pruned,
+    Pruning,
     RollupRow,
     Row,
     events_query,
@@ -47,6 +49,10 @@ __all__ = ["SqliteStore"]
 
 BUSY_TIMEOUT_MS = 30_000  # another writer's batch takes milliseconds; a stuck one, not 30 s
 _CHUNK = 500  # ids per `IN (...)` (well under SQLite's limit on variables)
+# A prune deletes this many records a transaction (a fraction of a second: a shipper's
+# batch waits no longer), then pauses so that one can take the file's write lock.
+PRUNE_BATCH = 5000
+PRUNE_PAUSE_S = 0.02
 
 _COLUMNS = ", ".join(("node", *ROW_COLUMNS, "shipped_at"))
 _INSERT = f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join('?' * (len(ROW_COLUMNS) + 2))})"
@@ -67,6 +73,7 @@ FROM cursors c
 
 class SqliteStore(CentralStore):
     backend = "sqlite"
+    mark = "?"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -244,6 +251,94 @@ class SqliteStore(CentralStore):
         with self._errors():
             self.db.execute("UPDATE cursors SET error = ? WHERE node = ?", (error, node))
 
+    # --- retention ------------------------------------------------------------------------
+
+    def prune(self, before_day: int, pruned_at: int, dry_run: bool = False) -> Pruning:
+        """Node by node, PRUNE_BATCH records at a time from the start of its chain, each
+        batch one transaction with the cursor's new start and the node's `prunes` row: a
+        prune stopped half-way leaves a shorter chain that still verifies."""
+        found: list[Pruned] = []
+        with self._errors():
+            nodes = [row[0] for row in self.db.execute("SELECT node FROM cursors ORDER BY node")]
+        for node in nodes:
+            done = self._prune_node(node, before_day, pruned_at, dry_run)
+            if done is not None:
+                found.append(done)
+        return Pruning(found, [])
+
+    def _prune_node(
+        self, node: str, before_day: int, pruned_at: int, dry_run: bool
+    ) -> Pruned | None:
+        chain = "FROM records WHERE node = ? AND file_day < ? ORDER BY file_day, file_offset"
+        last_first = chain.replace("file_day, file_offset", "file_day DESC, file_offset DESC")
+        select = "SELECT file_day, file_offset, hash "
+        if dry_run:
+            with self._errors():
+                count = self.db.execute(
+                    "SELECT count(*) FROM records WHERE node = ? AND file_day < ?",
+                    (node, before_day),
+                ).fetchone()[0]
+                last = self.db.execute(select + last_first + " LIMIT 1", (node, before_day))
+                edge = last.fetchone()
+            if not count:
+                return None
+            return Pruned(node, day_name(before_day), count, day_name(edge[0]), edge[1], edge[2],
+                          pruned_at)  # fmt: skip
+        removed = 0
+        edge = None
+        prune_id = None
+        while True:
+            with self._transaction() as db:
+                # The batch's last record: the PRUNE_BATCH-th in chain order, or the last.
+                nth = (node, before_day, PRUNE_BATCH - 1)
+                step = (
+                    db.execute(select + chain + " LIMIT 1 OFFSET ?", nth).fetchone()
+                    or db.execute(select + last_first + " LIMIT 1", nth[:2]).fetchone()
+                )
+                if step is None:
+                    break
+                edge = step
+                deleted = db.execute(
+                    "DELETE FROM records WHERE node = ? AND file_day < ?"
+                    " AND (file_day, file_offset) <= (?, ?)",
+                    (node, before_day, edge[0], edge[1]),
+                ).rowcount
+                removed += deleted
+                db.execute(
+                    "UPDATE cursors SET start_hash = ?, records = records - ? WHERE node = ?",
+                    (edge[2], deleted, node),
+                )
+                if prune_id is None:
+                    prune_id = db.execute(
+                        "INSERT INTO prunes (node, before_day, records, last_day, last_offset,"
+                        " last_hash, pruned_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (node, before_day, deleted, edge[0], edge[1], edge[2], pruned_at),
+                    ).lastrowid
+                else:
+                    db.execute(
+                        "UPDATE prunes SET records = records + ?, last_day = ?, last_offset = ?,"
+                        " last_hash = ? WHERE id = ?",
+                        (deleted, edge[0], edge[1], edge[2], prune_id),
+                    )
+            _between_batches()
+        if edge is None:
+            return None
+        return Pruned(node, day_name(before_day), removed, day_name(edge[0]), edge[1], edge[2],
+                      pruned_at)  # fmt: skip
+
+    def pruned(self, node: str) -> Pruned | None:
+        with self._errors():
+            row = self.db.execute(
+                "SELECT before_day, last_day, last_offset, last_hash, pruned_at,"
+                " (SELECT sum(records) FROM prunes WHERE node = ?)"
+                " FROM prunes WHERE node = ? ORDER BY id DESC LIMIT 1",
+                (node, node),
+            ).fetchone()
+        if row is None:
+            return None
+        return Pruned(node, day_name(row[0]), int(row[5]), day_name(row[1]), row[2], row[3],
+                      row[4])  # fmt: skip
+
     # --- reading --------------------------------------------------------------------------
 
     def chain(self, node: str) -> Iterator[tuple[int, int, str, bytes]]:
@@ -279,6 +374,10 @@ class SqliteStore(CentralStore):
                 args,
             ).fetchall()
         return [RollupRow(*row) for row in rows]
+
+    def _select(self, query: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._errors():
+            return list(self.db.execute(query, args).fetchall())
 
     def search_number(
         self, number: str, since_ms: int | None, until_ms: int | None, limit: int = 1000
@@ -335,6 +434,10 @@ class SqliteStore(CentralStore):
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
+
+
+def _between_batches() -> None:
+    time.sleep(PRUNE_PAUSE_S)
 
 
 def _cursor(row: Sequence[Any]) -> Cursor:

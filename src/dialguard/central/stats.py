@@ -32,11 +32,16 @@ def summary(
     for moment in (since_ms, until_ms):
         if moment is not None and moment % _HOUR_MS:
             raise NotOnTheHour(moment)
-    rows = store.rollups(
-        None if since_ms is None else hour_of(since_ms),
-        None if until_ms is None else hour_of(until_ms),
-        campaign,
-        node,
+    since_hour = None if since_ms is None else hour_of(since_ms)
+    until_hour = None if until_ms is None else hour_of(until_ms)
+    # Summed by the database, three ways: 30 days are ~100,000 counters at 130,000 calls a
+    # day, each of three charts a few hundred rows.
+    totals = store.rollup_sums(("kind", "result", "reason"), since_hour, until_hour, campaign, node)
+    by_campaign = store.rollup_sums(
+        ("campaign", "result"), since_hour, until_hour, campaign, node, kind="decision"
+    )
+    by_hour = store.rollup_sums(
+        ("hour", "result"), since_hour, until_hour, campaign, node, kind="decision"
     )
     local_hour = _local_hours(zone)
     allowed = denied = shadowed = degraded = 0
@@ -45,23 +50,25 @@ def summary(
     campaigns: dict[str, Counter[str]] = {}
     hours: dict[int, Counter[str]] = {hour: Counter() for hour in range(24)}
     outcomes: Counter[str] = Counter()
-    for row in rows:
-        if row.kind != "decision":
-            if row.kind == "outcome":
-                outcomes[row.reason] += row.n
+    for kind, result, reason, n, shadows, degraded_n in totals:
+        if kind != "decision":
+            if kind == "outcome":
+                outcomes[reason] += n
             continue
-        if row.result == "ALLOW":
-            allowed += row.n
+        if result == "ALLOW":
+            allowed += n
         else:
-            denied += row.n
-        reasons[(row.result, row.reason)] += row.n
-        by_campaign = campaigns.setdefault(row.campaign, Counter())
-        by_campaign[row.result] += row.n
-        by_campaign["shadowed"] += row.shadowed
-        shadowed += row.shadowed
-        shadowed_reasons[row.reason] += row.shadowed
-        degraded += row.degraded
-        hours[local_hour(row.hour)][row.result] += row.n
+            denied += n
+        reasons[(result, reason)] += n
+        shadowed += shadows
+        shadowed_reasons[reason] += shadows
+        degraded += degraded_n
+    for name, result, n, shadows, _ in by_campaign:
+        counts = campaigns.setdefault(name, Counter())
+        counts[result] += n
+        counts["shadowed"] += shadows
+    for hour, result, n, *_ in by_hour:
+        hours[local_hour(hour)][result] += n
     total = allowed + denied
     return {
         "decisions": total,

@@ -2,8 +2,9 @@
 
 For each node: every stored line re-hashed, in the node's chain order (journal file, byte
 offset), each `prev` against the hash before it (the first against where the node's chain
-started: zeros, or the `audit.start` of a pruned journal), and the last against the
-node's cursor (records removed from the store's end show there). A node with chain
+started: zeros, the `audit.start` of a pruned journal, or after `central prune` the hash
+of the last record it removed), and the last against the node's cursor (records removed
+from the store's end show there). A node with chain
 breaks flagged at ingest is not intact either, even where the stored lines link up (a
 duplicated journal line is stored once, and its break is only in `chain_breaks`).
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from dialguard.audit.files import day_name, unseal
 from dialguard.central.ship import EDITED, NOT_SEALED, UNLINKED
-from dialguard.central.store import Break, CentralStore
+from dialguard.central.store import Break, CentralStore, Pruned
 
 __all__ = ["NodeVerification", "verify_node"]
 
@@ -29,6 +30,7 @@ class NodeVerification:
     problem: str | None = None  # the first problem found by re-hashing
     breaks: list[Break] = field(default_factory=list)  # flagged at ingest (the first 100)
     break_count: int = 0
+    pruned: Pruned | None = None  # `central prune` removed the records before this
 
     @property
     def intact(self) -> bool:
@@ -36,8 +38,14 @@ class NodeVerification:
 
     def summary(self) -> str:
         if self.intact:
+            since = ""
+            if self.pruned is not None:
+                since = (
+                    f" from {self.pruned.before} on ({self.pruned.records:,} before it pruned;"
+                    f" the chain starts after {self.pruned.last_hash[:16]}...)"
+                )
             return (
-                f"{self.node}: intact: {self.records:,} records; first hash"
+                f"{self.node}: intact: {self.records:,} records{since}; first hash"
                 f" {self.first_hash or '-'}, last hash {self.last_hash or '-'}"
             )
         said = self.problem
@@ -55,8 +63,10 @@ def verify_node(store: CentralStore, node: str) -> NodeVerification:
         return result
     result.break_count = cursor.breaks
     result.breaks = store.breaks(node) if cursor.breaks else []
+    result.pruned = store.pruned(node)
     expected: bytes | None = cursor.start_hash.encode()
-    last = b""
+    # Every record pruned: the chain's end is where it now starts.
+    last = cursor.start_hash.encode() if result.pruned is not None else b""
     for file_day, offset, record_id, line in store.chain(node):
         where = f"{day_name(file_day)} byte {offset} (id {record_id})"
         sealed = unseal(line)

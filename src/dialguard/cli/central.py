@@ -1,4 +1,4 @@
-"""`dialguard central migrate|status` and `dialguard audit ship`: the central store
+"""`dialguard central migrate|status|prune` and `dialguard audit ship`: the central store
 (docs/central.md). `audit verify --central` and `audit stats --central` (cli/audit.py)
 read it through the helpers here.
 
@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import orjson
 
 from dialguard.central import CentralStore, open_store
 from dialguard.central.errors import JournalProblem
+from dialguard.central.retention import day_number, first_day_kept
 from dialguard.central.ship import Shipper, follow
 from dialguard.central.stats import NotOnTheHour, summary
 from dialguard.central.verify import NodeVerification, verify_node
@@ -96,6 +97,9 @@ def status_command(as_json: bool, config_path: Path | None) -> None:
                 "first_break": str(store.breaks(cursor.node, 1)[0]) if cursor.breaks else None,
                 "error": cursor.error or None,
             }
+            pruned = store.pruned(cursor.node)
+            item["pruned_before"] = pruned.before if pruned is not None else None
+            item["pruned_records"] = pruned.records if pruned is not None else 0
             if as_json:
                 click.echo(orjson.dumps(item).decode())
                 continue
@@ -109,8 +113,49 @@ def status_command(as_json: bool, config_path: Path | None) -> None:
                 click.echo(f"  first break: {item['first_break']}")
             if cursor.error:
                 click.echo(f"  shipping stopped: {cursor.error}")
+            if pruned is not None:
+                click.echo(
+                    f"  pruned: {pruned.records:,} records from the journal files before"
+                    f" {pruned.before} (last on {_iso(pruned.pruned_at)})"
+                )
         if not nodes and not as_json:
             click.echo(f"{store.shown}: no node has shipped yet")
+
+
+@central.command("prune")
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per node.")
+@config_option
+@errors_are_one_line
+def prune_command(dry_run: bool, as_json: bool, config_path: Path | None) -> None:
+    """Remove the months older than [central] keep_days (run it daily, e.g. from cron)."""
+    config = load_config(config_path)
+    settings = central_settings(config)
+    if settings.path is not None and not settings.path.exists():
+        click.echo(f"{settings.shown}: no central store here; nothing to prune")
+        return
+    first = first_day_kept(datetime.now(UTC).date(), settings.keep_days)
+    _, store = opened(config)
+    with store:
+        pruning = store.prune(day_number(first), int(time.time() * 1000), dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for item in pruning.nodes:
+        if as_json:
+            click.echo(orjson.dumps({"dry_run": dry_run, **asdict(item)}).decode())
+            continue
+        click.echo(
+            f"{item.node}: {verb} {item.records:,} records from the journal files before"
+            f" {item.before}; its chain now starts after {item.last_file} byte"
+            f" {item.last_offset:,} (hash {item.last_hash[:16]}...)"
+        )
+    if pruning.dropped and not as_json:
+        done = "would drop" if dry_run else "dropped"
+        click.echo(f"{store.shown}: {done} the partitions {', '.join(pruning.dropped)}")
+    if not pruning.nodes and not as_json:
+        click.echo(
+            f"{store.shown}: nothing from before {first.isoformat()} (keep_days"
+            f" {settings.keep_days}: whole months older than that go)"
+        )
 
 
 def _iso(ms: int) -> str:
@@ -187,13 +232,24 @@ def _follow(settings: CentralSettings, directory: Path, node: str, batch: int, p
     finish the batch under way and stop."""
     configure_logging(logging.INFO)
     if parent:
-        # Started by `serve`: background work, so the decisions' process comes first when
-        # both want the same core (the shipper catches up in the next poll).
-        os.nice(10)
+        lowest_priority()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     follow(replace(settings, batch=batch), directory, node, stop, parent)
+
+
+def lowest_priority() -> None:
+    """Started by `serve`: background work. SCHED_IDLE runs it only on a CPU nothing else
+    wants, and a decision waking up takes the CPU from it at once; a nice value (10 before)
+    only lowers its share, so each of its batches still delayed the decisions on its core
+    by milliseconds (docs/benchmarks.md). On a CPU busy for long it waits: the journal
+    keeps every record meanwhile, and the lag shows in `central status`. Where the policy
+    cannot be had, the lowest nice value."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
 
 
 # --- read by cli/audit.py ---------------------------------------------------------------
@@ -218,6 +274,7 @@ def central_verify(config_path: Path | None, node: str | None, as_json: bool) ->
                         "problem": result.problem,
                         "chain_breaks": result.break_count,
                         "first_breaks": [str(b) for b in result.breaks[:_SHOWN_BREAKS]],
+                        "pruned": asdict(result.pruned) if result.pruned is not None else None,
                     }
                 ).decode()
             )
