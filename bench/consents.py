@@ -13,8 +13,10 @@ through the real CLI (a subprocess, pinned to core 0; Redis and this process on 
   principals; `given_at` an ISO 8601 instant with its offset (2026, to the second, as an
   API writes it), `expires_at` a date for half of them, empty for the rest; proof
   references of `--proof-chars` characters (`WEB-` and digits);
-- **contract**: N rows `number,principal,contract_id,sector,start,end` (ids of 14
-  characters, the four sectors, a start date, an end date for a third of them).
+- **contract**: N rows `number,principal,contract_id,sector,start,end` (ids of 15
+  characters, the four sectors, a start date, an end date for a third of them);
+- **dnc** (`--baseline`): the consent file's N numbers as a do-not-call import, first:
+  this machine's pace for the list that was already at scale.
 
 Per import: wall time (process start to exit), the importer's CPU and peak RSS, Redis's
 CPU, `used_memory` before and after (the previous version freed first: a `--replace` over
@@ -88,6 +90,19 @@ FORMAT = 1  # bump when the generated files change
 
 
 # --- input files ----------------------------------------------------------------------------
+
+
+def dnc_path(workdir: Path, n: int, proof_chars: int) -> Path:
+    """The consent file's numbers as a do-not-call file: the baseline of the same run."""
+    return workdir / f"dnc-of-consent-v{FORMAT}-{n}-p{proof_chars}.csv"
+
+
+def generate_dnc(path: Path, consents: Path) -> None:  # a few seconds: not reported
+    with consents.open(encoding="ascii") as source, writing(path) as out:
+        next(source)
+        out.write("number\n")
+        for line in source:
+            out.write(line[: line.index(",")] + "\n")
 
 
 def consent_path(workdir: Path, n: int, proof_chars: int) -> Path:
@@ -238,7 +253,11 @@ async def one_import(
     used_after = await used_memory(client)
     lists = Lists(client, KEYS)
     version = (await lists.current(kind)).versions[0]
-    if code == "this":
+    if kind == "dnc":  # the baseline: the same numbers as a do-not-call list
+        census = await lists.census(kind, version)
+        entries, used, buckets, split = census.entries, census.bytes, census.buckets, 0
+        checked = wrong = 0
+    elif code == "this":
         census = await lists.census(kind, version)
         entries, used, buckets, split = census.entries, census.bytes, census.buckets, census.bitmaps
         store = Store.from_url(f"redis://127.0.0.1:{port}/0", PREFIX, 5000)
@@ -330,6 +349,7 @@ async def measure(
     client = aioredis.Redis(port=port)
     runs: list[Run] = []
     paths = {
+        "dnc": lambda n: dnc_path(args.workdir, n, args.proof_chars),
         "consent": lambda n: consent_path(args.workdir, n, args.proof_chars),
         "contract": lambda n: contract_path(args.workdir, n),
     }
@@ -340,9 +360,9 @@ async def measure(
         plans.append(("this", args.entries))
         for _ in range(args.runs):
             for code, n in plans:
-                for kind in args.only:
+                for kind in (["dnc"] if code == "this" and args.baseline else []) + args.only:
                     path = paths[kind](n)
-                    sample = sample_rows(path, n) if code == "this" else []
+                    sample = sample_rows(path, n) if code == "this" and kind != "dnc" else []
                     # The importer is a child: the code it runs is on its PYTHONPATH.
                     saved = os.environ.get("PYTHONPATH")
                     if code == "before":
@@ -373,6 +393,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--before", type=Path, default=None, help="another checkout's src/")
     parser.add_argument("--before-entries", type=int, default=1_000_000)
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="first, the consent file's numbers as a do-not-call import (this machine's pace)",
+    )
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -405,6 +430,12 @@ def main() -> None:
             )
         if "contract" in args.only:
             prepare(contract_path(args.workdir, n), generate_contracts, n)
+        if args.baseline and n == args.entries:
+            consents = consent_path(args.workdir, n, args.proof_chars)
+            prepare(consents, partial(generate_consents, proof_chars=args.proof_chars), n)
+            dnc = dnc_path(args.workdir, n, args.proof_chars)
+            if not dnc.exists():
+                generate_dnc(dnc, consents)
     with tempfile.TemporaryDirectory(prefix="dialguard-bench-consents-") as tmp:
         scratch = Path(tmp)
         with redis_server(scratch, "none", pin) as (port, pid):

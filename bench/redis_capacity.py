@@ -1,14 +1,19 @@
 """How many decisions one Redis primary can serve (docs/operations.md, "Why not Redis
 Cluster").
 
-Starts a private redis-server (never 6379), loads a 1-million-number do-not-call list,
-then runs CLIENTS processes, each with CONCURRENCY decisions in flight through
-Store.facts (the decision's script, batched as `serve` batches it, each reserving an
-attempt slot as a real call does) for SECONDS. Prints decisions/s, Redis's CPU seconds per
+Starts a private redis-server (never 6379), loads a 1-million-number do-not-call list
+(and with `--consents N`, consents of ACME for N numbers spread evenly over the numbers
+dialled: 100,000 puts ~50 in a bucket of a thousand numbers, as ten million French
+mobiles do), then runs CLIENTS processes, each with CONCURRENCY decisions in flight
+through Store.facts (the decision's script, batched as `serve` batches it, each reserving
+an attempt slot as a real call does) for SECONDS. Prints decisions/s, Redis's CPU seconds per
 decision (INFO used_cpu_*) and the script's µs per call and per decision inside Redis (INFO
 commandstats): the ceiling of one Redis core is 1e6 / (Redis µs per decision).
 
-    .venv/bin/python bench/redis_capacity.py [--clients 2] [--seconds 10]
+    .venv/bin/python bench/redis_capacity.py [--clients 2] [--seconds 10] [--consents N]
+
+It uses nothing but `Store`, `load` and the row types, so another checkout's src/ on
+PYTHONPATH measures that code's script with this same driver.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dialguard.import_files import DncRow
+from dialguard.import_files import ConsentRow, DncRow
 from dialguard.numbers import normalise
 from dialguard.store import Store
 from dialguard.store.loading import load
@@ -41,10 +46,17 @@ def number(i: int) -> str:
     return f"06{i:08d}"
 
 
-async def _load(url: str) -> None:
+async def _load(url: str, consents: int) -> None:
     store = Store.from_url(url, PREFIX, 60_000)
     rows = [DncRow(normalise(number(i)).key, "listed") for i in range(0, 2 * LISTED, 2)]
     await load(store.lists, "dnc", rows, "replace")
+    given = datetime(2026, 10, 1, tzinfo=UTC)
+    consented = [
+        ConsentRow(normalise(number(i)), "ACME", given, None, f"WEB-{i:012d}")
+        for i in range(1, 2 * LISTED, 2 * LISTED // consents)
+    ]
+    if consented:
+        await load(store.lists, "consent", consented, "replace")
     await store.close()
 
 
@@ -80,9 +92,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--consents", type=int, default=0, help="consents loaded, spread")
     options = parser.parse_args()
     with running_redis(acl=False) as server:
-        asyncio.run(_load(server.url))
+        asyncio.run(_load(server.url, options.consents))
         admin = redis.Redis.from_url(server.url)
         admin.config_resetstat()
         before = admin.info("cpu")

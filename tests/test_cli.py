@@ -1444,7 +1444,9 @@ def test_a_rebuild_replays_only_imports_in_force_and_refuses_a_pruned_journal(cl
     ok(cli("import", "dnc", cli.file("dnc.csv", "number\n0611111111\n"), "--replace"))
     records = cli.audit_records()
     # An import whose swap failed: its record landed, its completion never did.
-    failed = {**records[0], "id": records[0]["id"][:-1] + "f", "file": "wrong.csv"}
+    # Another id (ids end with a per-process counter: its last digit may be anything).
+    other = records[0]["id"][:-1] + ("e" if records[0]["id"].endswith("f") else "f")
+    failed = {**records[0], "id": other, "file": "wrong.csv"}
     failed.update(mode="replace", kept="missing.dnc.csv.gz")
     unsealed = {k: v for k, v in failed.items() if k not in ("prev", "hash")}
     asyncio.run(Journal(cli.audit_dir).append(unsealed))  # through the real writer

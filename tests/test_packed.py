@@ -3,6 +3,7 @@ to the second, and bytes no version wrote are refused rather than misread."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -13,10 +14,6 @@ from hypothesis import strategies as st
 from dialguard.import_files import ms_exact
 from dialguard.model import Consent, Contract, Sector
 from dialguard.store.packed import (
-    MERGE,
-    OPS,
-    PLAIN,
-    REPLACE,
     Gathered,
     bucket_name,
     merge_contract_values,
@@ -203,11 +200,11 @@ def test_a_number_is_in_the_bucket_of_its_leading_digits_at_each_level() -> None
     assert bucket_name(0, "33612345678") == "033612345678"
 
 
-def commands(gathered: Gathered) -> list[bytes]:
-    return [arguments for _, arguments in gathered.writes()]
+def commands(gathered: Gathered) -> list[tuple[int, bytes]]:
+    return list(gathered.writes())
 
 
-def test_a_bucket_met_once_goes_out_as_it_was_gathered() -> None:
+def test_entries_go_out_as_bucket_field_value_triples() -> None:
     gathered = Gathered("consent")
     one = pack_consent(1_790_000_000_000, 0, "p1")
     two = pack_consent(1_790_000_000_000, 0, "p2")
@@ -215,49 +212,28 @@ def test_a_bucket_met_once_goes_out_as_it_was_gathered() -> None:
     gathered.add("33612345001", 2, two)
     (sent,) = commands(gathered)
     assert sent == (
-        bulk(b"333612345")
-        + bulk(PLAIN)
-        + bulk(b"2")
+        6,
+        bulk(b"33612345")
         + bulk(b"678")
         + bulk(one)
-        + bulk(b"2001")  # principal 2, offset 001
-        + bulk(two)
+        + bulk(b"33612345")
+        + bulk(b"2001")  # principal 2, the number's last digits 001
+        + bulk(two),
     )
     assert len(gathered) == 0 and commands(gathered) == []
 
 
-def test_a_pair_met_twice_keeps_the_consent_given_last() -> None:
+def test_a_bucket_goes_out_in_one_write_whatever_the_order_of_the_rows() -> None:
     gathered = Gathered("consent")
-    late = pack_consent(1_790_000_000_000, 0, "late")
-    early = pack_consent(1_780_000_000_000, 0, "early")
-    same_instant = pack_consent(1_790_000_000_000, 0, "same, later row")
-    for value in (late, early, same_instant):
-        gathered.add("33612345678", 0, value)
-    (sent,) = commands(gathered)
-    assert sent == bulk(b"333612345") + bulk(OPS) + bulk(b"1") + bulk(b"678") + bulk(
-        MERGE + same_instant
-    )
-    assert gathered.repeated == 2
-
-
-def test_a_long_value_goes_out_with_its_operation_for_the_overflow_hash() -> None:
-    gathered = Gathered("consent", value_limit=20)
-    value = pack_consent(1_790_000_000_000, 0, "x" * 30)
-    gathered.add("33612345678", 0, value)
-    (sent,) = commands(gathered)
-    assert sent == bulk(b"333612345") + bulk(OPS) + bulk(b"1") + bulk(b"678") + bulk(MERGE + value)
-
-
-def test_contracts_of_a_pair_met_in_a_later_write_add_to_the_first() -> None:
-    gathered = Gathered("contract")
-    a = pack_contract(Contract("A", Sector.GENERAL, date(2025, 1, 1), None))
-    b = pack_contract(Contract("B", Sector.CPF, date(2025, 1, 1), None))
-    gathered.add("33612345678", 0, a)
-    gathered.add("33612345678", 0, b)
-    (first,) = commands(gathered)
-    assert first == bulk(b"333612345") + bulk(OPS) + bulk(b"1") + bulk(b"678") + bulk(
-        REPLACE + a + b
-    )
-    gathered.add("33612345678", 0, a)  # the same pair, in the next write
-    (second,) = commands(gathered)
-    assert second.endswith(bulk(b"A" + a))
+    value = pack_consent(1_790_000_000_000, 0, "p")
+    rows = [(f"336{n:08d}", "ACME", 1_790_000_000_000, 0, "p") for n in range(0, 10**8, 9973)]
+    gathered.add_consents(rows, {"ACME": 0})
+    sent = commands(gathered)
+    assert len(sent) > 1 and sum(count for count, _ in sent) == 3 * len(rows)
+    buckets = [
+        {arguments.split(b"\r\n")[i] for i in range(1, len(arguments.split(b"\r\n")), 6)}
+        for _, arguments in sent
+    ]
+    for one, other in itertools.pairwise(buckets):
+        assert not one & other  # a bucket in one write only
+    assert bulk(value) in sent[0][1]

@@ -17,7 +17,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo
 
 from dialguard.model import Contract, Sector
-from dialguard.numbers import InvalidNumber, Number, fast_key, import_key, listable
+from dialguard.numbers import InvalidNumber, Number, fast_key, import_key, key_of_nsn, listable
 
 __all__ = [
     "KINDS",
@@ -228,30 +228,17 @@ def chunks(header: Header, lines: Iterable[str], zone: ZoneInfo, size: int) -> I
     common lines of do-not-call and registry files take a tight loop (what `fast_key`
     does not recognise goes the general way, which gives the same row or the reason it is
     bad)."""
+    if header.kind in ("consent", "contract"):
+        yield from _entry_chunks(header, lines, zone, size)
+        return
     one = _Line(header, zone)
     chunk = Chunk()
     kind, width, delimiter = header.kind, len(header.columns), header.delimiter
     dnc = kind == "dnc" and width == 1
     bloctel = kind == "bloctel"
-    fast = _FastRows(header, zone)
-    packed: Callable[[str], Any] | None = None
-    as_entry: Callable[[Any], Any] | None = None
-    if kind == "consent":
-        packed, as_entry = fast.consent, consent_entry
-    elif kind == "contract":
-        packed, as_entry = fast.contract, contract_entry
     number = 1
     for number, line in enumerate(lines, start=2):
-        if packed is not None:
-            entry = packed(line)
-            if entry is not None:
-                chunk.rows.append(entry)
-                if len(chunk.rows) >= size:
-                    chunk.last_line = number
-                    yield chunk
-                    chunk = Chunk()
-                continue
-        elif dnc:
+        if dnc:
             key = fast_key(line.rstrip("\r\n"))
             if key is not None:
                 chunk.keys.append(key)
@@ -283,13 +270,57 @@ def chunks(header: Header, lines: Iterable[str], zone: ZoneInfo, size: int) -> I
         if bloctel:
             (chunk.listed if row.listed else chunk.keys).append(row.key)
         else:
-            chunk.rows.append(as_entry(row) if as_entry is not None else row)
+            chunk.rows.append(row)
         if len(chunk) >= size:
             chunk.last_line = number
             yield chunk
             chunk = Chunk()
     chunk.last_line = number
     yield chunk
+
+
+def _entry_chunks(
+    header: Header, lines: Iterable[str], zone: ZoneInfo, size: int
+) -> Iterator[Chunk]:
+    """Consents and contracts, a block of `size` lines a chunk (fewer rows where lines are
+    blank or bad), as the loader's plain tuples (`consent_entry`, `contract_entry`), in
+    file order (which row of a pair comes later matters)."""
+    one = _Line(header, zone)
+    fast = _FastRows(header, zone)
+    if header.kind == "consent":
+        block_of: Callable[[list[str]], list[Any]] = fast.consents
+        as_entry: Callable[[Any], Any] = consent_entry
+    else:
+        block_of, as_entry = fast.contracts, contract_entry
+    block: list[str] = []
+    first, number = 2, 1
+
+    def chunk_of(block: list[str], first: int) -> Chunk:
+        chunk = Chunk(last_line=first + len(block) - 1)
+        entries = block_of(block)
+        if None not in entries:
+            chunk.rows = entries
+            return chunk
+        for offset, entry in enumerate(entries):
+            if entry is None:
+                row = one(block[offset])
+                if row is None:
+                    continue
+                if type(row) is Rejected:
+                    chunk.rejected.append((first + offset, row))
+                    continue
+                entry = as_entry(row)
+            chunk.rows.append(entry)
+        return chunk
+
+    for number, line in enumerate(lines, start=2):
+        block.append(line)
+        # A line with no line break (the last, or one too long to be valid) ends a block:
+        # the block is read as lines joined.
+        if len(block) >= size or not line.endswith("\n"):
+            yield chunk_of(block, first)
+            block, first = [], number + 1
+    yield chunk_of(block, first) if block else Chunk(last_line=number)
 
 
 def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:
@@ -409,103 +440,159 @@ _SECTOR_OF = {sector.value: sector for sector in Sector}
 _CACHED = 65_536
 
 
+def _plain_lines(delimiter: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The plain consent and contract lines: numbers as `fast_key` reads them, instants as
+    a date or an ISO 8601 date-time with seconds and an offset, free text of printable
+    ASCII with nothing to strip. One regular expression over a block of lines: at ten
+    million lines, splitting and checking each field in Python (or even matching one line
+    at a time) cost more than all the rest."""
+    d = re.escape(delimiter)
+    number = r"(?:0|\+33|0033)([1-9][0-9]{8})"
+    principal = r"([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})"
+    day = r"([0-9]{4}-[0-9]{2}-[0-9]{2})"
+    instant = rf"{day}(?:T([0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}})([+-][0-9]{{2}}:[0-9]{{2}}|Z))?"
+    allowed = "".join(
+        re.escape(chr(c)) for c in range(0x21, 0x7F) if chr(c) not in ('"', "|", delimiter)
+    )
+    text = rf"([{allowed}](?:[ {allowed}]{{0,198}}[{allowed}])?)"
+    sectors = "|".join(re.escape(sector.value) for sector in Sector)
+    consent = rf"{number}{d}{principal}{d}{instant}{d}(?:{instant})?{d}{text}"
+    contract = rf"{number}{d}{principal}{d}{text}{d}({sectors}){d}{day}{d}{day}?"
+    # Every line of a block matches: a plain one with its groups, any other with none.
+    return (
+        re.compile(rf"^(?:{consent}\r?|.*)$", re.MULTILINE),
+        re.compile(rf"^(?:{contract}\r?|.*)$", re.MULTILINE),
+    )
+
+
 class _FastRows:
-    """Consent and contract lines in their plain form (no quotes, no spaces around a
-    value, a number `fast_key` reads), parsed in a few microseconds. Anything else, valid
-    or not, is None: the general path decides, with its message. What this accepts, the
-    general path accepts the same (tests/test_imports.py holds the two together)."""
+    """Consent and contract lines in their plain form (`_plain_lines`), parsed in a few
+    microseconds. Anything else, valid or not, is None: the general path decides, with its
+    message. What this accepts, the general path accepts the same
+    (tests/test_fast_paths.py holds the two together)."""
 
     def __init__(self, header: Header, zone: ZoneInfo) -> None:
-        self._delimiter = header.delimiter
+        self._consent, self._contract = _plain_lines(header.delimiter)
         self._zone = zone
-        self._principals: set[str] = set()
-        self._instants: dict[str, int | None] = {}
         self._days: dict[str, date | None] = {}
-        self._midnights: dict[str, int] = {}  # "DAY" + "OFFSET" -> ms (or _NOT_AN_INSTANT)
+        self._local_midnights: dict[str, int] = {}  # "DAY" -> ms (or _NOT_AN_INSTANT)
+        self._midnights: dict[str, dict[str, int]] = {}  # OFFSET -> DAY -> ms (or that)
         self._clocks: dict[str, int] = {}  # "HH:MM:SS" -> seconds into the day (or -1)
+        self._codes: dict[str, str] = {}  # an NSN's first five digits -> its country code
 
-    def consent(self, line: str) -> ConsentEntry | None:
-        if '"' in line:
-            return None
-        fields = line.rstrip("\r\n").split(self._delimiter)
-        if len(fields) != 5:
-            return None
-        number, principal, given, expires, proof = fields
-        key = fast_key(number)
-        if key is None or not self._principal(principal) or not _plain_ref(proof):
-            return None
-        given_ms = self._instant(given)
-        if given_ms is None:
-            return None
-        if not expires:
-            return (key, principal, given_ms, 0, proof)
-        expires_ms = self._instant(expires)
-        if expires_ms is None or expires_ms <= given_ms:
-            return None
-        return (key, principal, given_ms, expires_ms, proof)
+    def consents(self, block: list[str]) -> list[ConsentEntry | None]:
+        """One entry per line of `block` (lines ending with a line break, but the last
+        maybe), None where the general path must decide."""
+        found = self._lines(self._consent, block)
+        if found is None:
+            return [None] * len(block)
+        codes, clocks, midnights = self._codes, self._clocks, self._midnights
+        instant = self._instant
+        out: list[ConsentEntry | None] = []
+        append = out.append
+        for nsn, principal, day, clock, offset, until, until_clock, until_offset, proof in found:
+            if not nsn:
+                append(None)
+                continue
+            code = codes.get(nsn[:5])
+            if code is None:
+                code = codes[nsn[:5]] = key_of_nsn(nsn)[:-9]
+            # The given instant, inline: every line has its own second.
+            if clock:
+                seconds = clocks.get(clock)
+                days = midnights.get(offset)
+                start = days.get(day) if days is not None else None
+                if seconds is None or start is None:
+                    given_ms = instant(day, clock, offset)
+                elif seconds < 0 or start == _NOT_AN_INSTANT:
+                    given_ms = _NOT_AN_INSTANT
+                else:
+                    given_ms = start + seconds * 1000
+            else:
+                given_ms = instant(day, "", "")
+            if given_ms == _NOT_AN_INSTANT:
+                append(None)
+            elif not until:
+                append((code + nsn, principal, given_ms, 0, proof))
+            else:
+                expires_ms = instant(until, until_clock, until_offset)
+                if expires_ms == _NOT_AN_INSTANT or expires_ms <= given_ms:
+                    append(None)
+                else:
+                    append((code + nsn, principal, given_ms, expires_ms, proof))
+        return out
 
-    def contract(self, line: str) -> ContractEntry | None:
-        if '"' in line:
-            return None
-        fields = line.rstrip("\r\n").split(self._delimiter)
-        if len(fields) != 6:
-            return None
-        number, principal, contract_id, sector_name, start_day, end_day = fields
-        key = fast_key(number)
-        sector = _SECTOR_OF.get(sector_name)
-        if key is None or sector is None or not self._principal(principal):
-            return None
-        if not _plain_ref(contract_id):
-            return None
-        start = self._day(start_day)
-        end = self._day(end_day) if end_day else None
-        if start is None or (end_day and (end is None or end < start)):
-            return None
-        return (key, principal, contract_id, sector, start, end)
+    def contracts(self, block: list[str]) -> list[ContractEntry | None]:
+        """As `consents`."""
+        found = self._lines(self._contract, block)
+        if found is None:
+            return [None] * len(block)
+        codes, day_of = self._codes, self._day
+        out: list[ContractEntry | None] = []
+        append = out.append
+        for nsn, principal, contract_id, sector, start_day, end_day in found:
+            if not nsn:
+                append(None)
+                continue
+            code = codes.get(nsn[:5])
+            if code is None:
+                code = codes[nsn[:5]] = key_of_nsn(nsn)[:-9]
+            start = day_of(start_day)
+            end = day_of(end_day) if end_day else None
+            if start is None or (end_day and (end is None or end < start)):
+                append(None)
+            else:
+                append((code + nsn, principal, contract_id, _SECTOR_OF[sector], start, end))
+        return out
 
-    def _principal(self, value: str) -> bool:
-        if value in self._principals:
-            return True
-        if not _PRINCIPAL.match(value):
-            return False
-        self._principals.add(value)
-        return True
-
-    def _instant(self, value: str) -> int | None:
-        size = len(value)
-        if (size == 25 or size == 20) and value[10] == "T":
-            # An API's ISO 8601, "2026-03-14T10:22:31+01:00" or "...31Z": the day with its
-            # offset, and the time of day, each parsed once (every line has its own second).
-            clock, midnight = self._clocks, self._midnights
-            time_of_day, zone_day = value[11:19], value[:10] + value[19:]
-            seconds = clock.get(time_of_day)
-            if seconds is None:
-                if len(clock) >= _CACHED:
-                    clock.clear()
-                seconds = clock[time_of_day] = _seconds_into_day(time_of_day)
-            start = midnight.get(zone_day)
-            if start is None:
-                if len(midnight) >= _CACHED:
-                    midnight.clear()
-                start = midnight[zone_day] = self._midnight(value[:10], value[19:])
-            if seconds >= 0 and start != _NOT_AN_INSTANT:
-                return start + seconds * 1000
+    @staticmethod
+    def _lines(pattern: re.Pattern[str], block: list[str]) -> list[Any] | None:
+        """The pattern's groups of each line of `block`."""
+        text = "".join(block)
+        if not text.endswith("\n"):
+            text += "\n"
+        found = pattern.findall(text)
+        # One result a line, and one for the empty end after the last line break.
+        if len(found) != len(block) + 1:
             return None
-        cache = self._instants
-        if value in cache:
-            return cache[value]
-        try:
-            found: int | None = ms_exact(_instant("", value, self._zone))
-        except _BadLine:
-            found = None
-        if len(cache) >= _CACHED:
-            cache.clear()
-        cache[value] = found
+        del found[-1]
         return found
 
+    def _instant(self, day: str, clock: str, offset: str) -> int:
+        """ms since 1970 of a date (`clock` "": its midnight here) or a date-time with its
+        offset; _NOT_AN_INSTANT for what the general path refuses. The day with its
+        offset, and the time of day, are each parsed once."""
+        if not clock:
+            start = self._local_midnights.get(day)
+            if start is None:
+                if len(self._local_midnights) >= _CACHED:
+                    self._local_midnights.clear()
+                start = self._local_midnights[day] = self._midnight(day, "")
+            return start
+        seconds = self._clocks.get(clock)
+        if seconds is None:
+            if len(self._clocks) >= _CACHED:
+                self._clocks.clear()
+            seconds = self._clocks[clock] = _seconds_into_day(clock)
+        days = self._midnights.get(offset)
+        if days is None:
+            if len(self._midnights) >= 64:  # offsets: a handful
+                self._midnights.clear()
+            days = self._midnights[offset] = {}
+        start = days.get(day)
+        if start is None:
+            if len(days) >= _CACHED:
+                days.clear()
+            start = days[day] = self._midnight(day, offset)
+        if seconds < 0 or start == _NOT_AN_INSTANT:
+            return _NOT_AN_INSTANT
+        return start + seconds * 1000
+
     def _midnight(self, day: str, offset: str) -> int:
+        """ms of a day's midnight: in the zone (`offset` ""), or at that offset."""
+        text = f"{day}T00:00:00{offset}" if offset else day
         try:
-            return ms_exact(_instant("", f"{day}T00:00:00{offset}", self._zone))
+            return ms_exact(_instant("", text, self._zone))
         except _BadLine:
             return _NOT_AN_INSTANT
 
@@ -535,13 +622,6 @@ def _seconds_into_day(text: str) -> int:
     if int(hours) > 23 or int(minutes) > 59 or int(seconds) > 59:
         return -1
     return int(hours) * 3600 + int(minutes) * 60 + int(seconds)
-
-
-def _plain_ref(value: str) -> bool:
-    """A proof reference or contract id as the general path keeps it: non-empty, at most
-    200 printable characters, no '|', nothing to strip."""
-    plain = value.isprintable() and "|" not in value and value.strip() == value
-    return 0 < len(value) <= 200 and plain
 
 
 def _key(value: str) -> str:

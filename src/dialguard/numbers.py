@@ -313,6 +313,12 @@ def fast_key(text: str) -> str | None:
         nsn = text[4:]
     else:
         return None
+    return key_of_nsn(nsn)
+
+
+def key_of_nsn(nsn: str) -> str:
+    """The store key of a French NSN (nine digits, the first not 0): its country code
+    (France's, or an overseas territory's) and the NSN."""
     prefix = nsn[:5]
     code = _CODE_OF_PREFIX.get(prefix)
     if code is None:

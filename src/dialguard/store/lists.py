@@ -31,10 +31,12 @@ from dialguard.store.keys import (
     meta_field,
 )
 from dialguard.store.packed import (
+    ADD,
     DEFAULT_ENTRIES,
     DEFAULT_VALUE_BYTES,
     LUA_PACKED,
     MAX_ENTRIES,
+    REPLACE,
     SPLIT,
     Gathered,
 )
@@ -217,14 +219,14 @@ return 1
 
 # Write gathered consents or contracts into one version (store/packed.py: the layout and
 # why). ARGV: the version's base key, the most entries a bucket holds, the longest value
-# kept in a bucket, the kind, then per top bucket: its name, a mode, a count n, and n
-# (field, value) pairs. Mode N: the values as they are, each merged the kind's way
-# (consents: the one given last; contracts: the pair's contracts replaced); a new bucket
-# of at most the limit is one HSET. Mode X: each value starts with its operation (M:
-# given last, R: replace, A: add to the pair's contracts, one with the same id replaced).
-# A bucket that would grow past the limit is split, ten buckets one digit longer; a value
-# past the value limit goes to the overflow hash (field NUMBER|PRINCIPAL_ID), the bucket
-# holding STUB. Returns {entries written, entries new}.
+# kept in a bucket, the kind, how the first row of a pair treats the pair's stored
+# contracts (R: replaces them; A: adds to them), then (bucket, field, value) triples in
+# file order. The triples are grouped by bucket; a pair met twice keeps the consent given
+# last (the same instant: the later row), or all its contracts (the same id: the later
+# row). A new bucket of distinct fields within the limits is one HSET; any other is
+# merged entry by entry. A bucket that would grow past the limit is split, ten buckets one
+# digit longer; a value past the value limit goes to the overflow hash (field
+# NUMBER|PRINCIPAL_ID), the bucket holding STUB. Returns {entries written, entries new}.
 _PACKED_WRITE = (
     LUA_PARTS
     + LUA_PACKED
@@ -383,31 +385,46 @@ local function put(level, prefix, fs, ops, vs)
   end
 end
 
-local default = contracts and 'R' or 'M'
-local i = 5
-while i <= #ARGV do
-  local name, mode, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local first, last = i + 3, i + 2 + 2 * n
-  i = last + 1
-  local key = base .. name
-  if mode == 'N' and n <= limit and redis.call('EXISTS', key) == 0 then
-    for j = first, last, 1000 do
-      redis.call('HSET', key, unpack(ARGV, j, math.min(j + 999, last)))
-    end
-    redis.call('SADD', idx, name)
-    written = written + n
-    new = new + n
-  else
-    local fs, ops, vs = {}, {}, {}
-    for j = first, last, 2 do
-      fs[#fs + 1] = ARGV[j]
-      if mode == 'N' then
-        ops[#ops + 1], vs[#vs + 1] = default, ARGV[j + 1]
-      else
-        ops[#ops + 1], vs[#vs + 1] = string.sub(ARGV[j + 1], 1, 1), string.sub(ARGV[j + 1], 2)
+local first = contracts and ARGV[5] or 'M'
+local groups, order = {}, {}
+for i = 6, #ARGV, 3 do
+  local g = groups[ARGV[i]]
+  if not g then
+    g = {}
+    groups[ARGV[i]] = g
+    order[#order + 1] = ARGV[i]
+  end
+  g[#g + 1] = i
+end
+for _, bucket in ipairs(order) do
+  local fs, vs, ops, at, args = {}, {}, {}, {}, {}
+  local plain = true
+  for _, i in ipairs(groups[bucket]) do
+    local f, v = ARGV[i + 1], ARGV[i + 2]
+    local k = at[f]
+    if not k then
+      fs[#fs + 1], vs[#vs + 1], ops[#ops + 1] = f, v, first
+      at[f] = #fs
+      args[#args + 1] = f
+      args[#args + 1] = v
+      if #v > vlimit then plain = false end
+    else
+      plain = false
+      if contracts then
+        vs[k] = added_to(vs[k], v)
+      elseif given(v) >= given(vs[k]) then
+        vs[k] = v
       end
     end
-    put(tonumber(string.sub(name, 1, 1)), string.sub(name, 2), fs, ops, vs)
+  end
+  local key = base .. TOP .. bucket
+  if plain and #fs <= limit and redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, unpack(args))
+    redis.call('SADD', idx, TOP .. bucket)
+    written = written + #fs
+    new = new + #fs
+  else
+    put(TOP, bucket, fs, ops, vs)
   end
 end
 return {written, new}
@@ -683,16 +700,19 @@ class Lists:
             await self._call(self._redis.hset(base + WHY, mapping=cast(Any, reasons)))
 
     async def write_packed(
-        self, base: str, gathered: Gathered, limits: tuple[int, int]
+        self, base: str, gathered: Gathered, limits: tuple[int, int], replacing: bool
     ) -> tuple[int, int]:
         """Write gathered consents or contracts into a version: (entries written, entries
-        new there). Two writes in flight, as `write`."""
+        new there). `replacing`: the first contract row of a pair met replaces the pair's
+        stored contracts (a merge into the list in force), rather than adding to them (a
+        build, written in parts). Two writes in flight, as `write`."""
         sha = await self._call(self._redis.script_load(_PACKED_WRITE))
         head = (
             base.encode(),
             str(limits[0]).encode(),
             str(limits[1]).encode(),
             gathered.kind.encode(),
+            REPLACE if replacing else ADD,
         )
         commands = (
             resp.evalsha(_text(sha), head, count, arguments)

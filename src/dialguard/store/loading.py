@@ -188,7 +188,10 @@ class Loader:
     async def _after_feed(self) -> None:
         if sum(len(b) for b in self._gathered.values()) >= MAX_GATHERED:
             await self._write_gathered()
-        if len(self._packed) >= MAX_PACKED:
+        # A contract file merged into the list in force is written whole at the end: its
+        # first row of a pair replaces the pair's contracts, which only one write can tell.
+        merging_contracts = self.kind == "contract" and not self.building
+        if len(self._packed) >= MAX_PACKED and not merging_contracts:
             await self._write_packed()
         await self._lists.renew(self.list, self._lock_version)
 
@@ -196,7 +199,9 @@ class Loader:
         if not len(self._packed):
             return
         base = self._lists.keys.packed(self.list, self.target)
-        written, new = await self._lists.write_packed(base, self._packed, self._limits)
+        written, new = await self._lists.write_packed(
+            base, self._packed, self._limits, replacing=not self.building
+        )
         self._counts["new"] += new
         # Consents: a row older than the consent kept for its pair changes nothing.
         # Contracts: every row is written (the file holds each pair's whole set).

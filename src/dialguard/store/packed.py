@@ -198,74 +198,71 @@ def merge_contract_values(old: bytes, new: bytes) -> bytes:
     return b"".join(items.values())
 
 
-def _given(value: bytes) -> int:
-    width = 5 if value[0] & WIDE else 4
-    return int.from_bytes(value[1 : 1 + width], "big")
-
-
 # --- gathering an import ------------------------------------------------------------------
 
-# What the write script is told about a bucket's entries (see Gathered.writes).
-PLAIN, OPS = b"N", b"X"
-# Per entry of an OPS bucket: merge by given-at (consents), replace the pair's contracts
-# (the first row of a pair this import meets), add to them (its next rows).
+# How the write script merges the entries of a pair (one per field of a bucket): M: the
+# consent given last; R: the pair's contracts replaced by the first row of the pair a
+# write meets, the next ones added; A: added to what is stored (a contract with the same
+# id replaced).
 MERGE, REPLACE, ADD = b"M", b"R", b"A"
-_PLAIN_BULK = bulk(PLAIN)
-_OPS_BULK = bulk(OPS)
-# Work per write: ~1 ms of Redis (an entry costs ~0.2 µs written to a new bucket, a
-# bucket a few µs); lookups keep going between writes.
-_WRITE_ENTRIES = 4_000
-_BUCKET_WEIGHT = 10
+# Entries are gathered in PARTS parts, by a few digits of their bucket: appending to a
+# few thousand buffers stays in the processor's caches, where one buffer per bucket (two
+# hundred thousand for ten million French mobiles) cost a cache miss or two a row, more
+# than the rest of the row's work. The write script groups a write's entries by bucket;
+# a part is never split across writes, so every bucket is written by one command.
+PARTS = 8192
+# Work per write: ~1 ms of Redis, lookups going on between writes. An entry costs ~0.5 µs
+# (grouped, written), a bucket a few µs more (three commands): a part of n entries is
+# counted n, and _BUCKET_WEIGHT for each bucket it may hold (at most n, and ~25 when ten
+# million French mobiles spread over their 200,000 buckets).
+_WRITE_WEIGHT = 1_500
+_BUCKET_WEIGHT = 4
+_BUCKETS_A_PART = 25
 
 
 class Gathered:
-    """An import's consents or contracts, gathered per top bucket, then written in the
-    fewest commands (pure: the commands are bytes in Redis's wire format).
+    """An import's consents or contracts, gathered then written in the fewest commands
+    (pure: the commands are bytes in Redis's wire format).
 
-    Per bucket (the number's digits but the last TOP_LEVEL, as text): its entries already
-    encoded as the write script's arguments (field and value), and their fields apart
-    (an array of integers: a repeated pair is found without decoding anything). Ten
-    million entries take ~40 bytes each here. The field of each principal and last digits
-    is encoded once (`_fields_of`): at ten million rows, each step of the inner loop
-    shows."""
+    Each entry is kept as the write script's three arguments (its bucket, its field, its
+    value), in the part of its bucket. Ten million entries take ~45 bytes each here. The
+    write script (store/lists.py) groups them by bucket, keeps one entry per pair (the
+    consent given last; a pair's contracts together), and splits or spills what a
+    listpack cannot hold."""
 
     def __init__(self, kind: str, value_limit: int = DEFAULT_VALUE_BYTES) -> None:
         if kind not in ("consent", "contract"):
             raise ValueError(kind)
         self.kind = kind
         self.value_limit = value_limit
-        self._buckets: dict[str, tuple[bytearray, array[int]]] = {}
-        self._long: set[str] = set()  # buckets with a value for the overflow hash
-        # Contracts: the fields each bucket sent in earlier writes of this import (a
-        # pair met again adds to what its first rows wrote, which replaced the pair).
-        self._sent: dict[str, set[int]] = {}
-        self._tables: dict[int, dict[str, tuple[bytes, int]]] = {}
+        self._parts = [bytearray() for _ in range(PARTS)]
+        self._counts = array("I", bytes(4 * PARTS))
+        self._tables: dict[int, dict[bytes, bytes]] = {}
         self.entries = 0  # gathered since the last writes()
-        self.repeated = 0  # rows that met their pair again before it was written
 
     def __len__(self) -> int:
         return self.entries
 
-    def _fields_of(self, principal_id: int) -> dict[str, tuple[bytes, int]]:
-        """A principal's fields by the number's last digits: (encoded, integer)."""
+    def _fields_of(self, principal_id: int) -> dict[bytes, bytes]:
+        """A principal's fields by the number's last digits, encoded once."""
         table = self._tables.get(principal_id)
         if table is None:
-            table = self._tables[principal_id] = {}
-            for offset in range(_TOP_SPAN):
-                field = principal_id * _TOP_SPAN + offset
-                table[f"{offset:0{TOP_LEVEL}d}"] = (bulk(b"%d" % field), field)
+            table = self._tables[principal_id] = {
+                b"%0*d" % (TOP_LEVEL, offset): bulk(b"%d" % (principal_id * _TOP_SPAN + offset))
+                for offset in range(_TOP_SPAN)
+            }
         return table
 
     def add_consents(self, rows: Iterable[ConsentEntry], ids: Mapping[str, int]) -> None:
         """Gather consents (every principal in `ids`): the import's inner loop, so the
         packing (pack_consent) is written out here."""
-        buckets, limit, long = self._buckets, self.value_limit, self._long
+        parts, counts = self._parts, self._counts
         tables = {principal: self._fields_of(i) for principal, i in ids.items()}
         narrow, bias, expiring = _NARROW, _BIAS_S, EXPIRES
         head_of, both_of = _GIVEN.pack, _GIVEN_EXPIRES.pack
         count = 0
         for key, principal, given_ms, expires_ms, proof_ref in rows:
-            field, number = tables[principal][key[-TOP_LEVEL:]]
+            number = key.encode()
             given = given_ms // 1000 + bias
             if expires_ms:
                 expires = expires_ms // 1000 + bias
@@ -278,117 +275,70 @@ class Gathered:
             else:
                 head = pack_consent(given_ms, expires_ms, "")
             proof = proof_ref.encode()
-            size = len(head) + len(proof)
-            bucket = key[:-TOP_LEVEL]
-            slot = buckets.get(bucket)
-            if slot is None:
-                slot = buckets[bucket] = (bytearray(), array("Q"))
-            slot[0].extend(b"%b$%d\r\n%b%b\r\n" % (field, size, head, proof))
-            slot[1].append(number)
-            if size > limit:
-                long.add(bucket)
+            part = int(number[-7:-TOP_LEVEL]) & _PART_MASK
+            parts[part] += b"$%d\r\n%b\r\n%b$%d\r\n%b%b\r\n" % (
+                len(number) - TOP_LEVEL,
+                number[:-TOP_LEVEL],
+                tables[principal][number[-TOP_LEVEL:]],
+                len(head) + len(proof),
+                head,
+                proof,
+            )
+            counts[part] += 1
             count += 1
         self.entries += count
 
     def add_contracts(self, rows: Iterable[ContractEntry], ids: Mapping[str, int]) -> None:
         """Gather contracts (every principal in `ids`), one row one contract."""
-        buckets, limit, long = self._buckets, self.value_limit, self._long
+        parts, counts = self._parts, self._counts
         tables = {principal: self._fields_of(i) for principal, i in ids.items()}
         pack = pack_contract_fields
         count = 0
         for key, principal, contract_id, sector, start, end in rows:
-            field, number = tables[principal][key[-TOP_LEVEL:]]
+            number = key.encode()
             value = pack(contract_id, sector, start, end)
-            bucket = key[:-TOP_LEVEL]
-            slot = buckets.get(bucket)
-            if slot is None:
-                slot = buckets[bucket] = (bytearray(), array("Q"))
-            slot[0].extend(b"%b$%d\r\n%b\r\n" % (field, len(value), value))
-            slot[1].append(number)
-            if len(value) > limit:
-                long.add(bucket)
+            part = int(number[-7:-TOP_LEVEL]) & _PART_MASK
+            parts[part] += b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n" % (
+                len(number) - TOP_LEVEL,
+                number[:-TOP_LEVEL],
+                tables[principal][number[-TOP_LEVEL:]],
+                len(value),
+                value,
+            )
+            counts[part] += 1
             count += 1
         self.entries += count
 
     def add(self, number_key: str, principal_id: int, value: bytes) -> None:
-        field, number = self._fields_of(principal_id)[number_key[-TOP_LEVEL:]]
-        bucket = number_key[:-TOP_LEVEL]
-        slot = self._buckets.get(bucket)
-        if slot is None:
-            slot = self._buckets[bucket] = (bytearray(), array("Q"))
-        slot[0].extend(b"%b$%d\r\n%b\r\n" % (field, len(value), value))
-        slot[1].append(number)
-        if len(value) > self.value_limit:
-            self._long.add(bucket)
+        """One entry (tests, small programs)."""
+        number = number_key.encode()
+        part = int(number[-7:-TOP_LEVEL] or b"0") & _PART_MASK
+        self._parts[part] += bulk(number[:-TOP_LEVEL]) + (
+            self._fields_of(principal_id)[number[-TOP_LEVEL:]] + bulk(value)
+        )
+        self._counts[part] += 1
         self.entries += 1
 
     def writes(self) -> Iterator[tuple[int, bytes]]:
-        """The write script's arguments after its head, ~_WRITE_ENTRIES entries per
-        write: (how many, the bytes). Empties self."""
-        parts: list[bytes] = []
-        count = weight = 0
-        contracts = self.kind == "contract"
-        for bucket, (encoded, fields) in self._buckets.items():
-            sent = self._sent.get(bucket) if contracts else None
-            name = bulk(f"{TOP_LEVEL}{bucket}".encode())
-            if sent or bucket in self._long or len(set(fields)) != len(fields):
-                pairs = self._resolved(encoded, sent)
-                parts += (name, _OPS_BULK, bulk(b"%d" % len(pairs)))
-                for field, op, value in pairs:
-                    parts += (bulk(b"%d" % field), bulk(op + value))
-                size = len(pairs)
-            else:
-                parts += (name, _PLAIN_BULK, bulk(b"%d" % len(fields)), bytes(encoded))
-                size = len(fields)
-            if contracts:
-                self._sent.setdefault(bucket, set()).update(fields)
-            count += 3 + 2 * size
-            weight += size + _BUCKET_WEIGHT
-            if weight >= _WRITE_ENTRIES:
-                yield count, b"".join(parts)
-                parts, count, weight = [], 0, 0
-        if parts:
-            yield count, b"".join(parts)
-        self._buckets, self._long, self.entries = {}, set(), 0
-
-    def _resolved(
-        self, encoded: bytearray, sent: set[int] | None
-    ) -> list[tuple[int, bytes, bytes]]:
-        """A bucket's entries one per pair, each with its operation: the slow way, for a
-        bucket with a repeated pair, a long value, or pairs an earlier write sent."""
-        kept: dict[int, bytes] = {}
-        for field, value in _decoded(encoded):
-            old = kept.get(field)
-            if old is None:
-                kept[field] = value
+        """The write script's triples (bucket, field, value), whole parts, ~_WRITE_WEIGHT
+        a write: (how many arguments, the bytes). Empties self."""
+        pending: list[bytes] = []
+        entries = weight = 0
+        for part, count in zip(self._parts, self._counts, strict=True):
+            if not count:
                 continue
-            self.repeated += 1
-            if self.kind == "contract":
-                kept[field] = merge_contract_values(old, value)
-            elif _given(value) >= _given(old):  # given at the same instant: the later row
-                kept[field] = value
-        if self.kind == "consent":
-            return [(field, MERGE, value) for field, value in kept.items()]
-        return [
-            (field, ADD if sent and field in sent else REPLACE, value)
-            for field, value in kept.items()
-        ]
+            pending.append(bytes(part))
+            entries += count
+            weight += count + _BUCKET_WEIGHT * min(count, _BUCKETS_A_PART)
+            if weight >= _WRITE_WEIGHT:
+                yield 3 * entries, b"".join(pending)
+                pending, entries, weight = [], 0, 0
+        if pending:
+            yield 3 * entries, b"".join(pending)
+        self._parts = [bytearray() for _ in range(PARTS)]
+        self._counts = array("I", bytes(4 * PARTS))
+        self.entries = 0
 
 
 _TOP_SPAN = 10**TOP_LEVEL
-
-
-def _decoded(encoded: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
-    """The (field, value) pairs of a bucket's encoded entries."""
-    at = 0
-    view = bytes(encoded)
-    while at < len(view):
-        end = view.index(b"\r\n", at)
-        size = int(view[at + 1 : end])
-        field = int(view[end + 2 : end + 2 + size])
-        at = end + 2 + size + 2
-        end = view.index(b"\r\n", at)
-        size = int(view[at + 1 : end])
-        value = view[end + 2 : end + 2 + size]
-        at = end + 2 + size + 2
-        yield field, value
+_PART_MASK = PARTS - 1
