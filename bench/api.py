@@ -16,6 +16,7 @@ request with its bearer token; latency is request sent to whole answer read.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -103,6 +104,16 @@ def api_server(mode: str, redis_url: str, workdir: Path, tokens: Path) -> Iterat
         process.terminate()
         process.wait()
         log.close()
+        for line in (workdir / f"{mode}.log").read_text().splitlines():
+            if '"pauses"' in line:
+                print(f"{mode} server: {line}")
+
+
+async def loop_lag(lags: list[float]) -> None:
+    while True:
+        before = time.perf_counter()
+        await asyncio.sleep(0.001)
+        lags.append(time.perf_counter() - before - 0.001)
 
 
 async def main(args: argparse.Namespace) -> list[Phase]:
@@ -132,8 +143,18 @@ async def main(args: argparse.Namespace) -> list[Phase]:
                         url = f"http://127.0.0.1:{port}/v1/decisions"
                         for mode in args.modes:
                             load = partial(Load, session, url, bodies)
+                            lags: list[float] = []
+                            watching = asyncio.create_task(loop_lag(lags))
                             phase = await run_phase(name, mode, pid, load, args)
+                            watching.cancel()
                             print(json.dumps(asdict(phase)), flush=True)
+                            # The load generator's own lateness: latency it would add.
+                            lags.sort()
+                            print(
+                                f"load generator loop lag: p99"
+                                f" {lags[int(len(lags) * 0.99)] * 1000:.2f} ms,"
+                                f" max {lags[-1] * 1000:.2f} ms"
+                            )
                             phases.append(phase)
                 if any(p.failed for p in phases if p.server == name):
                     lines = (workdir / f"{name}.log").read_text().splitlines()

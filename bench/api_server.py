@@ -3,15 +3,20 @@ a fixed clock, or the bare baseline: an aiohttp app on the same loop (uvloop) an
 POST /v1/decisions with a constant JSON body, having read the request's body and nothing
 else.
 
-Prints `ready PORT` once listening.
+Prints `ready PORT` once listening; at exit, on stderr, what the garbage collector and
+the event loop's lateness cost (`pauses`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
 import logging
 import signal
+import sys
+import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +41,45 @@ CONSTANT = (
 )
 
 
+class Pauses:
+    """Where a server's tail latency may come from: the garbage collector's pauses (per
+    generation) and the event loop's lateness (a 1 ms timer's drift), reported at exit."""
+
+    def __init__(self) -> None:
+        self.gc: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.lag: list[float] = []
+        self._started = 0.0
+        gc.callbacks.append(self._collect)
+
+    def _collect(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.gc[info["generation"]].append(time.perf_counter() - self._started)
+
+    async def watch_loop(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.lag.append(time.perf_counter() - before - 0.001)
+
+    def report(self) -> str:
+        def worst(values: list[float]) -> float:
+            return round(max(values, default=0.0) * 1000, 2)
+
+        lag = sorted(self.lag)
+        return json.dumps(
+            {
+                "event": "pauses",
+                "gc_count": {g: len(v) for g, v in self.gc.items()},
+                "gc_max_ms": {g: worst(v) for g, v in self.gc.items()},
+                "gc_total_ms": round(sum(sum(v) for v in self.gc.values()) * 1000, 1),
+                "loop_lag_p99_ms": round(lag[int(len(lag) * 0.99)] * 1000, 2) if lag else 0,
+                "loop_lag_max_ms": worst(lag),
+            }
+        )
+
+
 async def bare(request: web.Request) -> web.Response:
     await request.read()
     return web.Response(body=CONSTANT, content_type="application/json")
@@ -47,6 +91,16 @@ async def main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    pauses = Pauses()
+    watching = loop.create_task(pauses.watch_loop())
+    try:
+        await serve(args, stop)
+    finally:
+        watching.cancel()
+        print(pauses.report(), file=sys.stderr, flush=True)
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     if args.mode == "bare":
         app = web.Application()
         app.router.add_post("/v1/decisions", bare)
