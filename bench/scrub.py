@@ -277,8 +277,23 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
-def scrub(leads: Path, config: Path, workdir: Path) -> tuple[float, int, dict[str, Any]]:
-    """(wall s, peak RSS kB, the --json summary) of one `dialguard scrub`."""
+def redis_cpu(port: int) -> float:
+    """Seconds of CPU the Redis server has used (user + system)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"INFO cpu\r\n")
+        data = b""
+        while not data.endswith(b"\r\n\r\n") and b"used_cpu_user_main" not in data:
+            data += sock.recv(65536)
+    values = dict(line.split(":", 1) for line in data.decode().split("\r\n") if ":" in line)
+    return float(values["used_cpu_user"]) + float(values["used_cpu_sys"])
+
+
+def scrub(
+    leads: Path, config: Path, workdir: Path, port: int
+) -> tuple[float, int, dict[str, Any], float, float]:
+    """(wall s, peak RSS kB, the --json summary, the scrub's CPU s, Redis's CPU s) of one
+    `dialguard scrub`."""
+    redis_before = redis_cpu(port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
     command = [
         dialguard(), "scrub", str(leads), "--campaign", CAMPAIGN, "--at", AT, "--json",
@@ -292,14 +307,15 @@ def scrub(leads: Path, config: Path, workdir: Path) -> tuple[float, int, dict[st
         peak = 0
         while True:
             peak = max(peak, peak_rss_kb(process.pid))
-            pid, status, _ = os.wait4(process.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
             time.sleep(0.01)
     took = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"scrub failed: {out.read_text()}")
-    return took, peak, json.loads(out.read_bytes())
+    cpu = usage.ru_utime + usage.ru_stime
+    return took, peak, json.loads(out.read_bytes()), cpu, redis_cpu(port) - redis_before
 
 
 def numbers_of(leads: Path, count: int, rng: random.Random) -> list[str]:
@@ -366,12 +382,13 @@ def run(directory: Path, runs: int, check_sample: int, decide_sample: int) -> No
             for i in range(runs):
                 for name, path, into in (("1M", leads, big), ("100k", small, little)):
                     load_avg = os.getloadavg()[0]
-                    took, rss, summary = scrub(path, config, workdir)
+                    took, rss, summary, cpu, redis = scrub(path, config, workdir, port)
                     into.append((took, rss))
                     print(
                         f"run {i + 1} {name}: {took:.2f} s, {summary['leads'] / took:,.0f}"
-                        f" leads/s, peak RSS {rss / 1024:.1f} MB; {summary['callable']:,}"
-                        f" callable, {summary['blocked']:,} blocked (load {load_avg:.2f})"
+                        f" leads/s, peak RSS {rss / 1024:.1f} MB, CPU scrub {cpu:.1f} s"
+                        f" + Redis {redis:.1f} s; {summary['callable']:,} callable,"
+                        f" {summary['blocked']:,} blocked (load {load_avg:.2f})"
                     )
             reasons = {r["reason"]: r["leads"] for r in summary["by_reason"]}
             print(f"by reason (100k): {reasons}")

@@ -752,7 +752,10 @@ class Moment:
     def __init__(self, campaign: Campaign, policy: Policy, now: datetime) -> None:
         if now.tzinfo is None:
             raise ValueError("the instant of a call must carry its time zone")
-        self._campaign, self._policy, self._now = campaign, policy, now
+        # In UTC, as the facts' instants are: the rules compare the instant of the call
+        # with a consent's or a withdrawal's, and two instants of one zone compare as
+        # plain numbers where Paris against UTC costs a conversion each (~3 µs).
+        self._campaign, self._policy, self._now = campaign, policy, now.astimezone(UTC)
         self._kinds: dict[tuple[Any, ...], tuple[Context, _Found]] = {}
 
     def outcome(self, number: Number, facts: Facts) -> tuple[Result, Reason]:

@@ -105,28 +105,34 @@ class Outcome:
     header: LeadHeader | None = None
     record: str = ""  # the scrub record's id
     seconds: float = 0.0
-    # Leads by verdict while the file is read (most verdicts are shared: a count each).
+    # Leads by verdict while the file is read: verdicts without an instant, a few dozen
+    # at most, shared by many leads (a count each); those with one go to `timed`.
     tally: Counter[Verdict] = field(default_factory=Counter)
+
+    def timed(self, verdict: Verdict) -> None:
+        """Count a verdict with its callable_from (few, and each instant its own)."""
+        reason, when = verdict.reason.value, verdict.callable_from
+        assert when is not None
+        self.by_reason[(verdict.result.value, reason)] += 1
+        self.leads += 1
+        self.blocked += 1
+        if reason not in self.earliest or when < self.earliest[reason]:
+            self.earliest[reason] = when
+        if reason not in self.latest or when > self.latest[reason]:
+            self.latest[reason] = when
 
     def settle(self) -> None:
         """The counts of the tally."""
         for verdict, count in self.tally.items():
-            result, reason, when = verdict
+            result, reason, _ = verdict
             self.leads += count
             self.by_reason[(result.value, reason.value)] += count
             if result is Result.ALLOW:
                 self.callable += count
                 continue
             self.blocked += count
-            if when is None:
-                if reason in lawful.TIME_LIFTS:
-                    self.never[reason.value] += count
-                continue
-            name = reason.value
-            if name not in self.earliest or when < self.earliest[name]:
-                self.earliest[name] = when
-            if name not in self.latest or when > self.latest[name]:
-                self.latest[name] = when
+            if reason in lawful.TIME_LIFTS:
+                self.never[reason.value] += count
         self.tally.clear()
 
 
@@ -288,7 +294,10 @@ async def run_scrub(
                     batch, scanned.entries, scanned.lists, judge, decoder, store, waiting
                 )
                 for (raw, key, kind, _), verdict in zip(batch, verdicts, strict=True):
-                    tally[verdict] += 1
+                    if verdict.callable_from is None:
+                        tally[verdict] += 1
+                    else:
+                        outcome.timed(verdict)
                     write(raw, key, kind, verdict)
                 rows += len(batch)
                 sent += 1
@@ -447,7 +456,7 @@ class _Outputs:
         self._sep = b","
         self._newline = b"\n"
         self._width = 1
-        self._cells: dict[tuple[str, datetime | None, tuple[str, ...]], tuple[bytes, bytes]] = {}
+        self._cells: dict[Reason, tuple[bytes, bytes]] = {}
 
     @staticmethod
     def _partial(path: Path) -> Path:
@@ -503,21 +512,20 @@ class _Outputs:
             return body.count(self._sep) + 1
 
     def _added(self, verdict: Verdict, zones: tuple[str, ...]) -> tuple[bytes, bytes]:
-        """(result and reason, callable_from) cells, kept: few distinct values."""
+        """(result and reason, callable_from) cells; those without an instant kept (a
+        few dozen, for most blocked leads)."""
         when = verdict.callable_from
-        cache_key = (verdict.reason.value, when, zones)
-        found = self._cells.get(cache_key)
-        if found is None:
-            if len(self._cells) > 10_000:
-                self._cells.clear()
-            head = verdict.result.value.encode() + self._sep + verdict.reason.value.encode()
-            local = b""
-            if when is not None:
-                # In the callee's zone, with its offset: what the campaign manager plans by.
-                zone = ZoneInfo(zones[0]) if zones else UTC
-                local = when.astimezone(zone).isoformat(timespec="seconds").encode()
-            found = self._cells[cache_key] = (head, local)
-        return found
+        if when is None:
+            found = self._cells.get(verdict.reason)
+            if found is None:
+                found = self._cells[verdict.reason] = (self._head(verdict), b"")
+            return found
+        # In the callee's zone, with its offset: what the campaign manager plans by.
+        zone = ZoneInfo(zones[0]) if zones else UTC
+        return self._head(verdict), when.astimezone(zone).isoformat(timespec="seconds").encode()
+
+    def _head(self, verdict: Verdict) -> bytes:
+        return verdict.result.value.encode() + self._sep + verdict.reason.value.encode()
 
     def finish(self) -> None:
         """Everything on disk (fsync), still under the partial names."""

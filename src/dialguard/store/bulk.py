@@ -5,8 +5,9 @@ spends most of its time per number in a dozen calls from Lua into Redis. SCAN_FA
 reads the same keys the same way (the lists in force, whole, in one atomic step; the live
 entries; the attempts in the window) and gives the same answers, but gets a whole
 batch's live entries (do-not-call, a principal's own do-not-call, consents, contracts),
-withdrawals and refusals with one HMGET each; the lists' buckets, the packed consents
-and contracts and the attempts stay number by number. It reserves nothing and writes
+withdrawals and refusals with one HMGET each, and which numbers the packed consents and
+contracts have a bucket for with one SMISMEMBER each; the lists' buckets, the packed
+entries and the attempts stay number by number. It reserves nothing and writes
 nothing. tests/test_scrub_facts.py holds its answers equal to the decision script's.
 
 The requests go pre-encoded (RESP: redis-py encoding each argument cost more than the
@@ -92,6 +93,19 @@ for i = 1, count do
   numbers[i] = n
   pairs[i] = n .. suffix
 end
+-- Which numbers' top buckets a packed list has at all (its index names every bucket it
+-- ever wrote): a list of a few thousand contracts has none for most numbers, and a
+-- number whose top bucket is not there has no entry (what `packed` would find).
+local function present(base)
+  if not base or not id then return {} end
+  local names = {}
+  for i = 1, count do
+    local n = numbers[i]
+    names[i] = TOP .. string.sub(n, 1, #n - TOP)
+  end
+  return redis.call('SMISMEMBER', base .. INDEX, unpack(names))
+end
+local consents_there, contracts_there = present(consent), present(contract)
 local live = redis.call('HMGET', KEYS[2], unpack(numbers))
 local withdrawals = redis.call('HMGET', KEYS[3], unpack(pairs))
 local refusals = redis.call('HMGET', KEYS[4], unpack(pairs))
@@ -114,9 +128,9 @@ for i = 1, count do
     if has(clear[k], bucket, m) then o = sets[k] .. '|C' break end
   end
   out[#out + 1] = o
-  out[#out + 1] = packed(consent, n, id)
+  out[#out + 1] = consents_there[i] == 1 and packed(consent, n, id) or false
   out[#out + 1] = withdrawals[i]
-  out[#out + 1] = packed(contract, n, id)
+  out[#out + 1] = contracts_there[i] == 1 and packed(contract, n, id) or false
   out[#out + 1] = refusals[i]
   out[#out + 1] = redis.call('ZCOUNT', KEYS[SHARED + i], '(' .. ARGV[FORMATS + 1 + 2 * i], '+inf')
   out[#out + 1] = live_consents[i]
