@@ -154,12 +154,12 @@ class Judge:
         self.min_cap = min(v.max_attempts for v in policy.versions)
         self.longest_window = max(v.window_days for v in policy.versions)
         self._moment = rules.Moment(self.campaign, policy, now)
-        # A key's first digits -> the Number standing for its kind, and its window.
-        self._fast: dict[str, tuple[Number, int]] = {}
-        # The first six characters of a national number as most files write it
-        # ("0612345678") -> its country code, the Number of its kind, its window: the
-        # file's loop reads most numbers with one lookup (filled by `number`).
-        self.national: dict[str, tuple[str, Number, int]] = {}
+        # The first five digits of a number of the French plan's national significant
+        # number -> its country code, the Number standing for its kind, its window: they
+        # fix all three (numbers._territory). At most 100,000, whatever the file's size;
+        # the file's loop reads a "0612345678" with one lookup here (`prefixes`).
+        self.prefixes: dict[str, tuple[str, Number, int]] = {}
+        self._shared: dict[tuple[str, Number, int], tuple[str, Number, int]] = {}
         self._kinds: dict[tuple[Any, ...], Number] = {}  # one Number for each kind
         # Verdicts by (kind of number, the store's raw entries): see `keep`.
         self.decided: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
@@ -172,17 +172,15 @@ class Judge:
         text = cell.strip()
         spelled = text.replace(" ", "") if " " in text else text
         key = fast_key(spelled)
-        if key is not None:
-            # The key's country code and first five digits of the national number fix its
-            # kind, territory and zones (numbers._territory): one Number stands for them.
-            prefix = key[:-4]
-            known = self._fast.get(prefix)
+        if key is not None:  # a key of the French plan: a country code, then 9 digits
+            known = self.prefixes.get(key[-9:-4])
             if known is None:
                 kind = self._kind(normalise("+" + key))
-                known = self._fast[prefix] = (kind, self.window_days(kind))
-            if len(spelled) == 10:  # national: its first six characters fix the same
-                self.national.setdefault(spelled[:6], (key[:-9], *known))
-            return key, known[0], known[1]
+                found = (key[:-9], kind, self.window_days(kind))
+                # One tuple for all the prefixes it holds for (a few dozen): the dictionary
+                # holds keys, not 100,000 tuples.
+                known = self.prefixes[key[-9:-4]] = self._shared.setdefault(found, found)
+            return key, known[1], known[2]
         try:
             number = normalise(text)
         except InvalidNumber as exc:
@@ -329,17 +327,17 @@ def _batches(
     payload: list[_Lead] = []
     requests: list[tuple[str, int]] = []
     number_of = judge.number
-    national = judge.national
+    prefixes = judge.prefixes
     invalid = Verdict(Result.DENY, Reason.INVALID_NUMBER)
     for _, raw, text, problem in rows:
         if text is None:
             if problem:
                 payload.append((raw, "", None, invalid))
             continue  # else a blank line: no lead
-        if len(text) == 10 and text.isdigit() and text.isascii():
-            # "0612345678": what `judge.number` found for a number of its first six
-            # characters holds for it (fast_key's own reading of the spelling).
-            known = national.get(text[:6])
+        if len(text) == 10 and text[0] == "0" and text.isdigit() and text.isascii():
+            # "0612345678", as fast_key reads it: its national significant number's first
+            # five digits fix its country code, kind and window (`judge.number` found them).
+            known = prefixes.get(text[1:6])
             if known is not None:
                 code, kind, window = known
                 key = code + text[1:]
