@@ -1269,6 +1269,22 @@ def test_lists_status_shows_size_memory_age_and_what_goes_stale(cli: Cli) -> Non
     assert human.code == 0 and "1 registry-checked numbers go stale within 7 days" in human.out
 
 
+def test_lists_status_counts_live_entries_of_a_list_never_imported(cli: Cli) -> None:
+    # A site that takes its opt-outs during calls and its consents from a web form, and has
+    # never imported a file, must still see them: not a bare "never imported".
+    ok(cli("dnc", "add", "0655555555"))
+    ok(cli("consent", "add", "0666666666", "--principal", "ACME", "--proof-ref", "web-1"))
+
+    status = cli("lists", "status", "--json")
+    assert status.code == 0, status
+    by_list = {row["list"]: row for row in map(json.loads, status.out.splitlines())}
+    assert by_list["dnc"]["state"] == "never imported"
+    assert by_list["dnc:live"]["entries"] == 1
+    assert by_list["consent"]["state"] == "never imported"
+    assert by_list["consent:live"]["entries"] == 1
+    assert "contract:live" not in by_list  # nothing live: no row, as beside an import
+
+
 def test_lists_status_with_redis_down_is_one_line(cli: Cli) -> None:
     run = cli("lists", "status", env={"DIALGUARD_REDIS_URL": REDIS_DOWN})
     assert run.code == 2 and run.out == ""

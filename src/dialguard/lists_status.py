@@ -41,29 +41,35 @@ class Row:
         return row
 
 
+async def _imported(
+    store: Store, kind: str, version: str, meta: dict[str, Any], today: date, zone: ZoneInfo
+) -> Row:
+    counted = await store.lists.census(kind, version)
+    stamp = meta.get("updated_at") or meta.get("loaded_at")
+    return Row(
+        kind,
+        version,
+        counted.entries,
+        counted.bytes,
+        str(stamp or ""),
+        str(meta.get("source", "")),
+        age_days=age_days(stamp, today, zone),
+    )
+
+
 async def gather(store: Store, today: date, freshness_days: int, zone: ZoneInfo) -> list[Row]:
     lists = store.lists
     rows: list[Row] = []
     for kind in ("dnc", "consent", "contract"):
         current = await lists.current(kind)
-        if not current.versions:
-            rows.append(Row(kind, "", 0, 0, "", "", state="never imported"))
-            continue
-        version = current.versions[0]
-        counted = await lists.census(kind, version)
-        entries, used = counted.entries, counted.bytes
-        meta = current.meta
-        rows.append(
-            Row(
-                kind,
-                version,
-                entries,
-                used,
-                str(meta.get("updated_at") or meta.get("loaded_at") or ""),
-                str(meta.get("source", "")),
-                age_days=age_days(meta.get("updated_at") or meta.get("loaded_at"), today, zone),
+        if current.versions:
+            rows.append(
+                await _imported(store, kind, current.versions[0], current.meta, today, zone)
             )
-        )
+        else:
+            rows.append(Row(kind, "", 0, 0, "", "", state="never imported"))
+        # Live entries (outcomes, the API, `consent add`) count whether or not a file was
+        # ever imported: a site that only takes opt-outs during calls must still see them.
         live = await store.live_census(kind)
         if kind == "dnc" or live[0]:
             rows.append(Row(f"{kind}:live", "", live[0], live[1], "", _LIVE_SOURCES[kind]))
