@@ -246,6 +246,7 @@ def _basis(reason: Reason, detail: str) -> Finding:
 # The facts of a context whose rules run before the store is read: reading them is a
 # mistake in the rules table, not a missing fact.
 _NOT_READ_YET = Unavailable(Reason.STORE_UNAVAILABLE, "the facts are not read yet")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _facts(ctx: Context) -> Facts:
@@ -756,24 +757,46 @@ class Moment:
         # with a consent's or a withdrawal's, and two instants of one zone compare as
         # plain numbers where Paris against UTC costs a conversion each (~3 µs).
         self._campaign, self._policy, self._now = campaign, policy, now.astimezone(UTC)
+        self._now_us = (self._now - _EPOCH) // timedelta(microseconds=1)
         self._kinds: dict[tuple[Any, ...], tuple[Context, _Found]] = {}
 
-    def outcome(self, number: Number, facts: Facts) -> tuple[Result, Reason]:
-        """`outcome(campaign, number, facts, now, policy)`, no caller ID."""
+    def _known(self, number: Number) -> tuple[Context, _Found]:
         kind = (number.kind, number.territory, number.timezones)
         known = self._kinds.get(kind)
         if known is None:
             local = _local_times(number, self._now, self._policy.default_timezone)
             index = self._policy.index_at(local[0].date())
             version, ref = self._policy.versions[index], self._policy._refs[index]
-            ctx = Context(self._campaign, number, "", facts, self._now, version, local, ref)
+            ctx = Context(self._campaign, number, "", _NOT_READ_YET, self._now, version, local, ref)
             fixed = tuple(rule.check(ctx) for rule in _FACT_FREE_RULES)
             known = self._kinds[kind] = (ctx, fixed)
-        ctx, found = known
+        return known
+
+    def outcome(self, number: Number, facts: Facts) -> tuple[Result, Reason]:
+        """`outcome(campaign, number, facts, now, policy)`, no caller ID."""
+        ctx, found = self._known(number)
         # The context of a kind is reused: only its facts change (the rules above read
         # none; the caller-ID evidence they may set is the same for every call).
         ctx.facts = facts
         return _walk(ctx, found, _MOMENT_WALK)
+
+    def consent_standing(
+        self, number: Number, given_s: int, expires_s: int | None
+    ) -> tuple[bool, bool]:
+        """(given yet, expired) at this instant, for a number of this kind, of a consent
+        given and expiring at these instants (whole seconds since 1970, UTC): all that
+        `_consent_basis` reads of a consent when the facts hold no withdrawal and no
+        registry listing (those it compares with the consent's own instants). So, with
+        such facts, two consents of one standing get the same outcome: a scrub decides
+        the leads with a consent of their own by it (tests/test_policy.py holds it)."""
+        ctx, _ = self._known(number)
+        now_us = self._now_us
+        if given_s * 1_000_000 > now_us:
+            return False, False
+        end_s = given_s + ctx.policy.consent_max_validity_days * 86_400
+        if expires_s is not None and expires_s < end_s:
+            end_s = expires_s
+        return True, now_us >= end_s * 1_000_000
 
 
 # Reasons a change still waiting for Redis can give on its own.

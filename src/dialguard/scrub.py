@@ -47,6 +47,7 @@ from dialguard.service import new_id
 from dialguard.store import Store
 from dialguard.store.bulk import MAX_BATCH, PER_NUMBER
 from dialguard.store.facts import Decoder, ListsInForce
+from dialguard.store.packed import consent_seconds
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -201,20 +202,55 @@ class Judge:
         zone = ZoneInfo((kind.timezones or (self.policy.default_timezone,))[0])
         return self.policy.at(self.now.astimezone(zone).date()).window_days
 
-    def keep(self, kind: Number, entry: tuple[Any, ...], verdict: Verdict) -> None:
+    def keep(
+        self,
+        kind: Number,
+        entry: tuple[Any, ...],
+        verdict: Verdict,
+        standing: tuple[Any, ...] | None = None,
+    ) -> None:
         """Keep the verdict of a lead of this kind whose facts the store read as `entry`,
         when other leads may have those entries too: every lead of its kind with them
         has it (`decided`). Entries of one number alone (a consent's, a withdrawal's, a
         refusal's instants, a contract, a live entry) are not kept: they
-        would come back for no other lead, and hold memory that grows with the file."""
+        would come back for no other lead, and hold memory that grows with the file.
+        A lead whose one entry of its own is its consent is kept by the consent's
+        `standing` instead, when time cannot lift its verdict (a callable_from would
+        read the consent's instants)."""
+        if standing is not None:
+            if verdict.reason not in lawful.TIME_LIFTS:
+                self._remember(kind, standing, verdict)
+            return
         dnc, _, consent, withdrawal, contracts, refusal, _, live, live_contracts = entry
         if consent or withdrawal or contracts or refusal or live or live_contracts:
             return
         if dnc and dnc[:2] != b"I|":
             return
+        self._remember(kind, entry, verdict)
+
+    def _remember(self, kind: Number, entry: tuple[Any, ...], verdict: Verdict) -> None:
         if len(self.decided) >= KEPT_DECISIONS:
             self.decided.clear()
         self.decided[(id(kind), entry)] = verdict
+
+    def standing(self, kind: Number, entry: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The entries of a lead whose one entry of its own is an imported consent, with
+        the consent's standing at the scrub's instant in its place (policy.Moment:
+        given yet, expired), when the rules read nothing more of it: no withdrawal, and
+        no registry listing (both compared with the consent's instants). None otherwise,
+        or for a consent that does not decode (the lead is decided afresh, as unreadable).
+        """
+        dnc, optout, consent, withdrawal, contracts, refusal, attempts, live, live_contracts = entry
+        if not consent or withdrawal or contracts or refusal or live or live_contracts:
+            return None
+        if (dnc and dnc[:2] != b"I|") or (optout and optout[-2:] == b"|L"):
+            return None
+        try:
+            given, expires = consent_seconds(consent)
+        except (ValueError, OverflowError, IndexError):
+            return None
+        standing = self._moment.consent_standing(kind, given, expires)
+        return (dnc, optout, standing, None, None, None, attempts, None, None)
 
     def needs_attempts(self, verdict: Verdict, facts: Facts) -> bool:
         """Whether `callable_from` needs the attempts' instants: only a count that some
@@ -385,11 +421,19 @@ async def _decide(
         assert kind is not None
         entry = next(numbers)
         overlaid = key in waiting_keys
+        standing = None
         if not overlaid:
             verdict = decided.get((id(kind), entry))
             if verdict is not None:
                 verdicts.append(verdict)
                 continue
+            if entry[2]:  # an imported consent: most leads with one share its standing
+                standing = judge.standing(kind, entry)
+                if standing is not None:
+                    verdict = decided.get((id(kind), standing))
+                    if verdict is not None:
+                        verdicts.append(verdict)
+                        continue
         facts = decoder.facts(entry, lists)
         if isinstance(facts, Exception):
             verdicts.append(judge.unreadable(kind, str(facts)))
@@ -400,7 +444,7 @@ async def _decide(
         if verdict.callable_from is None and judge.needs_attempts(verdict, facts):
             later.append((len(verdicts), kind, facts, key))
         elif not overlaid:
-            judge.keep(kind, entry, verdict)
+            judge.keep(kind, entry, verdict, standing)
         verdicts.append(verdict)
     if later:
         times = await store.bulk.attempt_times(

@@ -78,20 +78,42 @@ if lists[2] then
 end
 local consent = lists[3] and string.format(ARGV[4], lists[3])
 local contract = lists[4] and string.format(ARGV[5], lists[4])
-local function has(base, bucket, m)
-  return redis.call('SISMEMBER', base .. SET .. bucket, m) == 1
-    or redis.call('GETBIT', base .. BITMAP .. bucket, m) == 1
-end
 local principal = ARGV[FORMATS + 1]
 local suffix = '|' .. principal
 local id = (consent or contract) and redis.call('HGET', KEYS[7], principal)
 id = id and tonumber(id) or false
 local count = #KEYS - SHARED
-local numbers, pairs = {}, {}
+local numbers, fields, buckets, offsets = {}, {}, {}, {}
 for i = 1, count do
   local n = ARGV[FORMATS + 2 * i]
   numbers[i] = n
-  pairs[i] = n .. suffix
+  fields[i] = n .. suffix
+  buckets[i] = string.sub(n, 1, -5)
+  offsets[i] = tonumber(string.sub(n, -4))
+end
+-- A dense list's buckets for the whole batch: the bitmaps with one MGET (a bucket kept
+-- as an intset, or none, answers nil), so a number costs one SISMEMBER at most, where
+-- asking SISMEMBER then GETBIT of each number cost two calls.
+local function dense(base)
+  local names, prefix = {}, base .. BITMAP
+  for i = 1, count do names[i] = prefix .. buckets[i] end
+  return {base .. SET, redis.call('MGET', unpack(names))}
+end
+-- GETBIT's answer read from the bitmap's bytes (bit 0 the first byte's highest), else
+-- the intset's: the number is in the list when either has it, as FACTS asks.
+local function has(list, i)
+  local m, bitmap = offsets[i], list[2][i]
+  if bitmap then
+    local byte = string.byte(bitmap, math.floor(m / 8) + 1)
+    if byte and bit.band(byte, bit.rshift(128, m % 8)) ~= 0 then return true end
+  end
+  return redis.call('SISMEMBER', list[1] .. buckets[i], m) == 1
+end
+local dnc_list = dnc and dense(dnc)
+local listed_lists, clear_lists = {}, {}
+for k = 1, #sets do
+  listed_lists[k] = dense(listed[k])
+  clear_lists[k] = dense(clear[k])
 end
 -- Which numbers' top buckets a packed list has at all (its index names every bucket it
 -- ever wrote): a list of a few thousand contracts has none for most numbers, and a
@@ -107,37 +129,40 @@ local function present(base)
 end
 local consents_there, contracts_there = present(consent), present(contract)
 local live = redis.call('HMGET', KEYS[2], unpack(numbers))
-local withdrawals = redis.call('HMGET', KEYS[3], unpack(pairs))
-local refusals = redis.call('HMGET', KEYS[4], unpack(pairs))
-local live_consents = redis.call('HMGET', KEYS[5], unpack(pairs))
-local live_contracts = redis.call('HMGET', KEYS[6], unpack(pairs))
-local own = redis.call('HMGET', KEYS[8], unpack(pairs))
-local out = {}
+local withdrawals = redis.call('HMGET', KEYS[3], unpack(fields))
+local refusals = redis.call('HMGET', KEYS[4], unpack(fields))
+local live_consents = redis.call('HMGET', KEYS[5], unpack(fields))
+local live_contracts = redis.call('HMGET', KEYS[6], unpack(fields))
+local own = redis.call('HMGET', KEYS[8], unpack(fields))
+local out, j = {}, 0
+local since, after = nil, nil  -- the last window start, and ZCOUNT's bound of it
 for i = 1, count do
   local n = numbers[i]
-  local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
   local d = live[i]
-  if not d and dnc and has(dnc, bucket, m) then
+  if not d and dnc_list and has(dnc_list, i) then
     d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
   end
   if not d and own[i] then d = 'P|' .. own[i] end
-  out[#out + 1] = d
   local o = false
   for k = 1, #sets do
-    if has(listed[k], bucket, m) then o = sets[k] .. '|L' break end
-    if has(clear[k], bucket, m) then o = sets[k] .. '|C' break end
+    if has(listed_lists[k], i) then o = sets[k] .. '|L' break end
+    if has(clear_lists[k], i) then o = sets[k] .. '|C' break end
   end
-  out[#out + 1] = o
-  out[#out + 1] = consents_there[i] == 1 and packed(consent, n, id) or false
-  out[#out + 1] = withdrawals[i]
-  out[#out + 1] = contracts_there[i] == 1 and packed(contract, n, id) or false
-  out[#out + 1] = refusals[i]
-  out[#out + 1] = redis.call('ZCOUNT', KEYS[SHARED + i], '(' .. ARGV[FORMATS + 1 + 2 * i], '+inf')
-  out[#out + 1] = live_consents[i]
-  out[#out + 1] = live_contracts[i]
+  local start = ARGV[FORMATS + 1 + 2 * i]
+  if start ~= since then since, after = start, '(' .. start end
+  out[j + 1] = d or false
+  out[j + 2] = o
+  out[j + 3] = consents_there[i] == 1 and packed(consent, n, id) or false
+  out[j + 4] = withdrawals[i]
+  out[j + 5] = contracts_there[i] == 1 and packed(contract, n, id) or false
+  out[j + 6] = refusals[i]
+  out[j + 7] = redis.call('ZCOUNT', KEYS[SHARED + i], after, '+inf')
+  out[j + 8] = live_consents[i]
+  out[j + 9] = live_contracts[i]
+  j = j + 9
 end
-out[#out + 1] = lists[1] or false
-out[#out + 1] = lists[5] or false
+out[j + 1] = lists[1] or false
+out[j + 2] = lists[5] or false
 return out
 """
 )
