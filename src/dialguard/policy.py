@@ -137,6 +137,15 @@ class Policy:
     def at(self, day: date) -> Version:
         return self.versions[self.index_at(day)]
 
+    def registry_clear_read(self, moment: datetime) -> bool:
+        """Whether a registry's "checked, not listed" can decide a call at or after
+        `moment`, in any zone: only the opt-out regime reads it (`_optout_basis`). Under
+        the consent regime only a listing is read (`_consent_basis`), and a number checked
+        clear is decided as one never checked. A callee-local date is within a day of
+        the UTC one."""
+        first = self.index_at(moment.astimezone(UTC).date() - timedelta(days=1))
+        return any(v.regime is Regime.OPTOUT for v in self.versions[first:])
+
     def on(self, moment: datetime) -> Version:
         """The version in force at `moment`, dated in `default_timezone` (for what has no
         callee: command-line defaults, reports)."""

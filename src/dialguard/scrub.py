@@ -321,7 +321,10 @@ async def run_scrub(
         sent = rows = 0
         tally = outcome.tally
         write = outputs.write
-        async with contextlib.aclosing(store.bulk.scan(principal, request.now, batches)) as answers:
+        # Under the consent regime, a number checked clear is decided as one never checked.
+        clear_read = policy.registry_clear_read(request.now)
+        scan = store.bulk.scan(principal, request.now, batches, clear_read=clear_read)
+        async with contextlib.aclosing(scan) as answers:
             async for scanned in answers:
                 batch = scanned.payload
                 verdicts = await _decide(
