@@ -36,11 +36,10 @@ from dialguard import lawful, leads
 from dialguard import policy as rules
 from dialguard.audit import Journal
 from dialguard.changes import Change
-from dialguard.csv_cells import cell
 from dialguard.importing import NoProgress, Progress
 from dialguard.leads import LeadHeader, without_newline
 from dialguard.model import Campaign, Facts, Reason, Result, Unavailable
-from dialguard.numbers import InvalidNumber, Number, fast_key, normalise
+from dialguard.numbers import MAX_INPUT, InvalidNumber, Number, fast_key, normalise
 from dialguard.pending import PENDING_DAYS, Pending, journal_changes
 from dialguard.policy import Policy
 from dialguard.service import new_id
@@ -165,6 +164,7 @@ class Judge:
         # Verdicts by (kind of number, the store's raw entries): see `keep`.
         self.decided: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
         self._daily: dict[tuple[Any, ...], Any] = {}
+        self._verdicts: dict[tuple[Result, Reason], Verdict] = {}
 
     def number(self, cell: str) -> tuple[str, Number, int] | Verdict:
         """(store key, the Number standing for its kind, the attempts window in days) of
@@ -186,10 +186,10 @@ class Judge:
             number = normalise(text)
         except InvalidNumber as exc:
             decision = rules.decide(self.campaign, None, Facts(), self.now, self.policy, str(exc))
-            return Verdict(decision.result, decision.reason)
+            return self.verdict(decision.result, decision.reason)
         if number.never_blocked:
             decision = rules.decide(self.campaign, number, Facts(), self.now, self.policy)
-            return Verdict(decision.result, decision.reason)
+            return self.verdict(decision.result, decision.reason)
         kind = self._kind(number)
         return number.key, kind, self.window_days(kind)
 
@@ -252,6 +252,14 @@ class Judge:
         standing = self._moment.consent_standing(kind, given, expires)
         return (dnc, optout, standing, None, None, None, attempts, None, None)
 
+    def verdict(self, result: Result, reason: Reason) -> Verdict:
+        """The one Verdict of this result and reason without an instant: a file's leads
+        share a few dozen, and are counted by them (`Tally`)."""
+        found = self._verdicts.get((result, reason))
+        if found is None:
+            found = self._verdicts[(result, reason)] = Verdict(result, reason)
+        return found
+
     def needs_attempts(self, verdict: Verdict, facts: Facts) -> bool:
         """Whether `callable_from` needs the attempts' instants: only a count that some
         version's cap could stop (below every cap, the count can only fall)."""
@@ -262,9 +270,9 @@ class Judge:
         `attempts_ms` when `needs_attempts` says so: None)."""
         result, reason = self._moment.outcome(kind, facts)
         if result is Result.ALLOW or reason not in lawful.TIME_LIFTS:
-            return Verdict(result, reason)
+            return self.verdict(result, reason)
         if attempts_ms is None and facts.attempts_30d >= self.min_cap:
-            return Verdict(result, reason)
+            return self.verdict(result, reason)
         when = lawful.callable_from(
             self.campaign, kind, facts, self.now, self.policy, attempts_ms, self._daily
         )
@@ -277,7 +285,7 @@ class Judge:
         decision = rules.decide_unavailable(
             self.campaign, kind, Facts(), gone, self.now, self.policy
         )
-        return Verdict(decision.result, decision.reason)
+        return self.verdict(decision.result, decision.reason)
 
 
 # One lead of a batch: its raw bytes, its store key (or ""), the Number of its kind, and
@@ -319,8 +327,11 @@ async def run_scrub(
         batches = _batches(leads.rows(lines, header), judge)
         decoder = Decoder()
         sent = rows = 0
-        tally = outcome.tally
+        tally = _Tally(outcome)
+        count = tally.count
         write = outputs.write
+        callable_out = outputs.callable_out
+        allow = Result.ALLOW
         # Under the consent regime, a number checked clear is decided as one never checked.
         clear_read = policy.registry_clear_read(request.now)
         scan = store.bulk.scan(principal, request.now, batches, clear_read=clear_read)
@@ -332,16 +343,21 @@ async def run_scrub(
                 )
                 for (raw, key, kind, _), verdict in zip(batch, verdicts, strict=True):
                     if verdict.callable_from is None:
-                        tally[verdict] += 1
+                        count(verdict)
                     else:
                         outcome.timed(verdict)
-                    write(raw, key, kind, verdict)
+                    if verdict.result is allow:
+                        if callable_out is not None:
+                            callable_out(raw)
+                    else:
+                        write(raw, key, kind, verdict)
                 rows += len(batch)
                 sent += 1
                 if sent % PROGRESS_EVERY == 0:
                     progress.advance(handle.tell(), rows, time.monotonic() - started)
         outcome.bytes = handle.tell()
         outcome.sha256 = digest.hexdigest()
+        tally.settle()
         outcome.settle()
         progress.advance(size, outcome.leads, time.monotonic() - started)
         outputs.finish()
@@ -367,21 +383,37 @@ def _batches(
     requests: list[tuple[str, int]] = []
     number_of = judge.number
     prefixes = judge.prefixes
-    invalid = Verdict(Result.DENY, Reason.INVALID_NUMBER)
+    invalid = judge.verdict(Result.DENY, Reason.INVALID_NUMBER)
     for _, raw, text, problem in rows:
         if text is None:
             if problem:
                 payload.append((raw, "", None, invalid))
             continue  # else a blank line: no lead
-        if len(text) == 10 and text[0] == "0" and text.isdigit() and text.isascii():
-            # "0612345678", as fast_key reads it: its national significant number's first
-            # five digits fix its country code, kind and window (`judge.number` found them).
-            known = prefixes.get(text[1:6])
+        key = None
+        if text[:1] != "+":
+            # A national number, or 0033..., as CRMs write it ("06 12 34 56 78",
+            # "06.12.34.56.78"): spaces and dots are all `normalise` takes out of digits
+            # alone (no "+", no "(0)" to read), so without them it reads the same.
+            spelled = text
+            if not text.isdigit() and len(text) <= MAX_INPUT:
+                spelled = text.replace(" ", "").replace(".", "")
+            if len(spelled) == 10 and spelled.isdigit() and spelled.isascii():
+                # "0612345678", as fast_key reads it: its national significant number's
+                # first five digits fix its country code, kind and window (`judge.number`
+                # found them); "00..." is never among them.
+                if spelled[0] == "0":
+                    known = prefixes.get(spelled[1:6])
+                    if known is not None:
+                        key = known[0] + spelled[1:]
+            elif len(spelled) == 13:
+                key = fast_key(spelled)
+        elif len(text) == 12:
+            key = fast_key(text)  # "+33612345678"
+        if key is not None:
+            known = prefixes.get(key[-9:-4])
             if known is not None:
-                code, kind, window = known
-                key = code + text[1:]
-                payload.append((raw, key, kind, None))
-                requests.append((key, window))
+                payload.append((raw, key, known[1], None))
+                requests.append((key, known[2]))
                 if len(requests) == MAX_BATCH:
                     yield payload, requests
                     payload, requests = [], []
@@ -458,6 +490,35 @@ async def _decide(
     return verdicts
 
 
+class _Tally:
+    """The leads of each verdict without an instant, counted by the verdict object (the
+    Judge's: a few dozen, `Judge.verdict`), not its value: hashing a verdict's enums
+    costs more than the rest of a kept lead. Bounded whatever the verdicts: past
+    KEPT_COUNTS objects, the counts go to the outcome's tally (by value)."""
+
+    KEPT_COUNTS = 1000
+
+    def __init__(self, outcome: Outcome) -> None:
+        self._outcome = outcome
+        # id -> [the verdict (holding it keeps its id its own), its leads]
+        self._counts: dict[int, list[Any]] = {}
+
+    def count(self, verdict: Verdict) -> None:
+        counted = self._counts.get(id(verdict))
+        if counted is None:
+            if len(self._counts) >= self.KEPT_COUNTS:
+                self.settle()
+            self._counts[id(verdict)] = [verdict, 1]
+        else:
+            counted[1] += 1
+
+    def settle(self) -> None:
+        tally = self._outcome.tally
+        for verdict, number in self._counts.values():
+            tally[verdict] += number
+        self._counts.clear()
+
+
 @dataclass(frozen=True)
 class _Waiting:
     pending: Pending
@@ -528,7 +589,13 @@ class _Outputs:
             added = self._sep.join(name.encode() for name in REPORT_COLUMNS)
             self._report.write(without_newline(header.raw) + self._sep + added + self._newline)
 
+    @property
+    def callable_out(self) -> Callable[[bytes], Any] | None:
+        """What writes a callable row as it is, None when no CALLABLE file is asked."""
+        return None if self._out is None else self._out.write
+
     def write(self, raw: bytes, key: str, kind: Number | None, verdict: Verdict) -> None:
+        """A blocked lead's row in REPORT (a callable one: `callable_out`)."""
         if verdict.result is Result.ALLOW:
             if self._out is not None:
                 self._out.write(raw)
@@ -539,8 +606,9 @@ class _Outputs:
         ending = raw[len(body) :] or self._newline
         zones = kind.timezones if kind is not None else ()
         added = self._added(verdict, zones)
-        # A number a spreadsheet would take for a formula ("+33...") gets its quote.
-        e164 = str(cell("+" + key)).encode() if key else b""
+        # "+33...": a spreadsheet would take it for a formula, so it gets its quote, as
+        # csv_cells.cell gives every cell starting with "+".
+        e164 = b"'+" + key.encode() if key else b""
         sep = self._sep
         missing = self._width - self._fields(body)
         if missing > 0:  # a short row: its cells, empty ones, then ours under our names
