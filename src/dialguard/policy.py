@@ -767,6 +767,8 @@ class Moment:
         # plain numbers where Paris against UTC costs a conversion each (~3 µs).
         self._campaign, self._policy, self._now = campaign, policy, now.astimezone(UTC)
         self._now_us = (self._now - _EPOCH) // timedelta(microseconds=1)
+        days = min(v.consent_max_validity_days for v in policy.versions)
+        self._shortest_validity_s = days * 86_400
         self._kinds: dict[tuple[Any, ...], tuple[Context, _Found]] = {}
 
     def _known(self, number: Number) -> tuple[Context, _Found]:
@@ -806,6 +808,20 @@ class Moment:
         if expires_s is not None and expires_s < end_s:
             end_s = expires_s
         return True, now_us >= end_s * 1_000_000
+
+    def consent_holds(self, given_s: int, expires_s: int | None, until: datetime) -> bool:
+        """Whether a consent given and expiring at these instants (as `consent_standing`)
+        is given by this instant and not expired at any instant up to `until` included,
+        under every version of the policy: then, with facts holding no withdrawal and no
+        registry listing, the rules decide at each of those instants as they would with
+        any other consent that holds as long (a scrub's callable_from, found by deciding
+        at later instants, is then the same: tests/test_policy.py holds it)."""
+        if given_s * 1_000_000 > self._now_us:
+            return False
+        end_s = given_s + self._shortest_validity_s
+        if expires_s is not None and expires_s < end_s:
+            end_s = expires_s
+        return (until - _EPOCH) // timedelta(microseconds=1) < end_s * 1_000_000
 
 
 # Reasons a change still waiting for Redis can give on its own.

@@ -163,6 +163,9 @@ class Judge:
         self._kinds: dict[tuple[Any, ...], Number] = {}  # one Number for each kind
         # Verdicts by (kind of number, the store's raw entries): see `keep`.
         self.decided: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
+        # Verdicts with a callable_from by (kind, entries with the consent's standing),
+        # for the leads whose consent holds until then (`timed_verdict`).
+        self.timed: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
         self._daily: dict[tuple[Any, ...], Any] = {}
         self._verdicts: dict[tuple[Result, Reason], Verdict] = {}
 
@@ -220,6 +223,12 @@ class Judge:
         if standing is not None:
             if verdict.reason not in lawful.TIME_LIFTS:
                 self._remember(kind, standing, verdict)
+            elif verdict.callable_from is not None:
+                given, expires = consent_seconds(entry[2])  # decoded by `standing` already
+                if self._moment.consent_holds(given, expires, verdict.callable_from):
+                    if len(self.timed) >= KEPT_DECISIONS:
+                        self.timed.clear()
+                    self.timed[(id(kind), standing)] = verdict
             return
         dnc, _, consent, withdrawal, contracts, refusal, _, live, live_contracts = entry
         if consent or withdrawal or contracts or refusal or live or live_contracts:
@@ -251,6 +260,21 @@ class Judge:
             return None
         standing = self._moment.consent_standing(kind, given, expires)
         return (dnc, optout, standing, None, None, None, attempts, None, None)
+
+    def timed_verdict(
+        self, kind: Number, entry: tuple[Any, ...], standing: tuple[Any, ...]
+    ) -> Verdict | None:
+        """The verdict time lifts of a lead with these entries whose consent holds until
+        its callable_from: the one kept for another lead of its kind with the same
+        entries but its consent, which held that long too (`keep`): the rules decided
+        that lead at every instant up to then as they decide this one."""
+        verdict = self.timed.get((id(kind), standing))
+        if verdict is None or verdict.callable_from is None:
+            return None
+        given, expires = consent_seconds(entry[2])
+        if not self._moment.consent_holds(given, expires, verdict.callable_from):
+            return None
+        return verdict
 
     def verdict(self, result: Result, reason: Reason) -> Verdict:
         """The one Verdict of this result and reason without an instant: a file's leads
@@ -466,6 +490,8 @@ async def _decide(
                 standing = judge.standing(kind, entry)
                 if standing is not None:
                     verdict = decided.get((id(kind), standing))
+                    if verdict is None and standing[2] == (True, False):
+                        verdict = judge.timed_verdict(kind, entry, standing)
                     if verdict is not None:
                         verdicts.append(verdict)
                         continue
