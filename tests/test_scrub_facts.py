@@ -11,6 +11,7 @@ by `Store.facts` (no slot reserved) and by `BulkFacts.scan`: the facts must be e
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -28,6 +29,7 @@ from tests.redis_server import RedisServer
 
 PARIS = ZoneInfo("Europe/Paris")
 NOW = datetime(2026, 12, 7, 10, 30, tzinfo=PARIS)
+OLDEST = date(2026, 11, 1)  # the first registry result set's check
 
 
 async def test_scan_facts_answers_as_the_decision_script(clean_redis: RedisServer) -> None:
@@ -45,7 +47,7 @@ async def test_scan_facts_answers_as_the_decision_script(clean_redis: RedisServe
 
         reasons = [DncRow(n.key, rng.choice(["", "asked"])) for n in some(0.2)]
         await load(store.lists, "dnc", reasons)
-        for checked_on, share in ((date(2026, 11, 1), 0.5), (date(2026, 11, 20), 0.3)):
+        for checked_on, share in ((OLDEST, 0.5), (date(2026, 11, 20), 0.3)):
             chosen = some(share) if share < 0.5 else list({*some(share), *block})
             rows = [OptoutRow(n.key, rng.random() < 0.3, "r") for n in chosen]
             await load(store.lists, "bloctel", rows, checked_on=checked_on)
@@ -132,18 +134,29 @@ async def test_scan_facts_answers_as_the_decision_script(clean_redis: RedisServe
             assert any(f.dnc and f.dnc.principal_only for f in found)
             assert any(f.consent and f.consent.proof_ref.startswith("web-") for f in found)
             assert any(c.contract_id.startswith("live") for f in found for c in f.contracts)
+            # Without the oldest result set's clear answers (a newer set's still hide its
+            # listings): a number checked clear there alone has no registry answer.
+            listings = await scanned(store, numbers, window, clear_read=False)
+
+            def oldest_clear(f: Facts) -> bool:
+                return bool(f.optout and not f.optout.listed and f.optout.checked_on == OLDEST)
+
+            assert any(map(oldest_clear, found))
+            assert listings == [replace(f, optout=None) if oldest_clear(f) else f for f in found]
     finally:
         await store.close()
 
 
-async def scanned(store: Store, numbers: list[Number], window: int) -> list[Facts]:
+async def scanned(
+    store: Store, numbers: list[Number], window: int, clear_read: bool = True
+) -> list[Facts]:
     batches = [
         (None, [(n.key, window) for n in numbers[i : i + MAX_BATCH]])
         for i in range(0, len(numbers), MAX_BATCH)
     ]
     decoder = Decoder()
     found: list[Facts] = []
-    async for answer in store.bulk.scan("ACME", NOW, batches, in_flight=2):
+    async for answer in store.bulk.scan("ACME", NOW, batches, in_flight=2, clear_read=clear_read):
         each = iter(answer.entries)
         for entry in zip(*(each,) * PER_NUMBER, strict=False):
             facts = decoder.facts(entry, answer.lists)

@@ -799,7 +799,7 @@ class Moment:
         `_consent_basis` reads of a consent when the facts hold no withdrawal and no
         registry listing (those it compares with the consent's own instants). So, with
         such facts, two consents of one standing get the same outcome: a scrub decides
-        the leads with a consent of their own by it (tests/test_policy.py holds it)."""
+        the leads with a consent of their own by it (tests/test_scrub_kept.py holds it)."""
         ctx, _ = self._known(number)
         now_us = self._now_us
         if given_s * 1_000_000 > now_us:
@@ -815,7 +815,7 @@ class Moment:
         under every version of the policy: then, with facts holding no withdrawal and no
         registry listing, the rules decide at each of those instants as they would with
         any other consent that holds as long (a scrub's callable_from, found by deciding
-        at later instants, is then the same: tests/test_policy.py holds it)."""
+        at later instants, is then the same: tests/test_scrub_kept.py holds it)."""
         if given_s * 1_000_000 > self._now_us:
             return False
         end_s = given_s + self._shortest_validity_s

@@ -175,7 +175,8 @@ class Judge:
         or short)."""
         text = cell.strip()
         spelled = text.replace(" ", "") if " " in text else text
-        key = fast_key(spelled)
+        # Over MAX_INPUT characters, spaces included, normalise refuses it.
+        key = fast_key(spelled) if len(text) <= MAX_INPUT else None
         if key is not None:  # a key of the French plan: a country code, then 9 digits
             known = self.prefixes.get(key[-9:-4])
             if known is None:

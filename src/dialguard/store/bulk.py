@@ -55,11 +55,11 @@ EXISTS_GROUP = 8
 # KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the live
 # consents and contracts, the principals' ids, the principals' own do-not-call entries,
 # then one attempts key per number. ARGV: the version formats
-# (store.facts.facts_formats), the principal, whether a registry's clear answers are
-# read ('1'; '0': only its listings, the registry answer of a number checked clear is
-# then none), then per number its key and the start of its attempt window (ms; attempts
-# at or before it are not counted). The reply: per number, as FACTS gives them (a clear
-# answer only when asked), the do-not-call entry, the registry answer, the imported
+# (store.facts.facts_formats), the principal, whether the oldest registry result set's
+# clear answers are read ('1'; '0': a number checked clear there and in no newer set
+# gets none), then per number its key and the start of its attempt window (ms; attempts
+# at or before it are not counted). The reply: per number, as FACTS gives them (but for
+# those clear answers), the do-not-call entry, the registry answer, the imported
 # consent, the withdrawal, the imported contracts, the refusal, the attempts counted, the
 # live consent and the live contracts; then the do-not-call version and the registry
 # result sets' metadata.
@@ -121,7 +121,9 @@ local dnc_list = dnc and dense(dnc)
 local listed_lists, clear_lists = {}, {}
 for k = 1, #sets do
   listed_lists[k] = dense(listed[k])
-  clear_lists[k] = clear_read and dense(clear[k])
+  -- A newer set's clear answer hides an older set's listing: only the oldest set's
+  -- clear answers go unread.
+  clear_lists[k] = (clear_read or k < #sets) and dense(clear[k])
 end
 -- Which numbers' top buckets a packed list has at all (its index names every bucket it
 -- ever wrote): a list of a few thousand contracts has none for most numbers, and a
@@ -178,7 +180,7 @@ for i = 1, count do
   local o = false
   for k = 1, #sets do
     if has(listed_lists[k], i) then o = sets[k] .. '|L' break end
-    if clear_read and has(clear_lists[k], i) then o = sets[k] .. '|C' break end
+    if clear_lists[k] and has(clear_lists[k], i) then o = sets[k] .. '|C' break end
   end
   out[j + 1] = d or false
   out[j + 2] = o
