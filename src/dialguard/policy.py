@@ -137,12 +137,12 @@ class Policy:
     def at(self, day: date) -> Version:
         return self.versions[self.index_at(day)]
 
-    def registry_clear_read(self, moment: datetime) -> bool:
-        """Whether a registry's "checked, not listed" can decide a call at or after
-        `moment`, in any zone: only the opt-out regime reads it (`_optout_basis`). Under
-        the consent regime only a listing is read (`_consent_basis`), and a number checked
-        clear is decided as one never checked. A callee-local date is within a day of
-        the UTC one."""
+    def optout_regime_from(self, moment: datetime) -> bool:
+        """Whether a version of the opt-out regime is in force at or after `moment`, in
+        any zone (a callee-local date is within a day of the UTC one). Without one, the
+        registry is read only as the consent regime reads it (`_consent_basis`): a
+        listing, once a consent is found; a number checked clear, or without a consent,
+        is decided as one never checked."""
         first = self.index_at(moment.astimezone(UTC).date() - timedelta(days=1))
         return any(v.regime is Regime.OPTOUT for v in self.versions[first:])
 

@@ -357,9 +357,8 @@ async def run_scrub(
         write = outputs.write
         callable_out = outputs.callable_out
         allow = Result.ALLOW
-        # Under the consent regime, a number checked clear is decided as one never checked.
-        clear_read = policy.registry_clear_read(request.now)
-        scan = store.bulk.scan(principal, request.now, batches, clear_read=clear_read)
+        consent_regime = not policy.optout_regime_from(request.now)
+        scan = store.bulk.scan(principal, request.now, batches, consent_regime=consent_regime)
         async with contextlib.aclosing(scan) as answers:
             async for scanned in answers:
                 batch = scanned.payload

@@ -55,11 +55,11 @@ EXISTS_GROUP = 8
 # KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the live
 # consents and contracts, the principals' ids, the principals' own do-not-call entries,
 # then one attempts key per number. ARGV: the version formats
-# (store.facts.facts_formats), the principal, whether the oldest registry result set's
-# clear answers are read ('1'; '0': a number checked clear there and in no newer set
-# gets none), then per number its key and the start of its attempt window (ms; attempts
-# at or before it are not counted). The reply: per number, as FACTS gives them (but for
-# those clear answers), the do-not-call entry, the registry answer, the imported
+# (store.facts.facts_formats), the principal, '1' for the registry read as the consent
+# regime reads it ('0': as FACTS reads it; see BulkFacts.scan), then per number its key
+# and the start of its attempt window (ms; attempts at or before it are not counted).
+# The reply: per number, as FACTS gives them (but for the registry answers left unread),
+# the do-not-call entry, the registry answer, the imported
 # consent, the withdrawal, the imported contracts, the refusal, the attempts counted, the
 # live consent and the live contracts; then the do-not-call version and the registry
 # result sets' metadata.
@@ -85,8 +85,8 @@ end
 local consent = lists[3] and string.format(ARGV[4], lists[3])
 local contract = lists[4] and string.format(ARGV[5], lists[4])
 local principal = ARGV[FORMATS + 1]
--- '1': a registry's "checked, not listed" is read too (policy.registry_clear_read).
-local clear_read = ARGV[FORMATS + 2] == '1'
+-- '1': the registry read as the consent regime reads it (policy.optout_regime_from).
+local consent_regime = ARGV[FORMATS + 2] == '1'
 local suffix = '|' .. principal
 local id = (consent or contract) and redis.call('HGET', KEYS[7], principal)
 id = id and tonumber(id) or false
@@ -123,7 +123,7 @@ for k = 1, #sets do
   listed_lists[k] = dense(listed[k])
   -- A newer set's clear answer hides an older set's listing: only the oldest set's
   -- clear answers go unread.
-  clear_lists[k] = (clear_read or k < #sets) and dense(clear[k])
+  clear_lists[k] = (not consent_regime or k < #sets) and dense(clear[k])
 end
 -- Which numbers' top buckets a packed list has at all (its index names every bucket it
 -- ever wrote): a list of a few thousand contracts has none for most numbers, and a
@@ -177,14 +177,18 @@ for i = 1, count do
     d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
   end
   if not d and own[i] then d = 'P|' .. own[i] end
+  local c = consents_there[i] == 1 and packed(consent, n, id) or false
   local o = false
-  for k = 1, #sets do
-    if has(listed_lists[k], i) then o = sets[k] .. '|L' break end
-    if clear_lists[k] and has(clear_lists[k], i) then o = sets[k] .. '|C' break end
+  -- The consent regime reads a listing only once a consent is found.
+  if not consent_regime or c or live_consents[i] then
+    for k = 1, #sets do
+      if has(listed_lists[k], i) then o = sets[k] .. '|L' break end
+      if clear_lists[k] and has(clear_lists[k], i) then o = sets[k] .. '|C' break end
+    end
   end
   out[j + 1] = d or false
   out[j + 2] = o
-  out[j + 3] = consents_there[i] == 1 and packed(consent, n, id) or false
+  out[j + 3] = c
   out[j + 4] = withdrawals[i]
   out[j + 5] = contracts_there[i] == 1 and packed(contract, n, id) or false
   out[j + 6] = refusals[i]
@@ -228,13 +232,15 @@ class BulkFacts:
         now: datetime,
         batches: Iterable[tuple[T, Sequence[tuple[str, int]]]],
         in_flight: int = IN_FLIGHT,
-        clear_read: bool = True,
+        consent_regime: bool = False,
     ) -> AsyncGenerator[Scanned[T], None]:
         """The facts for `principal` at `now` of each batch of (number key, window in
         days), at most MAX_BATCH a batch, in the order of `batches` (an empty batch comes
-        back in its turn without a call). `clear_read` False: a registry's "checked, not
-        listed" is not looked up (one lookup a number less; what the consent regime never
-        reads). StoreUnavailable when Redis fails."""
+        back in its turn without a call). `consent_regime`: the registry read only as the
+        consent regime reads it (policy.optout_regime_from): the listings of numbers with
+        a consent, and no clear answer of the oldest result set (a newer set's still
+        hides an older listing); a number gets no registry answer otherwise (a lookup or
+        two less). StoreUnavailable when Redis fails."""
         keys = self._keys
         now_ms = ms(now)
         try:
@@ -247,7 +253,7 @@ class BulkFacts:
         assert len(shared) == SCAN_SHARED_KEYS
         keys_head = b"".join(bulk(key.encode()) for key in shared)
         arguments_head = b"".join(bulk(f.encode()) for f in facts_formats(keys))
-        arguments_head += bulk(principal.encode()) + bulk(b"1" if clear_read else b"0")
+        arguments_head += bulk(principal.encode()) + bulk(b"1" if consent_regime else b"0")
         fixed = 3 + len(shared) + FORMATS + 2  # EVALSHA, its sha, numkeys, the heads
         attempts_prefix = keys.attempts_prefix(principal).encode()
         starts: dict[int, bytes] = {}  # window days -> the window's start, encoded
