@@ -800,11 +800,20 @@ class Moment:
         registry listing (those it compares with the consent's own instants). So, with
         such facts, two consents of one standing get the same outcome: a scrub decides
         the leads with a consent of their own by it (tests/test_scrub_kept.py holds it)."""
-        ctx, _ = self._known(number)
+        return self.standing_of(self.validity_s(number), given_s, expires_s)
+
+    def validity_s(self, number: Number) -> int:
+        """The longest a consent holds (s) for a number of this kind at this instant."""
+        return self._known(number)[0].policy.consent_max_validity_days * 86_400
+
+    def standing_of(
+        self, validity_s: int, given_s: int, expires_s: int | None
+    ) -> tuple[bool, bool]:
+        """`consent_standing` with the kind's `validity_s` known (a scrub keeps it)."""
         now_us = self._now_us
         if given_s * 1_000_000 > now_us:
             return False, False
-        end_s = given_s + ctx.policy.consent_max_validity_days * 86_400
+        end_s = given_s + validity_s
         if expires_s is not None and expires_s < end_s:
             end_s = expires_s
         return True, now_us >= end_s * 1_000_000

@@ -63,6 +63,8 @@ REPORT_COLUMNS = ("result", "reason", "number_e164", "callable_from")
 # than the shapes a file has (no facts, listed, clear, on the imported do-not-call list
 # with one of its reasons...); past it, the memory is given back.
 KEPT_DECISIONS = 20_000
+# Report cells kept, by verdict object: far more than a file's verdicts without an instant.
+KEPT_CELLS = 1000
 # How often (batches) the progress is told.
 PROGRESS_EVERY = 16
 
@@ -168,6 +170,8 @@ class Judge:
         self.timed: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
         self._daily: dict[tuple[Any, ...], Any] = {}
         self._verdicts: dict[tuple[Result, Reason], Verdict] = {}
+        # The longest a consent holds, by kind (`_kinds` holds them: ids stay theirs).
+        self._validity: dict[int, int] = {}
 
     def number(self, cell: str) -> tuple[str, Number, int] | Verdict:
         """(store key, the Number standing for its kind, the attempts window in days) of
@@ -259,7 +263,10 @@ class Judge:
             given, expires = consent_seconds(consent)
         except (ValueError, OverflowError, IndexError):
             return None
-        standing = self._moment.consent_standing(kind, given, expires)
+        validity = self._validity.get(id(kind))
+        if validity is None:
+            validity = self._validity[id(kind)] = self._moment.validity_s(kind)
+        standing = self._moment.standing_of(validity, given, expires)
         return (dnc, optout, standing, None, None, None, attempts, None, None)
 
     def timed_verdict(
@@ -588,7 +595,7 @@ class _Outputs:
         self._sep = b","
         self._newline = b"\n"
         self._width = 1
-        self._cells: dict[Reason, tuple[bytes, bytes]] = {}
+        self._cells: dict[int, tuple[bytes, bytes, Verdict]] = {}
 
     @staticmethod
     def _partial(path: Path) -> Path:
@@ -655,10 +662,14 @@ class _Outputs:
         few dozen, for most blocked leads)."""
         when = verdict.callable_from
         if when is None:
-            found = self._cells.get(verdict.reason)
+            # By the verdict object (the Judge's, a few dozen: `Judge.verdict`), held
+            # with its cells so that its id stays its own; hashing its enums costs more.
+            found = self._cells.get(id(verdict))
             if found is None:
-                found = self._cells[verdict.reason] = (self._head(verdict), b"")
-            return found
+                if len(self._cells) >= KEPT_CELLS:
+                    self._cells.clear()
+                found = self._cells[id(verdict)] = (self._head(verdict), b"", verdict)
+            return found[0], found[1]
         # In the callee's zone, with its offset: what the campaign manager plans by.
         zone = ZoneInfo(zones[0]) if zones else UTC
         return self._head(verdict), when.astimezone(zone).isoformat(timespec="seconds").encode()
