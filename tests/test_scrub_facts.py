@@ -22,7 +22,7 @@ from dialguard.import_files import ConsentRow, ContractRow, DncRow, OptoutRow
 from dialguard.model import Contract, Facts, Sector
 from dialguard.numbers import Number, normalise
 from dialguard.store import Store
-from dialguard.store.bulk import MAX_BATCH, PER_NUMBER
+from dialguard.store.bulk import MAX_BATCH, each_number
 from dialguard.store.facts import Decoder
 from dialguard.store.loading import load
 from tests.redis_server import RedisServer
@@ -162,8 +162,7 @@ async def scanned(
     async for answer in store.bulk.scan(
         "ACME", NOW, batches, in_flight=2, consent_regime=consent_regime
     ):
-        each = iter(answer.entries)
-        for entry in zip(*(each,) * PER_NUMBER, strict=False):
+        for entry in each_number(answer.entries):
             facts = decoder.facts(entry, answer.lists)
             assert isinstance(facts, Facts)
             found.append(facts)

@@ -23,6 +23,7 @@ from dialguard.numbers import Number
 from dialguard.pending import Pending
 from dialguard.policy import Policy
 from dialguard.scrub import Judge, Verdict, _decide, _Waiting
+from dialguard.store.bulk import NOTHING, each_number
 from dialguard.store.facts import Decoder, ListsInForce
 from dialguard.store.packed import pack_consent
 from tests.test_replay_outcome import campaigns, policies
@@ -74,15 +75,16 @@ def test_kept_verdicts_are_those_decided_afresh(
         # Below every cap: a count at one needs the attempts' instants (another read).
         attempts = data.draw(st.integers(0, max(judge.min_cap - 1, 0)))
         batch.append((b"row", key, kind, None))
-        entries += [dnc, optout, consent, None, None, None, attempts, None, None]
+        entry = [dnc, optout, consent, None, None, None, attempts, None, None]
+        # As the scan's reply has it: nil for a number with nothing.
+        entries.append(None if tuple(entry) == NOTHING else entry)
     waiting = _Waiting(Pending(None, None), frozenset())  # type: ignore[arg-type]
 
     # No lead needs the attempts' instants: the store is never asked.
     decided = _decide(batch, entries, LISTS, judge, Decoder(), None, waiting)  # type: ignore[arg-type]
     verdicts = asyncio.run(decided)
-    each = iter(entries)
     for (_, _, lead_kind, _), entry, verdict in zip(
-        batch, zip(*(each,) * 9, strict=False), verdicts, strict=True
+        batch, each_number(entries), verdicts, strict=True
     ):
         assert lead_kind is not None
         afresh = Judge(campaign, policy, now)

@@ -44,7 +44,7 @@ from dialguard.pending import PENDING_DAYS, Pending, journal_changes
 from dialguard.policy import Policy
 from dialguard.service import new_id
 from dialguard.store import Store
-from dialguard.store.bulk import MAX_BATCH, PER_NUMBER
+from dialguard.store.bulk import MAX_BATCH, NOTHING
 from dialguard.store.facts import Decoder, ListsInForce
 from dialguard.store.packed import consent_seconds
 
@@ -477,15 +477,14 @@ async def _decide(
     later: list[tuple[int, Number, Facts, str]] = []  # callable_from needs the attempts
     decided = judge.decided
     waiting_keys = waiting.keys
-    each = iter(entries)
-    # One number's entries a tuple (zip of one iterator, PER_NUMBER times: no slicing).
-    numbers = zip(*(each,) * PER_NUMBER, strict=False)
+    numbers = iter(entries)
     for _, key, kind, verdict in batch:
         if verdict is not None:
             verdicts.append(verdict)
             continue
         assert kind is not None
         entry = next(numbers)
+        entry = NOTHING if entry is None else tuple(entry)  # as store.bulk.each_number
         overlaid = key in waiting_keys
         standing = None
         if not overlaid:

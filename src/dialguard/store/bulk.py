@@ -20,7 +20,7 @@ its decisions by at most that much at a time.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -42,7 +42,16 @@ from dialguard.store.keys import LUA_PARTS, Keys
 from dialguard.store.packed import LUA_PACKED
 from dialguard.store.resp import bulk
 
-__all__ = ["IN_FLIGHT", "MAX_BATCH", "PER_NUMBER", "SCAN_FACTS", "BulkFacts", "Scanned"]
+__all__ = [
+    "IN_FLIGHT",
+    "MAX_BATCH",
+    "NOTHING",
+    "PER_NUMBER",
+    "SCAN_FACTS",
+    "BulkFacts",
+    "Scanned",
+    "each_number",
+]
 
 # Script calls sent ahead of the one being read: enough that Redis always has one to run
 # while the client decides the batch before (each call holds a few milliseconds of work).
@@ -58,11 +67,11 @@ EXISTS_GROUP = 8
 # (store.facts.facts_formats), the principal, '1' for the registry read as the consent
 # regime reads it ('0': as FACTS reads it; see BulkFacts.scan), then per number its key
 # and the start of its attempt window (ms; attempts at or before it are not counted).
-# The reply: per number, as FACTS gives them (but for the registry answers left unread),
-# the do-not-call entry, the registry answer, the imported
-# consent, the withdrawal, the imported contracts, the refusal, the attempts counted, the
-# live consent and the live contracts; then the do-not-call version and the registry
-# result sets' metadata.
+# The reply: per number, nil when it has nothing (no entry, no attempt), else as FACTS
+# gives them (but for the registry answers left unread) the do-not-call entry, the
+# registry answer, the imported consent, the withdrawal, the imported contracts, the
+# refusal, the attempts counted, the live consent and the live contracts; then the
+# do-not-call version and the registry result sets' metadata.
 SCAN_FACTS = (
     LUA_PARTS
     + LUA_PACKED
@@ -169,7 +178,7 @@ for first = 1, count, GROUP do
     end
   end
 end
-local out, j = {}, 0
+local out = {}
 for i = 1, count do
   local n = numbers[i]
   local d = live[i]
@@ -186,31 +195,40 @@ for i = 1, count do
       if clear_lists[k] and has(clear_lists[k], i) then o = sets[k] .. '|C' break end
     end
   end
-  out[j + 1] = d or false
-  out[j + 2] = o
-  out[j + 3] = c
-  out[j + 4] = withdrawals[i]
-  out[j + 5] = contracts_there[i] == 1 and packed(contract, n, id) or false
-  out[j + 6] = refusals[i]
-  out[j + 7] = attempts[i]
-  out[j + 8] = live_consents[i]
-  out[j + 9] = live_contracts[i]
-  j = j + 9
+  local w, r, a = withdrawals[i], refusals[i], attempts[i]
+  local k = contracts_there[i] == 1 and packed(contract, n, id) or false
+  local lc, lk = live_consents[i], live_contracts[i]
+  -- Most numbers have nothing at all: one nil says so, where nine would.
+  if d or o or c or w or k or r or a ~= 0 or lc or lk then
+    out[i] = {d or false, o, c, w, k, r, a, lc, lk}
+  else
+    out[i] = false
+  end
 end
-out[j + 1] = lists[1] or false
-out[j + 2] = lists[5] or false
+out[count + 1] = lists[1] or false
+out[count + 2] = lists[5] or false
 return out
 """
 )
 # Entries of the reply per number.
 PER_NUMBER = 9
+# A number's entries when the reply says it has none (nil): no entry, no attempt.
+NOTHING: tuple[Any, ...] = (None, None, None, None, None, None, 0, None, None)
+
+
+def each_number(entries: list[Any]) -> Iterator[tuple[Any, ...]]:
+    """Each number's PER_NUMBER entries, in order, from a Scanned's `entries`."""
+    for entry in entries:
+        yield NOTHING if entry is None else tuple(entry)
+
 
 T = TypeVar("T")
 
 
 class Scanned(Generic[T]):
-    """One batch's answer: the caller's payload, the script's reply (PER_NUMBER entries
-    per number, in order) and the lists in force it read."""
+    """One batch's answer: the caller's payload, the script's reply (per number, in
+    order, None when it has nothing, else its PER_NUMBER entries: `each_number`) and the
+    lists in force it read."""
 
     __slots__ = ("entries", "lists", "payload")
 
@@ -321,7 +339,7 @@ class BulkFacts:
         if not count:
             return Scanned(payload, [], lists), lists
         reply = await connection.read_response()
-        if not isinstance(reply, list) or len(reply) != count * PER_NUMBER + 2:
+        if not isinstance(reply, list) or len(reply) != count + 2:
             size = len(reply) if isinstance(reply, list) else type(reply).__name__
             raise StoreUnavailable(f"unexpected facts reply from Redis ({size})")
         try:
