@@ -75,9 +75,9 @@ def test_kept_verdicts_are_those_decided_afresh(
         # Below every cap: a count at one needs the attempts' instants (another read).
         attempts = data.draw(st.integers(0, max(judge.min_cap - 1, 0)))
         batch.append((b"row", key, kind, None))
-        entry = [dnc, optout, consent, None, None, None, attempts, None, None]
+        drawn = [dnc, optout, consent, None, None, None, attempts, None, None]
         # As the scan's reply has it: nil for a number with nothing.
-        entries.append(None if tuple(entry) == NOTHING else entry)
+        entries.append(None if tuple(drawn) == NOTHING else drawn)
     waiting = _Waiting(Pending(None, None), frozenset())  # type: ignore[arg-type]
 
     # No lead needs the attempts' instants: the store is never asked.
