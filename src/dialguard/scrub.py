@@ -420,7 +420,20 @@ def _batches(
             if problem:
                 payload.append((raw, "", None, invalid))
             continue  # else a blank line: no lead
-        key = None
+        if len(text) == 10 and text[0] == "0" and text.isdigit() and text.isascii():
+            # "0612345678", as fast_key reads it: its national significant number's first
+            # five digits fix its country code, kind and window (`judge.number` found
+            # them); "00..." is never among them.
+            known = prefixes.get(text[1:6])
+            if known is not None:
+                national = known[0] + text[1:]
+                payload.append((raw, national, known[1], None))
+                requests.append((national, known[2]))
+                if len(requests) == MAX_BATCH:
+                    yield payload, requests
+                    payload, requests = [], []
+                continue
+        key: str | None = None
         if text[:1] != "+":
             # A national number, or 0033..., as CRMs write it ("06 12 34 56 78",
             # "06.12.34.56.78"): spaces and dots are all `normalise` takes out of digits
@@ -429,9 +442,6 @@ def _batches(
             if not text.isdigit() and len(text) <= MAX_INPUT:
                 spelled = text.replace(" ", "").replace(".", "")
             if len(spelled) == 10 and spelled.isdigit() and spelled.isascii():
-                # "0612345678", as fast_key reads it: its national significant number's
-                # first five digits fix its country code, kind and window (`judge.number`
-                # found them); "00..." is never among them.
                 if spelled[0] == "0":
                     known = prefixes.get(spelled[1:6])
                     if known is not None:

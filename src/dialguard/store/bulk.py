@@ -274,25 +274,29 @@ class BulkFacts:
         arguments_head += bulk(principal.encode()) + bulk(b"1" if consent_regime else b"0")
         fixed = 3 + len(shared) + FORMATS + 2  # EVALSHA, its sha, numkeys, the heads
         attempts_prefix = keys.attempts_prefix(principal).encode()
-        starts: dict[int, bytes] = {}  # window days -> the window's start, encoded
+        prefix = attempts_prefix.decode()
+        prefix_size = len(attempts_prefix)  # in bytes: a principal's name may be any text
+        starts: dict[int, str] = {}  # window days -> the window's start, encoded
+
+        def start_of(window_days: int) -> str:
+            text = bulk(b"%d" % (now_ms - window_days * 86_400_000)).decode()
+            starts[window_days] = text
+            return text
 
         def command(requests: Sequence[tuple[str, int]]) -> bytes:
             if len(requests) > MAX_BATCH:
                 raise ValueError(f"at most {MAX_BATCH} numbers a batch")
-            attempt_keys = []
-            arguments = []
-            for number_key, window_days in requests:
-                start = starts.get(window_days)
-                if start is None:
-                    start_ms = now_ms - window_days * 86_400_000
-                    start = starts[window_days] = bulk(b"%d" % start_ms)
-                key = number_key.encode()
-                size = len(key)
-                attempt_keys.append(
-                    b"$%d\r\n%b%b\r\n" % (len(attempts_prefix) + size, attempts_prefix, key)
-                )
-                arguments.append(b"$%d\r\n%b\r\n%b" % (size, key, start))
             count = len(requests)
+            # Built as text and encoded once, a number key's length in characters its
+            # length in bytes: a store key is digits.
+            keys_text = "".join(
+                [f"${prefix_size + len(k)}\r\n{prefix}{k}\r\n" for k, _ in requests]
+            )
+            arguments_text = "".join(
+                [f"${len(k)}\r\n{k}\r\n{starts.get(w) or start_of(w)}" for k, w in requests]
+            )
+            if not arguments_text.isascii():
+                raise ValueError("a number's store key is digits")
             return b"".join(
                 (
                     b"*%d\r\n" % (fixed + 3 * count),
@@ -300,9 +304,9 @@ class BulkFacts:
                     bulk(sha_bytes),
                     bulk(b"%d" % (len(shared) + count)),
                     keys_head,
-                    *attempt_keys,
+                    keys_text.encode(),
                     arguments_head,
-                    *arguments,
+                    arguments_text.encode(),
                 )
             )
 
