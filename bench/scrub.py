@@ -1,7 +1,7 @@
 """Scrub benchmark: `dialguard scrub` over a lead file of N leads, and `check` one by one.
 
-    .venv/bin/python bench/scrub.py build --leads 1000000 --dir /tmp/dg-scrub
-    flock /work/notes/bench.lock .venv/bin/python bench/scrub.py run --dir /tmp/dg-scrub \\
+    .venv/bin/python bench/scrub.py build --leads 1000000 --dir DIR
+    flock BENCH_LOCK .venv/bin/python bench/scrub.py run --dir DIR \\
         [--runs 3] [--check-sample 100] [--decide-sample 20000]
 
 `build` writes a lead file as a CRM exports one (id, names, phone, postcode, city, source;

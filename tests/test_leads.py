@@ -122,6 +122,13 @@ def test_a_carriage_return_alone_outside_quotes_makes_a_row_without_a_number() -
     _, found = read(b"phone,x\n06\r12,y\n0612345678,z\n")
     assert found[0][1] is None and found[0][2].startswith("not CSV (new-line character")
     assert found[1] == (3, "0612345678", "")
+    # A CR after the number's cell is read as the csv module reads it: inside the line,
+    # no row; ending it (before its LF, or a last line's without one), the line's end.
+    _, found = read(b"phone,x\n0612345678,y\rz\n")
+    assert found[0][1] is None and found[0][2].startswith("not CSV")
+    for content in (b"phone,x\n0612345678,y\r\r\n", b"phone,x\n0612345678,y\r"):
+        _, found = read(content)
+        assert found == [(2, "0612345678", "")], content
 
 
 @pytest.mark.parametrize(

@@ -437,7 +437,11 @@ def test_the_files_loop_reads_each_number_as_normalise() -> None:
     now = datetime(2026, 12, 7, 10, 30, tzinfo=PARIS)
     judge = Judge(Campaign("c", "ACME", Purpose.PROSPECTING, Sector.GENERAL), SHIPPED, now)
     cells = [*SPELLINGS, "0612345679", "0699999999", "0692000000", "0590999999", "0012345678",
-             "0612 34567", "٠٦١٢٣٤٥٦٧٨", "06123456789"] * 2  # fmt: skip
+             "0612 34567", "٠٦١٢٣٤٥٦٧٨", "06123456789", "06.12 34.56 78", "0 6 1 2 3 4 5 6 7 8",
+             "00 33 6 12 34 56 78", "00.33.692.12.34.56", "0033 6 12 34 56 78", ". +33612345678",
+             "+33 6 12 34 56 78", "+33612345678 ", "06" + " " * 40 + "12345678",
+             "0033 (0)6 12 34 56 78", "06..12.34.56.78", "00612345678", "+330612345678",
+             "0596 12 34 56", "0000000000", "0012345678 "] * 2  # fmt: skip
     rows = [(i, b"row", cell, "") for i, cell in enumerate(cells)]
     read = [lead for payload, _ in _batches(iter(rows), judge) for lead in payload]
     assert len(read) == len(cells)

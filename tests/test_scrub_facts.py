@@ -11,6 +11,7 @@ by `Store.facts` (no slot reserved) and by `BulkFacts.scan`: the facts must be e
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -21,13 +22,14 @@ from dialguard.import_files import ConsentRow, ContractRow, DncRow, OptoutRow
 from dialguard.model import Contract, Facts, Sector
 from dialguard.numbers import Number, normalise
 from dialguard.store import Store
-from dialguard.store.bulk import MAX_BATCH, PER_NUMBER
+from dialguard.store.bulk import MAX_BATCH, each_number
 from dialguard.store.facts import Decoder
 from dialguard.store.loading import load
 from tests.redis_server import RedisServer
 
 PARIS = ZoneInfo("Europe/Paris")
 NOW = datetime(2026, 12, 7, 10, 30, tzinfo=PARIS)
+OLDEST = date(2026, 11, 1)  # the first registry result set's check
 
 
 async def test_scan_facts_answers_as_the_decision_script(clean_redis: RedisServer) -> None:
@@ -45,7 +47,7 @@ async def test_scan_facts_answers_as_the_decision_script(clean_redis: RedisServe
 
         reasons = [DncRow(n.key, rng.choice(["", "asked"])) for n in some(0.2)]
         await load(store.lists, "dnc", reasons)
-        for checked_on, share in ((date(2026, 11, 1), 0.5), (date(2026, 11, 20), 0.3)):
+        for checked_on, share in ((OLDEST, 0.5), (date(2026, 11, 20), 0.3)):
             chosen = some(share) if share < 0.5 else list({*some(share), *block})
             rows = [OptoutRow(n.key, rng.random() < 0.3, "r") for n in chosen]
             await load(store.lists, "bloctel", rows, checked_on=checked_on)
@@ -132,20 +134,35 @@ async def test_scan_facts_answers_as_the_decision_script(clean_redis: RedisServe
             assert any(f.dnc and f.dnc.principal_only for f in found)
             assert any(f.consent and f.consent.proof_ref.startswith("web-") for f in found)
             assert any(c.contract_id.startswith("live") for f in found for c in f.contracts)
+            # The registry as the consent regime reads it: the listings of numbers with a
+            # consent, no clear answer of the oldest set (a newer set's still hides its
+            # listings); what a number gets otherwise is none.
+            consent_read = await scanned(store, numbers, window, consent_regime=True)
+
+            def unread(f: Facts) -> bool:
+                oldest_clear = f.optout and not f.optout.listed and f.optout.checked_on == OLDEST
+                return f.consent is None or bool(oldest_clear)
+
+            assert any(f.optout and unread(f) for f in found)
+            assert any(f.optout and not unread(f) for f in found)
+            assert consent_read == [replace(f, optout=None) if unread(f) else f for f in found]
     finally:
         await store.close()
 
 
-async def scanned(store: Store, numbers: list[Number], window: int) -> list[Facts]:
+async def scanned(
+    store: Store, numbers: list[Number], window: int, consent_regime: bool = False
+) -> list[Facts]:
     batches = [
         (None, [(n.key, window) for n in numbers[i : i + MAX_BATCH]])
         for i in range(0, len(numbers), MAX_BATCH)
     ]
     decoder = Decoder()
     found: list[Facts] = []
-    async for answer in store.bulk.scan("ACME", NOW, batches, in_flight=2):
-        each = iter(answer.entries)
-        for entry in zip(*(each,) * PER_NUMBER, strict=False):
+    async for answer in store.bulk.scan(
+        "ACME", NOW, batches, in_flight=2, consent_regime=consent_regime
+    ):
+        for entry in each_number(answer.entries):
             facts = decoder.facts(entry, answer.lists)
             assert isinstance(facts, Facts)
             found.append(facts)

@@ -98,11 +98,15 @@ def physical_lines(
             digest.update(block)
         lines = io.BytesIO(carry + block if carry else block).readlines()
         carry = lines.pop() if not lines[-1].endswith(b"\n") else b""
-        for line in lines:
-            number += 1
-            if len(line) > MAX_LINE_BYTES:
-                raise BadLeadFile(f"line {number}: over {MAX_LINE_BYTES} bytes")
-            yield line
+        if lines and max(map(len, lines)) > MAX_LINE_BYTES:
+            for line in lines:
+                number += 1
+                if len(line) > MAX_LINE_BYTES:
+                    raise BadLeadFile(f"line {number}: over {MAX_LINE_BYTES} bytes")
+                yield line
+        else:
+            number += len(lines)
+            yield from lines  # at C speed: a file of a million lines
         if len(carry) > MAX_LINE_BYTES:
             raise BadLeadFile(f"line {number + 1}: over {MAX_LINE_BYTES} bytes")
     if carry:
@@ -180,18 +184,30 @@ def rows(lines: Iterator[bytes], header: LeadHeader, first_line: int = 2) -> Ite
     number = first_line - 1
     for line in lines:
         number += 1
-        body = line[:-2] if line[-2:] == b"\r\n" else line[:-1] if line[-1:] == b"\n" else line
-        if b'"' not in body and b"\r" not in body:
-            # What the csv module makes of a line without quotes, done by split.
-            if not body:
-                yield (number, line, None, "")
+        if b'"' not in line:
+            # What the csv module makes of a line without quotes, done by split: the
+            # number's cell, when a cell follows it, holds none of the line break.
+            cells = line.split(sep, column + 1)
+            if len(cells) > column + 1 and (
+                b"\r" not in line or (line[-2:] == b"\r\n" and b"\r" not in line[:-2])
+            ):
+                value = cells[column]
+                try:
+                    yield (number, line, value.decode("utf-8"), "")
+                except UnicodeDecodeError:
+                    yield (number, line, value.decode("latin-1"), "")
                 continue
-            cells = body.split(sep, column + 1)
-            if len(cells) > column:
-                yield (number, line, _text(cells[column]), "")
-            else:
-                yield (number, line, None, _short(len(cells), header))
-            continue
+            body = line[:-2] if line[-2:] == b"\r\n" else line[:-1] if line[-1:] == b"\n" else line
+            if b"\r" not in body:
+                if not body:
+                    yield (number, line, None, "")
+                    continue
+                cells = body.split(sep, column + 1)
+                if len(cells) > column:
+                    yield (number, line, _text(cells[column]), "")
+                else:
+                    yield (number, line, None, _short(len(cells), header))
+                continue
         start = number
         raw, fields, problem = _record(line, lines, delimiter, start)
         number += raw.count(b"\n") - (1 if raw.endswith(b"\n") else 0)

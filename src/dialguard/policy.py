@@ -137,6 +137,15 @@ class Policy:
     def at(self, day: date) -> Version:
         return self.versions[self.index_at(day)]
 
+    def optout_regime_from(self, moment: datetime) -> bool:
+        """Whether a version of the opt-out regime is in force at or after `moment`, in
+        any zone (a callee-local date is within a day of the UTC one). Without one, the
+        registry is read only as the consent regime reads it (`_consent_basis`): a
+        listing, once a consent is found; a number checked clear, or without a consent,
+        is decided as one never checked."""
+        first = self.index_at(moment.astimezone(UTC).date() - timedelta(days=1))
+        return any(v.regime is Regime.OPTOUT for v in self.versions[first:])
+
     def on(self, moment: datetime) -> Version:
         """The version in force at `moment`, dated in `default_timezone` (for what has no
         callee: command-line defaults, reports)."""
@@ -246,6 +255,7 @@ def _basis(reason: Reason, detail: str) -> Finding:
 # The facts of a context whose rules run before the store is read: reading them is a
 # mistake in the rules table, not a missing fact.
 _NOT_READ_YET = Unavailable(Reason.STORE_UNAVAILABLE, "the facts are not read yet")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _facts(ctx: Context) -> Facts:
@@ -756,24 +766,71 @@ class Moment:
         # with a consent's or a withdrawal's, and two instants of one zone compare as
         # plain numbers where Paris against UTC costs a conversion each (~3 µs).
         self._campaign, self._policy, self._now = campaign, policy, now.astimezone(UTC)
+        self._now_us = (self._now - _EPOCH) // timedelta(microseconds=1)
+        days = min(v.consent_max_validity_days for v in policy.versions)
+        self._shortest_validity_s = days * 86_400
         self._kinds: dict[tuple[Any, ...], tuple[Context, _Found]] = {}
 
-    def outcome(self, number: Number, facts: Facts) -> tuple[Result, Reason]:
-        """`outcome(campaign, number, facts, now, policy)`, no caller ID."""
+    def _known(self, number: Number) -> tuple[Context, _Found]:
         kind = (number.kind, number.territory, number.timezones)
         known = self._kinds.get(kind)
         if known is None:
             local = _local_times(number, self._now, self._policy.default_timezone)
             index = self._policy.index_at(local[0].date())
             version, ref = self._policy.versions[index], self._policy._refs[index]
-            ctx = Context(self._campaign, number, "", facts, self._now, version, local, ref)
+            ctx = Context(self._campaign, number, "", _NOT_READ_YET, self._now, version, local, ref)
             fixed = tuple(rule.check(ctx) for rule in _FACT_FREE_RULES)
             known = self._kinds[kind] = (ctx, fixed)
-        ctx, found = known
+        return known
+
+    def outcome(self, number: Number, facts: Facts) -> tuple[Result, Reason]:
+        """`outcome(campaign, number, facts, now, policy)`, no caller ID."""
+        ctx, found = self._known(number)
         # The context of a kind is reused: only its facts change (the rules above read
         # none; the caller-ID evidence they may set is the same for every call).
         ctx.facts = facts
         return _walk(ctx, found, _MOMENT_WALK)
+
+    def consent_standing(
+        self, number: Number, given_s: int, expires_s: int | None
+    ) -> tuple[bool, bool]:
+        """(given yet, expired) at this instant, for a number of this kind, of a consent
+        given and expiring at these instants (whole seconds since 1970, UTC): all that
+        `_consent_basis` reads of a consent when the facts hold no withdrawal and no
+        registry listing (those it compares with the consent's own instants). So, with
+        such facts, two consents of one standing get the same outcome: a scrub decides
+        the leads with a consent of their own by it (tests/test_scrub_kept.py holds it)."""
+        return self.standing_of(self.validity_s(number), given_s, expires_s)
+
+    def validity_s(self, number: Number) -> int:
+        """The longest a consent holds (s) for a number of this kind at this instant."""
+        return self._known(number)[0].policy.consent_max_validity_days * 86_400
+
+    def standing_of(
+        self, validity_s: int, given_s: int, expires_s: int | None
+    ) -> tuple[bool, bool]:
+        """`consent_standing` with the kind's `validity_s` known (a scrub keeps it)."""
+        now_us = self._now_us
+        if given_s * 1_000_000 > now_us:
+            return False, False
+        end_s = given_s + validity_s
+        if expires_s is not None and expires_s < end_s:
+            end_s = expires_s
+        return True, now_us >= end_s * 1_000_000
+
+    def consent_holds(self, given_s: int, expires_s: int | None, until: datetime) -> bool:
+        """Whether a consent given and expiring at these instants (as `consent_standing`)
+        is given by this instant and not expired at any instant up to `until` included,
+        under every version of the policy: then, with facts holding no withdrawal and no
+        registry listing, the rules decide at each of those instants as they would with
+        any other consent that holds as long (a scrub's callable_from, found by deciding
+        at later instants, is then the same: tests/test_scrub_kept.py holds it)."""
+        if given_s * 1_000_000 > self._now_us:
+            return False
+        end_s = given_s + self._shortest_validity_s
+        if expires_s is not None and expires_s < end_s:
+            end_s = expires_s
+        return (until - _EPOCH) // timedelta(microseconds=1) < end_s * 1_000_000
 
 
 # Reasons a change still waiting for Redis can give on its own.

@@ -36,17 +36,17 @@ from dialguard import lawful, leads
 from dialguard import policy as rules
 from dialguard.audit import Journal
 from dialguard.changes import Change
-from dialguard.csv_cells import cell
 from dialguard.importing import NoProgress, Progress
 from dialguard.leads import LeadHeader, without_newline
 from dialguard.model import Campaign, Facts, Reason, Result, Unavailable
-from dialguard.numbers import InvalidNumber, Number, fast_key, normalise
+from dialguard.numbers import MAX_INPUT, InvalidNumber, Number, fast_key, normalise
 from dialguard.pending import PENDING_DAYS, Pending, journal_changes
 from dialguard.policy import Policy
 from dialguard.service import new_id
 from dialguard.store import Store
-from dialguard.store.bulk import MAX_BATCH, PER_NUMBER
+from dialguard.store.bulk import MAX_BATCH, NOTHING
 from dialguard.store.facts import Decoder, ListsInForce
+from dialguard.store.packed import consent_seconds
 
 __all__ = [
     "REPORT_COLUMNS",
@@ -63,6 +63,8 @@ REPORT_COLUMNS = ("result", "reason", "number_e164", "callable_from")
 # than the shapes a file has (no facts, listed, clear, on the imported do-not-call list
 # with one of its reasons...); past it, the memory is given back.
 KEPT_DECISIONS = 20_000
+# Report cells kept, by verdict object: far more than a file's verdicts without an instant.
+KEPT_CELLS = 1000
 # How often (batches) the progress is told.
 PROGRESS_EVERY = 16
 
@@ -163,7 +165,13 @@ class Judge:
         self._kinds: dict[tuple[Any, ...], Number] = {}  # one Number for each kind
         # Verdicts by (kind of number, the store's raw entries): see `keep`.
         self.decided: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
+        # Verdicts with a callable_from by (kind, entries with the consent's standing),
+        # for the leads whose consent holds until then (`timed_verdict`).
+        self.timed: dict[tuple[int, tuple[Any, ...]], Verdict] = {}
         self._daily: dict[tuple[Any, ...], Any] = {}
+        self._verdicts: dict[tuple[Result, Reason], Verdict] = {}
+        # The longest a consent holds, by kind (`_kinds` holds them: ids stay theirs).
+        self._validity: dict[int, int] = {}
 
     def number(self, cell: str) -> tuple[str, Number, int] | Verdict:
         """(store key, the Number standing for its kind, the attempts window in days) of
@@ -171,7 +179,8 @@ class Judge:
         or short)."""
         text = cell.strip()
         spelled = text.replace(" ", "") if " " in text else text
-        key = fast_key(spelled)
+        # Over MAX_INPUT characters, spaces included, normalise refuses it.
+        key = fast_key(spelled) if len(text) <= MAX_INPUT else None
         if key is not None:  # a key of the French plan: a country code, then 9 digits
             known = self.prefixes.get(key[-9:-4])
             if known is None:
@@ -185,10 +194,10 @@ class Judge:
             number = normalise(text)
         except InvalidNumber as exc:
             decision = rules.decide(self.campaign, None, Facts(), self.now, self.policy, str(exc))
-            return Verdict(decision.result, decision.reason)
+            return self.verdict(decision.result, decision.reason)
         if number.never_blocked:
             decision = rules.decide(self.campaign, number, Facts(), self.now, self.policy)
-            return Verdict(decision.result, decision.reason)
+            return self.verdict(decision.result, decision.reason)
         kind = self._kind(number)
         return number.key, kind, self.window_days(kind)
 
@@ -201,20 +210,87 @@ class Judge:
         zone = ZoneInfo((kind.timezones or (self.policy.default_timezone,))[0])
         return self.policy.at(self.now.astimezone(zone).date()).window_days
 
-    def keep(self, kind: Number, entry: tuple[Any, ...], verdict: Verdict) -> None:
+    def keep(
+        self,
+        kind: Number,
+        entry: tuple[Any, ...],
+        verdict: Verdict,
+        standing: tuple[Any, ...] | None = None,
+    ) -> None:
         """Keep the verdict of a lead of this kind whose facts the store read as `entry`,
         when other leads may have those entries too: every lead of its kind with them
         has it (`decided`). Entries of one number alone (a consent's, a withdrawal's, a
         refusal's instants, a contract, a live entry) are not kept: they
-        would come back for no other lead, and hold memory that grows with the file."""
+        would come back for no other lead, and hold memory that grows with the file.
+        A lead whose one entry of its own is its consent is kept by the consent's
+        `standing` instead, when time cannot lift its verdict (a callable_from would
+        read the consent's instants)."""
+        if standing is not None:
+            if verdict.reason not in lawful.TIME_LIFTS:
+                self._remember(kind, standing, verdict)
+            elif verdict.callable_from is not None:
+                given, expires = consent_seconds(entry[2])  # decoded by `standing` already
+                if self._moment.consent_holds(given, expires, verdict.callable_from):
+                    if len(self.timed) >= KEPT_DECISIONS:
+                        self.timed.clear()
+                    self.timed[(id(kind), standing)] = verdict
+            return
         dnc, _, consent, withdrawal, contracts, refusal, _, live, live_contracts = entry
         if consent or withdrawal or contracts or refusal or live or live_contracts:
             return
         if dnc and dnc[:2] != b"I|":
             return
+        self._remember(kind, entry, verdict)
+
+    def _remember(self, kind: Number, entry: tuple[Any, ...], verdict: Verdict) -> None:
         if len(self.decided) >= KEPT_DECISIONS:
             self.decided.clear()
         self.decided[(id(kind), entry)] = verdict
+
+    def standing(self, kind: Number, entry: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The entries of a lead whose one entry of its own is an imported consent, with
+        the consent's standing at the scrub's instant in its place (policy.Moment:
+        given yet, expired), when the rules read nothing more of it: no withdrawal, and
+        no registry listing (both compared with the consent's instants). None otherwise,
+        or for a consent that does not decode (the lead is decided afresh, as unreadable).
+        """
+        dnc, optout, consent, withdrawal, contracts, refusal, attempts, live, live_contracts = entry
+        if not consent or withdrawal or contracts or refusal or live or live_contracts:
+            return None
+        if (dnc and dnc[:2] != b"I|") or (optout and optout[-2:] == b"|L"):
+            return None
+        try:
+            given, expires = consent_seconds(consent)
+        except (ValueError, OverflowError, IndexError):
+            return None
+        validity = self._validity.get(id(kind))
+        if validity is None:
+            validity = self._validity[id(kind)] = self._moment.validity_s(kind)
+        standing = self._moment.standing_of(validity, given, expires)
+        return (dnc, optout, standing, None, None, None, attempts, None, None)
+
+    def timed_verdict(
+        self, kind: Number, entry: tuple[Any, ...], standing: tuple[Any, ...]
+    ) -> Verdict | None:
+        """The verdict time lifts of a lead with these entries whose consent holds until
+        its callable_from: the one kept for another lead of its kind with the same
+        entries but its consent, which held that long too (`keep`): the rules decided
+        that lead at every instant up to then as they decide this one."""
+        verdict = self.timed.get((id(kind), standing))
+        if verdict is None or verdict.callable_from is None:
+            return None
+        given, expires = consent_seconds(entry[2])
+        if not self._moment.consent_holds(given, expires, verdict.callable_from):
+            return None
+        return verdict
+
+    def verdict(self, result: Result, reason: Reason) -> Verdict:
+        """The one Verdict of this result and reason without an instant: a file's leads
+        share a few dozen, and are counted by them (`Tally`)."""
+        found = self._verdicts.get((result, reason))
+        if found is None:
+            found = self._verdicts[(result, reason)] = Verdict(result, reason)
+        return found
 
     def needs_attempts(self, verdict: Verdict, facts: Facts) -> bool:
         """Whether `callable_from` needs the attempts' instants: only a count that some
@@ -226,9 +302,9 @@ class Judge:
         `attempts_ms` when `needs_attempts` says so: None)."""
         result, reason = self._moment.outcome(kind, facts)
         if result is Result.ALLOW or reason not in lawful.TIME_LIFTS:
-            return Verdict(result, reason)
+            return self.verdict(result, reason)
         if attempts_ms is None and facts.attempts_30d >= self.min_cap:
-            return Verdict(result, reason)
+            return self.verdict(result, reason)
         when = lawful.callable_from(
             self.campaign, kind, facts, self.now, self.policy, attempts_ms, self._daily
         )
@@ -241,7 +317,7 @@ class Judge:
         decision = rules.decide_unavailable(
             self.campaign, kind, Facts(), gone, self.now, self.policy
         )
-        return Verdict(decision.result, decision.reason)
+        return self.verdict(decision.result, decision.reason)
 
 
 # One lead of a batch: its raw bytes, its store key (or ""), the Number of its kind, and
@@ -283,9 +359,14 @@ async def run_scrub(
         batches = _batches(leads.rows(lines, header), judge)
         decoder = Decoder()
         sent = rows = 0
-        tally = outcome.tally
+        tally = _Tally(outcome)
+        count = tally.count
         write = outputs.write
-        async with contextlib.aclosing(store.bulk.scan(principal, request.now, batches)) as answers:
+        callable_out = outputs.callable_out
+        allow = Result.ALLOW
+        consent_regime = not policy.optout_regime_from(request.now)
+        scan = store.bulk.scan(principal, request.now, batches, consent_regime=consent_regime)
+        async with contextlib.aclosing(scan) as answers:
             async for scanned in answers:
                 batch = scanned.payload
                 verdicts = await _decide(
@@ -293,16 +374,21 @@ async def run_scrub(
                 )
                 for (raw, key, kind, _), verdict in zip(batch, verdicts, strict=True):
                     if verdict.callable_from is None:
-                        tally[verdict] += 1
+                        count(verdict)
                     else:
                         outcome.timed(verdict)
-                    write(raw, key, kind, verdict)
+                    if verdict.result is allow:
+                        if callable_out is not None:
+                            callable_out(raw)
+                    else:
+                        write(raw, key, kind, verdict)
                 rows += len(batch)
                 sent += 1
                 if sent % PROGRESS_EVERY == 0:
                     progress.advance(handle.tell(), rows, time.monotonic() - started)
         outcome.bytes = handle.tell()
         outcome.sha256 = digest.hexdigest()
+        tally.settle()
         outcome.settle()
         progress.advance(size, outcome.leads, time.monotonic() - started)
         outputs.finish()
@@ -328,7 +414,7 @@ def _batches(
     requests: list[tuple[str, int]] = []
     number_of = judge.number
     prefixes = judge.prefixes
-    invalid = Verdict(Result.DENY, Reason.INVALID_NUMBER)
+    invalid = judge.verdict(Result.DENY, Reason.INVALID_NUMBER)
     for _, raw, text, problem in rows:
         if text is None:
             if problem:
@@ -336,13 +422,39 @@ def _batches(
             continue  # else a blank line: no lead
         if len(text) == 10 and text[0] == "0" and text.isdigit() and text.isascii():
             # "0612345678", as fast_key reads it: its national significant number's first
-            # five digits fix its country code, kind and window (`judge.number` found them).
+            # five digits fix its country code, kind and window (`judge.number` found
+            # them); "00..." is never among them.
             known = prefixes.get(text[1:6])
             if known is not None:
-                code, kind, window = known
-                key = code + text[1:]
-                payload.append((raw, key, kind, None))
-                requests.append((key, window))
+                national = known[0] + text[1:]
+                payload.append((raw, national, known[1], None))
+                requests.append((national, known[2]))
+                if len(requests) == MAX_BATCH:
+                    yield payload, requests
+                    payload, requests = [], []
+                continue
+        key: str | None = None
+        if text[:1] != "+":
+            # A national number, or 0033..., as CRMs write it ("06 12 34 56 78",
+            # "06.12.34.56.78"): spaces and dots are all `normalise` takes out of digits
+            # alone (no "+", no "(0)" to read), so without them it reads the same.
+            spelled = text
+            if not text.isdigit() and len(text) <= MAX_INPUT:
+                spelled = text.replace(" ", "").replace(".", "")
+            if len(spelled) == 10 and spelled.isdigit() and spelled.isascii():
+                if spelled[0] == "0":
+                    known = prefixes.get(spelled[1:6])
+                    if known is not None:
+                        key = known[0] + spelled[1:]
+            elif len(spelled) == 13:
+                key = fast_key(spelled)
+        elif len(text) == 12:
+            key = fast_key(text)  # "+33612345678"
+        if key is not None:
+            known = prefixes.get(key[-9:-4])
+            if known is not None:
+                payload.append((raw, key, known[1], None))
+                requests.append((key, known[2]))
                 if len(requests) == MAX_BATCH:
                     yield payload, requests
                     payload, requests = [], []
@@ -375,21 +487,30 @@ async def _decide(
     later: list[tuple[int, Number, Facts, str]] = []  # callable_from needs the attempts
     decided = judge.decided
     waiting_keys = waiting.keys
-    each = iter(entries)
-    # One number's entries a tuple (zip of one iterator, PER_NUMBER times: no slicing).
-    numbers = zip(*(each,) * PER_NUMBER, strict=False)
+    numbers = iter(entries)
     for _, key, kind, verdict in batch:
         if verdict is not None:
             verdicts.append(verdict)
             continue
         assert kind is not None
         entry = next(numbers)
+        entry = NOTHING if entry is None else tuple(entry)  # as store.bulk.each_number
         overlaid = key in waiting_keys
+        standing = None
         if not overlaid:
             verdict = decided.get((id(kind), entry))
             if verdict is not None:
                 verdicts.append(verdict)
                 continue
+            if entry[2]:  # an imported consent: most leads with one share its standing
+                standing = judge.standing(kind, entry)
+                if standing is not None:
+                    verdict = decided.get((id(kind), standing))
+                    if verdict is None and standing[2] == (True, False):
+                        verdict = judge.timed_verdict(kind, entry, standing)
+                    if verdict is not None:
+                        verdicts.append(verdict)
+                        continue
         facts = decoder.facts(entry, lists)
         if isinstance(facts, Exception):
             verdicts.append(judge.unreadable(kind, str(facts)))
@@ -400,7 +521,7 @@ async def _decide(
         if verdict.callable_from is None and judge.needs_attempts(verdict, facts):
             later.append((len(verdicts), kind, facts, key))
         elif not overlaid:
-            judge.keep(kind, entry, verdict)
+            judge.keep(kind, entry, verdict, standing)
         verdicts.append(verdict)
     if later:
         times = await store.bulk.attempt_times(
@@ -409,6 +530,35 @@ async def _decide(
         for (index, kind, facts, _), attempts in zip(later, times, strict=True):
             verdicts[index] = judge.decide(kind, facts, attempts)
     return verdicts
+
+
+class _Tally:
+    """The leads of each verdict without an instant, counted by the verdict object (the
+    Judge's: a few dozen, `Judge.verdict`), not its value: hashing a verdict's enums
+    costs more than the rest of a kept lead. Bounded whatever the verdicts: past
+    KEPT_COUNTS objects, the counts go to the outcome's tally (by value)."""
+
+    KEPT_COUNTS = 1000
+
+    def __init__(self, outcome: Outcome) -> None:
+        self._outcome = outcome
+        # id -> [the verdict (holding it keeps its id its own), its leads]
+        self._counts: dict[int, list[Any]] = {}
+
+    def count(self, verdict: Verdict) -> None:
+        counted = self._counts.get(id(verdict))
+        if counted is None:
+            if len(self._counts) >= self.KEPT_COUNTS:
+                self.settle()
+            self._counts[id(verdict)] = [verdict, 1]
+        else:
+            counted[1] += 1
+
+    def settle(self) -> None:
+        tally = self._outcome.tally
+        for verdict, number in self._counts.values():
+            tally[verdict] += number
+        self._counts.clear()
 
 
 @dataclass(frozen=True)
@@ -454,7 +604,7 @@ class _Outputs:
         self._sep = b","
         self._newline = b"\n"
         self._width = 1
-        self._cells: dict[Reason, tuple[bytes, bytes]] = {}
+        self._cells: dict[int, tuple[bytes, bytes, Verdict]] = {}
 
     @staticmethod
     def _partial(path: Path) -> Path:
@@ -481,7 +631,13 @@ class _Outputs:
             added = self._sep.join(name.encode() for name in REPORT_COLUMNS)
             self._report.write(without_newline(header.raw) + self._sep + added + self._newline)
 
+    @property
+    def callable_out(self) -> Callable[[bytes], Any] | None:
+        """What writes a callable row as it is, None when no CALLABLE file is asked."""
+        return None if self._out is None else self._out.write
+
     def write(self, raw: bytes, key: str, kind: Number | None, verdict: Verdict) -> None:
+        """A blocked lead's row in REPORT (a callable one: `callable_out`)."""
         if verdict.result is Result.ALLOW:
             if self._out is not None:
                 self._out.write(raw)
@@ -492,8 +648,9 @@ class _Outputs:
         ending = raw[len(body) :] or self._newline
         zones = kind.timezones if kind is not None else ()
         added = self._added(verdict, zones)
-        # A number a spreadsheet would take for a formula ("+33...") gets its quote.
-        e164 = str(cell("+" + key)).encode() if key else b""
+        # "+33...": a spreadsheet would take it for a formula, so it gets its quote, as
+        # csv_cells.cell gives every cell starting with "+".
+        e164 = b"'+" + key.encode() if key else b""
         sep = self._sep
         missing = self._width - self._fields(body)
         if missing > 0:  # a short row: its cells, empty ones, then ours under our names
@@ -514,10 +671,14 @@ class _Outputs:
         few dozen, for most blocked leads)."""
         when = verdict.callable_from
         if when is None:
-            found = self._cells.get(verdict.reason)
+            # By the verdict object (the Judge's, a few dozen: `Judge.verdict`), held
+            # with its cells so that its id stays its own; hashing its enums costs more.
+            found = self._cells.get(id(verdict))
             if found is None:
-                found = self._cells[verdict.reason] = (self._head(verdict), b"")
-            return found
+                if len(self._cells) >= KEPT_CELLS:
+                    self._cells.clear()
+                found = self._cells[id(verdict)] = (self._head(verdict), b"", verdict)
+            return found[0], found[1]
         # In the callee's zone, with its offset: what the campaign manager plans by.
         zone = ZoneInfo(zones[0]) if zones else UTC
         return self._head(verdict), when.astimezone(zone).isoformat(timespec="seconds").encode()

@@ -20,7 +20,7 @@ its decisions by at most that much at a time.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -42,22 +42,38 @@ from dialguard.store.keys import LUA_PARTS, Keys
 from dialguard.store.packed import LUA_PACKED
 from dialguard.store.resp import bulk
 
-__all__ = ["IN_FLIGHT", "MAX_BATCH", "PER_NUMBER", "SCAN_FACTS", "BulkFacts", "Scanned"]
+__all__ = [
+    "IN_FLIGHT",
+    "MAX_BATCH",
+    "NOTHING",
+    "PER_NUMBER",
+    "SCAN_FACTS",
+    "BulkFacts",
+    "Scanned",
+    "each_number",
+]
 
 # Script calls sent ahead of the one being read: enough that Redis always has one to run
 # while the client decides the batch before (each call holds a few milliseconds of work).
 IN_FLIGHT = 4
 SCAN_SHARED_KEYS = 8
+# Attempts keys one EXISTS asks about (SCAN_FACTS): at one number in twenty with
+# attempts (a file's share), 8 cost ~0.5 calls a number where ZCOUNT costs one.
+EXISTS_GROUP = 8
+# Numbers of a batch whose packed buckets SCAN_FACTS asks about first (`present`).
+PRESENCE_SAMPLE = 32
 
 # KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the live
 # consents and contracts, the principals' ids, the principals' own do-not-call entries,
 # then one attempts key per number. ARGV: the version formats
-# (store.facts.facts_formats), the principal, then per number its key and the start of
-# its attempt window (ms; attempts at or before it are not counted). The reply: per
-# number, as FACTS gives them, the do-not-call entry, the registry answer, the imported
-# consent, the withdrawal, the imported contracts, the refusal, the attempts counted, the
-# live consent and the live contracts; then the do-not-call version and the registry
-# result sets' metadata.
+# (store.facts.facts_formats), the principal, '1' for the registry read as the consent
+# regime reads it ('0': as FACTS reads it; see BulkFacts.scan), then per number its key
+# and the start of its attempt window (ms; attempts at or before it are not counted).
+# The reply: per number, nil when it has nothing (no entry, no attempt), else as FACTS
+# gives them (but for the registry answers left unread) the do-not-call entry, the
+# registry answer, the imported consent, the withdrawal, the imported contracts, the
+# refusal, the attempts counted, the live consent and the live contracts; then the
+# do-not-call version and the registry result sets' metadata.
 SCAN_FACTS = (
     LUA_PARTS
     + LUA_PACKED
@@ -65,6 +81,8 @@ SCAN_FACTS = (
     + LUA_LIST_FIELDS
     + f"local FORMATS = {FORMATS}\n"
     + f"local SHARED = {SCAN_SHARED_KEYS}\n"
+    + f"local GROUP = {EXISTS_GROUP}\n"
+    + f"local SAMPLE = {PRESENCE_SAMPLE}\n"
     + """
 local lists = redis.call('HMGET', KEYS[1], unpack(LIST_FIELDS))
 local dnc = lists[1] and string.format(ARGV[1], lists[1])
@@ -78,24 +96,52 @@ if lists[2] then
 end
 local consent = lists[3] and string.format(ARGV[4], lists[3])
 local contract = lists[4] and string.format(ARGV[5], lists[4])
-local function has(base, bucket, m)
-  return redis.call('SISMEMBER', base .. SET .. bucket, m) == 1
-    or redis.call('GETBIT', base .. BITMAP .. bucket, m) == 1
-end
 local principal = ARGV[FORMATS + 1]
+-- '1': the registry read as the consent regime reads it (policy.optout_regime_from).
+local consent_regime = ARGV[FORMATS + 2] == '1'
 local suffix = '|' .. principal
 local id = (consent or contract) and redis.call('HGET', KEYS[7], principal)
 id = id and tonumber(id) or false
 local count = #KEYS - SHARED
-local numbers, pairs = {}, {}
+local numbers, fields, buckets, offsets = {}, {}, {}, {}
 for i = 1, count do
-  local n = ARGV[FORMATS + 2 * i]
+  local n = ARGV[FORMATS + 1 + 2 * i]
   numbers[i] = n
-  pairs[i] = n .. suffix
+  fields[i] = n .. suffix
+  buckets[i] = string.sub(n, 1, -5)
+  offsets[i] = tonumber(string.sub(n, -4))
+end
+-- A dense list's buckets for the whole batch: the bitmaps with one MGET (a bucket kept
+-- as an intset, or none, answers nil), so a number costs one SISMEMBER at most, where
+-- asking SISMEMBER then GETBIT of each number cost two calls.
+local function dense(base)
+  local names, prefix = {}, base .. BITMAP
+  for i = 1, count do names[i] = prefix .. buckets[i] end
+  return {base .. SET, redis.call('MGET', unpack(names))}
+end
+-- GETBIT's answer read from the bitmap's bytes (bit 0 the first byte's highest), else
+-- the intset's: the number is in the list when either has it, as FACTS asks.
+local function has(list, i)
+  local m, bitmap = offsets[i], list[2][i]
+  if bitmap then
+    local byte = string.byte(bitmap, math.floor(m / 8) + 1)
+    if byte and bit.band(byte, bit.rshift(128, m % 8)) ~= 0 then return true end
+  end
+  return redis.call('SISMEMBER', list[1] .. buckets[i], m) == 1
+end
+local dnc_list = dnc and dense(dnc)
+local listed_lists, clear_lists = {}, {}
+for k = 1, #sets do
+  listed_lists[k] = dense(listed[k])
+  -- A newer set's clear answer hides an older set's listing: only the oldest set's
+  -- clear answers go unread.
+  clear_lists[k] = (not consent_regime or k < #sets) and dense(clear[k])
 end
 -- Which numbers' top buckets a packed list has at all (its index names every bucket it
 -- ever wrote): a list of a few thousand contracts has none for most numbers, and a
--- number whose top bucket is not there has no entry (what `packed` would find).
+-- number whose top bucket is not there has no entry (what `packed` would find). A list
+-- that has the first SAMPLE numbers' buckets nearly all (consents of half the leads)
+-- is looked up for the rest straight away: asking would spare few lookups.
 local function present(base)
   if not base or not id then return {} end
   local names = {}
@@ -103,53 +149,103 @@ local function present(base)
     local n = numbers[i]
     names[i] = TOP .. string.sub(n, 1, #n - TOP)
   end
-  return redis.call('SMISMEMBER', base .. INDEX, unpack(names))
+  local index = base .. INDEX
+  local first = math.min(SAMPLE, count)
+  local there = redis.call('SMISMEMBER', index, unpack(names, 1, first))
+  local found = 0
+  for i = 1, first do found = found + there[i] end
+  if first == count then return there end
+  if found * 8 >= first * 7 then
+    for i = first + 1, count do there[i] = 1 end
+    return there
+  end
+  local rest = redis.call('SMISMEMBER', index, unpack(names, first + 1, count))
+  for i = 1, #rest do there[first + i] = rest[i] end
+  return there
 end
 local consents_there, contracts_there = present(consent), present(contract)
 local live = redis.call('HMGET', KEYS[2], unpack(numbers))
-local withdrawals = redis.call('HMGET', KEYS[3], unpack(pairs))
-local refusals = redis.call('HMGET', KEYS[4], unpack(pairs))
-local live_consents = redis.call('HMGET', KEYS[5], unpack(pairs))
-local live_contracts = redis.call('HMGET', KEYS[6], unpack(pairs))
-local own = redis.call('HMGET', KEYS[8], unpack(pairs))
+local withdrawals = redis.call('HMGET', KEYS[3], unpack(fields))
+local refusals = redis.call('HMGET', KEYS[4], unpack(fields))
+local live_consents = redis.call('HMGET', KEYS[5], unpack(fields))
+local live_contracts = redis.call('HMGET', KEYS[6], unpack(fields))
+local own = redis.call('HMGET', KEYS[8], unpack(fields))
+-- The attempts counted of each number. Most numbers have no attempts key at all (ZCOUNT
+-- would answer 0): while few keys are met, one EXISTS of GROUP keys answers for them
+-- all when none is there; ZCOUNT asks each of a group where some are. Keys met often
+-- (over one in five), ZCOUNT alone: a group's EXISTS would seldom spare its calls.
+local attempts = {}
+local since, after = nil, nil  -- the last window start, and ZCOUNT's bound of it
+local seen, met = 0, 0
+for first = 1, count, GROUP do
+  local last = math.min(first + GROUP - 1, count)
+  local some = true
+  if met * 5 <= seen then
+    local there = redis.call('EXISTS', unpack(KEYS, SHARED + first, SHARED + last))
+    met, some = met + there, there > 0
+  end
+  seen = seen + last - first + 1
+  for i = first, last do
+    if some then
+      local start = ARGV[FORMATS + 2 + 2 * i]
+      if start ~= since then since, after = start, '(' .. start end
+      attempts[i] = redis.call('ZCOUNT', KEYS[SHARED + i], after, '+inf')
+    else
+      attempts[i] = 0
+    end
+  end
+end
 local out = {}
 for i = 1, count do
   local n = numbers[i]
-  local bucket, m = string.sub(n, 1, -5), tonumber(string.sub(n, -4))
   local d = live[i]
-  if not d and dnc and has(dnc, bucket, m) then
+  if not d and dnc_list and has(dnc_list, i) then
     d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
   end
   if not d and own[i] then d = 'P|' .. own[i] end
-  out[#out + 1] = d
+  local c = consents_there[i] == 1 and packed(consent, n, id) or false
   local o = false
-  for k = 1, #sets do
-    if has(listed[k], bucket, m) then o = sets[k] .. '|L' break end
-    if has(clear[k], bucket, m) then o = sets[k] .. '|C' break end
+  -- The consent regime reads a listing only once a consent is found.
+  if not consent_regime or c or live_consents[i] then
+    for k = 1, #sets do
+      if has(listed_lists[k], i) then o = sets[k] .. '|L' break end
+      if clear_lists[k] and has(clear_lists[k], i) then o = sets[k] .. '|C' break end
+    end
   end
-  out[#out + 1] = o
-  out[#out + 1] = consents_there[i] == 1 and packed(consent, n, id) or false
-  out[#out + 1] = withdrawals[i]
-  out[#out + 1] = contracts_there[i] == 1 and packed(contract, n, id) or false
-  out[#out + 1] = refusals[i]
-  out[#out + 1] = redis.call('ZCOUNT', KEYS[SHARED + i], '(' .. ARGV[FORMATS + 1 + 2 * i], '+inf')
-  out[#out + 1] = live_consents[i]
-  out[#out + 1] = live_contracts[i]
+  local w, r, a = withdrawals[i], refusals[i], attempts[i]
+  local k = contracts_there[i] == 1 and packed(contract, n, id) or false
+  local lc, lk = live_consents[i], live_contracts[i]
+  -- Most numbers have nothing at all: one nil says so, where nine would.
+  if d or o or c or w or k or r or a ~= 0 or lc or lk then
+    out[i] = {d or false, o, c, w, k, r, a, lc, lk}
+  else
+    out[i] = false
+  end
 end
-out[#out + 1] = lists[1] or false
-out[#out + 1] = lists[5] or false
+out[count + 1] = lists[1] or false
+out[count + 2] = lists[5] or false
 return out
 """
 )
 # Entries of the reply per number.
 PER_NUMBER = 9
+# A number's entries when the reply says it has none (nil): no entry, no attempt.
+NOTHING: tuple[Any, ...] = (None, None, None, None, None, None, 0, None, None)
+
+
+def each_number(entries: list[Any]) -> Iterator[tuple[Any, ...]]:
+    """Each number's PER_NUMBER entries, in order, from a Scanned's `entries`."""
+    for entry in entries:
+        yield NOTHING if entry is None else tuple(entry)
+
 
 T = TypeVar("T")
 
 
 class Scanned(Generic[T]):
-    """One batch's answer: the caller's payload, the script's reply (PER_NUMBER entries
-    per number, in order) and the lists in force it read."""
+    """One batch's answer: the caller's payload, the script's reply (per number, in
+    order, None when it has nothing, else its PER_NUMBER entries: `each_number`) and the
+    lists in force it read."""
 
     __slots__ = ("entries", "lists", "payload")
 
@@ -171,10 +267,15 @@ class BulkFacts:
         now: datetime,
         batches: Iterable[tuple[T, Sequence[tuple[str, int]]]],
         in_flight: int = IN_FLIGHT,
+        consent_regime: bool = False,
     ) -> AsyncGenerator[Scanned[T], None]:
         """The facts for `principal` at `now` of each batch of (number key, window in
         days), at most MAX_BATCH a batch, in the order of `batches` (an empty batch comes
-        back in its turn without a call). StoreUnavailable when Redis fails."""
+        back in its turn without a call). `consent_regime`: the registry read only as the
+        consent regime reads it (policy.optout_regime_from): the listings of numbers with
+        a consent, and no clear answer of the oldest result set (a newer set's still
+        hides an older listing); a number gets no registry answer otherwise (a lookup or
+        two less). StoreUnavailable when Redis fails."""
         keys = self._keys
         now_ms = ms(now)
         try:
@@ -187,28 +288,32 @@ class BulkFacts:
         assert len(shared) == SCAN_SHARED_KEYS
         keys_head = b"".join(bulk(key.encode()) for key in shared)
         arguments_head = b"".join(bulk(f.encode()) for f in facts_formats(keys))
-        arguments_head += bulk(principal.encode())
-        fixed = 3 + len(shared) + FORMATS + 1  # EVALSHA, its sha, numkeys, the heads
+        arguments_head += bulk(principal.encode()) + bulk(b"1" if consent_regime else b"0")
+        fixed = 3 + len(shared) + FORMATS + 2  # EVALSHA, its sha, numkeys, the heads
         attempts_prefix = keys.attempts_prefix(principal).encode()
-        starts: dict[int, bytes] = {}  # window days -> the window's start, encoded
+        prefix = attempts_prefix.decode()
+        prefix_size = len(attempts_prefix)  # in bytes: a principal's name may be any text
+        starts: dict[int, str] = {}  # window days -> the window's start, encoded
+
+        def start_of(window_days: int) -> str:
+            text = bulk(b"%d" % (now_ms - window_days * 86_400_000)).decode()
+            starts[window_days] = text
+            return text
 
         def command(requests: Sequence[tuple[str, int]]) -> bytes:
             if len(requests) > MAX_BATCH:
                 raise ValueError(f"at most {MAX_BATCH} numbers a batch")
-            attempt_keys = []
-            arguments = []
-            for number_key, window_days in requests:
-                start = starts.get(window_days)
-                if start is None:
-                    start_ms = now_ms - window_days * 86_400_000
-                    start = starts[window_days] = bulk(b"%d" % start_ms)
-                key = number_key.encode()
-                size = len(key)
-                attempt_keys.append(
-                    b"$%d\r\n%b%b\r\n" % (len(attempts_prefix) + size, attempts_prefix, key)
-                )
-                arguments.append(b"$%d\r\n%b\r\n%b" % (size, key, start))
             count = len(requests)
+            # Built as text and encoded once, a number key's length in characters its
+            # length in bytes: a store key is digits.
+            keys_text = "".join(
+                [f"${prefix_size + len(k)}\r\n{prefix}{k}\r\n" for k, _ in requests]
+            )
+            arguments_text = "".join(
+                [f"${len(k)}\r\n{k}\r\n{starts.get(w) or start_of(w)}" for k, w in requests]
+            )
+            if not arguments_text.isascii():
+                raise ValueError("a number's store key is digits")
             return b"".join(
                 (
                     b"*%d\r\n" % (fixed + 3 * count),
@@ -216,9 +321,9 @@ class BulkFacts:
                     bulk(sha_bytes),
                     bulk(b"%d" % (len(shared) + count)),
                     keys_head,
-                    *attempt_keys,
+                    keys_text.encode(),
                     arguments_head,
-                    *arguments,
+                    arguments_text.encode(),
                 )
             )
 
@@ -255,7 +360,7 @@ class BulkFacts:
         if not count:
             return Scanned(payload, [], lists), lists
         reply = await connection.read_response()
-        if not isinstance(reply, list) or len(reply) != count * PER_NUMBER + 2:
+        if not isinstance(reply, list) or len(reply) != count + 2:
             size = len(reply) if isinstance(reply, list) else type(reply).__name__
             raise StoreUnavailable(f"unexpected facts reply from Redis ({size})")
         try:

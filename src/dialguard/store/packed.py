@@ -49,6 +49,7 @@ __all__ = [
     "TOP_LEVEL",
     "Gathered",
     "bucket_name",
+    "consent_seconds",
     "pack_consent",
     "pack_contract",
     "pack_contract_fields",
@@ -82,6 +83,8 @@ _GIVEN_EXPIRES = struct.Struct(">BII")
 _DAYS = struct.Struct(">I")  # the last three bytes: a day
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
+# The last second a datetime holds (9999-12-31T23:59:59): a 5-byte instant may be later.
+_LAST_S = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(seconds=1)
 
 LUA_PACKED = (
     f"local TOP, SPLIT, STUB = {TOP_LEVEL}, '{SPLIT}', '\\128'\n"
@@ -116,6 +119,22 @@ def pack_consent(given_ms: int, expires_ms: int, proof_ref: str) -> bytes:
 
 def unpack_consent(value: bytes) -> Consent:
     """ValueError for bytes no version of pack_consent wrote (a value set by hand)."""
+    given, expires, proof = _consent_parts(value)
+    return Consent(
+        given_at=_EPOCH + timedelta(seconds=given),
+        expires_at=None if expires is None else _EPOCH + timedelta(seconds=expires),
+        proof_ref=proof,
+    )
+
+
+def consent_seconds(value: bytes) -> tuple[int, int | None]:
+    """A consent's given-at and expires-at (None: no expiry) in whole seconds since 1970
+    (UTC), without the datetimes: unpack_consent's instants, failing where it fails."""
+    given, expires, _ = _consent_parts(value)
+    return given, expires
+
+
+def _consent_parts(value: bytes) -> tuple[int, int | None, str]:
     flags = value[0]
     width = 5 if flags & WIDE else 4
     if flags & ~(EXPIRES | WIDE) or len(value) <= 1 + width * (1 + (flags & EXPIRES)):
@@ -124,14 +143,11 @@ def unpack_consent(value: bytes) -> Consent:
     at = 1 + width
     expires = None
     if flags & EXPIRES:
-        seconds = int.from_bytes(value[at : at + width], "big") - _BIAS_S
-        expires = _EPOCH + timedelta(seconds=seconds)
+        expires = int.from_bytes(value[at : at + width], "big") - _BIAS_S
         at += width
-    return Consent(
-        given_at=_EPOCH + timedelta(seconds=given),
-        expires_at=expires,
-        proof_ref=value[at:].decode("utf-8"),
-    )
+    if given > _LAST_S or (expires is not None and expires > _LAST_S):
+        raise OverflowError(f"a consent's instant after the year 9999: {value[:16]!r}")
+    return given, expires, value[at:].decode("utf-8")
 
 
 def pack_contract(contract: Contract) -> bytes:
