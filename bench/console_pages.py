@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "bench", "a bench password, long enough"
 _TIMING = re.compile(r"(\w+);dur=([0-9.]+)")
 _CSRF = re.compile(rb'name="csrf" value="([^"]+)"')
+_LINK = b'href="/decision/'  # a record listed on a page
 
 
 @contextmanager
@@ -147,15 +148,15 @@ class Client:
         with self.opener.open(self.base + "/login", urlencode(form).encode()) as response:
             assert not response.url.startswith(self.base + "/login"), "the login failed"
 
-    def get(self, path: str) -> tuple[dict[str, float], float, int]:
-        """(Server-Timing in ms, the client's own ms, the body's bytes)."""
+    def get(self, path: str) -> tuple[dict[str, float], float, bytes]:
+        """(Server-Timing in ms, the client's own ms, the body)."""
         began = time.perf_counter()
         with self.opener.open(self.base + path) as response:
             body = response.read()
             timing = response.headers.get("Server-Timing", "")
             assert response.status == 200, (path, response.status)
         elapsed = (time.perf_counter() - began) * 1000
-        return {k: float(v) for k, v in _TIMING.findall(timing)}, elapsed, len(body)
+        return {k: float(v) for k, v in _TIMING.findall(timing)}, elapsed, body
 
 
 def _serve(config: Path, env: dict[str, str], port: int, at: datetime) -> subprocess.Popen[bytes]:
@@ -214,8 +215,8 @@ def console_pages(backend: str, directory: Path, requests: int) -> None:
                   f" {at.isoformat()}), {applied:,} changes of the last {PENDING_DAYS} days"
                   f" applied to Redis; the first request, then {requests} more")  # fmt: skip
             print("| page | first total (db) ms | median total ms | p95 total ms"
-                  " | median db ms | median client ms | KB |")  # fmt: skip
-            print("|---|---|---|---|---|---|---|")
+                  " | median db ms | median client ms | KB | records linked |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|")
             for label, paths in _pages(targets, requests):
                 _measure(client, label, paths)
         finally:
@@ -249,9 +250,9 @@ def _pages(targets: Targets, requests: int) -> list[tuple[str, list[str]]]:
 
 def _measure(client: Client, label: str, paths: list[str]) -> None:
     totals, dbs, clients = [], [], []
-    size = 0
+    body = b""
     for path in paths:
-        timing, elapsed, size = client.get(path)
+        timing, elapsed, body = client.get(path)
         totals.append(timing["total"])
         dbs.append(timing.get("db", 0.0))
         clients.append(elapsed)
@@ -259,7 +260,8 @@ def _measure(client: Client, label: str, paths: list[str]) -> None:
     print(
         f"| {label} | {totals[0]:.1f} ({dbs[0]:.1f}) | {statistics.median(rest):.1f}"
         f" | {_percentile(rest, 0.95):.1f} | {statistics.median(dbs[1:]):.1f}"
-        f" | {statistics.median(clients[1:]):.1f} | {size / 1000:.0f} |",
+        f" | {statistics.median(clients[1:]):.1f} | {len(body) / 1000:.0f}"
+        f" | {body.count(_LINK)} |",
         flush=True,
     )
 
@@ -278,6 +280,6 @@ def _stats(store: CentralStore, day: date, requests: int) -> None:
     print(
         f"| 30 days of stats (`stats.summary`, in-process; {decisions:,} decisions)"
         f" | {times[0]:.1f} | {statistics.median(rest):.1f} | {_percentile(rest, 0.95):.1f}"
-        f" | - | - | - |",
+        f" | - | - | - | - |",
         flush=True,
     )
