@@ -224,6 +224,7 @@ def console_pages(backend: str, directory: Path, requests: int) -> None:
             console.wait(30)
         with open_store(settings) as store:
             _stats(store, day, requests)
+        _stats_command(config, env, day)
 
 
 def _pages(targets: Targets, requests: int) -> list[tuple[str, list[str]]]:
@@ -262,6 +263,28 @@ def _measure(client: Client, label: str, paths: list[str]) -> None:
         f" | {_percentile(rest, 0.95):.1f} | {statistics.median(dbs[1:]):.1f}"
         f" | {statistics.median(clients[1:]):.1f} | {len(body) / 1000:.0f}"
         f" | {body.count(_LINK)} |",
+        flush=True,
+    )
+
+
+def _stats_command(config: Path, env: dict[str, str], day: date, runs: int = 5) -> None:
+    """The same figures from the command line: `audit stats --central` for 30 days, the
+    whole process (start-up included)."""
+    dialguard = str(Path(sys.executable).with_name("dialguard"))
+    since = (day - timedelta(days=29)).isoformat()
+    command = [dialguard, "audit", "stats", "--central", "--json", "--config", str(config),
+               "--since", since, "--until", day.isoformat()]  # fmt: skip
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True)
+        times.append((time.perf_counter() - began) * 1000)
+        assert done.returncode == 0, done.stderr.decode()
+    decisions = json.loads(done.stdout)["decisions"]
+    print(
+        f"| `dialguard audit stats --central` for 30 days ({decisions:,} decisions), wall,"
+        f" {runs} runs | {times[0]:.0f} | {statistics.median(times[1:]):.0f}"
+        f" | {max(times[1:]):.0f} (max) | - | - | - | - |",
         flush=True,
     )
 
