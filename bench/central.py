@@ -24,6 +24,7 @@ At scale (the console's pages over 10 M records in PostgreSQL, 1 M in SQLite):
     .venv/bin/python bench/central.py load --backend postgresql --records 10000000 \
         --days 75 --store /var/tmp/central-10m
     .venv/bin/python bench/central.py pages --backend postgresql --store /var/tmp/central-10m
+    .venv/bin/python bench/central.py console --backend postgresql --store /var/tmp/central-10m
     .venv/bin/python bench/central.py load --backend sqlite --records 1000000 --store ...
 
 - load: a realistic store (tests/central_corpus.py: 3 nodes, 15 campaigns, weekdays'
@@ -32,6 +33,9 @@ At scale (the console's pages over 10 M records in PostgreSQL, 1 M in SQLite):
   cursor: what the shippers would have stored, without writing and reading back a
   journal of 18 GB first. The PostgreSQL cluster is kept in `--store` (its own, on a free
   port, fsync on) to be measured again; delete the directory when done.
+- console: the console's real pages over HTTP on that store (bench/console_pages.py: a
+  user made with `console user add --password-stdin`, a login, each page's first request
+  and `--requests` more, Server-Timing's `total` and `db`), and 30 days of stats.
 - migrate: `central migrate` on it (a new version's steps over millions of records);
   prune: `central prune` of the months before `--before`, then `audit verify --central`.
 - pages: restarts the cluster (its buffers cold; the OS's page cache is not emptied), then
@@ -63,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 from audit_bench import build, number_of, sample_record  # noqa: E402
 from central_pages import load_store, migrate_store, pages, prune_store  # noqa: E402
+from console_pages import console_pages  # noqa: E402
 
 from dialguard.audit import Journal  # noqa: E402
 from dialguard.central import CentralStore, open_store  # noqa: E402
@@ -273,6 +278,10 @@ def main() -> None:
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--explain", action="store_true", help="PostgreSQL: print each plan")
+    p = sub.add_parser("console")
+    p.add_argument("--backend", choices=BACKENDS, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--requests", type=int, default=20, help="per page, after the first")
     p = sub.add_parser("migrate")
     p.add_argument("--backend", choices=BACKENDS, required=True)
     p.add_argument("--store", type=Path, required=True)
@@ -289,6 +298,8 @@ def main() -> None:
         query(args.records, args.days, args.batch)
     elif args.what == "load":
         load_store(args.backend, args.store, args.records, args.days, args.batch)
+    elif args.what == "console":
+        console_pages(args.backend, args.store, args.requests)
     elif args.what == "migrate":
         migrate_store(args.backend, args.store)
     elif args.what == "prune":

@@ -147,26 +147,31 @@ async def today(request: web.Request) -> web.Response:
 
 
 async def _pending(request: web.Request, events: list[Found]) -> dict[str, Any]:
-    """The changes of the last days that Redis has not taken (by their applied marks)."""
+    """The changes of the last days that Redis has not taken (by their applied marks).
+    Redis is asked by id first, and only the lines it has not taken are parsed: three
+    days of a busy site hold thousands of changes, nearly all taken, and parsing them all
+    was most of the page's time at 10 M records (docs/benchmarks.md)."""
     console = console_of(request)
-    changes = {found.id: (found, change) for found in events if (change := change_in(found.line))}
+    events_by_id = {found.id: found for found in events}
     try:
-        applied = await timed(request, "redis", console.redis().applied(list(changes)))
+        applied = await timed(request, "redis", console.redis().applied(list(events_by_id)))
     except StoreUnavailable as exc:
         return {"count": None, "error": str(exc), "rows": []}
     whole = user_of(request).may_export
-    rows = [
-        {
-            "id": found.id,
-            "node": found.node,
-            "time": shown_time(found.ts, console.zone),
-            "kind": change.kind.value + (f" {change.outcome}" if change.outcome else ""),
-            "number": f"+{change.number_key}" if whole else mask(f"+{change.number_key}"),
-            "principal": change.principal,
-        }
-        for record_id, (found, change) in changes.items()
-        if record_id not in applied
-    ]
+    rows = []
+    for record_id, found in events_by_id.items():
+        if record_id in applied or (change := change_in(found.line)) is None:
+            continue
+        rows.append(
+            {
+                "id": found.id,
+                "node": found.node,
+                "time": shown_time(found.ts, console.zone),
+                "kind": change.kind.value + (f" {change.outcome}" if change.outcome else ""),
+                "number": f"+{change.number_key}" if whole else mask(f"+{change.number_key}"),
+                "principal": change.principal,
+            }
+        )
     return {"count": len(rows), "error": "", "rows": rows}
 
 
