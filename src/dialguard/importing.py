@@ -178,7 +178,8 @@ async def scan(
     with _open(path) as handle:
         lines = _decoded(handle)
         next(lines, None)  # the header, checked already
-        for chunk in import_files.chunks(header, lines, zone, CHUNK_ROWS):
+        sink = loader.sink if loader is not None else None
+        for chunk in import_files.chunks(header, lines, zone, CHUNK_ROWS, sink):
             if rejects is not None:
                 for number, rejected in chunk.rejected:
                     rejects.add(number, rejected)

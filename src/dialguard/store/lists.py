@@ -700,12 +700,17 @@ class Lists:
             await self._call(self._redis.hset(base + WHY, mapping=cast(Any, reasons)))
 
     async def write_packed(
-        self, base: str, gathered: Gathered, limits: tuple[int, int], replacing: bool
+        self,
+        base: str,
+        gathered: Gathered,
+        limits: tuple[int, int],
+        replacing: bool,
+        in_flight: int = 2,
     ) -> tuple[int, int]:
         """Write gathered consents or contracts into a version: (entries written, entries
         new there). `replacing`: the first contract row of a pair met replaces the pair's
         stored contracts (a merge into the list in force), rather than adding to them (a
-        build, written in parts). Two writes in flight, as `write`."""
+        build, written in parts). Two writes in flight, as `write`, or `in_flight`."""
         sha = await self._call(self._redis.script_load(_PACKED_WRITE))
         head = (
             base.encode(),
@@ -718,7 +723,7 @@ class Lists:
             resp.evalsha(_text(sha), head, count, arguments)
             for count, arguments in gathered.writes()
         )
-        replies = await self._call(wire.pipelined(self._redis, commands, in_flight=2))
+        replies = await self._call(wire.pipelined(self._redis, commands, in_flight))
         return sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies)
 
     async def remove_dnc(

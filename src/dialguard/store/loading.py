@@ -8,6 +8,8 @@ of the same kind) leaves the list in force untouched.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -29,10 +31,15 @@ __all__ = ["LIST_OF_KIND", "MODES", "Loader", "Summary", "load"]
 MODES = ("replace", "add", "remove")
 # Import kind -> the list it feeds.
 LIST_OF_KIND = {"dnc": "dnc", "bloctel": "optout", "consent": "consent", "contract": "contract"}
-# Consents or contracts gathered before they are written (~30 bytes each here): a file of
-# up to this many goes out once, at the end, each bucket in one command. A bigger one is
-# written in parts, each merged into what the earlier ones wrote (more work for Redis).
-MAX_PACKED = 12_000_000
+# Consents or contracts gathered before they are written: each part is merged into what
+# the earlier ones wrote (more work for Redis than one write of each bucket at the end),
+# while the importer reads the next part. Redis, on the other core, works as the file is
+# read instead of for ~16 s after it (ten million consents), and the importer holds two
+# parts at most (~150 bytes an entry) instead of the whole file.
+MAX_PACKED = 1_000_000
+# Commands of a part in flight: the importer lets them go out only between chunks
+# (~20 ms of reading), and Redis takes ~1 ms a command; two would leave it idle.
+WRITES_IN_FLIGHT = 32
 
 
 @dataclass
@@ -93,7 +100,7 @@ class Loader:
         # Consents and contracts: packed per bucket (store/packed.py).
         self._limits = (DEFAULT_ENTRIES, DEFAULT_VALUE_BYTES)
         self._packed = Gathered(self.list if self.list in HASH_KINDS else "consent")
-        self._principal_ids: dict[str, int] = {}
+        self._writing: asyncio.Future[None] | None = None  # a part being written
 
     async def open(self) -> None:
         self._limit = await self._lists.intset_limit(self._limit)
@@ -120,8 +127,19 @@ class Loader:
         else:
             self.target, self.building = self._lock_version, True
 
+    @property
+    def sink(self) -> Gathered | None:
+        """Where a file's consents or contracts go as they are read (import_files.chunks);
+        None for other lists."""
+        return self._packed if self.list in HASH_KINDS else None
+
     async def feed_chunk(self, chunk: Chunk) -> None:
         """Write one chunk of a file (see import_files.chunks)."""
+        if chunk.needs:
+            await self._ids({chunk.needs})
+        if chunk.gathered:
+            self._counts["rows"] += chunk.gathered
+            await self._after_feed()
         if chunk.keys or chunk.listed:
             await self.feed_keys(chunk.keys, chunk.listed)
         if chunk.rows:
@@ -179,10 +197,13 @@ class Loader:
 
     async def _ids(self, principals: set[str]) -> dict[str, int]:
         """The ids of principals (store/packed.py), asked of Redis once per import."""
-        known = self._principal_ids
+        known = self._packed.ids
         new = sorted(principals - known.keys())
         if new:
-            known.update(zip(new, await self._lists.principal_ids(new), strict=True))
+            for principal, principal_id in zip(
+                new, await self._lists.principal_ids(new), strict=True
+            ):
+                self._packed.name(principal, principal_id)
         return known
 
     async def _after_feed(self) -> None:
@@ -192,20 +213,40 @@ class Loader:
         # first row of a pair replaces the pair's contracts, which only one write can tell.
         merging_contracts = self.kind == "contract" and not self.building
         if len(self._packed) >= MAX_PACKED and not merging_contracts:
-            await self._write_packed()
+            await self._write_packed(background=True)
         await self._lists.renew(self.list, self._lock_version)
 
-    async def _write_packed(self) -> None:
+    async def _write_packed(self, background: bool = False) -> None:
+        """Write what is gathered, after the part being written (in file order: which
+        row of a pair comes later matters). `background`: go on reading meanwhile."""
+        await self._written()
         if not len(self._packed):
             return
         base = self._lists.keys.packed(self.list, self.target)
-        written, new = await self._lists.write_packed(
-            base, self._packed, self._limits, replacing=not self.building
+        write = self._lists.write_packed(
+            base,
+            self._packed.take(),
+            self._limits,
+            replacing=not self.building,
+            in_flight=WRITES_IN_FLIGHT if background else 2,
         )
+        if background:
+            self._writing = asyncio.ensure_future(self._count_written(write))
+        else:
+            await self._count_written(write)
+
+    async def _count_written(self, write: Awaitable[tuple[int, int]]) -> None:
+        written, new = await write
         self._counts["new"] += new
         # Consents: a row older than the consent kept for its pair changes nothing.
         # Contracts: every row is written (the file holds each pair's whole set).
         self._counts["changed"] += written if self.kind == "consent" else 0
+
+    async def _written(self) -> None:
+        """The part being written, written (its error raised here)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     async def _write_gathered(self) -> None:
         await self._write_packed()
@@ -319,6 +360,10 @@ class Loader:
         """Undo a build (an in-place `add` or `remove` cannot be undone: its changes are
         each whole and repeating the file is harmless)."""
         try:
+            # A part still being written finishes first: its keys must not come after
+            # the freeing.
+            with contextlib.suppress(Exception):
+                await self._written()
             if self.building and not self._swapped:
                 await self._lists.free(self.list, self.target)
         finally:
