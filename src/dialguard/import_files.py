@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from itertools import islice
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -386,17 +387,17 @@ def _sink_chunks(
             at += 1
         yield chunk
 
-    block: list[str] = []
-    first, number = 2, 1
-    for number, line in enumerate(lines, start=2):
-        block.append(line)
-        if len(block) >= size or not line.endswith("\n"):
-            yield from chunks_of(block, first)
-            block, first = [], number + 1
-    if block:
+    # Blocks of `size` lines taken whole (no Python step a line). A line with no line
+    # break (one too long to be valid, cut) inside a block leaves the block's lines one
+    # short of their line breaks: FastRows.lines then gives None, and the block goes the
+    # general way, which rejects that line.
+    lines = iter(lines)
+    first = 2
+    while block := list(islice(lines, size)):
         yield from chunks_of(block, first)
-    else:
-        yield Chunk(last_line=number)
+        first += len(block)
+    if first == 2:
+        yield Chunk(last_line=1)
 
 
 def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:
