@@ -186,6 +186,7 @@ async def scan(
             check.rows += len(chunk)
             check.lines = chunk.last_line - 1
             if loader is not None:
+                loader.reading(handle.tell(), size)
                 await loader.feed_chunk(chunk)
             progress.advance(handle.tell(), check.rows, time.monotonic() - started)
     progress.advance(size, check.rows, time.monotonic() - started)

@@ -706,11 +706,13 @@ class Lists:
         limits: tuple[int, int],
         replacing: bool,
         in_flight: int = 2,
+        merging: bool = True,
     ) -> tuple[int, int]:
         """Write gathered consents or contracts into a version: (entries written, entries
         new there). `replacing`: the first contract row of a pair met replaces the pair's
         stored contracts (a merge into the list in force), rather than adding to them (a
-        build, written in parts). Two writes in flight, as `write`, or `in_flight`."""
+        build, written in parts). Two writes in flight, as `write`, or `in_flight`. `merging`:
+        the version may hold some of the buckets already (writes of fewer entries)."""
         sha = await self._call(self._redis.script_load(_PACKED_WRITE))
         head = (
             base.encode(),
@@ -721,7 +723,7 @@ class Lists:
         )
         commands = (
             resp.evalsha(_text(sha), head, count, arguments)
-            for count, arguments in gathered.writes()
+            for count, arguments in gathered.writes(merging)
         )
         replies = await self._call(wire.pipelined(self._redis, commands, in_flight))
         return sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies)

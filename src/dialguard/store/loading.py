@@ -31,13 +31,17 @@ __all__ = ["LIST_OF_KIND", "MODES", "Loader", "Summary", "load"]
 MODES = ("replace", "add", "remove")
 # Import kind -> the list it feeds.
 LIST_OF_KIND = {"dnc": "dnc", "bloctel": "optout", "consent": "consent", "contract": "contract"}
-# Consents or contracts gathered before they are written: each part is merged into what
-# the earlier ones wrote (more work for Redis than one write of each bucket at the end),
-# while the importer reads the next part. Redis, on the other core, works as the file is
-# read instead of for ~16 s after it (ten million consents), and the importer holds two
-# parts at most (~150 bytes an entry) instead of the whole file.
-MAX_PACKED = 1_000_000
-# Commands of a part in flight: the importer lets them go out only between chunks
+# Consents and contracts are written while the file is read: Redis, on the other core,
+# works as the importer reads instead of after it (~16 s for ten million consents). A
+# write of what is gathered is due when it reaches what is left to read (estimated from
+# the file's size and position): the first write, into empty buckets (Redis's cheapest),
+# is half the file, each later one merges into what the earlier ones wrote (more work
+# for Redis, but while the importer reads), and what is left to write once the file is
+# read is small (MIN_PACKED_WRITE at most). Rows fed by a program (no file) are written
+# every MAX_PACKED.
+MIN_PACKED_WRITE = 250_000
+MAX_PACKED = 12_000_000
+# Commands of a write in flight: the importer lets them go out only between chunks
 # (~20 ms of reading), and Redis takes ~1 ms a command; two would leave it idle.
 WRITES_IN_FLIGHT = 32
 
@@ -101,6 +105,8 @@ class Loader:
         self._limits = (DEFAULT_ENTRIES, DEFAULT_VALUE_BYTES)
         self._packed = Gathered(self.list if self.list in HASH_KINDS else "consent")
         self._writing: asyncio.Future[None] | None = None  # a part being written
+        self._to_read = -1  # rows of the file left to read, estimated (-1: not a file)
+        self._merged = False  # a part was written before: the next ones merge into it
 
     async def open(self) -> None:
         self._limit = await self._lists.intset_limit(self._limit)
@@ -126,6 +132,11 @@ class Loader:
             self.target = ""  # nothing imported to remove from; live entries still go
         else:
             self.target, self.building = self._lock_version, True
+
+    def reading(self, position: int, size: int) -> None:
+        """How far the file being imported is read (bytes): what is left, in rows."""
+        if 0 < position <= size:
+            self._to_read = self._counts["rows"] * (size - position) // position
 
     @property
     def sink(self) -> Gathered | None:
@@ -212,7 +223,12 @@ class Loader:
         # A contract file merged into the list in force is written whole at the end: its
         # first row of a pair replaces the pair's contracts, which only one write can tell.
         merging_contracts = self.kind == "contract" and not self.building
-        if len(self._packed) >= MAX_PACKED and not merging_contracts:
+        gathered = len(self._packed)
+        if self._to_read >= 0:
+            due = gathered >= max(MIN_PACKED_WRITE, self._to_read)
+        else:
+            due = gathered >= MAX_PACKED
+        if due and not merging_contracts:
             await self._write_packed(background=True)
         await self._lists.renew(self.list, self._lock_version)
 
@@ -229,7 +245,9 @@ class Loader:
             self._limits,
             replacing=not self.building,
             in_flight=WRITES_IN_FLIGHT if background else 2,
+            merging=self._merged or not self.building,
         )
+        self._merged = True
         if background:
             self._writing = asyncio.ensure_future(self._count_written(write))
         else:
