@@ -229,8 +229,7 @@ class Gathered:
     (pure: the commands are bytes in Redis's wire format).
 
     Each entry is kept as the write script's three arguments (its bucket, its field, its
-    value), in the part of its bucket, as the pieces of their wire format (joined when
-    written: cheaper than joining them a row at a time). The write script
+    value), in the part of its bucket, in their wire format. The write script
     (store/lists.py) groups them by bucket, keeps one entry per pair (the consent given
     last; a pair's contracts together), and splits or spills what a listpack cannot hold.
 
@@ -243,7 +242,7 @@ class Gathered:
             raise ValueError(kind)
         self.kind = kind
         self.value_limit = value_limit
-        self._parts: list[list[bytes]] = [[] for _ in range(PARTS)]
+        self._parts = [bytearray() for _ in range(PARTS)]
         self._counts = array("I", bytes(4 * PARTS))
         self._tables: dict[int, dict[bytes, bytes]] = {}
         self.entries = 0  # gathered since the last writes()
@@ -308,7 +307,13 @@ class Gathered:
         index, or len(found)."""
         parts, counts, named, buckets = self._parts, self._counts, self._named, self._buckets
         clocks, midnights, instant = plain.clocks, plain.midnights, plain.instant
-        head_of, both_of, sizes, crlf = _GIVEN.pack, _GIVEN_EXPIRES.pack, _SIZES, b"\r\n"
+        head_of, both_of, sizes, crlf, join = (
+            _GIVEN.pack,
+            _GIVEN_EXPIRES.pack,
+            _SIZES,
+            b"\r\n",
+            b"".join,
+        )
         bias, narrow, invalid, expiring = _BIAS_S, _NARROW, NOT_AN_INSTANT, EXPIRES
         at = start
         for at in range(start, len(found)):
@@ -351,7 +356,9 @@ class Gathered:
             if bucket is None:
                 bucket = self._bucket(head, plain)
             part, name = bucket
-            parts[part].extend((name, fields[tail], sizes[len(value) + len(ref)], value, ref, crlf))
+            parts[part] += join(
+                (name, fields[tail], sizes[len(value) + len(ref)], value, ref, crlf)
+            )
             counts[part] += 1
         else:
             at = len(found)
@@ -361,7 +368,7 @@ class Gathered:
     def gather_contracts(self, found: list[Any], start: int, plain: FastRows) -> int:
         """As gather_consents, for FastRows.contract_lines."""
         parts, counts, named, buckets = self._parts, self._counts, self._named, self._buckets
-        days, sizes, crlf, flags_of = self._days, _SIZES, b"\r\n", _SECTOR_FLAGS
+        days, sizes, crlf, flags_of, join = self._days, _SIZES, b"\r\n", _SECTOR_FLAGS, b"".join
         at = start
         for at in range(start, len(found)):
             head, tail, principal, contract_id, sector, start_day, end_day = found[at]
@@ -387,7 +394,7 @@ class Gathered:
             if bucket is None:
                 bucket = self._bucket(head, plain)
             part, name = bucket
-            parts[part].extend(
+            parts[part] += join(
                 (name, fields[tail], sizes[len(value) + len(ident)], value, ident, crlf)
             )
             counts[part] += 1
@@ -415,15 +422,12 @@ class Gathered:
             number = key.encode()
             value = pack_consent(given_ms, expires_ms, proof_ref)
             part = int(number[-7:-TOP_LEVEL]) & _PART_MASK
-            parts[part].append(
-                b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n"
-                % (
-                    len(number) - TOP_LEVEL,
-                    number[:-TOP_LEVEL],
-                    tables[principal][number[-TOP_LEVEL:]],
-                    len(value),
-                    value,
-                )
+            parts[part] += b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n" % (
+                len(number) - TOP_LEVEL,
+                number[:-TOP_LEVEL],
+                tables[principal][number[-TOP_LEVEL:]],
+                len(value),
+                value,
             )
             counts[part] += 1
             count += 1
@@ -439,15 +443,12 @@ class Gathered:
             number = key.encode()
             value = pack(contract_id, sector, start, end)
             part = int(number[-7:-TOP_LEVEL]) & _PART_MASK
-            parts[part].append(
-                b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n"
-                % (
-                    len(number) - TOP_LEVEL,
-                    number[:-TOP_LEVEL],
-                    tables[principal][number[-TOP_LEVEL:]],
-                    len(value),
-                    value,
-                )
+            parts[part] += b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n" % (
+                len(number) - TOP_LEVEL,
+                number[:-TOP_LEVEL],
+                tables[principal][number[-TOP_LEVEL:]],
+                len(value),
+                value,
             )
             counts[part] += 1
             count += 1
@@ -457,7 +458,7 @@ class Gathered:
         """One entry (tests, small programs)."""
         number = number_key.encode()
         part = int(number[-7:-TOP_LEVEL] or b"0") & _PART_MASK
-        self._parts[part].append(
+        self._parts[part] += (
             bulk(number[:-TOP_LEVEL])
             + self._fields_of(principal_id)[number[-TOP_LEVEL:]]
             + bulk(value)
@@ -475,7 +476,7 @@ class Gathered:
         for part, count in zip(self._parts, self._counts, strict=True):
             if not count:
                 continue
-            pending.append(b"".join(part))
+            pending.append(bytes(part))
             entries += count
             weight += count + bucket_weight * min(count, _BUCKETS_A_PART)
             if weight >= _WRITE_WEIGHT:
@@ -483,7 +484,7 @@ class Gathered:
                 pending, entries, weight = [], 0, 0
         if pending:
             yield 3 * entries, b"".join(pending)
-        self._parts = [[] for _ in range(PARTS)]
+        self._parts = [bytearray() for _ in range(PARTS)]
         self._counts = array("I", bytes(4 * PARTS))
         self.entries = 0
 
