@@ -388,6 +388,11 @@ async def _account_done(
     )
 
 
+# gzip's fastest level: a 10-million-consent file (650 MB) took ~40 s of the import's CPU
+# at level 6, ~11 s at level 1, for a copy ~23 % larger (31 % of the file instead of 25 %).
+_KEEP_LEVEL = 1
+
+
 def _keep(source: Path, kept: Path) -> None:
     """A gzip copy of the file, written whole (a temporary name, fsync, rename) or not at
     all; an identical file already kept is kept once."""
@@ -397,7 +402,7 @@ def _keep(source: Path, kept: Path) -> None:
         kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = kept.with_name(kept.name + ".part")
         with _open(source) as handle, open(partial, "wb") as raw:
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=_KEEP_LEVEL, mtime=0) as out:
                 shutil.copyfileobj(handle, out, 1 << 20)
             raw.flush()
             os.fsync(raw.fileno())

@@ -224,7 +224,8 @@ return 1
 # file order. The triples are grouped by bucket; a pair met twice keeps the consent given
 # last (the same instant: the later row), or all its contracts (the same id: the later
 # row). A new bucket of distinct fields within the limits is one HSET; any other is
-# merged entry by entry. A bucket that would grow past the limit is split, ten buckets one
+# merged entry by entry (or, holding none of the fields and room for them, added to). A
+# bucket that would grow past the limit is split, ten buckets one
 # digit longer; a value past the value limit goes to the overflow hash (field
 # NUMBER|PRINCIPAL_ID), the bucket holding STUB. Returns {entries written, entries new}.
 _PACKED_WRITE = (
@@ -418,9 +419,21 @@ for _, bucket in ipairs(order) do
     end
   end
   local key = base .. TOP .. bucket
-  if plain and #fs <= limit and redis.call('EXISTS', key) == 0 then
+  local held = plain and redis.call('HLEN', key) or -1
+  local clear = held == 0
+  if held > 0 and held + #fs <= limit then
+    -- A bucket written before (an earlier part of the import, the list in force) that
+    -- is not split and holds none of these fields: they are added as they are (what
+    -- put would do, in three commands instead of six).
+    local olds = redis.call('HMGET', key, SPLIT, unpack(fs))
+    clear = true
+    for i = 1, #fs + 1 do
+      if olds[i] then clear = false; break end
+    end
+  end
+  if clear and held + #fs <= limit then
     redis.call('HSET', key, unpack(args))
-    redis.call('SADD', idx, TOP .. bucket)
+    if held == 0 then redis.call('SADD', idx, TOP .. bucket) end
     written = written + #fs
     new = new + #fs
   else
