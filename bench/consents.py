@@ -6,7 +6,8 @@ Redis memory, and every entry of a sample read back through the service's own sc
 
 It starts a private redis-server on a free port (never 6379; no persistence), writes a
 copy of config/dialguard.toml pointing at it (bench/lists.py's helpers), and imports
-through the real CLI (a subprocess, pinned to core 0; Redis and this process on core 1):
+through the real CLI (a subprocess, pinned to core 0, or to `--importer-cores`; Redis and this
+process on core 1):
 
 - **consent**: N rows `number,principal,given_at,expires_at,proof_ref` of N random
   distinct French mobile numbers in random order; 90 % for ACME, the rest for three other
@@ -238,13 +239,14 @@ async def one_import(
     port: int,
     code: str,
     sample: list[list[str]],
+    cores: str,
 ) -> Run:
     await free_all(client)
     used_before = await used_memory(client)
     cpu_before = await redis_cpu(client)
     await slowlog_reset(client)
     pinger = Pinger(port)
-    child = start_import(kind, path, config, workdir, pin, [])
+    child = start_import(kind, path, config, workdir, pin, [], cores)
     await child.wait()
     pings = pinger.finish()
     output = check_child(child)
@@ -369,7 +371,18 @@ async def measure(
                         os.environ["PYTHONPATH"] = str(args.before)
                     try:
                         run = await one_import(
-                            client, kind, path, n, config, work, pin, pid, port, code, sample
+                            client,
+                            kind,
+                            path,
+                            n,
+                            config,
+                            work,
+                            pin,
+                            pid,
+                            port,
+                            code,
+                            sample,
+                            args.importer_cores,
                         )
                     finally:
                         if saved is None:
@@ -393,6 +406,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--before", type=Path, default=None, help="another checkout's src/")
     parser.add_argument("--before-entries", type=int, default=1_000_000)
+    parser.add_argument(
+        "--importer-cores",
+        default=str(IMPORTER_CORE),
+        help="the cores the importer may run on (taskset -c): 0,1 lets it use the second"
+        " core too (keeping its file, a thread, beside Redis)",
+    )
     parser.add_argument(
         "--baseline",
         action="store_true",
@@ -444,7 +463,7 @@ def main() -> None:
     lines = table(runs)
     command = ".venv/bin/python bench/consents.py " + shlex.join(sys.argv[1:])
     pinning = (
-        f"importer pinned to core {IMPORTER_CORE}; Redis and the reader on core {REDIS_CORE}"
+        f"importer pinned to cores {args.importer_cores}; Redis and the reader on core {REDIS_CORE}"
         if pin
         else "no pinning"
     )

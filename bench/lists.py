@@ -237,7 +237,7 @@ def pinning_available() -> bool:
     return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
 
-def pinned(core: int, command: list[str], pin: bool) -> list[str]:
+def pinned(core: int | str, command: list[str], pin: bool) -> list[str]:
     return ["taskset", "-c", str(core), *command] if pin else command
 
 
@@ -472,7 +472,13 @@ class Child:
 
 
 def start_import(
-    kind: str, path: Path, config: Path, workdir: Path, pin: bool, extra: list[str]
+    kind: str,
+    path: Path,
+    config: Path,
+    workdir: Path,
+    pin: bool,
+    extra: list[str],
+    cores: int | str = IMPORTER_CORE,
 ) -> Child:
     command = [dialguard_command(), "import", kind, str(path), "--replace", *extra,
                "--config", str(config)]  # fmt: skip
@@ -482,7 +488,7 @@ def start_import(
     log = workdir / f"import-{kind}-{path.stem}.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            pinned(IMPORTER_CORE, command, pin),
+            pinned(cores, command, pin),
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

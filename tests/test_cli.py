@@ -1402,6 +1402,9 @@ def test_an_import_is_recorded_and_its_file_kept(cli: Cli) -> None:
     assert gzip.decompress(kept.read_bytes()) == content  # what the list held, on file
     ok_again = cli(*args)
     assert ok_again.code == 0 and len(list((cli.audit_dir / "imports").iterdir())) == 1
+    # A refused file is not an imported one: no copy of it stays (it is kept while read).
+    refused = cli("import", "dnc", str(cli.file("bad.csv", b"number\nnot-a-number\n")), "--replace")
+    assert refused.code != 0 and len(list((cli.audit_dir / "imports").iterdir())) == 1
     assert ok(cli("audit", "verify")).code == 0
 
 

@@ -24,6 +24,7 @@ from dialguard.import_files import (
     records,
 )
 from dialguard.numbers import InvalidNumber, fast_key, import_key, normalise
+from dialguard.store.packed import Gathered
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -226,3 +227,90 @@ def test_contract_chunks_hold_what_records_give(
     body = [",".join(row) + "\r\n" for row in rows]
     got, expected = _rows("contract", header, body, size)
     assert got == expected
+
+
+# --- consents and contracts packed as they are read (import_files.Sink) ------------------------
+
+PRINCIPAL_IDS = {"ACME": 0, "acme.fr": 7}
+
+
+def _writes_and_rejects(
+    kind: str, header_line: str, body: list[str], size: int, sink: bool
+) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]], int]:
+    """What an import of `body` writes (the Gathered's commands), its bad lines and its
+    row count: through a Sink, or as entries then gathered (the path programs take)."""
+    header = read_header(kind, header_line)
+    gathered = Gathered(kind)
+    named: list[str] = []
+    rejected: list[tuple[int, str]] = []
+    rows = 0
+    for chunk in chunks(header, iter(body), PARIS, size, gathered if sink else None):
+        rejected += [(n, r.message) for n, r in chunk.rejected]
+        rows += len(chunk)
+        if chunk.needs:
+            assert not gathered.knows(chunk.needs) and chunk.needs not in named
+            named.append(chunk.needs)
+            gathered.name(chunk.needs, PRINCIPAL_IDS.get(chunk.needs, 99))
+        if chunk.rows:
+            ids = {entry[1]: PRINCIPAL_IDS.get(entry[1], 99) for entry in chunk.rows}
+            if kind == "consent":
+                gathered.add_consents(chunk.rows, ids)
+            else:
+                gathered.add_contracts(chunk.rows, ids)
+    return list(gathered.writes()), rejected, rows
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(consent_numbers, principals, instants, instants, texts), min_size=1, max_size=8
+    ),
+    st.sampled_from([",", ";"]),
+    st.integers(1, 4),
+)
+def test_consents_packed_as_read_are_the_entries_gathered(
+    rows: list[tuple[str, str, str, str, str]], sep: str, size: int
+) -> None:
+    # Byte for byte, in the same order (the later row of a pair must stay later), with
+    # the same bad lines at the same line numbers.
+    header = sep.join(["number", "principal", "given_at", "expires_at", "proof_ref"])
+    body = [sep.join(row) + "\n" for row in rows]
+    expected = _writes_and_rejects("consent", header, body, size, sink=False)
+    assert _writes_and_rejects("consent", header, body, size, sink=True) == expected
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            consent_numbers,
+            principals,
+            texts,
+            st.sampled_from(["general", "cpf", "energy_renovation", "CPF", "gas", ""]),
+            instants,
+            instants,
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(1, 4),
+)
+def test_contracts_packed_as_read_are_the_entries_gathered(
+    rows: list[tuple[str, str, str, str, str, str]], size: int
+) -> None:
+    header = "number,principal,contract_id,sector,start,end"
+    body = [",".join(row) + "\r\n" for row in rows]
+    expected = _writes_and_rejects("contract", header, body, size, sink=False)
+    assert _writes_and_rejects("contract", header, body, size, sink=True) == expected
+
+
+def test_a_line_cut_for_length_inside_a_block_is_rejected_at_its_line() -> None:
+    # A line too long to be valid comes cut, without its line break (importing._decoded):
+    # the block it is in goes the general way, and the lines after it still load.
+    plain = "0612345678,ACME,2026-09-01T12:30:00+02:00,,web-1\n"
+    body = [plain, "x" * 20_000, plain.replace("678", "679"), plain.replace("678", "670")]
+    writes, rejected, rows = _writes_and_rejects(
+        "consent", "number,principal,given_at,expires_at,proof_ref", body, 10, sink=True
+    )
+    assert [n for n, _ in rejected] == [3] and rows == 3
+    assert sum(count for count, _ in writes) == 3 * 3

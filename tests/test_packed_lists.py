@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from dialguard import importing
 from dialguard.changes import Change, ChangeKind
 from dialguard.import_files import ConsentRow, ContractRow
 from dialguard.model import Contract, Sector
@@ -272,3 +274,78 @@ def test_serve_and_imports_say_what_to_do_with_the_old_layout(
     assert decision(cli(*cli.check("0612345678"))) == ("ALLOW", "CONSENT")
     ok(cli("import", "consent", second, "--replace"))  # frees the old version whole
     assert decision(cli(*cli.check("0612345670"))) == ("ALLOW", "CONSENT")
+
+
+# --- a file written while it is read -----------------------------------------------------------
+
+
+async def test_a_file_written_while_read_keeps_the_later_row_and_a_refused_one_leaves_nothing(
+    store: Store, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writes due every two rows: a pair's rows land in different writes, each merged into
+    # the buckets the earlier ones wrote, while the next rows are read.
+    monkeypatch.setattr(loading, "MIN_PACKED_WRITE", 2)
+    monkeypatch.setattr(importing, "CHUNK_ROWS", 3)
+    given = "2026-09-01T12:30:00+02:00"
+    others = [f"06123450{i:02d},ACME,{given},,p{i}\n" for i in range(20)]
+    body = [
+        f"0612345678,ACME,{given},,first\n",
+        f"0612345679,ACME,{given},,newer\n",
+        *others,
+        f"0612345678,ACME,{given},,same instant: the later row\n",
+        "0612345679,ACME,2026-08-01T12:30:00+02:00,,older\n",
+    ]
+    path = tmp_path / "c.csv"
+    path.write_text(CONSENT_HEADER + "".join(body), encoding="utf-8")
+
+    def request(mode: str = "replace") -> importing.Request:
+        return importing.Request("consent", path, mode, PARIS, None, "", False, None, 0)
+
+    background: list[bool] = []
+    write_packed = store.lists.write_packed
+
+    async def counted(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        background.append(kwargs["in_flight"] == loading.WRITES_IN_FLIGHT)
+        return await write_packed(*args, **kwargs)
+
+    monkeypatch.setattr(store.lists, "write_packed", counted)
+    outcome = await importing.run_import(request(), store)
+    assert outcome.summary is not None and outcome.summary.size == 22
+    assert background.count(True) >= 3  # written while read, not all at the end
+    proofs = [
+        (await store.facts(normalise(n), "ACME", NOW, 30)).consent
+        for n in ("0612345678", "0612345679", "0612345019")
+    ]
+    assert [c.proof_ref if c else None for c in proofs] == [
+        "same instant: the later row",
+        "newer",
+        "p19",
+    ]
+    # Contracts: the same id twice, the later row; a pair's contracts over two writes.
+    contracts = ["0612345678,ACME,K-1,general,2025-01-01,\n"]
+    contracts += [f"06123450{i:02d},ACME,K-{i},cpf,2025-01-01,\n" for i in range(6)]
+    contracts += ["0612345678,ACME,K-2,cpf,2025-02-01,\n"]
+    contracts += ["0612345678,ACME,K-1,general,2025-01-01,2025-12-31\n"]
+    cpath = tmp_path / "k.csv"
+    cpath.write_text(
+        "number,principal,contract_id,sector,start,end\n" + "".join(contracts), encoding="utf-8"
+    )
+    crequest = importing.Request("contract", cpath, "replace", PARIS, None, "", False, None, 0)
+    await importing.run_import(crequest, store)
+    assert (await store.facts(normalise("0612345678"), "ACME", NOW, 30)).contracts == (
+        Contract("K-1", Sector.GENERAL, date(2025, 1, 1), date(2025, 12, 31)),
+        Contract("K-2", Sector.CPF, date(2025, 2, 1), None),
+    )
+
+    # A file refused at its last line, after writes went out: the build is freed whole
+    # (no write left behind it) and the list in force is untouched.
+    before = set(await redis_client.keys("*"))
+    path.write_text(
+        CONSENT_HEADER + "".join(others).replace("p", "q") + "0612345678,ACME,never,,x\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(importing.ImportFailed, match="1 bad line"):
+        await importing.run_import(request(), store)
+    assert set(await redis_client.keys("*")) == before
+    facts = await store.facts(normalise("0612345019"), "ACME", NOW, 30)
+    assert facts.consent is not None and facts.consent.proof_ref == "p19"

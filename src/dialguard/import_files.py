@@ -13,7 +13,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from typing import Any, Generic, NamedTuple, TypeVar
+from itertools import islice
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from dialguard.model import Contract, Sector
@@ -213,9 +214,28 @@ class Chunk:
     listed: list[str] = field(default_factory=list)
     rejected: list[tuple[int, Rejected]] = field(default_factory=list)
     last_line: int = 1
+    # Consents and contracts given to a Sink: how many rows it took, and a principal it
+    # needs the id of before the next line (the consumer tells it, then asks for more).
+    gathered: int = 0
+    needs: str = ""
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.keys) + len(self.listed)
+        return len(self.rows) + len(self.keys) + len(self.listed) + self.gathered
+
+
+class Sink(Protocol):
+    """Where consent and contract lines go as they are read (store/packed.py's Gathered):
+    the plain lines of a block packed in one loop (`gather_*`, which stops at the first
+    line it leaves to the general path or whose principal it has no id for), the others
+    one entry at a time, in file order."""
+
+    def knows(self, principal: str) -> bool: ...
+
+    def gather_consents(self, found: list[Any], start: int, plain: FastRows) -> int: ...
+
+    def gather_contracts(self, found: list[Any], start: int, plain: FastRows) -> int: ...
+
+    def add_entry(self, entry: Any) -> None: ...
 
 
 # The registry's statuses as its files spell them: listed or not (what _bloctel_row
@@ -223,13 +243,19 @@ class Chunk:
 _STATUSES = {"OK": False, "ok": False, "Ok": False, "INSCRIT": True, "Inscrit": True}
 
 
-def chunks(header: Header, lines: Iterable[str], zone: ZoneInfo, size: int) -> Iterator[Chunk]:
+def chunks(
+    header: Header, lines: Iterable[str], zone: ZoneInfo, size: int, sink: Sink | None = None
+) -> Iterator[Chunk]:
     """The file's rows, `size` at a time. Ten million lines must load in seconds, so the
     common lines of do-not-call and registry files take a tight loop (what `fast_key`
     does not recognise goes the general way, which gives the same row or the reason it is
-    bad)."""
+    bad). Consents and contracts go to `sink` when there is one (the chunks then only
+    count them), as entries in the chunks otherwise."""
     if header.kind in ("consent", "contract"):
-        yield from _entry_chunks(header, lines, zone, size)
+        if sink is None:
+            yield from _entry_chunks(header, lines, zone, size)
+        else:
+            yield from _sink_chunks(header, lines, zone, size, sink)
         return
     one = _Line(header, zone)
     chunk = Chunk()
@@ -286,7 +312,7 @@ def _entry_chunks(
     blank or bad), as the loader's plain tuples (`consent_entry`, `contract_entry`), in
     file order (which row of a pair comes later matters)."""
     one = _Line(header, zone)
-    fast = _FastRows(header, zone)
+    fast = FastRows(header, zone)
     if header.kind == "consent":
         block_of: Callable[[list[str]], list[Any]] = fast.consents
         as_entry: Callable[[Any], Any] = consent_entry
@@ -321,6 +347,57 @@ def _entry_chunks(
             yield chunk_of(block, first)
             block, first = [], number + 1
     yield chunk_of(block, first) if block else Chunk(last_line=number)
+
+
+def _sink_chunks(
+    header: Header, lines: Iterable[str], zone: ZoneInfo, size: int, sink: Sink
+) -> Iterator[Chunk]:
+    """As `_entry_chunks`, the rows given to `sink` as they are read, in file order: the
+    plain lines of a block in one loop, each other line through the general path (its
+    entry, or the reason it is bad), a principal new to the sink announced first
+    (Chunk.needs) so that its id is known before its first row is packed."""
+    one = _Line(header, zone)
+    plain = FastRows(header, zone)
+    if header.kind == "consent":
+        pattern, gather, as_entry = plain.consent_lines, sink.gather_consents, consent_entry
+    else:
+        pattern, gather = plain.contract_lines, sink.gather_contracts
+        as_entry = contract_entry  # type: ignore[assignment]
+
+    def chunks_of(block: list[str], first: int) -> Iterator[Chunk]:
+        chunk = Chunk(last_line=first + len(block) - 1)
+        found = plain.lines(pattern, block)
+        at, end = 0, len(block)
+        while at < end:
+            if found is not None:
+                stop = gather(found, at, plain)
+                chunk.gathered += stop - at
+                at = stop
+                if at == end:
+                    break
+            row = one(block[at])
+            if type(row) is Rejected:
+                chunk.rejected.append((first + at, row))
+            elif row is not None:
+                entry = as_entry(row)
+                if not sink.knows(entry[1]):
+                    yield Chunk(last_line=first + at - 1, needs=entry[1])
+                sink.add_entry(entry)
+                chunk.gathered += 1
+            at += 1
+        yield chunk
+
+    # Blocks of `size` lines taken whole (no Python step a line). A line with no line
+    # break (one too long to be valid, cut) inside a block leaves the block's lines one
+    # short of their line breaks: FastRows.lines then gives None, and the block goes the
+    # general way, which rejects that line.
+    lines = iter(lines)
+    first = 2
+    while block := list(islice(lines, size)):
+        yield from chunks_of(block, first)
+        first += len(block)
+    if first == 2:
+        yield Chunk(last_line=1)
 
 
 def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:
@@ -447,7 +524,7 @@ def _plain_lines(delimiter: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     million lines, splitting and checking each field in Python (or even matching one line
     at a time) cost more than all the rest."""
     d = re.escape(delimiter)
-    number = r"(?:0|\+33|0033)([1-9][0-9]{8})"
+    number = r"(?:0|\+33|0033)([1-9][0-9]{5})([0-9]{3})"  # the last digits apart: a field
     principal = r"([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})"
     day = r"([0-9]{4}-[0-9]{2}-[0-9]{2})"
     instant = rf"{day}(?:T([0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}})([+-][0-9]{{2}}:[0-9]{{2}}|Z))?"
@@ -465,35 +542,52 @@ def _plain_lines(delimiter: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     )
 
 
-class _FastRows:
+class FastRows:
     """Consent and contract lines in their plain form (`_plain_lines`), parsed in a few
     microseconds. Anything else, valid or not, is None: the general path decides, with its
     message. What this accepts, the general path accepts the same
-    (tests/test_fast_paths.py holds the two together)."""
+    (tests/test_fast_paths.py holds the two together).
+
+    A Sink packing the plain lines itself (`lines` of `consent_lines` or
+    `contract_lines`: a line's groups, the number's NSN in two, its first six digits
+    and its last three) reads the instants through `instant`, or the caches `clocks`
+    and `midnights` first, the dates through `day`, the country code through `code`."""
 
     def __init__(self, header: Header, zone: ZoneInfo) -> None:
-        self._consent, self._contract = _plain_lines(header.delimiter)
+        self.consent_lines, self.contract_lines = _plain_lines(header.delimiter)
         self._zone = zone
         self._days: dict[str, date | None] = {}
-        self._local_midnights: dict[str, int] = {}  # "DAY" -> ms (or _NOT_AN_INSTANT)
-        self._midnights: dict[str, dict[str, int]] = {}  # OFFSET -> DAY -> ms (or that)
-        self._clocks: dict[str, int] = {}  # "HH:MM:SS" -> seconds into the day (or -1)
-        self._codes: dict[str, str] = {}  # an NSN's first five digits -> its country code
+        self._local_midnights: dict[str, int] = {}  # "DAY" -> ms (or NOT_AN_INSTANT)
+        self.midnights: dict[str, dict[str, int]] = {}  # OFFSET -> DAY -> ms (or that)
+        self.clocks: dict[str, int] = {}  # "HH:MM:SS" -> seconds into the day (or -1)
+        self.codes: dict[str, str] = {}  # an NSN's first five digits -> its country code
 
     def consents(self, block: list[str]) -> list[ConsentEntry | None]:
         """One entry per line of `block` (lines ending with a line break, but the last
         maybe), None where the general path must decide."""
-        found = self._lines(self._consent, block)
+        found = self.lines(self.consent_lines, block)
         if found is None:
             return [None] * len(block)
-        codes, clocks, midnights = self._codes, self._clocks, self._midnights
-        instant = self._instant
+        codes, clocks, midnights = self.codes, self.clocks, self.midnights
+        instant = self.instant
         out: list[ConsentEntry | None] = []
         append = out.append
-        for nsn, principal, day, clock, offset, until, until_clock, until_offset, proof in found:
-            if not nsn:
+        for (
+            head,
+            tail,
+            principal,
+            day,
+            clock,
+            offset,
+            until,
+            until_clock,
+            until_offset,
+            proof,
+        ) in found:
+            if not head:
                 append(None)
                 continue
+            nsn = head + tail
             code = codes.get(nsn[:5])
             if code is None:
                 code = codes[nsn[:5]] = key_of_nsn(nsn)[:-9]
@@ -504,36 +598,44 @@ class _FastRows:
                 start = days.get(day) if days is not None else None
                 if seconds is None or start is None:
                     given_ms = instant(day, clock, offset)
-                elif seconds < 0 or start == _NOT_AN_INSTANT:
-                    given_ms = _NOT_AN_INSTANT
+                elif seconds < 0 or start == NOT_AN_INSTANT:
+                    given_ms = NOT_AN_INSTANT
                 else:
                     given_ms = start + seconds * 1000
             else:
                 given_ms = instant(day, "", "")
-            if given_ms == _NOT_AN_INSTANT:
+            if given_ms == NOT_AN_INSTANT:
                 append(None)
             elif not until:
                 append((code + nsn, principal, given_ms, 0, proof))
             else:
                 expires_ms = instant(until, until_clock, until_offset)
-                if expires_ms == _NOT_AN_INSTANT or expires_ms <= given_ms:
+                if expires_ms == NOT_AN_INSTANT or expires_ms <= given_ms:
                     append(None)
                 else:
                     append((code + nsn, principal, given_ms, expires_ms, proof))
         return out
 
+    def code(self, nsn: str) -> str:
+        """The country code of an NSN (its first five digits are enough)."""
+        code = self.codes.get(nsn[:5])
+        if code is None:
+            code = self.codes[nsn[:5]] = key_of_nsn(nsn[:5] + "0000")[:-9]
+        return code
+
     def contracts(self, block: list[str]) -> list[ContractEntry | None]:
         """As `consents`."""
-        found = self._lines(self._contract, block)
+        found = self.lines(self.contract_lines, block)
         if found is None:
             return [None] * len(block)
-        codes, day_of = self._codes, self._day
+        codes, day_of = self.codes, self.day
         out: list[ContractEntry | None] = []
         append = out.append
-        for nsn, principal, contract_id, sector, start_day, end_day in found:
-            if not nsn:
+        for head, tail, principal, contract_id, sector, start_day, end_day in found:
+            if not head:
                 append(None)
                 continue
+            nsn = head + tail
             code = codes.get(nsn[:5])
             if code is None:
                 code = codes[nsn[:5]] = key_of_nsn(nsn)[:-9]
@@ -546,7 +648,7 @@ class _FastRows:
         return out
 
     @staticmethod
-    def _lines(pattern: re.Pattern[str], block: list[str]) -> list[Any] | None:
+    def lines(pattern: re.Pattern[str], block: list[str]) -> list[Any] | None:
         """The pattern's groups of each line of `block`."""
         text = "".join(block)
         if not text.endswith("\n"):
@@ -558,9 +660,9 @@ class _FastRows:
         del found[-1]
         return found
 
-    def _instant(self, day: str, clock: str, offset: str) -> int:
+    def instant(self, day: str, clock: str, offset: str) -> int:
         """ms since 1970 of a date (`clock` "": its midnight here) or a date-time with its
-        offset; _NOT_AN_INSTANT for what the general path refuses. The day with its
+        offset; NOT_AN_INSTANT for what the general path refuses. The day with its
         offset, and the time of day, are each parsed once."""
         if not clock:
             start = self._local_midnights.get(day)
@@ -569,23 +671,23 @@ class _FastRows:
                     self._local_midnights.clear()
                 start = self._local_midnights[day] = self._midnight(day, "")
             return start
-        seconds = self._clocks.get(clock)
+        seconds = self.clocks.get(clock)
         if seconds is None:
-            if len(self._clocks) >= _CACHED:
-                self._clocks.clear()
-            seconds = self._clocks[clock] = _seconds_into_day(clock)
-        days = self._midnights.get(offset)
+            if len(self.clocks) >= _CACHED:
+                self.clocks.clear()
+            seconds = self.clocks[clock] = _seconds_into_day(clock)
+        days = self.midnights.get(offset)
         if days is None:
-            if len(self._midnights) >= 64:  # offsets: a handful
-                self._midnights.clear()
-            days = self._midnights[offset] = {}
+            if len(self.midnights) >= 64:  # offsets: a handful
+                self.midnights.clear()
+            days = self.midnights[offset] = {}
         start = days.get(day)
         if start is None:
             if len(days) >= _CACHED:
                 days.clear()
             start = days[day] = self._midnight(day, offset)
-        if seconds < 0 or start == _NOT_AN_INSTANT:
-            return _NOT_AN_INSTANT
+        if seconds < 0 or start == NOT_AN_INSTANT:
+            return NOT_AN_INSTANT
         return start + seconds * 1000
 
     def _midnight(self, day: str, offset: str) -> int:
@@ -594,9 +696,9 @@ class _FastRows:
         try:
             return ms_exact(_instant("", text, self._zone))
         except _BadLine:
-            return _NOT_AN_INSTANT
+            return NOT_AN_INSTANT
 
-    def _day(self, value: str) -> date | None:
+    def day(self, value: str) -> date | None:
         cache = self._days
         if value in cache:
             return cache[value]
@@ -610,7 +712,7 @@ class _FastRows:
         return found
 
 
-_NOT_AN_INSTANT = -(1 << 62)
+NOT_AN_INSTANT = -(1 << 62)
 
 
 def _seconds_into_day(text: str) -> int:

@@ -224,7 +224,8 @@ return 1
 # file order. The triples are grouped by bucket; a pair met twice keeps the consent given
 # last (the same instant: the later row), or all its contracts (the same id: the later
 # row). A new bucket of distinct fields within the limits is one HSET; any other is
-# merged entry by entry. A bucket that would grow past the limit is split, ten buckets one
+# merged entry by entry (or, holding none of the fields and room for them, added to). A
+# bucket that would grow past the limit is split, ten buckets one
 # digit longer; a value past the value limit goes to the overflow hash (field
 # NUMBER|PRINCIPAL_ID), the bucket holding STUB. Returns {entries written, entries new}.
 _PACKED_WRITE = (
@@ -418,9 +419,21 @@ for _, bucket in ipairs(order) do
     end
   end
   local key = base .. TOP .. bucket
-  if plain and #fs <= limit and redis.call('EXISTS', key) == 0 then
+  local held = plain and redis.call('HLEN', key) or -1
+  local clear = held == 0
+  if held > 0 and held + #fs <= limit then
+    -- A bucket written before (an earlier part of the import, the list in force) that
+    -- is not split and holds none of these fields: they are added as they are (what
+    -- put would do, in three commands instead of six).
+    local olds = redis.call('HMGET', key, SPLIT, unpack(fs))
+    clear = true
+    for i = 1, #fs + 1 do
+      if olds[i] then clear = false; break end
+    end
+  end
+  if clear and held + #fs <= limit then
     redis.call('HSET', key, unpack(args))
-    redis.call('SADD', idx, TOP .. bucket)
+    if held == 0 then redis.call('SADD', idx, TOP .. bucket) end
     written = written + #fs
     new = new + #fs
   else
@@ -700,12 +713,19 @@ class Lists:
             await self._call(self._redis.hset(base + WHY, mapping=cast(Any, reasons)))
 
     async def write_packed(
-        self, base: str, gathered: Gathered, limits: tuple[int, int], replacing: bool
+        self,
+        base: str,
+        gathered: Gathered,
+        limits: tuple[int, int],
+        replacing: bool,
+        in_flight: int = 2,
+        merging: bool = True,
     ) -> tuple[int, int]:
         """Write gathered consents or contracts into a version: (entries written, entries
         new there). `replacing`: the first contract row of a pair met replaces the pair's
         stored contracts (a merge into the list in force), rather than adding to them (a
-        build, written in parts). Two writes in flight, as `write`."""
+        build, written in parts). Two writes in flight, as `write`, or `in_flight`. `merging`:
+        the version may hold some of the buckets already (writes of fewer entries)."""
         sha = await self._call(self._redis.script_load(_PACKED_WRITE))
         head = (
             base.encode(),
@@ -716,9 +736,9 @@ class Lists:
         )
         commands = (
             resp.evalsha(_text(sha), head, count, arguments)
-            for count, arguments in gathered.writes()
+            for count, arguments in gathered.writes(merging)
         )
-        replies = await self._call(wire.pipelined(self._redis, commands, in_flight=2))
+        replies = await self._call(wire.pipelined(self._redis, commands, in_flight))
         return sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies)
 
     async def remove_dnc(

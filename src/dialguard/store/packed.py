@@ -35,8 +35,9 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
-from dialguard.import_files import ConsentEntry, ContractEntry
+from dialguard.import_files import NOT_AN_INSTANT, ConsentEntry, ContractEntry, FastRows
 from dialguard.model import Consent, Contract, Sector
 from dialguard.store.resp import bulk
 
@@ -233,6 +234,9 @@ PARTS = 8192
 # million French mobiles spread over their 200,000 buckets).
 _WRITE_WEIGHT = 1_500
 _BUCKET_WEIGHT = 4
+# A bucket merged into one already written costs more (five commands, its entries read
+# and compared): measured ~3 times a new one.
+_MERGED_BUCKET_WEIGHT = 12
 _BUCKETS_A_PART = 25
 
 
@@ -241,10 +245,13 @@ class Gathered:
     (pure: the commands are bytes in Redis's wire format).
 
     Each entry is kept as the write script's three arguments (its bucket, its field, its
-    value), in the part of its bucket. Ten million entries take ~45 bytes each here. The
-    write script (store/lists.py) groups them by bucket, keeps one entry per pair (the
-    consent given last; a pair's contracts together), and splits or spills what a
-    listpack cannot hold."""
+    value), in the part of its bucket, in their wire format. The write script
+    (store/lists.py) groups them by bucket, keeps one entry per pair (the consent given
+    last; a pair's contracts together), and splits or spills what a listpack cannot hold.
+
+    It is also the import's Sink (import_files.Sink): a file's plain lines are checked
+    and packed here in one loop, `gather_consents` and `gather_contracts`, for the
+    principals `name`d (their ids) so far."""
 
     def __init__(self, kind: str, value_limit: int = DEFAULT_VALUE_BYTES) -> None:
         if kind not in ("consent", "contract"):
@@ -255,9 +262,21 @@ class Gathered:
         self._counts = array("I", bytes(4 * PARTS))
         self._tables: dict[int, dict[bytes, bytes]] = {}
         self.entries = 0  # gathered since the last writes()
+        self.ids: dict[str, int] = {}  # principals named so far
+        self._named: dict[str, dict[str, bytes]] = {}  # principal -> last digits -> field
+        self._buckets: dict[str, tuple[int, bytes]] = {}  # six NSN digits -> part, bucket
+        self._days: dict[str, bytes] = {}  # "YYYY-MM-DD" -> 3 bytes, b"" if not a date
 
     def __len__(self) -> int:
         return self.entries
+
+    def take(self) -> Gathered:
+        """What is gathered, to write while more is gathered here (this one empty again)."""
+        taken = Gathered(self.kind, self.value_limit)
+        taken._parts, self._parts = self._parts, taken._parts
+        taken._counts, self._counts = self._counts, taken._counts
+        taken.entries, self.entries = self.entries, 0
+        return taken
 
     def _fields_of(self, principal_id: int) -> dict[bytes, bytes]:
         """A principal's fields by the number's last digits, encoded once."""
@@ -269,36 +288,162 @@ class Gathered:
             }
         return table
 
+    # --- the Sink of an import --------------------------------------------------------------
+
+    def name(self, principal: str, principal_id: int) -> None:
+        """The id of a principal the file names (asked of Redis by the loader)."""
+        self.ids[principal] = principal_id
+        table = self._fields_of(principal_id)
+        self._named[principal] = {key.decode(): field for key, field in table.items()}
+
+    def knows(self, principal: str) -> bool:
+        return principal in self._named
+
+    def add_entry(self, entry: Any) -> None:
+        """One row of the general path (its principal named)."""
+        if self.kind == "consent":
+            self.add_consents([entry], self.ids)
+        else:
+            self.add_contracts([entry], self.ids)
+
+    def _bucket(self, head: str, plain: FastRows) -> tuple[int, bytes]:
+        """The part and the bucket (in wire format) of the numbers of an NSN's first six
+        digits."""
+        if len(self._buckets) >= _CACHED_BUCKETS:
+            self._buckets.clear()
+        name = (plain.code(head) + head).encode()
+        found = self._buckets[head] = (int(head[-4:]) & _PART_MASK, bulk(name))
+        return found
+
+    def gather_consents(self, found: list[Any], start: int, plain: FastRows) -> int:
+        """Check and pack the plain consent lines of a block (FastRows.consent_lines'
+        groups) from `start`, as FastRows.consents then add_consents would: the import's
+        inner loop. Stops at the first line it leaves to the general path (not plain, an
+        instant the general path refuses or must word, a principal not named yet): its
+        index, or len(found)."""
+        parts, counts, named, buckets = self._parts, self._counts, self._named, self._buckets
+        clocks, midnights, instant = plain.clocks, plain.midnights, plain.instant
+        head_of, both_of, sizes, crlf, join = (
+            _GIVEN.pack,
+            _GIVEN_EXPIRES.pack,
+            _SIZES,
+            b"\r\n",
+            b"".join,
+        )
+        bias, narrow, invalid, expiring = _BIAS_S, _NARROW, NOT_AN_INSTANT, EXPIRES
+        at = start
+        for at in range(start, len(found)):
+            head, tail, principal, day, clock, offset, until, until_clock, until_offset, proof = (
+                found[at]
+            )
+            fields = named.get(principal)
+            if fields is None or not head:
+                break
+            if clock:  # the given instant inline: every line has its own second
+                seconds = clocks.get(clock)
+                days = midnights.get(offset)
+                midnight = days.get(day) if days is not None else None
+                if seconds is None or midnight is None:
+                    given_ms = instant(day, clock, offset)
+                elif seconds < 0 or midnight == invalid:
+                    break
+                else:
+                    given_ms = midnight + seconds * 1000
+            else:
+                given_ms = instant(day, "", "")
+            if given_ms == invalid:
+                break
+            given = given_ms // 1000 + bias
+            if until:
+                expires_ms = instant(until, until_clock, until_offset)
+                if expires_ms == invalid or expires_ms <= given_ms:
+                    break
+                expires = expires_ms // 1000 + bias
+                if given < narrow and expires < narrow:
+                    value = both_of(expiring, given, expires)
+                else:
+                    value = pack_consent(given_ms, expires_ms, "")
+            elif given < narrow:
+                value = head_of(0, given)
+            else:
+                value = pack_consent(given_ms, 0, "")
+            ref = proof.encode()
+            bucket = buckets.get(head)
+            if bucket is None:
+                bucket = self._bucket(head, plain)
+            part, name = bucket
+            parts[part] += join(
+                (name, fields[tail], sizes[len(value) + len(ref)], value, ref, crlf)
+            )
+            counts[part] += 1
+        else:
+            at = len(found)
+        self.entries += at - start
+        return at
+
+    def gather_contracts(self, found: list[Any], start: int, plain: FastRows) -> int:
+        """As gather_consents, for FastRows.contract_lines."""
+        parts, counts, named, buckets = self._parts, self._counts, self._named, self._buckets
+        days, sizes, crlf, flags_of, join = self._days, _SIZES, b"\r\n", _SECTOR_FLAGS, b"".join
+        at = start
+        for at in range(start, len(found)):
+            head, tail, principal, contract_id, sector, start_day, end_day = found[at]
+            fields = named.get(principal)
+            if fields is None or not head:
+                break
+            begin = days.get(start_day)
+            if begin is None:
+                begin = self._day(start_day, plain)
+            if not begin:
+                break
+            ident = contract_id.encode()
+            if end_day:
+                end = days.get(end_day)
+                if end is None:
+                    end = self._day(end_day, plain)
+                if not end or end < begin:  # three bytes, big-endian: compared as days
+                    break
+                value = b"%c%b%b%c" % (flags_of[sector] | HAS_END, begin, end, len(ident))
+            else:
+                value = b"%c%b%c" % (flags_of[sector], begin, len(ident))
+            bucket = buckets.get(head)
+            if bucket is None:
+                bucket = self._bucket(head, plain)
+            part, name = bucket
+            parts[part] += join(
+                (name, fields[tail], sizes[len(value) + len(ident)], value, ident, crlf)
+            )
+            counts[part] += 1
+        else:
+            at = len(found)
+        self.entries += at - start
+        return at
+
+    def _day(self, value: str, plain: FastRows) -> bytes:
+        day = plain.day(value)
+        packed = b"" if day is None else _DAYS.pack(day.toordinal() - _EPOCH_DAY)[1:]
+        if len(self._days) >= _CACHED_DAYS:
+            self._days.clear()
+        self._days[value] = packed
+        return packed
+
+    # --- entries one by one -------------------------------------------------------------------
+
     def add_consents(self, rows: Iterable[ConsentEntry], ids: Mapping[str, int]) -> None:
-        """Gather consents (every principal in `ids`): the import's inner loop, so the
-        packing (pack_consent) is written out here."""
+        """Gather consents (every principal in `ids`)."""
         parts, counts = self._parts, self._counts
         tables = {principal: self._fields_of(i) for principal, i in ids.items()}
-        narrow, bias, expiring = _NARROW, _BIAS_S, EXPIRES
-        head_of, both_of = _GIVEN.pack, _GIVEN_EXPIRES.pack
         count = 0
         for key, principal, given_ms, expires_ms, proof_ref in rows:
             number = key.encode()
-            given = given_ms // 1000 + bias
-            if expires_ms:
-                expires = expires_ms // 1000 + bias
-                if given < narrow and expires < narrow:
-                    head = both_of(expiring, given, expires)
-                else:
-                    head = pack_consent(given_ms, expires_ms, "")
-            elif given < narrow:
-                head = head_of(0, given)
-            else:
-                head = pack_consent(given_ms, expires_ms, "")
-            proof = proof_ref.encode()
+            value = pack_consent(given_ms, expires_ms, proof_ref)
             part = int(number[-7:-TOP_LEVEL]) & _PART_MASK
-            parts[part] += b"$%d\r\n%b\r\n%b$%d\r\n%b%b\r\n" % (
+            parts[part] += b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n" % (
                 len(number) - TOP_LEVEL,
                 number[:-TOP_LEVEL],
                 tables[principal][number[-TOP_LEVEL:]],
-                len(head) + len(proof),
-                head,
-                proof,
+                len(value),
+                value,
             )
             counts[part] += 1
             count += 1
@@ -329,15 +474,19 @@ class Gathered:
         """One entry (tests, small programs)."""
         number = number_key.encode()
         part = int(number[-7:-TOP_LEVEL] or b"0") & _PART_MASK
-        self._parts[part] += bulk(number[:-TOP_LEVEL]) + (
-            self._fields_of(principal_id)[number[-TOP_LEVEL:]] + bulk(value)
+        self._parts[part] += (
+            bulk(number[:-TOP_LEVEL])
+            + self._fields_of(principal_id)[number[-TOP_LEVEL:]]
+            + bulk(value)
         )
         self._counts[part] += 1
         self.entries += 1
 
-    def writes(self) -> Iterator[tuple[int, bytes]]:
+    def writes(self, merging: bool = False) -> Iterator[tuple[int, bytes]]:
         """The write script's triples (bucket, field, value), whole parts, ~_WRITE_WEIGHT
-        a write: (how many arguments, the bytes). Empties self."""
+        a write: (how many arguments, the bytes). `merging`: into buckets written before.
+        Empties self."""
+        bucket_weight = _MERGED_BUCKET_WEIGHT if merging else _BUCKET_WEIGHT
         pending: list[bytes] = []
         entries = weight = 0
         for part, count in zip(self._parts, self._counts, strict=True):
@@ -345,7 +494,7 @@ class Gathered:
                 continue
             pending.append(bytes(part))
             entries += count
-            weight += count + _BUCKET_WEIGHT * min(count, _BUCKETS_A_PART)
+            weight += count + bucket_weight * min(count, _BUCKETS_A_PART)
             if weight >= _WRITE_WEIGHT:
                 yield 3 * entries, b"".join(pending)
                 pending, entries, weight = [], 0, 0
@@ -358,3 +507,10 @@ class Gathered:
 
 _TOP_SPAN = 10**TOP_LEVEL
 _PART_MASK = PARTS - 1
+# The wire format's length line of a value, by length (a plain line's values are short).
+_SIZES = [b"$%d\r\n" % size for size in range(512)]
+_SECTOR_FLAGS = {sector.value: i for i, sector in enumerate(SECTORS)}
+# Caches of the plain lines' values that repeat: the buckets of ten million French mobiles
+# (200,000), the dates of a file; past this many they start again.
+_CACHED_BUCKETS = 400_000
+_CACHED_DAYS = 65_536
