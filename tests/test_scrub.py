@@ -468,3 +468,46 @@ def test_a_lead_is_judged_without_the_caller_id_rule() -> None:
     found = judge.number("0612345678")
     assert not isinstance(found, Verdict)
     assert judge.decide(found[1], Facts()).reason == "NO_CONSENT"  # not CALLER_ID_MISSING
+
+
+def test_leads_at_the_cap_across_many_batches_keep_the_files_order(
+    clean_redis: RedisServer, tmp_path: Path
+) -> None:
+    # Leads at the 30-day cap wait for one more read (their attempts' instants) while the
+    # batches after them are decided: the outputs must still come out in the file's order,
+    # each capped lead with the instant its own oldest attempt frees a slot.
+    cli = Cli(tmp_path, clean_redis.url)
+    cli.config.write_text(toml_dumps(make_config(cli.audit_dir)), encoding="utf-8")
+    numbers = [f"0612{i:06d}" for i in range(1500)]  # six batches of the scan and more
+    consents = "".join(f"{n},ACME,2026-11-01,,crm:{n}\n" for n in numbers)
+    header = "number,principal,given_at,expires_at,proof_ref\n"
+    assert cli("import", "consent", cli.file("consent.csv", header + consents)).code == 0
+    capped = {n: i % 3 for i, n in enumerate(numbers) if i % 7 == 3}
+
+    async def attempts() -> None:
+        store = admin_store(clean_redis.url)
+        try:
+            for n, late in capped.items():
+                days = (3 + late, 10, 15, 20)  # May 2027: the oldest frees the first slot
+                for j, day in enumerate(days):
+                    when = datetime(2027, 5, day, 11, tzinfo=PARIS)
+                    await store.count_attempt(normalise(n), "ACME", when, 100, 30, f"a{n}{j}")
+        finally:
+            await store.close()
+
+    asyncio.run(attempts())
+    leads = cli.file(
+        "leads.csv", "id,phone\n" + "".join(f"{i},{n}\n" for i, n in enumerate(numbers))
+    )
+    out, report = tmp_path / "callable.csv", tmp_path / "blocked.csv"
+    done = cli("scrub", leads, "--campaign", PROSPECT, "--at", WHEN, "--out", out,
+               "--report", report)  # fmt: skip
+    assert done.code == 0, done
+
+    expected_callable = [f"{i},{n}" for i, n in enumerate(numbers) if n not in capped]
+    assert out.read_text().splitlines() == ["id,phone", *expected_callable]
+    blocked = list(csv.DictReader(io.StringIO(report.read_bytes().decode("utf-8-sig"))))
+    assert [row["phone"] for row in blocked] == list(capped)
+    for row in blocked:
+        assert row["reason"] == "FREQUENCY_CAP", row
+        assert row["callable_from"] == f"2027-06-0{2 + capped[row['phone']]}T11:00:00+02:00", row

@@ -11,7 +11,6 @@ the next window, at the policy's longest validity).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -81,8 +80,8 @@ def test_kept_verdicts_are_those_decided_afresh(
     waiting = _Waiting(Pending(None, None), frozenset())  # type: ignore[arg-type]
 
     # No lead needs the attempts' instants: the store is never asked.
-    decided = _decide(batch, entries, LISTS, judge, Decoder(), None, waiting)  # type: ignore[arg-type]
-    verdicts = asyncio.run(decided)
+    verdicts, finishing = _decide(batch, entries, LISTS, judge, Decoder(), None, waiting)  # type: ignore[arg-type]
+    assert finishing is None
     for (_, _, lead_kind, _), entry, verdict in zip(
         batch, each_number(entries), verdicts, strict=True
     ):
