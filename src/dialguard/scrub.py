@@ -417,8 +417,11 @@ async def run_scrub(
             await emit_ready(all_of_them=True)
         finally:
             for _, _, finishing in decided:
-                if finishing is not None:
-                    finishing.cancel()
+                if finishing is None:
+                    continue
+                if finishing.done() and not finishing.cancelled():
+                    finishing.exception()  # seen: no "never retrieved" traceback at exit
+                finishing.cancel()
         outcome.bytes = handle.tell()
         outcome.sha256 = digest.hexdigest()
         tally.settle()
