@@ -334,10 +334,7 @@ class SqliteStore(CentralStore):
                 " FROM prunes WHERE node = ? ORDER BY id DESC LIMIT 1",
                 (node, node),
             ).fetchone()
-        if row is None:
-            return None
-        return Pruned(node, day_name(row[0]), int(row[5]), day_name(row[1]), row[2], row[3],
-                      row[4])  # fmt: skip
+        return None if row is None else Pruned.of_row(node, row)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from dialguard.audit.files import day_name
+
 __all__ = [
     "CLASH",
     "ROLLUP_COUNTS",
@@ -130,6 +132,14 @@ class Pruned:
     last_offset: int
     last_hash: str
     pruned_at: int  # ms
+
+    @classmethod
+    def of_row(cls, node: str, row: Sequence[Any]) -> Pruned:
+        """From the backends' query: the node's last `prunes` row (before_day, last_day,
+        last_offset, last_hash, pruned_at) and the sum of its records."""
+        before_day, last_day, last_offset, last_hash, pruned_at, records = row
+        return cls(node, day_name(before_day), int(records), day_name(last_day), last_offset,
+                   last_hash, pruned_at)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
