@@ -37,6 +37,10 @@ near = st.one_of(
     digits.map(lambda d: "0033" + d),
     digits.map(lambda d: "+" + d),
     st.text(alphabet="0123456789 +.-/()\u00a0١a", max_size=16),
+    # Spaced out past the 40 characters normalise reads at all.
+    st.tuples(st.from_regex(r"0[1-9][0-9]{8}", fullmatch=True), st.integers(1, 5)).map(
+        lambda p: (" " * p[1]).join(p[0])
+    ),
 )
 
 
