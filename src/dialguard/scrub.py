@@ -19,13 +19,12 @@ No terminal here: the CLI (dialguard.cli.scrub) draws the progress and the summa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import hashlib
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -39,13 +38,13 @@ from dialguard.audit import Journal
 from dialguard.changes import Change
 from dialguard.importing import NoProgress, Progress
 from dialguard.leads import LeadHeader, without_newline
-from dialguard.model import Campaign, Facts, Reason, Result, Unavailable
+from dialguard.model import Campaign, Facts, Purpose, Reason, Result, Unavailable
 from dialguard.numbers import MAX_INPUT, InvalidNumber, Number, fast_key, normalise
 from dialguard.pending import PENDING_DAYS, Pending, journal_changes
 from dialguard.policy import Policy
 from dialguard.service import new_id
 from dialguard.store import Store
-from dialguard.store.bulk import MAX_BATCH, NOTHING
+from dialguard.store.bulk import MAX_BATCH, NOTHING, PER_NUMBER, split_times
 from dialguard.store.facts import Decoder, ListsInForce
 from dialguard.store.packed import consent_seconds
 
@@ -68,9 +67,6 @@ KEPT_DECISIONS = 20_000
 KEPT_CELLS = 1000
 # How often (batches) the progress is told.
 PROGRESS_EVERY = 16
-# Batches decided but not yet written, waiting for the attempts of their leads at the cap:
-# past this many, the oldest is awaited (memory stays bounded whatever the file).
-DECIDED_AHEAD = 16
 
 
 class ScrubFailed(Exception):
@@ -159,6 +155,17 @@ class Judge:
         self.now = now
         self.min_cap = min(v.max_attempts for v in policy.versions)
         self.longest_window = max(v.window_days for v in policy.versions)
+        # What the store need not read (store.bulk.BulkFacts.scan): the registry but
+        # as the consent regime reads it, when no version of the opt-out regime is in
+        # force from now on; nothing but the entry of a number on the company's list,
+        # when the campaign honours it (the list denies before any other rule reads the
+        # facts); no attempts of a number without a consent or a contract, when the
+        # consent regime holds from now on and the campaign prospects (no legal basis
+        # then, at this instant or any later one: the frequency rule, last, is never
+        # reached). The journal's changes only add denials (Pending.overlay).
+        self.consent_regime = not policy.optout_regime_from(now)
+        self.dnc_final = self.campaign.honour_dnc
+        self.basis_first = self.consent_regime and self.campaign.purpose is Purpose.PROSPECTING
         self._moment = rules.Moment(self.campaign, policy, now)
         # The first five digits of a number of the French plan's national significant
         # number -> its country code, the Number standing for its kind, its window: they
@@ -368,60 +375,34 @@ async def run_scrub(
         write = outputs.write
         callable_out = outputs.callable_out
         allow = Result.ALLOW
-        consent_regime = not policy.optout_regime_from(request.now)
-        scan = store.bulk.scan(principal, request.now, batches, consent_regime=consent_regime)
-        # Batches decided, in file order, some still waiting for the attempts' instants
-        # of their leads at the cap: the next batches are decided meanwhile, so the
-        # command never sits idle while Redis works through the scans sent ahead of that
-        # request (waiting in turn cost half the wall time of a million leads).
-        decided: deque[tuple[list[_Lead], list[Verdict], asyncio.Task[None] | None]] = deque()
-
-        def emit(batch: list[_Lead], verdicts: list[Verdict]) -> None:
-            nonlocal rows, sent
-            for (raw, key, kind, _), verdict in zip(batch, verdicts, strict=True):
-                if verdict.callable_from is None:
-                    count(verdict)
-                else:
-                    outcome.timed(verdict)
-                if verdict.result is allow:
-                    if callable_out is not None:
-                        callable_out(raw)
-                else:
-                    write(raw, key, kind, verdict)
-            rows += len(batch)
-            sent += 1
-            if sent % PROGRESS_EVERY == 0:
-                progress.advance(handle.tell(), rows, time.monotonic() - started)
-
-        async def emit_ready(all_of_them: bool) -> None:
-            while decided:
-                batch, verdicts, finishing = decided[0]
-                if finishing is not None and not finishing.done():
-                    if not all_of_them and len(decided) <= DECIDED_AHEAD:
-                        return
-                    await finishing
-                if finishing is not None:
-                    finishing.result()  # its StoreUnavailable, if any
-                decided.popleft()
-                emit(batch, verdicts)
-
-        try:
-            async with contextlib.aclosing(scan) as answers:
-                async for scanned in answers:
-                    batch = scanned.payload
-                    verdicts, finishing = _decide(
-                        batch, scanned.entries, scanned.lists, judge, decoder, store, waiting
-                    )
-                    decided.append((batch, verdicts, finishing))
-                    await emit_ready(all_of_them=False)
-            await emit_ready(all_of_them=True)
-        finally:
-            for _, _, finishing in decided:
-                if finishing is None:
-                    continue
-                if finishing.done() and not finishing.cancelled():
-                    finishing.exception()  # seen: no "never retrieved" traceback at exit
-                finishing.cancel()
+        scan = store.bulk.scan(
+            principal,
+            request.now,
+            batches,
+            consent_regime=judge.consent_regime,
+            dnc_final=judge.dnc_final,
+            basis_first=judge.basis_first,
+            times_from=judge.min_cap,
+            times_window_days=judge.longest_window,
+        )
+        async with contextlib.aclosing(scan) as answers:
+            async for scanned in answers:
+                batch = scanned.payload
+                verdicts = _decide(batch, scanned.entries, scanned.lists, judge, decoder, waiting)
+                for (raw, key, kind, _), verdict in zip(batch, verdicts, strict=True):
+                    if verdict.callable_from is None:
+                        count(verdict)
+                    else:
+                        outcome.timed(verdict)
+                    if verdict.result is allow:
+                        if callable_out is not None:
+                            callable_out(raw)
+                    else:
+                        write(raw, key, kind, verdict)
+                rows += len(batch)
+                sent += 1
+                if sent % PROGRESS_EVERY == 0:
+                    progress.advance(handle.tell(), rows, time.monotonic() - started)
         outcome.bytes = handle.tell()
         outcome.sha256 = digest.hexdigest()
         tally.settle()
@@ -515,14 +496,11 @@ def _decide(
     lists: ListsInForce,
     judge: Judge,
     decoder: Decoder,
-    store: Store,
     waiting: _Waiting,
-) -> tuple[list[Verdict], asyncio.Task[None] | None]:
-    """Each lead's verdict, in order, and the task that will have put the final verdict
-    of the leads at the 30-day cap in place (their callable_from needs their attempts'
-    instants, one more Redis call), or None when no lead needs it."""
+) -> list[Verdict]:
+    """Each lead's verdict, in order. A lead at the 30-day cap comes with its attempts'
+    instants (the scan sends them from `judge.min_cap` on): its callable_from needs them."""
     verdicts: list[Verdict] = []
-    later: list[tuple[int, Number, Facts, str]] = []  # callable_from needs the attempts
     decided = judge.decided
     waiting_keys = waiting.keys
     numbers = iter(entries)
@@ -531,8 +509,14 @@ def _decide(
             verdicts.append(verdict)
             continue
         assert kind is not None
-        entry = next(numbers)
-        entry = NOTHING if entry is None else tuple(entry)  # as store.bulk.each_number
+        reply = next(numbers)
+        times = None
+        if reply is None:
+            entry = NOTHING
+        elif len(reply) == PER_NUMBER:
+            entry = tuple(reply)
+        else:
+            entry, times = split_times(reply)
         overlaid = key in waiting_keys
         standing = None
         if not overlaid:
@@ -555,28 +539,13 @@ def _decide(
             continue
         if overlaid:
             facts = waiting.pending.overlay(key, judge.campaign.principal, facts)
-        verdict = judge.decide(kind, facts)
-        if verdict.callable_from is None and judge.needs_attempts(verdict, facts):
-            later.append((len(verdicts), kind, facts, key))
-        elif not overlaid:
+        verdict = judge.decide(kind, facts, times)
+        # One at the cap is its attempts' instants' alone: kept, it would answer for
+        # other leads of the same count.
+        if not overlaid and not judge.needs_attempts(verdict, facts):
             judge.keep(kind, entry, verdict, standing)
         verdicts.append(verdict)
-    if not later:
-        return verdicts, None
-    return verdicts, asyncio.ensure_future(_with_attempts(verdicts, later, judge, store))
-
-
-async def _with_attempts(
-    verdicts: list[Verdict],
-    later: list[tuple[int, Number, Facts, str]],
-    judge: Judge,
-    store: Store,
-) -> None:
-    times = await store.bulk.attempt_times(
-        judge.campaign.principal, [key for *_, key in later], judge.now, judge.longest_window
-    )
-    for (index, kind, facts, _), attempts in zip(later, times, strict=True):
-        verdicts[index] = judge.decide(kind, facts, attempts)
+    return verdicts
 
 
 class _Tally:
