@@ -520,7 +520,8 @@ def _decide(
         overlaid = key in waiting_keys
         standing = None
         if not overlaid:
-            verdict = decided.get((id(kind), entry))
+            # An entry with an imported consent is never kept as it is (`keep`).
+            verdict = None if entry[2] else decided.get((id(kind), entry))
             if verdict is not None:
                 verdicts.append(verdict)
                 continue
@@ -660,18 +661,21 @@ class _Outputs:
             return
         if self._report is None:
             return
-        body = without_newline(raw)
-        ending = raw[len(body) :] or self._newline
+        if raw[-2:] == b"\r\n":
+            body, ending = raw[:-2], b"\r\n"
+        elif raw[-1:] == b"\n":
+            body, ending = raw[:-1], b"\n"
+        else:
+            body, ending = raw, self._newline
         zones = kind.timezones if kind is not None else ()
-        added = self._added(verdict, zones)
+        before, after = self._added(verdict, zones)
+        missing = self._width - self._fields(body)
+        if missing > 0:  # a short row: its cells, empty ones, then ours under our names
+            body += self._sep * missing
         # "+33...": a spreadsheet would take it for a formula, so it gets its quote, as
         # csv_cells.cell gives every cell starting with "+".
         e164 = b"'+" + key.encode() if key else b""
-        sep = self._sep
-        missing = self._width - self._fields(body)
-        if missing > 0:  # a short row: its cells, empty ones, then ours under our names
-            body += sep * missing
-        self._report.write(body + sep + added[0] + sep + e164 + sep + added[1] + ending)
+        self._report.write(b"".join((body, before, e164, after, ending)))
 
     def _fields(self, body: bytes) -> int:
         if b'"' not in body:
@@ -683,8 +687,9 @@ class _Outputs:
             return body.count(self._sep) + 1
 
     def _added(self, verdict: Verdict, zones: tuple[str, ...]) -> tuple[bytes, bytes]:
-        """(result and reason, callable_from) cells; those without an instant kept (a
-        few dozen, for most blocked leads)."""
+        """What goes before the number_e164 cell (result and reason, with their
+        separators) and after it (callable_from); those without an instant kept (a few
+        dozen, for most blocked leads)."""
         when = verdict.callable_from
         if when is None:
             # By the verdict object (the Judge's, a few dozen: `Judge.verdict`), held
@@ -693,14 +698,16 @@ class _Outputs:
             if found is None:
                 if len(self._cells) >= KEPT_CELLS:
                     self._cells.clear()
-                found = self._cells[id(verdict)] = (self._head(verdict), b"", verdict)
+                found = self._cells[id(verdict)] = (self._head(verdict), self._sep, verdict)
             return found[0], found[1]
         # In the callee's zone, with its offset: what the campaign manager plans by.
         zone = ZoneInfo(zones[0]) if zones else UTC
-        return self._head(verdict), when.astimezone(zone).isoformat(timespec="seconds").encode()
+        instant = when.astimezone(zone).isoformat(timespec="seconds").encode()
+        return self._head(verdict), self._sep + instant
 
     def _head(self, verdict: Verdict) -> bytes:
-        return verdict.result.value.encode() + self._sep + verdict.reason.value.encode()
+        sep = self._sep
+        return sep + verdict.result.value.encode() + sep + verdict.reason.value.encode() + sep
 
     def finish(self) -> None:
         """Everything on disk (fsync), still under the partial names."""
