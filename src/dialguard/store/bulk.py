@@ -31,7 +31,6 @@ from dialguard.store.errors import StoreUnavailable
 from dialguard.store.facts import (
     FORMATS,
     LUA_LIST_FIELDS,
-    LUA_PACKED_LOOKUP,
     MAX_BATCH,
     ListsInForce,
     Metas,
@@ -77,10 +76,40 @@ PRESENCE_SAMPLE = 32
 # imported contracts, the refusal, the attempts counted, the live consent and the live
 # contracts, then for a count at the cap or over it the instants (ms, oldest first) of
 # its attempts; then the do-not-call version and the registry result sets' metadata.
+# Numbers as Redis reads an integer argument (no leading zero), written from their digits:
+# a Lua number given to redis.call is printed with printf's float formatting, which cost
+# more than the lookup it was for. FACTS' `packed` (store.facts.LUA_PACKED_LOOKUP) with
+# its fields so written: the principal's id, then the offset's digits (the id times
+# 10^level plus the offset, as the write script stores it).
+LUA_SCAN_LOOKUPS = """
+local function integer(digits)
+  if string.byte(digits, 1) ~= 48 then return digits end
+  return string.match(digits, '^0*(%d+)$')
+end
+local function packed(base, n, id, id_text)
+  if not base or not id then return false end
+  local level = TOP
+  while true do
+    local field = id_text
+    if level > 0 then
+      local off = string.sub(n, -level)
+      field = id > 0 and id_text .. off or integer(off)
+    end
+    local key = base .. level .. string.sub(n, 1, #n - level)
+    local r = redis.call('HMGET', key, field, SPLIT)
+    if r[1] then
+      if r[1] == STUB then return redis.call('HGET', base .. OVERFLOW, n .. '|' .. id) end
+      return r[1]
+    end
+    if not r[2] or level == 0 then return false end
+    level = level - 1
+  end
+end
+"""
 SCAN_FACTS = (
     LUA_PARTS
     + LUA_PACKED
-    + LUA_PACKED_LOOKUP
+    + LUA_SCAN_LOOKUPS
     + LUA_LIST_FIELDS
     + f"local FORMATS = {FORMATS}\n"
     + f"local SHARED = {SCAN_SHARED_KEYS}\n"
@@ -113,14 +142,15 @@ local HEAD = 6
 local suffix = '|' .. principal
 local id = (consent or contract) and redis.call('HGET', KEYS[7], principal)
 id = id and tonumber(id) or false
+local id_text = id and string.format('%d', id)
 local count = #KEYS - SHARED
-local numbers, fields, buckets, offsets = {}, {}, {}, {}
+local numbers, fields, buckets, members = {}, {}, {}, {}
 for i = 1, count do
   local n = ARGV[FORMATS + HEAD - 1 + 2 * i]
   numbers[i] = n
   fields[i] = n .. suffix
   buckets[i] = string.sub(n, 1, -5)
-  offsets[i] = tonumber(string.sub(n, -4))
+  members[i] = integer(string.sub(n, -4))  -- the offset, as SISMEMBER is given it
 end
 -- A dense list's buckets for the whole batch (or the numbers `which` lists): the bitmaps
 -- with one MGET (a bucket kept as an intset, or none, answers nil), so a number costs
@@ -142,12 +172,13 @@ end
 -- GETBIT's answer read from the bitmap's bytes (bit 0 the first byte's highest), else
 -- the intset's: the number is in the list when either has it, as FACTS asks.
 local function has(list, i)
-  local m, bitmap = offsets[i], list[2][i]
+  local bitmap = list[2][i]
   if bitmap then
+    local m = tonumber(members[i])
     local byte = string.byte(bitmap, math.floor(m / 8) + 1)
     if byte and bit.band(byte, bit.rshift(128, m % 8)) ~= 0 then return true end
   end
-  return redis.call('SISMEMBER', list[1] .. buckets[i], m) == 1
+  return redis.call('SISMEMBER', list[1] .. buckets[i], members[i]) == 1
 end
 local dnc_list = dnc and dense(dnc)
 -- Which numbers' top buckets a packed list has at all (its index names every bucket it
@@ -155,14 +186,18 @@ local dnc_list = dnc and dense(dnc)
 -- number whose top bucket is not there has no entry (what `packed` would find). A list
 -- that has the first SAMPLE numbers' buckets nearly all (consents of half the leads)
 -- is looked up for the rest straight away: asking would spare few lookups.
-local function present(base)
-  if not base or not id then return {} end
-  local names = {}
-  local first = math.min(SAMPLE, count)
-  for i = 1, first do
+local names, named = {}, 0  -- the numbers' top buckets, made as they are needed
+local function name_up_to(last)
+  for i = named + 1, last do
     local n = numbers[i]
     names[i] = TOP .. string.sub(n, 1, #n - TOP)
   end
+  if last > named then named = last end
+end
+local function present(base)
+  if not base or not id then return {} end
+  local first = math.min(SAMPLE, count)
+  name_up_to(first)
   local index = base .. INDEX
   local there = redis.call('SMISMEMBER', index, unpack(names, 1, first))
   local found = 0
@@ -172,10 +207,7 @@ local function present(base)
     for i = first + 1, count do there[i] = 1 end
     return there
   end
-  for i = first + 1, count do
-    local n = numbers[i]
-    names[i] = TOP .. string.sub(n, 1, #n - TOP)
-  end
+  name_up_to(count)
   local rest = redis.call('SMISMEMBER', index, unpack(names, first + 1, count))
   for i = 1, #rest do there[first + i] = rest[i] end
   return there
@@ -187,12 +219,11 @@ local function each(key, names)
   return redis.call('HMGET', key, unpack(names))
 end
 local live = each(KEYS[2], numbers)
-local withdrawals = each(KEYS[3], fields)
 local refusals = each(KEYS[4], fields)
 local live_consents = each(KEYS[5], fields)
 local live_contracts = each(KEYS[6], fields)
 local own = each(KEYS[8], fields)
-local found, wanted, registry = {}, {}, {}
+local found, wanted, registry, consented = {}, {}, {}, {}
 for i = 1, count do
   local n = numbers[i]
   local d = live[i]
@@ -203,15 +234,22 @@ for i = 1, count do
   if d and dnc_final then
     found[i] = {d, false, false, false, false, false, 0, false, false}
   else
-    local c = consents_there[i] == 1 and packed(consent, n, id) or false
-    local k = contracts_there[i] == 1 and packed(contract, n, id) or false
+    local c = consents_there[i] == 1 and packed(consent, n, id, id_text) or false
+    local k = contracts_there[i] == 1 and packed(contract, n, id, id_text) or false
     local lc, lk = live_consents[i] or false, live_contracts[i] or false
-    found[i] = {d or false, false, c, withdrawals[i] or false, k, refusals[i] or false, 0, lc,
-      lk}
+    found[i] = {d or false, false, c, false, k, refusals[i] or false, 0, lc, lk}
+    if c or lc then consented[#consented + 1] = i end
     -- The consent regime reads a listing only once a consent is found.
     if not consent_regime or c or lc then registry[#registry + 1] = i end
     if not basis_first or c or lc or k or lk then wanted[#wanted + 1] = i end
   end
+end
+-- A withdrawal is read of a consent (policy._consent_basis): of the numbers with one.
+if #consented > 0 then
+  local asked = {}
+  for j = 1, #consented do asked[j] = fields[consented[j]] end
+  local withdrawals = each(KEYS[3], asked)
+  for j = 1, #consented do found[consented[j]][4] = withdrawals[j] or false end
 end
 -- The registry's answers, newest result set first, of the numbers that need them.
 for k = 1, #sets do
