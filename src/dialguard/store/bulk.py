@@ -8,7 +8,16 @@ batch's live entries (do-not-call, a principal's own do-not-call, consents, cont
 withdrawals and refusals with one HMGET each, and which numbers the packed consents and
 contracts have a bucket for with one SMISMEMBER each; the lists' buckets, the packed
 entries and the attempts stay number by number. It reserves nothing and writes
-nothing. tests/test_scrub_facts.py holds its answers equal to the decision script's.
+nothing. tests/test_scrub_facts.py holds its answers equal to the decision script's, but
+for what a scrub asks it to leave unread (what the rules cannot read: a withdrawal of a
+number without a consent always; by the scan's options, the registry as the consent
+regime reads it, more of a number on the company's list, the attempts of a number without
+a consent or a contract), and it sends the attempts' instants of a number at a cap with
+its facts, where they took one more read.
+
+Inside Redis a lookup costs about what its key's place in the keyspace costs to find
+(random keys: cache misses), so what is left is mostly one lookup per number per list:
+a do-not-call bucket, a packed consent, a registry bucket for a number with a consent.
 
 The requests go pre-encoded (RESP: redis-py encoding each argument cost more than the
 rest of the scrub), MAX_BATCH numbers to a call, and several calls are in flight on one
