@@ -22,7 +22,7 @@ from dialguard.import_files import ConsentRow, ContractRow, DncRow, OptoutRow
 from dialguard.model import Contract, Facts, Sector
 from dialguard.numbers import Number, normalise
 from dialguard.store import Store
-from dialguard.store.bulk import MAX_BATCH, each_number
+from dialguard.store.bulk import MAX_BATCH, NOTHING, each_number, split_times
 from dialguard.store.facts import Decoder
 from dialguard.store.loading import load
 from tests.redis_server import RedisServer
@@ -124,7 +124,11 @@ async def test_scan_facts_answers_as_the_decision_script(clean_redis: RedisServe
         for change in live:
             assert await store.apply(change)
         for window in (30, 10):
-            expected = [await store.facts(n, "ACME", NOW, window) for n in numbers]
+            read = [await store.facts(n, "ACME", NOW, window) for n in numbers]
+            # A withdrawal is read of a number with a consent alone: the rules read it
+            # of no other (policy._consent_basis).
+            assert any(f.withdrawn_at and f.consent is None for f in read)
+            expected = [f if f.consent else replace(f, withdrawn_at=None) for f in read]
             found = await scanned(store, numbers, window)
             assert found == expected
             assert any(f.dnc for f in found) and any(f.optout for f in found)
@@ -146,12 +150,47 @@ async def test_scan_facts_answers_as_the_decision_script(clean_redis: RedisServe
             assert any(f.optout and unread(f) for f in found)
             assert any(f.optout and not unread(f) for f in found)
             assert consent_read == [replace(f, optout=None) if unread(f) else f for f in found]
+            # A number on the company's list gets that entry alone; one without a
+            # consent or a contract, no attempts.
+            final = await scanned(store, numbers, window, dnc_final=True, basis_first=True)
+            assert any(f.dnc and f.consent for f in found)
+            assert any(f.attempts_30d and not (f.consent or f.contracts) for f in found)
+            assert final == [
+                Facts(dnc=f.dnc)
+                if f.dnc
+                else f
+                if f.consent or f.contracts
+                else replace(f, attempts_30d=0)
+                for f in found
+            ]
+        # From a count on, the instants of the attempts after the window's start (the
+        # longest window's: `times_window_days`), oldest first, as the store holds them.
+        start_ms = int(NOW.timestamp() * 1000) - 40 * 86_400_000
+        batches = [(None, [(n.key, 30) for n in numbers[i : i + MAX_BATCH]])
+                   for i in range(0, len(numbers), MAX_BATCH)]  # fmt: skip
+        scan = store.bulk.scan("ACME", NOW, batches, times_from=2, times_window_days=40)
+        timed: list[tuple[int, list[int] | None]] = []
+        async for answer in scan:
+            for reply in answer.entries:
+                entry, times = (NOTHING, None) if reply is None else split_times(reply)
+                timed.append((entry[6], times))
+        assert any(times for _, times in timed) and any(c == 1 for c, _ in timed)
+        with redis.Redis.from_url(clean_redis.admin_url) as client:
+            for number, (counted, times) in zip(numbers, timed, strict=True):
+                key = f"dialguard:att:ACME:{number.key}"
+                held = client.zrangebyscore(key, f"({start_ms}", "+inf", withscores=True)
+                assert times == (None if counted < 2 else [int(t) for _, t in held])
     finally:
         await store.close()
 
 
 async def scanned(
-    store: Store, numbers: list[Number], window: int, consent_regime: bool = False
+    store: Store,
+    numbers: list[Number],
+    window: int,
+    consent_regime: bool = False,
+    dnc_final: bool = False,
+    basis_first: bool = False,
 ) -> list[Facts]:
     batches = [
         (None, [(n.key, window) for n in numbers[i : i + MAX_BATCH]])
@@ -159,9 +198,16 @@ async def scanned(
     ]
     decoder = Decoder()
     found: list[Facts] = []
-    async for answer in store.bulk.scan(
-        "ACME", NOW, batches, in_flight=2, consent_regime=consent_regime
-    ):
+    scan = store.bulk.scan(
+        "ACME",
+        NOW,
+        batches,
+        in_flight=2,
+        consent_regime=consent_regime,
+        dnc_final=dnc_final,
+        basis_first=basis_first,
+    )
+    async for answer in scan:
         for entry in each_number(answer.entries):
             facts = decoder.facts(entry, answer.lists)
             assert isinstance(facts, Facts)

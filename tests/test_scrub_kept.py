@@ -22,7 +22,7 @@ from dialguard.numbers import Number
 from dialguard.pending import Pending
 from dialguard.policy import Policy
 from dialguard.scrub import Judge, Verdict, _decide, _Waiting
-from dialguard.store.bulk import NOTHING, each_number
+from dialguard.store.bulk import NOTHING, split_times
 from dialguard.store.facts import Decoder, ListsInForce
 from dialguard.store.packed import pack_consent
 from tests.test_replay_outcome import campaigns, policies
@@ -71,22 +71,25 @@ def test_kept_verdicts_are_those_decided_afresh(
         dnc = data.draw(st.sampled_from([None, None, None, b"I|asked"]))
         optout = data.draw(st.sampled_from([None, None, b"2|C", b"2|L"]))
         consent = data.draw(st.one_of(st.none(), consents(now, policy)))
-        # Below every cap: a count at one needs the attempts' instants (another read).
-        attempts = data.draw(st.integers(0, max(judge.min_cap - 1, 0)))
+        # At a cap or over it, the reply brings the attempts' instants: a lead's own, so
+        # two leads of one count may have different ones (and callable_from).
+        attempts = data.draw(st.integers(0, judge.min_cap + 1))
         batch.append((b"row", key, kind, None))
-        drawn = [dnc, optout, consent, None, None, None, attempts, None, None]
+        drawn: list[Any] = [dnc, optout, consent, None, None, None, attempts, None, None]
+        if attempts >= judge.min_cap:
+            step = data.draw(st.sampled_from([1, 2, 9])) * 86_400_000
+            last = int(now.timestamp() * 1000) - data.draw(st.sampled_from([1, 5])) * 3_600_000
+            drawn.append([str(last - step * i).encode() for i in range(attempts)])
         # As the scan's reply has it: nil for a number with nothing.
         entries.append(None if tuple(drawn) == NOTHING else drawn)
     waiting = _Waiting(Pending(None, None), frozenset())  # type: ignore[arg-type]
 
-    # No lead needs the attempts' instants: the store is never asked.
-    verdicts, finishing = _decide(batch, entries, LISTS, judge, Decoder(), None, waiting)  # type: ignore[arg-type]
-    assert finishing is None
-    for (_, _, lead_kind, _), entry, verdict in zip(
-        batch, each_number(entries), verdicts, strict=True
-    ):
+    replies = [None if e is None else list(e) for e in entries]  # _decide takes them
+    verdicts = _decide(batch, entries, LISTS, judge, Decoder(), waiting)
+    for (_, _, lead_kind, _), reply, verdict in zip(batch, replies, verdicts, strict=True):
         assert lead_kind is not None
         afresh = Judge(campaign, policy, now)
+        entry, times = (NOTHING, None) if reply is None else split_times(reply)
         facts = Decoder().facts(entry, LISTS)
         assert not isinstance(facts, Exception)
-        assert verdict == afresh.decide(lead_kind, facts), entry
+        assert verdict == afresh.decide(lead_kind, facts, times), entry

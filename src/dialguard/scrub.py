@@ -19,13 +19,12 @@ No terminal here: the CLI (dialguard.cli.scrub) draws the progress and the summa
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import csv
 import hashlib
 import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -39,13 +38,13 @@ from dialguard.audit import Journal
 from dialguard.changes import Change
 from dialguard.importing import NoProgress, Progress
 from dialguard.leads import LeadHeader, without_newline
-from dialguard.model import Campaign, Facts, Reason, Result, Unavailable
+from dialguard.model import Campaign, Facts, Purpose, Reason, Result, Unavailable
 from dialguard.numbers import MAX_INPUT, InvalidNumber, Number, fast_key, normalise
 from dialguard.pending import PENDING_DAYS, Pending, journal_changes
 from dialguard.policy import Policy
 from dialguard.service import new_id
 from dialguard.store import Store
-from dialguard.store.bulk import MAX_BATCH, NOTHING
+from dialguard.store.bulk import MAX_BATCH, NOTHING, PER_NUMBER, split_times
 from dialguard.store.facts import Decoder, ListsInForce
 from dialguard.store.packed import consent_seconds
 
@@ -68,9 +67,6 @@ KEPT_DECISIONS = 20_000
 KEPT_CELLS = 1000
 # How often (batches) the progress is told.
 PROGRESS_EVERY = 16
-# Batches decided but not yet written, waiting for the attempts of their leads at the cap:
-# past this many, the oldest is awaited (memory stays bounded whatever the file).
-DECIDED_AHEAD = 16
 
 
 class ScrubFailed(Exception):
@@ -159,6 +155,17 @@ class Judge:
         self.now = now
         self.min_cap = min(v.max_attempts for v in policy.versions)
         self.longest_window = max(v.window_days for v in policy.versions)
+        # What the store need not read (store.bulk.BulkFacts.scan): the registry but
+        # as the consent regime reads it, when no version of the opt-out regime is in
+        # force from now on; nothing but the entry of a number on the company's list,
+        # when the campaign honours it (the list denies before any other rule reads the
+        # facts); no attempts of a number without a consent or a contract, when the
+        # consent regime holds from now on and the campaign prospects (no legal basis
+        # then, at this instant or any later one: the frequency rule, last, is never
+        # reached). The journal's changes only add denials (Pending.overlay).
+        self.consent_regime = not policy.optout_regime_from(now)
+        self.dnc_final = self.campaign.honour_dnc
+        self.basis_first = self.consent_regime and self.campaign.purpose is Purpose.PROSPECTING
         self._moment = rules.Moment(self.campaign, policy, now)
         # The first five digits of a number of the French plan's national significant
         # number -> its country code, the Number standing for its kind, its window: they
@@ -368,60 +375,34 @@ async def run_scrub(
         write = outputs.write
         callable_out = outputs.callable_out
         allow = Result.ALLOW
-        consent_regime = not policy.optout_regime_from(request.now)
-        scan = store.bulk.scan(principal, request.now, batches, consent_regime=consent_regime)
-        # Batches decided, in file order, some still waiting for the attempts' instants
-        # of their leads at the cap: the next batches are decided meanwhile, so the
-        # command never sits idle while Redis works through the scans sent ahead of that
-        # request (waiting in turn cost half the wall time of a million leads).
-        decided: deque[tuple[list[_Lead], list[Verdict], asyncio.Task[None] | None]] = deque()
-
-        def emit(batch: list[_Lead], verdicts: list[Verdict]) -> None:
-            nonlocal rows, sent
-            for (raw, key, kind, _), verdict in zip(batch, verdicts, strict=True):
-                if verdict.callable_from is None:
-                    count(verdict)
-                else:
-                    outcome.timed(verdict)
-                if verdict.result is allow:
-                    if callable_out is not None:
-                        callable_out(raw)
-                else:
-                    write(raw, key, kind, verdict)
-            rows += len(batch)
-            sent += 1
-            if sent % PROGRESS_EVERY == 0:
-                progress.advance(handle.tell(), rows, time.monotonic() - started)
-
-        async def emit_ready(all_of_them: bool) -> None:
-            while decided:
-                batch, verdicts, finishing = decided[0]
-                if finishing is not None and not finishing.done():
-                    if not all_of_them and len(decided) <= DECIDED_AHEAD:
-                        return
-                    await finishing
-                if finishing is not None:
-                    finishing.result()  # its StoreUnavailable, if any
-                decided.popleft()
-                emit(batch, verdicts)
-
-        try:
-            async with contextlib.aclosing(scan) as answers:
-                async for scanned in answers:
-                    batch = scanned.payload
-                    verdicts, finishing = _decide(
-                        batch, scanned.entries, scanned.lists, judge, decoder, store, waiting
-                    )
-                    decided.append((batch, verdicts, finishing))
-                    await emit_ready(all_of_them=False)
-            await emit_ready(all_of_them=True)
-        finally:
-            for _, _, finishing in decided:
-                if finishing is None:
-                    continue
-                if finishing.done() and not finishing.cancelled():
-                    finishing.exception()  # seen: no "never retrieved" traceback at exit
-                finishing.cancel()
+        scan = store.bulk.scan(
+            principal,
+            request.now,
+            batches,
+            consent_regime=judge.consent_regime,
+            dnc_final=judge.dnc_final,
+            basis_first=judge.basis_first,
+            times_from=judge.min_cap,
+            times_window_days=judge.longest_window,
+        )
+        async with contextlib.aclosing(scan) as answers:
+            async for scanned in answers:
+                batch = scanned.payload
+                verdicts = _decide(batch, scanned.entries, scanned.lists, judge, decoder, waiting)
+                for (raw, key, kind, _), verdict in zip(batch, verdicts, strict=True):
+                    if verdict.callable_from is None:
+                        count(verdict)
+                    else:
+                        outcome.timed(verdict)
+                    if verdict.result is allow:
+                        if callable_out is not None:
+                            callable_out(raw)
+                    else:
+                        write(raw, key, kind, verdict)
+                rows += len(batch)
+                sent += 1
+                if sent % PROGRESS_EVERY == 0:
+                    progress.advance(handle.tell(), rows, time.monotonic() - started)
         outcome.bytes = handle.tell()
         outcome.sha256 = digest.hexdigest()
         tally.settle()
@@ -515,14 +496,11 @@ def _decide(
     lists: ListsInForce,
     judge: Judge,
     decoder: Decoder,
-    store: Store,
     waiting: _Waiting,
-) -> tuple[list[Verdict], asyncio.Task[None] | None]:
-    """Each lead's verdict, in order, and the task that will have put the final verdict
-    of the leads at the 30-day cap in place (their callable_from needs their attempts'
-    instants, one more Redis call), or None when no lead needs it."""
+) -> list[Verdict]:
+    """Each lead's verdict, in order. A lead at the 30-day cap comes with its attempts'
+    instants (the scan sends them from `judge.min_cap` on): its callable_from needs them."""
     verdicts: list[Verdict] = []
-    later: list[tuple[int, Number, Facts, str]] = []  # callable_from needs the attempts
     decided = judge.decided
     waiting_keys = waiting.keys
     numbers = iter(entries)
@@ -531,12 +509,19 @@ def _decide(
             verdicts.append(verdict)
             continue
         assert kind is not None
-        entry = next(numbers)
-        entry = NOTHING if entry is None else tuple(entry)  # as store.bulk.each_number
+        reply = next(numbers)
+        times = None
+        if reply is None:
+            entry = NOTHING
+        elif len(reply) == PER_NUMBER:
+            entry = tuple(reply)
+        else:
+            entry, times = split_times(reply)
         overlaid = key in waiting_keys
         standing = None
         if not overlaid:
-            verdict = decided.get((id(kind), entry))
+            # An entry with an imported consent is never kept as it is (`keep`).
+            verdict = None if entry[2] else decided.get((id(kind), entry))
             if verdict is not None:
                 verdicts.append(verdict)
                 continue
@@ -555,28 +540,13 @@ def _decide(
             continue
         if overlaid:
             facts = waiting.pending.overlay(key, judge.campaign.principal, facts)
-        verdict = judge.decide(kind, facts)
-        if verdict.callable_from is None and judge.needs_attempts(verdict, facts):
-            later.append((len(verdicts), kind, facts, key))
-        elif not overlaid:
+        verdict = judge.decide(kind, facts, times)
+        # One at the cap is its attempts' instants' alone: kept, it would answer for
+        # other leads of the same count.
+        if not overlaid and not judge.needs_attempts(verdict, facts):
             judge.keep(kind, entry, verdict, standing)
         verdicts.append(verdict)
-    if not later:
-        return verdicts, None
-    return verdicts, asyncio.ensure_future(_with_attempts(verdicts, later, judge, store))
-
-
-async def _with_attempts(
-    verdicts: list[Verdict],
-    later: list[tuple[int, Number, Facts, str]],
-    judge: Judge,
-    store: Store,
-) -> None:
-    times = await store.bulk.attempt_times(
-        judge.campaign.principal, [key for *_, key in later], judge.now, judge.longest_window
-    )
-    for (index, kind, facts, _), attempts in zip(later, times, strict=True):
-        verdicts[index] = judge.decide(kind, facts, attempts)
+    return verdicts
 
 
 class _Tally:
@@ -691,18 +661,21 @@ class _Outputs:
             return
         if self._report is None:
             return
-        body = without_newline(raw)
-        ending = raw[len(body) :] or self._newline
+        if raw[-2:] == b"\r\n":
+            body, ending = raw[:-2], b"\r\n"
+        elif raw[-1:] == b"\n":
+            body, ending = raw[:-1], b"\n"
+        else:
+            body, ending = raw, self._newline
         zones = kind.timezones if kind is not None else ()
-        added = self._added(verdict, zones)
+        before, after = self._added(verdict, zones)
+        missing = self._width - self._fields(body)
+        if missing > 0:  # a short row: its cells, empty ones, then ours under our names
+            body += self._sep * missing
         # "+33...": a spreadsheet would take it for a formula, so it gets its quote, as
         # csv_cells.cell gives every cell starting with "+".
         e164 = b"'+" + key.encode() if key else b""
-        sep = self._sep
-        missing = self._width - self._fields(body)
-        if missing > 0:  # a short row: its cells, empty ones, then ours under our names
-            body += sep * missing
-        self._report.write(body + sep + added[0] + sep + e164 + sep + added[1] + ending)
+        self._report.write(b"".join((body, before, e164, after, ending)))
 
     def _fields(self, body: bytes) -> int:
         if b'"' not in body:
@@ -714,8 +687,9 @@ class _Outputs:
             return body.count(self._sep) + 1
 
     def _added(self, verdict: Verdict, zones: tuple[str, ...]) -> tuple[bytes, bytes]:
-        """(result and reason, callable_from) cells; those without an instant kept (a
-        few dozen, for most blocked leads)."""
+        """What goes before the number_e164 cell (result and reason, with their
+        separators) and after it (callable_from); those without an instant kept (a few
+        dozen, for most blocked leads)."""
         when = verdict.callable_from
         if when is None:
             # By the verdict object (the Judge's, a few dozen: `Judge.verdict`), held
@@ -724,14 +698,16 @@ class _Outputs:
             if found is None:
                 if len(self._cells) >= KEPT_CELLS:
                     self._cells.clear()
-                found = self._cells[id(verdict)] = (self._head(verdict), b"", verdict)
+                found = self._cells[id(verdict)] = (self._head(verdict), self._sep, verdict)
             return found[0], found[1]
         # In the callee's zone, with its offset: what the campaign manager plans by.
         zone = ZoneInfo(zones[0]) if zones else UTC
-        return self._head(verdict), when.astimezone(zone).isoformat(timespec="seconds").encode()
+        instant = when.astimezone(zone).isoformat(timespec="seconds").encode()
+        return self._head(verdict), self._sep + instant
 
     def _head(self, verdict: Verdict) -> bytes:
-        return verdict.result.value.encode() + self._sep + verdict.reason.value.encode()
+        sep = self._sep
+        return sep + verdict.result.value.encode() + sep + verdict.reason.value.encode() + sep
 
     def finish(self) -> None:
         """Everything on disk (fsync), still under the partial names."""

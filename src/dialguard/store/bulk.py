@@ -8,7 +8,16 @@ batch's live entries (do-not-call, a principal's own do-not-call, consents, cont
 withdrawals and refusals with one HMGET each, and which numbers the packed consents and
 contracts have a bucket for with one SMISMEMBER each; the lists' buckets, the packed
 entries and the attempts stay number by number. It reserves nothing and writes
-nothing. tests/test_scrub_facts.py holds its answers equal to the decision script's.
+nothing. tests/test_scrub_facts.py holds its answers equal to the decision script's, but
+for what a scrub asks it to leave unread (what the rules cannot read: a withdrawal of a
+number without a consent always; by the scan's options, the registry as the consent
+regime reads it, more of a number on the company's list, the attempts of a number without
+a consent or a contract), and it sends the attempts' instants of a number at a cap with
+its facts, where they took one more read.
+
+Inside Redis a lookup costs about what its key's place in the keyspace costs to find
+(random keys: cache misses), so what is left is mostly one lookup per number per list:
+a do-not-call bucket, a packed consent, a registry bucket for a number with a consent.
 
 The requests go pre-encoded (RESP: redis-py encoding each argument cost more than the
 rest of the scrub), MAX_BATCH numbers to a call, and several calls are in flight on one
@@ -31,7 +40,6 @@ from dialguard.store.errors import StoreUnavailable
 from dialguard.store.facts import (
     FORMATS,
     LUA_LIST_FIELDS,
-    LUA_PACKED_LOOKUP,
     MAX_BATCH,
     ListsInForce,
     Metas,
@@ -51,6 +59,7 @@ __all__ = [
     "BulkFacts",
     "Scanned",
     "each_number",
+    "split_times",
 ]
 
 # Script calls sent ahead of the one being read: enough that Redis always has one to run
@@ -66,18 +75,50 @@ PRESENCE_SAMPLE = 32
 # KEYS: the lists index, the live do-not-call hash, withdrawals, refusals, the live
 # consents and contracts, the principals' ids, the principals' own do-not-call entries,
 # then one attempts key per number. ARGV: the version formats
-# (store.facts.facts_formats), the principal, '1' for the registry read as the consent
-# regime reads it ('0': as FACTS reads it; see BulkFacts.scan), then per number its key
-# and the start of its attempt window (ms; attempts at or before it are not counted).
-# The reply: per number, nil when it has nothing (no entry, no attempt), else as FACTS
-# gives them (but for the registry answers left unread) the do-not-call entry, the
-# registry answer, the imported consent, the withdrawal, the imported contracts, the
-# refusal, the attempts counted, the live consent and the live contracts; then the
-# do-not-call version and the registry result sets' metadata.
+# (store.facts.facts_formats), the principal, then '1' or '0' for each of
+# `consent_regime`, `dnc_final` and `basis_first` (BulkFacts.scan), the count from which
+# the attempts' instants are sent and the start (ms) of the window they are taken from,
+# then per number its key and the start of its attempt window (ms; attempts at or
+# before it are not counted). The reply: per number, nil when it has nothing (no entry,
+# no attempt), else as FACTS gives them (but for what the options leave unread) the
+# do-not-call entry, the registry answer, the imported consent, the withdrawal, the
+# imported contracts, the refusal, the attempts counted, the live consent and the live
+# contracts, then for a count at the cap or over it the instants (ms, oldest first) of
+# its attempts; then the do-not-call version and the registry result sets' metadata.
+# Numbers as Redis reads an integer argument (no leading zero), written from their digits:
+# a Lua number given to redis.call is printed with printf's float formatting, which cost
+# more than the lookup it was for. FACTS' `packed` (store.facts.LUA_PACKED_LOOKUP) with
+# its fields so written: the principal's id, then the offset's digits (the id times
+# 10^level plus the offset, as the write script stores it).
+LUA_SCAN_LOOKUPS = """
+local function integer(digits)
+  if string.byte(digits, 1) ~= 48 then return digits end
+  return string.match(digits, '^0*(%d+)$')
+end
+local function packed(base, n, id, id_text)
+  if not base or not id then return false end
+  local level = TOP
+  while true do
+    local field = id_text
+    if level > 0 then
+      local off = string.sub(n, -level)
+      field = id > 0 and id_text .. off or integer(off)
+    end
+    local key = base .. level .. string.sub(n, 1, #n - level)
+    local r = redis.call('HMGET', key, field, SPLIT)
+    if r[1] then
+      if r[1] == STUB then return redis.call('HGET', base .. OVERFLOW, n .. '|' .. id) end
+      return r[1]
+    end
+    if not r[2] or level == 0 then return false end
+    level = level - 1
+  end
+end
+"""
 SCAN_FACTS = (
     LUA_PARTS
     + LUA_PACKED
-    + LUA_PACKED_LOOKUP
+    + LUA_SCAN_LOOKUPS
     + LUA_LIST_FIELDS
     + f"local FORMATS = {FORMATS}\n"
     + f"local SHARED = {SCAN_SHARED_KEYS}\n"
@@ -99,58 +140,74 @@ local contract = lists[4] and string.format(ARGV[5], lists[4])
 local principal = ARGV[FORMATS + 1]
 -- '1': the registry read as the consent regime reads it (policy.optout_regime_from).
 local consent_regime = ARGV[FORMATS + 2] == '1'
+-- '1': a number on the company's list gets nothing more (the list denies first).
+local dnc_final = ARGV[FORMATS + 3] == '1'
+-- '1': a number without a consent or contract gets no attempts (no basis, no call).
+local basis_first = ARGV[FORMATS + 4] == '1'
+-- A count at this cap or over it comes with its attempts' instants, after this start.
+local cap = tonumber(ARGV[FORMATS + 5])
+local times_after = '(' .. ARGV[FORMATS + 6]
+local HEAD = 6
 local suffix = '|' .. principal
 local id = (consent or contract) and redis.call('HGET', KEYS[7], principal)
 id = id and tonumber(id) or false
+local id_text = id and string.format('%d', id)
 local count = #KEYS - SHARED
-local numbers, fields, buckets, offsets = {}, {}, {}, {}
+local numbers, fields, buckets, members = {}, {}, {}, {}
 for i = 1, count do
-  local n = ARGV[FORMATS + 1 + 2 * i]
+  local n = ARGV[FORMATS + HEAD - 1 + 2 * i]
   numbers[i] = n
   fields[i] = n .. suffix
   buckets[i] = string.sub(n, 1, -5)
-  offsets[i] = tonumber(string.sub(n, -4))
+  members[i] = integer(string.sub(n, -4))  -- the offset, as SISMEMBER is given it
 end
--- A dense list's buckets for the whole batch: the bitmaps with one MGET (a bucket kept
--- as an intset, or none, answers nil), so a number costs one SISMEMBER at most, where
--- asking SISMEMBER then GETBIT of each number cost two calls.
-local function dense(base)
+-- A dense list's buckets for the whole batch (or the numbers `which` lists): the bitmaps
+-- with one MGET (a bucket kept as an intset, or none, answers nil), so a number costs
+-- one SISMEMBER at most, where asking SISMEMBER then GETBIT of each number cost two calls.
+local function dense(base, which)
   local names, prefix = {}, base .. BITMAP
-  for i = 1, count do names[i] = prefix .. buckets[i] end
-  return {base .. SET, redis.call('MGET', unpack(names))}
+  if not which then
+    for i = 1, count do names[i] = prefix .. buckets[i] end
+    return {base .. SET, redis.call('MGET', unpack(names))}
+  end
+  local bitmaps = {}
+  if #which > 0 then
+    for j = 1, #which do names[j] = prefix .. buckets[which[j]] end
+    local got = redis.call('MGET', unpack(names))
+    for j = 1, #which do bitmaps[which[j]] = got[j] end
+  end
+  return {base .. SET, bitmaps}
 end
 -- GETBIT's answer read from the bitmap's bytes (bit 0 the first byte's highest), else
 -- the intset's: the number is in the list when either has it, as FACTS asks.
 local function has(list, i)
-  local m, bitmap = offsets[i], list[2][i]
+  local bitmap = list[2][i]
   if bitmap then
+    local m = tonumber(members[i])
     local byte = string.byte(bitmap, math.floor(m / 8) + 1)
     if byte and bit.band(byte, bit.rshift(128, m % 8)) ~= 0 then return true end
   end
-  return redis.call('SISMEMBER', list[1] .. buckets[i], m) == 1
+  return redis.call('SISMEMBER', list[1] .. buckets[i], members[i]) == 1
 end
 local dnc_list = dnc and dense(dnc)
-local listed_lists, clear_lists = {}, {}
-for k = 1, #sets do
-  listed_lists[k] = dense(listed[k])
-  -- A newer set's clear answer hides an older set's listing: only the oldest set's
-  -- clear answers go unread.
-  clear_lists[k] = (not consent_regime or k < #sets) and dense(clear[k])
-end
 -- Which numbers' top buckets a packed list has at all (its index names every bucket it
 -- ever wrote): a list of a few thousand contracts has none for most numbers, and a
 -- number whose top bucket is not there has no entry (what `packed` would find). A list
 -- that has the first SAMPLE numbers' buckets nearly all (consents of half the leads)
 -- is looked up for the rest straight away: asking would spare few lookups.
-local function present(base)
-  if not base or not id then return {} end
-  local names = {}
-  for i = 1, count do
+local names, named = {}, 0  -- the numbers' top buckets, made as they are needed
+local function name_up_to(last)
+  for i = named + 1, last do
     local n = numbers[i]
     names[i] = TOP .. string.sub(n, 1, #n - TOP)
   end
-  local index = base .. INDEX
+  if last > named then named = last end
+end
+local function present(base)
+  if not base or not id then return {} end
   local first = math.min(SAMPLE, count)
+  name_up_to(first)
+  local index = base .. INDEX
   local there = redis.call('SMISMEMBER', index, unpack(names, 1, first))
   local found = 0
   for i = 1, first do found = found + there[i] end
@@ -159,43 +216,23 @@ local function present(base)
     for i = first + 1, count do there[i] = 1 end
     return there
   end
+  name_up_to(count)
   local rest = redis.call('SMISMEMBER', index, unpack(names, first + 1, count))
   for i = 1, #rest do there[first + i] = rest[i] end
   return there
 end
 local consents_there, contracts_there = present(consent), present(contract)
-local live = redis.call('HMGET', KEYS[2], unpack(numbers))
-local withdrawals = redis.call('HMGET', KEYS[3], unpack(fields))
-local refusals = redis.call('HMGET', KEYS[4], unpack(fields))
-local live_consents = redis.call('HMGET', KEYS[5], unpack(fields))
-local live_contracts = redis.call('HMGET', KEYS[6], unpack(fields))
-local own = redis.call('HMGET', KEYS[8], unpack(fields))
--- The attempts counted of each number. Most numbers have no attempts key at all (ZCOUNT
--- would answer 0): while few keys are met, one EXISTS of GROUP keys answers for them
--- all when none is there; ZCOUNT asks each of a group where some are. Keys met often
--- (over one in five), ZCOUNT alone: a group's EXISTS would seldom spare its calls.
-local attempts = {}
-local since, after = nil, nil  -- the last window start, and ZCOUNT's bound of it
-local seen, met = 0, 0
-for first = 1, count, GROUP do
-  local last = math.min(first + GROUP - 1, count)
-  local some = true
-  if met * 5 <= seen then
-    local there = redis.call('EXISTS', unpack(KEYS, SHARED + first, SHARED + last))
-    met, some = met + there, there > 0
-  end
-  seen = seen + last - first + 1
-  for i = first, last do
-    if some then
-      local start = ARGV[FORMATS + 2 + 2 * i]
-      if start ~= since then since, after = start, '(' .. start end
-      attempts[i] = redis.call('ZCOUNT', KEYS[SHARED + i], after, '+inf')
-    else
-      attempts[i] = 0
-    end
-  end
+-- A hash that does not exist (no live contract yet, say) answers nothing for any number.
+local function each(key, names)
+  if redis.call('EXISTS', key) == 0 then return {} end
+  return redis.call('HMGET', key, unpack(names))
 end
-local out = {}
+local live = each(KEYS[2], numbers)
+local refusals = each(KEYS[4], fields)
+local live_consents = each(KEYS[5], fields)
+local live_contracts = each(KEYS[6], fields)
+local own = each(KEYS[8], fields)
+local found, wanted, registry, consented = {}, {}, {}, {}
 for i = 1, count do
   local n = numbers[i]
   local d = live[i]
@@ -203,21 +240,87 @@ for i = 1, count do
     d = 'I|' .. (redis.call('HGET', dnc .. WHY, n) or '')
   end
   if not d and own[i] then d = 'P|' .. own[i] end
-  local c = consents_there[i] == 1 and packed(consent, n, id) or false
-  local o = false
-  -- The consent regime reads a listing only once a consent is found.
-  if not consent_regime or c or live_consents[i] then
-    for k = 1, #sets do
-      if has(listed_lists[k], i) then o = sets[k] .. '|L' break end
-      if clear_lists[k] and has(clear_lists[k], i) then o = sets[k] .. '|C' break end
+  if d and dnc_final then
+    found[i] = {d, false, false, false, false, false, 0, false, false}
+  else
+    local c = consents_there[i] == 1 and packed(consent, n, id, id_text) or false
+    local k = contracts_there[i] == 1 and packed(contract, n, id, id_text) or false
+    local lc, lk = live_consents[i] or false, live_contracts[i] or false
+    found[i] = {d or false, false, c, false, k, refusals[i] or false, 0, lc, lk}
+    if c or lc then consented[#consented + 1] = i end
+    -- The consent regime reads a listing only once a consent is found.
+    if not consent_regime or c or lc then registry[#registry + 1] = i end
+    if not basis_first or c or lc or k or lk then wanted[#wanted + 1] = i end
+  end
+end
+-- A withdrawal is read of a consent (policy._consent_basis): of the numbers with one.
+if #consented > 0 then
+  local asked = {}
+  for j = 1, #consented do asked[j] = fields[consented[j]] end
+  local withdrawals = each(KEYS[3], asked)
+  for j = 1, #consented do found[consented[j]][4] = withdrawals[j] or false end
+end
+-- The registry's answers, newest result set first, of the numbers that need them.
+for k = 1, #sets do
+  if #registry == 0 then break end
+  local listed_list = dense(listed[k], registry)
+  -- A newer set's clear answer hides an older set's listing: only the oldest set's
+  -- clear answers go unread.
+  local clear_list = (not consent_regime or k < #sets) and dense(clear[k], registry)
+  local unanswered = {}
+  for _, i in ipairs(registry) do
+    if has(listed_list, i) then
+      found[i][2] = sets[k] .. '|L'
+    elseif clear_list and has(clear_list, i) then
+      found[i][2] = sets[k] .. '|C'
+    else
+      unanswered[#unanswered + 1] = i
     end
   end
-  local w, r, a = withdrawals[i], refusals[i], attempts[i]
-  local k = contracts_there[i] == 1 and packed(contract, n, id) or false
-  local lc, lk = live_consents[i], live_contracts[i]
+  registry = unanswered
+end
+-- The attempts counted of each number that may need them. Most numbers have no
+-- attempts key at all (ZCOUNT would answer 0): while few keys are met, one EXISTS of
+-- GROUP keys answers for them all when none is there; ZCOUNT asks each of a group where
+-- some are. Keys met often (over one in five), ZCOUNT alone: a group's EXISTS would
+-- seldom spare its calls.
+local since, after = nil, nil  -- the last window start, and ZCOUNT's bound of it
+local seen, met = 0, 0
+for first = 1, #wanted, GROUP do
+  local last = math.min(first + GROUP - 1, #wanted)
+  local some = true
+  if met * 5 <= seen then
+    local names = {}
+    for j = first, last do names[#names + 1] = KEYS[SHARED + wanted[j]] end
+    local there = redis.call('EXISTS', unpack(names))
+    met, some = met + there, there > 0
+  end
+  seen = seen + last - first + 1
+  if some then
+    for j = first, last do
+      local i = wanted[j]
+      local start = ARGV[FORMATS + HEAD + 2 * i]
+      if start ~= since then since, after = start, '(' .. start end
+      local a = redis.call('ZCOUNT', KEYS[SHARED + i], after, '+inf')
+      local entry = found[i]
+      entry[7] = a
+      -- At a cap, callable_from needs the instants: sent now, not asked for later.
+      if a >= cap then
+        local scored = redis.call('ZRANGEBYSCORE', KEYS[SHARED + i], times_after, '+inf',
+          'WITHSCORES')
+        local times = {}
+        for p = 2, #scored, 2 do times[#times + 1] = scored[p] end
+        entry[10] = times
+      end
+    end
+  end
+end
+local out = {}
+for i = 1, count do
+  local e = found[i]
   -- Most numbers have nothing at all: one nil says so, where nine would.
-  if d or o or c or w or k or r or a ~= 0 or lc or lk then
-    out[i] = {d or false, o, c, w, k, r, a, lc, lk}
+  if e[1] or e[2] or e[3] or e[4] or e[5] or e[6] or e[7] ~= 0 or e[8] or e[9] then
+    out[i] = e
   else
     out[i] = false
   end
@@ -227,16 +330,30 @@ out[count + 2] = lists[5] or false
 return out
 """
 )
-# Entries of the reply per number.
+# Entries of the reply per number (one more, the attempts' instants, for a count at the
+# cap: `split_times`).
 PER_NUMBER = 9
 # A number's entries when the reply says it has none (nil): no entry, no attempt.
 NOTHING: tuple[Any, ...] = (None, None, None, None, None, None, 0, None, None)
 
 
 def each_number(entries: list[Any]) -> Iterator[tuple[Any, ...]]:
-    """Each number's PER_NUMBER entries, in order, from a Scanned's `entries`."""
+    """Each number's PER_NUMBER entries, in order, from a Scanned's `entries` (the
+    attempts' instants left out: `split_times`)."""
     for entry in entries:
-        yield NOTHING if entry is None else tuple(entry)
+        yield NOTHING if entry is None else split_times(entry)[0]
+
+
+def split_times(entry: list[Any]) -> tuple[tuple[Any, ...], list[int] | None]:
+    """A number's PER_NUMBER entries from the reply, and the instants (ms, oldest first)
+    of its attempts in the `times_window_days` when the count reached `times_from`
+    (BulkFacts.scan), else None."""
+    if len(entry) == PER_NUMBER:
+        return tuple(entry), None
+    times = entry.pop()
+    # Scores as Redis writes a double: an integral one without a fraction, but read
+    # through float as redis-py reads a score, whatever form it takes.
+    return tuple(entry), sorted(int(float(t)) for t in times)
 
 
 T = TypeVar("T")
@@ -268,6 +385,11 @@ class BulkFacts:
         batches: Iterable[tuple[T, Sequence[tuple[str, int]]]],
         in_flight: int = IN_FLIGHT,
         consent_regime: bool = False,
+        *,
+        dnc_final: bool = False,
+        basis_first: bool = False,
+        times_from: int | None = None,
+        times_window_days: int = 0,
     ) -> AsyncGenerator[Scanned[T], None]:
         """The facts for `principal` at `now` of each batch of (number key, window in
         days), at most MAX_BATCH a batch, in the order of `batches` (an empty batch comes
@@ -275,7 +397,11 @@ class BulkFacts:
         consent regime reads it (policy.optout_regime_from): the listings of numbers with
         a consent, and no clear answer of the oldest result set (a newer set's still
         hides an older listing); a number gets no registry answer otherwise (a lookup or
-        two less). StoreUnavailable when Redis fails."""
+        two less). `dnc_final`: a number on the company's list (live, imported or the
+        principal's own) gets that entry alone. `basis_first`: a number without a consent
+        or a contract (imported or live) gets no attempts (counted 0). `times_from`: a
+        count at least this comes with the instants of its attempts in the last
+        `times_window_days` (`split_times`). StoreUnavailable when Redis fails."""
         keys = self._keys
         now_ms = ms(now)
         try:
@@ -288,8 +414,14 @@ class BulkFacts:
         assert len(shared) == SCAN_SHARED_KEYS
         keys_head = b"".join(bulk(key.encode()) for key in shared)
         arguments_head = b"".join(bulk(f.encode()) for f in facts_formats(keys))
-        arguments_head += bulk(principal.encode()) + bulk(b"1" if consent_regime else b"0")
-        fixed = 3 + len(shared) + FORMATS + 2  # EVALSHA, its sha, numkeys, the heads
+        arguments_head += bulk(principal.encode())
+        for flag in (consent_regime, dnc_final, basis_first):
+            arguments_head += bulk(b"1" if flag else b"0")
+        # No count reaches it: no instants sent.
+        cap = times_from if times_from is not None else 2**31
+        arguments_head += bulk(b"%d" % cap)
+        arguments_head += bulk(b"%d" % (now_ms - times_window_days * 86_400_000))
+        fixed = 3 + len(shared) + FORMATS + 6  # EVALSHA, its sha, numkeys, the heads
         attempts_prefix = keys.attempts_prefix(principal).encode()
         prefix = attempts_prefix.decode()
         prefix_size = len(attempts_prefix)  # in bytes: a principal's name may be any text
@@ -369,21 +501,3 @@ class BulkFacts:
             raise StoreUnavailable(f"undecodable list metadata in Redis: {exc}") from None
         del reply[-2:]
         return Scanned(payload, reply, lists), lists
-
-    async def attempt_times(
-        self, principal: str, number_keys: Sequence[str], now: datetime, window_days: int
-    ) -> list[list[int]]:
-        """The instants (ms) of the attempts counted in the window before `now`, for each
-        number, as the facts script counts them (after the window's start, any later)."""
-        if not number_keys:
-            return []
-        start = f"({ms(now) - window_days * 86_400_000}"
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for number_key in number_keys:
-                    key = self._keys.attempts(principal, number_key)
-                    pipe.zrangebyscore(key, start, "+inf", withscores=True)
-                replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis unavailable: {exc}") from None
-        return [sorted(int(score) for _, score in reply) for reply in replies]
