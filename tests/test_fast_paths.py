@@ -7,6 +7,7 @@ under another key than the one a call looks up: a listed number let through.
 
 from __future__ import annotations
 
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -24,7 +25,7 @@ from dialguard.import_files import (
     records,
 )
 from dialguard.numbers import InvalidNumber, fast_key, import_key, normalise
-from dialguard.store.packed import Gathered
+from dialguard.store.packed import MAX_ENTRIES, Gathered
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -237,7 +238,7 @@ PRINCIPAL_IDS = {"ACME": 0, "acme.fr": 7}
 
 def _writes_and_rejects(
     kind: str, header_line: str, body: list[str], size: int, sink: bool
-) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]], int]:
+) -> tuple[list[Any], list[tuple[int, str]], int]:
     """What an import of `body` writes (the Gathered's commands), its bad lines and its
     row count: through a Sink, or as entries then gathered (the path programs take)."""
     header = read_header(kind, header_line)
@@ -258,7 +259,8 @@ def _writes_and_rejects(
                 gathered.add_consents(chunk.rows, ids)
             else:
                 gathered.add_contracts(chunk.rows, ids)
-    return list(gathered.writes()), rejected, rows
+    # The buckets a build writes by plain HSETs (the others: long values, too many).
+    return [*gathered.writes(), gathered.plain(MAX_ENTRIES)], rejected, rows
 
 
 @settings(max_examples=400, deadline=None)
@@ -300,4 +302,31 @@ def test_a_line_cut_for_length_inside_a_block_is_rejected_at_its_line() -> None:
         "consent", "number,principal,given_at,expires_at,proof_ref", body, 10, sink=True
     )
     assert [n for n, _ in rejected] == [3] and rows == 3
-    assert sum(count for count, _ in writes) == 3 * 3
+    assert sum(count for count, _ in writes[:-1]) == 2 + 2 * 3  # one bucket, three entries
+
+
+@pytest.mark.parametrize(
+    ("kind", "header", "line"),
+    [
+        (
+            "consent",
+            "number,principal,given_at,expires_at,proof_ref",
+            "061234{},ACME,2026-09-01T12:30:00+02:00,,{}\n",
+        ),
+        (
+            "contract",
+            "number,principal,contract_id,sector,start,end",
+            "061234{},ACME,{},cpf,2025-01-01,\n",
+        ),
+    ],
+)
+def test_a_plain_line_too_long_for_a_listpack_keeps_its_bucket_from_plain_hsets(
+    kind: str, header: str, line: str
+) -> None:
+    # The first line names the principal (the general path); the next ones are plain.
+    body = [line.format("5670", "x"), line.format("5671", "y" * 60), line.format("5680", "z")]
+    body.append(line.format("6780", "w"))  # another bucket
+    for sink in (False, True):
+        writes, rejected, rows = _writes_and_rejects(kind, header, body, 10, sink)
+        assert not rejected and rows == 4
+        assert writes[-1] == [1]  # not the bucket of 0612345000-999: a value over 64 bytes

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
@@ -208,6 +209,71 @@ async def test_an_import_written_in_parts_gives_what_one_write_gives(
     assert (await store.facts(number, "ACME", NOW, 30)).contracts == (k1, k2)
 
 
+async def version_contents(client: aioredis.Redis, kind: str, version: str) -> dict[str, Any]:
+    """Every key of a version (its part after the version's base), with its encoding and
+    contents: buckets and the overflow hash as fields in order, the index as a set."""
+    base = KEYS.packed(kind, version)
+    found: dict[str, Any] = {}
+    async for key in client.scan_iter(match=f"{base}*", count=1000):
+        name = key.decode()[len(base) :]
+        if await client.type(key) == b"set":
+            found[name] = await client.smembers(key)
+        else:
+            found[name] = (await client.object("encoding", key), await client.hgetall(key))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_a_build_written_by_plain_hsets_holds_what_the_write_script_writes(
+    store: Store, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # A build is written once read, most buckets by one plain HSET each; the write script
+    # takes the buckets HSET cannot write (a pair met twice, a value too long, more
+    # entries than a listpack holds). Written row by row through the write script
+    # instead (MAX_PACKED 1: every later write merges), the version is the same, key for
+    # key, field for field, in the same order.
+    rnd = random.Random(seed)
+    numbers = [f"33612{rnd.randrange(10**6):06d}" for _ in range(300)]
+    numbers += [f"33612999{i:03d}" for i in range(0, 1000, 5)]  # one bucket of 200
+    rows: list[ConsentRow] = []
+    for key in numbers:
+        proof = "p" * rnd.choice([1, 8, 70]) if rnd.random() < 0.05 else f"p{len(rows)}"
+        rows.append(consent(key, rnd.randrange(1, 90), proof, rnd.choice(["ACME", "BETA"])))
+    rows += [consent(r.number.key, rnd.randrange(1, 90), "again", r.principal) for r in rows[:40]]
+    rnd.shuffle(rows)
+    contracts = [
+        ContractRow(
+            r.number,
+            r.principal,
+            Contract(f"K-{rnd.randrange(3)}", Sector.CPF, date(2025, 1, 1), None),
+        )
+        for r in rows
+    ]
+
+    async def written(chunk: int) -> list[tuple[int, dict[str, Any]]]:
+        found = []
+        for kind, entries in (("consent", rows), ("contract", contracts)):
+            summary = await load(store.lists, kind, entries, "replace", chunk=chunk)
+            found.append(
+                (summary.size, await version_contents(redis_client, kind, summary.version))
+            )
+        return found
+
+    plain = await written(5000)
+    for _, contents in plain:
+        # Not a hashtable anywhere; a split bucket met in each seed.
+        assert {v[0] for k, v in contents.items() if k[:1].isdigit()} == {b"listpack"}
+        assert any(k.startswith("2") for k in contents)
+    facts = await store.facts(rows[0].number, rows[0].principal, NOW, 30)
+    monkeypatch.setattr(loading, "MAX_PACKED", 1)
+    assert await written(1) == plain
+    facts = await store.facts(rows[0].number, rows[0].principal, NOW, 30)
+    given = max(
+        r.given_at for r in rows if r.number == rows[0].number and r.principal == rows[0].principal
+    )
+    assert facts.consent is not None and facts.consent.given_at == given
+
+
 # --- live changes over an imported version -----------------------------------------------------
 
 
@@ -282,9 +348,10 @@ def test_serve_and_imports_say_what_to_do_with_the_old_layout(
 async def test_a_file_written_while_read_keeps_the_later_row_and_a_refused_one_leaves_nothing(
     store: Store, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Writes due every two rows: a pair's rows land in different writes, each merged into
-    # the buckets the earlier ones wrote, while the next rows are read.
-    monkeypatch.setattr(loading, "MIN_PACKED_WRITE", 2)
+    # Writes due every two rows (a build is written once read, but for one past
+    # MAX_PACKED): a pair's rows land in different writes, each merged into the buckets
+    # the earlier ones wrote, while the next rows are read.
+    monkeypatch.setattr(loading, "MAX_PACKED", 2)
     monkeypatch.setattr(importing, "CHUNK_ROWS", 3)
     given = "2026-09-01T12:30:00+02:00"
     others = [f"06123450{i:02d},ACME,{given},,p{i}\n" for i in range(20)]

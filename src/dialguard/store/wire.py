@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-__all__ = ["pipelined"]
+__all__ = ["pipelined", "pipelined_batches"]
 
 
 async def pipelined(
@@ -38,6 +38,35 @@ async def pipelined(
         while waiting:
             replies.append(await connection.read_response())
             waiting -= 1
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
+    return replies
+
+
+async def pipelined_batches(
+    client: aioredis.Redis, batches: Iterable[tuple[Any, bytes, int]], in_flight: int = 2
+) -> list[list[Any]]:
+    """As `pipelined`, each item (anything, its commands, how many) several commands sent
+    at once: the replies of each batch, in order. An error reply raises, as `pipelined`."""
+    pool: Any = client.connection_pool
+    connection: Any = await pool.get_connection()
+    replies: list[list[Any]] = []
+    waiting: list[int] = []
+
+    async def read(count: int) -> None:
+        replies.append([await connection.read_response() for _ in range(count)])
+
+    try:
+        for _, commands, count in batches:
+            await connection.send_packed_command(commands)
+            waiting.append(count)
+            if len(waiting) == in_flight:
+                await read(waiting.pop(0))
+        while waiting:
+            await read(waiting.pop(0))
     except BaseException:
         await connection.disconnect()
         raise
