@@ -755,14 +755,14 @@ class Lists:
         last is): its bucket is deleted here, and written again by the caller."""
         prefix = (base + str(TOP_LEVEL)).encode()
         index = (base + INDEX).encode()
-        batches = []
-        for batch, commands in gathered.hsets(prefix, parts):
-            names = gathered.names(batch)
-            batches.append((batch, commands + resp.command(b"SADD", index, *names), len(batch) + 1))
+        batches = (
+            (batch, commands + resp.command(b"SADD", index, *gathered.names(batch)), len(batch) + 1)
+            for batch, commands in gathered.hsets(prefix, parts)
+        )
         replies = await self._call(wire.pipelined_batches(self._redis, batches))
         written = new = 0
         again: list[int] = []
-        for (batch, _, _), batch_replies in zip(batches, replies, strict=True):
+        for batch, batch_replies in replies:
             for part, added in zip(batch, batch_replies, strict=False):
                 count = gathered.count(part)
                 if int(added) == count:

@@ -10,12 +10,15 @@ it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
 __all__ = ["pipelined", "pipelined_batches"]
+
+T = TypeVar("T")
 
 
 async def pipelined(
@@ -47,26 +50,28 @@ async def pipelined(
 
 
 async def pipelined_batches(
-    client: aioredis.Redis, batches: Iterable[tuple[Any, bytes, int]], in_flight: int = 2
-) -> list[list[Any]]:
-    """As `pipelined`, each item (anything, its commands, how many) several commands sent
-    at once: the replies of each batch, in order. An error reply raises, as `pipelined`."""
+    client: aioredis.Redis, batches: Iterable[tuple[T, bytes, int]], in_flight: int = 2
+) -> list[tuple[T, list[Any]]]:
+    """As `pipelined`, each item (a tag, its commands, how many) several commands sent at
+    once: each tag with the replies of its commands, in order. An error reply raises, as
+    `pipelined`."""
     pool: Any = client.connection_pool
     connection: Any = await pool.get_connection()
-    replies: list[list[Any]] = []
-    waiting: list[int] = []
+    replies: list[tuple[T, list[Any]]] = []
+    waiting: deque[tuple[T, int]] = deque()
 
-    async def read(count: int) -> None:
-        replies.append([await connection.read_response() for _ in range(count)])
+    async def read() -> None:
+        tag, count = waiting.popleft()
+        replies.append((tag, [await connection.read_response() for _ in range(count)]))
 
     try:
-        for _, commands, count in batches:
+        for tag, commands, count in batches:
             await connection.send_packed_command(commands)
-            waiting.append(count)
+            waiting.append((tag, count))
             if len(waiting) == in_flight:
-                await read(waiting.pop(0))
+                await read()
         while waiting:
-            await read(waiting.pop(0))
+            await read()
     except BaseException:
         await connection.disconnect()
         raise
