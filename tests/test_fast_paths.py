@@ -7,6 +7,7 @@ under another key than the one a call looks up: a listed number let through.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -14,10 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dialguard import importing
 from dialguard.import_files import (
+    BadImportFile,
     DncRow,
     OptoutRow,
     Rejected,
+    blocks,
     chunks,
     consent_entry,
     contract_entry,
@@ -330,3 +334,71 @@ def test_a_plain_line_too_long_for_a_listpack_keeps_its_bucket_from_plain_hsets(
         writes, rejected, rows = _writes_and_rejects(kind, header, body, 10, sink)
         assert not rejected and rows == 4
         assert writes[-1] == [1]  # not the bucket of 0612345000-999: a value over 64 bytes
+
+
+def _read_whole(data: bytes, kind: str, by_blocks: bool) -> tuple[list[Any], list[Any], int]:
+    """What an import of the file `data` gathers (as _writes_and_rejects), its lines read
+    as the import reads them: a block of bytes at a time, or line by line."""
+    handle = io.BytesIO(data)
+    header = read_header(kind, next(importing._decoded(handle)))
+    gathered = Gathered(kind)
+    if by_blocks:
+        found = blocks(header, importing._blocks(handle), PARIS, gathered)
+    else:
+        found = chunks(header, importing._decoded(handle), PARIS, 3, gathered)
+    rejected: list[Any] = []
+    rows = 0
+    for chunk in found:
+        rejected += [(n, r) for n, r in chunk.rejected]
+        rows += len(chunk)
+        if chunk.needs:
+            gathered.name(chunk.needs, PRINCIPAL_IDS.get(chunk.needs, 99))
+    return [*gathered.writes(), gathered.plain(MAX_ENTRIES)], rejected, rows
+
+
+long_lines = st.sampled_from(
+    [
+        "0612345678,ACME,2026-09-01,," + "x" * 300,
+        "0612345678,ACME,2026-09-01,," + "x" * 10_000,  # too long
+        "x" * 17_000,  # too long to be read whole: cut
+        "é" * 9_001,  # cut inside a character
+        "0612345679,ACME,2026-09-01,,web-1\r",  # CRLF
+        "",
+        " ",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(consent_numbers, principals, instants, instants, texts).map(",".join),
+            long_lines,
+        ),
+        max_size=12,
+    ),
+    st.booleans(),
+    st.integers(8, 5000),
+)
+def test_consent_files_read_a_block_at_a_time_give_what_lines_give(
+    lines: list[str], last_break: bool, block: int
+) -> None:
+    # Small blocks: lines cut by the block's end, lines longer than a block and than
+    # a line is read whole, a last line without its line break, not UTF-8 anywhere.
+    header = "number,principal,given_at,expires_at,proof_ref\n"
+    data = (header + "\n".join(lines) + ("\n" if last_break else "")).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(importing, "_BLOCK_BYTES", block)
+        outcomes = []
+        for by_blocks in (True, False):
+            try:
+                outcomes.append(_read_whole(data, "consent", by_blocks))
+            except BadImportFile as exc:
+                outcomes.append(str(exc))  # type: ignore[arg-type]
+        assert outcomes[0] == outcomes[1]
+        broken = data.replace(b"ACME", b"AC\xffME", 1)
+        if broken != data:
+            for by_blocks in (True, False):
+                with pytest.raises(BadImportFile, match="not UTF-8"):
+                    _read_whole(broken, "consent", by_blocks)

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -146,15 +147,53 @@ def _decoded(handle: IO[bytes]) -> Iterator[str]:
             if raw[-1] == 10 or len(raw) < _READ_BYTES:  # 10: b"\n"
                 yield raw.decode("utf-8")
                 continue
-            decoder = codecs.getincrementaldecoder("utf-8")()
-            yield decoder.decode(raw)  # a character cut at the end waits for the rest
-            # The rest of the line, read in bounded pieces and dropped, is still checked:
-            # a file that is not UTF-8 is refused whole, wherever the bad byte is.
-            while (rest := readline(_READ_BYTES)) and rest[-1] != 10:
-                decoder.decode(rest)
-            decoder.decode(rest, final=True)
+            yield _cut(raw, readline)
     except UnicodeDecodeError:
         raise import_files.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None
+
+
+def _cut(raw: bytes, readline: Callable[[int], bytes]) -> str:
+    """A line too long to be valid, from its first _READ_BYTES bytes (`raw`): those,
+    decoded; the rest of it read in bounded pieces and dropped, still checked (a file that
+    is not UTF-8 is refused whole, wherever the bad byte is)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = decoder.decode(raw)  # a character cut at the end waits for the rest
+    while (rest := readline(_READ_BYTES)) and rest[-1] != 10:
+        decoder.decode(rest)
+    decoder.decode(rest, final=True)
+    return line
+
+
+# Consents and contracts are read this many bytes at a time, decoded whole, cut at the
+# last line break (~4,000 lines of a consent file).
+_BLOCK_BYTES = 1 << 18
+
+
+def _blocks(handle: IO[bytes]) -> Iterator[tuple[str, None]]:
+    """The file's lines as `_decoded` gives them, a block of whole lines at a time
+    (import_files.blocks): ten million lines decoded one by one cost seconds. A line
+    without a line break in _READ_BYTES bytes comes as its own block, cut as `_decoded`
+    cuts it."""
+    read = handle.read
+    rest = b""
+    try:
+        while data := read(_BLOCK_BYTES):
+            data = rest + data if rest else data
+            end = data.rfind(b"\n") + 1
+            if end == 0 and len(data) < _READ_BYTES:
+                rest = data
+                continue
+            if end == 0:  # the start of a line too long to be valid
+                handle.seek(-len(data), os.SEEK_CUR)
+                yield _cut(handle.readline(_READ_BYTES), handle.readline), None
+                rest = b""
+                continue
+            rest = data[end:]
+            yield data[:end].decode("utf-8"), None
+    except UnicodeDecodeError:
+        raise import_files.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None
+    if rest:
+        yield from ((line, None) for line in _decoded(io.BytesIO(rest)))
 
 
 def read_header(path: Path, kind: str) -> Header:
@@ -181,7 +220,11 @@ async def scan(
         lines = _decoded(handle)
         next(lines, None)  # the header, checked already
         sink = loader.sink if loader is not None else None
-        for chunk in import_files.chunks(header, lines, zone, CHUNK_ROWS, sink):
+        if sink is not None:
+            chunks = import_files.blocks(header, _blocks(handle), zone, sink)
+        else:
+            chunks = import_files.chunks(header, lines, zone, CHUNK_ROWS, sink)
+        for chunk in chunks:
             if rejects is not None:
                 for number, rejected in chunk.rejected:
                     rejects.add(number, rejected)
