@@ -353,6 +353,7 @@ async def test_a_file_written_while_read_keeps_the_later_row_and_a_refused_one_l
     # the earlier ones wrote, while the next rows are read.
     monkeypatch.setattr(loading, "MAX_PACKED", 2)
     monkeypatch.setattr(importing, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(importing, "_BLOCK_BYTES", 120)  # two or three lines a chunk
     given = "2026-09-01T12:30:00+02:00"
     others = [f"06123450{i:02d},ACME,{given},,p{i}\n" for i in range(20)]
     body = [
