@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dialguard import importing
+from dialguard import import_reading
 from dialguard.import_files import (
     BadImportFile,
     DncRow,
@@ -298,7 +298,7 @@ def test_contracts_packed_as_read_are_the_entries_gathered(
 
 
 def test_a_line_cut_for_length_inside_a_block_is_rejected_at_its_line() -> None:
-    # A line too long to be valid comes cut, without its line break (importing._decoded):
+    # A line too long to be valid comes cut, without its line break (import_reading.decoded):
     # the block it is in goes the general way, and the lines after it still load.
     plain = "0612345678,ACME,2026-09-01T12:30:00+02:00,,web-1\n"
     body = [plain, "x" * 20_000, plain.replace("678", "679"), plain.replace("678", "670")]
@@ -340,12 +340,12 @@ def _read_whole(data: bytes, kind: str, by_blocks: bool) -> tuple[list[Any], lis
     """What an import of the file `data` gathers (as _writes_and_rejects), its lines read
     as the import reads them: a block of bytes at a time, or line by line."""
     handle = io.BytesIO(data)
-    header = read_header(kind, next(importing._decoded(handle)))
+    header = read_header(kind, next(import_reading.decoded(handle)))
     gathered = Gathered(kind)
     if by_blocks:
-        found = blocks(header, importing._blocks(handle), PARIS, gathered)
+        found = blocks(header, import_reading.blocks(handle), PARIS, gathered)
     else:
-        found = chunks(header, importing._decoded(handle), PARIS, 3, gathered)
+        found = chunks(header, import_reading.decoded(handle), PARIS, 3, gathered)
     rejected: list[Any] = []
     rows = 0
     for chunk in found:
@@ -389,7 +389,7 @@ def test_consent_files_read_a_block_at_a_time_give_what_lines_give(
     header = "number,principal,given_at,expires_at,proof_ref\n"
     data = (header + "\n".join(lines) + ("\n" if last_break else "")).encode()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(importing, "_BLOCK_BYTES", block)
+        patch.setattr(import_reading, "BLOCK_BYTES", block)
         outcomes = []
         for by_blocks in (True, False):
             try:

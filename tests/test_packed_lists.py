@@ -19,7 +19,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from dialguard import importing
+from dialguard import import_reading, importing
 from dialguard.changes import Change, ChangeKind
 from dialguard.import_files import ConsentRow, ContractRow
 from dialguard.model import Contract, Sector
@@ -353,7 +353,7 @@ async def test_a_file_written_while_read_keeps_the_later_row_and_a_refused_one_l
     # the earlier ones wrote, while the next rows are read.
     monkeypatch.setattr(loading, "MAX_PACKED", 2)
     monkeypatch.setattr(importing, "CHUNK_ROWS", 3)
-    monkeypatch.setattr(importing, "_BLOCK_BYTES", 120)  # two or three lines a chunk
+    monkeypatch.setattr(import_reading, "BLOCK_BYTES", 120)  # two or three lines a chunk
     given = "2026-09-01T12:30:00+02:00"
     others = [f"06123450{i:02d},ACME,{given},,p{i}\n" for i in range(20)]
     body = [
@@ -417,3 +417,54 @@ async def test_a_file_written_while_read_keeps_the_later_row_and_a_refused_one_l
     assert set(await redis_client.keys("*")) == before
     facts = await store.facts(normalise("0612345019"), "ACME", NOW, 30)
     assert facts.consent is not None and facts.consent.proof_ref == "p19"
+
+
+async def test_a_big_file_read_in_two_halves_loads_what_one_reading_loads(
+    store: Store, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second half read by another process (import_halves): a principal first met
+    # there, bad lines in both halves, pairs with a row in each half (the consent given
+    # last kept, the later row for the same instant), a last line without its break.
+    given = "2026-09-01T12:30:00+02:00"
+    first = [f"0612345{i:03d},ACME,{given},,a{i}\n" for i in range(300)]
+    first[10] = "0612345010,ACME,never,,bad\n"
+    first[20] = f"0612345020,ACME,{given},,newer in the first half\n".replace("12:30", "18:30")
+    second = [f"0612346{i:03d},ACME,{given},,b{i}\n" for i in range(300)]
+    second[5] = "0612345020,ACME,2026-09-01T12:00:00+02:00,,older in the second half\n"
+    second[6] = f"0612345021,ACME,{given},,the later row\n"
+    second[7] = "0612345022,ACME,2026-09-01,2026-01-01,bad: expires before\n"
+    second[8] = f"0612346100,NEWP,{given},,new principal\n"
+    second[9] = "é" * 5000 + "\n"
+    first[50] = "é" * 6000 + "\n"  # the middle of the file in the first 300 lines
+    second[-1] = second[-1].rstrip("\n")
+    path = tmp_path / "c.csv"
+    path.write_text(CONSENT_HEADER + "".join(first + second), encoding="utf-8")
+
+    async def imported(halves: bool) -> tuple[Any, ...]:
+        monkeypatch.setattr(importing, "_HALVES_BYTES", 1 if halves else 1 << 40)
+        rejects = tmp_path / f"rejects-{halves}.csv"
+        request = importing.Request(
+            "consent", path, "replace", PARIS, None, "", False, rejects, 100
+        )
+        outcome = await importing.run_import(request, store)
+        assert outcome.summary is not None
+        contents = await version_contents(redis_client, "consent", outcome.summary.version)
+        facts = [
+            (await store.facts(normalise(n), p, NOW, 30)).consent
+            for n, p in (("0612345020", "ACME"), ("0612345021", "ACME"), ("0612346100", "NEWP"))
+        ]
+        return (
+            outcome.check.rows,
+            outcome.check.lines,
+            outcome.rejected,
+            rejects.read_text(encoding="utf-8"),
+            outcome.summary.size,
+            contents,
+            [c.proof_ref if c else None for c in facts],
+        )
+
+    halves = await imported(True)
+    assert halves[6] == ["newer in the first half", "the later row", "new principal"]
+    numbers = [line.split(",")[0] for line in halves[3].splitlines()[1:]]
+    assert numbers == ["12", "52", str(2 + 300 + 7), str(2 + 300 + 9)]  # too long: 52, 311
+    assert halves == await imported(False)

@@ -368,13 +368,15 @@ def blocks(
     texts: Iterable[tuple[str, list[str] | None]],
     zone: ZoneInfo,
     sink: Sink,
+    first: int = 2,
 ) -> Iterator[Chunk]:
     """Consents and contracts given to `sink` as they are read, in file order, a chunk a
     block of whole lines: (its text, its lines, or None to split the text at its line
     breaks when the general path needs them). The plain lines of a block in one loop,
     each other line through the general path (its entry, or the reason it is bad), a
     principal new to the sink announced first (Chunk.needs) so that its id is known
-    before its first row is packed."""
+    before its first row is packed. `first`: the number of the first line (the header
+    is line 1)."""
     if header.kind not in ("consent", "contract"):
         raise ValueError(header.kind)
     one = _Line(header, zone)
@@ -384,7 +386,7 @@ def blocks(
     else:
         pattern, gather = plain.contract_lines, sink.gather_contracts
         as_entry = contract_entry  # type: ignore[assignment]
-    first = 2
+    start = first
     for text, given in texts:
         block = given
         count = len(block) if block is not None else text.count("\n") + (text[-1:] != "\n")
@@ -414,8 +416,8 @@ def blocks(
             at += 1
         yield chunk
         first += count
-    if first == 2:
-        yield Chunk(last_line=1)
+    if first == start:
+        yield Chunk(last_line=start - 1)
 
 
 def _lines_of(text: str) -> list[str]:

@@ -623,6 +623,11 @@ class Lists:
             return DEFAULT_ENTRIES, DEFAULT_VALUE_BYTES
         return max(1, min(entries, MAX_ENTRIES)), max(0, value)
 
+    async def principals(self) -> dict[str, int]:
+        """Every principal's id given so far."""
+        found = await self._call(self._redis.hgetall(self.keys.principals))
+        return {_text(name): int(value) for name, value in found.items()}
+
     async def principal_ids(self, names: Sequence[str]) -> list[int]:
         """The ids of principals (validated names), given now to those never met."""
         if not names:

@@ -209,6 +209,19 @@ class Loader:
             self._packed.add_contracts(contracts, ids)
             await self._after_feed()
 
+    async def known_principals(self) -> dict[str, int]:
+        """Every principal's id given so far (another process reading part of the file
+        names them before it starts)."""
+        return await self._lists.principals()
+
+    async def principal_id(self, principal: str) -> int:
+        """A principal's id, given now if it has none (validated name)."""
+        return (await self._lists.principal_ids([principal]))[0]
+
+    async def renew(self) -> None:
+        """Keep the import's lock while it waits."""
+        await self._lists.renew(self.list, self._lock_version)
+
     async def _ids(self, principals: set[str]) -> dict[str, int]:
         """The ids of principals (store/packed.py), asked of Redis once per import."""
         known = self._packed.ids

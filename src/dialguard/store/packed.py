@@ -286,6 +286,25 @@ class Gathered:
         self.entries = 0
         return taken
 
+    def state(self) -> tuple[list[bytes], array[int], list[bytearray], list[int], int]:
+        """What is gathered, to hand to another process (`extend`)."""
+        return self._names, self._counts, self._parts, sorted(self._long), self.entries
+
+    def extend(
+        self, state: tuple[list[bytes], array[int], list[bytearray], list[int], int]
+    ) -> None:
+        """Another Gathered's entries (its `state`) after these: in the same bucket, they
+        come later (a file's second half after its first)."""
+        names, counts, parts, long, entries = state
+        longs = set(long)
+        for at, name in enumerate(names):
+            part = self._part(name)
+            self._parts[part] += parts[at]
+            self._counts[part] += counts[at]
+            if at in longs:
+                self._long.add(part)
+        self.entries += entries
+
     def _fields_of(self, principal_id: int) -> dict[bytes, bytes]:
         """A principal's fields by the number's last digits, encoded once."""
         table = self._tables.get(principal_id)
