@@ -118,10 +118,11 @@ class Other:
             raise RuntimeError("the process reading the second half stopped")
         return self._half is not None
 
-    @property
-    def half(self) -> Half:
-        assert self._half is not None
-        return self._half
+    def take(self) -> Half:
+        """The half read (once: its buckets are the bulk of an import's memory)."""
+        half, self._half = self._half, None
+        assert half is not None
+        return half
 
     def close(self) -> None:
         if self._process.is_alive():
