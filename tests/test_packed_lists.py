@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from dialguard import import_reading, importing
 from dialguard.changes import Change, ChangeKind
-from dialguard.import_files import ConsentRow, ContractRow
+from dialguard.import_files import BadImportFile, ConsentRow, ContractRow
 from dialguard.model import Contract, Sector
 from dialguard.numbers import normalise
 from dialguard.store import OldLayout, Store, loading
@@ -468,3 +468,20 @@ async def test_a_big_file_read_in_two_halves_loads_what_one_reading_loads(
     numbers = [line.split(",")[0] for line in halves[3].splitlines()[1:]]
     assert numbers == ["12", "52", str(2 + 300 + 7), str(2 + 300 + 9)]  # too long: 52, 311
     assert halves == await imported(False)
+
+
+async def test_a_second_half_that_is_not_utf8_refuses_the_file_and_leaves_nothing(
+    store: Store, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importing, "_HALVES_BYTES", 1)
+    given = "2026-09-01T12:30:00+02:00"
+    lines = [f"0612345{i:03d},ACME,{given},,a{i}\n".encode() for i in range(400)]
+    lines[350] = b"0612345350,ACME," + given.encode() + b",,caf\xe9\n"  # Latin-1
+    path = tmp_path / "c.csv"
+    path.write_bytes(CONSENT_HEADER.encode() + b"".join(lines))
+    before = set(await redis_client.keys("*"))
+    request = importing.Request("consent", path, "replace", PARIS, None, "", False, None, 0)
+    with pytest.raises(BadImportFile, match=r"^not UTF-8 text"):
+        await importing.run_import(request, store)
+    left = set(await redis_client.keys("*")) - before
+    assert all(b"principals" in key or b"lists:seq" in key for key in left), left

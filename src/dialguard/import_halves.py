@@ -12,7 +12,7 @@ bad lines keep their line numbers.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -27,12 +27,15 @@ from dialguard.store.packed import Gathered
 __all__ = ["Half", "Other"]
 
 
+# Buckets a message of the other process's half carries (~20 MB at 10 M consents).
+_PIECE = 20_000
+
+
 @dataclass
 class Half:
-    """What the other process read: its buckets (Gathered.state), bad lines numbered
-    from 1 (its first line), lines read, rows gathered."""
+    """What the other process read (but its buckets, `Other.pieces`): bad lines
+    numbered from 1 (its first line), lines read, rows gathered."""
 
-    state: Any
     rejected: list[tuple[int, Rejected]]
     lines: int
     rows: int
@@ -64,7 +67,11 @@ def _gather(
                 rejected += chunk.rejected
                 rows += len(chunk)
                 lines = chunk.last_line
-        conn.send(("done", Half(gathered.state(), rejected, lines, rows)))
+        conn.send(("done", Half(rejected, lines, rows)))
+        if conn.recv() == "go":  # the import read its half: the buckets, in pieces
+            for state in gathered.states(_PIECE):
+                conn.send(("part", state))
+            conn.send(("end", None))
     except import_files.BadImportFile as exc:
         conn.send(("bad", str(exc)))
     except Exception as exc:  # told to the import, which stops
@@ -118,11 +125,24 @@ class Other:
             raise RuntimeError("the process reading the second half stopped")
         return self._half is not None
 
-    def take(self) -> Half:
-        """The half read (once: its buckets are the bulk of an import's memory)."""
-        half, self._half = self._half, None
-        assert half is not None
-        return half
+    @property
+    def half(self) -> Half:
+        assert self._half is not None
+        return self._half
+
+    def pieces(self) -> Iterator[Any]:
+        """The half's buckets (Gathered.states), once the import read its own half."""
+        self._conn.send("go")
+        while True:
+            try:
+                what, value = self._conn.recv()
+            except EOFError:
+                raise RuntimeError("the process reading the second half stopped") from None
+            if what == "end":
+                return
+            if what != "part":
+                raise RuntimeError(f"reading the second half: {value}")
+            yield value
 
     def close(self) -> None:
         if self._process.is_alive():

@@ -215,9 +215,9 @@ async def _join(
     while not await other.answer(loader.principal_id):
         await loader.renew()
         await asyncio.sleep(0.01)
-    half = other.take()
-    sink.extend(half.state)
-    half.state = None  # what it held is in `sink` now
+    half = other.half
+    for piece in other.pieces():
+        sink.extend(piece)
     if rejects is not None:
         for number, rejected in half.rejected:
             rejects.add(check.lines + 1 + number, rejected)

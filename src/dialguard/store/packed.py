@@ -286,14 +286,26 @@ class Gathered:
         self.entries = 0
         return taken
 
-    def state(self) -> tuple[list[bytes], array[int], list[bytearray], list[int], int]:
-        """What is gathered, to hand to another process (`extend`)."""
-        return self._names, self._counts, self._parts, sorted(self._long), self.entries
+    def states(
+        self, buckets: int
+    ) -> Iterator[tuple[list[bytes], array[int], list[bytearray], list[int], int]]:
+        """What is gathered, `buckets` at a time, to hand to another process (`extend`),
+        let go of as it goes (the receiver holds one piece more, not all of it twice)."""
+        names, counts, parts, long = self._names, self._counts, self._parts, self._long
+        self._empty()
+        self.entries = 0
+        for start in range(0, len(parts), buckets):
+            stop = min(start + buckets, len(parts))
+            piece = parts[start:stop]
+            parts[start:stop] = [bytearray()] * (stop - start)
+            longs = [at - start for at in range(start, stop) if at in long]
+            entries = sum(counts[start:stop])
+            yield names[start:stop], counts[start:stop], piece, longs, entries
 
     def extend(
         self, state: tuple[list[bytes], array[int], list[bytearray], list[int], int]
     ) -> None:
-        """Another Gathered's entries (its `state`) after these: in the same bucket, they
+        """Another Gathered's entries (a piece of its `states`) after these: in a bucket, they
         come later (a file's second half after its first)."""
         names, counts, parts, long, entries = state
         longs = set(long)
