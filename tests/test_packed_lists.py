@@ -21,7 +21,8 @@ import redis.asyncio as aioredis
 
 from dialguard import import_reading, importing
 from dialguard.changes import Change, ChangeKind
-from dialguard.import_files import BadImportFile, ConsentRow, ContractRow
+from dialguard.import_files import BadImportFile, ConsentRow, ContractRow, read_header
+from dialguard.import_halves import HalfFailed, Other
 from dialguard.model import Contract, Sector
 from dialguard.numbers import normalise
 from dialguard.store import OldLayout, Store, loading
@@ -485,3 +486,20 @@ async def test_a_second_half_that_is_not_utf8_refuses_the_file_and_leaves_nothin
         await importing.run_import(request, store)
     left = set(await redis_client.keys("*")) - before
     assert all(b"principals" in key or b"lists:seq" in key for key in left), left
+
+
+async def test_the_other_process_failing_is_one_line_for_the_import(tmp_path: Path) -> None:
+    header = read_header("consent", CONSENT_HEADER)
+    other = Other(tmp_path / "gone.csv", 10, header, "Europe/Paris", 64, {})
+
+    async def no_id(principal: str) -> int:
+        raise AssertionError(principal)
+
+    try:
+        with pytest.raises(HalfFailed, match="FileNotFoundError") as raised:
+            for _ in range(2000):  # the process starts, then fails
+                await other.answer(no_id)
+                await asyncio.sleep(0.01)
+        assert "\n" not in str(raised.value)
+    finally:
+        other.close()

@@ -12,6 +12,7 @@ bad lines keep their line numbers.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -24,11 +25,15 @@ from dialguard.import_files import Header, Rejected
 from dialguard.import_reading import blocks
 from dialguard.store.packed import Gathered
 
-__all__ = ["Half", "Other"]
+__all__ = ["Half", "HalfFailed", "Other"]
 
 
 # Buckets a message of the other process's half carries (~20 MB at 10 M consents).
 _PIECE = 20_000
+
+
+class HalfFailed(RuntimeError):
+    """The other process stopped without its half (one line)."""
 
 
 @dataclass
@@ -51,6 +56,9 @@ def _gather(
     conn: Connection,
 ) -> None:
     """The other process: the file from `start` to its end."""
+    # An interrupt (^C reaches the whole process group) is the import's to handle: it
+    # ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         gathered = Gathered(header.kind, value_limit)
         for principal, principal_id in ids.items():
@@ -112,7 +120,7 @@ class Other:
             try:
                 what, value = self._conn.recv()
             except EOFError:
-                raise RuntimeError("the process reading the second half stopped") from None
+                raise HalfFailed("the process reading the second half stopped") from None
             if what == "id":
                 self._conn.send(await principal_id(value))
             elif what == "done":
@@ -120,9 +128,9 @@ class Other:
             elif what == "bad":
                 raise import_files.BadImportFile(value)
             else:
-                raise RuntimeError(f"reading the second half: {value}")
+                raise HalfFailed(f"reading the second half: {value}")
         if self._half is None and not self._process.is_alive() and not self._conn.poll():
-            raise RuntimeError("the process reading the second half stopped")
+            raise HalfFailed("the process reading the second half stopped")
         return self._half is not None
 
     @property
@@ -137,11 +145,11 @@ class Other:
             try:
                 what, value = self._conn.recv()
             except EOFError:
-                raise RuntimeError("the process reading the second half stopped") from None
+                raise HalfFailed("the process reading the second half stopped") from None
             if what == "end":
                 return
             if what != "part":
-                raise RuntimeError(f"reading the second half: {value}")
+                raise HalfFailed(f"reading the second half: {value}")
             yield value
 
     def close(self) -> None:

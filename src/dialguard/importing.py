@@ -26,7 +26,7 @@ from dialguard import import_files
 from dialguard.audit import Journal
 from dialguard.csv_cells import cells
 from dialguard.import_files import Header, Rejected
-from dialguard.import_halves import Other
+from dialguard.import_halves import HalfFailed, Other
 from dialguard.import_reading import READ_BYTES, blocks, decoded
 from dialguard.service import new_id
 from dialguard.store import ListBusy, OldLayout, Store
@@ -161,7 +161,10 @@ async def scan(
             half = _second_half(handle, size) if loader.building else -1
             if half > 0:
                 ids = await loader.known_principals()
-                other = Other(path, half, header, zone.key, sink.value_limit, ids)
+                try:
+                    other = Other(path, half, header, zone.key, sink.value_limit, ids)
+                except OSError:  # no process to be had: read it whole
+                    half = -1
             chunks = import_files.blocks(header, blocks(handle, half), zone, sink)
         else:
             chunks = import_files.chunks(header, lines, zone, CHUNK_ROWS, sink)
@@ -180,6 +183,8 @@ async def scan(
                 progress.advance(handle.tell(), check.rows, time.monotonic() - started)
             if other is not None and loader is not None and sink is not None:
                 await _join(other, loader, sink, check, rejects)
+        except HalfFailed as exc:
+            raise ImportFailed(f"{path}: {exc}") from None
         finally:
             if other is not None:
                 other.close()
