@@ -217,8 +217,11 @@ async def _join(
     other: Other, loader: Loader, sink: Gathered, check: Check, rejects: Rejects | None
 ) -> None:
     """The second half, once read by the other process, after the first."""
+    renewed = time.monotonic()
     while not await other.answer(loader.principal_id):
-        await loader.renew()
+        if time.monotonic() - renewed > 1:
+            await loader.renew()
+            renewed = time.monotonic()
         await asyncio.sleep(0.01)
     half = other.half
     for piece in other.pieces():
