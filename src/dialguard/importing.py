@@ -202,7 +202,7 @@ _HALVES_BYTES = 100 << 20
 def _second_half(handle: IO[bytes], size: int) -> int:
     """Where the line at or after the middle of the file starts (-1: read it whole, on
     one core or too small to share). The handle's position is kept."""
-    if size < _HALVES_BYTES or (os.cpu_count() or 1) < 2:
+    if size < _HALVES_BYTES or _cores() < 2:
         return -1
     at = handle.tell()
     handle.seek(max(size // 2, at))
@@ -211,6 +211,15 @@ def _second_half(handle: IO[bytes], size: int) -> int:
     middle = handle.tell()
     handle.seek(at)
     return middle if at < middle < size else -1
+
+
+def _cores() -> int:
+    """The cores this process may run on (taskset, a container's cpuset): on one, a
+    second process would only take turns with the first."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 async def _join(
