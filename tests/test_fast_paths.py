@@ -7,16 +7,21 @@ under another key than the one a call looks up: a listed number let through.
 
 from __future__ import annotations
 
+import io
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dialguard import import_reading
 from dialguard.import_files import (
+    BadImportFile,
     DncRow,
     OptoutRow,
     Rejected,
+    blocks,
     chunks,
     consent_entry,
     contract_entry,
@@ -24,7 +29,7 @@ from dialguard.import_files import (
     records,
 )
 from dialguard.numbers import InvalidNumber, fast_key, import_key, normalise
-from dialguard.store.packed import Gathered
+from dialguard.store.packed import MAX_ENTRIES, Gathered
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -241,7 +246,7 @@ PRINCIPAL_IDS = {"ACME": 0, "acme.fr": 7}
 
 def _writes_and_rejects(
     kind: str, header_line: str, body: list[str], size: int, sink: bool
-) -> tuple[list[tuple[int, bytes]], list[tuple[int, str]], int]:
+) -> tuple[list[Any], list[tuple[int, str]], int]:
     """What an import of `body` writes (the Gathered's commands), its bad lines and its
     row count: through a Sink, or as entries then gathered (the path programs take)."""
     header = read_header(kind, header_line)
@@ -262,7 +267,8 @@ def _writes_and_rejects(
                 gathered.add_consents(chunk.rows, ids)
             else:
                 gathered.add_contracts(chunk.rows, ids)
-    return list(gathered.writes()), rejected, rows
+    # The buckets a build writes by plain HSETs (the others: long values, too many).
+    return [*gathered.writes(), gathered.plain(MAX_ENTRIES)], rejected, rows
 
 
 @settings(max_examples=400, deadline=None)
@@ -296,7 +302,7 @@ def test_contracts_packed_as_read_are_the_entries_gathered(
 
 
 def test_a_line_cut_for_length_inside_a_block_is_rejected_at_its_line() -> None:
-    # A line too long to be valid comes cut, without its line break (importing._decoded):
+    # A line too long to be valid comes cut, without its line break (import_reading.decoded):
     # the block it is in goes the general way, and the lines after it still load.
     plain = "0612345678,ACME,2026-09-01T12:30:00+02:00,,web-1\n"
     body = [plain, "x" * 20_000, plain.replace("678", "679"), plain.replace("678", "670")]
@@ -304,4 +310,99 @@ def test_a_line_cut_for_length_inside_a_block_is_rejected_at_its_line() -> None:
         "consent", "number,principal,given_at,expires_at,proof_ref", body, 10, sink=True
     )
     assert [n for n, _ in rejected] == [3] and rows == 3
-    assert sum(count for count, _ in writes) == 3 * 3
+    assert sum(count for count, _ in writes[:-1]) == 2 + 2 * 3  # one bucket, three entries
+
+
+@pytest.mark.parametrize(
+    ("kind", "header", "line"),
+    [
+        (
+            "consent",
+            "number,principal,given_at,expires_at,proof_ref",
+            "061234{},ACME,2026-09-01T12:30:00+02:00,,{}\n",
+        ),
+        (
+            "contract",
+            "number,principal,contract_id,sector,start,end",
+            "061234{},ACME,{},cpf,2025-01-01,\n",
+        ),
+    ],
+)
+def test_a_plain_line_too_long_for_a_listpack_keeps_its_bucket_from_plain_hsets(
+    kind: str, header: str, line: str
+) -> None:
+    # The first line names the principal (the general path); the next ones are plain.
+    body = [line.format("5670", "x"), line.format("5671", "y" * 60), line.format("5680", "z")]
+    body.append(line.format("6780", "w"))  # another bucket
+    for sink in (False, True):
+        writes, rejected, rows = _writes_and_rejects(kind, header, body, 10, sink)
+        assert not rejected and rows == 4
+        assert writes[-1] == [1]  # not the bucket of 0612345000-999: a value over 64 bytes
+
+
+def _read_whole(data: bytes, kind: str, by_blocks: bool) -> tuple[list[Any], list[Any], int]:
+    """What an import of the file `data` gathers (as _writes_and_rejects), its lines read
+    as the import reads them: a block of bytes at a time, or line by line."""
+    handle = io.BytesIO(data)
+    header = read_header(kind, next(import_reading.decoded(handle)))
+    gathered = Gathered(kind)
+    if by_blocks:
+        found = blocks(header, import_reading.blocks(handle), PARIS, gathered)
+    else:
+        found = chunks(header, import_reading.decoded(handle), PARIS, 3, gathered)
+    rejected: list[Any] = []
+    rows = 0
+    for chunk in found:
+        rejected += [(n, r) for n, r in chunk.rejected]
+        rows += len(chunk)
+        if chunk.needs:
+            gathered.name(chunk.needs, PRINCIPAL_IDS.get(chunk.needs, 99))
+    return [*gathered.writes(), gathered.plain(MAX_ENTRIES)], rejected, rows
+
+
+long_lines = st.sampled_from(
+    [
+        "0612345678,ACME,2026-09-01,," + "x" * 300,
+        "0612345678,ACME,2026-09-01,," + "x" * 10_000,  # too long
+        "x" * 17_000,  # too long to be read whole: cut
+        "é" * 9_001,  # cut inside a character
+        "0612345679,ACME,2026-09-01,,web-1\r",  # CRLF
+        "",
+        " ",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(consent_numbers, principals, instants, instants, texts).map(",".join),
+            long_lines,
+        ),
+        max_size=12,
+    ),
+    st.booleans(),
+    st.integers(8, 5000),
+)
+def test_consent_files_read_a_block_at_a_time_give_what_lines_give(
+    lines: list[str], last_break: bool, block: int
+) -> None:
+    # Small blocks: lines cut by the block's end, lines longer than a block and than
+    # a line is read whole, a last line without its line break, not UTF-8 anywhere.
+    header = "number,principal,given_at,expires_at,proof_ref\n"
+    data = (header + "\n".join(lines) + ("\n" if last_break else "")).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(import_reading, "BLOCK_BYTES", block)
+        outcomes = []
+        for by_blocks in (True, False):
+            try:
+                outcomes.append(_read_whole(data, "consent", by_blocks))
+            except BadImportFile as exc:
+                outcomes.append(str(exc))  # type: ignore[arg-type]
+        assert outcomes[0] == outcomes[1]
+        broken = data.replace(b"ACME", b"AC\xffME", 1)
+        if broken != data:
+            for by_blocks in (True, False):
+                with pytest.raises(BadImportFile, match="not UTF-8"):
+                    _read_whole(broken, "consent", by_blocks)

@@ -204,36 +204,72 @@ def commands(gathered: Gathered) -> list[tuple[int, bytes]]:
     return list(gathered.writes())
 
 
-def test_entries_go_out_as_bucket_field_value_triples() -> None:
+def arguments_of(encoded: bytes) -> list[bytes]:
+    """Bulk strings in wire format, back to their bytes (values may hold any byte)."""
+    found, at = [], 0
+    while at < len(encoded):
+        assert encoded[at : at + 1] == b"$"
+        end = encoded.index(b"\r\n", at)
+        size = int(encoded[at + 1 : end])
+        found.append(encoded[end + 2 : end + 2 + size])
+        assert encoded[end + 2 + size : end + 4 + size] == b"\r\n"
+        at = end + 4 + size
+    return found
+
+
+def groups_of(encoded: bytes) -> dict[bytes, list[tuple[bytes, bytes]]]:
+    """A write's groups: bucket -> its (field, value) pairs, in order."""
+    arguments, groups, at = arguments_of(encoded), {}, 0
+    while at < len(arguments):
+        bucket, count = arguments[at], int(arguments[at + 1])
+        assert bucket not in groups
+        pairs = arguments[at + 2 : at + 2 + 2 * count]
+        groups[bucket] = list(zip(pairs[::2], pairs[1::2], strict=True))
+        at += 2 + 2 * count
+    return groups
+
+
+def test_entries_go_out_grouped_by_bucket_in_file_order() -> None:
     gathered = Gathered("consent")
     one = pack_consent(1_790_000_000_000, 0, "p1")
     two = pack_consent(1_790_000_000_000, 0, "p2")
+    other = pack_consent(1_790_000_000_000, 0, "p3")
     gathered.add("33612345678", 0, one)
+    gathered.add("33612346000", 0, other)
     gathered.add("33612345001", 2, two)
     (sent,) = commands(gathered)
     assert sent == (
-        6,
+        10,
         bulk(b"33612345")
+        + bulk(b"2")
         + bulk(b"678")
         + bulk(one)
-        + bulk(b"33612345")
         + bulk(b"2001")  # principal 2, the number's last digits 001
-        + bulk(two),
+        + bulk(two)
+        + bulk(b"33612346")
+        + bulk(b"1")
+        + bulk(b"0")
+        + bulk(other),
     )
+    taken = gathered.take()
+    assert len(taken) == 3 and commands(taken) == [sent]
     assert len(gathered) == 0 and commands(gathered) == []
 
 
 def test_a_bucket_goes_out_in_one_write_whatever_the_order_of_the_rows() -> None:
     gathered = Gathered("consent")
     value = pack_consent(1_790_000_000_000, 0, "p")
-    rows = [(f"336{n:08d}", "ACME", 1_790_000_000_000, 0, "p") for n in range(0, 10**8, 9973)]
+    numbers = [*range(0, 10**8, 9973), *range(5, 10**8, 19_991)]
+    rows = [(f"336{n:08d}", "ACME", 1_790_000_000_000, 0, "p") for n in numbers]
     gathered.add_consents(rows, {"ACME": 0})
     sent = commands(gathered)
-    assert len(sent) > 1 and sum(count for count, _ in sent) == 3 * len(rows)
-    buckets = [
-        {arguments.split(b"\r\n")[i] for i in range(1, len(arguments.split(b"\r\n")), 6)}
-        for _, arguments in sent
-    ]
-    for one, other in itertools.pairwise(buckets):
-        assert not one & other  # a bucket in one write only
+    groups = [groups_of(arguments) for _, arguments in sent]
+    assert len(sent) > 1 and sum(len(pairs) for g in groups for pairs in g.values()) == len(rows)
+    for one, other in itertools.pairwise(groups):
+        assert not one.keys() & other.keys()  # a bucket in one write only
+    expected: dict[bytes, list[bytes]] = {}
+    for n in numbers:  # each bucket's entries in the order of the rows
+        expected.setdefault(b"336%05d" % (n // 1000), []).append(b"%d" % (n % 1000))
+    got = {bucket: [f for f, _ in pairs] for g in groups for bucket, pairs in g.items()}
+    assert got == expected
     assert bulk(value) in sent[0][1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
@@ -18,9 +19,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from dialguard import importing
+from dialguard import import_reading, importing
 from dialguard.changes import Change, ChangeKind
-from dialguard.import_files import ConsentRow, ContractRow
+from dialguard.import_files import BadImportFile, ConsentRow, ContractRow, read_header
+from dialguard.import_halves import HalfFailed, Other
 from dialguard.model import Contract, Sector
 from dialguard.numbers import normalise
 from dialguard.store import OldLayout, Store, loading
@@ -208,6 +210,71 @@ async def test_an_import_written_in_parts_gives_what_one_write_gives(
     assert (await store.facts(number, "ACME", NOW, 30)).contracts == (k1, k2)
 
 
+async def version_contents(client: aioredis.Redis, kind: str, version: str) -> dict[str, Any]:
+    """Every key of a version (its part after the version's base), with its encoding and
+    contents: buckets and the overflow hash as fields in order, the index as a set."""
+    base = KEYS.packed(kind, version)
+    found: dict[str, Any] = {}
+    async for key in client.scan_iter(match=f"{base}*", count=1000):
+        name = key.decode()[len(base) :]
+        if await client.type(key) == b"set":
+            found[name] = await client.smembers(key)
+        else:
+            found[name] = (await client.object("encoding", key), await client.hgetall(key))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_a_build_written_by_plain_hsets_holds_what_the_write_script_writes(
+    store: Store, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    # A build is written once read, most buckets by one plain HSET each; the write script
+    # takes the buckets HSET cannot write (a pair met twice, a value too long, more
+    # entries than a listpack holds). Written row by row through the write script
+    # instead (MAX_PACKED 1: every later write merges), the version is the same, key for
+    # key, field for field, in the same order.
+    rnd = random.Random(seed)
+    numbers = [f"33612{rnd.randrange(10**6):06d}" for _ in range(300)]
+    numbers += [f"33612999{i:03d}" for i in range(0, 1000, 5)]  # one bucket of 200
+    rows: list[ConsentRow] = []
+    for key in numbers:
+        proof = "p" * rnd.choice([1, 8, 70]) if rnd.random() < 0.05 else f"p{len(rows)}"
+        rows.append(consent(key, rnd.randrange(1, 90), proof, rnd.choice(["ACME", "BETA"])))
+    rows += [consent(r.number.key, rnd.randrange(1, 90), "again", r.principal) for r in rows[:40]]
+    rnd.shuffle(rows)
+    contracts = [
+        ContractRow(
+            r.number,
+            r.principal,
+            Contract(f"K-{rnd.randrange(3)}", Sector.CPF, date(2025, 1, 1), None),
+        )
+        for r in rows
+    ]
+
+    async def written(chunk: int) -> list[tuple[int, dict[str, Any]]]:
+        found = []
+        for kind, entries in (("consent", rows), ("contract", contracts)):
+            summary = await load(store.lists, kind, entries, "replace", chunk=chunk)
+            found.append(
+                (summary.size, await version_contents(redis_client, kind, summary.version))
+            )
+        return found
+
+    plain = await written(5000)
+    for _, contents in plain:
+        # Not a hashtable anywhere; a split bucket met in each seed.
+        assert {v[0] for k, v in contents.items() if k[:1].isdigit()} == {b"listpack"}
+        assert any(k.startswith("2") for k in contents)
+    facts = await store.facts(rows[0].number, rows[0].principal, NOW, 30)
+    monkeypatch.setattr(loading, "MAX_PACKED", 1)
+    assert await written(1) == plain
+    facts = await store.facts(rows[0].number, rows[0].principal, NOW, 30)
+    given = max(
+        r.given_at for r in rows if r.number == rows[0].number and r.principal == rows[0].principal
+    )
+    assert facts.consent is not None and facts.consent.given_at == given
+
+
 # --- live changes over an imported version -----------------------------------------------------
 
 
@@ -282,10 +349,12 @@ def test_serve_and_imports_say_what_to_do_with_the_old_layout(
 async def test_a_file_written_while_read_keeps_the_later_row_and_a_refused_one_leaves_nothing(
     store: Store, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Writes due every two rows: a pair's rows land in different writes, each merged into
-    # the buckets the earlier ones wrote, while the next rows are read.
-    monkeypatch.setattr(loading, "MIN_PACKED_WRITE", 2)
+    # Writes due every two rows (a build is written once read, but for one past
+    # MAX_PACKED): a pair's rows land in different writes, each merged into the buckets
+    # the earlier ones wrote, while the next rows are read.
+    monkeypatch.setattr(loading, "MAX_PACKED", 2)
     monkeypatch.setattr(importing, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(import_reading, "BLOCK_BYTES", 120)  # two or three lines a chunk
     given = "2026-09-01T12:30:00+02:00"
     others = [f"06123450{i:02d},ACME,{given},,p{i}\n" for i in range(20)]
     body = [
@@ -349,3 +418,88 @@ async def test_a_file_written_while_read_keeps_the_later_row_and_a_refused_one_l
     assert set(await redis_client.keys("*")) == before
     facts = await store.facts(normalise("0612345019"), "ACME", NOW, 30)
     assert facts.consent is not None and facts.consent.proof_ref == "p19"
+
+
+async def test_a_big_file_read_in_two_halves_loads_what_one_reading_loads(
+    store: Store, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second half read by another process (import_halves): a principal first met
+    # there, bad lines in both halves, pairs with a row in each half (the consent given
+    # last kept, the later row for the same instant), a last line without its break.
+    given = "2026-09-01T12:30:00+02:00"
+    first = [f"0612345{i:03d},ACME,{given},,a{i}\n" for i in range(300)]
+    first[10] = "0612345010,ACME,never,,bad\n"
+    first[20] = f"0612345020,ACME,{given},,newer in the first half\n".replace("12:30", "18:30")
+    second = [f"0612346{i:03d},ACME,{given},,b{i}\n" for i in range(300)]
+    second[5] = "0612345020,ACME,2026-09-01T12:00:00+02:00,,older in the second half\n"
+    second[6] = f"0612345021,ACME,{given},,the later row\n"
+    second[7] = "0612345022,ACME,2026-09-01,2026-01-01,bad: expires before\n"
+    second[8] = f"0612346100,NEWP,{given},,new principal\n"
+    second[9] = "é" * 5000 + "\n"
+    first[50] = "é" * 6000 + "\n"  # the middle of the file in the first 300 lines
+    second[-1] = second[-1].rstrip("\n")
+    path = tmp_path / "c.csv"
+    path.write_text(CONSENT_HEADER + "".join(first + second), encoding="utf-8")
+
+    async def imported(halves: bool) -> tuple[Any, ...]:
+        monkeypatch.setattr(importing, "_HALVES_BYTES", 1 if halves else 1 << 40)
+        rejects = tmp_path / f"rejects-{halves}.csv"
+        request = importing.Request(
+            "consent", path, "replace", PARIS, None, "", False, rejects, 100
+        )
+        outcome = await importing.run_import(request, store)
+        assert outcome.summary is not None
+        contents = await version_contents(redis_client, "consent", outcome.summary.version)
+        facts = [
+            (await store.facts(normalise(n), p, NOW, 30)).consent
+            for n, p in (("0612345020", "ACME"), ("0612345021", "ACME"), ("0612346100", "NEWP"))
+        ]
+        return (
+            outcome.check.rows,
+            outcome.check.lines,
+            outcome.rejected,
+            rejects.read_text(encoding="utf-8"),
+            outcome.summary.size,
+            contents,
+            [c.proof_ref if c else None for c in facts],
+        )
+
+    halves = await imported(True)
+    assert halves[6] == ["newer in the first half", "the later row", "new principal"]
+    numbers = [line.split(",")[0] for line in halves[3].splitlines()[1:]]
+    assert numbers == ["12", "52", str(2 + 300 + 7), str(2 + 300 + 9)]  # too long: 52, 311
+    assert halves == await imported(False)
+
+
+async def test_a_second_half_that_is_not_utf8_refuses_the_file_and_leaves_nothing(
+    store: Store, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importing, "_HALVES_BYTES", 1)
+    given = "2026-09-01T12:30:00+02:00"
+    lines = [f"0612345{i:03d},ACME,{given},,a{i}\n".encode() for i in range(400)]
+    lines[350] = b"0612345350,ACME," + given.encode() + b",,caf\xe9\n"  # Latin-1
+    path = tmp_path / "c.csv"
+    path.write_bytes(CONSENT_HEADER.encode() + b"".join(lines))
+    before = set(await redis_client.keys("*"))
+    request = importing.Request("consent", path, "replace", PARIS, None, "", False, None, 0)
+    with pytest.raises(BadImportFile, match=r"^not UTF-8 text"):
+        await importing.run_import(request, store)
+    left = set(await redis_client.keys("*")) - before
+    assert all(b"principals" in key or b"lists:seq" in key for key in left), left
+
+
+async def test_the_other_process_failing_is_one_line_for_the_import(tmp_path: Path) -> None:
+    header = read_header("consent", CONSENT_HEADER)
+    other = Other(tmp_path / "gone.csv", 10, header, "Europe/Paris", 64, {})
+
+    async def no_id(principal: str) -> int:
+        raise AssertionError(principal)
+
+    try:
+        with pytest.raises(HalfFailed, match="FileNotFoundError") as raised:
+            for _ in range(2000):  # the process starts, then fails
+                await other.answer(no_id)
+                await asyncio.sleep(0.01)
+        assert "\n" not in str(raised.value)
+    finally:
+        other.close()

@@ -352,10 +352,33 @@ def _entry_chunks(
 def _sink_chunks(
     header: Header, lines: Iterable[str], zone: ZoneInfo, size: int, sink: Sink
 ) -> Iterator[Chunk]:
-    """As `_entry_chunks`, the rows given to `sink` as they are read, in file order: the
-    plain lines of a block in one loop, each other line through the general path (its
-    entry, or the reason it is bad), a principal new to the sink announced first
-    (Chunk.needs) so that its id is known before its first row is packed."""
+    """As `_entry_chunks`, the rows given to `sink` as they are read, in file order:
+    `size` lines at a time through `blocks`."""
+    # Blocks of `size` lines taken whole (no Python step a line). A line with no line
+    # break (one too long to be valid, cut) inside a block leaves the block's lines one
+    # short of their line breaks: the block's text then does not match line for line,
+    # and the block goes the general way, which rejects that line.
+    lines = iter(lines)
+    texts = (("".join(block), block) for block in iter(lambda: list(islice(lines, size)), []))
+    yield from blocks(header, texts, zone, sink)
+
+
+def blocks(
+    header: Header,
+    texts: Iterable[tuple[str, list[str] | None]],
+    zone: ZoneInfo,
+    sink: Sink,
+    first: int = 2,
+) -> Iterator[Chunk]:
+    """Consents and contracts given to `sink` as they are read, in file order, a chunk a
+    block of whole lines: (its text, its lines, or None to split the text at its line
+    breaks when the general path needs them). The plain lines of a block in one loop,
+    each other line through the general path (its entry, or the reason it is bad), a
+    principal new to the sink announced first (Chunk.needs) so that its id is known
+    before its first row is packed. `first`: the number of the first line (the header
+    is line 1)."""
+    if header.kind not in ("consent", "contract"):
+        raise ValueError(header.kind)
     one = _Line(header, zone)
     plain = FastRows(header, zone)
     if header.kind == "consent":
@@ -363,18 +386,24 @@ def _sink_chunks(
     else:
         pattern, gather = plain.contract_lines, sink.gather_contracts
         as_entry = contract_entry  # type: ignore[assignment]
-
-    def chunks_of(block: list[str], first: int) -> Iterator[Chunk]:
-        chunk = Chunk(last_line=first + len(block) - 1)
-        found = plain.lines(pattern, block)
-        at, end = 0, len(block)
-        while at < end:
+    start = first
+    for text, given in texts:
+        block = given
+        count = len(block) if block is not None else text.count("\n") + (text[-1:] != "\n")
+        if not count:
+            continue
+        chunk = Chunk(last_line=first + count - 1)
+        found = plain.found(pattern, text, count)
+        at = 0
+        while at < count:
             if found is not None:
                 stop = gather(found, at, plain)
                 chunk.gathered += stop - at
                 at = stop
-                if at == end:
+                if at == count:
                     break
+            if block is None:
+                block = _lines_of(text)
             row = one(block[at])
             if type(row) is Rejected:
                 chunk.rejected.append((first + at, row))
@@ -386,18 +415,19 @@ def _sink_chunks(
                 chunk.gathered += 1
             at += 1
         yield chunk
+        first += count
+    if first == start:
+        yield Chunk(last_line=start - 1)
 
-    # Blocks of `size` lines taken whole (no Python step a line). A line with no line
-    # break (one too long to be valid, cut) inside a block leaves the block's lines one
-    # short of their line breaks: FastRows.lines then gives None, and the block goes the
-    # general way, which rejects that line.
-    lines = iter(lines)
-    first = 2
-    while block := list(islice(lines, size)):
-        yield from chunks_of(block, first)
-        first += len(block)
-    if first == 2:
-        yield Chunk(last_line=1)
+
+def _lines_of(text: str) -> list[str]:
+    """A block's lines, each with its line break (the last maybe without)."""
+    lines = [line + "\n" for line in text.split("\n")]
+    if text.endswith("\n"):
+        del lines[-1]
+    else:
+        lines[-1] = lines[-1][:-1]
+    return lines
 
 
 def parse(kind: str, lines: Iterable[str], zone: ZoneInfo) -> Parsed[object]:
@@ -650,12 +680,17 @@ class FastRows:
     @staticmethod
     def lines(pattern: re.Pattern[str], block: list[str]) -> list[Any] | None:
         """The pattern's groups of each line of `block`."""
-        text = "".join(block)
+        return FastRows.found(pattern, "".join(block), len(block))
+
+    @staticmethod
+    def found(pattern: re.Pattern[str], text: str, count: int) -> list[Any] | None:
+        """The pattern's groups of each line of `text`, `count` lines (None: not
+        `count`, a line without its line break inside)."""
         if not text.endswith("\n"):
             text += "\n"
         found = pattern.findall(text)
         # One result a line, and one for the empty end after the last line break.
-        if len(found) != len(block) + 1:
+        if len(found) != count + 1:
             return None
         del found[-1]
         return found

@@ -7,7 +7,6 @@ File formats: docs/imports.md; what happens in Redis: docs/data-model.md."""
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import csv
 import gzip
@@ -16,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -27,9 +26,12 @@ from dialguard import import_files
 from dialguard.audit import Journal
 from dialguard.csv_cells import cells
 from dialguard.import_files import Header, Rejected
+from dialguard.import_halves import HalfFailed, Other
+from dialguard.import_reading import READ_BYTES, blocks, decoded
 from dialguard.service import new_id
 from dialguard.store import ListBusy, OldLayout, Store
 from dialguard.store.loading import Loader, Summary
+from dialguard.store.packed import Gathered
 
 __all__ = [
     "Accounting",
@@ -130,36 +132,9 @@ def _open(path: Path) -> IO[bytes]:
         raise ImportFailed(f"{path}: cannot read: {exc.strerror}") from None
 
 
-# A line of MAX_LINE_CHARS characters (4 bytes each at most) and its line break fits in one
-# read of this many bytes; a read that fills it without a line break holds more than
-# MAX_LINE_CHARS characters, even cut in the middle of one.
-_READ_BYTES = 4 * import_files.MAX_LINE_CHARS + 8
-
-
-def _decoded(handle: IO[bytes]) -> Iterator[str]:
-    """The file's lines as text. A line too long to be valid comes as its first
-    _READ_BYTES bytes, enough to be rejected as too long: a file of one 50 MB line must
-    not be held whole to find that out."""
-    readline = handle.readline  # ten million calls: the lookup once
-    try:
-        while raw := readline(_READ_BYTES):
-            if raw[-1] == 10 or len(raw) < _READ_BYTES:  # 10: b"\n"
-                yield raw.decode("utf-8")
-                continue
-            decoder = codecs.getincrementaldecoder("utf-8")()
-            yield decoder.decode(raw)  # a character cut at the end waits for the rest
-            # The rest of the line, read in bounded pieces and dropped, is still checked:
-            # a file that is not UTF-8 is refused whole, wherever the bad byte is.
-            while (rest := readline(_READ_BYTES)) and rest[-1] != 10:
-                decoder.decode(rest)
-            decoder.decode(rest, final=True)
-    except UnicodeDecodeError:
-        raise import_files.BadImportFile("not UTF-8 text (export the file as UTF-8)") from None
-
-
 def read_header(path: Path, kind: str) -> Header:
     with _open(path) as handle:
-        first = next(_decoded(handle), None)
+        first = next(decoded(handle), None)
     return import_files.read_header(kind, first)
 
 
@@ -177,23 +152,95 @@ async def scan(
     started = time.monotonic()
     size = path.stat().st_size or 1
     progress.start(label, size)
+    other: Other | None = None
     with _open(path) as handle:
-        lines = _decoded(handle)
+        lines = decoded(handle)
         next(lines, None)  # the header, checked already
         sink = loader.sink if loader is not None else None
-        for chunk in import_files.chunks(header, lines, zone, CHUNK_ROWS, sink):
-            if rejects is not None:
-                for number, rejected in chunk.rejected:
-                    rejects.add(number, rejected)
-            check.rows += len(chunk)
-            check.lines = chunk.last_line - 1
-            if loader is not None:
-                loader.reading(handle.tell(), size)
-                await loader.feed_chunk(chunk)
-            progress.advance(handle.tell(), check.rows, time.monotonic() - started)
+        if sink is not None and loader is not None:
+            half = _second_half(handle, size) if loader.building else -1
+            if half > 0:
+                ids = await loader.known_principals()
+                try:
+                    other = Other(path, half, header, zone.key, sink.value_limit, ids)
+                except OSError:  # no process to be had: read it whole
+                    half = -1
+            chunks = import_files.blocks(header, blocks(handle, half), zone, sink)
+        else:
+            chunks = import_files.chunks(header, lines, zone, CHUNK_ROWS, sink)
+        try:
+            for chunk in chunks:
+                if rejects is not None:
+                    for number, rejected in chunk.rejected:
+                        rejects.add(number, rejected)
+                check.rows += len(chunk)
+                check.lines = chunk.last_line - 1
+                if loader is not None:
+                    loader.reading(handle.tell(), size)
+                    await loader.feed_chunk(chunk)
+                    if other is not None:
+                        await other.answer(loader.principal_id)
+                progress.advance(handle.tell(), check.rows, time.monotonic() - started)
+            if other is not None and loader is not None and sink is not None:
+                await _join(other, loader, sink, check, rejects)
+        except HalfFailed as exc:
+            raise ImportFailed(f"{path}: {exc}") from None
+        finally:
+            if other is not None:
+                other.close()
     progress.advance(size, check.rows, time.monotonic() - started)
     check.seconds = time.monotonic() - started
     return check
+
+
+# A build of consents or contracts from a file this big has its second half read by
+# another process (import_halves): ~1.5 million lines, where starting it (~0.5 s) is
+# worth it.
+_HALVES_BYTES = 100 << 20
+
+
+def _second_half(handle: IO[bytes], size: int) -> int:
+    """Where the line at or after the middle of the file starts (-1: read it whole, on
+    one core or too small to share). The handle's position is kept."""
+    if size < _HALVES_BYTES or _cores() < 2:
+        return -1
+    at = handle.tell()
+    handle.seek(max(size // 2, at))
+    while (piece := handle.readline(READ_BYTES)) and piece[-1] != 10:  # 10: b"\n"
+        pass
+    middle = handle.tell()
+    handle.seek(at)
+    return middle if at < middle < size else -1
+
+
+def _cores() -> int:
+    """The cores this process may run on (taskset, a container's cpuset): on one, a
+    second process would only take turns with the first."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+async def _join(
+    other: Other, loader: Loader, sink: Gathered, check: Check, rejects: Rejects | None
+) -> None:
+    """The second half, once read by the other process, after the first."""
+    renewed = time.monotonic()
+    while not await other.answer(loader.principal_id):
+        if time.monotonic() - renewed > 1:
+            await loader.renew()
+            renewed = time.monotonic()
+        await asyncio.sleep(0.01)
+    half = other.half
+    for piece in other.pieces():
+        sink.extend(piece)
+    if rejects is not None:
+        for number, rejected in half.rejected:
+            rejects.add(check.lines + 1 + number, rejected)
+    check.rows += half.rows
+    check.lines += half.lines
+    await loader.feed_chunk(import_files.Chunk(gathered=half.rows, last_line=check.lines + 1))
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from dialguard.import_files import (
     read_header,
     records,
 )
-from dialguard.importing import _decoded
+from dialguard.import_reading import decoded
 from dialguard.numbers import InvalidNumber, fast_key, import_key, listable, normalise
 from tests.agi.asterisk_peer import agi_env, encode_block, parse_args
 
@@ -163,7 +163,7 @@ def imports(data: bytes) -> None:
         return
     kind = KINDS[data[0] % len(KINDS)]
     try:
-        lines = list(_decoded(io.BytesIO(data[1:])))
+        lines = list(decoded(io.BytesIO(data[1:])))
         header = read_header(kind, lines[0] if lines else None)
     except BadImportFile as exc:
         assert "\n" not in str(exc)

@@ -38,6 +38,7 @@ from dialguard.store.packed import (
     MAX_ENTRIES,
     REPLACE,
     SPLIT,
+    TOP_LEVEL,
     Gathered,
 )
 
@@ -220,12 +221,12 @@ return 1
 # Write gathered consents or contracts into one version (store/packed.py: the layout and
 # why). ARGV: the version's base key, the most entries a bucket holds, the longest value
 # kept in a bucket, the kind, how the first row of a pair treats the pair's stored
-# contracts (R: replaces them; A: adds to them), then (bucket, field, value) triples in
-# file order. The triples are grouped by bucket; a pair met twice keeps the consent given
-# last (the same instant: the later row), or all its contracts (the same id: the later
-# row). A new bucket of distinct fields within the limits is one HSET; any other is
-# merged entry by entry (or, holding none of the fields and room for them, added to). A
-# bucket that would grow past the limit is split, ten buckets one
+# contracts (R: replaces them; A: adds to them), then per bucket its name, how many
+# entries follow, and each entry's field and value, in file order. A pair met twice keeps
+# the consent given last (the same instant: the later row), or all its contracts (the
+# same id: the later row). A new bucket of distinct fields within the limits is one
+# HSET; any other is merged entry by entry (or, holding none of the fields and room for
+# them, added to). A bucket that would grow past the limit is split, ten buckets one
 # digit longer; a value past the value limit goes to the overflow hash (field
 # NUMBER|PRINCIPAL_ID), the bucket holding STUB. Returns {entries written, entries new}.
 _PACKED_WRITE = (
@@ -387,21 +388,13 @@ local function put(level, prefix, fs, ops, vs)
 end
 
 local first = contracts and ARGV[5] or 'M'
-local groups, order = {}, {}
-for i = 6, #ARGV, 3 do
-  local g = groups[ARGV[i]]
-  if not g then
-    g = {}
-    groups[ARGV[i]] = g
-    order[#order + 1] = ARGV[i]
-  end
-  g[#g + 1] = i
-end
-for _, bucket in ipairs(order) do
+local g = 6
+while g <= #ARGV do
+  local bucket, n = ARGV[g], tonumber(ARGV[g + 1])
   local fs, vs, ops, at, args = {}, {}, {}, {}, {}
   local plain = true
-  for _, i in ipairs(groups[bucket]) do
-    local f, v = ARGV[i + 1], ARGV[i + 2]
+  for i = g + 2, g + 2 * n, 2 do
+    local f, v = ARGV[i], ARGV[i + 1]
     local k = at[f]
     if not k then
       fs[#fs + 1], vs[#vs + 1], ops[#ops + 1] = f, v, first
@@ -418,6 +411,7 @@ for _, bucket in ipairs(order) do
       end
     end
   end
+  g = g + 2 + 2 * n
   local key = base .. TOP .. bucket
   local held = plain and redis.call('HLEN', key) or -1
   local clear = held == 0
@@ -629,6 +623,11 @@ class Lists:
             return DEFAULT_ENTRIES, DEFAULT_VALUE_BYTES
         return max(1, min(entries, MAX_ENTRIES)), max(0, value)
 
+    async def principals(self) -> dict[str, int]:
+        """Every principal's id given so far."""
+        found = await self._call(self._redis.hgetall(self.keys.principals))
+        return {_text(name): int(value) for name, value in found.items()}
+
     async def principal_ids(self, names: Sequence[str]) -> list[int]:
         """The ids of principals (validated names), given now to those never met."""
         if not names:
@@ -725,7 +724,15 @@ class Lists:
         new there). `replacing`: the first contract row of a pair met replaces the pair's
         stored contracts (a merge into the list in force), rather than adding to them (a
         build, written in parts). Two writes in flight, as `write`, or `in_flight`. `merging`:
-        the version may hold some of the buckets already (writes of fewer entries)."""
+        the version may hold some of the buckets already; if not (the first write of a
+        build), the buckets a plain HSET can write are written so (Gathered.hsets)."""
+        written = new = 0
+        rest: list[int] | None = None  # the parts left to the write script (None: all)
+        if not merging:
+            plain = gathered.plain(min(limits[0], MAX_ENTRIES))
+            written, new, again = await self._hsets(base, gathered, plain)
+            taken = set(plain).difference(again)
+            rest = [part for part in range(gathered.buckets) if part not in taken]
         sha = await self._call(self._redis.script_load(_PACKED_WRITE))
         head = (
             base.encode(),
@@ -736,10 +743,43 @@ class Lists:
         )
         commands = (
             resp.evalsha(_text(sha), head, count, arguments)
-            for count, arguments in gathered.writes(merging)
+            for count, arguments in gathered.writes(merging, rest)
         )
         replies = await self._call(wire.pipelined(self._redis, commands, in_flight))
-        return sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies)
+        written += sum(int(r[0]) for r in replies)
+        new += sum(int(r[1]) for r in replies)
+        return written, new
+
+    async def _hsets(
+        self, base: str, gathered: Gathered, parts: list[int]
+    ) -> tuple[int, int, list[int]]:
+        """Write parts into buckets not yet in the version, one plain HSET each: (entries
+        written, entries new, the parts to write again through the write script). A part
+        whose HSET added fewer fields than it holds met a pair twice, and HSET kept the
+        later row, which for consents is not always the one to keep (the consent given
+        last is): its bucket is deleted here, and written again by the caller."""
+        prefix = (base + str(TOP_LEVEL)).encode()
+        index = (base + INDEX).encode()
+        batches = (
+            (batch, commands + resp.command(b"SADD", index, *gathered.names(batch)), len(batch) + 1)
+            for batch, commands in gathered.hsets(prefix, parts)
+        )
+        replies = await self._call(wire.pipelined_batches(self._redis, batches))
+        written = new = 0
+        again: list[int] = []
+        for batch, batch_replies in replies:
+            for part, added in zip(batch, batch_replies, strict=False):
+                count = gathered.count(part)
+                if int(added) == count:
+                    written += count
+                    new += count
+                else:
+                    again.append(part)
+        if again:
+            keys = [prefix + name for name in gathered.names(again, top=False)]
+            for start in range(0, len(keys), _FREE_CHUNK):
+                await self._call(self._redis.unlink(*keys[start : start + _FREE_CHUNK]))
+        return written, new, again
 
     async def remove_dnc(
         self,

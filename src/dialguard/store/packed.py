@@ -222,32 +222,29 @@ def merge_contract_values(old: bytes, new: bytes) -> bytes:
 # write meets, the next ones added; A: added to what is stored (a contract with the same
 # id replaced).
 MERGE, REPLACE, ADD = b"M", b"R", b"A"
-# Entries are gathered in PARTS parts, by a few digits of their bucket: appending to a
-# few thousand buffers stays in the processor's caches, where one buffer per bucket (two
-# hundred thousand for ten million French mobiles) cost a cache miss or two a row, more
-# than the rest of the row's work. The write script groups a write's entries by bucket;
-# a part is never split across writes, so every bucket is written by one command.
-PARTS = 8192
-# Work per write: ~1 ms of Redis, lookups going on between writes. An entry costs ~0.5 µs
-# (grouped, written), a bucket a few µs more (three commands): a part of n entries is
-# counted n, and _BUCKET_WEIGHT for each bucket it may hold (at most n, and ~25 when ten
-# million French mobiles spread over their 200,000 buckets).
+# Work per write script command: ~1 ms of Redis, lookups going on between commands. An
+# entry costs ~0.5 µs (grouped, written), a bucket a few µs more (three commands).
 _WRITE_WEIGHT = 1_500
 _BUCKET_WEIGHT = 4
 # A bucket merged into one already written costs more (five commands, its entries read
 # and compared): measured ~3 times a new one.
 _MERGED_BUCKET_WEIGHT = 12
-_BUCKETS_A_PART = 25
+# Entries a batch of plain HSETs carries (Gathered.hsets): ~1 ms of Redis (~0.35 µs an
+# entry), replies read a batch at a time.
+_HSET_BATCH = 3_000
 
 
 class Gathered:
-    """An import's consents or contracts, gathered then written in the fewest commands
-    (pure: the commands are bytes in Redis's wire format).
+    """An import's consents or contracts, gathered by bucket then written in the fewest
+    commands (pure: the commands are bytes in Redis's wire format).
 
-    Each entry is kept as the write script's three arguments (its bucket, its field, its
-    value), in the part of its bucket, in their wire format. The write script
-    (store/lists.py) groups them by bucket, keeps one entry per pair (the consent given
-    last; a pair's contracts together), and splits or spills what a listpack cannot hold.
+    Each bucket's entries are kept in file order as their field and value in wire format,
+    one buffer a bucket. A build's buckets are all new: most are written by one plain
+    `HSET` each (`hsets`), ten times less Redis work than the write script; the others
+    (more entries than a listpack holds, a value longer than it keeps, a pair met twice)
+    and every write into buckets written before go through the write script
+    (store/lists.py, `writes`), which keeps one entry per pair (the consent given last; a
+    pair's contracts together), and splits or spills what a listpack cannot hold.
 
     It is also the import's Sink (import_files.Sink): a file's plain lines are checked
     and packed here in one loop, `gather_consents` and `gather_contracts`, for the
@@ -258,25 +255,67 @@ class Gathered:
             raise ValueError(kind)
         self.kind = kind
         self.value_limit = value_limit
-        self._parts = [bytearray() for _ in range(PARTS)]
-        self._counts = array("I", bytes(4 * PARTS))
-        self._tables: dict[int, dict[bytes, bytes]] = {}
-        self.entries = 0  # gathered since the last writes()
+        self.entries = 0  # gathered since the last take()
         self.ids: dict[str, int] = {}  # principals named so far
+        self._tables: dict[int, dict[bytes, bytes]] = {}
         self._named: dict[str, dict[str, bytes]] = {}  # principal -> last digits -> field
-        self._buckets: dict[str, tuple[int, bytes]] = {}  # six NSN digits -> part, bucket
         self._days: dict[str, bytes] = {}  # "YYYY-MM-DD" -> 3 bytes, b"" if not a date
+        self._empty()
+
+    def _empty(self) -> None:
+        self._parts: list[bytearray] = []  # a bucket's fields and values
+        self._counts = array("I")  # its entries
+        self._names: list[bytes] = []  # its name (the number's digits but the last three)
+        self._index: dict[bytes, int] = {}  # name -> its part
+        self._heads: dict[str, int] = {}  # six NSN digits (a plain line's) -> its part
+        self._long: set[int] = set()  # parts with a value over value_limit
 
     def __len__(self) -> int:
         return self.entries
 
+    @property
+    def buckets(self) -> int:
+        return len(self._parts)
+
     def take(self) -> Gathered:
         """What is gathered, to write while more is gathered here (this one empty again)."""
         taken = Gathered(self.kind, self.value_limit)
-        taken._parts, self._parts = self._parts, taken._parts
-        taken._counts, self._counts = self._counts, taken._counts
-        taken.entries, self.entries = self.entries, 0
+        for name in ("_parts", "_counts", "_names", "_index", "_heads", "_long", "entries"):
+            setattr(taken, name, getattr(self, name))
+        self._empty()
+        self.entries = 0
         return taken
+
+    def states(
+        self, buckets: int
+    ) -> Iterator[tuple[list[bytes], array[int], list[bytearray], list[int], int]]:
+        """What is gathered, `buckets` at a time, to hand to another process (`extend`),
+        let go of as it goes (the receiver holds one piece more, not all of it twice)."""
+        names, counts, parts, long = self._names, self._counts, self._parts, self._long
+        self._empty()
+        self.entries = 0
+        for start in range(0, len(parts), buckets):
+            stop = min(start + buckets, len(parts))
+            piece = parts[start:stop]
+            parts[start:stop] = [bytearray()] * (stop - start)
+            longs = [at - start for at in range(start, stop) if at in long]
+            entries = sum(counts[start:stop])
+            yield names[start:stop], counts[start:stop], piece, longs, entries
+
+    def extend(
+        self, state: tuple[list[bytes], array[int], list[bytearray], list[int], int]
+    ) -> None:
+        """Another Gathered's entries (a piece of its `states`) after these: in a bucket, they
+        come later (a file's second half after its first)."""
+        names, counts, parts, long, entries = state
+        longs = set(long)
+        for at, name in enumerate(names):
+            part = self._part(name)
+            self._parts[part] += parts[at]
+            self._counts[part] += counts[at]
+            if at in longs:
+                self._long.add(part)
+        self.entries += entries
 
     def _fields_of(self, principal_id: int) -> dict[bytes, bytes]:
         """A principal's fields by the number's last digits, encoded once."""
@@ -287,6 +326,16 @@ class Gathered:
                 for offset in range(_TOP_SPAN)
             }
         return table
+
+    def _part(self, name: bytes) -> int:
+        """The part of a bucket, new or not."""
+        part = self._index.get(name)
+        if part is None:
+            part = self._index[name] = len(self._parts)
+            self._parts.append(bytearray())
+            self._counts.append(0)
+            self._names.append(name)
+        return part
 
     # --- the Sink of an import --------------------------------------------------------------
 
@@ -306,14 +355,10 @@ class Gathered:
         else:
             self.add_contracts([entry], self.ids)
 
-    def _bucket(self, head: str, plain: FastRows) -> tuple[int, bytes]:
-        """The part and the bucket (in wire format) of the numbers of an NSN's first six
-        digits."""
-        if len(self._buckets) >= _CACHED_BUCKETS:
-            self._buckets.clear()
-        name = (plain.code(head) + head).encode()
-        found = self._buckets[head] = (int(head[-4:]) & _PART_MASK, bulk(name))
-        return found
+    def _head(self, head: str, plain: FastRows) -> int:
+        """The part of the numbers of an NSN's first six digits."""
+        part = self._heads[head] = self._part((plain.code(head) + head).encode())
+        return part
 
     def gather_consents(self, found: list[Any], start: int, plain: FastRows) -> int:
         """Check and pack the plain consent lines of a block (FastRows.consent_lines'
@@ -321,7 +366,7 @@ class Gathered:
         inner loop. Stops at the first line it leaves to the general path (not plain, an
         instant the general path refuses or must word, a principal not named yet): its
         index, or len(found)."""
-        parts, counts, named, buckets = self._parts, self._counts, self._named, self._buckets
+        parts, counts, named, heads = self._parts, self._counts, self._named, self._heads
         clocks, midnights, instant = plain.clocks, plain.midnights, plain.instant
         head_of, both_of, sizes, crlf, join = (
             _GIVEN.pack,
@@ -331,6 +376,7 @@ class Gathered:
             b"".join,
         )
         bias, narrow, invalid, expiring = _BIAS_S, _NARROW, NOT_AN_INSTANT, EXPIRES
+        vlimit = self.value_limit
         at = start
         for at in range(start, len(found)):
             head, tail, principal, day, clock, offset, until, until_clock, until_offset, proof = (
@@ -368,13 +414,13 @@ class Gathered:
             else:
                 value = pack_consent(given_ms, 0, "")
             ref = proof.encode()
-            bucket = buckets.get(head)
-            if bucket is None:
-                bucket = self._bucket(head, plain)
-            part, name = bucket
-            parts[part] += join(
-                (name, fields[tail], sizes[len(value) + len(ref)], value, ref, crlf)
-            )
+            part = heads.get(head)
+            if part is None:
+                part = self._head(head, plain)
+            size = len(value) + len(ref)
+            if size > vlimit:
+                self._long.add(part)
+            parts[part] += join((fields[tail], sizes[size], value, ref, crlf))
             counts[part] += 1
         else:
             at = len(found)
@@ -383,8 +429,9 @@ class Gathered:
 
     def gather_contracts(self, found: list[Any], start: int, plain: FastRows) -> int:
         """As gather_consents, for FastRows.contract_lines."""
-        parts, counts, named, buckets = self._parts, self._counts, self._named, self._buckets
+        parts, counts, named, heads = self._parts, self._counts, self._named, self._heads
         days, sizes, crlf, flags_of, join = self._days, _SIZES, b"\r\n", _SECTOR_FLAGS, b"".join
+        vlimit = self.value_limit
         at = start
         for at in range(start, len(found)):
             head, tail, principal, contract_id, sector, start_day, end_day = found[at]
@@ -406,13 +453,13 @@ class Gathered:
                 value = b"%c%b%b%c" % (flags_of[sector] | HAS_END, begin, end, len(ident))
             else:
                 value = b"%c%b%c" % (flags_of[sector], begin, len(ident))
-            bucket = buckets.get(head)
-            if bucket is None:
-                bucket = self._bucket(head, plain)
-            part, name = bucket
-            parts[part] += join(
-                (name, fields[tail], sizes[len(value) + len(ident)], value, ident, crlf)
-            )
+            part = heads.get(head)
+            if part is None:
+                part = self._head(head, plain)
+            size = len(value) + len(ident)
+            if size > vlimit:
+                self._long.add(part)
+            parts[part] += join((fields[tail], sizes[size], value, ident, crlf))
             counts[part] += 1
         else:
             at = len(found)
@@ -431,86 +478,102 @@ class Gathered:
 
     def add_consents(self, rows: Iterable[ConsentEntry], ids: Mapping[str, int]) -> None:
         """Gather consents (every principal in `ids`)."""
-        parts, counts = self._parts, self._counts
         tables = {principal: self._fields_of(i) for principal, i in ids.items()}
-        count = 0
         for key, principal, given_ms, expires_ms, proof_ref in rows:
             number = key.encode()
             value = pack_consent(given_ms, expires_ms, proof_ref)
-            part = int(number[-7:-TOP_LEVEL]) & _PART_MASK
-            parts[part] += b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n" % (
-                len(number) - TOP_LEVEL,
-                number[:-TOP_LEVEL],
-                tables[principal][number[-TOP_LEVEL:]],
-                len(value),
-                value,
-            )
-            counts[part] += 1
-            count += 1
-        self.entries += count
+            self._add(number, tables[principal][number[-TOP_LEVEL:]], value)
 
     def add_contracts(self, rows: Iterable[ContractEntry], ids: Mapping[str, int]) -> None:
         """Gather contracts (every principal in `ids`), one row one contract."""
-        parts, counts = self._parts, self._counts
         tables = {principal: self._fields_of(i) for principal, i in ids.items()}
-        pack = pack_contract_fields
-        count = 0
         for key, principal, contract_id, sector, start, end in rows:
             number = key.encode()
-            value = pack(contract_id, sector, start, end)
-            part = int(number[-7:-TOP_LEVEL]) & _PART_MASK
-            parts[part] += b"$%d\r\n%b\r\n%b$%d\r\n%b\r\n" % (
-                len(number) - TOP_LEVEL,
-                number[:-TOP_LEVEL],
-                tables[principal][number[-TOP_LEVEL:]],
-                len(value),
-                value,
-            )
-            counts[part] += 1
-            count += 1
-        self.entries += count
+            value = pack_contract_fields(contract_id, sector, start, end)
+            self._add(number, tables[principal][number[-TOP_LEVEL:]], value)
 
     def add(self, number_key: str, principal_id: int, value: bytes) -> None:
         """One entry (tests, small programs)."""
         number = number_key.encode()
-        part = int(number[-7:-TOP_LEVEL] or b"0") & _PART_MASK
-        self._parts[part] += (
-            bulk(number[:-TOP_LEVEL])
-            + self._fields_of(principal_id)[number[-TOP_LEVEL:]]
-            + bulk(value)
-        )
+        self._add(number, self._fields_of(principal_id)[number[-TOP_LEVEL:]], value)
+
+    def _add(self, number: bytes, field: bytes, value: bytes) -> None:
+        part = self._part(number[:-TOP_LEVEL])
+        if len(value) > self.value_limit:
+            self._long.add(part)
+        self._parts[part] += field + bulk(value)
         self._counts[part] += 1
         self.entries += 1
 
-    def writes(self, merging: bool = False) -> Iterator[tuple[int, bytes]]:
-        """The write script's triples (bucket, field, value), whole parts, ~_WRITE_WEIGHT
-        a write: (how many arguments, the bytes). `merging`: into buckets written before.
-        Empties self."""
+    # --- writing --------------------------------------------------------------------------
+
+    def plain(self, entry_limit: int) -> list[int]:
+        """The parts a plain HSET can write into a new bucket: within the listpack's
+        limits (a pair met twice is found by HSET's reply: fewer fields new)."""
+        long = self._long
+        return [
+            part
+            for part, count in enumerate(self._counts)
+            if 0 < count <= entry_limit and part not in long
+        ]
+
+    def hsets(self, prefix: bytes, parts: list[int]) -> Iterator[tuple[list[int], bytes]]:
+        """HSET commands writing `parts` into new buckets (`prefix`: a bucket's key but
+        its name), a few thousand entries a batch: (the parts of a batch, one HSET each
+        in order, then one SADD of their names to `index`)."""
+        names, counts, data = self._names, self._counts, self._parts
+        batch: list[int] = []
+        pending: list[bytes | bytearray] = []
+        entries = 0
+        for part in parts:
+            count, key = counts[part], prefix + names[part]
+            pending.append(b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * count, len(key), key))
+            pending.append(data[part])
+            batch.append(part)
+            entries += count
+            if entries >= _HSET_BATCH:
+                yield batch, b"".join(pending)
+                batch, pending, entries = [], [], 0
+        if batch:
+            yield batch, b"".join(pending)
+
+    def names(self, parts: Iterable[int], top: bool = True) -> list[bytes]:
+        """The names of parts' buckets: with their level's digit (bucket_name's, the
+        version's index keeps them so), or without (`top` False)."""
+        level = b"%d" % TOP_LEVEL if top else b""
+        return [level + self._names[part] for part in parts]
+
+    def count(self, part: int) -> int:
+        return self._counts[part]
+
+    def writes(
+        self, merging: bool = False, parts: Iterable[int] | None = None
+    ) -> Iterator[tuple[int, bytes]]:
+        """The write script's groups (bucket, how many entries, then each entry's field
+        and value), whole buckets, ~_WRITE_WEIGHT a command: (how many arguments, the
+        bytes). `merging`: into buckets written before. `parts`: these only (all by
+        default)."""
         bucket_weight = _MERGED_BUCKET_WEIGHT if merging else _BUCKET_WEIGHT
-        pending: list[bytes] = []
-        entries = weight = 0
-        for part, count in zip(self._parts, self._counts, strict=True):
+        names, counts, data = self._names, self._counts, self._parts
+        pending: list[bytes | bytearray] = []
+        arguments = weight = 0
+        for part in range(len(data)) if parts is None else parts:
+            count = counts[part]
             if not count:
                 continue
-            pending.append(bytes(part))
-            entries += count
-            weight += count + bucket_weight * min(count, _BUCKETS_A_PART)
+            pending += (bulk(names[part]), bulk(b"%d" % count), data[part])
+            arguments += 2 + 2 * count
+            weight += count + bucket_weight
             if weight >= _WRITE_WEIGHT:
-                yield 3 * entries, b"".join(pending)
-                pending, entries, weight = [], 0, 0
+                yield arguments, b"".join(pending)
+                pending, arguments, weight = [], 0, 0
         if pending:
-            yield 3 * entries, b"".join(pending)
-        self._parts = [bytearray() for _ in range(PARTS)]
-        self._counts = array("I", bytes(4 * PARTS))
-        self.entries = 0
+            yield arguments, b"".join(pending)
 
 
 _TOP_SPAN = 10**TOP_LEVEL
-_PART_MASK = PARTS - 1
 # The wire format's length line of a value, by length (a plain line's values are short).
 _SIZES = [b"$%d\r\n" % size for size in range(512)]
 _SECTOR_FLAGS = {sector.value: i for i, sector in enumerate(SECTORS)}
-# Caches of the plain lines' values that repeat: the buckets of ten million French mobiles
-# (200,000), the dates of a file; past this many they start again.
-_CACHED_BUCKETS = 400_000
+# Caches of the plain lines' dates; past this many they start again.
 _CACHED_DAYS = 65_536

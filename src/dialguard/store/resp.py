@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["bulk", "evalsha"]
+__all__ = ["bulk", "command", "evalsha"]
 
 
 def bulk(value: bytes) -> bytes:
@@ -22,3 +22,8 @@ def evalsha(sha: str, head: Sequence[bytes], count: int, encoded: bytes) -> byte
         b"".join(bulk(argument) for argument in head),
         encoded,
     )
+
+
+def command(*arguments: bytes) -> bytes:
+    """A command and its arguments in Redis's wire format."""
+    return b"*%d\r\n%s" % (len(arguments), b"".join(bulk(argument) for argument in arguments))

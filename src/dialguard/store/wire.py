@@ -10,12 +10,15 @@ it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
-__all__ = ["pipelined"]
+__all__ = ["pipelined", "pipelined_batches"]
+
+T = TypeVar("T")
 
 
 async def pipelined(
@@ -38,6 +41,37 @@ async def pipelined(
         while waiting:
             replies.append(await connection.read_response())
             waiting -= 1
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
+    return replies
+
+
+async def pipelined_batches(
+    client: aioredis.Redis, batches: Iterable[tuple[T, bytes, int]], in_flight: int = 2
+) -> list[tuple[T, list[Any]]]:
+    """As `pipelined`, each item (a tag, its commands, how many) several commands sent at
+    once: each tag with the replies of its commands, in order. An error reply raises, as
+    `pipelined`."""
+    pool: Any = client.connection_pool
+    connection: Any = await pool.get_connection()
+    replies: list[tuple[T, list[Any]]] = []
+    waiting: deque[tuple[T, int]] = deque()
+
+    async def read() -> None:
+        tag, count = waiting.popleft()
+        replies.append((tag, [await connection.read_response() for _ in range(count)]))
+
+    try:
+        for tag, commands, count in batches:
+            await connection.send_packed_command(commands)
+            waiting.append((tag, count))
+            if len(waiting) == in_flight:
+                await read()
+        while waiting:
+            await read()
     except BaseException:
         await connection.disconnect()
         raise
