@@ -164,16 +164,18 @@ class HttpApi:
                 request.match_info,
                 started,
             )
-            if route.method == "GET":
+            key = request.headers.get(HEADER) if route.method != "GET" else None
+            if key is None:
+                # Most requests (every decision a dialer sends) carry no key: no
+                # fingerprint, no Redis, nothing to keep.
                 reply = await _run(route, call)
             else:
-                settings = self.settings
                 reply = await once(
                     self.service.store.replies,
                     token.name,
-                    request.headers.get(HEADER),
+                    key,
                     fingerprint(request.method, request.path, request.query, data),
-                    route.replay_s(settings),
+                    route.replay_s(self.settings),
                     lambda: _run(route, call),
                 )
             headers = {REPLAYED: "true"} if reply.replayed else None
@@ -185,19 +187,28 @@ class HttpApi:
         """The whole body, refused (413) as soon as it is known to be over the limit: a
         declared length at once, a chunked one at the first byte past it."""
         limit = self.settings.max_body_bytes
-        too_large = ApiError(
-            "body_too_large", f"the body is over {limit} bytes ([api] max_body_bytes)"
-        )
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
+        declared = request.content_length
+        if declared is not None:
+            if declared > limit:
+                raise _too_large(limit)
+            # The parser stops the body at its declared length: read whole, at once. A
+            # client that closes before sending it all gets what it sent judged (bad_json).
+            try:
+                return await request.content.readexactly(declared)
+            except asyncio.IncompleteReadError as exc:
+                return exc.partial
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(limit)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError("body_too_large", f"the body is over {limit} bytes ([api] max_body_bytes)")
 
 
 async def _run(route: Route, call: Call) -> Reply:

@@ -324,12 +324,14 @@ class Store:
         now: datetime,
         window_days: int,
         reserve: tuple[int, str] | None = None,
+        timeout_s: float | None = None,
     ) -> Facts:
         """What the store knows about `number` for `principal`, in one round trip.
 
         With `reserve=(cap, attempt_id)`, also count this attempt if fewer than `cap` were
         made in the window (Facts.reserved says whether it was); Facts.attempts_30d is the
-        count before this attempt either way.
+        count before this attempt either way. TimeoutError without an answer within
+        `timeout_s` (the call may still count the attempt: see Store.cancel_later).
         """
         window_ms = window_days * 86_400_000
         now_ms = ms(now)
@@ -344,7 +346,7 @@ class Store:
             now_ms,
             window_ms,
         )
-        return await self._facts_batch.submit(request)
+        return await self._facts_batch.submit(request, timeout_s)
 
     async def count_attempt(
         self,
