@@ -188,23 +188,26 @@ class HttpApi:
         declared length at once, a chunked one at the first byte past it."""
         limit = self.settings.max_body_bytes
         declared = request.content_length
-        if declared is not None:
-            if declared > limit:
-                raise _too_large(limit)
-            # The parser stops the body at its declared length: read whole, at once. A
-            # client that closes before sending it all gets what it sent judged (bad_json).
-            try:
+        if declared is not None and declared > limit:
+            raise _too_large(limit)
+        if declared == 0:
+            return b""  # (aiohttp's empty body refuses even a read of 0 bytes)
+        try:
+            if declared is not None:
+                # The parser stops the body at its declared length: read whole, at once.
                 return await request.content.readexactly(declared)
-            except asyncio.IncompleteReadError as exc:
-                return exc.partial
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            # The client left before the end of its body: nothing done, and not our fault
+            # (no traceback in the log).
+            raise ApiError("bad_json", "the body ended early: the connection was closed") from None
 
 
 def _too_large(limit: int) -> ApiError:
