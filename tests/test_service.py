@@ -371,3 +371,18 @@ async def test_a_slot_reserved_after_the_deadline_is_given_back(tmp_path: Path) 
         assert await client.zcard(key) == 0
         await client.aclose()
         await store.close()
+
+
+async def test_decisions_go_on_after_redis_forgets_its_scripts(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    # A restarted or failed-over Redis has no script cached: the facts call sent as
+    # EVALSHA meets NOSCRIPT, loads the script and is sent again, still counted once.
+    request = CallRequest("06 12 34 56 78", "demo-press", adapter="test")
+    first = await service.decide(request, now=MONDAY, record=True)
+    await redis_client.script_flush()
+    second = await service.decide(request, now=MONDAY, record=True)
+    assert first.decision.allowed and second.decision.allowed
+    assert not first.decision.degraded and not second.decision.degraded
+    assert (first.decision.attempts_30d, second.decision.attempts_30d) == (1, 2)
+    assert await redis_client.script_exists(service.store._facts.sha) == [True]

@@ -70,6 +70,30 @@ async def test_drain_sends_what_lingers() -> None:
     assert sent == [[0, 1, 2]] and [w.result() for w in waiting] == [0, 1, 2]
 
 
+async def test_a_request_past_its_timeout_fails_alone_and_the_next_batch_goes_out() -> None:
+    release = asyncio.Event()
+    sent: list[list[int]] = []
+
+    async def send(requests: list[int]) -> list[int | Exception]:
+        sent.append(requests)
+        if requests == [0]:
+            await release.wait()  # Redis frozen on the first call
+        return [r * 10 for r in requests]
+
+    batcher: Batcher[int, int] = Batcher(send)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):  # its own, not the guard's (see the time taken)
+        await asyncio.wait_for(batcher.submit(0, timeout_s=0.05), 2.0)
+    assert 0.04 <= loop.time() - started < 0.5
+    patient = asyncio.ensure_future(batcher.submit(1, timeout_s=5.0))
+    untimed = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.01)
+    release.set()  # the late answer to 0 is dropped; 1 and 2 leave together after it
+    assert list(await asyncio.wait_for(asyncio.gather(patient, untimed), 1.0)) == [10, 20]
+    assert sent == [[0], [1, 2]]
+
+
 def test_a_facts_reply_of_the_wrong_shape_fails_its_batch_closed() -> None:
     from dialguard.store.facts import FACTS_PER_REQUEST, Metas, decode_batch
 

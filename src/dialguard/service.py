@@ -264,10 +264,9 @@ class Service:
         elif record and prepared.would_count:
             reserve = (prepared.version.max_attempts, decision_id)
         try:
-            async with asyncio.timeout(deadline_s):
-                facts = await self.store.facts(
-                    number, campaign.principal, now, prepared.version.window_days, reserve
-                )
+            facts = await self.store.facts(
+                number, campaign.principal, now, prepared.version.window_days, reserve, deadline_s
+            )
         except (StoreUnavailable, TimeoutError) as exc:
             if reserve is not None:
                 # The script may still run in Redis (sent, unanswered): undo it either way.

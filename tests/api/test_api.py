@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from dialguard.api.errors import CODES
 from dialguard.api.idempotency import Reply, once
@@ -481,6 +482,28 @@ async def test_bad_json_is_400_and_changes_nothing(http: Http, raw: bytes, why: 
     ):
         assert_error(await http.post(path, raw=raw), "bad_json")
     assert await unchanged(http) == before
+
+
+async def test_a_body_cut_short_changes_nothing_and_the_api_goes_on(http: Http) -> None:
+    before = await unchanged(http)
+    reader, writer = await asyncio.open_connection("127.0.0.1", http.api.port)
+    head = (
+        "POST /v1/decisions HTTP/1.1\r\nHost: dialguard\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {http.secrets['all']}\r\nContent-Length: 100\r\n\r\n"
+    )
+    with capture_logs() as logs:
+        writer.write(head.encode() + b'{"number": "0612345678", "camp')  # then it leaves
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 5.0)
+        writer.close()
+        await asyncio.sleep(0.1)  # the server's side of it has run
+    # Nobody is left to read an answer; if one is written, it is a client error, not a 500,
+    # and the log has no internal error with a traceback.
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert not [line for line in logs if line["log_level"] == "error"], logs
+    assert await unchanged(http) == before
+    whole = await http.post("/v1/decisions", {"number": NUMBER_RAW, "campaign": "demo-press"})
+    assert whole.status == 200
 
 
 async def test_an_oversized_body_is_413_before_it_is_read(

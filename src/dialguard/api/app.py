@@ -164,16 +164,18 @@ class HttpApi:
                 request.match_info,
                 started,
             )
-            if route.method == "GET":
+            key = request.headers.get(HEADER) if route.method != "GET" else None
+            if key is None:
+                # Most requests (every decision a dialer sends) carry no key: no
+                # fingerprint, no Redis, nothing to keep.
                 reply = await _run(route, call)
             else:
-                settings = self.settings
                 reply = await once(
                     self.service.store.replies,
                     token.name,
-                    request.headers.get(HEADER),
+                    key,
                     fingerprint(request.method, request.path, request.query, data),
-                    route.replay_s(settings),
+                    route.replay_s(self.settings),
                     lambda: _run(route, call),
                 )
             headers = {REPLAYED: "true"} if reply.replayed else None
@@ -185,19 +187,31 @@ class HttpApi:
         """The whole body, refused (413) as soon as it is known to be over the limit: a
         declared length at once, a chunked one at the first byte past it."""
         limit = self.settings.max_body_bytes
-        too_large = ApiError(
-            "body_too_large", f"the body is over {limit} bytes ([api] max_body_bytes)"
-        )
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise _too_large(limit)
+        if declared == 0:
+            return b""  # (aiohttp's empty body refuses even a read of 0 bytes)
+        try:
+            if declared is not None:
+                # The parser stops the body at its declared length: read whole, at once.
+                return await request.content.readexactly(declared)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            # The client left before the end of its body: nothing done, and not our fault
+            # (no traceback in the log).
+            raise ApiError("bad_json", "the body ended early: the connection was closed") from None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError("body_too_large", f"the body is over {limit} bytes ([api] max_body_bytes)")
 
 
 async def _run(route: Route, call: Call) -> Reply:

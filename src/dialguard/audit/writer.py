@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import queue
 import threading
 import time
 import weakref
@@ -112,9 +113,10 @@ class Journal:
         return None
 
     def _reset(self) -> None:
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._pending: list[_Entry] = []
+        self._starting = threading.Lock()
+        # A queue written in C: a put is one call, no lock and Condition of Python's. (Not
+        # measurably cheaper at 1,000 records/s: the wake-up of the writer is the cost.)
+        self._queue: queue.SimpleQueue[_Entry] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._writer.close()
 
@@ -124,22 +126,22 @@ class Journal:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # orjson: compact UTF-8 JSON, the bytes the hash covers; a fifteenth of json's time.
         entry = (record["ts"] // 86_400_000, orjson.dumps(record), record.get("number"), future)
-        with self._lock:
-            self._pending.append(entry)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="dialguard-journal", daemon=True
-                )
-                self._thread.start()
-            self._wake.notify()
+        self._queue.put(entry)
+        if self._thread is None:
+            with self._starting:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, args=(self._queue,), name="dialguard-journal", daemon=True
+                    )
+                    self._thread.start()
         await future
 
-    def _run(self) -> None:
+    def _run(self, entries: queue.SimpleQueue[_Entry]) -> None:
         while True:
-            with self._lock:
-                while not self._pending:
-                    self._wake.wait()
-                batch, self._pending = self._pending, []
+            # Everything that arrived while the last batch was written is the next batch.
+            batch = [entries.get()]
+            for _ in range(entries.qsize()):  # this thread alone takes from the queue
+                batch.append(entries.get_nowait())
             error: AuditUnavailable | None = None
             try:
                 self._writer.write_batch([(day, body, number) for day, body, number, _ in batch])

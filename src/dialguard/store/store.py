@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from dialguard.changes import Change, ChangeKind
 from dialguard.config import RedisSettings
@@ -40,6 +40,8 @@ from dialguard.store.facts import (
 from dialguard.store.keys import Keys
 from dialguard.store.lists import Lists
 from dialguard.store.replies import Replies
+from dialguard.store.resp import bulk
+from dialguard.store.wire import pipelined
 from dialguard.telemetry import Telemetry
 
 __all__ = ["APPLIED_KEPT_DAYS", "MAX_PENDING_CANCELS", "RELEASE_LINGER_S", "Store"]
@@ -231,6 +233,9 @@ class Store:
         # Many numbers at once, read only (a scrub).
         self.bulk = BulkFacts(client, keys)
         self._formats: list[str | int] = list(facts_formats(keys))
+        # The facts call in Redis's wire format: what every call shares, encoded once.
+        self._facts_shared = b"".join(bulk(key.encode()) for key in self._shared_keys)
+        self._facts_formats = b"".join(bulk(str(f).encode()) for f in self._formats)
         self._metas = Metas()
         self._facts_batch: Batcher[FactsRequest, Facts] = Batcher(self._facts_many)
         # Nobody waits for a release: gathering them for a while makes them nearly free.
@@ -324,12 +329,14 @@ class Store:
         now: datetime,
         window_days: int,
         reserve: tuple[int, str] | None = None,
+        timeout_s: float | None = None,
     ) -> Facts:
         """What the store knows about `number` for `principal`, in one round trip.
 
         With `reserve=(cap, attempt_id)`, also count this attempt if fewer than `cap` were
         made in the window (Facts.reserved says whether it was); Facts.attempts_30d is the
-        count before this attempt either way.
+        count before this attempt either way. TimeoutError without an answer within
+        `timeout_s` (the call may still count the attempt: see Store.cancel_later).
         """
         window_ms = window_days * 86_400_000
         now_ms = ms(now)
@@ -344,7 +351,7 @@ class Store:
             now_ms,
             window_ms,
         )
-        return await self._facts_batch.submit(request)
+        return await self._facts_batch.submit(request, timeout_s)
 
     async def count_attempt(
         self,
@@ -402,18 +409,41 @@ class Store:
                 self._to_cancel.pop(item, None)
 
     async def _facts_many(self, requests: list[FactsRequest]) -> list[Facts | Exception]:
-        keys = [*self._shared_keys, *(request[2] for request in requests)]
-        args = self._formats.copy()
-        for number_key, pair, _, start, cap, attempt_id, now_ms, window_ms in requests:
-            args += (number_key, pair, start, cap, attempt_id, now_ms, window_ms)
+        command = self._facts_command(requests)
         started = time.perf_counter()
         try:
-            reply = await self._facts(keys=keys, args=args)
+            try:
+                (reply,) = await pipelined(self._redis, (command,), in_flight=1)
+            except NoScriptError:  # a Redis restarted, or failed over: its script cache empty
+                await self._redis.script_load(FACTS)
+                (reply,) = await pipelined(self._redis, (command,), in_flight=1)
         except (RedisError, OSError) as exc:
             self._timed("facts", started, failed=True)
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
         self._timed("facts", started)
         return decode_batch(reply, len(requests), self._metas)
+
+    def _facts_command(self, requests: list[FactsRequest]) -> bytes:
+        """EVALSHA of the facts script for `requests`, as bytes: redis-py's command path
+        (an encoder call per argument, retries, events) cost ~25 µs more per call, paid
+        by every decision of a quiet node (docs/benchmarks.md)."""
+        parts = [self._facts_shared]
+        parts += [bulk(request[2].encode()) for request in requests]  # the attempts keys
+        parts.append(self._facts_formats)
+        for number_key, pair, _, start, cap, attempt_id, now_ms, window_ms in requests:
+            parts += (bulk(number_key.encode()), bulk(pair.encode()), bulk(b"%d" % start))
+            parts += (bulk(b"%d" % cap), bulk(attempt_id.encode()), bulk(b"%d" % now_ms))
+            parts.append(bulk(b"%d" % window_ms))
+        keys = SHARED_KEYS + len(requests)
+        arguments = b"".join(parts)
+        count = 3 + keys + len(self._formats) + 7 * len(requests)
+        return b"*%d\r\n%s%s%s%s" % (
+            count,
+            bulk(b"EVALSHA"),
+            bulk(self._facts.sha.encode()),
+            bulk(b"%d" % keys),
+            arguments,
+        )
 
     async def _release_many(self, requests: list[tuple[str, str]]) -> list[int | Exception]:
         started = time.perf_counter()

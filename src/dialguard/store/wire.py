@@ -1,9 +1,11 @@
 """Commands already in Redis's wire format, sent on one connection with a few in flight.
 
 The one place that goes below redis-py's command API: a ten-million-number import sends
-its offsets pre-encoded (redis-py encoding each argument cost more than parsing the file).
-It uses `ConnectionPool.get_connection`, `send_packed_command` and `read_response`, public
-methods of redis-py's asyncio connections whose signatures moved between major versions;
+its offsets pre-encoded (redis-py encoding each argument cost more than parsing the file),
+and every decision's facts call goes this way (redis-py's command path cost ~25 µs of CPU
+more per call, a quiet node's decisions each paying it: docs/benchmarks.md). It uses
+`ConnectionPool.get_connection`, `send_packed_command` and `read_response`, public methods
+of redis-py's asyncio connections whose signatures moved between major versions;
 pyproject.toml pins the major version CI tests, and tests/test_wire.py holds this seam to
 it.
 """
