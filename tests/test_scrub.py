@@ -260,6 +260,41 @@ def test_the_same_file_for_another_campaign_and_another_regime(site: Site, tmp_p
     assert "OPTOUT_CLEAR" in summary
 
 
+def test_numbers_without_their_leading_0_with_number_form_nsn(site: Site, tmp_path: Path) -> None:
+    # As VICIdial's vicidial_list keeps them (phone_number "612345678"); other spellings
+    # in the same file are read as ever.
+    rows = [
+        ("a", "611000001", "CONSENT"),
+        ("b", "611000002", "INTERNAL_DNC"),
+        ("c", "0611000005", "CONSENT_WITHDRAWN"),
+        ("d", "690000001", "HOLIDAY"),  # Guadeloupe's plan: 0690...
+        ("e", "061100000", "INVALID_NUMBER"),  # nine digits, but a 0 first: no NSN
+        ("f", "61100000", "INVALID_NUMBER"),
+    ]
+    leads = tmp_path / "vicidial.csv"
+    leads.write_text(
+        "lead_id,phone_number\n" + "".join(f"{i},{n}\n" for i, n, _ in rows), encoding="utf-8"
+    )
+    report = tmp_path / "report.csv"
+
+    def reasons(*options: str) -> dict[str, str]:
+        done = site.cli("scrub", leads, "--campaign", PROSPECT, "--at", WHEN,
+                        "--report", report, "--json", *options)  # fmt: skip
+        assert done.code == 0, done
+        text = report.read_text(encoding="utf-8-sig")
+        blocked = {r["lead_id"]: r["reason"] for r in csv.DictReader(io.StringIO(text))}
+        return {i: blocked.get(i, "CONSENT") for i, _, _ in rows}
+
+    assert reasons("--number-form", "nsn") == {i: reason for i, _, reason in rows}
+    as_written = reasons()
+    assert as_written["a"] == as_written["b"] == as_written["d"] == "INVALID_NUMBER"
+    assert as_written["c"] == "CONSENT_WITHDRAWN"
+    assert audit_records(site.cli.audit_dir)[-2]["number_form"] == "nsn"
+    assert "number_form" not in audit_records(site.cli.audit_dir)[-1]
+    bad = site.cli("scrub", leads, "--campaign", PROSPECT, "--number-form", "short")
+    assert bad.code != 0 and "number-form" in bad.err and "Traceback" not in bad.err
+
+
 def test_each_lead_is_decided_as_check_decides_it(site: Site) -> None:
     cli = site.cli
     scrubbed = site.cli.tmp / "all.csv"

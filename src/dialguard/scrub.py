@@ -88,6 +88,9 @@ class Request:
     out: Path | None = None  # the callable leads
     report: Path | None = None  # the blocked leads, and why
     operator: str = ""
+    # The file writes French numbers without their trunk 0 (VICIdial's `phone_number`,
+    # "612345678"): nine digits are read as the national number "0" + them.
+    nsn: bool = False
 
 
 @dataclass
@@ -367,7 +370,7 @@ async def run_scrub(
         outputs.open(header)
         size = os.fstat(handle.fileno()).st_size or 1
         progress.start("scrubbing", size)
-        batches = _batches(leads.rows(lines, header), judge)
+        batches = _batches(leads.rows(lines, header), judge, request.nsn)
         decoder = Decoder()
         sent = rows = 0
         tally = _Tally(outcome)
@@ -423,10 +426,11 @@ async def run_scrub(
 
 
 def _batches(
-    rows: Iterator[leads.Row], judge: Judge
+    rows: Iterator[leads.Row], judge: Judge, nsn: bool = False
 ) -> Iterator[tuple[list[_Lead], list[tuple[str, int]]]]:
     """The leads in batches of at most MAX_BATCH that need the store's facts (blank
-    lines left out), and those requests: (store key, window days)."""
+    lines left out), and those requests: (store key, window days). `nsn`: nine digits
+    not starting with 0 are a national number without its 0."""
     payload: list[_Lead] = []
     requests: list[tuple[str, int]] = []
     number_of = judge.number
@@ -437,6 +441,8 @@ def _batches(
             if problem:
                 payload.append((raw, "", None, invalid))
             continue  # else a blank line: no lead
+        if nsn and len(text) == 9 and text[0] != "0" and text.isdigit() and text.isascii():
+            text = "0" + text
         if len(text) == 10 and text[0] == "0" and text.isdigit() and text.isascii():
             # "0612345678", as fast_key reads it: its national significant number's first
             # five digits fix its country code, kind and window (`judge.number` found
@@ -764,6 +770,7 @@ async def _account(
             "sha256": outcome.sha256,
             "bytes": outcome.bytes,
             "column": outcome.header.number_name if outcome.header else None,
+            **({"number_form": "nsn"} if request.nsn else {}),
             "leads": outcome.leads,
             "callable": outcome.callable,
             "blocked": outcome.blocked,

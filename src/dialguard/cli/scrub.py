@@ -51,6 +51,14 @@ __all__ = ["scrub_command"]
 @click.option(
     "--column", default=None, help="The number column's name (default: found by its name)."
 )
+@click.option(
+    "--number-form",
+    type=click.Choice(["national", "nsn"]),
+    default="national",
+    show_default=True,
+    help="nsn: the file writes French numbers without their leading 0 (612345678, as"
+    " VICIdial keeps them); nine digits are then read as 0 and them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @operator_option
 @config_option
@@ -62,6 +70,7 @@ def scrub_command(
     out: Path | None,
     report: Path | None,
     column: str | None,
+    number_form: str,
     as_json: bool,
     operator: str,
     config_path: Path | None,
@@ -80,7 +89,9 @@ def scrub_command(
     problem = journal.problem()
     if problem is not None:  # before the work, not after it: the record could not be kept
         raise AuditUnavailable(f"audit journal: {problem}")
-    request = scrub.Request(file, chosen, now, column, out, report, operator)
+    request = scrub.Request(
+        file, chosen, now, column, out, report, operator, nsn=number_form == "nsn"
+    )
 
     async def body(store: Store) -> scrub.Outcome:
         return await scrub.run_scrub(
@@ -143,6 +154,7 @@ def _summary(request: scrub.Request, outcome: scrub.Outcome, zone: ZoneInfo) -> 
         "campaign": request.campaign.name,
         "at": request.now.astimezone(zone).isoformat(timespec="seconds"),
         "column": header.number_name if header else None,
+        "number_form": "nsn" if request.nsn else "national",
         "leads": outcome.leads,
         "callable": outcome.callable,
         "blocked": outcome.blocked,
