@@ -443,6 +443,7 @@ async def test_a_big_file_read_in_two_halves_loads_what_one_reading_loads(
 
     async def imported(halves: bool) -> tuple[Any, ...]:
         monkeypatch.setattr(importing, "_HALVES_BYTES", 1 if halves else 1 << 40)
+        monkeypatch.setattr(importing, "_cores", lambda: 2)  # a one-core runner too
         rejects = tmp_path / f"rejects-{halves}.csv"
         request = importing.Request(
             "consent", path, "replace", PARIS, None, "", False, rejects, 100
@@ -464,17 +465,46 @@ async def test_a_big_file_read_in_two_halves_loads_what_one_reading_loads(
             [c.proof_ref if c else None for c in facts],
         )
 
+    started: list[Other] = []
+
+    class Counted(Other):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            started.append(self)
+
+    monkeypatch.setattr(importing, "Other", Counted)
     halves = await imported(True)
+    assert len(started) == 1  # the second half was read by another process
     assert halves[6] == ["newer in the first half", "the later row", "new principal"]
     numbers = [line.split(",")[0] for line in halves[3].splitlines()[1:]]
     assert numbers == ["12", "52", str(2 + 300 + 7), str(2 + 300 + 9)]  # too long: 52, 311
     assert halves == await imported(False)
 
 
+async def test_an_importer_allowed_one_core_reads_with_one_process(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two processes on one core only take turns (taskset, a container's cpuset).
+    monkeypatch.setattr(importing, "_HALVES_BYTES", 1)
+    monkeypatch.setattr(importing, "_cores", lambda: 1)
+    started: list[Any] = []
+    monkeypatch.setattr(importing, "Other", lambda *args: started.append(args))
+    given = "2026-09-01T12:30:00+02:00"
+    path = tmp_path / "c.csv"
+    path.write_text(
+        CONSENT_HEADER + "".join(f"0612345{i:03d},ACME,{given},,a{i}\n" for i in range(400)),
+        encoding="utf-8",
+    )
+    request = importing.Request("consent", path, "replace", PARIS, None, "", False, None, 0)
+    outcome = await importing.run_import(request, store)
+    assert outcome.check.rows == 400 and started == []
+
+
 async def test_a_second_half_that_is_not_utf8_refuses_the_file_and_leaves_nothing(
     store: Store, redis_client: aioredis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(importing, "_HALVES_BYTES", 1)
+    monkeypatch.setattr(importing, "_cores", lambda: 2)
     given = "2026-09-01T12:30:00+02:00"
     lines = [f"0612345{i:03d},ACME,{given},,a{i}\n".encode() for i in range(400)]
     lines[350] = b"0612345350,ACME," + given.encode() + b",,caf\xe9\n"  # Latin-1
