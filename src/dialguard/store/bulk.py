@@ -40,6 +40,7 @@ from dialguard.store.errors import StoreUnavailable
 from dialguard.store.facts import (
     FORMATS,
     LUA_LIST_FIELDS,
+    LUA_PACKED_LOOKUP,
     MAX_BATCH,
     ListsInForce,
     Metas,
@@ -85,40 +86,10 @@ PRESENCE_SAMPLE = 32
 # imported contracts, the refusal, the attempts counted, the live consent and the live
 # contracts, then for a count at the cap or over it the instants (ms, oldest first) of
 # its attempts; then the do-not-call version and the registry result sets' metadata.
-# Numbers as Redis reads an integer argument (no leading zero), written from their digits:
-# a Lua number given to redis.call is printed with printf's float formatting, which cost
-# more than the lookup it was for. FACTS' `packed` (store.facts.LUA_PACKED_LOOKUP) with
-# its fields so written: the principal's id, then the offset's digits (the id times
-# 10^level plus the offset, as the write script stores it).
-LUA_SCAN_LOOKUPS = """
-local function integer(digits)
-  if string.byte(digits, 1) ~= 48 then return digits end
-  return string.match(digits, '^0*(%d+)$')
-end
-local function packed(base, n, id, id_text)
-  if not base or not id then return false end
-  local level = TOP
-  while true do
-    local field = id_text
-    if level > 0 then
-      local off = string.sub(n, -level)
-      field = id > 0 and id_text .. off or integer(off)
-    end
-    local key = base .. level .. string.sub(n, 1, #n - level)
-    local r = redis.call('HMGET', key, field, SPLIT)
-    if r[1] then
-      if r[1] == STUB then return redis.call('HGET', base .. OVERFLOW, n .. '|' .. id) end
-      return r[1]
-    end
-    if not r[2] or level == 0 then return false end
-    level = level - 1
-  end
-end
-"""
 SCAN_FACTS = (
     LUA_PARTS
     + LUA_PACKED
-    + LUA_SCAN_LOOKUPS
+    + LUA_PACKED_LOOKUP
     + LUA_LIST_FIELDS
     + f"local FORMATS = {FORMATS}\n"
     + f"local SHARED = {SCAN_SHARED_KEYS}\n"

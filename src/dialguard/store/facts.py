@@ -50,14 +50,27 @@ FORMATS = 5
 # How many keys lead KEYS, before the attempts keys (see Store._shared_keys).
 # An entry of a packed list (store/packed.py), from the top bucket down the split ones:
 # the decision's script and a scrub's (store/bulk.py) read consents and contracts alike.
+# The field is the principal's id (`id`, and `id_text` its digits) times 10^level plus
+# the number's last `level` digits, as the write script stores it, written from the
+# digits: a Lua number given to redis.call is printed with printf's float formatting,
+# which cost a scrub more than the lookup it was for. `integer`: digits as Redis reads
+# an integer argument (no leading zero).
 LUA_PACKED_LOOKUP = """
-local function packed(base, n, id)
+local function integer(digits)
+  if string.byte(digits, 1) ~= 48 then return digits end
+  return string.match(digits, '^0*(%d+)$')
+end
+local function packed(base, n, id, id_text)
   if not base or not id then return false end
   local level = TOP
   while true do
-    local off = level > 0 and tonumber(string.sub(n, -level)) or 0
+    local field = id_text
+    if level > 0 then
+      local off = string.sub(n, -level)
+      field = id > 0 and id_text .. off or integer(off)
+    end
     local key = base .. level .. string.sub(n, 1, #n - level)
-    local r = redis.call('HMGET', key, string.format('%d', id * 10 ^ level + off), SPLIT)
+    local r = redis.call('HMGET', key, field, SPLIT)
     if r[1] then
       if r[1] == STUB then return redis.call('HGET', base .. OVERFLOW, n .. '|' .. id) end
       return r[1]
@@ -124,15 +137,16 @@ local function has(base, bucket, m)
   return redis.call('SISMEMBER', base .. SET .. bucket, m) == 1
     or redis.call('GETBIT', base .. BITMAP .. bucket, m) == 1
 end
-local ids = {}
+local ids, id_texts = {}, {}
 local function id_of(principal)
   local id = ids[principal]
   if id == nil then
     id = redis.call('HGET', KEYS[8], principal)
     id = id and tonumber(id) or false
     ids[principal] = id
+    id_texts[principal] = id and string.format('%d', id)
   end
-  return id
+  return id, id_texts[principal]
 end
 local out = {}
 for i = FIRST, #KEYS do
@@ -155,10 +169,11 @@ for i = FIRST, #KEYS do
     if has(clear[k], bucket, m) then o = sets[k] .. '|C' break end
   end
   out[#out + 1] = o
-  local id = (consent or contract) and id_of(string.sub(np, #n + 2))
-  out[#out + 1] = packed(consent, n, id)
+  local id, id_text = false, false
+  if consent or contract then id, id_text = id_of(string.sub(np, #n + 2)) end
+  out[#out + 1] = packed(consent, n, id, id_text)
   out[#out + 1] = redis.call('HGET', KEYS[3], np)
-  out[#out + 1] = packed(contract, n, id)
+  out[#out + 1] = packed(contract, n, id, id_text)
   out[#out + 1] = redis.call('HGET', KEYS[4], np)
   if cap > 0 and not redis.call('ZSCORE', KEYS[5], ARGV[a + 5]) then
     redis.call('ZREMRANGEBYSCORE', attempts, '-inf', start)
