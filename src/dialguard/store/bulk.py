@@ -49,7 +49,7 @@ from dialguard.store.facts import (
 )
 from dialguard.store.keys import LUA_PARTS, Keys
 from dialguard.store.packed import LUA_PACKED
-from dialguard.store.resp import bulk
+from dialguard.store.resp import bulk, evalsha
 
 __all__ = [
     "IN_FLIGHT",
@@ -379,7 +379,7 @@ class BulkFacts:
             sha = await self._redis.script_load(SCAN_FACTS)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {exc}") from None
-        sha_bytes = sha.encode() if isinstance(sha, str) else bytes(sha)
+        sha_text = sha if isinstance(sha, str) else bytes(sha).decode()
         shared = [keys.index, keys.dnc_live, keys.withdrawal, keys.refusal, keys.consent_live]
         shared += (keys.contract_live, keys.principals, keys.dnc_principal)
         assert len(shared) == SCAN_SHARED_KEYS
@@ -392,7 +392,7 @@ class BulkFacts:
         cap = times_from if times_from is not None else 2**31
         arguments_head += bulk(b"%d" % cap)
         arguments_head += bulk(b"%d" % (now_ms - times_window_days * 86_400_000))
-        fixed = 3 + len(shared) + FORMATS + 6  # EVALSHA, its sha, numkeys, the heads
+        fixed = len(shared) + FORMATS + 6  # the arguments before the numbers' own
         attempts_prefix = keys.attempts_prefix(principal).encode()
         prefix = attempts_prefix.decode()
         prefix_size = len(attempts_prefix)  # in bytes: a principal's name may be any text
@@ -417,17 +417,9 @@ class BulkFacts:
             )
             if not arguments_text.isascii():
                 raise ValueError("a number's store key is digits")
-            return b"".join(
-                (
-                    b"*%d\r\n" % (fixed + 3 * count),
-                    bulk(b"EVALSHA"),
-                    bulk(sha_bytes),
-                    bulk(b"%d" % (len(shared) + count)),
-                    keys_head,
-                    keys_text.encode(),
-                    arguments_head,
-                    arguments_text.encode(),
-                )
+            encoded = (keys_head, keys_text.encode(), arguments_head, arguments_text.encode())
+            return evalsha(
+                sha_text, (), fixed + 3 * count, b"".join(encoded), keys=len(shared) + count
             )
 
         pool: Any = self._redis.connection_pool  # get_connection is untyped in redis-py

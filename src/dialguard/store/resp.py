@@ -12,13 +12,14 @@ def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def evalsha(sha: str, head: Sequence[bytes], count: int, encoded: bytes) -> bytes:
-    """EVALSHA with no keys: the `head` arguments, then `count` arguments already encoded."""
+def evalsha(sha: str, head: Sequence[bytes], count: int, encoded: bytes, keys: int = 0) -> bytes:
+    """EVALSHA: the `head` arguments, then `count` arguments already encoded; the first
+    `keys` of them all are the script's keys (none by default)."""
     return b"*%d\r\n%s%s%s%s%s" % (
         count + len(head) + 3,
         bulk(b"EVALSHA"),
         bulk(sha.encode()),
-        bulk(b"0"),
+        bulk(b"%d" % keys),
         b"".join(bulk(argument) for argument in head),
         encoded,
     )

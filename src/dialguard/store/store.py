@@ -40,7 +40,7 @@ from dialguard.store.facts import (
 from dialguard.store.keys import Keys
 from dialguard.store.lists import Lists
 from dialguard.store.replies import Replies
-from dialguard.store.resp import bulk
+from dialguard.store.resp import bulk, evalsha
 from dialguard.store.wire import pipelined
 from dialguard.telemetry import Telemetry
 
@@ -435,15 +435,8 @@ class Store:
             parts += (bulk(b"%d" % cap), bulk(attempt_id.encode()), bulk(b"%d" % now_ms))
             parts.append(bulk(b"%d" % window_ms))
         keys = SHARED_KEYS + len(requests)
-        arguments = b"".join(parts)
-        count = 3 + keys + len(self._formats) + 7 * len(requests)
-        return b"*%d\r\n%s%s%s%s" % (
-            count,
-            bulk(b"EVALSHA"),
-            bulk(self._facts.sha.encode()),
-            bulk(b"%d" % keys),
-            arguments,
-        )
+        count = keys + len(self._formats) + 7 * len(requests)
+        return evalsha(self._facts.sha, (), count, b"".join(parts), keys=keys)
 
     async def _release_many(self, requests: list[tuple[str, str]]) -> list[int | Exception]:
         started = time.perf_counter()
